@@ -1,0 +1,305 @@
+"""Peak search, lattice seeding and (003) H2/H3 splitting detection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, signal
+from scipy.optimize import least_squares
+
+from ._errors import PatternError
+from ._lattice import AL_A_A
+
+#: The (003) window of the study (REFERENCE.md), Å⁻¹.
+WINDOW_003_A_INV = (1.27, 1.42)
+# wider search window used for seeding: c from 12.8 to 15.2 Å
+_SEARCH_003 = (6.0 * np.pi / 15.2, 6.0 * np.pi / 12.8)
+# strong layered reflections used to find a: (M = h²+hk+k², l)
+_STRONG = np.array([(1, 1), (1, 2), (1, 4), (1, 5), (3, 0), (3, 3), (1, 8)], dtype=float)
+_AL_N2 = np.array([3.0, 4.0, 8.0, 11.0])
+
+
+@dataclass(frozen=True)
+class Split003:
+    """Result of the (003) splitting test.
+
+    Attributes
+    ----------
+    n_peaks : int
+        1 or 2 resolved (003) components.
+    q_A_inv : tuple of float
+        Component positions, Å⁻¹, decreasing c (increasing Q) order.
+    c_A : tuple of float
+        c = 6π/Q for each component, Å.
+    areas : tuple of float
+        Integrated intensity of each component (intensity × Å⁻¹).
+    fwhm_A_inv : tuple of float
+        FWHM of each component, Å⁻¹.
+    delta_bic : float
+        BIC(one peak) − BIC(two peaks); large positive values favour a split.
+    """
+
+    n_peaks: int
+    q_A_inv: tuple
+    c_A: tuple
+    areas: tuple
+    fwhm_A_inv: tuple
+    delta_bic: float
+
+
+@dataclass(frozen=True)
+class Seed:
+    """Starting values found by peak search.
+
+    Attributes
+    ----------
+    c_A : tuple of float
+        c of the layered phase(s), Å (1 or 2 entries, largest c first).
+    a_A : tuple of float
+        a for each entry of ``c_A``, Å.
+    fraction : float
+        Starting fraction of the second phase (0 for one phase).
+    fwhm_003_A_inv : float
+        FWHM of the strongest (003) component, Å⁻¹.
+    al_a_A : float or None
+        Al lattice parameter if Al peaks were found, Å.
+    noise : float
+        Robust noise estimate of the intensity.
+    """
+
+    c_A: tuple
+    a_A: tuple
+    fraction: float
+    fwhm_003_A_inv: float
+    al_a_A: float | None
+    noise: float
+
+
+def _baseline(q, y):
+    """Rough baseline: running minimum then smoothing over ≈0.15 Å⁻¹."""
+    dq = np.median(np.diff(q))
+    n = max(3, int(round(0.15 / dq)) | 1)
+    base = ndimage.minimum_filter1d(y, n, mode="nearest")
+    return ndimage.uniform_filter1d(base, n, mode="nearest")
+
+
+def _noise(y):
+    d2 = np.diff(y, 2)
+    mad = np.median(np.abs(d2 - np.median(d2)))
+    return max(float(mad / 0.6745 / np.sqrt(6.0)), 1e-12 * float(np.max(np.abs(y)) + 1e-300))
+
+
+def _pv(q, q0, w, eta):
+    u2 = (2.0 * (q - q0) / w) ** 2
+    return eta * (2.0 / (np.pi * w)) / (1.0 + u2) + (1.0 - eta) * (
+        2.0 * np.sqrt(np.log(2.0) / np.pi) / w) * np.exp(-np.log(2.0) * u2)
+
+
+def _fit_window(q, y, wt, starts):
+    """Fit n pseudo-Voigt peaks + a linear background; linear parts by projection."""
+    npk = len(starts)
+    yw = y * wt
+    lin = np.column_stack([np.ones_like(q), q - q.mean()]) * wt[:, None]
+
+    def design(p):
+        cols = [_pv(q, p[2 * i], p[2 * i + 1], p[-1]) * wt for i in range(npk)]
+        return np.column_stack(cols + [lin])
+
+    def solve(a):
+        g = a.T @ a
+        g[np.diag_indices_from(g)] *= 1.0 + 1e-10
+        try:
+            return np.linalg.solve(g, a.T @ yw)
+        except np.linalg.LinAlgError:
+            return np.linalg.lstsq(a, yw, rcond=None)[0]
+
+    def resid(p):
+        a = design(p)
+        return yw - a @ solve(a)
+
+    p0 = []
+    for q0, w0 in starts:
+        p0 += [q0, w0]
+    p0.append(0.5)
+    lo = [v for q0, _ in starts for v in (q[0], 1e-4)] + [0.0]
+    hi = [v for q0, _ in starts for v in (q[-1], 0.2)] + [1.0]
+    p0 = np.clip(p0, np.array(lo) + 1e-9, np.array(hi) - 1e-9)
+    res = least_squares(resid, p0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=100,
+                        ftol=1e-6, xtol=1e-7)
+    coef = solve(design(res.x))
+    rss = float(np.sum(res.fun**2))
+    return res.x, coef, rss
+
+
+def _bic(rss, n, k):
+    return n * np.log(max(rss, 1e-300) / n) + k * np.log(n)
+
+
+def detect_003_split(q_A_inv, intensity, sigma=None, window_A_inv=_SEARCH_003):
+    """Test whether the (003) reflection is split into two layered phases (H2/H3).
+
+    One- and two-peak pseudo-Voigt models (with a linear background) are fitted in the
+    (003) window and compared with the Bayesian information criterion. A split is reported
+    when the two-peak model wins clearly (ΔBIC > 25), the weaker component holds at least
+    3 % of the (003) intensity and the components are separated by at least 0.3 FWHM.
+
+    Parameters
+    ----------
+    q_A_inv : ndarray, shape (n,)
+        Increasing Q grid, Å⁻¹.
+    intensity : ndarray, shape (n,)
+        Intensity.
+    sigma : ndarray, shape (n,), optional
+        Standard deviation of each point (default: noise estimated from the data).
+    window_A_inv : (float, float)
+        Q window searched for (003), Å⁻¹ (default 1.24–1.47, c = 12.8–15.2 Å).
+
+    Returns
+    -------
+    Split003
+
+    Raises
+    ------
+    PatternError
+        If no significant peak exists in the window.
+    """
+    q = np.asarray(q_A_inv, dtype=float)
+    y = np.asarray(intensity, dtype=float)
+    sel = (q >= window_A_inv[0]) & (q <= window_A_inv[1])
+    if np.count_nonzero(sel) < 12:
+        raise PatternError("no_layered_peaks",
+                           f"the pattern has fewer than 12 points in the (003) window "
+                           f"Q {window_A_inv[0]:.2f}–{window_A_inv[1]:.2f} Å⁻¹; "
+                           "check the Q range and the x units")
+    qw, yw = q[sel], y[sel]
+    if sigma is None:
+        noise = _noise(y[(q > window_A_inv[0] - 0.3) & (q < window_A_inv[1] + 0.3)])
+        wt = np.full(qw.size, 1.0 / noise)
+    else:
+        s = np.asarray(sigma, dtype=float)[sel]
+        noise = float(np.median(s))
+        wt = 1.0 / np.maximum(s, 1e-12 * np.max(s) + 1e-300)
+    base = np.linspace(np.median(yw[:5]), np.median(yw[-5:]), qw.size)
+    yd = ndimage.uniform_filter1d(yw - base, 3)
+    ipk = int(np.argmax(yd))
+    height = yd[ipk]
+    if not height > 8.0 * noise:
+        raise PatternError(
+            "no_layered_peaks",
+            f"no layered-oxide (003) peak in Q {window_A_inv[0]:.2f}–{window_A_inv[1]:.2f} Å⁻¹ "
+            f"(c = 12.8–15.2 Å): check the wavelength, the x units (Q in Å⁻¹ or 2θ) and "
+            "that the sample is a layered oxide")
+    half = yd > 0.5 * height
+    # FWHM of the strongest component from the half-maximum run around the maximum
+    left = ipk
+    while left > 0 and half[left - 1]:
+        left -= 1
+    right = ipk
+    while right < qw.size - 1 and half[right + 1]:
+        right += 1
+    dq = np.median(np.diff(qw))
+    w0 = max(float(qw[right] - qw[left]) + dq, 2.0 * dq)
+    p1, c1, rss1 = _fit_window(qw, yw, wt, [(qw[ipk], w0)])
+    peaks, props = signal.find_peaks(yd, prominence=5.0 * noise)
+    if peaks.size >= 2:
+        top = peaks[np.argsort(props["prominences"])[-2:]]
+        starts = [(qw[i], w0 * 0.7) for i in np.sort(top)]
+    else:
+        starts = [(p1[0] - 0.35 * p1[1], 0.7 * p1[1]), (p1[0] + 0.35 * p1[1], 0.7 * p1[1])]
+    p2, c2, rss2 = _fit_window(qw, yw, wt, starts)
+    n = qw.size
+    dbic = _bic(rss1, n, 6) - _bic(rss2, n, 9)
+    qs = np.array([p2[0], p2[2]])
+    ws = np.array([p2[1], p2[3]])
+    areas = np.array(c2[:2])
+    order = np.argsort(qs)
+    qs, ws, areas = qs[order], ws[order], areas[order]
+    tot = np.sum(np.abs(areas))
+    split = (dbic > 25.0 and np.all(areas > 0) and np.min(areas) > 0.03 * tot
+             and abs(qs[1] - qs[0]) > 0.3 * np.mean(ws))
+    if split:
+        return Split003(2, tuple(qs), tuple(6 * np.pi / qs), tuple(areas), tuple(ws), float(dbic))
+    return Split003(1, (p1[0],), (6 * np.pi / p1[0],), (float(c1[0]),), (p1[1],), float(dbic))
+
+
+def _score_positions(q, yd, noise, qpos):
+    """Detrended intensity (in noise units) at positions qpos (any shape)."""
+    return np.interp(qpos, q, yd, left=0.0, right=0.0) / noise
+
+
+def find_a(q, yd, noise, c_A, a_range=(2.70, 3.00), step=0.0004):
+    """Grid search of a (Å) for given c using the strong layered reflections."""
+    a = np.arange(a_range[0], a_range[1], step)
+    m, ll = _STRONG[:, 0], _STRONG[:, 1]
+    qpos = 2 * np.pi * np.sqrt(4 * m[None, :] / (3 * a[:, None] ** 2) + ll[None, :] ** 2 / c_A**2)
+    sc = _score_positions(q, yd, noise, qpos)
+    ok = (qpos <= q[-1]) & (qpos >= q[0])
+    total = np.sum(np.clip(sc, 0, 50) * ok, axis=1)
+    i = int(np.argmax(total))
+    n_sig = int(np.sum((sc[i] > 5.0) & ok[i]))
+    n_in = int(np.sum(ok[i]))
+    return float(a[i]), n_sig, n_in
+
+
+def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
+    """Starting lattice from a peak search: c from (003), a from strong (hkl), Al a.
+
+    Parameters
+    ----------
+    q_A_inv : ndarray, shape (n,)
+        Increasing Q, Å⁻¹.
+    intensity : ndarray, shape (n,)
+        Intensity.
+    sigma : ndarray, shape (n,), optional
+        Standard deviations.
+    n_phases : {None, 1, 2}
+        Force one or two layered phases; None follows :func:`detect_003_split`.
+
+    Returns
+    -------
+    Seed, Split003
+
+    Raises
+    ------
+    PatternError
+        No (003) peak, or the other strong reflections do not index as an R-3m layered
+        oxide with a = 2.70–3.00 Å (e.g. the wavelength or x units are wrong).
+    """
+    q = np.asarray(q_A_inv, dtype=float)
+    y = np.asarray(intensity, dtype=float)
+    split = detect_003_split(q, y, sigma)
+    base = _baseline(q, y)
+    yd = ndimage.uniform_filter1d(y - base, 3)
+    noise = _noise(y)
+    if n_phases == 2 and split.n_peaks == 1:
+        q0, w0 = split.q_A_inv[0], split.fwhm_A_inv[0]
+        cs = (6 * np.pi / (q0 - 0.3 * w0), 6 * np.pi / (q0 + 0.3 * w0))
+        frac = 0.5
+    elif n_phases == 1 or split.n_peaks == 1:
+        i = int(np.argmax(split.areas))
+        cs = (split.c_A[i],)
+        frac = 0.0
+    else:
+        cs = split.c_A  # increasing Q → decreasing c
+        frac = float(split.areas[1] / np.sum(split.areas))
+    a_vals = []
+    for c in cs:
+        a, n_sig, n_in = find_a(q, yd, noise, c)
+        if n_in >= 3 and n_sig < min(3, n_in):
+            raise PatternError(
+                "not_indexed",
+                f"a (003)-like peak at c = {c:.3f} Å was found but the other strong layered "
+                f"reflections are missing (only {n_sig} of {n_in} found): the pattern does not "
+                "index as an R-3m layered oxide — check the wavelength and the x units")
+        a_vals.append(a)
+    # Al (fcc) lattice: grid search around the nominal value
+    aal = np.arange(AL_A_A - 0.02, AL_A_A + 0.02, 0.0002)
+    qal = 2 * np.pi * np.sqrt(_AL_N2)[None, :] / aal[:, None]
+    sc = _score_positions(q, yd, noise, qal)
+    tot = np.sum(np.clip(sc, 0, 50), axis=1)
+    i = int(np.argmax(tot))
+    inside = (qal[i] >= q[0]) & (qal[i] <= q[-1])
+    al_a = float(aal[i]) if np.sum((sc[i] > 5.0) & inside) >= 2 else None
+    return Seed(c_A=tuple(float(c) for c in cs), a_A=tuple(a_vals), fraction=frac,
+                fwhm_003_A_inv=float(split.fwhm_A_inv[0]), al_a_A=al_a, noise=noise), split
