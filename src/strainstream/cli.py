@@ -5,11 +5,17 @@ analysis-only sub-commands start fast and need no server.
 
 Analysis sub-commands (``xrd``, ``sxdm``, ``xanes``) are delegated to
 ``strainstream.<name>.cli.main(argv) -> int``, which owns its own argument parser.
+
+Errors the user can fix (server not running, wrong key, unknown uid, bad file) are printed as
+one line ``strainstream: error: ...`` with exit code 2; no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +24,7 @@ ANALYSIS_COMMANDS = {
     "sxdm": "SXDM strain/rotation maps from 5-D rocking-curve data (map)",
     "xanes": "TXM-XANES white-line maps (whiteline)",
 }
+DEFAULT_DATA_DIR = "strainstream-data"
 
 
 class CLIError(Exception):
@@ -31,15 +38,189 @@ def _delegate(name: str, argv: list[str]) -> int:
     return int(module.main(argv) or 0)
 
 
+# -- helpers -------------------------------------------------------------------------------
+def _add_server_args(p: argparse.ArgumentParser, data_dir_default: str | None = DEFAULT_DATA_DIR) -> None:
+    p.add_argument("--data-dir", default=data_dir_default,
+                   help=f"strainstream data directory (default: ./{DEFAULT_DATA_DIR})")
+    p.add_argument("--uri", default=os.environ.get("STRAINSTREAM_URI"),
+                   help="tiled API URI of a running server (default: the one serving --data-dir, "
+                        "else the catalog in --data-dir is opened directly)")
+    p.add_argument("--api-key", default=None,
+                   help="API key (default: $STRAINSTREAM_API_KEY, else DATA_DIR/.api_key)")
+
+
+def _open_catalog(args, need_server: bool = False):
+    """A client for the catalog: --uri, else the server running on --data-dir, else offline."""
+    from strainstream.server import ServerError, api_key_for, connect, open_offline, running_server
+
+    if args.uri:
+        key = args.api_key or os.environ.get("STRAINSTREAM_API_KEY")
+        if key is None and args.data_dir and os.path.exists(os.path.join(args.data_dir, ".api_key")):
+            key = api_key_for(args.data_dir, create=False)
+        return connect(args.uri, key)
+    if not args.data_dir or not os.path.isdir(args.data_dir):
+        raise ServerError(
+            f"data directory {args.data_dir!r} does not exist; pass --data-dir DIR "
+            "(the one given to `strainstream demo` or `strainstream serve`) or --uri"
+        )
+    info = running_server(args.data_dir)
+    if info is not None:
+        return connect(info.uri, api_key_for(args.data_dir, args.api_key, create=False))
+    if need_server:
+        raise ServerError(
+            f"no tiled server is running for {args.data_dir}; start one with "
+            f"`strainstream serve --data-dir {args.data_dir}` or pass --uri"
+        )
+    return open_offline(args.data_dir)
+
+
+def _get_run(root, uid: str):
+    from strainstream.server import ServerError
+
+    try:
+        return root[uid]
+    except KeyError:
+        # allow a unique prefix, as people copy the first 8 characters
+        matches = [k for k in root if k.startswith(uid) and k != "derived"] if len(uid) >= 6 else []
+        if len(matches) == 1:
+            return root[matches[0]]
+        raise ServerError(f"no run with uid {uid!r} in the catalog") from None
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=None, allow_nan=False))
+
+
+# -- sub-commands --------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    import signal
+    import threading
+
+    from strainstream.server import TiledServer
+
+    server = TiledServer(args.data_dir, port=args.port, api_key=args.api_key, cache_uri=args.cache)
+    server.start()
+    print(f"tiled serving {os.path.abspath(args.data_dir)} at {server.uri} (API key in "
+          f"{'$STRAINSTREAM_API_KEY' if os.environ.get('STRAINSTREAM_API_KEY') or args.api_key else os.path.join(args.data_dir, '.api_key')})",
+          flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: done.set())
+    signal.signal(signal.SIGINT, lambda *a: done.set())
+    try:
+        while not done.wait(0.5):
+            if server.process is None or server.process.poll() is not None:
+                print("strainstream serve: error: the tiled server exited; see "
+                      f"{os.path.join(args.data_dir, 'logs', 'tiled.log')}", file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from strainstream.server import api_key_for, running_server
+    from strainstream.worker import run_worker
+
+    uri = args.uri
+    if uri is None:
+        info = running_server(args.data_dir) if args.data_dir else None
+        if info is None:
+            raise CLIError("no server to follow: pass --uri or the --data-dir of a running `strainstream serve`")
+        uri = info.uri
+    key = api_key_for(args.data_dir or ".", args.api_key, create=False)
+    return run_worker(uri, key, catch_up_s=args.catch_up_hours * 3600, ready_file=args.ready_file)
+
+
+def cmd_results(args) -> int:
+    from strainstream.callbacks.sinks import read_results
+
+    root = _open_catalog(args)
+    run = _get_run(root, args.uid)
+    uid = run.metadata["start"]["uid"]
+    try:
+        doc = read_results(root, uid)
+    except KeyError:
+        raise CLIError(f"run {uid} has no derived results yet (is a worker running?)") from None
+    if args.json:
+        _print_json(doc)
+    else:
+        _print_results_table(doc)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from strainstream.replay import replay_run
+
+    root = _open_catalog(args)
+    run = _get_run(root, args.uid)
+    doc = replay_run(run, progress=not args.json)
+    if args.json:
+        _print_json(doc)
+    else:
+        _print_results_table(doc)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from strainstream.demo import run_demo
+
+    summary = run_demo(args.data_dir, frames=args.frames, delay_s=args.delay, quiet=args.json)
+    if args.json:
+        _print_json(summary)
+    return 0 if summary["events_analysed"] == summary["events_recorded"] else 1
+
+
+def _print_results_table(doc) -> None:
+    print(f"run {doc['uid']}")
+    for name, entry in doc["analyses"].items():
+        print(f"  {name} v{entry['version']}: {entry['status']}, {entry['n_rows']} events")
+        for k, v in (entry.get("summary") or {}).items():
+            print(f"    {k}: {v}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="strainstream",
         description="Live streaming analysis for operando battery-cathode beamline studies.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in ANALYSIS_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("serve", help="run the embedded tiled server (SQLite catalog + streaming cache)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="default: $STRAINSTREAM_API_KEY, else DATA_DIR/.api_key (created)")
+    p.add_argument("--cache", default="memory", help="streaming cache: memory (default) or redis://127.0.0.1:PORT")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run the live analysis worker against a tiled server")
+    _add_server_args(p)
+    p.add_argument("--catch-up-hours", type=float, default=24.0,
+                   help="on start, finish runs this recent whose results are incomplete (default 24)")
+    p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("results", help="print the stored derived results of a run")
+    p.add_argument("uid")
+    _add_server_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("replay", help="re-run an archived run through the live analysis callbacks")
+    p.add_argument("uid")
+    _add_server_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout (same form as results)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="start server + worker, run a simulated experiment, print a summary")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--delay", type=float, default=0.2, help="seconds between frames")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -56,7 +237,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command in ("worker", "serve") else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    from strainstream.server import ServerError
+
+    try:
+        return args.func(args)
+    except (CLIError, ServerError) as exc:
+        print(f"strainstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"strainstream {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1 @@
+"""Document consumers: analysis callbacks, live plots, the tiled document source and result sink."""

@@ -1,0 +1,184 @@
+"""Result sinks: tiled (the live worker's commit log) and memory (replay, tests).
+
+Derived results live in tiled next to the raw runs, at ``derived/<raw_uid>/<analysis>``: an
+appendable table with one row per analysed event (``seq_num`` first) and metadata
+``{raw_uid, analysis, version, parameters, status, summary}``. A row is committed when its
+append returns, so the table itself records what has been analysed: a restarted worker
+reads it back and continues after the last committed event.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from .base import ResultSink
+
+__all__ = ["DERIVED", "MemorySink", "TiledSink", "read_results", "results_document"]
+
+logger = logging.getLogger(__name__)
+
+DERIVED = "derived"
+
+
+class MemorySink(ResultSink):
+    """Keep results in memory (replay and tests)."""
+
+    def __init__(self) -> None:
+        self.metadata: dict[str, Any] = {}
+        self.columns: dict[str, str] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
+        self.status = "new"
+
+    def begin(self, metadata, columns):
+        self.metadata, self.columns, self.status = dict(metadata), dict(columns), "running"
+        return list(self.rows)
+
+    def append(self, row):
+        self.rows.append(dict(row))
+
+    def finish(self, summary):
+        self.summary, self.status = dict(summary), "complete"
+
+    def as_dict(self) -> dict[str, Any]:
+        return _analysis_entry(self.metadata, self.status, self.summary, self.columns, self.rows)
+
+
+def _arrow_schema(columns: dict[str, str]):
+    import pyarrow as pa
+
+    types = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
+    return pa.schema([(name, types[kind]) for name, kind in columns.items()])
+
+
+def _get_or_create_container(parent, key: str, metadata: dict[str, Any]):
+    """Return child container ``key`` of ``parent``, creating it (race-safe between workers)."""
+    from tiled.client.utils import ClientError
+
+    for _ in range(5):
+        if key in parent:
+            return parent[key]
+        try:
+            return parent.create_container(key=key, metadata=metadata)
+        except ClientError as exc:  # another worker created it first
+            if exc.response.status_code != 409:
+                raise
+            time.sleep(0.05)
+    return parent[key]
+
+
+class TiledSink(ResultSink):
+    """Store results in tiled at ``derived/<raw_uid>/<analysis>``.
+
+    Parameters
+    ----------
+    root : tiled client container
+        The catalog root (where the raw runs are).
+    raw_uid : str
+        The raw run.
+    analysis : str
+        Name of the analysis (the table's key).
+    """
+
+    def __init__(self, root, raw_uid: str, analysis: str) -> None:
+        self.root = root
+        self.raw_uid = raw_uid
+        self.analysis = analysis
+        self.node = None
+        self._schema = None
+
+    def begin(self, metadata, columns):
+        self._schema = _arrow_schema(columns)
+        derived = _get_or_create_container(self.root, DERIVED, {"description": "strainstream derived results"})
+        run_node = _get_or_create_container(derived, self.raw_uid, {"raw_uid": self.raw_uid})
+        run_node = getattr(run_node, "base", run_node)
+        if self.analysis in run_node:
+            self.node = run_node[self.analysis]
+            rows = _table_rows(self.node)
+            self.node.update_metadata({"status": "running"})
+            return rows
+        md = dict(metadata, status="running", created=time.time())
+        try:
+            self.node = run_node.create_appendable_table(schema=self._schema, key=self.analysis, metadata=md)
+        except Exception:
+            if self.analysis in run_node:  # created concurrently by another worker
+                self.node = run_node[self.analysis]
+                return _table_rows(self.node)
+            raise
+        return []
+
+    def append(self, row):
+        import pyarrow as pa
+
+        table = pa.Table.from_pylist([row], schema=self._schema)
+        self.node.append_partition(0, table)
+
+    def finish(self, summary):
+        self.node.update_metadata({"status": "complete", "summary": _json_safe(summary),
+                                   "finished": time.time()})
+
+
+def _table_rows(node) -> list[dict[str, Any]]:
+    try:
+        df = node.read()
+    except Exception as exc:  # an appendable table with no partition yet
+        logger.debug("results table %s has no rows yet (%s)", node.uri, exc)
+        return []
+    rows = df.to_dict(orient="records")
+    seen: dict[int, dict] = {}
+    for r in rows:  # duplicates (a retried append) collapse onto one row per seq_num
+        r = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+        seen.setdefault(int(r["seq_num"]), r)
+    return [seen[k] for k in sorted(seen)]
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item"):
+        return _json_safe(obj.item())
+    return obj
+
+
+def _analysis_entry(metadata, status, summary, columns, rows) -> dict[str, Any]:
+    rows = sorted(rows, key=lambda r: r["seq_num"])
+    return _json_safe(
+        {
+            "version": metadata.get("version"),
+            "parameters": metadata.get("parameters", {}),
+            "status": status,
+            "summary": summary or {},
+            "n_rows": len(rows),
+            "columns": {c: [r.get(c) for r in rows] for c in columns},
+        }
+    )
+
+
+def results_document(raw_uid: str, analyses: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The one JSON form of derived results, shared by ``results`` and ``replay``."""
+    return {"uid": raw_uid, "analyses": {k: analyses[k] for k in sorted(analyses)}}
+
+
+def read_results(root, raw_uid: str) -> dict[str, Any]:
+    """Read the stored derived results of ``raw_uid`` as :func:`results_document`."""
+    if DERIVED not in root or raw_uid not in root[DERIVED]:
+        raise KeyError(raw_uid)
+    run_node = root[DERIVED][raw_uid]
+    run_node = getattr(run_node, "base", run_node)
+    analyses = {}
+    for name in run_node:
+        node = run_node[name]
+        md = dict(node.metadata)
+        columns = list(node.columns) if hasattr(node, "columns") else []
+        rows = _table_rows(node)
+        analyses[name] = _analysis_entry(
+            md, md.get("status", "unknown"), md.get("summary"), {c: None for c in columns}, rows
+        )
+    return results_document(raw_uid, analyses)

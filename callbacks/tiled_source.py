@@ -1,0 +1,296 @@
+"""Follow one raw run in tiled and turn it into bluesky documents for the analysis callbacks.
+
+The live path and the replay path feed the same callbacks: replay uses the catalog's own
+``run.documents()``; this module builds the equivalent documents while the run is still
+being written:
+
+- ``start`` from the run's metadata, ``descriptor`` from each stream's metadata;
+- ``event`` from rows of the stream's ``internal`` table, delivered by tiled's websocket
+  stream (``table-data`` updates);
+- ``stream_resource`` / ``stream_datum`` from the data source of each external array node
+  (the detector's HDF5 file) so that frames are read straight from the file;
+- ``stop`` when the run's metadata gains its stop document.
+
+Exactly once: each callback knows the seq_nums already committed to its result table and
+skips them; rows are fed in seq_num order; a gap in the stream (streaming-cache eviction,
+missed updates, a restart) is back-filled from the stored table in the catalog before newer
+rows are processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from .base import AnalysisCallback
+
+__all__ = ["RunFollower", "events_from_rows"]
+
+logger = logging.getLogger(__name__)
+
+INTERNAL = "internal"
+
+
+def _py(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def events_from_rows(rows: Iterable[dict[str, Any]], descriptor_uid: str) -> list[dict[str, Any]]:
+    """Event documents from rows of a TiledWriter ``internal`` table (sorted by seq_num)."""
+    events = []
+    for row in rows:
+        row = {k: _py(v) for k, v in row.items()}
+        seq = int(row["seq_num"])
+        data = {k: v for k, v in row.items() if k not in ("seq_num", "time") and not k.startswith("ts_")}
+        ts = {k[3:]: v for k, v in row.items() if k.startswith("ts_")}
+        events.append(
+            {
+                "uid": f"event-{descriptor_uid}-{seq}",
+                "descriptor": descriptor_uid,
+                "seq_num": seq,
+                "time": float(row["time"]),
+                "data": data,
+                "timestamps": ts,
+                "filled": {},
+            }
+        )
+    return sorted(events, key=lambda e: e["seq_num"])
+
+
+def _df_rows(df) -> list[dict[str, Any]]:
+    return df.to_dict(orient="records") if len(df) else []
+
+
+class _Stream:
+    def __init__(self, name: str, node, descriptor: dict[str, Any]) -> None:
+        self.name = name
+        self.node = node  # the stream container (base client)
+        self.descriptor = descriptor
+        self.fed = 0  # highest seq_num fed to the callbacks
+        self.resources: dict[str, str] = {}  # data_key -> stream_resource uid
+        self.table_sub = None
+
+    @property
+    def external_keys(self) -> list[str]:
+        return [k for k, v in self.descriptor.get("data_keys", {}).items() if v.get("external") == "STREAM:"]
+
+
+class RunFollower:
+    """Feed the documents of one run, live, to its analysis callbacks.
+
+    Parameters
+    ----------
+    root : tiled container client
+        Catalog root holding the run.
+    uid : str
+        The run's uid (its key in the catalog).
+    make_callbacks : callable
+        ``make_callbacks(start_doc, frame_fallback) -> list[AnalysisCallback]``.
+    on_done : callable, optional
+        Called with the uid when the run is finished and analysed.
+    """
+
+    def __init__(self, root, uid: str, make_callbacks: Callable[..., list[AnalysisCallback]],
+                 on_done: Callable[[str], None] | None = None) -> None:
+        self.root = root
+        self.uid = uid
+        self._make_callbacks = make_callbacks
+        self.on_done = on_done
+        self.lock = threading.RLock()
+        self.streams: dict[str, _Stream] = {}
+        self.callbacks: list[AnalysisCallback] = []
+        self.finished = False
+        self._subs: list[Any] = []
+        self.run_node = None
+
+    # -- public -------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Emit the start document, attach to the streams; return False if nothing to do."""
+        run = self.root[self.uid]
+        self.run_node = getattr(run, "base", run)
+        md = self.run_node.metadata
+        start_doc = dict(md["start"])
+        with self.lock:
+            self.callbacks = self._make_callbacks(start_doc, self._fallback)
+            if not self.callbacks:
+                return False
+            self._emit("start", start_doc)
+            sub = self.run_node.subscribe()
+            sub.child_created.add_callback(self._on_stream_created)
+            self._subs.append(sub)
+            sub.start_in_thread(0)
+            for name in list(self.run_node):
+                self._attach_stream(name)
+            if "stop" in self.run_node.metadata:
+                self.finish(dict(self.run_node.metadata["stop"]))
+        return True
+
+    def finish(self, stop_doc: dict[str, Any]) -> None:
+        """Back-fill every stream from the catalog, then emit the stop document."""
+        with self.lock:
+            if self.finished:
+                return
+            for name in list(self.run_node):
+                self._attach_stream(name, subscribe=False)
+            for stream in self.streams.values():
+                self._backfill(stream)
+            self._emit("stop", stop_doc)
+            self.finished = True
+        self.close()
+        if self.on_done is not None:
+            self.on_done(self.uid)
+
+    def close(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                sub.disconnect(wait=False)
+            except Exception:  # a subscription already closed by the server
+                logger.debug("disconnect failed", exc_info=True)
+
+    # -- internals ----------------------------------------------------------------------
+    def _emit(self, name: str, doc: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb(name, doc)
+
+    def _fallback(self, data_key: str, seq_num: int) -> np.ndarray:
+        for stream in self.streams.values():
+            if data_key in stream.external_keys:
+                return np.asarray(stream.node[data_key][seq_num - 1])
+        raise KeyError(data_key)
+
+    def _on_stream_created(self, update) -> None:
+        try:
+            with self.lock:
+                if not self.finished:
+                    self._attach_stream(update.key)
+        except Exception:
+            logger.exception("run %s: attaching stream %s failed", self.uid, update.key)
+
+    def _attach_stream(self, name: str, subscribe: bool = True) -> None:
+        if name in self.streams:
+            stream = self.streams[name]
+        else:
+            node = self.run_node[name]
+            node = getattr(node, "base", node)
+            md = dict(node.metadata)
+            desc = {k: v for k, v in md.items() if not k.startswith("_")}
+            desc.update(name=name, run_start=self.uid)
+            stream = self.streams[name] = _Stream(name, node, desc)
+            self._emit("descriptor", desc)
+            if subscribe and not self.finished:
+                sub = node.subscribe()
+                sub.child_created.add_callback(self._on_stream_child)
+                self._subs.append(sub)
+                sub.start_in_thread(0)
+        if subscribe and stream.table_sub is None and INTERNAL in stream.node and not self.finished:
+            self._subscribe_table(stream)
+
+    def _on_stream_child(self, update) -> None:
+        if update.key != INTERNAL:
+            return
+        try:
+            with self.lock:
+                stream_name = update.subscription.segments[-1]
+                stream = self.streams.get(stream_name)
+                if stream is not None and stream.table_sub is None and not self.finished:
+                    self._subscribe_table(stream)
+        except Exception:
+            logger.exception("run %s: subscribing to %s failed", self.uid, update.key)
+
+    def _subscribe_table(self, stream: _Stream) -> None:
+        table = stream.node[INTERNAL]
+        sub = table.subscribe()
+        handler = _TableHandler(self, stream)
+        sub.new_data.add_callback(handler)
+        stream.table_sub = (sub, handler)  # keeps the handler alive (tiled holds weak refs)
+        self._subs.append(sub)
+        sub.start_in_thread(0)
+        self._backfill(stream)
+
+    def on_rows(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
+        """Process rows from a live table update (may repeat or skip seq_nums)."""
+        with self.lock:
+            if self.finished:
+                return
+            rows = sorted(rows, key=lambda r: int(r["seq_num"]))
+            new = [r for r in rows if int(r["seq_num"]) > stream.fed]
+            if not new:
+                return
+            if int(new[0]["seq_num"]) > stream.fed + 1:
+                self._backfill(stream, upto=int(new[0]["seq_num"]) - 1)
+            self._feed(stream, [r for r in new if int(r["seq_num"]) > stream.fed])
+
+    def _backfill(self, stream: _Stream, upto: int | None = None) -> None:
+        if INTERNAL not in stream.node:
+            return
+        rows = _df_rows(stream.node[INTERNAL].read())
+        rows = [r for r in rows if int(r["seq_num"]) > stream.fed and (upto is None or int(r["seq_num"]) <= upto)]
+        if rows:
+            logger.info("run %s/%s: back-filling %d events from the catalog", self.uid, stream.name, len(rows))
+            self._feed(stream, sorted(rows, key=lambda r: int(r["seq_num"])))
+
+    def _feed(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
+        seen: set[int] = set()
+        unique = []
+        for r in rows:
+            s = int(r["seq_num"])
+            if s not in seen:
+                seen.add(s)
+                unique.append(r)
+        events = events_from_rows(unique, stream.descriptor["uid"])
+        for event in events:
+            seq = event["seq_num"]
+            for key in stream.external_keys:
+                self._emit_stream_datum(stream, key, seq)
+            self._emit("event", event)
+            stream.fed = max(stream.fed, seq)
+
+    def _emit_stream_datum(self, stream: _Stream, key: str, seq: int) -> None:
+        if key not in stream.resources:
+            if key not in stream.node:
+                return  # no frame registered (yet): the callback holds the event
+            (source,) = stream.node[key].data_sources()[:1]
+            assets = source.assets
+            uri = assets[0].data_uri if len(assets) == 1 else ""  # several files: read via tiled
+            sr_uid = f"sr-{stream.descriptor['uid']}-{key}"
+            self._emit(
+                "stream_resource",
+                {
+                    "uid": sr_uid,
+                    "data_key": key,
+                    "mimetype": source.mimetype,
+                    "uri": uri,
+                    "parameters": dict(source.parameters),
+                    "run_start": self.uid,
+                },
+            )
+            stream.resources[key] = sr_uid
+        self._emit(
+            "stream_datum",
+            {
+                "uid": f"sd-{stream.descriptor['uid']}-{key}-{seq}",
+                "stream_resource": stream.resources[key],
+                "descriptor": stream.descriptor["uid"],
+                "indices": {"start": seq - 1, "stop": seq},
+                "seq_nums": {"start": seq, "stop": seq + 1},
+            },
+        )
+
+
+class _TableHandler:
+    """Callable for a table subscription (a strong object so tiled's weak ref stays alive)."""
+
+    def __init__(self, follower: RunFollower, stream: _Stream) -> None:
+        self.follower = follower
+        self.stream = stream
+
+    def __call__(self, update) -> None:
+        try:
+            self.follower.on_rows(self.stream, _df_rows(update.data()))
+        except Exception:
+            logger.exception("run %s: processing a table update failed", self.follower.uid)

@@ -1,0 +1,1 @@
+"""ophyd devices for the (simulated) beamline, created by factories."""

@@ -1,0 +1,85 @@
+"""Detector-side HDF5 writing: one SWMR file per acquisition series.
+
+Used by the in-process simulated detector and by the caproto detector IOCs, so that the
+file layout (``/entry/data/data``, frames along axis 0, one chunk per frame) is defined once.
+Readers (the analysis worker, the tiled server) open the file with ``swmr=True`` while it
+grows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+__all__ = ["DATASET", "H5FrameWriter"]
+
+DATASET = "/entry/data/data"
+
+
+class H5FrameWriter:
+    """Append 2-D frames to ``/entry/data/data`` of one HDF5 file in SWMR mode.
+
+    Parameters
+    ----------
+    path : path
+        File to create (parent directories are created). An existing file is an error:
+        nothing already recorded is overwritten.
+    frame_shape : (rows, cols)
+        Shape of every frame.
+    dtype : numpy dtype
+        Stored dtype (e.g. ``uint32`` counts or ``float32``).
+    """
+
+    def __init__(self, path: str | os.PathLike, frame_shape: tuple[int, int], dtype="float32"):
+        self.path = Path(path).resolve()
+        self.frame_shape = tuple(int(n) for n in frame_shape)
+        if len(self.frame_shape) != 2 or min(self.frame_shape) < 1:
+            raise ValueError(f"frame_shape must be (rows, cols) of positive ints, got {frame_shape}")
+        self.dtype = np.dtype(dtype)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            raise FileExistsError(f"detector file {self.path} exists; refusing to overwrite it")
+        self._file = h5py.File(self.path, "w", libver="latest")
+        self._file.create_dataset(
+            DATASET,
+            shape=(0, *self.frame_shape),
+            maxshape=(None, *self.frame_shape),
+            chunks=(1, *self.frame_shape),
+            dtype=self.dtype,
+        )
+        self._file.swmr_mode = True
+        self._ds = self._file[DATASET]
+        self.count = 0
+
+    @property
+    def uri(self) -> str:
+        """``file://localhost/...`` URI of the file, as StreamResource documents carry it."""
+        return f"file://localhost{self.path}"
+
+    def append(self, frame: np.ndarray) -> int:
+        """Write one frame; return its index in the file."""
+        frame = np.asarray(frame)
+        if frame.shape != self.frame_shape:
+            raise ValueError(
+                f"frame shape {frame.shape} does not match the detector's {self.frame_shape}"
+            )
+        index = self.count
+        self._ds.resize(index + 1, axis=0)
+        self._ds[index] = frame.astype(self.dtype, copy=False)
+        self._ds.flush()
+        self.count += 1
+        return index
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> H5FrameWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

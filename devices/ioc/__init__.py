@@ -1,0 +1,1 @@
+"""caproto IOCs of the simulated beamline."""

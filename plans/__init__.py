@@ -1,0 +1,1 @@
+"""Bluesky plans (typed generator functions) for the three strainstream experiments."""
