@@ -97,8 +97,8 @@ def hexagonal_q_A_inv(hkl: np.ndarray, a_A: float, c_A: float) -> np.ndarray:
         Q in Å⁻¹.
     """
     hkl = np.asarray(hkl, dtype=float)
-    h, k, l = hkl[..., 0], hkl[..., 1], hkl[..., 2]
-    inv_d2 = 4.0 * (h * h + h * k + k * k) / (3.0 * a_A**2) + l * l / c_A**2
+    h, k, ll = hkl[..., 0], hkl[..., 1], hkl[..., 2]
+    inv_d2 = 4.0 * (h * h + h * k + k * k) / (3.0 * a_A**2) + ll * ll / c_A**2
     return 2.0 * np.pi * np.sqrt(inv_d2)
 
 
@@ -109,13 +109,13 @@ def cubic_q_A_inv(hkl: np.ndarray, a_A: float) -> np.ndarray:
 
 
 def _hkl_box(hmax: int, kmax: int, lmax: int) -> np.ndarray:
-    h, k, l = np.meshgrid(
+    h, k, ll = np.meshgrid(
         np.arange(-hmax, hmax + 1),
         np.arange(-kmax, kmax + 1),
         np.arange(-lmax, lmax + 1),
         indexing="ij",
     )
-    hkl = np.stack([h.ravel(), k.ravel(), l.ravel()], axis=1)
+    hkl = np.stack([h.ravel(), k.ravel(), ll.ravel()], axis=1)
     return hkl[np.any(hkl != 0, axis=1)]
 
 
