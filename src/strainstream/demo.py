@@ -28,7 +28,8 @@ class WorkerProcess:
         self.catch_up_hours = catch_up_hours
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60.0) -> WorkerProcess:
+    def start(self, timeout_s: float = 60.0, wait: bool = True) -> WorkerProcess:
+        """Start the worker; with ``wait`` block until it is subscribed and caught up."""
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         ready = logs / f"worker-{os.getpid()}-{time.monotonic_ns()}.ready"
@@ -41,6 +42,13 @@ class WorkerProcess:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
+        self._ready = ready
+        if wait:
+            self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        logs, ready = self.data_dir / "logs", self._ready
         deadline = time.monotonic() + timeout_s
         while not ready.exists():
             if self.process.poll() is not None:
@@ -50,7 +58,6 @@ class WorkerProcess:
                 raise RuntimeError(f"worker not ready after {timeout_s:.0f} s; see {logs / 'worker.log'}")
             time.sleep(0.05)
         ready.unlink()
-        return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -67,7 +74,7 @@ class WorkerProcess:
             self.process.wait()
 
     def __enter__(self) -> WorkerProcess:
-        return self.start()
+        return self.start() if self.process is None else self
 
     def __exit__(self, *exc) -> None:
         self.stop()

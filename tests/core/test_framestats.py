@@ -1,0 +1,50 @@
+import math
+
+import numpy as np
+import pytest
+
+from strainstream.framestats import FrameError, check_frame, frame_statistics
+
+
+def test_statistics_of_known_frame():
+    frame = np.zeros((5, 7))
+    frame[1, 2] = 30.0
+    frame[3, 6] = 10.0
+    s = frame_statistics(frame, saturation=25)
+    assert s["total"] == 40.0
+    assert s["max"] == 30.0
+    assert s["mean"] == pytest.approx(40 / 35, rel=1e-15)
+    assert s["centroid_row"] == pytest.approx((1 * 30 + 3 * 10) / 40, rel=1e-15)
+    assert s["centroid_col"] == pytest.approx((2 * 30 + 6 * 10) / 40, rel=1e-15)
+    assert s["n_saturated"] == 1
+    assert s["n_nonfinite"] == 0
+
+
+def test_nan_pixels_are_counted_and_ignored():
+    frame = np.full((4, 4), 2.0)
+    frame[0, 0] = np.nan
+    frame[1, 1] = np.inf
+    s = frame_statistics(frame)
+    assert s["n_nonfinite"] == 2
+    assert s["mean"] == 2.0 and s["total"] == 28.0
+    assert math.isfinite(s["centroid_row"])
+
+
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        (np.full((3, 3), np.nan), "all_nan"),
+        (np.zeros((3, 3)), "blank"),
+        (np.zeros(9), "wrong_shape"),
+        (np.zeros((2, 3, 3)), "wrong_shape"),
+    ],
+)
+def test_bad_frames_raise_named_errors(frame, reason):
+    with pytest.raises(FrameError) as info:
+        frame_statistics(frame)
+    assert info.value.reason == reason
+
+
+def test_declared_shape_mismatch():
+    with pytest.raises(FrameError, match="differs from the declared"):
+        check_frame(np.ones((4, 4)), expected_shape=(5, 4))
