@@ -338,7 +338,7 @@ def open_offline(data_dir: str | os.PathLike):
 
     api_key = api_key_for(root, create=False)
     os.environ.setdefault("TILED_SINGLE_USER_API_KEY", api_key)
-    logging.getLogger("tiled").setLevel(logging.WARNING)
+    logging.getLogger("tiled.server.app").setLevel(logging.WARNING)  # it sets INFO on import
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
             contextlib.redirect_stdout(io.StringIO()):
         # tiled announces itself and starlette warns about its test client: not for users
