@@ -311,6 +311,13 @@ def split_gitt_pulses(time_s, current_mA, *, threshold_mA: float | None = None) 
     return pulses
 
 
+def _relaxed_mean(t: np.ndarray, v: np.ndarray, first: int, last: int, window_s: float) -> float:
+    """Mean voltage of samples first..last (inclusive) within window_s of t[last]."""
+    first = min(first, last)
+    lo = first + int(np.searchsorted(t[first:last + 1], t[last] - window_s, side="left"))
+    return float(np.mean(v[min(lo, last):last + 1]))
+
+
 def gitt_diffusivity(
     time_s,
     voltage_V,
@@ -320,11 +327,18 @@ def gitt_diffusivity(
     fit_window_sqrt_s: tuple[float, float] = (10.0, 20.0),
     threshold_mA: float | None = None,
     min_fit_points: int = 5,
+    relaxed_average_s: float = 30.0,
 ) -> GITTResult:
     """GITT diffusivity for every pulse of a record.
 
-    For each pulse: τ = t[stop] − t[start]; ΔE_s = V[rest_end] − V[before] (relaxed voltage
-    after the following rest minus the relaxed voltage before the pulse); dE/d√t is the
+    Record convention: sample k's current is the current applied from t[k] on (so a pulse
+    runs from t[start] to t[stop]); the sample before ``start`` is the end of the preceding
+    rest.
+
+    For each pulse: τ = t[stop] − t[start]; ΔE_s = E_after − E_before, the relaxed voltages
+    at the end of the following rest and at the end of the preceding rest, each the mean of
+    the rest samples in the last ``relaxed_average_s`` seconds (at least one sample; this
+    averages out voltage noise); dE/d√t is the
     least-squares slope of V against √(t − t[start]) over the pulse samples with
     ``fit_window_sqrt_s[0] < √(t − t_start) < fit_window_sqrt_s[1]`` (default 10–20 s^½,
     i.e. 100–400 s into the pulse); D from :func:`gitt_diffusivity_cm2_s`.
@@ -341,6 +355,8 @@ def gitt_diffusivity(
         See :func:`split_gitt_pulses`.
     min_fit_points : int
         Fewer samples in the window → D = NaN with a reason.
+    relaxed_average_s : float
+        Length (s) of the end-of-rest interval averaged for the relaxed voltages.
 
     Returns
     -------
@@ -368,9 +384,12 @@ def gitt_diffusivity(
         out["t_start_s"][k] = t0
         out["tau_s"][k] = tau
         out["current_mA"][k] = float(np.mean(i[p.start:p.stop]))
-        out["e_before_V"][k] = v[p.before]
-        out["e_after_V"][k] = v[p.rest_end]
-        out["delta_es_V"][k] = v[p.rest_end] - v[p.before]
+        prev_stop = pulses[k - 1].stop if k > 0 else 0
+        e_before = _relaxed_mean(t, v, prev_stop, p.before, relaxed_average_s)
+        e_after = _relaxed_mean(t, v, p.stop, p.rest_end, relaxed_average_s)
+        out["e_before_V"][k] = e_before
+        out["e_after_V"][k] = e_after
+        out["delta_es_V"][k] = e_after - e_before
         sq = np.sqrt(t[p.start:p.stop] - t0)
         sel = (sq > w0) & (sq < w1)
         n_fit[k] = int(np.count_nonzero(sel))
