@@ -67,7 +67,7 @@ def test_dqdv_peaks_and_area_known_answer():
     v, q, peaks = _logistic_record(noise_V=0.001)
     vc, d = ec.dqdv(v, q, bin_width_V=0.001, smooth_V=0.004)
     assert np.all(np.isfinite(d))
-    for v0, w, a in peaks:
+    for v0, _w, _a in peaks:
         sel = np.abs(vc - v0) < 0.04
         assert abs(vc[sel][np.argmax(d[sel])] - v0) < 0.003
     # the area under dQ/dV is the capacity of the segment (1 %)
@@ -109,9 +109,9 @@ def _synthetic_gitt(d_true, radius_cm, *, tau=600.0, rest=3600.0, n=8, dt=1.0, s
                     noise_V=0.0, seed=0):
     """Weppner–Huggins record: E = E0 + IR + k√t during the pulse, relaxation after."""
     t_all, v_all, i_all = [], [], []
-    t0, e0 = 0.0, 3.70
+    e0 = 3.70
     i_ma, ir = 0.2 * sign, 0.015 * sign
-    des_list, t = [], 0.0
+    des_list = []
     t_rest0 = np.arange(0.0, 600.0, dt)
     t_all.append(t_rest0)
     v_all.append(np.full(t_rest0.size, e0))
