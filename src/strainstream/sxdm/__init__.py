@@ -9,7 +9,22 @@ Typical use::
 """
 
 from ._errors import SXDMError, SXDMMetadataError
-from ._geometry import GEOMETRY_KEYS, SXDMGeometry, pixel_q_vectors, q_to_d_and_tilts, rocking_matrix
+from ._geometry import (
+    GEOMETRY_KEYS,
+    SXDMGeometry,
+    pixel_q_vectors,
+    q_to_d_and_tilts,
+    rocking_matrix,
+)
+from ._io import (
+    MAP_DATASETS,
+    SXDMChunk,
+    SXDMFileInfo,
+    map_file,
+    read_sxdm_file,
+    read_sxdm_info,
+    write_maps,
+)
 from ._mapper import (
     FLAG_BAD_DETECTOR_VALUES,
     FLAG_DETECTOR_TRUNCATED,
@@ -22,7 +37,7 @@ from ._mapper import (
     compute_statistics,
     statistics_table,
 )
-from ._registration import register_translation, shift_maps
+from ._registration import estimate_drift, register_translation, shift_maps
 
 __all__ = [
     "FLAG_BAD_DETECTOR_VALUES",
@@ -31,17 +46,25 @@ __all__ = [
     "FLAG_LOW_INTENSITY",
     "FLAG_THETA_TRUNCATED",
     "GEOMETRY_KEYS",
+    "MAP_DATASETS",
+    "SXDMChunk",
     "SXDMError",
+    "SXDMFileInfo",
     "SXDMGeometry",
     "SXDMMaps",
     "SXDMMetadataError",
     "SXDMStatistics",
     "StrainMapper",
     "compute_statistics",
+    "estimate_drift",
+    "map_file",
     "pixel_q_vectors",
     "q_to_d_and_tilts",
+    "read_sxdm_file",
+    "read_sxdm_info",
     "register_translation",
     "rocking_matrix",
     "shift_maps",
     "statistics_table",
+    "write_maps",
 ]

@@ -1,0 +1,99 @@
+"""``strainstream sxdm``: SXDM strain/rotation maps from 5-D rocking-curve data.
+
+    strainstream sxdm map FILE.h5 [--out MAPS.h5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+PROG = "strainstream sxdm"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``strainstream sxdm`` argument parser."""
+    p = _Parser(prog=PROG, description="SXDM strain and rotation maps of single particles.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    m = sub.add_parser(
+        "map",
+        help="maps and statistics from FILE.h5 (frames, theta_deg, geometry attributes)",
+        description="Centre of mass of the 3-D (003) peak per raster point, drift-registered.",
+    )
+    m.add_argument("file", metavar="FILE.h5", help="SXDM file: frames (n_theta, ny, nx, rows, cols), theta_deg")
+    m.add_argument("--out", metavar="MAPS.h5", help="write the maps (intensity, mask, d_spacing_A, strain, tilts)")
+    m.add_argument("--json", action="store_true", help="print the particle statistics as one JSON object")
+    m.add_argument("--d-ref", type=float, metavar="ANGSTROM", help="reference d-spacing for strain_ref, Å")
+    m.add_argument("--background", default="auto", help="'auto' (frame border) or counts per pixel per frame")
+    m.add_argument("--threshold", default="auto", help="'auto' (Poisson) or counts above background")
+    m.add_argument("--no-register", action="store_true", help="do not correct drift between rocking angles")
+    m.add_argument("--max-chunk-mb", type=float, default=256.0, help="memory bound of one read chunk, MB")
+    return p
+
+
+def _number_or_auto(text: str, name: str) -> str | float:
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise _UsageError(f"--{name} must be 'auto' or a number, got {text!r}") from None
+
+
+def main(argv: list[str]) -> int:
+    """Run ``strainstream sxdm``; returns the exit code (2 on errors, message on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    try:
+        return _map(args)
+    except (_UsageError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _map(args: argparse.Namespace) -> int:
+    from ._errors import SXDMError
+    from ._io import map_file, write_maps
+    from ._mapper import compute_statistics
+
+    maps = map_file(
+        args.file,
+        max_chunk_mb=args.max_chunk_mb,
+        d_ref_A=args.d_ref,
+        background=_number_or_auto(args.background, "background"),
+        threshold_counts=_number_or_auto(args.threshold, "threshold"),
+        register=not args.no_register,
+    )
+    for msg in maps.messages:
+        print(f"{PROG}: warning: {msg}", file=sys.stderr)
+    if args.out:
+        write_maps(args.out, maps)
+    if not maps.mask.any():
+        raise SXDMError("no raster point inside the particle mask" + (f": {maps.messages[0]}" if maps.messages else ""))
+    stats = compute_statistics(maps)
+    if args.json:
+        print(json.dumps(stats.to_dict()))
+    else:
+        print(f"particle: {stats.n_pixels} raster points, d_mean {stats.d_mean_A:.5f} Å")
+        print(f"strain  : std {stats.strain_std:.3e}, range {stats.strain_range:.3e}")
+        print(f"tilts   : θxy std {stats.tilt_xy_std_deg:.4f}°, θxz std {stats.tilt_xz_std_deg:.4f}°")
+        print(f"strain–θxy correlation {stats.strain_tilt_correlation:+.3f}")
+        if args.out:
+            print(f"maps written to {args.out}")
+    return 0
