@@ -328,13 +328,13 @@ def open_offline(data_dir: str | os.PathLike):
             f"{root} holds no strainstream data (no tiled.yml); "
             "pass the --data-dir used by `strainstream demo` or `strainstream serve`"
         )
-    from tiled.client import Context, from_context
-    from tiled.config import parse_configs
-    from tiled.server.app import build_app_from_config
-
     import io
     import logging
     import warnings
+
+    from tiled.client import Context, from_context
+    from tiled.config import parse_configs
+    from tiled.server.app import build_app_from_config
 
     api_key = api_key_for(root, create=False)
     os.environ.setdefault("TILED_SINGLE_USER_API_KEY", api_key)
