@@ -1,0 +1,184 @@
+"""``strainstream xanes`` — TXM-XANES white-line maps from an HDF5 energy stack.
+
+    strainstream xanes whiteline FILE.h5 [--out OUT.h5] [--json]
+
+FILE.h5 holds ``energies_eV`` (n,) and ``stack`` (n, ny, nx). If ``flats`` (n, ny, nx) and
+``darks`` (ny, nx) are present, ``stack`` is raw counts (normalised with the flat of the same
+energy, corrected for an optional ``magnification`` (n,) dataset and registered), otherwise
+it is absorbance. OUT.h5 receives ``whiteline_eV`` (ny, nx; NaN outside the mask), ``mask``
+(bool), ``flags``, ``edge_jump`` and the histogram.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+PROG = "strainstream xanes"
+
+
+class _UserError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="TXM-XANES analysis: per-voxel white-line energy maps."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "whiteline",
+        help="white-line energy map, mask and statistics from an HDF5 energy stack",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", metavar="FILE.h5", help="input HDF5 (energies_eV, stack[, flats, darks])")
+    p.add_argument("--out", metavar="OUT.h5", help="write whiteline_eV, mask, ... to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the statistics")
+    p.add_argument("--min-edge-jump", type=float, default=0.1,
+                   help="mask voxels whose edge jump (absorbance) is below this (default 0.1)")
+    p.add_argument("--bandwidth-eV", type=float, default=1.5,
+                   help="Gaussian kernel width of the local cubic fit, eV (default 1.5)")
+    p.add_argument("--register", choices=("auto", "yes", "no"), default="auto",
+                   help="sub-pixel registration across energies (auto: only for raw counts)")
+    p.add_argument("--edge-energy", action="store_true",
+                   help="also compute the half-jump edge energy map")
+    p.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    return parser
+
+
+def _read_input(path: str) -> dict:
+    import h5py
+    import numpy as np
+
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise _UserError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise _UserError(f"{path}: cannot open as HDF5 ({exc})") from None
+    with f:
+        missing = [k for k in ("energies_eV", "stack") if k not in f]
+        if missing:
+            raise _UserError(
+                f"{path}: missing dataset(s) {', '.join(missing)}; the file must hold "
+                "energies_eV (n,) and stack (n, ny, nx)"
+            )
+        data = {"energies_eV": np.asarray(f["energies_eV"][()], dtype=np.float64),
+                "stack": np.asarray(f["stack"][()], dtype=np.float64)}
+        has_f, has_d = "flats" in f, "darks" in f
+        if has_f != has_d:
+            raise _UserError(
+                f"{path}: {'flats' if has_f else 'darks'} present but "
+                f"{'darks' if has_f else 'flats'} missing; raw counts need both flats and darks"
+            )
+        if has_f:
+            data["flats"] = np.asarray(f["flats"][()], dtype=np.float64)
+            data["darks"] = np.asarray(f["darks"][()], dtype=np.float64)
+        if "magnification" in f:
+            data["magnification"] = np.asarray(f["magnification"][()], dtype=np.float64)
+    return data
+
+
+def _whiteline(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from strainstream import xanes
+    from strainstream.xanes._errors import check_energies
+
+    data = _read_input(args.file)
+    e = check_energies(data["energies_eV"], min_points=5)
+    stack = data["stack"]
+    if stack.ndim != 3 or stack.shape[0] != e.size:
+        raise xanes.XanesInputError(
+            f"stack shape {stack.shape} disagrees with the {e.size} energies: expected "
+            f"({e.size}, ny, nx)"
+        )
+    raw = "flats" in data
+    if raw:
+        absorb = xanes.absorbance_from_counts(stack, data["flats"], data["darks"])
+    else:
+        absorb = stack
+    if "magnification" in data:
+        absorb = xanes.correct_magnification(absorb, data["magnification"])
+    do_reg = args.register == "yes" or (args.register == "auto" and raw)
+    shifts = None
+    if do_reg:
+        reg = xanes.register_stack(absorb)
+        absorb, shifts = reg.aligned, reg.shifts_px
+    res = xanes.analyse_whiteline(
+        e, absorb, min_edge_jump=args.min_edge_jump, bandwidth_eV=args.bandwidth_eV,
+        edge_energy=args.edge_energy, bins=args.bins,
+    )
+    st = res.stats
+    valid_jump = res.edge_jump[res.mask]
+    summary = {
+        "whiteline_mean_eV": st.mean_eV,
+        "whiteline_std_eV": st.std_eV,
+        "whiteline_median_eV": st.median_eV,
+        "n_voxels": st.n_voxels,
+        "n_total": res.counts["n_total"],
+        "n_masked": res.counts["n_total"] - st.n_voxels,
+        "n_no_material": res.counts["n_no_material"],
+        "n_nonfinite": res.counts["n_nonfinite"],
+        "n_bad_fit": res.counts["n_bad_fit"],
+        "edge_jump_median": float(np.median(valid_jump)) if valid_jump.size else float("nan"),
+        "edge_reference_eV": res.edge_reference_eV,
+        "energy_range_eV": [float(e[0]), float(e[-1])],
+        "n_energies": int(e.size),
+        "input": "raw counts" if raw else "absorbance",
+        "registered": bool(do_reg),
+        "max_shift_px": float(np.abs(shifts).max()) if shifts is not None else 0.0,
+    }
+    if res.edge_energy_eV is not None:
+        ee = res.edge_energy_eV[res.mask]
+        ee = ee[np.isfinite(ee)]
+        summary["edge_energy_mean_eV"] = float(ee.mean()) if ee.size else float("nan")
+    if args.out:
+        import h5py
+
+        with h5py.File(args.out, "w") as f:
+            f["whiteline_eV"] = res.whiteline_eV
+            f["mask"] = res.mask
+            f["flags"] = res.flags
+            f["edge_jump"] = res.edge_jump
+            if res.edge_energy_eV is not None:
+                f["edge_energy_eV"] = res.edge_energy_eV
+            f["histogram_counts"] = st.histogram_counts
+            f["histogram_bin_edges_eV"] = st.bin_edges_eV
+            if shifts is not None:
+                f["shifts_px"] = shifts
+            for k, v in summary.items():
+                f.attrs[k] = v if not isinstance(v, list) else np.asarray(v)
+        summary["out"] = args.out
+    if args.json:
+        print(json.dumps({k: (None if isinstance(v, float) and v != v else v)
+                          for k, v in summary.items()}))
+    else:
+        print(f"white line: mean {st.mean_eV:.3f} eV, std {st.std_eV:.3f} eV, "
+              f"median {st.median_eV:.3f} eV over {st.n_voxels} of {res.counts['n_total']} voxels")
+        print(f"masked: {res.counts['n_no_material']} without material "
+              f"(edge jump < {args.min_edge_jump}), {res.counts['n_nonfinite']} non-finite, "
+              f"{res.counts['n_bad_fit']} bad fits")
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``strainstream xanes``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _whiteline(args)
+    except (_UserError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
