@@ -145,6 +145,14 @@ def test_pyfai_integration_of_frame_returns_the_model(sim_small):
     assert centroid == pytest.approx(6 * np.pi / 14.19, abs=0.003)
 
 
+def test_expected_image_equals_pyfai_calcfrom1d(sim_small):
+    # pyFAI's own 1-D → 2-D reconstruction of the same profile is an independent reference
+    q, inten = sim_small.profile(_pristine())
+    ref = sim_small.ai.calcfrom1d(q, inten, shape=sim_small.geometry.shape, dim1_unit="q_A^-1",
+                                  correctSolidAngle=True)
+    np.testing.assert_allclose(sim_small.expected_image(inten), ref, rtol=1e-9)
+
+
 def test_poisson_noise_statistics_and_seed(sim_small):
     _, inten = sim_small.profile(_pristine())
     mu = sim_small.expected_image(inten)
@@ -210,7 +218,9 @@ def test_cell_lattice_drives_the_frame(sim_small):
     cell = C.CoinCell("PC-NC91", 10.0)
     cell.set_mode("CC", current_mA_g=200.0)
     cell.step(1800.0)
-    frame = sim_small.frame(cell.lattice(), seed=0)
+    frame = sim_small.cell_frame(cell, seed=0)
+    assert frame.metadata["capacity_mAh_g"] == pytest.approx(100.0)
+    assert frame.metadata["preset"] == "PC-NC91"
     assert frame.phases[0]["c_A"] == pytest.approx(cell.lattice()[0].c_A)
     q, inten = frame.q_A_inv, frame.intensity
     sel = np.abs(q - 6 * np.pi / cell.lattice()[0].c_A) < 0.03

@@ -29,7 +29,7 @@ A frame holds, for every pixel, I(Q_pixel) (linear interpolation of the 1-D mode
 a uniform grid of step ``q_step_A_inv``) times the relative solid angle (1 at the PONI, as in
 pyFAI's ``solidAngleArray``) and, if requested, the polarisation factor; then counting noise:
 exact Poisson below 30 expected counts and its normal approximation N(μ, μ) rounded above
-(``exact_poisson=True`` for exact Poisson everywhere, ~4× slower); then saturation and the
+(``exact_poisson=True`` for exact Poisson everywhere, about 2× slower); then saturation and the
 dead/hot pixel map. pyFAI ``integrate1d(..., unit="q_A^-1", correctSolidAngle=True)`` of a
 noise-free frame therefore returns I(Q).
 """
@@ -545,6 +545,23 @@ class XRDFrameSimulator:
         return SimulatedFrame(img, q, inten, self.geometry.to_dict(),
                               [_phase_dict(p) for p in phases], self.defect_mask,
                               {"kind": "cell", "seed": seed, "noise": noise})
+
+    def cell_frame(self, cell, *, seed: int | None = 0, noise: bool = True,
+                   **profile_kwargs) -> SimulatedFrame:
+        """Frame of a :class:`~strainstream.sim.cell.CoinCell` in its present state.
+
+        Uses ``cell.lattice()`` and the preset's transition-metal site occupancy; the
+        frame's ``metadata`` records the cell readbacks (voltage, capacity, soc, ...).
+
+        Returns
+        -------
+        SimulatedFrame
+        """
+        profile_kwargs.setdefault("transition_metals", dict(cell.preset.transition_metals))
+        fr = self.frame(cell.lattice(), seed=seed, noise=noise, **profile_kwargs)
+        fr.metadata.update(cell.readbacks())
+        fr.metadata["preset"] = cell.preset.name
+        return fr
 
     def ceo2_frame(self, *, seed: int | None = 0, noise: bool = True, **kwargs) -> SimulatedFrame:
         """Simulated CeO2 (NIST SRM 674b) calibrant frame; kwargs go to :meth:`ceo2_profile`.
