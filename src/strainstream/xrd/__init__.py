@@ -1,28 +1,57 @@
 """Operando XRD analysis core: calibration, integration, layered-oxide refinement.
 
-Public API
-----------
-calibrate, geometry helpers      CeO2 geometry calibration → geometry dict / PONI
-Integrator                       pinned pyFAI azimuthal integration of frames to I(Q)
-refine_pattern                   Pawley-style whole-pattern refinement of R-3m phase(s)
-SequentialRefiner                frame-to-frame refinement with automatic re-seeding
-detect_003_split                 (003) H2/H3 splitting test
+- :func:`calibrate` — CeO2 (pyFAI calibrant) geometry calibration → geometry dict / PONI
+- :class:`Integrator` — pinned pyFAI azimuthal integration of frames to I(Q), built once
+- :func:`refine_pattern` — Pawley-style whole-pattern refinement of R-3m phase(s)
+- :class:`SequentialRefiner` — frame-to-frame refinement with automatic re-seeding
+- :func:`detect_003_split` — (003) H2/H3 splitting test
+
+Conventions: Q in Å⁻¹, Williamson–Hall microstrain ε with FWHM and K = 0.9 (DESIGN.md);
+ε is reported, not GSAS-II "mustrain" (= 4ε·10⁶).
 """
 
+from ._calibrate import calibrate, pixel_two_theta_rad
 from ._errors import FrameError, PatternError
-from ._lattice import hex_volume_A3, r3m_reflections
-from ._phases import WINDOW_003_A_INV, Split003, detect_003_split
+from ._geometry import (
+    GEOMETRY_KEYS,
+    geometry_from_pyfai,
+    geometry_to_poni,
+    load_poni,
+    make_azimuthal_integrator,
+    save_poni,
+    validate_geometry,
+)
+from ._integrate import DEFAULT_METHOD, Integrator, MaskReport
+from ._lattice import AL_A_A, SCHERRER_K, hex_volume_A3, r3m_reflections
+from ._phases import WINDOW_003_A_INV, Split003, detect_003_split, seed_lattice
 from ._refine import PhaseResult, RefinementResult, refine_pattern
+from ._sequential import SequentialRefiner
 
 __all__ = [
+    "AL_A_A",
+    "DEFAULT_METHOD",
+    "GEOMETRY_KEYS",
+    "SCHERRER_K",
+    "WINDOW_003_A_INV",
     "FrameError",
+    "Integrator",
+    "MaskReport",
     "PatternError",
     "PhaseResult",
     "RefinementResult",
+    "SequentialRefiner",
     "Split003",
-    "WINDOW_003_A_INV",
+    "calibrate",
     "detect_003_split",
+    "geometry_from_pyfai",
+    "geometry_to_poni",
     "hex_volume_A3",
+    "load_poni",
+    "make_azimuthal_integrator",
+    "pixel_two_theta_rad",
     "r3m_reflections",
     "refine_pattern",
+    "save_poni",
+    "seed_lattice",
+    "validate_geometry",
 ]

@@ -1,0 +1,219 @@
+"""Geometry calibration from a CeO2 (or other pyFAI calibrant) frame."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy import ndimage, signal
+from scipy.optimize import least_squares
+
+from ._errors import FrameError
+from ._geometry import make_azimuthal_integrator, validate_geometry
+
+_PARAMS = ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3")
+
+
+def pixel_two_theta_rad(d1, d2, geometry):
+    """2θ (rad) at pixel coordinates (d1 = row, d2 = column; pixel centres at +0.5).
+
+    Same convention as pyFAI's ``Geometry.tth`` (rotations about the sample, PONI in the
+    detector plane), vectorised in numpy.
+
+    Parameters
+    ----------
+    d1, d2 : ndarray, shape (n,)
+        Row and column pixel coordinates.
+    geometry : dict
+        Geometry dict (see :func:`validate_geometry`).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    g = geometry
+    px1, px2 = (v * 1e-6 for v in g["pixel_size_um"])
+    p1 = px1 * (np.asarray(d1) + 0.5) - g["poni1_m"]
+    p2 = px2 * (np.asarray(d2) + 0.5) - g["poni2_m"]
+    big_l = g["distance_m"]
+    c1, s1 = np.cos(g["rot1"]), np.sin(g["rot1"])
+    c2, s2 = np.cos(g["rot2"]), np.sin(g["rot2"])
+    c3, s3 = np.cos(g["rot3"]), np.sin(g["rot3"])
+    t1 = p1 * c2 * c3 + p2 * (c3 * s1 * s2 - c1 * s3) - big_l * (c1 * c3 * s2 + s1 * s3)
+    t2 = p1 * c2 * s3 + p2 * (c1 * c3 + s1 * s2 * s3) - big_l * (-(c3 * s1) + c1 * s2 * s3)
+    t3 = p1 * s2 - p2 * c2 * s1 + big_l * c1 * c2
+    return np.arctan2(np.sqrt(t1 * t1 + t2 * t2), t3)
+
+
+def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33):
+    """Move control points to the intensity centroid of their ring along the 2θ gradient.
+
+    Returns refined (d1, d2) and a boolean array of points with a clear ring profile.
+    """
+    e = 0.5
+    g1 = (pixel_two_theta_rad(d1 + e, d2, geometry) - pixel_two_theta_rad(d1 - e, d2, geometry))
+    g2 = (pixel_two_theta_rad(d1, d2 + e, geometry) - pixel_two_theta_rad(d1, d2 - e, geometry))
+    norm = np.hypot(g1, g2)
+    norm[norm == 0] = 1.0
+    u1, u2 = g1 / norm, g2 / norm
+    s = np.linspace(-half_px, half_px, n_samples)
+    r1 = d1[:, None] + s[None, :] * u1[:, None]
+    r2 = d2[:, None] + s[None, :] * u2[:, None]
+    v = ndimage.map_coordinates(frame, [r1.ravel(), r2.ravel()], order=1, mode="nearest")
+    v = v.reshape(r1.shape)
+    k = max(2, n_samples // 8)
+    left, right = v[:, :k].mean(axis=1), v[:, -k:].mean(axis=1)
+    base = left[:, None] + (right - left)[:, None] * (s[None, :] + half_px) / (2 * half_px)
+    w = np.clip(v - base, 0.0, None)
+    imax = np.argmax(w, axis=1)
+    near = np.abs(s[None, :] - s[imax][:, None]) <= 0.4 * half_px
+    w = w * near
+    tot = w.sum(axis=1)
+    ok = tot > 0
+    shift = np.where(ok, (w * s[None, :]).sum(axis=1) / np.where(ok, tot, 1.0), 0.0)
+    ok &= np.abs(shift) < 0.75 * half_px
+    return d1 + shift * u1, d2 + shift * u2, ok
+
+
+def _coarse_distance(ai, frame, tth_rings_rad):
+    """Scale the distance so that the azimuthally averaged ring positions match the calibrant.
+
+    A wrong distance D_g maps a ring of true angle 2θ to tan(2θ_app) = (D/D_g)·tan 2θ; the
+    scale D/D_g is found by a grid search maximising the profile at the predicted rings.
+    """
+    npt = int(0.5 * np.hypot(*frame.shape))  # about one bin per pixel of radius
+    res = ai.integrate1d(frame, npt, unit="2th_rad", method=("bbox", "histogram", "cython"))
+    tth, prof = np.asarray(res.radial), np.asarray(res.intensity)
+    ok = np.isfinite(prof)
+    tth, prof = tth[ok], prof[ok]
+    base = signal.medfilt(prof, 2 * (npt // 100) + 1)
+    prof = prof - base
+    noise = 1.4826 * np.median(np.abs(np.diff(prof))) / np.sqrt(2.0) + 1e-12
+    hit = (prof > 5.0 * noise).astype(float)  # rings are counted, not weighted by intensity
+    rings = tth_rings_rad[tth_rings_rad < tth[-1]]
+    scales = np.linspace(0.88, 1.12, 2401)
+    pred = np.arctan(np.tan(rings)[None, :] * scales[:, None])
+    score = np.interp(pred, tth, hit, left=0, right=0).sum(axis=1)
+    return float(scales[int(np.argmax(score))])
+
+
+def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
+              fix_rot3=True, max_rings=None, n_iter=3, mask=None):
+    """Refine the detector geometry from a calibrant powder frame.
+
+    Coarse step: the distance is rescaled so the azimuthal average matches the calibrant ring
+    angles. Then, ``n_iter`` times: control points are extracted on the rings with pyFAI
+    (``SingleGeometry.extract_cp``, massif peak search guided by the current geometry) and
+    the geometry is refined by ``scipy.optimize.least_squares`` on the 2θ residuals of all
+    control points.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (rows, cols)
+        Calibrant image (counts).
+    approx_geometry : dict
+        Starting geometry (see :func:`validate_geometry`), e.g. the nominal set-up; distance
+        within ~10 % and beam centre within a few pixels.
+    calibrant : str
+        pyFAI calibrant name (``"CeO2"`` = NIST SRM 674b lattice).
+    fix_wavelength : bool
+        Keep the wavelength fixed (recommended: it is degenerate with the distance at small
+        angles).
+    fix_rot3 : bool
+        Keep rot3 fixed (rot3 is undefined for a flat detector with isotropic rings).
+    max_rings : int, optional
+        Use at most this many rings (default: all rings on the detector).
+    n_iter : int
+        Number of extract/refine cycles.
+    mask : ndarray of bool, shape (rows, cols), optional
+        Pixels to ignore (True = masked).
+
+    Returns
+    -------
+    dict
+        Geometry dict plus ``"calibrant"``, ``"n_control_points"`` and ``"rms_2theta_deg"``.
+
+    Raises
+    ------
+    FrameError
+        Wrong frame shape, or too few control points (no rings found).
+    """
+    from pyFAI.calibrant import get_calibrant
+    from pyFAI.goniometer import SingleGeometry
+
+    g = validate_geometry(approx_geometry)
+    frame = np.asarray(frame, dtype=float)
+    if frame.shape != tuple(g["shape"]):
+        raise FrameError("shape", f"calibrant frame shape {frame.shape} does not match the "
+                                  f"geometry shape {tuple(g['shape'])}")
+    if mask is not None:
+        frame = np.where(mask, 0.0, frame)
+    frame = np.where(np.isfinite(frame), frame, 0.0)
+    cal = get_calibrant(calibrant)
+    cal.wavelength = g["wavelength_A"] * 1e-10
+    tth_rings = np.asarray(cal.get_2th(), dtype=float)
+    ai = make_azimuthal_integrator(g)
+    g["distance_m"] *= _coarse_distance(ai, frame, tth_rings)
+    free = [p for p in _PARAMS if not (fix_rot3 and p == "rot3")]
+    if not fix_wavelength:
+        free.append("wavelength_A")
+    x = np.array([g[p] for p in free])
+    scale = np.array([0.01 if p == "distance_m" else 1e-3 for p in free])
+    pyfai_logger = logging.getLogger("pyFAI")
+    old_level = pyfai_logger.level
+    pyfai_logger.setLevel(logging.ERROR)
+    try:
+        for _ in range(n_iter):
+            ai = make_azimuthal_integrator(g)
+            sg = SingleGeometry("calibrant", frame, calibrant=cal, detector=ai.detector,
+                                geometry=ai)
+            sg.extract_cp(max_rings=max_rings, pts_per_deg=1.0)
+            pts = np.array(sg.control_points.getList(), dtype=float)
+            if pts.ndim != 2 or pts.shape[0] < 20:
+                raise FrameError("blank", f"only {0 if pts.ndim != 2 else pts.shape[0]} control "
+                                          f"points found on the {calibrant} rings: check the "
+                                          "frame and the approximate geometry")
+            d1, d2, ring = pts[:, 0], pts[:, 1], pts[:, 2].astype(int)
+            d1, d2, ok = _subpixel_points(frame, d1, d2, g)
+            d1, d2, ring = d1[ok], d2[ok], ring[ok]
+
+            def resid(xv, d1=d1, d2=d2, ring=ring):
+                gg = dict(g)
+                gg.update(zip(free, xv, strict=True))
+                lam = gg["wavelength_A"]
+                if lam != g["wavelength_A"]:
+                    ratio = lam / g["wavelength_A"]
+                    ring_tth = 2 * np.arcsin(np.clip(ratio * np.sin(tth_rings / 2), 0, 1))
+                else:
+                    ring_tth = tth_rings
+                return (pixel_two_theta_rad(d1, d2, gg) - ring_tth[ring]) * 1e3
+
+            res = least_squares(resid, x, x_scale=scale, method="lm")
+            # weight every ring by its own scatter (weak/overlapping rings scatter more),
+            # drop > 4σ outliers and refit
+            r = res.fun
+            rings_used = np.unique(ring)
+            med = np.zeros(ring.max() + 1)
+            spread = np.ones(ring.max() + 1)
+            for k in rings_used:
+                rk = r[ring == k]
+                med[k] = np.median(rk)
+                spread[k] = max(1.4826 * np.median(np.abs(rk - med[k])), 1e-4)
+            z = (r - med[ring]) / spread[ring]
+            keep = np.abs(z) < 4.0
+            d1, d2, ring = d1[keep], d2[keep], ring[keep]
+            wpt = 1.0 / spread[ring]
+            res = least_squares(lambda xv, d1=d1, d2=d2, ring=ring, wpt=wpt:
+                                resid(xv, d1, d2, ring) * wpt, res.x, x_scale=scale, method="lm")
+            res.fun = res.fun / wpt
+            x = res.x
+            g.update(zip(free, (float(v) for v in x), strict=True))
+    finally:
+        pyfai_logger.setLevel(old_level)
+    out = validate_geometry({k: g[k] for k in g if k in
+                             ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3",
+                              "wavelength_A", "pixel_size_um", "shape")})
+    out["calibrant"] = calibrant
+    out["n_control_points"] = int(d1.size)
+    out["rms_2theta_deg"] = float(np.degrees(np.sqrt(np.mean(res.fun**2)) * 1e-3))
+    return out

@@ -1,0 +1,225 @@
+"""Azimuthal integration of detector frames to I(Q) with a pinned pyFAI method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._errors import FrameError
+from ._geometry import make_azimuthal_integrator, validate_geometry
+
+#: Integration method used unless told otherwise: bounding-box pixel splitting, CSC sparse
+#: matrix, Cython engine (same numbers as pyFAI's default ("bbox", "csr", "cython") but
+#: faster on one core; see benchmarks/bench_xrd_refine.py).
+DEFAULT_METHOD = ("bbox", "csc", "cython")
+
+
+@dataclass(frozen=True)
+class MaskReport:
+    """Pixels excluded from the last integrated frame.
+
+    Attributes
+    ----------
+    n_dead : int
+        Pixels ≤ 0 (dead/unexposed), excluding NaN.
+    n_nan : int
+        Non-finite pixels.
+    n_saturated : int
+        Pixels at or above the saturation level.
+    n_user : int
+        Pixels masked by the static or per-call mask (and not counted above).
+    n_total : int
+        Pixels in the frame.
+    """
+
+    n_dead: int
+    n_nan: int
+    n_saturated: int
+    n_user: int
+    n_total: int
+
+    @property
+    def fraction_masked(self) -> float:
+        """Fraction of all pixels excluded."""
+        return (self.n_dead + self.n_nan + self.n_saturated + self.n_user) / self.n_total
+
+
+class Integrator:
+    """Integrate frames of one detector geometry to I(Q); build once, call per frame.
+
+    Dead (≤ 0), non-finite and saturated pixels are excluded automatically by setting them
+    to NaN in a float copy of the frame, so the pyFAI engine (sparse matrix) is built once
+    and never rebuilt for a new mask. Error model: Poisson (variance = counts).
+
+    Parameters
+    ----------
+    geometry : dict
+        Geometry dict (see :func:`strainstream.xrd.validate_geometry`).
+    npt : int
+        Default number of Q bins.
+    mask : ndarray of bool, shape (rows, cols), optional
+        Static mask (True = excluded), e.g. beam stop and detector gaps.
+    saturation_level : float, optional
+        Counts at or above which a pixel is saturated. Default: the maximum of the frame's
+        integer dtype (e.g. 65535 for uint16); None and a float frame → no saturation check.
+    max_saturated_fraction : float
+        A frame with more saturated pixels than this fraction raises ``FrameError``.
+    max_masked_fraction : float
+        A frame with more excluded pixels than this fraction raises ``FrameError``.
+    method : tuple of str
+        pyFAI integration method, pinned (default :data:`DEFAULT_METHOD`).
+    polarization_factor : float, optional
+        pyFAI polarisation factor (None: no correction; ≈0.99 for a horizontal synchrotron
+        beam).
+    """
+
+    def __init__(self, geometry, *, npt=3000, mask=None, saturation_level=None,
+                 max_saturated_fraction=0.02, max_masked_fraction=0.5, method=DEFAULT_METHOD,
+                 polarization_factor=None):
+        self.geometry = validate_geometry(geometry)
+        self.shape = tuple(self.geometry["shape"])
+        self.npt = int(npt)
+        if self.npt < 10:
+            raise ValueError(f"npt must be ≥ 10, got {npt}")
+        self.static_mask = self._check_mask(mask, "mask")
+        self.saturation_level = saturation_level
+        self.max_saturated_fraction = float(max_saturated_fraction)
+        self.max_masked_fraction = float(max_masked_fraction)
+        self.method = tuple(method)
+        self.polarization_factor = polarization_factor
+        self._ai = make_azimuthal_integrator(self.geometry)
+        self.last_report: MaskReport | None = None
+
+    @property
+    def wavelength_A(self) -> float:
+        """Wavelength of the geometry, Å."""
+        return self.geometry["wavelength_A"]
+
+    def _check_mask(self, mask, name):
+        if mask is None:
+            return None
+        m = np.asarray(mask)
+        if m.shape != self.shape:
+            raise FrameError("shape", f"{name} shape {m.shape} does not match the detector "
+                                      f"shape {self.shape}")
+        return m.astype(bool)
+
+    def prepare(self, frame, mask=None):
+        """Validate a frame and return a float64 copy with excluded pixels set to NaN.
+
+        Parameters
+        ----------
+        frame : ndarray, shape (rows, cols)
+            Raw frame (counts).
+        mask : ndarray of bool, shape (rows, cols), optional
+            Extra per-frame mask (True = excluded).
+
+        Returns
+        -------
+        data : ndarray, shape (rows, cols), float64
+        report : MaskReport
+
+        Raises
+        ------
+        FrameError
+            Wrong shape or dtype, all-NaN, blank, saturated or mostly masked frame.
+        """
+        arr = np.asarray(frame)
+        if arr.shape != self.shape:
+            raise FrameError("shape", f"frame shape {arr.shape} does not match the detector "
+                                      f"shape {self.shape} of the geometry; check the detector "
+                                      "ROI/binning or recalibrate")
+        if not (np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)):
+            raise FrameError("dtype", f"frame dtype {arr.dtype} is not a real numeric type")
+        level = self.saturation_level
+        if level is None and np.issubdtype(arr.dtype, np.integer):
+            level = np.iinfo(arr.dtype).max
+        data = arr.astype(np.float64, copy=True)
+        finite = np.isfinite(data)
+        n_nan = int(data.size - np.count_nonzero(finite))
+        if n_nan == data.size:
+            raise FrameError("all_nan", "frame is entirely NaN/inf: detector read-out failed; "
+                                        "skip this frame")
+        dead = finite & (data <= 0)
+        n_dead = int(np.count_nonzero(dead))
+        if n_dead + n_nan == data.size:
+            raise FrameError("blank", "frame is blank (no positive pixel): shutter closed or "
+                                      "beam lost?")
+        good = finite & ~dead
+        vals = data[good]
+        if vals.min() == vals.max() and (level is None or vals.max() < level):
+            raise FrameError("blank", f"frame is blank (all valid pixels = {vals.min()}): "
+                                      "shutter closed or detector not reading?")
+        if level is not None:
+            sat = good & (data >= level)
+            n_sat = int(np.count_nonzero(sat))
+        else:
+            sat = None
+            n_sat = 0
+        if n_sat > self.max_saturated_fraction * data.size:
+            raise FrameError("saturated", f"{n_sat} pixels ({100 * n_sat / data.size:.1f} %) are "
+                                          f"saturated (≥ {level}): reduce exposure or attenuate "
+                                          "the beam")
+        bad = ~good
+        if sat is not None:
+            bad |= sat
+        n_user = 0
+        for m in (self.static_mask, self._check_mask(mask, "mask")):
+            if m is not None:
+                n_user += int(np.count_nonzero(m & ~bad))
+                bad |= m
+        report = MaskReport(n_dead=n_dead, n_nan=n_nan, n_saturated=n_sat, n_user=n_user,
+                            n_total=int(data.size))
+        if report.fraction_masked > self.max_masked_fraction:
+            raise FrameError("masked", f"{100 * report.fraction_masked:.1f} % of the pixels are "
+                                       "masked (dead, NaN, saturated or user mask): frame "
+                                       "unusable")
+        data[bad] = np.nan
+        return data, report
+
+    def __call__(self, frame, mask=None, npt=None, q_range=None, azimuth_range=None):
+        """Integrate one frame to I(Q).
+
+        Parameters
+        ----------
+        frame : ndarray, shape (rows, cols)
+            Raw frame (counts).
+        mask : ndarray of bool, shape (rows, cols), optional
+            Extra per-frame mask (True = excluded); applied without rebuilding the engine.
+        npt : int, optional
+            Number of Q bins (default: the constructor's ``npt``).
+        q_range : (float, float), optional
+            Q range of the bins, Å⁻¹ (default: the whole detector).
+        azimuth_range : (float, float), optional
+            Azimuthal sector χ in degrees (pyFAI convention), e.g. (-30, 30).
+
+        Returns
+        -------
+        q_A_inv : ndarray, shape (npt,)
+            Bin centres, Å⁻¹.
+        intensity : ndarray, shape (npt,)
+            Mean corrected intensity per bin (NaN for empty bins).
+        sigma : ndarray, shape (npt,)
+            Poisson standard deviation of the bin mean (NaN for empty bins).
+
+        Notes
+        -----
+        The pixel counts of the last call are in :attr:`last_report` (:class:`MaskReport`).
+        """
+        data, report = self.prepare(frame, mask)
+        res = self._ai.integrate1d(
+            data, int(npt or self.npt), unit="q_A^-1", method=self.method,
+            error_model="poisson", radial_range=None if q_range is None else tuple(q_range),
+            azimuth_range=None if azimuth_range is None else tuple(azimuth_range),
+            polarization_factor=self.polarization_factor, correctSolidAngle=True)
+        q = np.asarray(res.radial, dtype=np.float64)
+        inten = np.asarray(res.intensity, dtype=np.float64)
+        sig = np.asarray(res.sigma, dtype=np.float64)
+        count = getattr(res, "count", None)
+        if count is not None:
+            empty = np.asarray(count) <= 0
+            inten = np.where(empty, np.nan, inten)
+            sig = np.where(empty, np.nan, sig)
+        self.last_report = report
+        return q, inten, sig
