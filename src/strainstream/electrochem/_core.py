@@ -16,10 +16,12 @@ __all__ = [
     "ElectrochemInputError",
     "GITTPulse",
     "GITTResult",
+    "HalfCycle",
     "cumulative_capacity_mAh_g",
     "dqdv",
     "gitt_diffusivity",
     "gitt_diffusivity_cm2_s",
+    "half_cycles",
     "split_gitt_pulses",
     "state_of_charge",
 ]
@@ -189,6 +191,73 @@ def dqdv(
     if smooth_V > 0:
         hist = gaussian_filter1d(hist, smooth_V / bin_width_V, mode="constant")
     return 0.5 * (edges[1:] + edges[:-1]), hist
+
+
+@dataclass(frozen=True)
+class HalfCycle:
+    """One charge or discharge segment of a record.
+
+    Attributes
+    ----------
+    start, stop : int
+        Sample slice [start, stop) of the segment (rests excluded at both ends).
+    direction : int
+        +1 charge, −1 discharge.
+    capacity_mAh_g : float
+        |charge| passed in the segment (mAh/g), trapezoidal.
+    """
+
+    start: int
+    stop: int
+    direction: int
+    capacity_mAh_g: float
+
+
+def half_cycles(time_s, current_mA, mass_mg: float, *,
+                threshold_mA: float | None = None) -> list[HalfCycle]:
+    """Split a cycling record into charge and discharge segments.
+
+    A segment is a maximal run of samples whose current has the same sign and |I| above
+    the threshold; rests (|I| ≤ threshold) separate nothing by themselves, i.e. a CC charge,
+    a rest and a CV hold on charge stay one charge segment until the sign changes.
+
+    Parameters
+    ----------
+    time_s, current_mA : array_like, shape (n,)
+        Record (s, mA; + = charge).
+    mass_mg : float
+        Active mass (mg).
+    threshold_mA : float, optional
+        Default 1 % of max |I|.
+
+    Returns
+    -------
+    list of HalfCycle
+        In time order. Capacity retention over cycles is
+        ``[h.capacity_mAh_g for h in segs if h.direction < 0]`` divided by its first value.
+    """
+    t = _check_time(time_s)
+    i = _as_1d("current_mA", current_mA, t.size)
+    q = cumulative_capacity_mAh_g(t, i, mass_mg)
+    imax = float(np.max(np.abs(i)))
+    if imax == 0:
+        return []
+    thr = 0.01 * imax if threshold_mA is None else float(threshold_mA)
+    sign = np.where(i > thr, 1, np.where(i < -thr, -1, 0))
+    active = np.nonzero(sign)[0]
+    if active.size == 0:
+        return []
+    s_act = sign[active]
+    breaks = np.nonzero(np.diff(s_act))[0]
+    firsts = np.r_[0, breaks + 1]
+    lasts = np.r_[breaks, s_act.size - 1]
+    out = []
+    for f, l_ in zip(firsts, lasts, strict=True):
+        a, b = int(active[f]), int(active[l_])
+        lo = max(a - 1, 0)  # include the interval leading into the first active sample
+        cap = abs(float(q[b] - q[lo]))
+        out.append(HalfCycle(start=a, stop=b + 1, direction=int(s_act[f]), capacity_mAh_g=cap))
+    return out
 
 
 def gitt_diffusivity_cm2_s(radius_cm, tau_s, delta_es_V, slope_V_per_sqrt_s):
