@@ -248,6 +248,19 @@ def test_relative_intensities_match_pymatgen(sim_small):
     np.testing.assert_allclose(ours / ours[0], theirs / theirs[0], rtol=0.03, atol=0.003)
 
 
+def test_poni_file_roundtrip(tmp_path):
+    import pyFAI
+
+    geo = X.DetectorGeometry.binned(8, rot1_rad=0.01, rot2_rad=-0.02, distance_m=0.9)
+    path = tmp_path / "sim.poni"
+    geo.write_poni(path)
+    geo.write_poni(path)  # overwriting must not append a second geometry
+    ai = pyFAI.load(str(path))
+    q_ref = geo.integrator().array_from_unit(shape=geo.shape, typ="center", unit="q_A^-1")
+    q = ai.array_from_unit(shape=geo.shape, typ="center", unit="q_A^-1")
+    np.testing.assert_allclose(q, q_ref, rtol=1e-12)
+
+
 def test_geometry_dict_roundtrip_and_bad_input():
     geo = X.DetectorGeometry(rot1_rad=0.01)
     d = geo.to_dict()

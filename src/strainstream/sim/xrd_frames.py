@@ -32,6 +32,12 @@ exact Poisson below 30 expected counts and its normal approximation N(μ, μ) ro
 (``exact_poisson=True`` for exact Poisson everywhere, about 2× slower); then saturation and the
 dead/hot pixel map. pyFAI ``integrate1d(..., unit="q_A^-1", correctSolidAngle=True)`` of a
 noise-free frame therefore returns I(Q).
+
+Rebuilding the geometry in the analysis: ``DetectorGeometry.from_dict(frame.geometry)
+.integrator()``, or ``write_poni(path)`` then ``pyFAI.load(path)``, or by hand
+``AzimuthalIntegrator(dist=distance_m, poni1=poni1_m, poni2=poni2_m, rot1=rot1_rad, ...,
+detector=Detector(pixel1=p, pixel2=p, max_shape=shape), wavelength=wavelength_A*1e-10)``
+with p = pixel_size_um·1e-6 (pyFAI's default detector orientation).
 """
 
 from __future__ import annotations
@@ -180,6 +186,15 @@ class DetectorGeometry:
         if "shape" in d:
             d["shape"] = tuple(d["shape"])
         return cls(**d)
+
+    def write_poni(self, path) -> None:
+        """Write this geometry as a pyFAI PONI file (overwrites ``path``); read it back with
+        ``pyFAI.load(path)``."""
+        import os
+
+        if os.path.exists(path):
+            os.remove(path)  # pyFAI appends to an existing file
+        self.integrator().save(str(path))
 
     def integrator(self):
         """A pyFAI ``AzimuthalIntegrator`` for this geometry (generic detector, default
