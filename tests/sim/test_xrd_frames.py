@@ -280,3 +280,7 @@ def test_geometry_dict_roundtrip_and_bad_input():
         sim.expected_image(np.full(sim.q_A_inv.shape, np.nan))
     with pytest.raises(ValueError, match="simulator grid"):
         sim.expected_image(np.ones(10))
+    with pytest.raises(ValueError, match=">= 0"):
+        sim.expected_image(np.full(sim.q_A_inv.shape, -1.0))
+    with pytest.raises(ValueError, match="phases is empty"):
+        sim.profile([])

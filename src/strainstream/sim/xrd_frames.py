@@ -55,6 +55,7 @@ __all__ = [
     "AL_A_A",
     "CEO2_A_A",
     "DetectorGeometry",
+    "PeakList",
     "SimulatedFrame",
     "XRDFrameSimulator",
     "layered_peak_positions",
@@ -241,7 +242,19 @@ class SimulatedFrame:
 
 
 @dataclass(frozen=True)
-class _Peaks:
+class PeakList:
+    """Peaks of one phase in the 1-D model.
+
+    Attributes
+    ----------
+    q : ndarray, shape (n,)
+        Peak positions Q (Å⁻¹).
+    area : ndarray, shape (n,)
+        Integrated intensity of each peak (counts·Å⁻¹ per unit-solid-angle pixel).
+    fwhm : ndarray, shape (n,)
+        Total FWHM in Q (Å⁻¹), sample and instrument combined in quadrature.
+    """
+
     q: np.ndarray
     area: np.ndarray
     fwhm: np.ndarray
@@ -342,14 +355,28 @@ class XRDFrameSimulator:
         return 1.0 / (sin_t**2 * np.sqrt(1.0 - sin_t**2))
 
     def _peaks(self, refl: _crystal.ReflectionList, weight: float, v_cell: float,
-               size_nm: float, microstrain: float) -> _Peaks:
+               size_nm: float, microstrain: float) -> PeakList:
         q = refl.q_A_inv
         area = weight * refl.f2_sum * self._lorentz(q) / v_cell
-        return _Peaks(q, area, self._width(q, size_nm, microstrain))
+        return PeakList(q, area, self._width(q, size_nm, microstrain))
 
     def layered_peaks(self, phase: LatticePhase | dict, transition_metals: dict[str, float],
-                      scale: float = 1.0) -> _Peaks:
-        """Peak list (Q, area, FWHM) of one layered phase (internal units, see module doc)."""
+                      scale: float = 1.0) -> PeakList:
+        """Peaks (Q, area, FWHM) of one layered phase up to the detector's largest Q.
+
+        Parameters
+        ----------
+        phase : LatticePhase or dict
+            a_A, c_A (Å), fraction, microstrain (ε), size_nm, optional li_occupancy.
+        transition_metals : dict
+            3a-site occupancy, e.g. ``{"Ni": 0.9, "Co": 0.1}``.
+        scale : float
+            Intensity scale.
+
+        Returns
+        -------
+        PeakList
+        """
         ph = _phase_dict(phase)
         _check_phase(ph)
         refl = _crystal.layered_reflections(
@@ -359,7 +386,7 @@ class XRDFrameSimulator:
         v_cell = math.sqrt(3) / 2 * ph["a_A"] ** 2 * ph["c_A"]
         return self._peaks(refl, scale * ph["fraction"], v_cell, ph["size_nm"], ph["microstrain"])
 
-    def _render(self, peaks: list[_Peaks]) -> np.ndarray:
+    def _render(self, peaks: list[PeakList]) -> np.ndarray:
         """Sum of unit-area pseudo-Voigt peaks on the model grid (vectorised over peaks)."""
         grid = self.q_A_inv
         out = np.zeros_like(grid)
@@ -487,6 +514,8 @@ class XRDFrameSimulator:
             )
         if not np.all(np.isfinite(intensity)):
             raise ValueError("intensity contains NaN or inf")
+        if np.any(intensity < 0):
+            raise ValueError("intensity must be >= 0 (expected counts); got negative values")
         ext = np.append(intensity, intensity[-1])
         mu = ext[self._i0] * self._w0
         mu += ext[self._i0 + 1] * self._w1
