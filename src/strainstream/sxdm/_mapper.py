@@ -670,7 +670,7 @@ class StrainMapper:
 def _per_frame(v: Any, n: int, name: str, dtype: Any) -> np.ndarray:
     a = np.asarray(v)
     if a.ndim == 0:
-        return np.full(n, a, dtype=dtype)
+        a = np.full(n, a)
     a = a.ravel()
     if a.size != n:
         raise SXDMError(f"got {n} frames but {a.size} values of {name}: give one {name} per frame (or a scalar)")
