@@ -15,6 +15,7 @@ give identical numbers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -46,8 +47,8 @@ class ResultSink:
         """Open the results of one analysis of one run; return the rows already committed."""
         raise NotImplementedError
 
-    def append(self, row: dict[str, Any]) -> None:
-        """Commit one row (atomic: after this returns, the row is stored)."""
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Commit rows (atomic: after this returns, all of them are stored; else none)."""
         raise NotImplementedError
 
     def finish(self, summary: dict[str, Any]) -> None:
@@ -162,6 +163,8 @@ class AnalysisCallback(DocumentRouter):
         self.done: set[int] = set()
         self.rows: list[dict[str, Any]] = []
         self._held: dict[int, dict] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._batching = False
         self._stream: str = self.parameters.get("stream", "primary")
 
     # -- documents ---------------------------------------------------------------------
@@ -196,7 +199,7 @@ class AnalysisCallback(DocumentRouter):
         if doc["descriptor"] not in self.descriptors:
             return
         seq = int(doc["seq_num"])
-        if seq in self.done or seq in self._held:
+        if seq in self.done or seq in self._held or any(r["seq_num"] == seq for r in self._pending):
             return
         if self._frames_ready(seq):
             self._process(doc)
@@ -206,6 +209,7 @@ class AnalysisCallback(DocumentRouter):
     def stop(self, doc):
         for seq in sorted(self._held):
             self._process(self._held.pop(seq))
+        self.flush()
         self.rows.sort(key=lambda r: r["seq_num"])
         summary = self.summary()
         summary["exit_status"] = doc.get("exit_status")
@@ -246,9 +250,29 @@ class AnalysisCallback(DocumentRouter):
                            self.start_doc and self.start_doc.get("uid"), exc)
             row.update(flag="analysis_error", message=f"{type(exc).__name__}: {exc}")
         row = {c: _coerce(row.get(c), t) for c, t in self.all_columns().items()}
-        self.sink.append(row)
-        self.done.add(seq)
-        self.rows.append(row)
+        self._pending.append(row)
+        if not self._batching:
+            self.flush()
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Commit the rows of all events processed inside the block in one append."""
+        self._batching = True
+        try:
+            yield self
+        finally:
+            self._batching = False
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit pending rows to the sink (one atomic append)."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        self.sink.append(rows)
+        for row in rows:
+            self.done.add(row["seq_num"])
+        self.rows.extend(rows)
 
     # -- to override ---------------------------------------------------------------------
     def on_start(self, doc) -> None:

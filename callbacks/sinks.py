@@ -37,8 +37,8 @@ class MemorySink(ResultSink):
         self.metadata, self.columns, self.status = dict(metadata), dict(columns), "running"
         return list(self.rows)
 
-    def append(self, row):
-        self.rows.append(dict(row))
+    def append(self, rows):
+        self.rows.extend(dict(r) for r in rows)
 
     def finish(self, summary):
         self.summary, self.status = dict(summary), "complete"
@@ -110,10 +110,10 @@ class TiledSink(ResultSink):
             raise
         return []
 
-    def append(self, row):
+    def append(self, rows):
         import pyarrow as pa
 
-        table = pa.Table.from_pylist([row], schema=self._schema)
+        table = pa.Table.from_pylist(list(rows), schema=self._schema)
         self.node.append_partition(0, table)
 
     def finish(self, summary):

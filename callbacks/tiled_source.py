@@ -19,7 +19,9 @@ rows are processed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -106,6 +108,8 @@ class RunFollower:
         self.finished = False
         self._subs: list[Any] = []
         self.run_node = None
+        self._queue: queue.Queue = queue.Queue()
+        self._drainer = threading.Thread(target=self._drain, name=f"follow-{uid[:8]}", daemon=True)
 
     # -- public -------------------------------------------------------------------------
     def start(self) -> bool:
@@ -119,6 +123,7 @@ class RunFollower:
             if not self.callbacks:
                 return False
             self._emit("start", start_doc)
+            self._drainer.start()
             sub = self.run_node.subscribe()
             sub.child_created.add_callback(self._on_stream_created)
             self._subs.append(sub)
@@ -212,8 +217,33 @@ class RunFollower:
         sub.start_in_thread(0)
         self._backfill(stream)
 
+    def enqueue(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
+        """Queue rows of a live table update for the run's processing thread."""
+        self._queue.put((stream, rows))
+
+    def _drain(self) -> None:
+        """Process queued updates; everything waiting is handled (and committed) as one batch,
+        so a worker that fell behind catches up with few large appends instead of many small."""
+        while not self.finished:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            items = [item]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    items.append(self._queue.get_nowait())
+            by_stream: dict[str, tuple[_Stream, list]] = {}
+            for stream, rows in items:
+                by_stream.setdefault(stream.name, (stream, []))[1].extend(rows)
+            for stream, rows in by_stream.values():
+                try:
+                    self.on_rows(stream, rows)
+                except Exception:
+                    logger.exception("run %s: processing table updates failed", self.uid)
+
     def on_rows(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
-        """Process rows from a live table update (may repeat or skip seq_nums)."""
+        """Process rows from live table updates (may repeat or skip seq_nums)."""
         with self.lock:
             if self.finished:
                 return
@@ -243,12 +273,15 @@ class RunFollower:
                 seen.add(s)
                 unique.append(r)
         events = events_from_rows(unique, stream.descriptor["uid"])
-        for event in events:
-            seq = event["seq_num"]
-            for key in stream.external_keys:
-                self._emit_stream_datum(stream, key, seq)
-            self._emit("event", event)
-            stream.fed = max(stream.fed, seq)
+        with contextlib.ExitStack() as batch:
+            for cb in self.callbacks:
+                batch.enter_context(cb.batch())
+            for event in events:
+                seq = event["seq_num"]
+                for key in stream.external_keys:
+                    self._emit_stream_datum(stream, key, seq)
+                self._emit("event", event)
+                stream.fed = max(stream.fed, seq)
 
     def _emit_stream_datum(self, stream: _Stream, key: str, seq: int) -> None:
         if key not in stream.resources:
@@ -291,6 +324,6 @@ class _TableHandler:
 
     def __call__(self, update) -> None:
         try:
-            self.follower.on_rows(self.stream, _df_rows(update.data()))
+            self.follower.enqueue(self.stream, _df_rows(update.data()))
         except Exception:
-            logger.exception("run %s: processing a table update failed", self.follower.uid)
+            logger.exception("run %s: decoding a table update failed", self.follower.uid)

@@ -42,7 +42,8 @@ class H5FrameWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             raise FileExistsError(f"detector file {self.path} exists; refusing to overwrite it")
-        self._file = h5py.File(self.path, "w", libver="latest")
+        # no HDF5 file locking: SWMR readers (worker, tiled) may live in this same process
+        self._file = h5py.File(self.path, "w", libver="latest", locking=False)
         self._file.create_dataset(
             DATASET,
             shape=(0, *self.frame_shape),

@@ -7,12 +7,12 @@ import copy
 import numpy as np
 import pytest
 from bluesky import RunEngine
-
 from strainstream.callbacks.framestats import FrameStatsCallback
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.devices.detectors import powder_ring_source, sim_frame_detector
-from strainstream.framestats import frame_statistics
 from strainstream.plans.frames import frame_series
+
+from strainstream.framestats import frame_statistics
 
 
 def _run(tmp_path, source=None, num=6):
@@ -73,7 +73,7 @@ def test_committed_rows_are_not_analysed_again(tmp_path):
     resumed = MemorySink()
     resumed.rows = [dict(r) for r in full.rows[:4]]
     appended = []
-    resumed.append = lambda row: appended.append(row)  # record only new commits
+    resumed.append = lambda rows: appended.extend(rows)  # record only new commits
     cb, _ = _feed(docs, resumed)
     assert [r["seq_num"] for r in appended] == [5, 6]
     assert appended == full.rows[4:]
