@@ -7,12 +7,12 @@ import copy
 import numpy as np
 import pytest
 from bluesky import RunEngine
+
 from strainstream.callbacks.framestats import FrameStatsCallback
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.devices.detectors import powder_ring_source, sim_frame_detector
-from strainstream.plans.frames import frame_series
-
 from strainstream.framestats import frame_statistics
+from strainstream.plans.frames import frame_series
 
 
 def _run(tmp_path, source=None, num=6):

@@ -15,12 +15,12 @@ import h5py
 import httpx
 import numpy as np
 import pytest
-from strainstream.callbacks.sinks import DERIVED
-from strainstream.devices.detectors import sim_frame_detector
-from strainstream.plans.frames import frame_series
 
+from strainstream.callbacks.sinks import DERIVED
 from strainstream.demo import WorkerProcess, wait_for_results
+from strainstream.devices.detectors import sim_frame_detector
 from strainstream.framestats import frame_statistics
+from strainstream.plans.frames import frame_series
 from strainstream.replay import replay_run
 from strainstream.server import detector_dir
 from strainstream.session import make_session
