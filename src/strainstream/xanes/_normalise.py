@@ -227,8 +227,9 @@ def edge_parameters(
 
     Returns ``(pre_at_edge, slope_per_eV, post_level)``, each of shape (m,).
     """
-    coef = pinv @ a2[pre_idx]  # (2, m)
-    post = avg @ a2[post_idx]  # (m,)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN spectra give NaN, masked later
+        coef = pinv @ a2[pre_idx]  # (2, m)
+        post = avg @ a2[post_idx]  # (m,)
     return coef[0], coef[1], post
 
 

@@ -443,7 +443,8 @@ def analyse_whiteline(
     for sl in chunks:
         blk = a2[:, sl]
         p0, sp, post = edge_parameters(blk, pinv, avg, pre_idx, post_idx)
-        jmp = post - p0
+        with np.errstate(invalid="ignore"):
+            jmp = post - p0
         jmp[~finite[sl]] = np.nan
         jump[sl], pre0[sl], slope[sl] = jmp, p0, sp
         with np.errstate(invalid="ignore"):
