@@ -11,7 +11,6 @@ import functools
 import warnings
 
 import numpy as np
-import pytest
 
 LAMBDA_A = 0.1665
 K = 0.9
@@ -76,8 +75,3 @@ def synth_pattern(phases, *, q=None, wavelength_A=LAMBDA_A, eta=0.4, w_inst=0.00
     rng = np.random.default_rng(seed)
     y = rng.poisson(lam).astype(float) if noise else lam
     return q, y, np.sqrt(np.maximum(y, 1.0)), {"phases": phases}
-
-
-@pytest.fixture
-def synth():
-    return synth_pattern

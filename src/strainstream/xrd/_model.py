@@ -294,7 +294,8 @@ class PatternModel:
         """Kaufman variable-projection Jacobian of :meth:`residual`, shape (n, n_nonlinear)."""
         st = self._solve(x)
         bw = self.model_derivatives(x) * self.wt[:, None]
-        proj = st["aw"] @ cho_solve(st["cf"], st["aw"].T @ bw, check_finite=False)
+        # (bwᵀ aw)ᵀ rather than awᵀ bw: the latter hits a slow threaded BLAS path
+        proj = st["aw"] @ cho_solve(st["cf"], (bw.T @ st["aw"]).T, check_finite=False)
         return -(bw - proj)
 
     def components(self, x):

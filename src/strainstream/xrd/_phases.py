@@ -272,6 +272,16 @@ def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
     base = _baseline(q, y)
     yd = ndimage.uniform_filter1d(y - base, 3)
     noise = _noise(y)
+    low = q < _SEARCH_003[0] - 0.02
+    if np.count_nonzero(low) >= 20:
+        win = (q >= _SEARCH_003[0]) & (q <= _SEARCH_003[1])
+        h003 = float(np.max(yd[win]))
+        i_low = int(np.argmax(np.where(low, yd, -np.inf)))
+        if yd[i_low] > max(0.25 * h003, 10.0 * noise):
+            raise PatternError(
+                "not_indexed",
+                f"strong peak at Q = {q[i_low]:.3f} Å⁻¹, below the (003) reflection, where an "
+                "R-3m layered oxide has none: wrong wavelength or x units (Q vs 2θ)?")
     if n_phases == 2 and split.n_peaks == 1:
         q0, w0 = split.q_A_inv[0], split.fwhm_A_inv[0]
         cs = (6 * np.pi / (q0 - 0.3 * w0), 6 * np.pi / (q0 + 0.3 * w0))

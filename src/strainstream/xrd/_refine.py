@@ -6,12 +6,12 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from ._errors import PatternError
 from ._lattice import AL_A_A, fcc_q_A_inv, hex_volume_A3, r3m_reflections
 from ._model import _SIZE_K, PatternModel
 from ._phases import WINDOW_003_A_INV, detect_003_split, seed_lattice
+from ._solver import levenberg_marquardt
 
 _MIN_POINTS = 200
 
@@ -196,8 +196,7 @@ def _fit(q, y, s, wavelength_A, lat, eta, fraction, al_a, w_al, model_al, w_inst
     model = PatternModel(q, y, 1.0 / s, wavelength_A, refl, len(lat), model_al, w_inst, q_ref)
     x0 = _start_vector(model.layout, lat, eta, fraction, al_a, w_al)
     lo, hi = model.layout.bounds()
-    res = least_squares(model.residual, x0, jac=model.jacobian, bounds=(lo, hi), method="trf",
-                        x_scale="jac", max_nfev=max_nfev, xtol=1e-10, ftol=1e-10, gtol=1e-10)
+    res = levenberg_marquardt(model.residual, model.jacobian, x0, lo, hi, max_nfev=max_nfev)
     x = res.x
     r = model.residual(x)
     rss = float(r @ r)
@@ -260,7 +259,7 @@ def _result(out, wavelength_A, extra_flags=()):
         n_phases=model.n_phases, wavelength_A=float(wavelength_A),
         al_a_A=float(x[lay.index("a_al")]) if model.model_al else None,
         eta=float(x[lay.index("eta")]), bic=float(out["bic"]),
-        converged=bool(out["res"].status > 0), flags=tuple(out["flags"]) + tuple(extra_flags),
+        converged=bool(out["res"].converged), flags=tuple(out["flags"]) + tuple(extra_flags),
         q_A_inv=model.q, intensity=model.y, fit=out["fit"])
 
 
