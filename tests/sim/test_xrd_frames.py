@@ -114,8 +114,9 @@ def test_ceo2_rings_match_pyfai_calibrant(sim_full):
 def test_ring_positions_with_tilted_detector():
     geo = X.DetectorGeometry(poni1_m=0.2052, poni2_m=0.2031, rot1_rad=0.012, rot2_rad=-0.009,
                              distance_m=0.95)
-    sim = X.XRDFrameSimulator(X.DetectorGeometry.binned(2, **{
-        k: v for k, v in geo.to_dict().items() if k not in ("shape", "pixel_size_um")}))
+    sim = X.XRDFrameSimulator(X.DetectorGeometry.binned(
+        2, distance_m=geo.distance_m, poni1_m=geo.poni1_m, poni2_m=geo.poni2_m,
+        rot1_rad=geo.rot1_rad, rot2_rad=geo.rot2_rad))
     tth_px = np.degrees(sim.ai.twoThetaArray(sim.geometry.shape))
     _, inten = sim.profile(_pristine(), al_scale=0.0)
     img = sim.expected_image(inten)
@@ -264,8 +265,9 @@ def test_poni_file_roundtrip(tmp_path):
 def test_geometry_dict_roundtrip_and_bad_input():
     geo = X.DetectorGeometry(rot1_rad=0.01)
     d = geo.to_dict()
-    assert set(d) >= {"distance_m", "poni1_m", "poni2_m", "rot1_rad", "rot2_rad", "rot3_rad",
-                      "wavelength_A", "pixel_size_um"}
+    assert set(d) >= {"distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3",
+                      "wavelength_A", "pixel_size_um", "shape"}
+    assert d["rot1"] == 0.01
     assert X.DetectorGeometry.from_dict(d) == geo
     with pytest.raises(ValueError, match="unknown geometry keys"):
         X.DetectorGeometry.from_dict({"distance": 1.0})

@@ -160,14 +160,19 @@ class DetectorGeometry:
         return cls(**kwargs)
 
     def to_dict(self) -> dict:
-        """JSON-serialisable description (lengths in m, angles in rad, λ in Å, pixel in µm)."""
+        """JSON-serialisable description (lengths in m, angles in rad, λ in Å, pixel in µm).
+
+        The keys are those of the analysis' geometry dict (``strainstream.xrd.GEOMETRY_KEYS``:
+        pyFAI rotations ``rot1``..``rot3`` in radians), so a simulated detector's geometry
+        can be recorded in run metadata and used by the analysis as is.
+        """
         return {
             "distance_m": self.distance_m,
             "poni1_m": self.poni1_m,
             "poni2_m": self.poni2_m,
-            "rot1_rad": self.rot1_rad,
-            "rot2_rad": self.rot2_rad,
-            "rot3_rad": self.rot3_rad,
+            "rot1": self.rot1_rad,
+            "rot2": self.rot2_rad,
+            "rot3": self.rot3_rad,
             "wavelength_A": self.wavelength_A,
             "pixel_size_um": self.pixel_size_um,
             "shape": list(self.shape),
