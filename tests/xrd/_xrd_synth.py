@@ -75,3 +75,24 @@ def synth_pattern(phases, *, q=None, wavelength_A=LAMBDA_A, eta=0.4, w_inst=0.00
     rng = np.random.default_rng(seed)
     y = rng.poisson(lam).astype(float) if noise else lam
     return q, y, np.sqrt(np.maximum(y, 1.0)), {"phases": phases}
+
+
+def frame_geometry(shape=(1024, 1024), pixel_um=200.0, distance_m=0.5, wavelength_A=LAMBDA_A):
+    """A centred, untilted flat-panel geometry dict (strainstream.xrd convention)."""
+    return {"distance_m": distance_m, "poni1_m": shape[0] / 2 * pixel_um * 1e-6,
+            "poni2_m": shape[1] / 2 * pixel_um * 1e-6, "rot1": 0.0, "rot2": 0.0, "rot3": 0.0,
+            "wavelength_A": wavelength_A, "pixel_size_um": [pixel_um, pixel_um],
+            "shape": list(shape)}
+
+
+def synth_frame(phases, geometry, *, seed=0, peak_counts=3.0e4, **kw):
+    """2-D frame (uint16 counts) made with pyFAI from a noise-free 1-D synthetic profile."""
+    from strainstream.xrd import make_azimuthal_integrator
+
+    q = np.linspace(0.2, 12.0, 40000)
+    _, prof, _, _ = synth_pattern(phases, q=q, noise=False, counts_003=peak_counts,
+                                  background=0.02 * peak_counts, **kw)
+    ai = make_azimuthal_integrator(geometry)
+    img = ai.calcfrom1d(q, prof, dim1_unit="q_A^-1", correctSolidAngle=True)
+    rng = np.random.default_rng(seed)
+    return np.minimum(rng.poisson(np.clip(img, 0, None)), 65535).astype(np.uint16)

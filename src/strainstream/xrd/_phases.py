@@ -142,7 +142,7 @@ def detect_003_split(q_A_inv, intensity, sigma=None, window_A_inv=_SEARCH_003):
     One- and two-peak pseudo-Voigt models (with a linear background) are fitted in the
     (003) window and compared with the Bayesian information criterion. A split is reported
     when the two-peak model wins clearly (ΔBIC > 25), the weaker component holds at least
-    3 % of the (003) intensity and the components are separated by at least 0.3 FWHM.
+    3 % of the (003) intensity and the components are separated by at least 0.8 FWHM.
 
     Parameters
     ----------
@@ -217,7 +217,7 @@ def detect_003_split(q_A_inv, intensity, sigma=None, window_A_inv=_SEARCH_003):
     qs, ws, areas = qs[order], ws[order], areas[order]
     tot = np.sum(np.abs(areas))
     split = (dbic > 25.0 and np.all(areas > 0) and np.min(areas) > 0.03 * tot
-             and abs(qs[1] - qs[0]) > 0.3 * np.mean(ws))
+             and abs(qs[1] - qs[0]) > 0.8 * np.mean(ws))
     if split:
         return Split003(2, tuple(qs), tuple(6 * np.pi / qs), tuple(areas), tuple(ws), float(dbic))
     return Split003(1, (p1[0],), (6 * np.pi / p1[0],), (float(c1[0]),), (p1[1],), float(dbic))

@@ -295,7 +295,7 @@ def _start_from(start):
 
 
 def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, sigma=None,
-                   al="model", q_range_A_inv=None, instrument_fwhm_A_inv=0.0, max_nfev=60):
+                   al="model", q_range_A_inv=None, instrument_fwhm_A_inv=0.0, max_nfev=100):
     """Refine layered R-3m phase(s) against a 1-D powder pattern I(Q).
 
     Whole-pattern Pawley-style fit: reflections of R-3m at the hexagonal d-spacings of
