@@ -236,18 +236,99 @@ class _Lut:
             np.concatenate([power[:, 0, :].T, power[:, 1, :].T], axis=1)
         )
 
-    def coeffs(self, s: np.ndarray, win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = 2.0 * np.clip(s, -0.5, 0.5)
+    def polys(self, win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Power coefficients in ``z`` of c1(z) and c2(z) for windows ``win`` (m, w)."""
         g = win @ self.mat  # (m, 2 (deg + 1))
         nd = _LUT_DEGREE + 1
-        c1 = g[:, nd - 1].copy()
-        c2 = g[:, 2 * nd - 1].copy()
-        for q in range(nd - 2, -1, -1):
-            c1 *= z
-            c1 += g[:, q]
-            c2 *= z
-            c2 += g[:, nd + q]
-        return c1, c2
+        return g[:, :nd], g[:, nd:]
+
+
+def _horner(coef: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value and derivative of polynomials ``coef`` (m, d) (increasing powers) at ``z`` (m,)."""
+    p = coef[:, -1].copy()
+    dp = np.zeros_like(p)
+    for q in range(coef.shape[1] - 2, -1, -1):
+        dp = dp * z + p
+        p = p * z + coef[:, q]
+    return p, dp
+
+
+def _refine_uniform(
+    e: np.ndarray,
+    spectra: np.ndarray,
+    k0: np.ndarray,
+    half: int,
+    lut: _Lut,
+    max_recentre: int = 3,
+    tol_z: float = 1e-7,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel-centred local-cubic maximum on a uniform grid, spectra (m, n), start k0 (m,).
+
+    For the window around sample ``k`` the fitted slope at ``e[k] + s step`` is a polynomial
+    ``c1(z)`` in ``z = 2 s`` whose coefficients cost one small matrix product per voxel. If
+    ``c1(-1) >= 0 >= c1(1)`` the white line is bracketed within half a sample of ``e[k]``
+    and found by safeguarded Newton iterations (quadratic convergence, bisection fallback);
+    otherwise the window moves one sample towards the root (``max_recentre`` times at most).
+    A maximum also needs a negative fitted curvature ``c2`` at the root.
+    """
+    n = e.size
+    m = spectra.shape[0]
+    offs = np.arange(-half, half + 1)
+    kmin, kmax = half, n - 1 - half
+    flat = spectra.reshape(-1)
+    x = np.full(m, np.nan)
+    ok = np.zeros(m, dtype=bool)
+    k = k0.astype(np.intp).copy()
+    todo = np.arange(m)
+    sign = (-1.0) ** np.arange(_LUT_DEGREE + 1)
+    for _ in range(max_recentre + 1):
+        kt = k[todo]
+        win = np.take(flat, (todo * n)[:, None] + (kt[:, None] + offs))
+        g1, g2 = lut.polys(win)
+        c_lo = g1 @ sign  # c1(z = -1)
+        c_hi = g1.sum(axis=1)  # c1(z = +1)
+        right = c_hi > 0
+        left = (c_lo < 0) & ~right
+        br = ~right & ~left  # bracketed: c1(-1) >= 0 >= c1(1)
+        # ---- safeguarded Newton on the bracketed voxels ----
+        idx = np.flatnonzero(br)
+        g1b = g1[idx]
+        lo = np.full(idx.size, -1.0)
+        hi = np.full(idx.size, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(c_lo[idx] > c_hi[idx],
+                         -1.0 + 2.0 * c_lo[idx] / (c_lo[idx] - c_hi[idx]), 0.0)
+        zb = z.copy()
+        act = np.arange(idx.size)
+        for _ in range(30):
+            p, dp = _horner(g1b[act], z)
+            pos = p > 0
+            lo[act] = np.where(pos, z, lo[act])
+            hi[act] = np.where(pos, hi[act], z)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                zn = z - p / dp
+            bad = ~((dp < 0) & (zn > lo[act]) & (zn < hi[act]))
+            zn = np.where(bad, 0.5 * (lo[act] + hi[act]), zn)
+            done = (np.abs(zn - z) < tol_z) | (p == 0)
+            zb[act] = zn
+            act = act[~done]
+            z = zn[~done]
+            if act.size == 0:
+                break
+        c2, _ = _horner(g2[idx], zb)
+        good = c2 < 0
+        sel = todo[idx[good]]
+        x[sel] = e[kt[idx[good]]] + 0.5 * zb[good] * lut.step_eV
+        ok[sel] = True
+        # ---- move the window one sample towards the root ----
+        mv = np.flatnonzero(right | left)
+        newk = kt[mv] + np.where(right[mv], 1, -1)
+        can = (newk >= kmin) & (newk <= kmax)
+        todo = todo[mv[can]]
+        k[todo] = newk[can]
+        if todo.size == 0:
+            break
+    return x, ok
 
 
 def _nearest_index(e: np.ndarray, x: np.ndarray, kmin: int, kmax: int) -> np.ndarray:
@@ -262,7 +343,6 @@ def _refine_maxima(
     k0: np.ndarray,
     bandwidth_eV: float,
     half: int,
-    lut: _Lut | None,
     max_iter: int = 10,
     tol_eV: float = 2e-4,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -294,12 +374,9 @@ def _refine_maxima(
         ka = k0[active] if it == 0 else _nearest_index(e, xa, kmin, kmax)
         idx = ka[:, None] + offs
         win = np.take(spectra.reshape(-1), (active * n)[:, None] + idx)
-        if lut is not None:
-            c1, c2 = lut.coeffs((xa - e[ka]) / lut.step_eV, win)
-        else:
-            r = _local_rows((e[idx] - xa[:, None]) / bandwidth_eV, support)
-            c1 = np.einsum("nw,nw->n", r[:, 0, :], win)
-            c2 = np.einsum("nw,nw->n", r[:, 1, :], win)
+        r = _local_rows((e[idx] - xa[:, None]) / bandwidth_eV, support)
+        c1 = np.einsum("nw,nw->n", r[:, 0, :], win)
+        c2 = np.einsum("nw,nw->n", r[:, 1, :], win)
         d1 = c1 / bandwidth_eV  # fitted slope at x, absorbance per eV
         d2 = 2.0 * c2 / bandwidth_eV**2  # fitted curvature at x, absorbance per eV^2
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -481,7 +558,10 @@ def analyse_whiteline(
             continue
         spec = a2[:, sl].T[mat]  # (m, n), C-contiguous copy
         k0 = kmin + np.argmax(spec[:, kmin : kmax + 1], axis=1)
-        x, ok = _refine_maxima(e, spec, k0, bandwidth_eV, half, lut)
+        if lut is not None:
+            x, ok = _refine_uniform(e, spec, k0, half, lut)
+        else:
+            x, ok = _refine_maxima(e, spec, k0, bandwidth_eV, half)
         sub = np.flatnonzero(mat) + sl.start
         wl[sub] = np.where(ok, x, np.nan)
         ok_all[sub] = ok
