@@ -14,9 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-__all__ = ["DATASET", "H5FrameWriter"]
+__all__ = ["ATTRIBUTES", "DATASET", "H5FrameWriter"]
 
 DATASET = "/entry/data/data"
+ATTRIBUTES = "/entry/instrument/NDAttributes"
 
 
 class H5FrameWriter:
@@ -31,9 +32,14 @@ class H5FrameWriter:
         Shape of every frame.
     dtype : numpy dtype
         Stored dtype (e.g. ``uint32`` counts or ``float32``).
+    scalar_keys : sequence of str
+        Names of per-frame scalars (float64) stored next to the frames in
+        ``/entry/instrument/NDAttributes/<key>`` (shape (n_frames,)), e.g. the simulated state
+        each frame was computed from. Fixed at creation: SWMR cannot add datasets later.
     """
 
-    def __init__(self, path: str | os.PathLike, frame_shape: tuple[int, int], dtype="float32"):
+    def __init__(self, path: str | os.PathLike, frame_shape: tuple[int, int], dtype="float32",
+                 scalar_keys: tuple[str, ...] | list[str] = ()):
         self.path = Path(path).resolve()
         self.frame_shape = tuple(int(n) for n in frame_shape)
         if len(self.frame_shape) != 2 or min(self.frame_shape) < 1:
@@ -51,6 +57,13 @@ class H5FrameWriter:
             chunks=(1, *self.frame_shape),
             dtype=self.dtype,
         )
+        self.scalar_keys = tuple(str(k) for k in scalar_keys)
+        self._scalars = {}
+        for key in self.scalar_keys:
+            self._scalars[key] = self._file.create_dataset(
+                f"{ATTRIBUTES}/{key}", shape=(0,), maxshape=(None,), chunks=(1024,),
+                dtype="float64", fillvalue=np.nan,
+            )
         self._file.swmr_mode = True
         self._ds = self._file[DATASET]
         self.count = 0
@@ -60,8 +73,8 @@ class H5FrameWriter:
         """``file://localhost/...`` URI of the file, as StreamResource documents carry it."""
         return f"file://localhost{self.path}"
 
-    def append(self, frame: np.ndarray) -> int:
-        """Write one frame; return its index in the file."""
+    def append(self, frame: np.ndarray, scalars: dict[str, float] | None = None) -> int:
+        """Write one frame (and its per-frame scalars, NaN when missing); return its index."""
         frame = np.asarray(frame)
         if frame.shape != self.frame_shape:
             raise ValueError(
@@ -70,6 +83,16 @@ class H5FrameWriter:
         index = self.count
         self._ds.resize(index + 1, axis=0)
         self._ds[index] = frame.astype(self.dtype, copy=False)
+        if self._scalars:
+            scalars = scalars or {}
+            unknown = set(scalars) - set(self._scalars)
+            if unknown:
+                raise ValueError(f"unknown per-frame scalars {sorted(unknown)}; declared: "
+                                 f"{list(self.scalar_keys)}")
+            for key, ds in self._scalars.items():
+                ds.resize(index + 1, axis=0)
+                ds[index] = float(scalars.get(key, np.nan))
+                ds.flush()
         self._ds.flush()
         self.count += 1
         return index

@@ -1,0 +1,335 @@
+"""Shared pieces of the simulated-beamline caproto IOCs.
+
+* :func:`patch_caproto_tcp` — caproto 1.3.0's asyncio server neither pins its server port
+  nor sets TCP_NODELAY explicitly on its client sockets; the patch sets TCP_NODELAY on every
+  accepted connection (``STRAINSTREAM_IOC_NODELAY=0`` forces it *off*, for the benchmark) and
+  makes a busy port an error instead of caproto's silent fall-back to a random port.
+* :func:`motor_group` — a motor-record-like ``PVGroup`` (``VAL RBV DMOV MOVN VELO HLM LLM
+  STOP EGU DESC``): a put to ``VAL`` outside ``[LLM, HLM]`` is refused with a named error,
+  otherwise the readback moves at ``VELO`` and the put completes when the move ends.
+* :class:`AreaDetectorGroup` — HDF5 file series PVs shared by every detector IOC: ``Capture``
+  (1 opens a new file, 0 closes it), ``Acquire`` (one frame; the put completes when the
+  frame is in the file), ``FileDir``, ``FileName``, ``FullFileName_RBV``, ``NumCaptured_RBV``,
+  ``ArrayCounter_RBV``, ``Rows_RBV``, ``Cols_RBV``, ``Noise``, ``Status_RBV``.
+* :func:`serve` — run one IOC on 127.0.0.1 and a given port, print one ``READY {json}`` line
+  on stdout once the server listens, close detector files on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from caproto import ChannelType
+from caproto.server import PVGroup, pvproperty
+
+from .._hdf5 import H5FrameWriter
+
+__all__ = ["AreaDetectorGroup", "add_common_args", "motor_group", "patch_caproto_tcp", "serve"]
+
+_PATCHED: dict[str, Any] = {}
+LONG_STRING = 1024
+
+
+def patch_caproto_tcp(port: int | None = None, nodelay: bool | None = None) -> None:
+    """Patch caproto's asyncio server: TCP_NODELAY on client sockets, strict port binding.
+
+    Parameters
+    ----------
+    port : int, optional
+        The port this IOC must use; binding any other port raises instead of caproto's
+        silent random fall-back.
+    nodelay : bool, optional
+        Default from ``STRAINSTREAM_IOC_NODELAY`` (anything but "0" means on).
+    """
+    import caproto.asyncio.server as srv
+    from caproto.asyncio.utils import _TransportWrapper
+
+    if nodelay is None:
+        nodelay = os.environ.get("STRAINSTREAM_IOC_NODELAY", "1") != "0"
+    _PATCHED["nodelay"] = bool(nodelay)
+    _PATCHED["port"] = port
+
+    if "orig_bind" not in _PATCHED:
+        _PATCHED["orig_bind"] = srv._create_bound_tcp_socket
+
+        class _NoDelayTransport(_TransportWrapper):
+            def __init__(self, reader, writer):
+                super().__init__(reader, writer)
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
+                                    1 if _PATCHED["nodelay"] else 0)
+
+        async def _bind(addr, port_):
+            want = _PATCHED.get("port")
+            if want and port_ != want:
+                raise RuntimeError(f"TCP port {want} on {addr} is in use; pick another --port")
+            sock = await _PATCHED["orig_bind"](addr, port_)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if _PATCHED["nodelay"] else 0)
+            return sock
+
+        srv._create_bound_tcp_socket = _bind
+        srv._TransportWrapper = _NoDelayTransport
+
+
+def long_string(value: str = "", doc: str = "", read_only: bool = False) -> pvproperty:
+    """A string PV longer than CA's 40 characters (a CHAR waveform, UTF-8)."""
+    return pvproperty(value=value, dtype=ChannelType.CHAR, max_length=LONG_STRING,
+                      string_encoding="utf-8", doc=doc, read_only=read_only)
+
+
+# ----------------------------------------------------------------------------- motors
+class MotorError(ValueError):
+    """A refused motor move (outside the soft limits)."""
+
+
+def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo: float,
+                doc: str = "", on_move: Callable[[Any, float], None] | None = None) -> type[PVGroup]:
+    """A ``PVGroup`` class emulating the used subset of an EPICS motor record.
+
+    Parameters
+    ----------
+    name : str
+        Motor name (used in error messages).
+    egu : str
+        Engineering units.
+    value : float
+        Initial position.
+    llm, hlm : float
+        Soft limits (a put to VAL outside them is refused; ``llm == hlm`` disables them).
+    velo : float
+        Speed (egu/s).
+    on_move : callable, optional
+        ``on_move(group, position)`` called after every readback update.
+    """
+
+    class Motor(PVGroup):
+        VAL = pvproperty(value=float(value), precision=5, doc=f"{doc} set-point ({egu})")
+        RBV = pvproperty(value=float(value), precision=5, read_only=True, doc=f"readback ({egu})")
+        DMOV = pvproperty(value=1, read_only=True, doc="1 when not moving (done moving)")
+        MOVN = pvproperty(value=0, read_only=True, doc="1 while moving")
+        VELO = pvproperty(value=float(velo), precision=4, doc=f"speed ({egu}/s)")
+        HLM = pvproperty(value=float(hlm), precision=5, doc=f"high soft limit ({egu})")
+        LLM = pvproperty(value=float(llm), precision=5, doc=f"low soft limit ({egu})")
+        STOP = pvproperty(value=0, doc="put 1 to stop the move")
+        EGU = pvproperty(value=egu, dtype=str, read_only=True)
+        DESC = pvproperty(value=(doc or name)[:39], dtype=str, read_only=True)
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._move_id = 0
+            self.motor_name = name
+            self.position = float(value)
+
+        @VAL.putter
+        async def VAL(self, instance, target):
+            target = float(target)
+            lo, hi = float(self.LLM.value), float(self.HLM.value)
+            if not math.isfinite(target):
+                raise MotorError(f"motor {name} ({self.prefix}VAL): target {target} is not finite")
+            if lo < hi and not (lo <= target <= hi):
+                raise MotorError(
+                    f"motor {name} ({self.prefix}VAL): target {target:g} {egu} is outside the soft "
+                    f"limits [{lo:g}, {hi:g}] {egu}; move refused")
+            self._move_id += 1
+            my_id = self._move_id
+            await self.DMOV.write(0)
+            await self.MOVN.write(1)
+            dt = 0.01
+            pos = float(self.RBV.value)
+            try:
+                while pos != target:
+                    if self._move_id != my_id:  # superseded by a newer move or a STOP
+                        return pos
+                    step = max(float(self.VELO.value), 1e-12) * dt
+                    pos = target if abs(target - pos) <= step else pos + math.copysign(step, target - pos)
+                    self.position = pos
+                    await self.RBV.write(pos)
+                    if on_move is not None:
+                        on_move(self, pos)
+                    if pos != target:
+                        await asyncio.sleep(dt)
+            finally:
+                if self._move_id == my_id:
+                    await self.MOVN.write(0)
+                    await self.DMOV.write(1)
+            return target
+
+        @STOP.putter
+        async def STOP(self, instance, value):
+            if value:
+                self._move_id += 1
+                await self.MOVN.write(0)
+                await self.DMOV.write(1)
+                await self.VAL.write(float(self.RBV.value), verify_value=False)
+            return 0
+
+    Motor.__name__ = f"Motor_{name}"
+    return Motor
+
+
+# ------------------------------------------------------------------------- detectors
+class AreaDetectorGroup(PVGroup):
+    """File-series PVs of a detector IOC; subclasses implement :meth:`make_frame`.
+
+    ``make_frame(index)`` runs in the event loop and must return ``(compute, scalars)``:
+    a zero-argument callable computing the frame (run in a worker thread, so motors and the
+    cycler keep running meanwhile) and a dict of per-frame scalars (the state the frame was
+    computed from), written to ``/entry/instrument/NDAttributes/<key>``.
+    """
+
+    #: names of the per-frame scalars (fixed per detector: SWMR cannot add datasets later)
+    scalar_keys: tuple[str, ...] = ()
+    det_name = "det"
+    dtype = "uint32"
+
+    Acquire = pvproperty(value=0, doc="put 1: take one frame; completes when it is written")
+    Capture = pvproperty(value=0, doc="1: open a new HDF5 file (series); 0: close it")
+    FileDir = long_string(doc="directory of the HDF5 files")
+    FileName = long_string(doc="file name of the next series ('' = automatic)")
+    FullFileName_RBV = long_string(doc="full path of the current/last file", read_only=True)
+    NumCaptured_RBV = pvproperty(value=0, read_only=True, doc="frames in the current file")
+    ArrayCounter_RBV = pvproperty(value=0, read_only=True, doc="frames since IOC start")
+    Rows_RBV = pvproperty(value=0, read_only=True)
+    Cols_RBV = pvproperty(value=0, read_only=True)
+    AcquireTime = pvproperty(value=0.0, precision=3, doc="extra exposure wait (s)")
+    Noise = pvproperty(value=1, doc="1: counting noise, 0: expected counts (rounded)")
+    Seed = pvproperty(value=0, doc="noise seed; frame n uses (Seed, ArrayCounter)")
+    Status_RBV = long_string(value="idle", read_only=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frame_shape: tuple[int, int] = (64, 64)
+        self._writer: H5FrameWriter | None = None
+        self._lock = asyncio.Lock()
+        self._initial_dir = "."
+
+    def configure(self, frame_shape: tuple[int, int], write_dir: str) -> None:
+        """Set the frame shape and the initial file directory (before the server starts)."""
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self._initial_dir = str(Path(write_dir).resolve())
+
+    def make_frame(self, index: int) -> tuple[Callable[[], np.ndarray], dict[str, float]]:
+        raise NotImplementedError
+
+    @Rows_RBV.startup
+    async def Rows_RBV(self, instance, async_lib):
+        await self.Rows_RBV.write(self.frame_shape[0])
+        await self.Cols_RBV.write(self.frame_shape[1])
+        await self.FileDir.write(self._initial_dir)
+
+    async def _open(self) -> None:
+        self.close()
+        d = Path(self.FileDir.value or ".")
+        fname = self.FileName.value or f"{self.det_name}_{uuid.uuid4().hex[:12]}.h5"
+        path = d / fname
+        self._writer = H5FrameWriter(path, self.frame_shape, self.dtype,
+                                     scalar_keys=self.scalar_keys)
+        await self.FileName.write("")
+        await self.FullFileName_RBV.write(str(self._writer.path))
+        await self.NumCaptured_RBV.write(0)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    @Capture.putter
+    async def Capture(self, instance, value):
+        async with self._lock:
+            try:
+                if value:
+                    await self._open()
+                else:
+                    self.close()
+            except Exception as exc:
+                await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
+                raise
+        return 1 if value else 0
+
+    @Acquire.putter
+    async def Acquire(self, instance, value):
+        if not value:
+            return 0
+        async with self._lock:
+            try:
+                if self._writer is None:
+                    await self._open()
+                    await self.Capture.write(1, verify_value=False)
+                counter = int(self.ArrayCounter_RBV.value)
+                compute, scalars = self.make_frame(counter)
+                await self.Status_RBV.write("acquiring")
+                loop = asyncio.get_running_loop()
+                frame, t_exp = await loop.run_in_executor(None, compute), float(self.AcquireTime.value)
+                if t_exp > 0:
+                    await asyncio.sleep(t_exp)
+                writer = self._writer
+                await loop.run_in_executor(None, lambda: writer.append(frame, scalars))
+                await self.NumCaptured_RBV.write(writer.count)
+                await self.ArrayCounter_RBV.write(counter + 1)
+                await self.Status_RBV.write("idle")
+            except Exception as exc:
+                await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
+                raise
+        return 0
+
+
+# ---------------------------------------------------------------------------- serving
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--prefix", default="SS:", help="PV prefix of the beamline (default SS:)")
+    ap.add_argument("--port", type=int, required=True, help="CA server port (TCP and UDP search)")
+    ap.add_argument("--write-dir", default=".", help="directory for detector HDF5 files")
+    ap.add_argument("--list-pvs", action="store_true", help="print the PV names and exit")
+
+
+def serve(ioc: PVGroup, port: int, name: str, closers: Sequence[Callable[[], None]] = (),
+          list_pvs: bool = False) -> int:
+    """Run ``ioc`` on 127.0.0.1:``port`` until SIGINT/SIGTERM; print ``READY {json}`` once up."""
+    import signal
+
+    from caproto.asyncio.server import run
+
+    if list_pvs:
+        print("\n".join(sorted(ioc.pvdb)))
+        return 0
+    os.environ["EPICS_CA_SERVER_PORT"] = str(port)
+    os.environ["EPICS_CAS_INTF_ADDR_LIST"] = "127.0.0.1"
+    os.environ["EPICS_CAS_AUTO_BEACON_ADDR_LIST"] = "NO"
+    os.environ["EPICS_CAS_BEACON_ADDR_LIST"] = "127.0.0.1"
+    patch_caproto_tcp(port)
+    # beacons go to 127.0.0.1:5065; with no CA repeater there, each one logs a traceback
+    logging.getLogger("caproto.ctx").addFilter(
+        lambda record: not str(record.msg).startswith("Failed to send beacon"))
+
+    async def ready(async_lib):
+        print("READY " + json.dumps({"ioc": name, "port": port, "pid": os.getpid(),
+                                     "pvs": len(ioc.pvdb), "nodelay": _PATCHED["nodelay"]}),
+              flush=True)
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        run(ioc.pvdb, interfaces=["127.0.0.1"], startup_hook=ready)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for close in closers:
+            try:
+                close()
+            except Exception as exc:  # report, keep closing the others
+                print(f"{name}: closing failed: {exc}", file=sys.stderr)
+    return 0

@@ -1,0 +1,244 @@
+"""Endstation IOC: sample/optics motors, monochromator energy, SXDM pixel detector, TXM camera.
+
+The two detectors live in the process that holds the positions they depend on, so a frame
+is computed from the motor readbacks at the moment of ``Acquire`` without any CA round trip.
+
+Motors (``<prefix>ES:<motor>.{VAL,RBV,DMOV,MOVN,VELO,HLM,LLM,STOP,EGU,DESC}``, see
+:func:`~strainstream.devices.ioc._common.motor_group`):
+
+================  ====  ========================  ===============  ===========
+motor             egu   initial                   soft limits      speed
+================  ====  ========================  ===============  ===========
+sample_x, _y, _z  um    0                         ±100             50 um/s
+theta             deg   θ_B(003) at 8350 eV       0 … 30           2 deg/s
+zp_z              mm    zone-plate focus, 8350 eV 40 … 65          2 mm/s
+det_z             mm    1000                      300 … 2000       100 mm/s
+sample_inout      mm    0 (in; out if |x| ≥ 0.5)  −1 … 10          10 mm/s
+energy            eV    8350                      5000 … 25000     500 eV/s
+================  ====  ========================  ===============  ===========
+
+SXDM detector (``<prefix>SXDM:``): a crop (default 64², up to the 256² pixel array) around
+the (003) reflection of one particle (:func:`strainstream.sim.sxdm_frames.particle_preset`,
+default SC-NM91 "charged", 32×32 raster, 50 nm step). The beam sits at raster coordinates
+``(sample_y, sample_x) · 1000 / step_nm`` (µm → steps, fractional allowed), the rocking angle is
+the ``theta`` readback, the photon energy the ``energy`` readback; the detector arm is placed
+at 2θ_B of the mean d-spacing for that energy (as :func:`simulate_sxdm` does). Expected counts
+are the forward model's 3-D Gaussian around the local Q (evaluated for this one raster point:
+same formula as :meth:`SXDMSimulation.expected_frames`), then Poisson noise (``Noise=1``) or
+rounding. There is no sample drift in the IOC (drift comes from moving the motors).
+
+TXM camera (``<prefix>TXM:``): :func:`strainstream.sim.txm_images.simulate_txm_scan` for one
+energy (the ``energy`` readback), the zone plate fixed at the ``zp_z`` readback (defocus blur
+when it is not at the focus of that energy), no drift; the image is the sample image when the
+sample is in, the flat field when it is out. Default 128² (``--txm-shape``).
+
+Per-frame state in each HDF5 file (``/entry/instrument/NDAttributes``): SXDM sample_x_um,
+sample_y_um, theta_deg, energy_eV, counter; TXM energy_eV, zp_z_mm, sample_in, counter.
+
+Run: ``python -m strainstream.devices.ioc endstation --prefix SS: --port 5071 --write-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+from caproto.server import PVGroup, SubGroup
+
+from ._common import AreaDetectorGroup, add_common_args, motor_group, serve
+
+__all__ = ["EndstationIOC", "MOTORS", "SXDMDetector", "TXMCamera", "build", "main",
+           "sxdm_point_expected", "theta_bragg_deg", "zp_focus_mm"]
+
+HC_EV_A = 12398.419843
+ENERGY0_EV = 8350.0
+SXDM_C_A = 13.70  # c of the default ("charged") SXDM particle
+
+
+def theta_bragg_deg(energy_eV: float, d_A: float = SXDM_C_A / 3.0) -> float:
+    """Bragg angle (deg) of spacing ``d_A`` (Å) at ``energy_eV``."""
+    return math.degrees(math.asin(HC_EV_A / energy_eV / (2.0 * d_A)))
+
+
+def zp_focus_mm(energy_eV: float) -> float:
+    """Sample-to-zone-plate distance (mm) in focus at ``energy_eV`` (default FXI optics)."""
+    from strainstream.xanes import zone_plate_optics
+
+    return float(zone_plate_optics(np.array([float(energy_eV)])).sample_to_zp_m[0] * 1e3)
+
+
+#: name -> (egu, initial, low limit, high limit, speed, description)
+MOTORS: dict[str, tuple] = {
+    "sample_x": ("um", 0.0, -100.0, 100.0, 50.0, "sample x"),
+    "sample_y": ("um", 0.0, -100.0, 100.0, 50.0, "sample y"),
+    "sample_z": ("um", 0.0, -100.0, 100.0, 50.0, "sample z"),
+    "theta": ("deg", round(theta_bragg_deg(ENERGY0_EV), 4), 0.0, 30.0, 2.0, "rocking angle"),
+    "zp_z": ("mm", None, 40.0, 65.0, 2.0, "zone plate z"),
+    "det_z": ("mm", 1000.0, 300.0, 2000.0, 100.0, "detector z"),
+    "sample_inout": ("mm", 0.0, -1.0, 10.0, 10.0, "sample in(0)/out"),
+    "energy": ("eV", ENERGY0_EV, 5000.0, 25000.0, 500.0, "monochromator energy"),
+}
+
+
+def _motor(name: str):
+    egu, init, lo, hi, velo, desc = MOTORS[name]
+    if init is None:
+        init = round(zp_focus_mm(ENERGY0_EV), 5)
+    return SubGroup(motor_group(name, egu, init, lo, hi, velo, desc), prefix=f"ES:{name}.")
+
+
+def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float) -> np.ndarray:
+    """Expected counts (rows, cols) of an SXDM simulation with the beam at one raster point.
+
+    Parameters
+    ----------
+    sim : strainstream.sim.sxdm_frames.SXDMSimulation
+    y_px, x_px : float
+        Raster coordinates (steps; fractional allowed).
+    theta_deg : float
+        Rocking angle (deg).
+    """
+    f = sim.particle.fields(np.array([float(y_px)]), np.array([float(x_px)]))
+    mu = f["q_sample_A_inv"].reshape(3)
+    w = float(f["weight"][0])
+    q = sim.pixel_q_sample(float(theta_deg)).reshape(-1, 3)
+    prec = np.array([sim.sigma_par_A_inv, sim.sigma_perp_A_inv, sim.sigma_perp_A_inv]) ** -2.0
+    d = q - mu
+    lam = sim.peak_max_counts * w * np.exp(-0.5 * (d * d * prec).sum(1)) + sim.background_counts
+    return lam.reshape(sim.shape)
+
+
+class SXDMDetector(AreaDetectorGroup):
+    """SXDM pixel detector looking at the (003) reflection of one particle."""
+
+    det_name = "sxdm"
+    dtype = "uint32"
+    scalar_keys = ("sample_x_um", "sample_y_um", "theta_deg", "energy_eV", "counter")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.material, self.state, self.raster = "SC-NM91", "charged", 32
+        self._sims: dict[float, object] = {}
+
+    def configure_sample(self, material: str, state: str, raster: int) -> None:
+        self.material, self.state, self.raster = material, state, int(raster)
+        self._sims.clear()
+
+    def simulation(self, energy_eV: float):
+        """The forward-model set-up for ``energy_eV`` (cached per energy)."""
+        key = round(float(energy_eV), 6)
+        sim = self._sims.get(key)
+        if sim is None:
+            from strainstream.sim.sxdm_frames import particle_preset, simulate_sxdm
+
+            pt = particle_preset(self.material, self.state, ny=self.raster, nx=self.raster)
+            sim = simulate_sxdm(pt, energy_keV=key / 1000.0, shape=self.frame_shape,
+                                drift_step_nm=0.0, noise=False, n_theta=3)
+            if len(self._sims) > 8:
+                self._sims.clear()
+            self._sims[key] = sim
+        return sim
+
+    def make_frame(self, index):
+        es = self.parent
+        x, y = es.sample_x.position, es.sample_y.position
+        th, e = es.theta.position, es.energy.position
+        sim = self.simulation(e)
+        step = sim.particle.step_nm
+        noise, seed = bool(self.Noise.value), [int(self.Seed.value), int(index)]
+        scalars = {"sample_x_um": x, "sample_y_um": y, "theta_deg": th, "energy_eV": e,
+                   "counter": float(index)}
+
+        def compute():
+            lam = sxdm_point_expected(sim, y * 1000.0 / step, x * 1000.0 / step, th)
+            if noise:
+                return np.random.default_rng(seed).poisson(lam).astype(np.uint32)
+            return np.rint(lam).astype(np.uint32)
+
+        return compute, scalars
+
+
+class TXMCamera(AreaDetectorGroup):
+    """Full-field TXM camera behind the zone plate."""
+
+    det_name = "txm"
+    dtype = "float32"
+    scalar_keys = ("energy_eV", "zp_z_mm", "sample_in", "counter")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sample = None
+
+    def configure(self, frame_shape, write_dir):
+        super().configure(frame_shape, write_dir)
+        from strainstream.sim.txm_images import particle_sample
+
+        self.sample = particle_sample(self.frame_shape)
+
+    def make_frame(self, index):
+        from strainstream.sim.txm_images import simulate_txm_scan
+
+        es = self.parent
+        e, zp = es.energy.position, es.zp_z.position
+        sample_in = abs(es.sample_inout.position) < 0.5
+        noise, seed = bool(self.Noise.value), [int(self.Seed.value), int(index)]
+        sample = self.sample
+        scalars = {"energy_eV": e, "zp_z_mm": zp, "sample_in": float(sample_in),
+                   "counter": float(index)}
+
+        def compute():
+            scan = simulate_txm_scan(np.array([e]), sample=sample, zp_follows_focus=False,
+                                     zp_position_m=zp / 1000.0, drift_px_rms=0.0, noise=noise,
+                                     seed=seed)
+            return (scan.stack[0] if sample_in else scan.flats[0]).astype(np.float32)
+
+        return compute, scalars
+
+
+class EndstationIOC(PVGroup):
+    """Motors (``<prefix>ES:``), SXDM detector (``<prefix>SXDM:``), TXM camera (``<prefix>TXM:``)."""
+
+    sample_x = _motor("sample_x")
+    sample_y = _motor("sample_y")
+    sample_z = _motor("sample_z")
+    theta = _motor("theta")
+    zp_z = _motor("zp_z")
+    det_z = _motor("det_z")
+    sample_inout = _motor("sample_inout")
+    energy = _motor("energy")
+    sxdm = SubGroup(SXDMDetector, prefix="SXDM:")
+    txm = SubGroup(TXMCamera, prefix="TXM:")
+
+
+def build(prefix: str, *, sxdm_shape=64, txm_shape=128, material="SC-NM91", state="charged",
+          raster=32, write_dir=".") -> EndstationIOC:
+    """Create the IOC (PV names ``<prefix>ES:*``, ``<prefix>SXDM:*``, ``<prefix>TXM:*``)."""
+    ioc = EndstationIOC(prefix=prefix)
+    ioc.sxdm.configure((sxdm_shape, sxdm_shape), write_dir)
+    ioc.sxdm.configure_sample(material, state, raster)
+    ioc.txm.configure((txm_shape, txm_shape), write_dir)
+    return ioc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="strainstream-ioc endstation",
+                                 description=__doc__.splitlines()[0])
+    add_common_args(ap)
+    ap.add_argument("--sxdm-shape", type=int, default=64, help="SXDM crop rows = cols (<= 256)")
+    ap.add_argument("--txm-shape", type=int, default=128, help="TXM image rows = cols")
+    ap.add_argument("--sxdm-material", default="SC-NM91", choices=["SC-NM91", "SC-NC91"])
+    ap.add_argument("--sxdm-state", default="charged", choices=["pristine", "charged", "cycled"])
+    ap.add_argument("--sxdm-raster", type=int, default=32, help="particle raster points per side")
+    args = ap.parse_args(argv)
+    if not 8 <= args.sxdm_shape <= 256:
+        ap.error("--sxdm-shape must be in 8..256 (the pixel array is 256x256)")
+    ioc = build(args.prefix, sxdm_shape=args.sxdm_shape, txm_shape=args.txm_shape,
+                material=args.sxdm_material, state=args.sxdm_state, raster=args.sxdm_raster,
+                write_dir=args.write_dir)
+    return serve(ioc, args.port, "endstation", closers=[ioc.sxdm.close, ioc.txm.close],
+                 list_pvs=args.list_pvs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
