@@ -78,7 +78,7 @@ def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33):
 def _coarse_distance(ai, frame, tth_rings_rad):
     """Scale the distance so that the azimuthally averaged ring positions match the calibrant.
 
-    A wrong distance D_g maps a ring of true angle 2θ to tan(2θ_app) = (D/D_g)·tan 2θ; the
+    Returns (scale, rings matched, rings expected on the detector). A wrong distance D_g maps a ring of true angle 2θ to tan(2θ_app) = (D/D_g)·tan 2θ; the
     scale D/D_g is found by a grid search maximising the profile at the predicted rings.
     """
     npt = int(0.5 * np.hypot(*frame.shape))  # about one bin per pixel of radius
@@ -94,7 +94,8 @@ def _coarse_distance(ai, frame, tth_rings_rad):
     scales = np.linspace(0.88, 1.12, 2401)
     pred = np.arctan(np.tan(rings)[None, :] * scales[:, None])
     score = np.interp(pred, tth, hit, left=0, right=0).sum(axis=1)
-    return float(scales[int(np.argmax(score))])
+    best = int(np.argmax(score))
+    return float(scales[best]), float(score[best]), int(rings.size)
 
 
 def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
@@ -153,7 +154,12 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     cal.wavelength = g["wavelength_A"] * 1e-10
     tth_rings = np.asarray(cal.get_2th(), dtype=float)
     ai = make_azimuthal_integrator(g)
-    g["distance_m"] *= _coarse_distance(ai, frame, tth_rings)
+    scale, n_rings, n_expected = _coarse_distance(ai, frame, tth_rings)
+    if n_rings < max(4.0, 0.4 * n_expected):
+        raise FrameError("blank", f"no {calibrant} rings found in the azimuthal average (matched "
+                                  f"{n_rings:.0f} of {n_expected}): check the frame, the wavelength and the "
+                                  "approximate distance (within ~10 %)")
+    g["distance_m"] *= scale
     free = [p for p in _PARAMS if not (fix_rot3 and p == "rot3")]
     if not fix_wavelength:
         free.append("wavelength_A")

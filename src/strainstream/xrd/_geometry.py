@@ -84,7 +84,7 @@ def geometry_from_pyfai(ai) -> dict:
         "distance_m": ai.dist, "poni1_m": ai.poni1, "poni2_m": ai.poni2,
         "rot1": ai.rot1, "rot2": ai.rot2, "rot3": ai.rot3,
         "wavelength_A": ai.wavelength * 1e10,
-        "pixel_size_um": [det.pixel1 * 1e6, det.pixel2 * 1e6],
+        "pixel_size_um": [round(det.pixel1 * 1e6, 6), round(det.pixel2 * 1e6, 6)],
         "shape": list(det.max_shape),
     })
 
