@@ -33,7 +33,7 @@ __all__ = ["AnalysisCallback", "FrameResolver", "FrameUnavailable", "ResultSink"
 
 logger = logging.getLogger(__name__)
 
-COLUMN_TYPES = {"float64", "int64", "string", "bool"}
+COLUMN_TYPES = {"float64", "int64", "string", "bool", "float64[]"}
 
 
 class FrameUnavailable(LookupError):
@@ -232,6 +232,17 @@ class AnalysisCallback(DocumentRouter):
     def _frames_ready(self, seq: int) -> bool:
         return all(self.frames.available(k, seq) for k in self._frame_keys())
 
+    def previous_row(self, seq: int) -> dict[str, Any] | None:
+        """The latest row (committed or pending) of an event before ``seq``; None if none."""
+        best = None
+        for rows in (self._pending, self.rows):  # each in increasing seq_num order
+            for row in reversed(rows):
+                if row["seq_num"] < seq:
+                    if best is None or row["seq_num"] > best["seq_num"]:
+                        best = row
+                    break
+        return best
+
     def read_frames(self, seq: int) -> dict[str, np.ndarray]:
         return {k: self.frames.read(k, seq) for k in self._frame_keys()}
 
@@ -240,12 +251,19 @@ class AnalysisCallback(DocumentRouter):
         row: dict[str, Any] = {c: _missing(t) for c, t in self.columns.items()}
         row.update(seq_num=seq, time=float(event["time"]), flag="", message="")
         try:
-            row.update(self.analyse(event, self.read_frames(seq)))
+            # one BLAS/OpenMP thread: results must not depend on the machine's thread count,
+            # so the live pass and a replay elsewhere give the same bits
+            with _single_thread():
+                row.update(self.analyse(event, self.read_frames(seq)))
         except FrameError as exc:
             row.update(flag=exc.reason, message=str(exc))
         except FrameUnavailable as exc:
             row.update(flag="frame_unavailable", message=str(exc))
-        except (ValueError, OSError, KeyError) as exc:
+        except ValueError as exc:
+            if not getattr(exc, "reason", None):  # core errors carry a short reason tag
+                raise
+            row.update(flag=str(exc.reason), message=str(exc))
+        except (OSError, KeyError) as exc:
             logger.warning("%s: event %d of %s could not be analysed: %s", self.name, seq,
                            self.start_doc and self.start_doc.get("uid"), exc)
             row.update(flag="analysis_error", message=f"{type(exc).__name__}: {exc}")
@@ -289,8 +307,20 @@ class AnalysisCallback(DocumentRouter):
         return {}
 
 
+_CONTROLLER = None
+
+
+def _single_thread():
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1)
+
+
 def _missing(kind: str):
-    return {"float64": math.nan, "int64": -1, "string": "", "bool": False}[kind]
+    return {"float64": math.nan, "int64": -1, "string": "", "bool": False, "float64[]": []}[kind]
 
 
 def _coerce(value, kind: str):
@@ -302,4 +332,6 @@ def _coerce(value, kind: str):
         return int(value)
     if kind == "bool":
         return bool(value)
+    if kind == "float64[]":
+        return [float(v) for v in np.asarray(value, dtype=np.float64).ravel()]
     return str(value)

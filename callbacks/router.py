@@ -18,6 +18,7 @@ __all__ = ["ANALYSES", "analyses_for", "make_callbacks"]
 #: experiment -> list of "module:Class" analysis callbacks
 ANALYSES: dict[str, list[str]] = {
     "frame_series": ["strainstream.callbacks.framestats:FrameStatsCallback"],
+    "operando_xrd": ["strainstream.callbacks.xrd:OperandoXRDCallback"],
 }
 
 

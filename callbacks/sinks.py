@@ -50,7 +50,8 @@ class MemorySink(ResultSink):
 def _arrow_schema(columns: dict[str, str]):
     import pyarrow as pa
 
-    types = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
+    types = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_(),
+             "float64[]": pa.list_(pa.float64())}
     return pa.schema([(name, types[kind]) for name, kind in columns.items()])
 
 
@@ -130,7 +131,7 @@ def _table_rows(node) -> list[dict[str, Any]]:
     rows = df.to_dict(orient="records")
     seen: dict[int, dict] = {}
     for r in rows:  # duplicates (a retried append) collapse onto one row per seq_num
-        r = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+        r = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
         seen.setdefault(int(r["seq_num"]), r)
     return [seen[k] for k in sorted(seen)]
 

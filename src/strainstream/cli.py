@@ -161,6 +161,48 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from strainstream.callbacks.plots import figure_for
+    from strainstream.callbacks.sinks import read_results
+
+    root = _open_catalog(args, need_server=args.live)
+    uid = _get_run(root, args.uid).metadata["start"]["uid"]
+    written: list[str] = []
+    while True:
+        try:
+            doc = read_results(root, uid)
+        except KeyError:
+            doc = {"analyses": {}}
+        for name, entry in doc["analyses"].items():
+            if args.analysis and name != args.analysis:
+                continue
+            try:
+                fig = figure_for(name, entry)
+            except KeyError:
+                continue
+            out = args.out or f"{uid[:8]}_{name}.png"
+            if len(doc["analyses"]) > 1 and args.out and not args.analysis:
+                out = args.out.replace(".png", f"_{name}.png")
+            fig.suptitle(f"{name} — run {uid[:8]} ({entry['n_rows']} events, {entry['status']})")
+            fig.savefig(out, dpi=args.dpi)
+            if out not in written:
+                written.append(out)
+        done = doc["analyses"] and all(e["status"] == "complete" for e in doc["analyses"].values())
+        if not args.live or done:
+            break
+        time.sleep(args.interval)
+    if not written:
+        raise CLIError(f"run {uid} has no derived results to plot yet")
+    for out in written:
+        print(out)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from strainstream.demo import run_demo
 
@@ -214,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout (same form as results)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("plot", help="save the figure(s) of a run's derived results as PNG")
+    p.add_argument("uid")
+    _add_server_args(p)
+    p.add_argument("--out", default=None, help="PNG file (default: UID8_ANALYSIS.png)")
+    p.add_argument("--analysis", default=None, help="only this analysis")
+    p.add_argument("--live", action="store_true", help="keep updating the PNG until the run is analysed")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between live updates")
+    p.add_argument("--dpi", type=int, default=110)
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="start server + worker, run a simulated experiment, print a summary")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

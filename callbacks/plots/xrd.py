@@ -1,0 +1,64 @@
+"""The operando XRD figure: (003) contour beside the voltage profile, lattice vs capacity,
+microstrain vs state of charge and c/c0 vs (a/a0)² — the panels of the study's figures."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..xrd import Q003_GRID_A_INV
+
+#: theoretical capacity of LiNiO2-type cathodes used to express state of charge x in Li(1-x)
+THEORETICAL_CAPACITY_MAH_G = 275.0
+
+
+def _arr(cols, key):
+    return np.asarray([np.nan if v is None else v for v in cols.get(key, [])], dtype=float)
+
+
+def operando_xrd_figure(entry, fig=None):
+    """Build the figure from a results entry of ``operando_xrd`` (columns as lists)."""
+    from matplotlib.figure import Figure
+
+    cols = entry["columns"]
+    fig = fig or Figure(figsize=(15, 7), layout="constrained")
+    fig.clear()
+    gs = fig.add_gridspec(2, 4, width_ratios=[1.3, 0.6, 1, 1])
+    t = _arr(cols, "time")
+    t_h = (t - t[0]) / 3600.0 if t.size else t
+    volt, cap = _arr(cols, "voltage_V"), _arr(cols, "capacity_mAh_g")
+    a, c, v = _arr(cols, "a_A"), _arr(cols, "c_A"), _arr(cols, "volume_A3")
+    c2, eps = _arr(cols, "c_A_2"), _arr(cols, "microstrain")
+
+    ax_c = fig.add_subplot(gs[:, 0])
+    rows = [r if r else [np.nan] * Q003_GRID_A_INV.size for r in cols.get("i003", [])]
+    if len(rows) >= 2:
+        img = np.asarray(rows, dtype=float)
+        ax_c.pcolormesh(Q003_GRID_A_INV, t_h, img, shading="nearest", cmap="viridis")
+    ax_c.set(xlabel="Q (Å$^{-1}$)", ylabel="time (h)", title="(003) intensity")
+    ax_v = fig.add_subplot(gs[:, 1], sharey=ax_c)
+    ax_v.plot(volt, t_h, "k-")
+    ax_v.set(xlabel="voltage (V vs Li/Li$^+$)", title="voltage")
+    ax_v.tick_params(labelleft=False)
+
+    ax_ac = fig.add_subplot(gs[0, 2])
+    ax_ac.plot(cap, a, "o", ms=3, color="C0", label="a")
+    ax_ac.set(ylabel="a (Å)", title="lattice vs capacity")
+    ax_c2 = ax_ac.twinx()
+    ax_c2.plot(cap, c, "s", ms=3, color="C3", label="c")
+    ax_c2.plot(cap, c2, "s", ms=3, mfc="none", color="C3", label="c (2nd phase)")
+    ax_c2.set_ylabel("c (Å)", color="C3")
+    ax_vol = fig.add_subplot(gs[1, 2], sharex=ax_ac)
+    ax_vol.plot(cap, v, "o", ms=3, color="C2")
+    ax_vol.set(xlabel="capacity (mAh g$^{-1}$)", ylabel="V (Å$^3$)")
+
+    ax_eps = fig.add_subplot(gs[0, 3])
+    soc = cap / THEORETICAL_CAPACITY_MAH_G
+    ax_eps.plot(soc, eps * 1e3, "o", ms=3, color="C4")
+    ax_eps.set(xlabel="x in Li$_{1-x}$MO$_2$", ylabel="microstrain ε (10$^{-3}$)", title="microstrain")
+    ax_r = fig.add_subplot(gs[1, 3])
+    ok = np.isfinite(a) & np.isfinite(c)
+    if ok.any():
+        a0, c0 = a[ok][0], c[ok][0]
+        ax_r.plot((a / a0) ** 2, c / c0, "o", ms=3, color="C5")
+    ax_r.set(xlabel="(a/a$_0$)$^2$", ylabel="c/c$_0$")
+    return fig

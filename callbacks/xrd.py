@@ -1,0 +1,167 @@
+"""Operando XRD: per-frame lattice parameters, microstrain and H2/H3 phases, live.
+
+For each event: the detector frame is integrated to I(Q) with the run's calibrated geometry
+(one pyFAI integrator per run, pinned method), the layered R-3m phase(s) are refined
+sequentially (each frame seeded from the previous frame's *stored* result row, so a resumed
+worker and a replay seed exactly as the live pass did), and one row is written with the
+cycler readings of the same event (voltage, current, capacity) beside a, c, V, ε, size,
+phase fractions (second phase: columns suffixed ``_2``), Rwp and the (003) window of I(Q) for the contour plot.
+
+Start-document metadata used (written by the ``operando_xrd`` plan):
+``calibration`` (geometry dict, see :func:`strainstream.xrd.validate_geometry`; its
+``wavelength_A`` is the wavelength), optional ``analysis_parameters.operando_xrd``:
+``phases`` ("auto" | 1 | 2), ``npt``, ``q_range_A_inv``, ``saturation_level``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .base import AnalysisCallback
+
+__all__ = ["OperandoXRDCallback", "Q003_GRID_A_INV", "start_from_row"]
+
+#: Q grid (Å⁻¹) of the stored (003) window, REFERENCE.md's 1.27–1.42 Å⁻¹
+Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
+
+_PHASE_COLS = ("a_A", "a_err_A", "c_A", "c_err_A", "volume_A3", "volume_err_A3", "microstrain",
+               "microstrain_err", "size_nm", "fraction")
+_ECHEM = ("voltage_V", "current_mA", "capacity_mAh_g")
+
+
+def _phase_columns(suffix: str) -> dict[str, str]:
+    return {f"{c}{suffix}" if suffix else c: "float64" for c in _PHASE_COLS}
+
+
+def start_from_row(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A refinement start (``RefinementResult.to_dict()`` form) from a stored result row."""
+    if row is None or row.get("flag") or not math.isfinite(row.get("c_A", math.nan)):
+        return None
+    phases = []
+    for sfx in ("", "_2"):
+        c = row.get(f"c_A{sfx}", math.nan)
+        if not math.isfinite(c):
+            continue
+        size = row.get(f"size_nm{sfx}", math.nan)
+        phases.append({
+            "a_A": row[f"a_A{sfx}"], "c_A": c, "microstrain": row[f"microstrain{sfx}"],
+            "size_nm": size if math.isfinite(size) else None, "fraction": row[f"fraction{sfx}"],
+        })
+    al = row.get("al_a_A", math.nan)
+    return {"phases": phases, "rwp": row["rwp"], "eta": row["eta"],
+            "al_a_A": al if math.isfinite(al) else None}
+
+
+class _Start(dict):
+    """A start dict that also answers ``.rwp`` like a RefinementResult (for the re-seed test)."""
+
+    @property
+    def rwp(self) -> float:
+        return self["rwp"]
+
+
+class OperandoXRDCallback(AnalysisCallback):
+    """Sequential refinement of the layered phase(s), one row per frame."""
+
+    name = "operando_xrd"
+    version = "1"
+    columns = {
+        **{k: "float64" for k in _ECHEM},
+        "n_phases": "int64",
+        **_phase_columns(""),
+        **_phase_columns("_2"),
+        "delta_c_A": "float64",
+        "rwp": "float64",
+        "eta": "float64",
+        "al_a_A": "float64",
+        "converged": "bool",
+        "refine_flags": "string",
+        "n_masked": "int64",
+        "i003": "float64[]",
+    }
+
+    def on_start(self, doc) -> None:
+        from strainstream.xrd import Integrator, SequentialRefiner, validate_geometry
+
+        geometry = doc.get("calibration")
+        if not geometry:
+            raise ValueError(
+                f"run {doc['uid']} has no 'calibration' geometry in its start document; "
+                "record the CeO2 calibration (strainstream.xrd.calibrate) with the run"
+            )
+        self.geometry = validate_geometry(geometry)
+        p = self.parameters
+        self.integrator = Integrator(self.geometry, npt=int(p.get("npt", 2500)),
+                                     saturation_level=p.get("saturation_level"))
+        kwargs = {}
+        if p.get("q_range_A_inv"):
+            kwargs["q_range_A_inv"] = tuple(p["q_range_A_inv"])
+        self.refiner = SequentialRefiner(self.geometry["wavelength_A"], phases=p.get("phases", "auto"),
+                                         **kwargs)
+
+    def _echem(self, data: dict[str, Any]) -> dict[str, float]:
+        out = {}
+        for suffix in _ECHEM:
+            keys = [k for k in data if k.endswith(suffix)]
+            out[suffix] = float(data[keys[0]]) if keys else math.nan
+        return out
+
+    def analyse(self, event, frames) -> dict[str, Any]:
+        row: dict[str, Any] = self._echem(event["data"])
+        if not frames:
+            raise ValueError("the run has no detector frames (no STREAM: data key)")
+        (frame,) = frames.values()
+        q, intensity, sigma = self.integrator(frame)
+        rep = self.integrator.last_report
+        row["n_masked"] = int(rep.n_dead + rep.n_nan + rep.n_saturated)
+        ok = np.isfinite(intensity)
+        row["i003"] = np.interp(Q003_GRID_A_INV, q[ok], intensity[ok])
+        # seed from the previous stored row: identical for live, resumed and replayed passes
+        start = start_from_row(self.previous_row(int(event["seq_num"])))
+        self.refiner.previous = None if start is None else _Start(start)
+        res = self.refiner.refine(q, intensity, sigma)
+        row.update(n_phases=res.n_phases, rwp=res.rwp, eta=res.eta,
+                   al_a_A=res.al_a_A if res.al_a_A is not None else math.nan,
+                   converged=res.converged, refine_flags=",".join(res.flags))
+        for sfx, ph in zip(("", "_2"), res.phases, strict=False):
+            for col in _PHASE_COLS:
+                value = getattr(ph, col)
+                row[f"{col}{sfx}"] = math.nan if value is None else value
+        if res.n_phases == 2:
+            row["delta_c_A"] = abs(res.phases[0].c_A - res.phases[1].c_A)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        good = [r for r in self.rows if not r["flag"] and math.isfinite(r["c_A"])]
+        if not good:
+            return {"frames_refined": 0, "frames_flagged": len(self.rows)}
+
+        def mean_c(r):
+            if r["n_phases"] == 2:
+                return r["fraction"] * r["c_A"] + r["fraction_2"] * r["c_A_2"]
+            return r["c_A"]
+
+        def mean_v(r):
+            if r["n_phases"] == 2:
+                return r["fraction"] * r["volume_A3"] + r["fraction_2"] * r["volume_A3_2"]
+            return r["volume_A3"]
+
+        c_all = [max(r["c_A"], r["c_A_2"]) if r["n_phases"] == 2 else r["c_A"] for r in good]
+        c_max = max(c_all)
+        c_last, v_first, v_last = mean_c(good[-1]), mean_v(good[0]), mean_v(good[-1])
+        dcs = [r["delta_c_A"] for r in good if math.isfinite(r["delta_c_A"])]
+        return {
+            "frames_refined": len(good),
+            "frames_flagged": len(self.rows) - len(good),
+            "a_first_A": good[0]["a_A"], "a_last_A": good[-1]["a_A"],
+            "c_first_A": good[0]["c_A"], "c_max_A": c_max, "c_last_A": c_last,
+            "c_contraction_pct": 100.0 * (c_max - c_last) / c_max,
+            "volume_change_pct": 100.0 * (v_last - v_first) / v_first,
+            "max_delta_c_A": max(dcs) if dcs else 0.0,
+            "two_phase_frames": sum(r["n_phases"] == 2 for r in good),
+            "max_microstrain": max(r["microstrain"] for r in good),
+            "voltage_last_V": good[-1]["voltage_V"],
+        }
