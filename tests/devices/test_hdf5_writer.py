@@ -27,3 +27,23 @@ def test_writer_refuses_to_overwrite_and_wrong_shapes(tmp_path):
             w.append(np.zeros((5, 4)))
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         H5FrameWriter(tmp_path / "d.h5", (4, 5))
+
+
+def test_resolver_falls_back_when_the_file_is_not_here():
+    calls = []
+
+    def fallback(key, seq):
+        calls.append((key, seq))
+        return np.ones((2, 2))
+
+    resolver = FrameResolver(fallback=fallback)
+    resolver.stream_resource({"uid": "r", "data_key": "img", "uri": "file://localhost/nowhere/x.h5",
+                              "parameters": {"dataset": DATASET}})
+    resolver.stream_datum({"stream_resource": "r", "seq_nums": {"start": 1, "stop": 4},
+                           "indices": {"start": 10, "stop": 13}})
+    assert resolver.locate("img", 3)[1] == 12
+    assert resolver.read("img", 3).sum() == 4
+    assert calls == [("img", 3)]
+    resolver.fallback = None
+    with pytest.raises(LookupError, match="not readable here"):
+        resolver.read("img", 2)
