@@ -16,8 +16,8 @@ class SequentialRefiner:
 
     A fit started from the previous frame is accepted unless it looks wrong: its Rwp grew
     by more than ``rwp_jump`` relative to the previous frame, the solver did not converge,
-    or the refined (003) position(s) miss the (003) peak(s) found by a peak search by more
-    than one FWHM. Then the frame is refitted from a fresh peak search (as after a beam
+    or (when Rwp grew by more than 10 %) the refined (003) position(s) miss the (003)
+    peak(s) found by a peak search by more than one FWHM. Then the frame is refitted from a fresh peak search (as after a beam
     interruption, when the lattice has moved far) and the better of the two fits is kept
     (flag ``"reseeded"``).
 
@@ -52,6 +52,8 @@ class SequentialRefiner:
             return True
         if res.rwp > (1.0 + self.rwp_jump) * prev.rwp:
             return True
+        if res.rwp <= 1.1 * prev.rwp:
+            return False  # as good as the previous frame: no (003) cross-check needed
         try:
             split = detect_003_split(q, y, sigma)
         except PatternError:
