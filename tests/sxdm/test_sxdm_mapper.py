@@ -213,3 +213,38 @@ def test_bad_input_raises_clear_errors():
     f[2, 2] = np.nan
     mp.add_frames(sim.theta_deg[2], 1, 1, f)
     assert mp.maps().flags[1, 1] & FLAG_BAD_DETECTOR_VALUES
+
+
+def test_refinement_recovers_peaks_cut_by_the_theta_range():
+    # 15 angles over 0.5°, centred 0.2° above θ_B: the rocking curves are cut on the low side
+    n = 12
+    sim = simulate_sxdm(particle_preset(ny=n, nx=n, seed=2), shape=(36, 36), n_theta=15,
+                        theta_range_deg=0.5, theta_offset_deg=0.2, drift_step_nm=0.0, seed=3)
+    mp = StrainMapper(sim.metadata, (n, n), theta_deg=sim.theta_deg, keep_projections=True, register=False)
+    _feed(mp, sim)
+    com = mp.maps()
+    particle = sim.truth()["weight"] > 0.5
+    assert com.mask.sum() < 0.2 * particle.sum()  # centre of mass: flagged, left out
+    ref = mp.refine(com)
+    # fits whose rocking-curve centre lies outside the measured θ range stay out
+    assert (ref.mask & particle).sum() > 0.7 * particle.sum()
+    err = _errors(ref, sim.truth(), ref.mask & particle)
+    assert err["d_rel"] <= 2e-4 and err["tilt_xy"] <= 0.005 and err["tilt_xz"] <= 0.005
+    with pytest.raises(SXDMError, match="keep_projections=True"):
+        StrainMapper(sim.metadata, (n, n)).refine()
+
+
+def test_refinement_agrees_with_centre_of_mass_on_full_scans(drift_sim):
+    n = 14
+    sim = simulate_sxdm(particle_preset(ny=n, nx=n, seed=5), shape=(40, 40), n_theta=31,
+                        theta_range_deg=1.5, seed=6)
+    mp = StrainMapper(sim.metadata, (n, n), theta_deg=sim.theta_deg, keep_projections=True,
+                      registration_reference=sim.reference_index)
+    _feed(mp, sim)
+    com = mp.maps()
+    ref = mp.refine(com)
+    inside = com.mask & ref.mask & (sim.truth()["weight"] > 0.5)
+    assert inside.sum() > 60
+    e_com, e_ref = _errors(com, sim.truth(), inside), _errors(ref, sim.truth(), inside)
+    assert e_ref["d_rel"] <= 2e-4 and e_ref["tilt_xy"] <= 0.005 and e_ref["tilt_xz"] <= 0.005
+    assert e_com["d_rel"] <= 2e-4

@@ -37,6 +37,7 @@ from ._mapper import (
     compute_statistics,
     statistics_table,
 )
+from ._refine import fit_gaussians_1d
 from ._registration import estimate_drift, register_translation, shift_maps
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "StrainMapper",
     "compute_statistics",
     "estimate_drift",
+    "fit_gaussians_1d",
     "map_file",
     "pixel_q_vectors",
     "q_to_d_and_tilts",

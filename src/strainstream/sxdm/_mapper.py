@@ -242,6 +242,11 @@ class StrainMapper:
     compute_dtype : numpy dtype
         Dtype of the per-frame reduction (float32: exact for counts < 2²⁴, 2× faster; the sums
         are kept in float64).
+    n_threads : int
+        Worker threads of the per-frame reduction (batches of ≥ 16 frames).
+    keep_projections : bool
+        Also keep each frame's row and column projections (n_theta × ny × nx × (rows + cols)
+        float32) for :meth:`refine`.
     """
 
     def __init__(
@@ -265,6 +270,8 @@ class StrainMapper:
         theta_edge_fraction: float = 0.05,
         border_fraction: float = 0.02,
         compute_dtype: Any = np.float32,
+        n_threads: int = 2,
+        keep_projections: bool = False,
     ) -> None:
         self.geometry = geometry if isinstance(geometry, SXDMGeometry) else SXDMGeometry.from_metadata(geometry)
         if len(raster_shape) != 2 or min(raster_shape) < 1:
@@ -287,6 +294,10 @@ class StrainMapper:
         self.theta_edge_fraction = float(theta_edge_fraction)
         self.border_fraction = float(border_fraction)
         self.compute_dtype = np.dtype(compute_dtype)
+        self.n_threads = max(1, int(n_threads))
+        self.keep_projections = bool(keep_projections)
+        self._proj: np.ndarray | None = None
+        self._thr_cache: dict[float, float] = {}
         self._user_bad = None if bad_pixel_mask is None else np.asarray(bad_pixel_mask, dtype=bool)
 
         self._planned = theta_deg is not None
@@ -358,6 +369,7 @@ class StrainMapper:
         n_ok = ok.sum(1, keepdims=True)
         self._fill_src = rr * cols + cc
         self._fill_w = np.where(ok, 1.0 / np.maximum(n_ok, 1), 0.0).astype(self.compute_dtype)
+        self._ring_idx = np.setdiff1d(self._border_idx, self._fill_dst)
 
     @property
     def bad_pixel_mask(self) -> np.ndarray | None:
@@ -438,71 +450,119 @@ class StrainMapper:
         it = self._theta_index(th)
         for s in range(0, n, _CHUNK):
             e = min(n, s + _CHUNK)
-            m, nbad = self._reduce(fr[s:e])
+            part = fr[s:e]
+            invalid = self._inspect(part)
+            if self.n_threads > 1 and e - s >= 16:
+                cut = (e - s) // 2
+                pool = _pool(self.n_threads)
+                jobs = [pool.submit(self._reduce, part[a:b], None if invalid is None else invalid[a:b])
+                        for a, b in ((0, cut), (cut, e - s))]
+                res = [j.result() for j in jobs]
+                m = np.concatenate([r[0] for r in res])
+                nb = [r[1] if r[1] is not None else np.zeros(len(r[0]), np.int64) for r in res]
+                nbad = np.concatenate(nb) if any(r[1] is not None for r in res) else None
+                proj = np.concatenate([r[2] for r in res]) if self.keep_projections else None
+            else:
+                m, nbad, proj = self._reduce(part, invalid)
+            if proj is not None:
+                if self._proj is None or self._proj.shape[0] != self._sums.shape[0]:
+                    old = self._proj
+                    self._proj = np.zeros(self._sums.shape[:3] + (proj.shape[1],), dtype=np.float32)
+                    if old is not None:
+                        self._proj[: old.shape[0]] = old
+                np.add.at(self._proj, (it[s:e], yy[s:e], xx[s:e]), proj)
             np.add.at(self._sums, (it[s:e], yy[s:e], xx[s:e]), m)
             np.add.at(self._counts, (it[s:e], yy[s:e], xx[s:e]), 1)
             if nbad is not None:
                 np.add.at(self._n_bad_values, (yy[s:e], xx[s:e]), nbad)
         self.n_frames += n
 
-    def _reduce(self, fr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Frames (n, rows, cols) → per-frame sums (n, 11) float64 and bad-value counts."""
+    def _inspect(self, fr: np.ndarray) -> np.ndarray | None:
+        """Update the bad-pixel mask from a batch (main thread); return per-value invalid flags."""
         n = fr.shape[0]
-        rows, cols = self.frame_shape  # type: ignore[misc]
-        x = np.empty((n, rows * cols), dtype=self.compute_dtype)
-        np.copyto(x, fr.reshape(n, -1), casting="unsafe")
-        nbad = None
-        invalid = _invalid_values(fr, x)
+        invalid = _invalid_values(fr)
         if invalid is not None:
             inv = invalid.reshape(n, -1)
-            # a pixel invalid in every frame of the batch is a bad detector pixel
-            always = inv.all(0) & (n >= 4)
+            always = inv.all(0) & (n >= 4)  # invalid in every frame: a bad detector pixel
             if always.any():
-                self._bad.ravel()[always] = True
+                self._bad.ravel()[always & ~self._bad.ravel()] = True
                 self._update_fill()
-                inv = inv & ~always
-            x[inv] = 0.0
+        if self.detect_hot_pixels and self._hot_frames_checked < 2000:
+            k = min(n, 32)
+            self._hot_acc = fr[:k].sum(0, dtype=np.float64) + getattr(self, "_hot_acc", 0.0)
+            self._hot_acc_n = k + getattr(self, "_hot_acc_n", 0)
+            if self._hot_frames_checked == 0 or self._hot_acc_n >= 32:
+                self._detect_hot(self._hot_acc, self._hot_acc_n)
+                self._hot_acc, self._hot_acc_n = 0.0, 0
+        return invalid
+
+    def _reduce(self, fr: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frames (n, rows, cols) → per-frame sums (n, 11) float64 and bad-value counts.
+
+        Reads the mapper's state only (safe to run in worker threads).
+        """
+        n = fr.shape[0]
+        rows, cols = self.frame_shape  # type: ignore[misc]
+        raw = fr.reshape(n, rows * cols)
+        nbad = None
+        if invalid is not None:
+            inv = invalid.reshape(n, -1) & ~self._bad.ravel()
             nbad = inv.sum(1)
-            if not nbad.any():
-                nbad = None
-        if self.detect_hot_pixels and self._hot_frames_checked < 2000 and n >= 1:
-            self._detect_hot(x)
-        if self._fill_dst.size:
-            x[:, self._fill_dst] = (x[:, self._fill_src] * self._fill_w).sum(-1)
+        # background (per frame from the border ring, or given)
         if self._bg_image is not None:
-            b = self._bg_image.ravel()
+            b = self._bg_image.reshape(1, -1)
             bmean = np.full(n, float(self._bg_image.mean()))
         elif self.background == "auto":
-            bmean = x[:, self._border_idx].mean(1, dtype=np.float64)
+            ring = raw[:, self._ring_idx]
+            if invalid is not None:
+                ok = ~invalid.reshape(n, -1)[:, self._ring_idx]
+                bmean = (ring * ok).sum(1, dtype=np.float64) / np.maximum(ok.sum(1), 1)
+            else:
+                bmean = ring.mean(1, dtype=np.float64)
             b = bmean.astype(self.compute_dtype)[:, None]
         else:
             bmean = np.full(n, float(self.background))  # type: ignore[arg-type]
             b = self.compute_dtype.type(self.background)
-        t = self._thresholds(bmean)
-        x -= b
-        np.multiply(x, x > t.astype(self.compute_dtype)[:, None], out=x)
+        x = np.empty((n, rows * cols), dtype=self.compute_dtype)
+        np.subtract(raw, b, out=x, casting="unsafe")  # convert and subtract in one pass
+        if invalid is not None:
+            x[invalid.reshape(n, -1)] = 0.0
+        if self._fill_dst.size:  # bad detector pixels: mean of their valid neighbours
+            x[:, self._fill_dst] = (x[:, self._fill_src] * self._fill_w).sum(-1)
+        proj = None
+        if self.keep_projections:  # background-subtracted, not thresholded
+            xr = x.reshape(n, rows, cols)
+            proj = np.concatenate([xr.sum(2, dtype=np.float32), xr.sum(1, dtype=np.float32)], 1)
+        t = self._thresholds(bmean).astype(self.compute_dtype)[:, None]
+        np.multiply(x, x > t, out=x)
         m = (x @ self._weights).astype(np.float64)
-        return m, nbad
+        if nbad is not None and not nbad.any():
+            nbad = None
+        return m, nbad, proj
 
     def _thresholds(self, bmean: np.ndarray) -> np.ndarray:
         if self.threshold_counts != "auto":
             return np.full(bmean.shape, float(self.threshold_counts))
-        from scipy.stats import poisson
+        # Poisson level exceeded by < 0.5 background voxels per raster point over the scan;
+        # tabulated on a 0.001-count grid of the background level (cheap per batch)
+        key = np.round(np.maximum(bmean, 0.0), 3)
+        uniq, inv = np.unique(key, return_inverse=True)
+        missing = [u for u in uniq.tolist() if u not in self._thr_cache]
+        if missing:
+            from scipy.stats import poisson
 
-        rows, cols = self.frame_shape  # type: ignore[misc]
-        n_vox = rows * cols * max(len(self._theta) if self._planned else 41, 1)
-        p = 0.5 / n_vox
-        b = np.maximum(bmean, 0.0)
-        k = np.where(b > 1e-6, poisson.isf(p, np.maximum(b, 1e-6)), 0.0)
-        return np.maximum(k - b, 0.5 - b)
+            rows, cols = self.frame_shape  # type: ignore[misc]
+            n_vox = rows * cols * max(len(self._theta) if self._planned else 41, 1)
+            mb = np.asarray(missing)
+            k = np.where(mb > 0, poisson.isf(0.5 / n_vox, np.maximum(mb, 1e-9)), 0.0)
+            self._thr_cache.update(zip(missing, np.maximum(k - mb, 0.5 - mb).tolist(), strict=True))
+        return np.array([self._thr_cache[u] for u in uniq.tolist()])[inv.ravel()]
 
-    def _detect_hot(self, x: np.ndarray) -> None:
+    def _detect_hot(self, s: np.ndarray, k: int) -> None:
+        """Hot (≥ hot_factor × 3×3 median) and dead (0 under ≥ 20 counts/frame) pixels from a
+        sum ``s`` (rows, cols) of ``k`` raw frames."""
         from scipy.ndimage import median_filter
 
-        rows, cols = self.frame_shape  # type: ignore[misc]
-        sub = x[: min(len(x), 32)]
-        k = len(sub)
-        s = sub.sum(0, dtype=np.float64).reshape(rows, cols)
         med = median_filter(s, size=3, mode="nearest")
         hot = s > self.hot_factor * (med + k)
         dead = (s == 0) & (med > 20.0 * k)
@@ -609,8 +669,8 @@ class StrainMapper:
             peak_t = m0.max(0)
             edge_t = np.maximum(np.where(counts[0] > 0, m0[0], 0), np.where(counts[-1] > 0, m0[-1], 0))
             theta_cut = (len(theta) >= 2) & (edge_t > self.theta_edge_fraction * peak_t) & ~incomplete
-        det_cut = pos & (border_frac > self.border_fraction)
-        flags[theta_cut & pos] |= FLAG_THETA_TRUNCATED
+        det_cut = ~low & (border_frac > self.border_fraction)
+        flags[theta_cut & ~low] |= FLAG_THETA_TRUNCATED
         flags[det_cut] |= FLAG_DETECTOR_TRUNCATED
         flags[self._n_bad_values > 0] |= FLAG_BAD_DETECTOR_VALUES
         mask = (flags & (FLAG_LOW_INTENSITY | FLAG_THETA_TRUNCATED | FLAG_DETECTOR_TRUNCATED | FLAG_BAD_DETECTOR_VALUES)) == 0
@@ -662,6 +722,87 @@ class StrainMapper:
             messages=messages,
         )
 
+    def refine(self, maps: SXDMMaps | None = None) -> SXDMMaps:
+        """Final refinement for a finished scan: Gaussian fits of the peak's projections.
+
+        The drift-corrected rocking curve, row profile and column profile of each raster point
+        are fitted with 1-D Gaussians (see :func:`fit_gaussians_1d`); their centres give
+        Q = Rmz(θc)ᵀ·Q_lab(rc, cc). Needs ``keep_projections=True``.
+
+        Parameters
+        ----------
+        maps : SXDMMaps, optional
+            Centre-of-mass maps whose drift shifts and mask to use (default :meth:`maps`).
+
+        Returns
+        -------
+        SXDMMaps
+            Same layout; raster points whose peak the θ range cut (flag 2) rejoin the mask when
+            the rocking-curve fit finds the centre inside the θ range; failed fits leave it.
+        """
+        from ._refine import fit_gaussians_1d
+
+        if not self.keep_projections or self._proj is None:
+            raise SXDMError("refine() needs the frame projections: create the StrainMapper with keep_projections=True")
+        base = maps if maps is not None else self.maps()
+        order = np.argsort(np.asarray(self._theta))
+        theta = np.asarray(self._theta)[order]
+        counts = self._counts[order]
+        proj = self._proj[order] / np.maximum(counts, 1)[..., None]
+        proj = shift_maps(proj, base.shifts_px) if np.any(base.shifts_px) else proj.astype(np.float64)
+        rows, cols = self.frame_shape  # type: ignore[misc]
+        ny, nx = self.raster_shape
+        rock = proj[..., :rows].sum(-1).reshape(len(theta), -1).T  # (N, T)
+        prow = proj[..., :rows].sum(0).reshape(-1, rows)
+        pcol = proj[..., rows:].sum(0).reshape(-1, cols)
+        cand = (base.flags & (FLAG_LOW_INTENSITY | FLAG_DETECTOR_TRUNCATED)).ravel() == 0
+        idx = np.flatnonzero(cand)
+        tc = np.full(ny * nx, np.nan)
+        rc = np.full(ny * nx, np.nan)
+        cc = np.full(ny * nx, np.nan)
+        ok = np.zeros(ny * nx, dtype=bool)
+        if idx.size:
+            _, t_c, _, _, ok_t = fit_gaussians_1d(theta, rock[idx], fit_offset=False)
+            _, r_c, _, _, ok_r = fit_gaussians_1d(np.arange(rows, dtype=float), prow[idx])
+            _, c_c, _, _, ok_c = fit_gaussians_1d(np.arange(cols, dtype=float), pcol[idx])
+            tc[idx], rc[idx], cc[idx] = t_c, r_c, c_c
+            inside_t = (t_c >= theta.min()) & (t_c <= theta.max())
+            ok[idx] = ok_t & ok_r & ok_c & inside_t
+        ok = ok.reshape(ny, nx)
+        q_lab = self.geometry.q_lab(np.nan_to_num(rc), np.nan_to_num(cc))  # (N, 3)
+        q = np.einsum("nji,nj->ni", rocking_matrix(np.nan_to_num(tc)), q_lab).reshape(ny, nx, 3)
+        d, txy, txz = q_to_d_and_tilts(q)
+        keep = (base.flags & (FLAG_LOW_INTENSITY | FLAG_DETECTOR_TRUNCATED | FLAG_BAD_DETECTOR_VALUES)) == 0
+        mask = keep & ok
+        messages = list(base.messages)
+        n_fail = int((keep & ~ok & base.mask).sum())
+        if n_fail:
+            messages.append(f"refinement: Gaussian fits failed at {n_fail} raster points (left out of the mask)")
+        d_mean = float(np.mean(d[mask])) if mask.any() else float("nan")
+        nan = np.full((ny, nx), np.nan)
+
+        def masked(v: np.ndarray) -> np.ndarray:
+            return np.where(mask, v, nan)
+
+        return SXDMMaps(
+            intensity=base.intensity,
+            mask=mask,
+            d_spacing_A=masked(d),
+            strain=masked(d / d_mean - 1.0),
+            strain_ref=masked(d / self.d_ref_A - 1.0) if self.d_ref_A else None,
+            tilt_xy_deg=masked(txy),
+            tilt_xz_deg=masked(txz),
+            q_sample_A_inv=np.where(mask[..., None], q, np.nan),
+            q_cov_A_inv2=base.q_cov_A_inv2,
+            flags=base.flags,
+            d_mean_A=d_mean,
+            d_ref_A=self.d_ref_A,
+            theta_deg=theta,
+            shifts_px=base.shifts_px,
+            n_frames=self.n_frames,
+            messages=messages,
+        )
+
     def statistics(self, maps: SXDMMaps | None = None) -> SXDMStatistics:
         """Particle statistics (see :class:`SXDMStatistics`) of :meth:`maps` (or given maps)."""
         return compute_statistics(maps if maps is not None else self.maps())
@@ -680,7 +821,7 @@ def _per_frame(v: Any, n: int, name: str, dtype: Any) -> np.ndarray:
     return a.astype(dtype)
 
 
-def _invalid_values(fr: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+def _invalid_values(fr: np.ndarray) -> np.ndarray | None:
     """Boolean (n, rows, cols) of invalid values, or None when there are none (cheap check)."""
     k = fr.dtype.kind
     if k == "u":
@@ -693,6 +834,18 @@ def _invalid_values(fr: np.ndarray, x: np.ndarray) -> np.ndarray | None:
         if fr.max() < top and fr.min() >= 0:
             return None
         return (fr == top) | (fr < 0)
-    if np.isfinite(x.sum(dtype=np.float64)):
+    if np.isfinite(fr.sum(dtype=np.float64)):
         return None
     return ~np.isfinite(fr)
+
+
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(n: int) -> Any:
+    """A shared thread pool (numpy releases the GIL in the per-frame reduction)."""
+    if n not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sxdm-reduce")
+    return _POOLS[n]
