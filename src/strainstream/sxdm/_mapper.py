@@ -38,7 +38,8 @@ FLAG_BAD_DETECTOR_VALUES = 16
 
 _N_CH = 11  # m0, m1 (3), m2 (6: xx xy xz yy yz zz), border
 _SYM = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
-_CHUNK = 128  # frames per internal work chunk (bounds the float32 work array)
+_CHUNK = 16  # frames per work chunk (a 256×256 float32 chunk stays in the L2/L3 cache)
+_BATCH = 512  # frames inspected together (bad-pixel checks) and reduced in parallel
 
 
 @dataclass
@@ -448,23 +449,23 @@ class StrainMapper:
         if fr.shape[1:] != self.frame_shape:
             raise SXDMError(f"frames have shape {fr.shape[1:]}, this mapper expects {self.frame_shape}")
         it = self._theta_index(th)
-        for s in range(0, n, _CHUNK):
-            e = min(n, s + _CHUNK)
+        for s in range(0, n, _BATCH):
+            e = min(n, s + _BATCH)
             part = fr[s:e]
             invalid = self._inspect(part)
-            if self.n_threads > 1 and e - s >= 16:
-                cut = (e - s) // 2
-                pool = _pool(self.n_threads)
-                jobs = [pool.submit(self._reduce, part[a:b], None if invalid is None else invalid[a:b])
-                        for a, b in ((0, cut), (cut, e - s))]
-                res = [j.result() for j in jobs]
-                m = np.concatenate([r[0] for r in res])
-                nb = [r[1] if r[1] is not None else np.zeros(len(r[0]), np.int64) for r in res]
-                nbad = np.concatenate(nb) if any(r[1] is not None for r in res) else None
-                proj = np.concatenate([r[2] for r in res]) if self.keep_projections else None
+            # cache-sized work chunks, reduced in parallel (numpy and BLAS release the GIL)
+            bounds = [(a, min(e - s, a + _CHUNK)) for a in range(0, e - s, _CHUNK)]
+            args = [(part[a:b], None if invalid is None else invalid[a:b]) for a, b in bounds]
+            if self.n_threads > 1 and len(args) > 1:
+                res = list(_pool(self.n_threads).map(lambda ab: self._reduce(*ab), args))
             else:
-                m, nbad, proj = self._reduce(part, invalid)
-            if proj is not None:
+                res = [self._reduce(*ab) for ab in args]
+            m = np.concatenate([r[0] for r in res])
+            nbad = None
+            if any(r[1] is not None for r in res):
+                nbad = np.concatenate([r[1] if r[1] is not None else np.zeros(len(r[0]), np.int64) for r in res])
+            if self.keep_projections:
+                proj = np.concatenate([r[2] for r in res])
                 if self._proj is None or self._proj.shape[0] != self._sums.shape[0]:
                     old = self._proj
                     self._proj = np.zeros(self._sums.shape[:3] + (proj.shape[1],), dtype=np.float32)
