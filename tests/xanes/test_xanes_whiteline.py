@@ -81,15 +81,21 @@ def test_whiteline_bias_does_not_lock_to_the_energy_grid(noisy_scan):
 
 
 def test_nonuniform_energy_path_matches_lookup_table():
-    soc = np.linspace(0, 1, 300).reshape(1, 300)
-    rng = np.random.default_rng(3)
-    a = 0.6 * T.ni_k_edge_absorbance(E[:, None, None], soc[None], background_ratio=0.17)
-    a = a + rng.normal(0, 0.01, a.shape)
+    # same estimator, two implementations: polynomial-in-offset roots (uniform grid) and
+    # batched weighted solves with secant iterations (non-uniform grid)
+    soc = np.linspace(0, 1, 20000).reshape(1, 20000)
+    clean = 0.6 * T.ni_k_edge_absorbance(E[:, None, None], soc[None], background_ratio=0.17)
     e2 = E.copy()
     e2[0] -= 1e-3  # non-uniform grid far from the white line -> batched-solve path
-    r1 = xanes.whiteline_map(E, a)
-    r2 = xanes.whiteline_map(e2, a)
-    np.testing.assert_allclose(r2, r1, atol=2e-3)
+    r1 = xanes.whiteline_map(E, clean)
+    r2 = xanes.whiteline_map(e2, clean)
+    assert np.isfinite(r1).all()
+    np.testing.assert_allclose(r2, r1, atol=1e-3)
+    # with noise the smoothed slope can have several zeros within half a sample; both paths
+    # must pick the same (highest) maximum for all but a handful of voxels
+    noisy = clean + np.random.default_rng(3).normal(0, 0.015, clean.shape)
+    d = np.abs(xanes.whiteline_map(e2, noisy) - xanes.whiteline_map(E, noisy))
+    assert np.mean(d > 1e-3) < 5e-4
 
 
 def test_chunking_does_not_change_the_result(noisy_scan):
