@@ -298,6 +298,19 @@ class PatternModel:
         proj = st["aw"] @ cho_solve(st["cf"], (bw.T @ st["aw"]).T, check_finite=False)
         return -(bw - proj)
 
+    def al_significance(self, x):
+        """z-scores (value / standard error) of the Al peak intensities, shape (n_al,)."""
+        if not self.n_al:
+            return np.zeros(0)
+        st = self._solve(x)
+        sl = slice(self.n_refl, self.n_refl + self.n_al)
+        eye = np.zeros((self.n_lin, self.n_al))
+        eye[sl, :] = np.eye(self.n_al)
+        var = np.diag(cho_solve(st["cf"], eye, check_finite=False)[sl, :])
+        r = st["resid_w"]
+        chi2 = float(r @ r) / max(self.n - self.n_lin - len(x), 1)
+        return st["coef"][sl] / np.sqrt(np.maximum(var * chi2, 1e-300))
+
     def components(self, x):
         """Model parts on the grid: dict of 'total', 'background', 'al', 'layered' (n,)."""
         st = self._solve(x)

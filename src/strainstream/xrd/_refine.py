@@ -377,7 +377,20 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
     else:
         one = lat_seed
     results = {}
-    if phases in ("auto", 1):
+    if model_al and start is None:
+        # Al peaks sit close to (102), (104) and (110): the peak search can see Al that is not
+        # there. Keep Al only if at least two Al reflections are significant in a first fit
+        # (which is reused when Al stays).
+        if len(lat_seed) == 2 and phases != 1:
+            key, probe = 2, fit(lat_seed, min(max(frac0, 0.05), 0.95))
+        else:
+            key, probe = 1, fit(one, 0.0)
+        if np.count_nonzero(probe["model"].al_significance(probe["x"]) > 5.0) < 2:
+            model_al = False
+            flags.append("al_not_detected")
+        else:
+            results[key] = probe
+    if phases in ("auto", 1) and 1 not in results:
         results[1] = fit(one, 0.0)
     want_two = phases == 2 or (phases == "auto" and len(lat_seed) == 2)
     if phases == "auto" and not want_two:
@@ -399,7 +412,8 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
             two = [(base[0], base[1] + dc, base[2], base[3]),
                    (base[0], base[1] - dc, base[2], base[3])]
             f2 = 0.5
-        results[2] = fit(two, min(max(f2, 0.05), 0.95))
+        if 2 not in results:
+            results[2] = fit(two, min(max(f2, 0.05), 0.95))
     if phases == "auto" and 2 in results:
         r1, r2 = results[1], results[2]
         ph = _phase_results(r2)
