@@ -234,7 +234,7 @@ class _Lut:
 
     def __init__(self, step_eV: float, bandwidth_eV: float, half: int):
         self.step_eV = step_eV
-        s = np.linspace(-0.5, 0.5, 2001)
+        s = np.linspace(-0.5, 0.5, 257)
         j = np.arange(-half, half + 1, dtype=np.float64)
         u = (j[None, :] - s[:, None]) * (step_eV / bandwidth_eV)
         rows = _local_rows(u, (half + 0.5) * step_eV / bandwidth_eV)  # (ns, 3, w)
@@ -445,18 +445,15 @@ def _refine_maxima(
 
 
 def _smoothed(spec: np.ndarray, kmin: int, kmax: int) -> np.ndarray:
-    """Binomial (1 4 6 4 1)/16 smoothing of spectra (m, n) at samples kmin..kmax.
+    """Binomial (1 4 6 4 1)/16 smoothing (unnormalised) of spectra (m, n) at kmin..kmax.
 
     Used only to choose the starting window: the argmax of the raw spectrum can sit on a
-    noise spike next to a secondary stationary point of the fit.
+    noise spike. Needs ``kmin >= 2`` and ``kmax <= n - 3`` (``half >= 2``).
     """
-    n = spec.shape[1]
-    out = 6.0 * spec[:, kmin : kmax + 1]
-    for d, w in ((1, 4.0), (2, 1.0)):
-        lo = np.clip(np.arange(kmin, kmax + 1) - d, 0, n - 1)
-        hi = np.clip(np.arange(kmin, kmax + 1) + d, 0, n - 1)
-        out += w * (spec[:, lo] + spec[:, hi])
-    return out
+    def sl(d: int) -> np.ndarray:
+        return spec[:, kmin + d : kmax + 1 + d]
+
+    return 6.0 * sl(0) + 4.0 * (sl(-1) + sl(1)) + (sl(-2) + sl(2))
 
 
 def _edge_energy(
