@@ -9,6 +9,7 @@ travels through Channel Access or inside event documents.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,18 +17,81 @@ from typing import Any
 
 import numpy as np
 from event_model import StreamRange, compose_stream_resource
-from ophyd import Component, Device, Signal
-from ophyd.status import Status
+from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd.status import DeviceStatus, Status
+from ophyd.utils.errors import DisconnectedError
 
 from ._hdf5 import DATASET, H5FrameWriter
+from ._ioc import IOCDevice, ioc_guard, mock_device
 
-__all__ = ["FrameSource", "SimFrameDetector", "sim_frame_detector"]
+__all__ = [
+    "FrameSource",
+    "IOCAreaDetector",
+    "SimFrameDetector",
+    "StreamedFrames",
+    "ioc_detector",
+    "sim_frame_detector",
+]
 
 FrameSource = Callable[[int], np.ndarray]
 """Callable returning frame number ``i`` (0-based within the series) as a 2-D array."""
 
 
-class SimFrameDetector(Device):
+class StreamedFrames:
+    """Mixin: StreamResource/StreamDatum bookkeeping for frames written to one HDF5 file.
+
+    Shared by the in-process :class:`SimFrameDetector` and the IOC-backed
+    :class:`IOCAreaDetector`: one StreamResource per file (emitted with the first frame),
+    one StreamDatum per frame, ``describe()`` entry ``<name>_image`` marked ``external``.
+    """
+
+    _bundle = None
+    _pending: list[int]
+    _resource_emitted = False
+
+    @property
+    def image_key(self) -> str:
+        return f"{self.name}_image"
+
+    def _new_resource(self, uri: str, frame_shape: tuple[int, int]) -> None:
+        self._bundle = compose_stream_resource(
+            mimetype="application/x-hdf5",
+            uri=uri,
+            data_key=self.image_key,
+            parameters={"dataset": DATASET, "chunk_shape": [1, *frame_shape], "swmr": True},
+        )
+        self._resource_emitted = False
+        self._pending = []
+
+    def _frame_written(self, index: int) -> None:
+        self._pending.append(index)
+
+    def _image_description(self, source: str, shape, dtype: np.dtype) -> dict:
+        return {
+            self.image_key: {
+                "source": source,
+                "shape": [int(n) for n in shape],
+                "dtype": "array",
+                "dtype_numpy": np.dtype(dtype).str,
+                "external": "STREAM:",
+            }
+        }
+
+    def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
+        if self._bundle is None:
+            return
+        if not self._resource_emitted and self._pending:
+            self._resource_emitted = True
+            yield "stream_resource", self._bundle.stream_resource_doc
+        for index in self._pending:
+            yield "stream_datum", self._bundle.compose_stream_datum(
+                indices=StreamRange(start=index, stop=index + 1),
+                seq_nums=StreamRange(start=0, stop=0),
+            )
+        self._pending = []
+
+
+class SimFrameDetector(StreamedFrames, Device):
     """A simulated area detector writing one SWMR HDF5 file per staged series.
 
     Parameters
@@ -62,26 +126,13 @@ class SimFrameDetector(Device):
         self._write_dir = Path(write_dir)
         self._dtype = np.dtype(dtype)
         self._writer: H5FrameWriter | None = None
-        self._bundle = None
         self._pending: list[int] = []
-        self._resource_emitted = False
-
-    @property
-    def image_key(self) -> str:
-        return f"{self.name}_image"
 
     def stage(self):
         self._writer = H5FrameWriter(
             self._write_dir / f"{self.name}_{uuid.uuid4().hex[:12]}.h5", self._frame_shape, self._dtype
         )
-        self._bundle = compose_stream_resource(
-            mimetype="application/x-hdf5",
-            uri=self._writer.uri,
-            data_key=self.image_key,
-            parameters={"dataset": DATASET, "chunk_shape": [1, *self._frame_shape], "swmr": True},
-        )
-        self._resource_emitted = False
-        self._pending = []
+        self._new_resource(self._writer.uri, self._frame_shape)
         self.file_name.put(str(self._writer.path))
         self.frame_count.put(0)
         return super().stage()
@@ -104,34 +155,15 @@ class SimFrameDetector(Device):
         except Exception as exc:  # reported through the status, so the RunEngine names it
             status.set_exception(exc)
             return status
-        self._pending.append(index)
+        self._frame_written(index)
         self.frame_count.put(self._writer.count)
         status.set_finished()
         return status
 
     def describe(self) -> dict[str, dict]:
         desc = super().describe()
-        desc[self.image_key] = {
-            "source": f"sim:{self.name}",
-            "shape": list(self._frame_shape),
-            "dtype": "array",
-            "dtype_numpy": self._dtype.str,
-            "external": "STREAM:",
-        }
+        desc.update(self._image_description(f"sim:{self.name}", self._frame_shape, self._dtype))
         return desc
-
-    def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
-        if self._bundle is None:
-            return
-        if not self._resource_emitted and self._pending:
-            self._resource_emitted = True
-            yield "stream_resource", self._bundle.stream_resource_doc
-        for index in self._pending:
-            yield "stream_datum", self._bundle.compose_stream_datum(
-                indices=StreamRange(start=index, stop=index + 1),
-                seq_nums=StreamRange(start=0, stop=0),
-            )
-        self._pending = []
 
 
 def sim_frame_detector(
@@ -167,3 +199,146 @@ def powder_ring_source(frame_shape: tuple[int, int], seed: int = 0) -> FrameSour
         return rng.poisson(lam).astype(np.float32)
 
     return source
+
+
+# --------------------------------------------------------------------------- IOC-backed
+class IOCAreaDetector(StreamedFrames, IOCDevice):
+    """An area detector served by a caproto IOC that writes the HDF5 file itself.
+
+    ``stage()`` sets the file directory (if ``write_dir`` was given) and opens a new series
+    (``Capture`` = 1: one new SWMR file); ``trigger()`` puts ``Acquire`` = 1 and finishes when
+    the IOC has written the frame (put completion), then checks the frame counter;
+    ``unstage()`` closes the file (``Capture`` = 0). Documents: one StreamResource for the
+    file (``uri`` ``file://localhost/<path>``, ``parameters.dataset`` ``/entry/data/data``) and
+    one StreamDatum per frame, exactly as :class:`SimFrameDetector`.
+
+    ``prefix`` is the detector's PV prefix, e.g. ``SS:XRD:``.
+    """
+
+    acquire = Component(EpicsSignal, "Acquire", put_complete=True, kind="omitted")
+    capture = Component(EpicsSignal, "Capture", put_complete=True, kind="omitted")
+    file_dir = Component(EpicsSignal, "FileDir", string=True, kind="config")
+    next_file_name = Component(EpicsSignal, "FileName", string=True, kind="omitted")
+    file_name = Component(EpicsSignalRO, "FullFileName_RBV", string=True, kind="config")
+    frame_count = Component(EpicsSignalRO, "NumCaptured_RBV", kind="normal")
+    array_counter = Component(EpicsSignalRO, "ArrayCounter_RBV", kind="omitted")
+    rows = Component(EpicsSignalRO, "Rows_RBV", kind="config")
+    cols = Component(EpicsSignalRO, "Cols_RBV", kind="config")
+    exposure_s = Component(EpicsSignal, "AcquireTime", kind="config")
+    noise = Component(EpicsSignal, "Noise", kind="config")
+    seed = Component(EpicsSignal, "Seed", kind="config")
+    status_message = Component(EpicsSignalRO, "Status_RBV", string=True, kind="omitted")
+
+    def __init__(self, prefix: str = "", *, name: str, dtype: str = "uint32",
+                 write_dir: str | os.PathLike | None = None, acquire_timeout_s: float = 60.0,
+                 **kwargs: Any) -> None:
+        super().__init__(prefix, name=name, **kwargs)
+        self._dtype = np.dtype(dtype)
+        self._write_dir = None if write_dir is None else Path(write_dir).resolve()
+        self._shape: tuple[int, int] | None = None
+        self._next_index = 0
+        self._pending = []
+        self.acquire_timeout_s = float(acquire_timeout_s)
+
+    def stage(self):
+        with ioc_guard(self):
+            if self._write_dir is not None:
+                self._write_dir.mkdir(parents=True, exist_ok=True)
+                self.file_dir.put(str(self._write_dir), wait=True)
+            self.capture.set(1).wait(timeout=self.acquire_timeout_s)
+            path = self.file_name.get(use_monitor=False)
+            if not path:
+                raise RuntimeError(f"{self.name}: the IOC opened no file ({self.prefix}Status_RBV: "
+                                   f"{self.status_message.get(use_monitor=False)!r})")
+            self._shape = (int(self.rows.get()), int(self.cols.get()))
+            self._new_resource(f"file://localhost{path}", self._shape)
+            self._next_index = 0
+            return super().stage()
+
+    def unstage(self):
+        try:
+            return super().unstage()
+        finally:
+            with ioc_guard(self):
+                self.capture.set(0).wait(timeout=self.acquire_timeout_s)
+
+    def trigger(self) -> DeviceStatus:
+        if self._bundle is None:
+            raise RuntimeError(f"{self.name}: trigger() before stage(); the plan must stage the detector")
+        status = DeviceStatus(self, timeout=self.acquire_timeout_s)
+        index = self._next_index
+        self._next_index += 1
+
+        def check():  # outside the CA callback thread: CA gets are allowed here
+            try:
+                n = int(self.frame_count.get(use_monitor=False))
+                if n < index + 1:
+                    msg = self.status_message.get(use_monitor=False)
+                    raise RuntimeError(f"{self.name}: the IOC did not write frame {index} "
+                                       f"({self.prefix}Status_RBV: {msg!r})")
+            except Exception as exc:  # reported through the status
+                if isinstance(exc, (TimeoutError, DisconnectedError)):
+                    exc = self.ioc_error(exc)
+                status.set_exception(exc)
+                return
+            self._frame_written(index)
+            status.set_finished()
+
+        def done(st):
+            if st.success:
+                threading.Thread(target=check, daemon=True).start()
+            else:
+                status.set_exception(self.ioc_error(TimeoutError(
+                    f"{self.prefix}Acquire put did not complete")))
+
+        with ioc_guard(self):
+            self.acquire.set(1, timeout=self.acquire_timeout_s).add_callback(done)
+        return status
+
+    def describe(self) -> dict[str, dict]:
+        desc = super().describe()
+        shape = self._shape
+        if shape is None:
+            with ioc_guard(self):
+                shape = (int(self.rows.get()), int(self.cols.get()))
+        desc.update(self._image_description(f"PV:{self.prefix}", shape, self._dtype))
+        return desc
+
+
+#: detector name -> (PV suffix after the beamline prefix, stored dtype, IOC name)
+IOC_DETECTORS = {
+    "xrd": ("XRD:", "uint16", "cycler"),
+    "sxdm": ("SXDM:", "uint32", "endstation"),
+    "txm": ("TXM:", "float32", "endstation"),
+}
+
+
+def ioc_detector(kind: str, prefix: str = "SS:", *, name: str | None = None,
+                 write_dir: str | os.PathLike | None = None, ioc_address: str | None = None,
+                 mock: bool = False) -> IOCAreaDetector:
+    """Factory: an IOC-backed area detector; no connection is made here.
+
+    Parameters
+    ----------
+    kind : {"xrd", "sxdm", "txm"}
+        Operando XRD (cycler IOC), SXDM pixel detector or TXM camera (endstation IOC).
+    prefix : str
+        Beamline PV prefix (``SS:``); the detector's PVs are ``<prefix>XRD:*`` etc.
+    name : str, optional
+        ophyd name (default ``kind``); the frame data key is ``<name>_image``.
+    write_dir : path, optional
+        Directory the IOC writes to (default: the IOC's ``--write-dir``); must be readable
+        by the tiled server / analysis worker.
+    ioc_address : str, optional
+        ``host:port`` of the serving IOC, for error messages.
+    mock : bool
+        A fake (no CA) device for unit tests.
+    """
+    if kind not in IOC_DETECTORS:
+        raise ValueError(f"unknown detector kind {kind!r}; choose one of {sorted(IOC_DETECTORS)}")
+    suffix, dtype, ioc_name = IOC_DETECTORS[kind]
+    kw = dict(name=name or kind, dtype=dtype, write_dir=write_dir, ioc_name=ioc_name,
+              ioc_address=ioc_address)
+    if mock:
+        return mock_device(IOCAreaDetector, prefix + suffix, **kw)
+    return IOCAreaDetector(prefix + suffix, **kw)

@@ -165,6 +165,9 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
                 if self._move_id == my_id:
                     await self.MOVN.write(0)
                     await self.DMOV.write(1)
+                    # let the subscription loop (batching ~10 ms) send the last readback
+                    # before the put-completion reply, so clients never see a stale RBV
+                    await asyncio.sleep(0.05)
             return target
 
         @STOP.putter

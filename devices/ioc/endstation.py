@@ -30,7 +30,10 @@ rounding. There is no sample drift in the IOC (drift comes from moving the motor
 TXM camera (``<prefix>TXM:``): :func:`strainstream.sim.txm_images.simulate_txm_scan` for one
 energy (the ``energy`` readback), the zone plate fixed at the ``zp_z`` readback (defocus blur
 when it is not at the focus of that energy), no drift; the image is the sample image when the
-sample is in, the flat field when it is out. Default 128² (``--txm-shape``).
+sample is in, the flat field when it is out. Default 128² (``--txm-shape``). The model is
+evaluated noise-free with the fixed seed ``Seed`` (its flat-field beam structure depends on
+the seed, and flats must match sample images); with ``Noise=1`` the IOC then draws the
+model's noise itself per frame: Poisson(expected − dark) + dark + N(0, 2 counts).
 
 Per-frame state in each HDF5 file (``/entry/instrument/NDAttributes``): SXDM sample_x_um,
 sample_y_um, theta_deg, energy_eV, counter; TXM energy_eV, zp_z_mm, sample_in, counter.
@@ -54,6 +57,7 @@ __all__ = ["EndstationIOC", "MOTORS", "SXDMDetector", "TXMCamera", "build", "mai
 HC_EV_A = 12398.419843
 ENERGY0_EV = 8350.0
 SXDM_C_A = 13.70  # c of the default ("charged") SXDM particle
+READ_NOISE_COUNTS = 2.0  # TXM camera read noise (simulate_txm_scan's default)
 
 
 def theta_bragg_deg(energy_eV: float, d_A: float = SXDM_C_A / 3.0) -> float:
@@ -182,16 +186,24 @@ class TXMCamera(AreaDetectorGroup):
         es = self.parent
         e, zp = es.energy.position, es.zp_z.position
         sample_in = abs(es.sample_inout.position) < 0.5
-        noise, seed = bool(self.Noise.value), [int(self.Seed.value), int(index)]
+        noise, seed, rng_seed = bool(self.Noise.value), int(self.Seed.value), [int(self.Seed.value), int(index)]
         sample = self.sample
         scalars = {"energy_eV": e, "zp_z_mm": zp, "sample_in": float(sample_in),
                    "counter": float(index)}
 
         def compute():
+            # the beam structure of the flat depends on the model's seed: keep it fixed (Seed)
+            # so flats and sample images match; draw the counting noise per frame here
             scan = simulate_txm_scan(np.array([e]), sample=sample, zp_follows_focus=False,
-                                     zp_position_m=zp / 1000.0, drift_px_rms=0.0, noise=noise,
+                                     zp_position_m=zp / 1000.0, drift_px_rms=0.0, noise=False,
                                      seed=seed)
-            return (scan.stack[0] if sample_in else scan.flats[0]).astype(np.float32)
+            img = scan.stack[0] if sample_in else scan.flats[0]
+            if noise:
+                rng = np.random.default_rng(rng_seed)
+                dark = scan.darks
+                img = rng.poisson(np.clip(img - dark, 0, None)) + dark + rng.normal(
+                    0.0, READ_NOISE_COUNTS, img.shape)
+            return img.astype(np.float32)
 
         return compute, scalars
 

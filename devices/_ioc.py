@@ -1,0 +1,133 @@
+"""Common base of the IOC-backed ophyd devices: named errors for IOCs that do not answer.
+
+Every IOC-backed device knows which IOC serves it (``ioc_name``, ``ioc_address`` such as
+``127.0.0.1:5064``, and its prefix). A connection, read or put that times out or finds the
+channel disconnected is re-raised as :class:`IOCNotAnswering` naming the IOC, its address,
+the prefix and the PV, instead of ophyd's raw timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from typing import Any
+
+from ophyd import Device
+from ophyd.utils.errors import DisconnectedError
+
+__all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device"]
+
+_PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
+
+
+class IOCNotAnswering(TimeoutError):
+    """The IOC serving a device does not answer (not started, killed, wrong address)."""
+
+    def __init__(self, ioc_name: str, address: str | None, prefix: str, pv: str | None,
+                 detail: str = "") -> None:
+        self.ioc_name, self.address, self.prefix, self.pv = ioc_name, address, prefix, pv
+        where = address or f"(EPICS_CA_ADDR_LIST={os.environ.get('EPICS_CA_ADDR_LIST', '')!r})"
+        what = f"PV {pv} timed out" if pv else "no PV answered"
+        msg = f"{ioc_name} IOC at {where} (prefix {prefix}) not answering: {what}"
+        if detail:
+            msg += f" [{detail}]"
+        super().__init__(msg)
+
+
+_IOC_ERRORS = (TimeoutError, DisconnectedError)
+
+
+def _pv_from(exc: BaseException, device: Device) -> str | None:
+    """The PV an ophyd error is about: by PV name, or by the ophyd name of one of our signals."""
+    text = str(exc)
+    best, best_len = None, 0
+    for walk in device.walk_signals(include_lazy=False):
+        sig = walk.item
+        for attr in ("pvname", "setpoint_pvname"):
+            pv = getattr(sig, attr, None)
+            if isinstance(pv, str) and pv and pv in text and len(pv) > best_len:
+                best, best_len = pv, len(pv)
+        pv = getattr(sig, "pvname", None)
+        if isinstance(pv, str) and sig.name in text and len(sig.name) > best_len:
+            best, best_len = pv, len(sig.name)
+    if best is None:
+        found = _PV_RE.findall(text)
+        best = found[0].rstrip(".,;") if found else None
+    return best
+
+
+@contextlib.contextmanager
+def ioc_guard(device: IOCDevice):
+    """Re-raise ophyd timeouts/disconnections inside the block as :class:`IOCNotAnswering`."""
+    try:
+        yield
+    except IOCNotAnswering:
+        raise
+    except _IOC_ERRORS as exc:
+        raise device.ioc_error(exc) from exc
+
+
+class IOCDevice(Device):
+    """An ophyd ``Device`` served by one named IOC.
+
+    Parameters (keyword-only, besides those of ``Device``)
+    ----------
+    ioc_name : str
+        E.g. "cycler", "endstation", "beam" (used in error messages).
+    ioc_address : str, optional
+        ``host:port`` of the IOC (from :class:`strainstream.beamline.Beamline`).
+    """
+
+    ioc_default_name = "IOC"
+
+    def __init__(self, prefix: str = "", *, ioc_name: str | None = None,
+                 ioc_address: str | None = None, **kwargs: Any) -> None:
+        self.ioc_name = ioc_name or self.ioc_default_name
+        self.ioc_address = ioc_address
+        super().__init__(prefix, **kwargs)
+
+    def ioc_error(self, exc: BaseException) -> IOCNotAnswering:
+        """An :class:`IOCNotAnswering` for an ophyd timeout/disconnection ``exc``."""
+        root = self.root if isinstance(self.root, IOCDevice) else self
+        return IOCNotAnswering(root.ioc_name, root.ioc_address, root.prefix,
+                               _pv_from(exc, self), type(exc).__name__)
+
+    def wait_for_connection(self, all_signals=False, timeout=2.0):
+        try:
+            return super().wait_for_connection(all_signals=all_signals, timeout=timeout)
+        except TimeoutError as exc:
+            raise self.ioc_error(exc) from exc
+
+    def read(self):
+        with ioc_guard(self):
+            return super().read()
+
+    def describe(self):
+        with ioc_guard(self):
+            return super().describe()
+
+    def read_configuration(self):
+        with ioc_guard(self):
+            return super().read_configuration()
+
+    def describe_configuration(self):
+        with ioc_guard(self):
+            return super().describe_configuration()
+
+
+def check_connected(device: IOCDevice, timeout: float = 2.0) -> IOCDevice:
+    """Wait for all of ``device``'s PVs; raise :class:`IOCNotAnswering` naming the first missing one."""
+    device.wait_for_connection(timeout=timeout)
+    return device
+
+
+def mock_device(cls: type[Device], prefix: str, **kwargs: Any) -> Device:
+    """A disconnected stand-in of ``cls`` for unit tests (``ophyd.sim.make_fake_device``).
+
+    Its EPICS signals are ``FakeEpicsSignal``s: ``sim_put`` sets readbacks, puts just
+    store values; no Channel Access is involved.
+    """
+    from ophyd.sim import make_fake_device
+
+    return make_fake_device(cls)(prefix, **kwargs)

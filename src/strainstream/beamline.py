@@ -1,0 +1,481 @@
+"""The simulated beamline: caproto IOCs as subprocesses on loopback, and their ophyd devices.
+
+Three IOCs (see :mod:`strainstream.devices.ioc`), each a ``python -m
+strainstream.devices.ioc <name>`` subprocess bound to 127.0.0.1 with its own CA server port
+(TCP and UDP search):
+
+==============  ===========================================================================
+``cycler``      ``<prefix>CYC:*`` cycler/potentiostat + ``<prefix>XRD:*`` operando XRD detector
+``endstation``  ``<prefix>ES:<motor>.*`` motors and mono energy, ``<prefix>SXDM:*``, ``<prefix>TXM:*``
+``beam``        ``<prefix>BEAM:*`` ring current and shutter
+==============  ===========================================================================
+
+:class:`Beamline` starts them (free ports unless given), waits until each prints its READY
+line *and* answers a CA read, sets the client environment of this process
+(``EPICS_CA_AUTO_ADDR_LIST=NO``, ``EPICS_CA_ADDR_LIST=127.0.0.1:<p1> ...``,
+``EPICS_CAS_INTF_ADDR_LIST=127.0.0.1``) and stops them cleanly (SIGINT, then SIGKILL after a
+grace period). pyepics reads the address list once, when its CA context is created: start the
+beamline before the first Channel Access use in a process (and keep the same ports when
+restarting an IOC with :meth:`Beamline.restart`).
+
+CLI helpers for ``strainstream beamline up|status``: :func:`up` and :func:`status`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["IOC_NAMES", "PROBE_PVS", "Beamline", "BeamlineError", "free_port", "probe", "status",
+           "up"]
+
+IOC_NAMES = ("cycler", "endstation", "beam")
+
+#: PVs (after the prefix) read by ``status``; the first one of each IOC is the start-up probe
+PROBE_PVS: dict[str, tuple[str, ...]] = {
+    "cycler": ("CYC:voltage_V", "CYC:soc", "CYC:capacity_mAh_g", "CYC:mode_RBV",
+               "XRD:NumCaptured_RBV", "XRD:FullFileName_RBV"),
+    "endstation": ("ES:sample_x.RBV", "ES:sample_y.RBV", "ES:sample_z.RBV", "ES:theta.RBV",
+                   "ES:zp_z.RBV", "ES:det_z.RBV", "ES:sample_inout.RBV", "ES:energy.RBV",
+                   "SXDM:NumCaptured_RBV", "TXM:NumCaptured_RBV"),
+    "beam": ("BEAM:ring_current_mA", "BEAM:shutter_status"),
+}
+
+_ENV_LOCK = threading.Lock()
+
+
+class BeamlineError(RuntimeError):
+    """An IOC did not start, exited, or does not answer."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` (CA uses both with the same number)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((host, 0))
+            port = t.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise BeamlineError("no free TCP+UDP port found on 127.0.0.1")
+
+
+def client_env(ports: Iterable[int], host: str = "127.0.0.1") -> dict[str, str]:
+    """Channel Access client environment for IOCs on ``host`` at ``ports``."""
+    return {
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CA_ADDR_LIST": " ".join(f"{host}:{p}" for p in ports),
+        "EPICS_CAS_INTF_ADDR_LIST": host,
+        "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
+    }
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]):
+    with _ENV_LOCK:
+        old = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def probe(pvs: Iterable[str], addresses: Iterable[str], timeout_s: float = 1.0
+          ) -> dict[str, Any]:
+    """Read ``pvs`` with caproto's sync client against ``addresses`` (``host:port``).
+
+    Returns ``{pv: value}`` with ``None`` for PVs that did not answer within ``timeout_s``.
+    """
+    from caproto.sync.client import read
+
+    env = {"EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": " ".join(addresses)}
+    out: dict[str, Any] = {}
+    with _env(env):
+        for pv in pvs:
+            try:
+                data = read(pv, timeout=timeout_s).data
+            except Exception:  # any failure means "not answering" here
+                out[pv] = None
+                continue
+            out[pv] = _plain(data)
+    return out
+
+
+def _plain(data: Any) -> Any:
+    """A CA reply's data as a plain Python value (char arrays become strings)."""
+    dtype = getattr(data, "dtype", None)
+    if dtype is None:  # DBR_STRING: a list of bytes
+        items = [v.decode(errors="replace") if isinstance(v, bytes) else v for v in data]
+        return items[0] if len(items) == 1 else items
+    if dtype.itemsize == 1 and dtype.kind == "u":  # CHAR waveform carrying a string
+        return bytes(data.tobytes()).split(b"\0")[0].decode(errors="replace")
+    if data.size == 1:
+        return data.reshape(-1)[0].item()
+    return data.tolist()
+
+
+@dataclass
+class _IOC:
+    name: str
+    port: int
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    ready_info: dict = field(default_factory=dict)
+
+
+class Beamline:
+    """Start/stop the simulated beamline's IOCs on loopback (context manager).
+
+    Parameters
+    ----------
+    write_dir : path
+        Directory where the detector IOCs write their HDF5 files (created).
+    prefix : str
+        PV prefix of the beamline (default ``SS:``).
+    iocs : iterable of str
+        Which IOCs to start (default all: cycler, endstation, beam).
+    ports : mapping name -> port, optional
+        Fixed CA server ports; missing ones are chosen free.
+    xrd_shape, sxdm_shape, txm_shape : int
+        Detector frame sizes (rows = cols): XRD 2048 (must divide 2048), SXDM 64, TXM 128.
+    preset : str
+        Coin-cell preset of the cycler (SC-NM91, SC-NC91, PC-NM91, PC-NC91).
+    extra_args : mapping name -> list of str, optional
+        More command-line options per IOC (e.g. ``{"endstation": ["--sxdm-state", "pristine"]}``).
+    startup_timeout_s : float
+        Time allowed for each IOC to answer.
+    set_env : bool
+        Set the CA client environment variables of this process (default True).
+    log_dir : path, optional
+        Where each IOC's stdout/stderr goes (``<name>.log``); default a temporary directory.
+    nodelay : bool
+        TCP_NODELAY on the IOCs' client sockets (False only to benchmark the difference).
+    """
+
+    def __init__(self, write_dir: str | os.PathLike, *, prefix: str = "SS:",
+                 iocs: Iterable[str] = IOC_NAMES, ports: Mapping[str, int] | None = None,
+                 xrd_shape: int = 2048, sxdm_shape: int = 64, txm_shape: int = 128,
+                 preset: str = "SC-NM91", extra_args: Mapping[str, list[str]] | None = None,
+                 startup_timeout_s: float = 60.0, set_env: bool = True,
+                 log_dir: str | os.PathLike | None = None, nodelay: bool = True) -> None:
+        self.write_dir = Path(write_dir).resolve()
+        self.prefix = prefix
+        names = list(iocs)
+        unknown = set(names) - set(IOC_NAMES)
+        if unknown:
+            raise ValueError(f"unknown IOC(s) {sorted(unknown)}; choose from {list(IOC_NAMES)}")
+        self.startup_timeout_s = float(startup_timeout_s)
+        self.set_env = set_env
+        self.nodelay = nodelay
+        self._tmp = None
+        if log_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="strainstream-iocs-")
+            log_dir = self._tmp.name
+        self.log_dir = Path(log_dir)
+        ports = dict(ports or {})
+        opts = {
+            "cycler": ["--xrd-shape", str(xrd_shape), "--preset", preset],
+            "endstation": ["--sxdm-shape", str(sxdm_shape), "--txm-shape", str(txm_shape)],
+            "beam": [],
+        }
+        self.iocs: dict[str, _IOC] = {}
+        used: set[int] = set()
+        for name in names:
+            port = int(ports.get(name) or 0)
+            while not port or port in used:
+                port = free_port()
+            used.add(port)
+            args = opts[name] + list((extra_args or {}).get(name, []))
+            self.iocs[name] = _IOC(name, port, args, self.log_dir / f"{name}.log")
+
+    # ----------------------------------------------------------------- addresses
+    @property
+    def addresses(self) -> dict[str, str]:
+        """``{ioc name: "127.0.0.1:<port>"}``."""
+        return {n: f"127.0.0.1:{i.port}" for n, i in self.iocs.items()}
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {n: i.port for n, i in self.iocs.items()}
+
+    def client_env(self) -> dict[str, str]:
+        """The CA client environment variables for these IOCs."""
+        return client_env(self.ports.values())
+
+    def pv_prefixes(self) -> dict[str, list[str]]:
+        """PV prefixes served by each IOC."""
+        p = self.prefix
+        table = {"cycler": [f"{p}CYC:", f"{p}XRD:"],
+                 "endstation": [f"{p}ES:", f"{p}SXDM:", f"{p}TXM:"],
+                 "beam": [f"{p}BEAM:"]}
+        return {n: table[n] for n in self.iocs}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Beamline:
+        """Start every IOC, wait until each answers; on failure stop them and raise."""
+        self.write_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.set_env:
+            os.environ.update(self.client_env())
+        try:
+            for ioc in self.iocs.values():
+                self._spawn(ioc)
+            for ioc in self.iocs.values():
+                self._wait(ioc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, ioc: _IOC) -> None:
+        env = dict(os.environ)
+        env["STRAINSTREAM_IOC_NODELAY"] = "1" if self.nodelay else "0"
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [sys.executable, "-m", "strainstream.devices.ioc", ioc.name, "--prefix",
+               self.prefix, "--port", str(ioc.port), "--write-dir", str(self.write_dir), *ioc.args]
+        log = open(ioc.log_path, "ab")  # noqa: SIM115 - owned by the reader thread
+        ioc.ready.clear()
+        ioc.ready_info = {}
+        ioc.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
+                                    start_new_session=True)
+
+        def reader(proc=ioc.proc):
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if line.startswith(b"READY "):
+                    with contextlib.suppress(ValueError):
+                        ioc.ready_info = json.loads(line[6:])
+                    ioc.ready.set()
+            log.close()
+
+        threading.Thread(target=reader, daemon=True, name=f"ioc-{ioc.name}-stdout").start()
+
+    def _wait(self, ioc: _IOC) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not ioc.ready.wait(0.1):
+            if ioc.proc.poll() is not None or time.monotonic() > deadline:
+                raise BeamlineError(self._failure(ioc, "did not start"))
+        pv = self.prefix + PROBE_PVS[ioc.name][0]
+        while True:
+            if probe([pv], [f"127.0.0.1:{ioc.port}"], timeout_s=1.0)[pv] is not None:
+                return
+            if ioc.proc.poll() is not None or time.monotonic() > deadline:
+                raise BeamlineError(self._failure(ioc, f"does not answer ({pv})"))
+
+    def _failure(self, ioc: _IOC, what: str) -> str:
+        rc = ioc.proc.poll() if ioc.proc else None
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = ioc.log_path.read_text(errors="replace")[-1500:]
+        state = f"exited with code {rc}" if rc is not None else "still running"
+        return (f"{ioc.name} IOC on 127.0.0.1:{ioc.port} {what} within "
+                f"{self.startup_timeout_s:g} s ({state}); log {ioc.log_path}:\n{tail}")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop all IOCs (SIGINT: detector files are closed; SIGKILL after ``timeout_s``)."""
+        for ioc in self.iocs.values():
+            if ioc.proc is not None and ioc.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    ioc.proc.send_signal(signal.SIGINT)
+        for ioc in self.iocs.values():
+            self._reap(ioc, timeout_s)
+
+    def _reap(self, ioc: _IOC, timeout_s: float) -> None:
+        if ioc.proc is None:
+            return
+        try:
+            ioc.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            ioc.proc.kill()
+            ioc.proc.wait()
+        if ioc.proc.stdout is not None:
+            ioc.proc.stdout.close()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one IOC (to test how clients see a dead IOC)."""
+        ioc = self.iocs[name]
+        if ioc.proc is not None and ioc.proc.poll() is None:
+            ioc.proc.kill()
+        self._reap(ioc, 5.0)
+
+    def restart(self, name: str) -> None:
+        """(Re)start one IOC on its port and wait until it answers."""
+        ioc = self.iocs[name]
+        if ioc.proc is not None and ioc.proc.poll() is None:
+            ioc.proc.send_signal(signal.SIGINT)
+            self._reap(ioc, 5.0)
+        self._spawn(ioc)
+        self._wait(ioc)
+
+    def is_running(self, name: str) -> bool:
+        ioc = self.iocs[name]
+        return ioc.proc is not None and ioc.proc.poll() is None
+
+    def __enter__(self) -> Beamline:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # ------------------------------------------------------------------- clients
+    def status(self, timeout_s: float = 1.0) -> dict[str, dict[str, Any]]:
+        """``{ioc: {pv: value or None}}`` for the :data:`PROBE_PVS` of each IOC."""
+        return {n: probe([self.prefix + s for s in PROBE_PVS[n]], [a], timeout_s)
+                for n, a in self.addresses.items()}
+
+    def devices(self, write_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """ophyd devices for the running IOCs (not yet connected).
+
+        Keys: ``cycler``, ``xrd`` (cycler IOC); ``es`` (motors incl. ``es.energy``), ``sxdm``,
+        ``txm`` (endstation IOC); ``beam`` (beam IOC). Detectors write to ``write_dir``
+        (default the beamline's).
+        """
+        from strainstream.devices.beam import beam
+        from strainstream.devices.cycler import cycler
+        from strainstream.devices.detectors import ioc_detector
+        from strainstream.devices.motors import endstation
+
+        wd = write_dir or self.write_dir
+        a = self.addresses
+        out: dict[str, Any] = {}
+        if "cycler" in a:
+            out["cycler"] = cycler(self.prefix, ioc_address=a["cycler"])
+            out["xrd"] = ioc_detector("xrd", self.prefix, write_dir=wd, ioc_address=a["cycler"])
+        if "endstation" in a:
+            out["es"] = endstation(self.prefix, ioc_address=a["endstation"])
+            for k in ("sxdm", "txm"):
+                out[k] = ioc_detector(k, self.prefix, write_dir=wd, ioc_address=a["endstation"])
+        if "beam" in a:
+            out["beam"] = beam(self.prefix, ioc_address=a["beam"])
+        return out
+
+
+# ----------------------------------------------------------------------------- CLI
+def _parse_ports(text: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        name, _, port = item.partition("=")
+        if name.strip() not in IOC_NAMES or not port.strip().isdigit():
+            raise ValueError(f"--ports wants name=port[,name=port...] with names {list(IOC_NAMES)}, "
+                             f"got {item!r}")
+        out[name.strip()] = int(port)
+    return out
+
+
+def up(argv: list[str]) -> int:
+    """``strainstream beamline up``: start the IOCs, print prefixes/ports, run until Ctrl-C."""
+    ap = argparse.ArgumentParser(prog="strainstream beamline up",
+                                 description="Start the simulated beamline IOCs on 127.0.0.1.")
+    ap.add_argument("--write-dir", default="./detector-data",
+                    help="directory for the detector HDF5 files (default ./detector-data)")
+    ap.add_argument("--prefix", default="SS:")
+    ap.add_argument("--ports", help="fixed ports, e.g. cycler=5064,endstation=5066,beam=5068")
+    ap.add_argument("--iocs", default=",".join(IOC_NAMES), help="comma-separated subset")
+    ap.add_argument("--xrd-shape", type=int, default=2048)
+    ap.add_argument("--sxdm-shape", type=int, default=64)
+    ap.add_argument("--txm-shape", type=int, default=128)
+    ap.add_argument("--preset", default="SC-NM91")
+    ap.add_argument("--log-dir", help="IOC logs (default: a temporary directory)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object once up")
+    args = ap.parse_args(argv)
+    try:
+        bl = Beamline(args.write_dir, prefix=args.prefix, ports=_parse_ports(args.ports),
+                      iocs=[s for s in args.iocs.split(",") if s], xrd_shape=args.xrd_shape,
+                      sxdm_shape=args.sxdm_shape, txm_shape=args.txm_shape, preset=args.preset,
+                      log_dir=args.log_dir)
+        bl.start()
+    except (ValueError, BeamlineError) as exc:
+        msg = str(exc).splitlines()[0]
+        print(f"strainstream beamline: error: {msg}", file=sys.stderr)
+        return 2
+    try:
+        env = bl.client_env()
+        if args.json:
+            print(json.dumps({"addresses": bl.addresses, "prefixes": bl.pv_prefixes(),
+                              "env": env, "write_dir": str(bl.write_dir),
+                              "log_dir": str(bl.log_dir)}), flush=True)
+        else:
+            for name, addr in bl.addresses.items():
+                print(f"{name:<11} {addr:<16} {' '.join(bl.pv_prefixes()[name])}")
+            print(f"detector files: {bl.write_dir}   IOC logs: {bl.log_dir}")
+            print("client environment:")
+            for k, v in env.items():
+                print(f"  export {k}='{v}'")
+            print("Ctrl-C stops the IOCs.", flush=True)
+        while all(bl.is_running(n) for n in bl.iocs):
+            time.sleep(0.5)
+        dead = [n for n in bl.iocs if not bl.is_running(n)]
+        print(f"strainstream beamline: error: IOC(s) {dead} exited; see {bl.log_dir}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        bl.__exit__(None, None, None)
+
+
+def status(argv: list[str]) -> int:
+    """``strainstream beamline status``: which PVs answer (0 if all, 1 if some don't)."""
+    ap = argparse.ArgumentParser(prog="strainstream beamline status",
+                                 description="Read the key PVs of each simulated-beamline IOC.")
+    ap.add_argument("--prefix", default="SS:")
+    ap.add_argument("--ports", help="name=port,... (default: EPICS_CA_ADDR_LIST, all IOCs)")
+    ap.add_argument("--timeout", type=float, default=1.0, help="seconds per PV")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        ports = _parse_ports(args.ports)
+    except ValueError as exc:
+        print(f"strainstream beamline: error: {exc}", file=sys.stderr)
+        return 2
+    if ports:
+        targets = {n: [f"127.0.0.1:{p}"] for n, p in ports.items()}
+    else:
+        addr = os.environ.get("EPICS_CA_ADDR_LIST", "").split()
+        if not addr:
+            print("strainstream beamline: error: give --ports or set EPICS_CA_ADDR_LIST",
+                  file=sys.stderr)
+            return 2
+        targets = {n: addr for n in IOC_NAMES}
+    result = {n: probe([args.prefix + s for s in PROBE_PVS[n]], a, args.timeout)
+              for n, a in targets.items()}
+    ok = all(v is not None for r in result.values() for v in r.values())
+    if args.json:
+        print(json.dumps({"ok": ok, "iocs": result}, default=str))
+    else:
+        for n, r in result.items():
+            n_ok = sum(v is not None for v in r.values())
+            print(f"{n:<11} {' '.join(targets[n])}: {n_ok}/{len(r)} PVs answer")
+            for pv, v in r.items():
+                print(f"  {pv:<32} {'NOT ANSWERING' if v is None else v}")
+    return 0 if ok else 1

@@ -1,0 +1,350 @@
+"""Integration tests against the running IOCs (caproto subprocesses on loopback, ophyd/pyepics).
+
+Known answers: detector frames are recomputed with the forward models (strainstream.sim) for
+the state the IOC recorded (XRD) or the motor positions we set (SXDM, TXM) and must agree
+exactly (XRD, TXM within float32 rounding) or within 1 count of rounding (SXDM, whose IOC
+evaluates the Gaussian for one raster point instead of the whole raster).
+"""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.system
+
+XRD_SHAPE, SXDM_SHAPE, TXM_SHAPE = 128, 32, 64
+
+
+@pytest.fixture(scope="module")
+def beamline(tmp_path_factory):
+    """One simulated beamline (three IOC subprocesses) for the module.
+
+    pyepics reads the CA address list once per process, so every test touching Channel
+    Access uses this one beamline; small frames keep it fast.
+    """
+    from strainstream.beamline import Beamline
+
+    d = tmp_path_factory.mktemp("beamline")
+    with Beamline(d / "data", xrd_shape=XRD_SHAPE, sxdm_shape=SXDM_SHAPE, txm_shape=TXM_SHAPE,
+                  log_dir=d / "logs", startup_timeout_s=90) as bl:
+        yield bl
+
+
+@pytest.fixture(scope="module")
+def devs(beamline):
+    devices = beamline.devices()
+    for dev in devices.values():
+        dev.wait_for_connection(timeout=10)
+    return devices
+
+
+def _wait_for(pred, timeout_s=30.0, period_s=0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(period_s)
+    return False
+
+
+def _acquire_one(det):
+    """Stage, trigger once, unstage; return (path, frame index, asset documents)."""
+    det.stage()
+    try:
+        det.trigger().wait(timeout=60)
+        docs = list(det.collect_asset_docs())
+    finally:
+        det.unstage()
+    uri = docs[0][1]["uri"]
+    assert uri.startswith("file://localhost/")
+    return uri[len("file://localhost"):], docs[-1][1]["indices"]["start"], docs
+
+
+def _attrs(path, index):
+    with h5py.File(path, "r", swmr=True, locking=False) as f:
+        frame = f["/entry/data/data"][index]
+        att = {k: float(v[index]) for k, v in f["/entry/instrument/NDAttributes"].items()}
+    return frame, att
+
+
+# ------------------------------------------------------------------------------ motors
+def test_motor_move_completes_at_move_end(devs):
+    m = devs["es"].sample_x
+    m.set(0.0).wait(timeout=10)
+    seen = []
+    cid = m.readback.subscribe(lambda value, **kw: seen.append(value), run=False)
+    st = m.set(4.0)
+    st.wait(timeout=10)
+    m.readback.unsubscribe(cid)
+    # put completion came when the IOC finished the move: done, at target, and the
+    # readback went through intermediate positions (50 um/s, 10 ms steps)
+    assert st.success
+    assert m.dmov.get(use_monitor=False) == 1
+    assert m.position == pytest.approx(4.0, abs=1e-12)
+    assert len([v for v in seen if 0.0 < v < 4.0]) >= 3
+    assert m.read()["es_sample_x"]["value"] == pytest.approx(4.0)
+
+
+def test_motor_soft_limits_refuse_moves(devs, beamline):
+    from caproto import ErrorResponseReceived
+    from caproto.sync.client import write
+    from ophyd.utils.errors import LimitError
+
+    m = devs["es"].det_z
+    before = m.position
+    with pytest.raises(LimitError, match=r"det_z: target 5000 mm is outside the soft limits \[300, 2000\] mm"):
+        m.set(5000)
+    assert m.position == before
+    # a raw Channel Access put (no ophyd in between) is refused by the IOC itself
+    pv = f"{beamline.prefix}ES:det_z.VAL"
+    with pytest.raises(ErrorResponseReceived, match="outside the soft limits"):
+        write(pv, 5000.0, notify=True, timeout=5)
+    assert m.position == before
+    # moving the limit makes the same target legal
+    m.high_limit.put(6000.0, wait=True)
+    try:
+        m.velocity.put(20000.0, wait=True)
+        m.set(5000).wait(timeout=10)
+        assert m.position == pytest.approx(5000.0)
+        m.set(before).wait(timeout=10)
+    finally:
+        m.high_limit.put(2000.0, wait=True)
+        m.velocity.put(100.0, wait=True)
+
+
+def test_motor_stop_ends_the_move_early(devs):
+    m = devs["es"].sample_z
+    m.set(0.0).wait(timeout=10)
+    m.velocity.put(10.0, wait=True)
+    try:
+        st = m.set(90.0)  # 9 s at 10 um/s
+        assert _wait_for(lambda: m.position > 1.0, 10)
+        m.stop()
+        st.wait(timeout=10)
+        pos = m.position
+        assert 1.0 < pos < 90.0
+        assert m.dmov.get(use_monitor=False) == 1
+    finally:
+        m.velocity.put(50.0, wait=True)
+        m.set(0.0).wait(timeout=10)
+
+
+# ------------------------------------------------------------------------------ cycler
+def test_cycler_charges_the_cell(devs):
+    from strainstream.sim.cell import ocv_V, preset
+
+    cyc = devs["cycler"]
+    cyc.rest().wait(5)
+    cyc.reset_cell().wait(5)
+    cyc.accel.put(3000.0, wait=True)
+    v0 = cyc.voltage_V.get(use_monitor=False)
+    assert cyc.soc.get(use_monitor=False) == 0.0
+    cyc.start_cc(100.0, v_max_V=4.5).wait(5)  # 2.28 h at 100 mA/g -> ~3 s of wall time
+    assert _wait_for(lambda: cyc.mode_rbv.get() == "CC", 5)
+    samples = []
+
+    def done():
+        rb = cyc.read()
+        samples.append((rb["cycler_soc"]["value"], rb["cycler_voltage_V"]["value"],
+                        rb["cycler_capacity_mAh_g"]["value"], rb["cycler_mode_rbv"]["value"]))
+        return samples[-1][3] == "REST"
+
+    assert _wait_for(done, timeout_s=40, period_s=0.1), "the charge did not reach 4.5 V"
+    soc, v, cap = (np.array([s[i] for s in samples]) for i in range(3))
+    charging = np.array([s[3] == "CC" for s in samples])
+    assert charging.sum() >= 5
+    # voltage and capacity rise during the CC charge
+    assert np.all(np.diff(cap[charging]) >= 0) and np.all(np.diff(soc[charging]) >= 0)
+    assert v[charging][-1] > v[charging][0] > v0 - 0.5
+    # capacity = soc x practical capacity (first cycle, exact in the model)
+    q = preset("SC-NM91").practical_capacity_mAh_g
+    np.testing.assert_allclose(cap, soc * q, rtol=1e-6, atol=1e-6)
+    # on charge the voltage sits above the open-circuit curve (overpotential 0..0.3 V)
+    over = v[charging] - np.asarray(ocv_V("SC-NM91", soc[charging]))
+    assert np.all(over > 0) and np.all(over < 0.3)
+    assert cyc.limit_hits.get(use_monitor=False) == 1
+    assert soc[-1] > 0.8
+    cyc.accel.put(600.0, wait=True)
+
+
+# --------------------------------------------------------------------------- detectors
+def test_xrd_frame_matches_forward_model(devs):
+    from strainstream.sim.cell import LatticePhase
+    from strainstream.sim.cell import preset as cell_preset
+    from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
+
+    cyc, xrd = devs["cycler"], devs["xrd"]
+    cyc.rest().wait(5)
+    xrd.noise.put(1, wait=True)
+    xrd.seed.put(7, wait=True)
+    path, index, _ = _acquire_one(xrd)
+    frame, att = _attrs(path, index)
+    assert frame.shape == (XRD_SHAPE, XRD_SHAPE) and frame.dtype == np.uint16
+    phases = [
+        LatticePhase(name=f"p{k}", **{f: att[f"phase{k}_{f}"] for f in
+                                      ("a_A", "c_A", "fraction", "microstrain", "size_nm",
+                                       "li_occupancy")})
+        for k in range(int(att["n_phases"]))
+    ]
+    # the state recorded is the cycler's state (at rest, so it is still the same)
+    assert att["soc"] == pytest.approx(cyc.soc.get(use_monitor=False), abs=1e-9)
+    sim = XRDFrameSimulator(DetectorGeometry.binned(2048 // XRD_SHAPE))
+    tm = dict(cell_preset("SC-NM91").transition_metals)
+    expected = sim.frame(phases, seed=[7, int(att["counter"])], transition_metals=tm).image
+    np.testing.assert_array_equal(frame, expected)
+    assert frame.max() > 10 * np.median(frame)  # rings are really there
+
+
+def test_sxdm_frame_matches_forward_model(devs):
+    from strainstream.sim.sxdm_frames import particle_preset, simulate_sxdm
+
+    es, det = devs["es"], devs["sxdm"]
+    sim = simulate_sxdm(particle_preset("SC-NM91", "charged", ny=32, nx=32), energy_keV=8.35,
+                        shape=(SXDM_SHAPE, SXDM_SHAPE), drift_step_nm=0.0, noise=False,
+                        n_theta=21, theta_range_deg=1.0)
+    k, iy, ix = 10, 16, 14  # Bragg angle, near the particle centre
+    step_um = sim.particle.step_nm / 1000.0
+    for st in (es.energy.set(8350.0), es.sample_x.set(ix * step_um), es.sample_y.set(iy * step_um),
+               es.theta.set(float(sim.theta_deg[k]))):
+        st.wait(timeout=20)
+    det.noise.put(0, wait=True)
+    try:
+        path, index, _ = _acquire_one(det)
+    finally:
+        det.noise.put(1, wait=True)
+    frame, att = _attrs(path, index)
+    assert att["theta_deg"] == sim.theta_deg[k]
+    expected = sim.frames_at(k)[iy, ix].astype(np.int64)
+    assert frame.shape == (SXDM_SHAPE, SXDM_SHAPE) and frame.dtype == np.uint32
+    assert np.abs(frame.astype(np.int64) - expected).max() <= 1
+    assert expected.max() > 20  # the Bragg peak is on the crop
+
+
+def test_txm_image_matches_forward_model_and_defocus(devs):
+    from strainstream.devices.ioc.endstation import zp_focus_mm
+    from strainstream.sim.txm_images import particle_sample, simulate_txm_scan
+
+    es, cam = devs["es"], devs["txm"]
+    e = 8352.0
+    zp = zp_focus_mm(e)
+    for st in (es.energy.set(e), es.zp_z.set(zp), es.sample_inout.set(0.0)):
+        st.wait(timeout=20)
+    cam.noise.put(0, wait=True)
+    try:
+        path, i_in, _ = _acquire_one(cam)
+        es.sample_inout.set(5.0).wait(timeout=10)
+        path_out, i_out, _ = _acquire_one(cam)
+        es.sample_inout.set(0.0).wait(timeout=10)
+        es.zp_z.set(zp + 0.3).wait(timeout=10)
+        path_blur, i_blur, _ = _acquire_one(cam)
+    finally:
+        cam.noise.put(1, wait=True)
+        es.zp_z.set(zp).wait(timeout=10)
+    img_in, att = _attrs(path, i_in)
+    img_out, _ = _attrs(path_out, i_out)
+    img_blur, _ = _attrs(path_blur, i_blur)
+    assert att["zp_z_mm"] == pytest.approx(zp) and att["sample_in"] == 1.0
+    scan = simulate_txm_scan(np.array([e]), sample=particle_sample((TXM_SHAPE, TXM_SHAPE)),
+                             zp_follows_focus=False, zp_position_m=att["zp_z_mm"] / 1000.0,
+                             drift_px_rms=0.0, noise=False)
+    np.testing.assert_allclose(img_in, scan.stack[0].astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(img_out, scan.flats[0].astype(np.float32), rtol=1e-6)
+    # the particle absorbs (sample in darker than the flat), and defocus blurs the edges
+    assert img_in.mean() < 0.99 * img_out.mean()
+    grad = lambda a: np.abs(np.diff(a.astype(float), axis=1)).sum()  # noqa: E731
+    assert grad(img_blur) < 0.9 * grad(img_in)
+
+
+def test_runengine_count_emits_stream_resource_for_the_ioc_file(devs):
+    from bluesky import RunEngine
+    from bluesky.plans import count
+
+    from strainstream.callbacks.base import FrameResolver
+
+    det = devs["xrd"]
+    docs = []
+    RE = RunEngine({})
+    RE(count([det, devs["cycler"]], num=3), lambda name, doc: docs.append((name, doc)))
+    names = [n for n, _ in docs]
+    assert names.count("stream_resource") == 1 and names.count("stream_datum") == 3
+    assert names.count("event") == 3
+    res = next(d for n, d in docs if n == "stream_resource")
+    desc = next(d for n, d in docs if n == "descriptor")
+    assert desc["data_keys"]["xrd_image"]["external"] == "STREAM:"
+    assert desc["data_keys"]["xrd_image"]["shape"] == [XRD_SHAPE, XRD_SHAPE]
+    assert res["data_key"] == "xrd_image" and res["parameters"]["dataset"] == "/entry/data/data"
+    path = res["uri"][len("file://localhost"):]
+    resolver = FrameResolver()
+    seq = 0
+    for n, d in docs:
+        if n == "stream_resource":
+            resolver.stream_resource(d)
+        elif n == "stream_datum":
+            seq += 1  # one frame per event, in order
+            resolver.stream_datum({**d, "seq_nums": {"start": seq, "stop": seq + 1}})
+    with h5py.File(path, "r", swmr=True, locking=False) as f:
+        data = f["/entry/data/data"][()]
+    assert data.shape == (3, XRD_SHAPE, XRD_SHAPE)
+    for s in (1, 2, 3):
+        np.testing.assert_array_equal(resolver.read("xrd_image", s), data[s - 1])
+    resolver.close()
+    events = [d for n, d in docs if n == "event"]
+    assert [e["data"]["xrd_frame_count"] for e in events] == [1, 2, 3]
+
+
+def test_ring_current_dump_and_recovery(devs):
+    b = devs["beam"]
+    assert b.ring_current_mA.get(use_monitor=False) > 390
+    b.dump(0.5).wait(5)
+    assert _wait_for(lambda: b.ring_current_mA.get() < 1.0, 5)
+    assert _wait_for(lambda: b.ring_current_mA.get() > 390, 10)
+    b.shutter.open().wait(5)
+    assert b.shutter.is_open
+    b.shutter.close().wait(5)
+    assert not b.shutter.is_open
+
+
+def test_status_reports_answering_pvs(beamline, capsys):
+    from strainstream.beamline import status
+
+    st = beamline.status()
+    assert all(v is not None for r in st.values() for v in r.values())
+    ports = ",".join(f"{n}={p}" for n, p in beamline.ports.items())
+    assert status(["--ports", ports, "--json"]) == 0
+    assert '"ok": true' in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------- dead IOCs (last)
+def test_missing_ioc_gives_a_named_error(beamline):
+    from strainstream.devices._ioc import IOCNotAnswering
+    from strainstream.devices.cycler import cycler
+
+    dev = cycler("XX:", ioc_address="127.0.0.1:5064")
+    with pytest.raises(IOCNotAnswering,
+                       match=r"cycler IOC at 127\.0\.0\.1:5064 \(prefix XX:\) not answering: "
+                             r"PV XX:CYC:\S+ timed out"):
+        dev.wait_for_connection(timeout=0.5)
+
+
+def test_killed_ioc_gives_a_named_error(beamline, devs):
+    from strainstream.beamline import probe, status
+    from strainstream.devices._ioc import IOCNotAnswering
+
+    b = devs["beam"]
+    b.read()
+    beamline.kill("beam")
+    addr = beamline.addresses["beam"]
+    with pytest.raises(IOCNotAnswering,
+                       match=rf"beam IOC at {addr} \(prefix SS:\) not answering: PV SS:BEAM:\S+"):
+        b.read()
+    with pytest.raises(IOCNotAnswering, match="beam IOC"):
+        b.shutter.open()
+    ports = ",".join(f"{n}={p}" for n, p in beamline.ports.items())
+    assert status(["--ports", ports, "--timeout", "0.3"]) == 1
+    beamline.restart("beam")
+    pv = "SS:BEAM:ring_current_mA"
+    assert probe([pv], [addr])[pv] > 0
