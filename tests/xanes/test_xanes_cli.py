@@ -92,6 +92,7 @@ def _absorbance(e=E, shape=(6, 7), seed=0):
         ("shape", "disagrees with the 21 energies"),
         ("below_edge", "misses the absorption edge"),
         ("no_whiteline", "misses the white line"),
+        ("short_above", "fit half-window of the end"),
         ("no_darks", "darks missing"),
         ("no_stack", "missing dataset"),
         ("all_nan", "every voxel has NaN"),
@@ -115,6 +116,9 @@ def test_cli_bad_input_gives_one_line_error(tmp_path, capsys, case, match):
         _write(p, energies_eV=e, stack=_absorbance(e))
     elif case == "no_whiteline":
         e = np.arange(8335.0, 8349.0)
+        _write(p, energies_eV=e, stack=_absorbance(e))
+    elif case == "short_above":
+        e = np.arange(8338.0, 8354.0)
         _write(p, energies_eV=e, stack=_absorbance(e))
     elif case == "no_darks":
         _write(p, energies_eV=E, stack=a, flats=a)

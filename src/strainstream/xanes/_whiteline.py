@@ -602,13 +602,23 @@ def analyse_whiteline(
             f"the edge at {edge_ref:.1f} eV); extend the scan to ~10 eV above the edge"
         )
 
+    kmin, kmax = half, n - 1 - half
+    if not kmin <= k_mean <= kmax:
+        end = "end" if k_mean > kmax else "start"
+        need = e[k_mean] + half * dmin if k_mean > kmax else e[k_mean] - half * dmin
+        raise EnergyRangeError(
+            f"the white line (mean spectrum peak at {e[k_mean]:.1f} eV) lies within the "
+            f"{half}-sample fit half-window of the {end} of the range {e[0]:.1f}-{e[-1]:.1f} "
+            f"eV; extend the scan to {'>=' if end == 'end' else '<='} {need:.1f} eV or use a "
+            "smaller bandwidth_eV"
+        )
+
     # ---- pass 2: white line over material voxels, chunked ----
     step = _uniform_step(e)
     lut = _Lut(step, bandwidth_eV, half) if step is not None else None
     wl = np.full(nvox, np.nan)
     ok_all = np.zeros(nvox, dtype=bool)
     e_edge = np.full(nvox, np.nan) if edge_energy else None
-    kmin, kmax = half, n - 1 - half
     for sl in chunks:
         mat = material[sl]
         if not mat.any():
