@@ -226,7 +226,8 @@ class StrainMapper:
         Known bad detector pixels; replaced by the mean of their valid neighbours.
     detect_hot_pixels : bool
         Find hot pixels (≥ ``hot_factor`` × their 3×3 median) and dead pixels (0 under a bright
-        peak) in incoming batches and add them to the bad-pixel mask.
+        peak) in samples of the first 2000 frames and add them to the bad-pixel mask (frames
+        accumulated before a pixel is found keep its contribution).
     register : bool
         Correct sample drift between rocking angles before combining.
     registration_reference : int, optional
@@ -342,6 +343,7 @@ class StrainMapper:
         w[..., 10] = border
         self._q0_lab = q0
         self._weights = np.ascontiguousarray(w.reshape(rows * cols, _N_CH), dtype=self.compute_dtype)
+        self._weights_t = np.ascontiguousarray(self._weights.T)
         self._border_idx = np.flatnonzero(border.ravel())
         if isinstance(self.background, np.ndarray) or np.ndim(self.background) == 2:
             bg = np.asarray(self.background, dtype=np.float64)
@@ -489,8 +491,9 @@ class StrainMapper:
                 self._bad.ravel()[always & ~self._bad.ravel()] = True
                 self._update_fill()
         if self.detect_hot_pixels and self._hot_frames_checked < 2000:
-            k = min(n, 32)
-            self._hot_acc = fr[:k].sum(0, dtype=np.float64) + getattr(self, "_hot_acc", 0.0)
+            sample = fr[:: max(1, n // 32)][:32]  # frames spread over the batch
+            k = len(sample)
+            self._hot_acc = sample.sum(0, dtype=np.float64) + getattr(self, "_hot_acc", 0.0)
             self._hot_acc_n = k + getattr(self, "_hot_acc_n", 0)
             if self._hot_frames_checked == 0 or self._hot_acc_n >= 32:
                 self._detect_hot(self._hot_acc, self._hot_acc_n)
@@ -536,7 +539,10 @@ class StrainMapper:
             proj = np.concatenate([xr.sum(2, dtype=np.float32), xr.sum(1, dtype=np.float32)], 1)
         t = self._thresholds(bmean).astype(self.compute_dtype)[:, None]
         np.multiply(x, x > t, out=x)
-        m = (x @ self._weights).astype(np.float64)
+        if n <= 4:  # tiny batches: numpy's own loop avoids waking the BLAS thread pool
+            m = np.einsum("np,kp->nk", x, self._weights_t).astype(np.float64)
+        else:
+            m = (x @ self._weights).astype(np.float64)
         if nbad is not None and not nbad.any():
             nbad = None
         return m, nbad, proj
@@ -560,13 +566,13 @@ class StrainMapper:
         return np.array([self._thr_cache[u] for u in uniq.tolist()])[inv.ravel()]
 
     def _detect_hot(self, s: np.ndarray, k: int) -> None:
-        """Hot (≥ hot_factor × 3×3 median) and dead (0 under ≥ 20 counts/frame) pixels from a
-        sum ``s`` (rows, cols) of ``k`` raw frames."""
+        """Hot (≥ hot_factor × 3×3 median) and dead (0 where the 3×3 median is ≥ 2 counts per
+        frame: Poisson probability < e⁻²ᵏ) pixels from a sum ``s`` (rows, cols) of ``k`` frames."""
         from scipy.ndimage import median_filter
 
         med = median_filter(s, size=3, mode="nearest")
         hot = s > self.hot_factor * (med + k)
-        dead = (s == 0) & (med > 20.0 * k)
+        dead = (s == 0) & (med >= 2.0 * k)
         new = (hot | dead) & ~self._bad
         self._hot_frames_checked += k
         if new.any():
