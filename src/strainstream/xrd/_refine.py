@@ -185,7 +185,7 @@ def _start_vector(layout, lat, eta, fraction, al_a, w_al):
 
 
 def _fit(q, y, s, wavelength_A, lat, eta, fraction, al_a, w_al, model_al, w_inst,
-         max_nfev=60):
+         max_nfev=60, staged=False):
     """One refinement from explicit starting values. Returns a dict of outputs."""
     c_max = max(p[1] for p in lat)
     refl = r3m_reflections(min(p[0] for p in lat) * 0.995, c_max * 1.005, q[-1] + 0.05)
@@ -196,6 +196,17 @@ def _fit(q, y, s, wavelength_A, lat, eta, fraction, al_a, w_al, model_al, w_inst
     model = PatternModel(q, y, 1.0 / s, wavelength_A, refl, len(lat), model_al, w_inst, q_ref)
     x0 = _start_vector(model.layout, lat, eta, fraction, al_a, w_al)
     lo, hi = model.layout.bounds()
+    if model_al and staged:
+        # first stage with the Al lattice and strain held at their start values: Al peaks
+        # overlap (102), (104) and (110), and free Al peaks far from the solution can settle
+        # in a wrong minimum (with negative intensities) before the layered lattice is right
+        lo1, hi1 = lo.copy(), hi.copy()
+        for name in ("a_al", "eps_al"):
+            i = model.layout.index(name)
+            lo1[i] = hi1[i] = x0[i]
+        res = levenberg_marquardt(model.residual, model.jacobian, x0, lo1, hi1,
+                                  max_nfev=max_nfev)
+        x0 = res.x
     res = levenberg_marquardt(model.residual, model.jacobian, x0, lo, hi, max_nfev=max_nfev)
     x = res.x
     r = model.residual(x)
@@ -353,9 +364,9 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
         fwhm = seed.fwhm_003_A_inv
         eps0, invd0 = _width_start(fwhm, 6 * np.pi / seed.c_A[0], w_inst)
         lat_seed = [(a, c, eps0, invd0) for a, c in zip(seed.a_A, seed.c_A, strict=True)]
-        frac0, eta0, al_a = seed.fraction, 0.5, seed.al_a_A
-        if al == "model" and al_a is None:
-            flags.append("al_not_detected")
+        # Al starts at its nominal lattice parameter; whether it is present is decided by
+        # the significance of its peaks in the first fit (below), not by the peak search
+        frac0, eta0, al_a = seed.fraction, 0.5, AL_A_A
     else:
         lat_seed, frac0, eta0, al_a = _start_from(start)
         p0 = lat_seed[0]
@@ -370,7 +381,7 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
 
     def fit(lat, frac):
         return _fit(q, y, s, wavelength_A, lat, eta0, frac, al_a, w_al, model_al, w_inst,
-                    max_nfev)
+                    max_nfev, staged=start is None)
 
     if len(lat_seed) == 2:
         one = [lat_seed[0] if frac0 < 0.5 else lat_seed[1]]
