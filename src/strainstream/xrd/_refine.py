@@ -390,13 +390,14 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
     results = {}
     if model_al and start is None:
         # Al peaks sit close to (102), (104) and (110): the peak search can see Al that is not
-        # there. Keep Al only if at least two Al reflections are significant in a first fit
+        # there. Keep Al only if two of its four strongest reflections are significant in a first fit
         # (which is reused when Al stays).
         if len(lat_seed) == 2 and phases != 1:
             key, probe = 2, fit(lat_seed, min(max(frac0, 0.05), 0.95))
         else:
             key, probe = 1, fit(one, 0.0)
-        if np.count_nonzero(probe["model"].al_significance(probe["x"]) > 5.0) < 2:
+        z_al = probe["model"].al_significance(probe["x"])[:4]  # (111) (200) (220) (311)
+        if np.count_nonzero(z_al > 5.0) < 2:
             model_al = False
             flags.append("al_not_detected")
         else:
