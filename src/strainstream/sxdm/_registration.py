@@ -56,7 +56,8 @@ def register_translation(
     sx = s0[:, 1, None] + off[None]
     ey = np.exp(2j * np.pi * sy[:, :, None] * fy[None, None, :])  # (n, n_up, ny)
     ex = np.exp(2j * np.pi * sx[:, :, None] * fx[None, None, :])  # (n, n_up, nx)
-    up = ((ey @ x) @ ex.transpose(0, 2, 1)).real
+    # numpy's own loops: these tiny batched products are slower through a (busy) BLAS pool
+    up = np.einsum("iax,ibx->iab", np.einsum("iay,iyx->iax", ey, x), ex).real
     k = up.reshape(len(mov), -1).argmax(1)
     a, b = np.unravel_index(k, (n_up, n_up))
     # parabolic refinement on the fine grid
