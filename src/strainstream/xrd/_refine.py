@@ -402,6 +402,15 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
             flags.append("al_not_detected")
         else:
             results[key] = probe
+    if phases == "auto" and start is not None and len(lat_seed) == 2:
+        # sequential frame inside a two-phase region: when the two-phase fit is clear-cut,
+        # the one-phase comparison fit is skipped
+        results[2] = fit(lat_seed, min(max(frac0, 0.05), 0.95))
+        ph = _phase_results(results[2])
+        dc = abs(ph[0].c_A - ph[1].c_A)
+        if (min(p.fraction for p in ph) > 0.05 and not results[2]["flags"]
+                and dc > 20.0 * math.hypot(ph[0].c_err_A, ph[1].c_err_A)):
+            return _result(results[2], wavelength_A, flags)
     if phases in ("auto", 1) and 1 not in results:
         results[1] = fit(one, 0.0)
     want_two = phases == 2 or (phases == "auto" and len(lat_seed) == 2)
