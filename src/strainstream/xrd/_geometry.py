@@ -65,7 +65,18 @@ def validate_geometry(geometry: dict) -> dict:
 
 
 def make_azimuthal_integrator(geometry: dict):
-    """A pyFAI ``AzimuthalIntegrator`` for a geometry dict (see :func:`validate_geometry`)."""
+    """A pyFAI ``AzimuthalIntegrator`` for a geometry dict.
+
+    Parameters
+    ----------
+    geometry : dict
+        Geometry dict (see :func:`validate_geometry`).
+
+    Returns
+    -------
+    pyFAI.integrator.azimuthal.AzimuthalIntegrator
+        Flat detector of ``shape`` pixels of ``pixel_size_um``; SI units inside pyFAI.
+    """
     from pyFAI.detectors import Detector
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
@@ -78,7 +89,19 @@ def make_azimuthal_integrator(geometry: dict):
 
 
 def geometry_from_pyfai(ai) -> dict:
-    """Geometry dict from a pyFAI geometry / integrator object."""
+    """Geometry dict from a pyFAI geometry / integrator object.
+
+    Parameters
+    ----------
+    ai : pyFAI.geometry.Geometry
+        Any pyFAI geometry with a wavelength and a detector of known ``max_shape``.
+
+    Returns
+    -------
+    dict
+        Geometry dict (distance_m, poni1_m, poni2_m, rot1–3 in rad, wavelength_A,
+        pixel_size_um [rows, cols], shape [rows, cols]).
+    """
     det = ai.detector
     return validate_geometry({
         "distance_m": ai.dist, "poni1_m": ai.poni1, "poni2_m": ai.poni2,
@@ -90,7 +113,18 @@ def geometry_from_pyfai(ai) -> dict:
 
 
 def geometry_to_poni(geometry: dict) -> str:
-    """PONI (version 2) text for a geometry dict, readable by ``pyFAI.load``."""
+    """PONI (version 2) text for a geometry dict, readable by ``pyFAI.load``.
+
+    Parameters
+    ----------
+    geometry : dict
+        Geometry dict (see :func:`validate_geometry`).
+
+    Returns
+    -------
+    str
+        PONI file content (SI units, generic ``Detector`` with pixel sizes and shape).
+    """
     g = validate_geometry(geometry)
     det_config = {"pixel1": g["pixel_size_um"][0] * 1e-6, "pixel2": g["pixel_size_um"][1] * 1e-6,
                   "max_shape": g["shape"]}
@@ -112,7 +146,20 @@ def geometry_to_poni(geometry: dict) -> str:
 
 
 def save_poni(geometry: dict, path: str | Path) -> Path:
-    """Write a geometry dict as a PONI file; returns the path."""
+    """Write a geometry dict as a PONI file.
+
+    Parameters
+    ----------
+    geometry : dict
+        Geometry dict (see :func:`validate_geometry`).
+    path : str or Path
+        Output file.
+
+    Returns
+    -------
+    Path
+        The path written.
+    """
     path = Path(path)
     path.write_text(geometry_to_poni(geometry))
     return path
@@ -120,6 +167,16 @@ def save_poni(geometry: dict, path: str | Path) -> Path:
 
 def load_poni(path: str | Path) -> dict:
     """Read a PONI file (any version pyFAI reads) into a geometry dict.
+
+    Parameters
+    ----------
+    path : str or Path
+        PONI file.
+
+    Returns
+    -------
+    dict
+        Geometry dict (see :func:`validate_geometry`).
 
     Raises
     ------

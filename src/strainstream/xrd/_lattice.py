@@ -52,8 +52,9 @@ class ReflectionSet:
         return dq_da, dq_dc
 
     def labels(self) -> list[str]:
-        """Reflection labels such as ``"003"`` or ``"1-10"``, one per group."""
-        return ["".join(str(int(v)) for v in row) for row in self.hkl]
+        """Reflection labels such as ``"003"``, ``"104"`` or ``"1 0 10"``, one per group."""
+        return ["".join(str(int(v)) for v in row) if np.all(np.abs(row) < 10)
+                else " ".join(str(int(v)) for v in row) for row in self.hkl]
 
 
 def r3m_reflections(a_A: float, c_A: float, q_max_A_inv: float) -> ReflectionSet:
