@@ -3,7 +3,8 @@
 Every frame (one detector image at one rocking angle θ and raster point (iy, ix)) is reduced
 at once to eleven numbers: the background-subtracted, thresholded intensity sum and its
 first and second moments in lab-frame ΔQ = Q_lab − Q_lab(cen) (pixel-fixed weights, one
-matrix product for a whole batch), plus the intensity on the frame border. These per-angle
+product with an (11, rows·cols) weight matrix per frame, in cache-sized chunks on two worker
+threads), plus the intensity on the frame border. These per-angle
 sums (n_theta × ny × nx × 11) are all that is kept, so maps exist after the first angles and
 sharpen as angles arrive. At :meth:`StrainMapper.maps` time the per-angle intensity maps are
 registered (sample drift), the per-angle sums are resampled at the drift-corrected positions,
@@ -20,6 +21,7 @@ ends are flagged and left out of the mask.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,8 +244,8 @@ class StrainMapper:
         ``theta_edge_fraction`` of its rocking-curve maximum, or when more than
         ``border_fraction`` of its intensity lies on the frame border.
     compute_dtype : numpy dtype
-        Dtype of the per-frame reduction (float32: exact for counts < 2²⁴, 2× faster; the sums
-        are kept in float64).
+        Dtype of the per-frame reduction (float32: counts < 2²⁴ exact, half the memory traffic
+        of float64; the per-angle sums are kept in float64).
     n_threads : int
         Worker threads of the per-frame reduction (batches of ≥ 16 frames).
     keep_projections : bool
@@ -342,8 +344,7 @@ class StrainMapper:
             w[..., 4 + j] = dq[..., a] * dq[..., c]
         w[..., 10] = border
         self._q0_lab = q0
-        self._weights = np.ascontiguousarray(w.reshape(rows * cols, _N_CH), dtype=self.compute_dtype)
-        self._weights_t = np.ascontiguousarray(self._weights.T)
+        self._weights_t = np.ascontiguousarray(w.reshape(rows * cols, _N_CH).T, dtype=self.compute_dtype)
         self._border_idx = np.flatnonzero(border.ravel())
         if isinstance(self.background, np.ndarray) or np.ndim(self.background) == 2:
             bg = np.asarray(self.background, dtype=np.float64)
@@ -527,7 +528,7 @@ class StrainMapper:
         else:
             bmean = np.full(n, float(self.background))  # type: ignore[arg-type]
             b = self.compute_dtype.type(self.background)
-        x = np.empty((n, rows * cols), dtype=self.compute_dtype)
+        x = _work_buffer((max(n, _CHUNK), rows * cols), self.compute_dtype)[:n]
         np.subtract(raw, b, out=x, casting="unsafe")  # convert and subtract in one pass
         if invalid is not None:
             x[invalid.reshape(n, -1)] = 0.0
@@ -539,10 +540,10 @@ class StrainMapper:
             proj = np.concatenate([xr.sum(2, dtype=np.float32), xr.sum(1, dtype=np.float32)], 1)
         t = self._thresholds(bmean).astype(self.compute_dtype)[:, None]
         np.multiply(x, x > t, out=x)
-        if n <= 4:  # tiny batches: numpy's own loop avoids waking the BLAS thread pool
-            m = np.einsum("np,kp->nk", x, self._weights_t).astype(np.float64)
-        else:
-            m = (x @ self._weights).astype(np.float64)
+        # numpy's einsum loop, not BLAS: each frame is reduced the same way whatever the batch
+        # (live and replay passes with different batching agree bit for bit), and no BLAS
+        # thread pool competes with the mapper's worker threads
+        m = np.einsum("np,kp->nk", x, self._weights_t).astype(np.float64)
         if nbad is not None and not nbad.any():
             nbad = None
         return m, nbad, proj
@@ -847,6 +848,16 @@ def _invalid_values(fr: np.ndarray) -> np.ndarray | None:
 
 
 _POOLS: dict[int, Any] = {}
+_LOCAL = threading.local()
+
+
+def _work_buffer(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """A per-thread reusable work array (fresh 4 MB allocations cost page faults per call)."""
+    buf = getattr(_LOCAL, "buf", None)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = np.empty(shape, dtype=dtype)
+        _LOCAL.buf = buf
+    return buf
 
 
 def _pool(n: int) -> Any:
