@@ -80,15 +80,15 @@ class H5FrameWriter:
             raise ValueError(
                 f"frame shape {frame.shape} does not match the detector's {self.frame_shape}"
             )
+        scalars = scalars or {}
+        unknown = set(scalars) - set(self._scalars)
+        if unknown:
+            raise ValueError(f"unknown per-frame scalars {sorted(unknown)}; declared: "
+                             f"{list(self.scalar_keys)}")
         index = self.count
         self._ds.resize(index + 1, axis=0)
         self._ds[index] = frame.astype(self.dtype, copy=False)
         if self._scalars:
-            scalars = scalars or {}
-            unknown = set(scalars) - set(self._scalars)
-            if unknown:
-                raise ValueError(f"unknown per-frame scalars {sorted(unknown)}; declared: "
-                                 f"{list(self.scalar_keys)}")
             for key, ds in self._scalars.items():
                 ds.resize(index + 1, axis=0)
                 ds[index] = float(scalars.get(key, np.nan))
