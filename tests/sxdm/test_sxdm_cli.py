@@ -66,9 +66,13 @@ def test_cli_map_json_and_maps_file(sim, sxdm_file, tmp_path, capsys):
     # the Python API gives the same numbers
     maps = map_file(sxdm_file)
     np.testing.assert_allclose(maps.d_spacing_A[mask], d[mask], rtol=1e-12)
-    # human-readable output
-    assert main(["map", str(sxdm_file)]) == 0
+    # human-readable output; the refined maps agree with the centre of mass
+    assert main(["map", str(sxdm_file), "--refine", "--d-ref", "4.6"]) == 0
     assert "d_mean" in capsys.readouterr().out
+    refined = map_file(sxdm_file, refine=True)
+    both = refined.mask & mask
+    assert both.sum() > 0.8 * mask.sum()
+    np.testing.assert_allclose(refined.d_spacing_A[both], d[both], rtol=2e-4)
 
 
 def _write(path, sim, md=None, theta=None, frames=None):

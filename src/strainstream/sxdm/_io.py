@@ -138,7 +138,9 @@ def read_sxdm_file(path: str | os.PathLike, *, max_chunk_mb: float = 256.0) -> I
                 yield SXDMChunk(float(th), iy.ravel(), ix.ravel(), block.reshape(-1, rows, cols))
 
 
-def map_file(path: str | os.PathLike, *, max_chunk_mb: float = 256.0, **options: Any) -> SXDMMaps:
+def map_file(
+    path: str | os.PathLike, *, max_chunk_mb: float = 256.0, refine: bool = False, **options: Any
+) -> SXDMMaps:
     """Strain/rotation maps of an SXDM file, read in chunks.
 
     Parameters
@@ -147,6 +149,9 @@ def map_file(path: str | os.PathLike, *, max_chunk_mb: float = 256.0, **options:
         SXDM file (layout of issue 6).
     max_chunk_mb : float
         Memory bound of one read chunk.
+    refine : bool
+        Finish with the Gaussian refinement on projections (:meth:`StrainMapper.refine`; keeps
+        n_theta × ny × nx × (rows + cols) float32 projections in memory).
     **options
         Passed to :class:`StrainMapper` (``background``, ``threshold_counts``, ``d_ref_A``, ...).
 
@@ -155,12 +160,15 @@ def map_file(path: str | os.PathLike, *, max_chunk_mb: float = 256.0, **options:
     SXDMMaps
     """
     info = read_sxdm_info(path)
+    if refine:
+        options["keep_projections"] = True
     mapper = StrainMapper(
         info.geometry, info.raster_shape, frame_shape=info.frame_shape, theta_deg=info.theta_deg, **options
     )
     for ch in read_sxdm_file(path, max_chunk_mb=max_chunk_mb):
         mapper.add_frames(ch.theta_deg, ch.iy, ch.ix, ch.frames)
-    return mapper.maps()
+    maps = mapper.maps()
+    return mapper.refine(maps) if refine else maps
 
 
 def write_maps(path: str | os.PathLike, maps: SXDMMaps) -> None:

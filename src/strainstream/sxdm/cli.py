@@ -1,6 +1,6 @@
 """``strainstream sxdm``: SXDM strain/rotation maps from 5-D rocking-curve data.
 
-    strainstream sxdm map FILE.h5 [--out MAPS.h5] [--json]
+    strainstream sxdm map FILE.h5 [--out MAPS.h5] [--json] [--refine] [--d-ref Å]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--background", default="auto", help="'auto' (frame border) or counts per pixel per frame")
     m.add_argument("--threshold", default="auto", help="'auto' (Poisson) or counts above background")
     m.add_argument("--no-register", action="store_true", help="do not correct drift between rocking angles")
+    m.add_argument("--refine", action="store_true", help="finish with Gaussian fits of the peak projections")
     m.add_argument("--max-chunk-mb", type=float, default=256.0, help="memory bound of one read chunk, MB")
     return p
 
@@ -79,6 +80,7 @@ def _map(args: argparse.Namespace) -> int:
         background=_number_or_auto(args.background, "background"),
         threshold_counts=_number_or_auto(args.threshold, "threshold"),
         register=not args.no_register,
+        refine=args.refine,
     )
     for msg in maps.messages:
         print(f"{PROG}: warning: {msg}", file=sys.stderr)
