@@ -235,7 +235,9 @@ def find_a(q, yd, noise, c_A, a_range=(2.70, 3.00), step=0.0004):
     qpos = 2 * np.pi * np.sqrt(4 * m[None, :] / (3 * a[:, None] ** 2) + ll[None, :] ** 2 / c_A**2)
     sc = _score_positions(q, yd, noise, qpos)
     ok = (qpos <= q[-1]) & (qpos >= q[0])
-    total = np.sum(np.clip(sc, 0, 50) * ok, axis=1)
+    # score: intensity relative to the strongest peak, so that very high signal-to-noise
+    # patterns do not saturate the score everywhere
+    total = np.sum(np.clip(sc / max(np.max(yd) / noise, 1e-12), 0, 1) * ok, axis=1)
     i = int(np.argmax(total))
     n_sig = int(np.sum((sc[i] > 5.0) & ok[i]))
     n_in = int(np.sum(ok[i]))
@@ -271,7 +273,7 @@ def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
     split = detect_003_split(q, y, sigma)
     base = _baseline(q, y)
     yd = ndimage.uniform_filter1d(y - base, 3)
-    noise = _noise(y)
+    noise = _noise(y) if sigma is None else float(np.median(sigma))
     low = q < _SEARCH_003[0] - 0.02
     if np.count_nonzero(low) >= 20:
         win = (q >= _SEARCH_003[0]) & (q <= _SEARCH_003[1])
