@@ -71,7 +71,7 @@ TWO = [
 ]
 
 
-@pytest.mark.parametrize("fractions,dc", [((0.6, 0.4), 0.68), ((0.25, 0.75), 0.68),
+@pytest.mark.parametrize("fractions,dc", [((0.6, 0.4), 0.68), ((0.25, 0.75), 0.68), ((0.9, 0.1), 0.15),
                                           ((0.5, 0.5), 0.15)])
 def test_two_phase_known_answer(fractions, dc):
     truth = [dict(TWO[0], fraction=fractions[0]),

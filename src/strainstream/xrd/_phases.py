@@ -132,6 +132,11 @@ def _fit_window(q, y, wt, starts):
     return res.x, coef, rss
 
 
+def _design_eval(q, p, coef):
+    """Model of :func:`_fit_window` (one peak) from its parameters and linear coefficients."""
+    return coef[0] * _pv(q, p[0], p[1], p[-1]) + coef[1] + coef[2] * (q - q.mean())
+
+
 def _bic(rss, n, k):
     return n * np.log(max(rss, 1e-300) / n) + k * np.log(n)
 
@@ -202,12 +207,23 @@ def detect_003_split(q_A_inv, intensity, sigma=None, window_A_inv=_SEARCH_003):
     w0 = max(float(qw[right] - qw[left]) + dq, 2.0 * dq)
     p1, c1, rss1 = _fit_window(qw, yw, wt, [(qw[ipk], w0)])
     peaks, props = signal.find_peaks(yd, prominence=5.0 * noise)
+    candidates = []
     if peaks.size >= 2:
         top = peaks[np.argsort(props["prominences"])[-2:]]
-        starts = [(qw[i], w0 * 0.7) for i in np.sort(top)]
+        candidates.append([(qw[i], w0 * 0.7) for i in np.sort(top)])
     else:
-        starts = [(p1[0] - 0.35 * p1[1], 0.7 * p1[1]), (p1[0] + 0.35 * p1[1], 0.7 * p1[1])]
-    p2, c2, rss2 = _fit_window(qw, yw, wt, starts)
+        # a shoulder: second component where the one-peak fit leaves the largest excess,
+        # and a symmetric pair as a fallback
+        one = _design_eval(qw, p1, c1)
+        excess = ndimage.uniform_filter1d((yw - one) * wt, 5)
+        far = np.abs(qw - p1[0]) > 0.5 * p1[1]
+        if np.any(far):
+            j = int(np.argmax(np.where(far, excess, -np.inf)))
+            candidates.append([(p1[0], 0.9 * p1[1]), (qw[j], 0.9 * p1[1])])
+        candidates.append([(p1[0] - 0.35 * p1[1], 0.7 * p1[1]),
+                           (p1[0] + 0.35 * p1[1], 0.7 * p1[1])])
+    fits = [_fit_window(qw, yw, wt, st) for st in candidates]
+    p2, c2, rss2 = min(fits, key=lambda f: f[2])
     n = qw.size
     dbic = _bic(rss1, n, 6) - _bic(rss2, n, 9)
     qs = np.array([p2[0], p2[2]])
