@@ -72,13 +72,10 @@ def test_accuracy_with_noise_background_and_drift(drift_sim, drift_result):
     assert err["d_rel"] <= 2e-4
     assert err["tilt_xy"] <= 0.005
     assert err["tilt_xz"] <= 0.005
-    # the registration found the drift (estimated shift = −drift of the bright angles)
-    tot = maps.intensity.sum()
-    bright = np.array([drift_sim.expected_frames(i).sum() for i in (18, 20, 22)]) > 0
-    assert bright.all() and tot > 0
-    est = maps.shifts_px[[18, 22]]
-    true = -drift_sim.drift_px[[18, 22]]
-    np.testing.assert_allclose(est, true, atol=0.25)
+    # the registration found the drift of the bright angles (estimated shift = −drift)
+    bright = slice(17, 24)  # θ_B ± 0.15°
+    assert np.abs(drift_sim.drift_px[bright]).max() > 0.5
+    np.testing.assert_allclose(maps.shifts_px[bright], -drift_sim.drift_px[bright], atol=0.1)
     # statistics against the truth
     st = compute_statistics(maps)
     t_strain = truth["d_spacing_A"][inside] / truth["d_spacing_A"][inside].mean() - 1

@@ -591,16 +591,18 @@ class StrainMapper:
     def drift_shifts(self) -> np.ndarray:
         """Drift (dy, dx) per rocking angle (ascending θ), raster steps, shape (n_theta, 2)."""
         theta, counts, mean = self._per_angle()
-        return self._shifts(mean[..., 0], counts, theta)
+        return self._shifts(mean, counts, theta)
 
-    def _shifts(self, m0: np.ndarray, counts: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    def _shifts(self, mean: np.ndarray, counts: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        m0 = mean[..., 0]
         n_t = m0.shape[0]
         totals = np.clip(m0, 0, None).sum((1, 2))
         if not self.register or n_t < 2 or totals.max() <= 0:
             return np.zeros((n_t, 2))
         measured = counts.sum((1, 2)) > 0.5 * counts[0].size
         use = measured & (totals >= 0.1 * totals.max())
-        shifts = estimate_drift(m0, theta, use) if use.sum() >= 2 else np.zeros((n_t, 2))
+        # texture: Σ I·ΔQ_z per angle (rocking is about z, so Q_z does not change with θ)
+        shifts = estimate_drift(m0, theta, use, texture_maps=mean[..., 3]) if use.sum() >= 2 else np.zeros((n_t, 2))
         r = self.registration_reference
         if r is None:
             r = int(np.argmax(totals))
@@ -633,7 +635,7 @@ class StrainMapper:
         ny, nx = self.raster_shape
         theta, counts, mean = self._per_angle()
         if shifts_px is None:
-            shifts = self._shifts(mean[..., 0], counts, theta)
+            shifts = self._shifts(mean, counts, theta)
         else:
             shifts = np.asarray(shifts_px, dtype=np.float64)
             if shifts.shape != (len(theta), 2) or not np.all(np.isfinite(shifts)):

@@ -131,7 +131,12 @@ def _fill_unused(shifts: np.ndarray, use: np.ndarray) -> np.ndarray:
 
 
 def estimate_drift(
-    intensity_maps: np.ndarray, theta_deg: np.ndarray, use: np.ndarray | None = None, *, n_iter: int = 6
+    intensity_maps: np.ndarray,
+    theta_deg: np.ndarray,
+    use: np.ndarray | None = None,
+    *,
+    texture_maps: np.ndarray | None = None,
+    n_iter: int = 6,
 ) -> np.ndarray:
     """Drift between rocking angles from their integrated-intensity maps.
 
@@ -140,7 +145,10 @@ def estimate_drift(
     a translation. Registration therefore (1) aligns the saturated outlines of the maps to
     their sum, then (2) iterates: from the aligned maps build a per-point Gaussian rocking
     curve (intensity, centre, width), predict each angle's map from it and register the
-    measured map to its prediction.
+    measured map to its prediction, and (3) when ``texture_maps`` are given, refines each
+    angle's shift by weighted least squares (Lucas–Kanade) between that angle's map of a
+    θ-independent peak coordinate (e.g. Q_z, unchanged by rocking about z) and the combined
+    map: the lattice-tilt texture inside the particle pins the translation.
 
     Parameters
     ----------
@@ -151,6 +159,9 @@ def estimate_drift(
     use : ndarray of bool, shape (n_theta,), optional
         Angles to register (bright enough); the others get shifts interpolated in θ order.
         Default: angles with ≥ 10 % of the brightest angle's total.
+    texture_maps : ndarray, shape (n_theta, ny, nx), optional
+        Per-angle intensity-weighted sums of a θ-independent peak coordinate (same units for
+        all angles), e.g. Σ I·ΔQ_z.
     n_iter : int
         Model-prediction iterations.
 
@@ -163,8 +174,10 @@ def estimate_drift(
     Notes
     -----
     A drift that grows linearly with θ is nearly degenerate with a lattice-tilt gradient (both
-    sweep the bright region across the particle); only the particle outline separates them,
-    so such ramps are recovered only partly (≈ 60–80 % in the simulations).
+    sweep the bright region across the particle); from intensities alone only the particle
+    outline separates them and such ramps are recovered only partly (≈ 60–80 % in the
+    simulations); the texture step removes most of the remainder (shift errors ≈ 0.01–0.04
+    raster steps in the simulations).
     """
     m0 = np.clip(np.asarray(intensity_maps, dtype=np.float64), 0, None)
     th = np.asarray(theta_deg, dtype=np.float64)
@@ -200,4 +213,39 @@ def estimate_drift(
         pred = s0 * dth[:, None, None] / np.sqrt(2 * np.pi * var) * np.exp(-((th[:, None, None] - tc) ** 2) / (2 * var))
         shifts[idx] = register_translation(pred[idx], m0[idx])
         shifts = _fill_unused(shifts, use)
+    if texture_maps is not None:
+        tex = np.asarray(texture_maps, dtype=np.float64)
+        if tex.shape != m0.shape:
+            raise ValueError(f"texture_maps must have the shape of intensity_maps {m0.shape}, got {tex.shape}")
+        shifts = _texture_refine(m0, tex, shifts, idx)
+        shifts = _fill_unused(shifts, use)
+    return shifts
+
+
+def _texture_refine(m0: np.ndarray, tex: np.ndarray, shifts: np.ndarray, idx: np.ndarray, n_iter: int = 5) -> np.ndarray:
+    """Lucas–Kanade refinement of the shifts of angles ``idx`` on a texture map (see estimate_drift)."""
+    shifts = shifts.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z_ang = np.where(m0 > 0, tex / m0, 0.0)  # per-angle coordinate map
+    for _ in range(n_iter):
+        a = shift_maps(np.stack([m0, tex], -1), shifts)
+        s0 = a[..., 0].sum(0)
+        if not np.any(s0 > 0):
+            break
+        z = np.where(s0 > 0, a[..., 1].sum(0) / np.where(s0 > 0, s0, 1.0), 0.0)
+        good = (s0 > 0.3 * np.percentile(s0[s0 > 0], 99)).astype(float)
+        gy, gx = np.gradient(z)
+        ref = np.stack([z, gy, gx, good], -1)
+        # the combined map seen from each angle's raster: Z(q − s_i)
+        zs = shift_maps(np.broadcast_to(ref, (idx.size,) + ref.shape), -shifts[idx])
+        w = m0[idx] * (zs[..., 3] > 0.99) * (m0[idx] > 0.2 * m0[idx].max((1, 2), keepdims=True))
+        r = z_ang[idx] - zs[..., 0]
+        g = zs[..., 1:3]
+        a_mat = np.einsum("nyx,nyxi,nyxj->nij", w, g, g)
+        b_vec = np.einsum("nyx,nyxi,nyx->ni", w, g, r)
+        tr = np.trace(a_mat, axis1=1, axis2=2)
+        a_mat = a_mat + 1e-6 * tr[:, None, None] * np.eye(2) + 1e-300 * np.eye(2)
+        step = -np.linalg.solve(a_mat, b_vec[..., None])[..., 0]
+        ok = np.isfinite(step).all(1) & (tr > 0)
+        shifts[idx[ok]] += np.clip(step[ok], -0.5, 0.5)
     return shifts
