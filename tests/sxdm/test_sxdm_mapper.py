@@ -117,6 +117,12 @@ def test_any_order_any_batch_gives_the_same_maps():
     c = StrainMapper(sim.metadata, (12, 12), threshold_counts=4.0)
     _feed(c, sim, angles=rng.permutation(sim.n_theta))
     np.testing.assert_array_equal(c.maps().d_spacing_A, ma.d_spacing_A)
+    # θ readback jitter below theta_tolerance_deg maps onto the same angle
+    jit = StrainMapper(sim.metadata, (12, 12), threshold_counts=4.0)
+    _feed(jit, sim, angles=[9, 10])
+    fr = sim.frames_at(10)[3]
+    jit.add_frames(sim.theta_deg[10] + np.linspace(-4e-4, 4e-4, 12), 3, np.arange(12), fr)
+    assert jit.theta_deg.size == 2 and jit.n_frames == 2 * 144 + 12
     # a repeated frame is averaged, not double counted
     a.add_frames(sim.theta_deg[10], 6, 6, sim.frames_at(10)[6, 6])
     assert a.maps().d_spacing_A[6, 6] == pytest.approx(ma.d_spacing_A[6, 6], rel=1e-4)

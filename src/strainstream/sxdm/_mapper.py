@@ -251,6 +251,8 @@ class StrainMapper:
     keep_projections : bool
         Also keep each frame's row and column projections (n_theta × ny × nx × (rows + cols)
         float32) for :meth:`refine`.
+    theta_tolerance_deg : float
+        Frames whose θ lies within this of a known angle belong to it (motor readback jitter).
     """
 
     def __init__(
@@ -276,6 +278,7 @@ class StrainMapper:
         compute_dtype: Any = np.float32,
         n_threads: int = 2,
         keep_projections: bool = False,
+        theta_tolerance_deg: float = 1e-3,
     ) -> None:
         self.geometry = geometry if isinstance(geometry, SXDMGeometry) else SXDMGeometry.from_metadata(geometry)
         if len(raster_shape) != 2 or min(raster_shape) < 1:
@@ -300,6 +303,7 @@ class StrainMapper:
         self.compute_dtype = np.dtype(compute_dtype)
         self.n_threads = max(1, int(n_threads))
         self.keep_projections = bool(keep_projections)
+        self.theta_tolerance_deg = float(theta_tolerance_deg)
         self._proj: np.ndarray | None = None
         self._thr_cache: dict[float, float] = {}
         self._user_bad = None if bad_pixel_mask is None else np.asarray(bad_pixel_mask, dtype=bool)
@@ -312,6 +316,10 @@ class StrainMapper:
                 raise SXDMError("theta_deg must be a non-empty array of finite angles (degrees)")
             if np.unique(th).size != th.size:
                 raise SXDMError("theta_deg has repeated angles; give each rocking angle once")
+            if th.size > 1 and np.diff(np.sort(th)).min() <= 2 * self.theta_tolerance_deg:
+                raise SXDMError(
+                    f"theta_deg has angles closer than 2 × theta_tolerance_deg ({self.theta_tolerance_deg} deg)"
+                )
             self._theta = list(np.sort(th))
         ny, nx = self.raster_shape
         n_t = max(len(self._theta), 1)
@@ -321,6 +329,8 @@ class StrainMapper:
         self.n_frames = 0
         self.frame_shape: tuple[int, int] | None = None
         self._hot_frames_checked = 0
+        self._hot_acc: np.ndarray | float = 0.0  # sum of sampled raw frames not yet examined
+        self._hot_acc_n = 0
         if frame_shape is not None:
             self._setup_frames(tuple(frame_shape))
 
@@ -391,10 +401,10 @@ class StrainMapper:
         if known.size:
             d = np.abs(th[:, None] - known[None, :])
             j = d.argmin(1)
-            hit = d[np.arange(th.size), j] <= 1e-6
+            hit = d[np.arange(th.size), j] <= self.theta_tolerance_deg
             idx[hit] = j[hit]
         if np.any(idx < 0):
-            new = np.unique(th[idx < 0])
+            new = _cluster(np.unique(th[idx < 0]), self.theta_tolerance_deg)
             if self._planned:
                 raise SXDMError(
                     f"rocking angle(s) {new[:5].tolist()} deg are not in the planned theta_deg "
@@ -494,8 +504,8 @@ class StrainMapper:
         if self.detect_hot_pixels and self._hot_frames_checked < 2000:
             sample = fr[:: max(1, n // 32)][:32]  # frames spread over the batch
             k = len(sample)
-            self._hot_acc = sample.sum(0, dtype=np.float64) + getattr(self, "_hot_acc", 0.0)
-            self._hot_acc_n = k + getattr(self, "_hot_acc_n", 0)
+            self._hot_acc = self._hot_acc + sample.sum(0, dtype=np.float64)
+            self._hot_acc_n += k
             if self._hot_frames_checked == 0 or self._hot_acc_n >= 32:
                 self._detect_hot(self._hot_acc, self._hot_acc_n)
                 self._hot_acc, self._hot_acc_n = 0.0, 0
@@ -816,6 +826,13 @@ class StrainMapper:
     def statistics(self, maps: SXDMMaps | None = None) -> SXDMStatistics:
         """Particle statistics (see :class:`SXDMStatistics`) of :meth:`maps` (or given maps)."""
         return compute_statistics(maps if maps is not None else self.maps())
+
+
+def _cluster(values: np.ndarray, tol: float) -> np.ndarray:
+    """Sorted values with runs closer than ``tol`` merged into their first member."""
+    keep = np.ones(values.size, dtype=bool)
+    keep[1:] = np.diff(values) > tol
+    return values[keep]
 
 
 def _per_frame(v: Any, n: int, name: str, dtype: Any) -> np.ndarray:
