@@ -50,7 +50,7 @@ class Shutter(IOCDevice):
     @property
     def is_open(self) -> bool:
         with ioc_guard(self):
-            return self.status.get() == "Open"
+            return self.status.get(use_monitor=False) == "Open"
 
 
 class Beam(IOCDevice):

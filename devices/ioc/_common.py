@@ -40,6 +40,9 @@ __all__ = ["AreaDetectorGroup", "add_common_args", "motor_group", "patch_caproto
 
 _PATCHED: dict[str, Any] = {}
 LONG_STRING = 1024
+#: pause before a motor's put completes, so the last RBV monitor (caproto batches
+#: subscription updates for up to 10 ms) reaches clients before the completion
+MONITOR_FLUSH_S = 0.02
 
 
 def patch_caproto_tcp(port: int | None = None, nodelay: bool | None = None) -> None:
@@ -167,7 +170,7 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
                     await self.DMOV.write(1)
                     # let the subscription loop (batching ~10 ms) send the last readback
                     # before the put-completion reply, so clients never see a stale RBV
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(MONITOR_FLUSH_S)
             return target
 
         @STOP.putter
@@ -243,6 +246,7 @@ class AreaDetectorGroup(PVGroup):
         await self.FileName.write("")
         await self.FullFileName_RBV.write(str(self._writer.path))
         await self.NumCaptured_RBV.write(0)
+        await asyncio.sleep(MONITOR_FLUSH_S)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -283,6 +287,7 @@ class AreaDetectorGroup(PVGroup):
                 await self.NumCaptured_RBV.write(writer.count)
                 await self.ArrayCounter_RBV.write(counter + 1)
                 await self.Status_RBV.write("idle")
+                await asyncio.sleep(MONITOR_FLUSH_S)
             except Exception as exc:
                 await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
                 raise

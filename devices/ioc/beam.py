@@ -25,7 +25,7 @@ import time
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from ._common import add_common_args, serve
+from ._common import MONITOR_FLUSH_S, add_common_args, serve
 
 __all__ = ["BeamGroup", "BeamIOC", "build", "main"]
 
@@ -71,6 +71,7 @@ class BeamGroup(PVGroup):
             await self.shutter_status.write("Moving")
             await asyncio.sleep(float(self.shutter_time_s.value))
             await self.shutter_status.write(target)
+            await asyncio.sleep(MONITOR_FLUSH_S)
         return value
 
 

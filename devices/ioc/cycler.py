@@ -35,12 +35,13 @@ Run: ``python -m strainstream.devices.ioc cycler --prefix SS: --port 5070 --writ
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from ._common import AreaDetectorGroup, add_common_args, serve
+from ._common import MONITOR_FLUSH_S, AreaDetectorGroup, add_common_args, serve
 
 __all__ = ["PHASE_FIELDS", "CyclerGroup", "CyclerIOC", "XRDDetector", "build", "main"]
 
@@ -186,6 +187,7 @@ class CyclerGroup(PVGroup):
         if value:
             self._apply()
             await self._publish()
+            await asyncio.sleep(MONITOR_FLUSH_S)
         return 0
 
     @stop.putter
@@ -193,6 +195,7 @@ class CyclerGroup(PVGroup):
         if value:
             self.cell.set_mode("REST")
             await self._publish()
+            await asyncio.sleep(MONITOR_FLUSH_S)
         return 0
 
     @reset.putter
@@ -202,6 +205,7 @@ class CyclerGroup(PVGroup):
 
             self.cell = CoinCell(self._preset_name, self._mass_mg)
             await self._publish()
+            await asyncio.sleep(MONITOR_FLUSH_S)
         return 0
 
 

@@ -160,14 +160,18 @@ def test_cycler_charges_the_cell(devs):
     # voltage and capacity rise during the CC charge
     assert np.all(np.diff(cap[charging]) >= 0) and np.all(np.diff(soc[charging]) >= 0)
     assert v[charging][-1] > v[charging][0] > v0 - 0.5
-    # capacity = soc x practical capacity (first cycle, exact in the model)
-    q = preset("SC-NM91").practical_capacity_mAh_g
-    np.testing.assert_allclose(cap, soc * q, rtol=1e-6, atol=1e-6)
-    # on charge the voltage sits above the open-circuit curve (overpotential 0..0.3 V)
+    # on charge the voltage sits above the open-circuit curve (overpotential 0..0.3 V); the
+    # monitors of V and soc may come from neighbouring 0.1 s ticks, hence the -0.05 V slack
     over = v[charging] - np.asarray(ocv_V("SC-NM91", soc[charging]))
-    assert np.all(over > 0) and np.all(over < 0.3)
+    assert np.median(over) > 0 and np.all(over > -0.05) and np.all(over < 0.3)
+    # at rest (state frozen): capacity = soc x practical capacity (first cycle, exact)
+    time.sleep(0.3)
+    q = preset("SC-NM91").practical_capacity_mAh_g
+    soc_end = cyc.soc.get(use_monitor=False)
+    assert cyc.capacity_mAh_g.get(use_monitor=False) == pytest.approx(soc_end * q, rel=1e-9)
+    assert cyc.voltage_V.get(use_monitor=False) == pytest.approx(ocv_V("SC-NM91", soc_end), abs=0.2)
     assert cyc.limit_hits.get(use_monitor=False) == 1
-    assert soc[-1] > 0.8
+    assert soc_end > 0.8
     cyc.accel.put(600.0, wait=True)
 
 
@@ -304,6 +308,7 @@ def test_ring_current_dump_and_recovery(devs):
     assert _wait_for(lambda: b.ring_current_mA.get() > 390, 10)
     b.shutter.open().wait(5)
     assert b.shutter.is_open
+    assert b.read()["beam_shutter_status"]["value"] == "Open"  # monitor already updated
     b.shutter.close().wait(5)
     assert not b.shutter.is_open
 
