@@ -173,8 +173,9 @@ def map_file(
 
 def write_maps(path: str | os.PathLike, maps: SXDMMaps) -> None:
     """Write MAPS.h5: datasets ``intensity, mask, d_spacing_A, strain, tilt_xy_deg, tilt_xz_deg``
-    (ny, nx; NaN outside the mask) plus ``flags``, ``shifts_px``, ``theta_deg``, and the particle
-    statistics as root attributes (when the mask is not empty).
+    (ny, nx; NaN outside the mask) plus ``q_sample_A_inv`` (ny, nx, 3), ``q_cov_A_inv2``
+    (ny, nx, 3, 3), ``flags``, ``shifts_px``, ``theta_deg`` (and ``strain_ref`` with a d_ref), and
+    the particle statistics as root attributes (when the mask is not empty).
     """
     import h5py
 
@@ -184,6 +185,8 @@ def write_maps(path: str | os.PathLike, maps: SXDMMaps) -> None:
         if maps.strain_ref is not None:
             f.create_dataset("strain_ref", data=maps.strain_ref)
             f.attrs["d_ref_A"] = maps.d_ref_A
+        f.create_dataset("q_sample_A_inv", data=maps.q_sample_A_inv)
+        f.create_dataset("q_cov_A_inv2", data=maps.q_cov_A_inv2)
         f.create_dataset("flags", data=maps.flags)
         f.create_dataset("shifts_px", data=maps.shifts_px)
         f.create_dataset("theta_deg", data=maps.theta_deg)
