@@ -67,6 +67,29 @@ def test_dead_nan_and_saturated_pixels_are_masked_and_counted(frame, integrator)
     assert integrator.last_report.n_user == 100 * frame.shape[1]
 
 
+def test_dark_subtracted_frame_keeps_nonpositive_pixels(frame, integrator):
+    """With dead_level=None, pixels ≤ 0 of a dark-subtracted frame are kept (no bias)."""
+    dark = 600.0
+    sub = frame.astype(np.float64) - dark  # background ≈ 600 counts: many pixels ≤ 0
+    q0, i0, _ = integrator(frame, q_range=Q_RANGE)
+    keep = Integrator(integrator.geometry, npt=2000, dead_level=None)
+    q1, i1, _ = keep(sub, q_range=Q_RANGE)
+    assert keep.last_report.n_dead == 0
+    dark_frame = dark + np.random.default_rng(2).normal(0.0, 1e-3, frame.shape)
+    _, i_dark, _ = keep(dark_frame, q_range=Q_RANGE)
+    ok = np.isfinite(i0) & np.isfinite(i1)
+    # integration is linear: I(frame − dark) = I(frame) − I(dark), to float32 rounding
+    np.testing.assert_allclose(i1[ok], (i0 - i_dark)[ok], atol=0.05)
+    # the default (dead_level=0) masks them and biases the averages upwards
+    # (the pixels ≤ 0 are where the background is lowest: beyond Q_RANGE, in the corners)
+    masked = Integrator(integrator.geometry, npt=2000)
+    _, i2, _ = masked(sub)
+    _, i3, _ = keep(sub)
+    assert masked.last_report.n_dead > 1000
+    ok = np.isfinite(i2) & np.isfinite(i3)
+    assert np.all(i2[ok] >= i3[ok] - 1e-3) and np.max(i2[ok] - i3[ok]) > 1.0
+
+
 def test_azimuthal_sector(frame, integrator):
     q, i, s = integrator(frame, q_range=Q_RANGE, azimuth_range=(-45.0, 45.0))
     res = refine_pattern(q, i, LAMBDA_A, sigma=s, instrument_fwhm_A_inv=0.004)

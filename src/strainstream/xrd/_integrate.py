@@ -26,7 +26,7 @@ class MaskReport:
     Attributes
     ----------
     n_dead : int
-        Pixels ≤ 0 (dead/unexposed), excluding NaN.
+        Pixels ≤ the dead level (default 0: dead/unexposed), excluding NaN.
     n_nan : int
         Non-finite pixels.
     n_saturated : int
@@ -52,7 +52,7 @@ class MaskReport:
 class Integrator:
     """Integrate frames of one detector geometry to I(Q); build once, call per frame.
 
-    Dead (≤ 0), non-finite and saturated pixels are excluded automatically by setting them
+    Dead (≤ ``dead_level``), non-finite and saturated pixels are excluded automatically by setting them
     to NaN in a float copy of the frame, so the pyFAI engine (sparse matrix) is built once
     and never rebuilt for a new mask. Error model: Poisson (variance = counts).
 
@@ -71,6 +71,10 @@ class Integrator:
         A frame with more saturated pixels than this fraction raises ``FrameError``.
     max_masked_fraction : float
         A frame with more excluded pixels than this fraction raises ``FrameError``.
+    dead_level : float or None
+        Pixels ≤ this value are dead (default 0: dead or unexposed pixels of a raw frame).
+        None disables the test, e.g. for dark-subtracted frames where background pixels
+        can be legitimately ≤ 0 (masking them would bias the averages upwards).
     method : tuple of str
         pyFAI integration method, pinned (default :data:`DEFAULT_METHOD`).
     polarization_factor : float, optional
@@ -79,8 +83,8 @@ class Integrator:
     """
 
     def __init__(self, geometry, *, npt=3000, mask=None, saturation_level=None,
-                 max_saturated_fraction=0.02, max_masked_fraction=0.5, method=DEFAULT_METHOD,
-                 polarization_factor=None):
+                 max_saturated_fraction=0.02, max_masked_fraction=0.5, dead_level=0.0,
+                 method=DEFAULT_METHOD, polarization_factor=None):
         self.geometry = validate_geometry(geometry)
         self.shape = tuple(self.geometry["shape"])
         self.npt = int(npt)
@@ -90,6 +94,7 @@ class Integrator:
         self.saturation_level = saturation_level
         self.max_saturated_fraction = float(max_saturated_fraction)
         self.max_masked_fraction = float(max_masked_fraction)
+        self.dead_level = None if dead_level is None else float(dead_level)
         self.method = tuple(method)
         self.polarization_factor = polarization_factor
         self._ai = make_azimuthal_integrator(self.geometry)
@@ -141,10 +146,11 @@ class Integrator:
             raise FrameError("dtype", f"frame dtype {arr.dtype} is not a real numeric type")
         size = arr.size
         level = self.saturation_level
+        dead = self.dead_level
         if np.issubdtype(arr.dtype, np.integer):
             if level is None:
                 level = np.iinfo(arr.dtype).max
-            good = arr > 0
+            good = arr > dead if dead is not None else np.ones(arr.shape, bool)
             n_nan = 0
         else:
             finite = np.isfinite(arr)
@@ -153,12 +159,13 @@ class Integrator:
                 raise FrameError("all_nan", "frame is entirely NaN/inf: detector read-out "
                                             "failed; skip this frame")
             good = finite
-            np.greater(arr, 0, out=good, where=finite)
+            if dead is not None:
+                np.greater(arr, dead, out=good, where=finite)
         n_good = int(np.count_nonzero(good))
         n_dead = size - n_good - n_nan
         if n_good == 0:
-            raise FrameError("blank", "frame is blank (no positive pixel): shutter closed or "
-                                      "beam lost?")
+            raise FrameError("blank", "frame is blank (no pixel above the dead level): shutter "
+                                      "closed or beam lost?")
         if np.issubdtype(arr.dtype, np.integer):
             info = np.iinfo(arr.dtype)
             hi_init, lo_init = info.max, info.min
