@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from strainstream.xrd import (
+    GEOMETRY_KEYS,
     FrameError,
     calibrate,
     geometry_to_poni,
@@ -40,12 +41,18 @@ def approx():
 
 
 @pytest.fixture(scope="module")
-def calibrated(ceo2_frame, approx):
-    return calibrate(ceo2_frame, approx, "CeO2")
+def calibrated_diag(ceo2_frame, approx):
+    return calibrate(ceo2_frame, approx, "CeO2", return_diagnostics=True)
 
 
-def test_calibration_recovers_geometry(calibrated):
-    g = calibrated
+@pytest.fixture(scope="module")
+def calibrated(calibrated_diag):
+    return calibrated_diag[0]
+
+
+def test_calibration_recovers_geometry(calibrated_diag):
+    g, diag = calibrated_diag
+    assert set(g) == set(GEOMETRY_KEYS)
     fit = make_azimuthal_integrator(g).getFit2D()
     true = make_azimuthal_integrator(TRUTH).getFit2D()
     # beam centre within 0.3 px, direct-beam distance within 0.5 mm
@@ -61,8 +68,9 @@ def test_calibration_recovers_geometry(calibrated):
     rel = [(t1 - t0)[band == k].mean() / t0[band == k].mean() for k in range(1, 14)]
     assert np.max(np.abs(rel)) < 5e-5
     assert np.degrees(np.max(np.abs(t1 - t0))) < 0.02
-    assert g["rms_2theta_deg"] < 0.01
-    assert g["n_control_points"] > 1000
+    assert diag["rms_2theta_deg"] < 0.01
+    assert diag["n_control_points"] > 1000
+    assert diag["calibrant"] == "CeO2"
 
 
 def test_geometry_is_json_and_poni(calibrated, tmp_path):
@@ -79,6 +87,9 @@ def test_geometry_is_json_and_poni(calibrated, tmp_path):
         assert back[k] == pytest.approx(g[k], rel=1e-12, abs=1e-15)
     assert back["shape"] == g["shape"] and back["pixel_size_um"] == g["pixel_size_um"]
     assert "poni_version: 2" in geometry_to_poni(g)
+    # unit-suffixed rotation names are accepted as well
+    alias = {("rot1_rad" if k == "rot1" else k): v for k, v in g.items()}
+    assert make_azimuthal_integrator(alias).rot1 == pytest.approx(g["rot1"])
 
 
 def test_calibration_bad_input(ceo2_frame, approx, tmp_path):

@@ -9,7 +9,7 @@ from scipy import ndimage, signal
 from scipy.optimize import least_squares
 
 from ._errors import FrameError
-from ._geometry import make_azimuthal_integrator, validate_geometry
+from ._geometry import GEOMETRY_KEYS, make_azimuthal_integrator, validate_geometry
 
 _PARAMS = ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3")
 
@@ -99,7 +99,7 @@ def _coarse_distance(ai, frame, tth_rings_rad):
 
 
 def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
-              fix_rot3=True, max_rings=None, n_iter=3, mask=None):
+              fix_rot3=True, max_rings=None, n_iter=3, mask=None, return_diagnostics=False):
     """Refine the detector geometry from a calibrant powder frame.
 
     Coarse step: the distance is rescaled so the azimuthal average matches the calibrant ring
@@ -128,11 +128,15 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
         Number of extract/refine cycles.
     mask : ndarray of bool, shape (rows, cols), optional
         Pixels to ignore (True = masked).
+    return_diagnostics : bool
+        Also return a dict with ``"calibrant"``, ``"n_control_points"`` and
+        ``"rms_2theta_deg"`` (rms 2θ residual of the control points, degrees).
 
     Returns
     -------
     dict
-        Geometry dict plus ``"calibrant"``, ``"n_control_points"`` and ``"rms_2theta_deg"``.
+        Geometry dict (exactly :data:`GEOMETRY_KEYS`; JSON-able, see :func:`save_poni`).
+        With ``return_diagnostics=True``: (geometry, diagnostics).
 
     Raises
     ------
@@ -216,10 +220,8 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
             g.update(zip(free, (float(v) for v in x), strict=True))
     finally:
         pyfai_logger.setLevel(old_level)
-    out = validate_geometry({k: g[k] for k in g if k in
-                             ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3",
-                              "wavelength_A", "pixel_size_um", "shape")})
-    out["calibrant"] = calibrant
-    out["n_control_points"] = int(d1.size)
-    out["rms_2theta_deg"] = float(np.degrees(np.sqrt(np.mean(res.fun**2)) * 1e-3))
-    return out
+    out = validate_geometry({k: g[k] for k in GEOMETRY_KEYS})
+    if not return_diagnostics:
+        return out
+    return out, {"calibrant": calibrant, "n_control_points": int(d1.size),
+                 "rms_2theta_deg": float(np.degrees(np.sqrt(np.mean(res.fun**2)) * 1e-3))}

@@ -23,8 +23,9 @@ def validate_geometry(geometry: dict) -> dict:
     Parameters
     ----------
     geometry : dict
-        Keys of :data:`GEOMETRY_KEYS`; ``pixel_size_um`` may be a number (square pixels) or
-        ``[pixel1, pixel2]`` (rows, columns); ``shape`` is ``[rows, cols]``. Extra keys are kept.
+        Keys of :data:`GEOMETRY_KEYS` (``rot1_rad``... accepted for ``rot1``...);
+        ``pixel_size_um`` may be a number (square pixels) or ``[pixel1, pixel2]`` (rows,
+        columns); ``shape`` is ``[rows, cols]``. Extra keys are kept.
 
     Returns
     -------
@@ -39,11 +40,15 @@ def validate_geometry(geometry: dict) -> dict:
     if not isinstance(geometry, dict):
         raise ValueError(f"geometry must be a dict with keys {GEOMETRY_KEYS}, got "
                          f"{type(geometry).__name__}")
-    missing = [k for k in GEOMETRY_KEYS if k not in geometry]
+    missing = [k for k in GEOMETRY_KEYS if k not in geometry
+               and not (k.startswith("rot") and f"{k}_rad" in geometry)]
     if missing:
         raise ValueError(f"geometry is missing {missing}; calibrate with "
                          "strainstream.xrd.calibrate or load a PONI file with load_poni")
     g = dict(geometry)
+    for i in (1, 2, 3):  # accept unit-suffixed rotation names too
+        if f"rot{i}" not in g and f"rot{i}_rad" in g:
+            g[f"rot{i}"] = g.pop(f"rot{i}_rad")
     try:
         for k in ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3", "wavelength_A"):
             g[k] = float(g[k])
