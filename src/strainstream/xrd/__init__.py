@@ -23,7 +23,7 @@ from ._geometry import (
 )
 from ._integrate import DEFAULT_METHOD, Integrator, MaskReport
 from ._lattice import AL_A_A, SCHERRER_K, hex_volume_A3, r3m_reflections
-from ._phases import WINDOW_003_A_INV, Split003, detect_003_split, seed_lattice
+from ._phases import WINDOW_003_A_INV, Seed, Split003, detect_003_split, seed_lattice
 from ._refine import PhaseResult, RefinementResult, refine_pattern
 from ._sequential import SequentialRefiner
 
@@ -39,6 +39,7 @@ __all__ = [
     "PatternError",
     "PhaseResult",
     "RefinementResult",
+    "Seed",
     "SequentialRefiner",
     "Split003",
     "calibrate",

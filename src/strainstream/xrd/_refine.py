@@ -33,7 +33,10 @@ class PhaseResult:
         Williamson–Hall crystallite size D, nm; None when the size broadening is zero
         within the fit (crystallites too large to measure).
     fraction : float
-        Phase fraction (share of the layered diffracted intensity; fractions sum to 1).
+        Phase fraction; fractions sum to 1. The phases share one set of reflection
+        intensities (structure factor × multiplicity) and differ by their fraction and by the
+        Lorentz-polarisation factor at their own peak positions, so this is the mole fraction
+        of unit cells when the phases have the same structure (H2/H3 of one material).
     a_err_A, c_err_A, volume_err_A3, microstrain_err, size_err_nm, fraction_err : float
         Standard uncertainties (size_err_nm is None when size_nm is None).
     """
