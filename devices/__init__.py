@@ -1,1 +1,20 @@
-"""ophyd devices for the (simulated) beamline, created by factories."""
+"""ophyd devices for the (simulated) beamline, created by factories (no module-level connections).
+
+========================================  ===================================================
+factory                                   device (PVs)
+========================================  ===================================================
+``cycler.cycler(prefix)``                 battery cycler (``<prefix>CYC:*``, cycler IOC)
+``detectors.ioc_detector("xrd", prefix)`` operando XRD area detector (``<prefix>XRD:*``)
+``motors.endstation(prefix)``             motors + mono energy (``<prefix>ES:<m>.VAL`` ...)
+``motors.motor(prefix, name)``            one endstation motor
+``detectors.ioc_detector("sxdm"|"txm")``  SXDM pixel detector / TXM camera (endstation IOC)
+``beam.beam(prefix)``                     ring current + shutter (``<prefix>BEAM:*``)
+``detectors.sim_frame_detector(...)``     in-process simulated detector (no IOC)
+========================================  ===================================================
+
+Every factory takes ``mock=True`` for a fake-signal device (unit tests without IOCs) and
+``ioc_address`` for error messages: an IOC that does not answer raises
+:class:`strainstream.devices._ioc.IOCNotAnswering` ("cycler IOC at 127.0.0.1:5064 (prefix SS:)
+not answering: PV SS:CYC:voltage_V timed out"). The IOCs themselves are in
+:mod:`strainstream.devices.ioc`; :class:`strainstream.beamline.Beamline` starts them.
+"""

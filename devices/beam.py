@@ -27,8 +27,7 @@ class Shutter(IOCDevice):
     ioc_default_name = "beam"
 
     command = Cpt(EpicsSignal, "BEAM:shutter", string=True, put_complete=True, kind="omitted")
-    status = Cpt(EpicsSignalRO, "BEAM:shutter_status", string=True, kind="normal",
-                 auto_monitor=True)
+    status = Cpt(EpicsSignalRO, "BEAM:shutter_status", string=True, kind="normal")
 
     def set(self, value: Any) -> Status:
         v = str(value).strip().lower()

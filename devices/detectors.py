@@ -4,6 +4,11 @@
 a frame source for the next image, appends it to the series' HDF5 file and, when read,
 emits one StreamDatum per frame (after a StreamResource for the file). The frame data never
 travels through Channel Access or inside event documents.
+
+:class:`IOCAreaDetector` does the same for the caproto detector IOCs
+(:mod:`strainstream.devices.ioc`): the IOC writes the file, the device stages a new series
+(``Capture``), triggers ``Acquire`` (put completion = frame written) and emits the same
+documents through the shared :class:`StreamedFrames` mixin. Factory: :func:`ioc_detector`.
 """
 
 from __future__ import annotations

@@ -30,9 +30,11 @@ class IOCMotor(IOCDevice, PVPositionerPC):
 
     ioc_default_name = "endstation"
 
-    setpoint = Cpt(EpicsSignal, ".VAL", kind="normal", auto_monitor=True)
-    readback = Cpt(EpicsSignalRO, ".RBV", kind="hinted", auto_monitor=True)
-    dmov = Cpt(EpicsSignalRO, ".DMOV", kind="omitted", auto_monitor=True)
+    # readbacks are read fresh (no cached monitor value): right after a put completion a
+    # monitor update may still be in flight; subscriptions still get every update
+    setpoint = Cpt(EpicsSignal, ".VAL", kind="normal")
+    readback = Cpt(EpicsSignalRO, ".RBV", kind="hinted")
+    dmov = Cpt(EpicsSignalRO, ".DMOV", kind="omitted")
     stop_signal = Cpt(EpicsSignal, ".STOP", kind="omitted")
     velocity = Cpt(EpicsSignal, ".VELO", kind="config")
     high_limit = Cpt(EpicsSignal, ".HLM", kind="config")

@@ -40,9 +40,10 @@ __all__ = ["AreaDetectorGroup", "add_common_args", "motor_group", "patch_caproto
 
 _PATCHED: dict[str, Any] = {}
 LONG_STRING = 1024
-#: pause before a motor's put completes, so the last RBV monitor (caproto batches
-#: subscription updates for up to 10 ms) reaches clients before the completion
-MONITOR_FLUSH_S = 0.02
+#: pause before a motor move / shutter / cycler command put completes, so the last monitor
+#: update (caproto batches subscription updates for up to 10 ms) reaches monitoring clients
+#: before the completion (ophyd devices here read these readbacks fresh anyway)
+MONITOR_FLUSH_S = float(os.environ.get("STRAINSTREAM_IOC_MONITOR_FLUSH_S", "0.02"))
 
 
 def patch_caproto_tcp(port: int | None = None, nodelay: bool | None = None) -> None:
@@ -287,7 +288,6 @@ class AreaDetectorGroup(PVGroup):
                 await self.NumCaptured_RBV.write(writer.count)
                 await self.ArrayCounter_RBV.write(counter + 1)
                 await self.Status_RBV.write("idle")
-                await asyncio.sleep(MONITOR_FLUSH_S)
             except Exception as exc:
                 await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
                 raise

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -55,6 +56,7 @@ PROBE_PVS: dict[str, tuple[str, ...]] = {
 }
 
 _ENV_LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
 class BeamlineError(RuntimeError):
@@ -133,6 +135,19 @@ def _plain(data: Any) -> Any:
     if data.size == 1:
         return data.reshape(-1)[0].item()
     return data.tolist()
+
+
+def _warn_if_ca_context_exists(env: Mapping[str, str]) -> None:
+    """pyepics fixes the address list when its CA context is created: say so if it is too late."""
+    ca = sys.modules.get("epics.ca")
+    if ca is None or getattr(ca, "libca", None) is None:
+        return
+    if os.environ.get("EPICS_CA_ADDR_LIST") != env["EPICS_CA_ADDR_LIST"]:
+        logger.warning(
+            "pyepics already created its Channel Access context with EPICS_CA_ADDR_LIST=%r; "
+            "devices in this process will not find the new IOCs at %r. Start the Beamline "
+            "before the first CA use, or reuse the same ports.",
+            os.environ.get("EPICS_CA_ADDR_LIST"), env["EPICS_CA_ADDR_LIST"])
 
 
 @dataclass
@@ -239,6 +254,7 @@ class Beamline:
         self.write_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.set_env:
+            _warn_if_ca_context_exists(self.client_env())
             os.environ.update(self.client_env())
         try:
             for ioc in self.iocs.values():

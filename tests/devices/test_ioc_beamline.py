@@ -323,6 +323,55 @@ def test_status_reports_answering_pvs(beamline, capsys):
     assert '"ok": true' in capsys.readouterr().out
 
 
+def test_suspender_pauses_a_run_during_a_beam_dump(devs, capsys):
+    import threading
+
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from bluesky.suspenders import SuspendFloor
+
+    b, cyc = devs["beam"], devs["cycler"]
+    RE = RunEngine({})
+    RE.install_suspender(SuspendFloor(b.ring_current_mA, 300.0, resume_thresh=390.0))
+    events = []
+    threading.Timer(0.3, lambda: b.dump(0.5)).start()
+    RE(count([cyc], num=6, delay=0.2), lambda n, d: events.append(d) if n == "event" else None)
+    # the dump suspended the run, which resumed once the current recovered and completed
+    # all 6 points (the interrupted one is re-taken after the rewind)
+    out = capsys.readouterr().out
+    assert "Suspending" in out and "fell below 300.0" in out
+    assert max(e["seq_num"] for e in events) == 6 and len(events) >= 6
+
+
+def test_up_cli_runs_until_interrupted(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from strainstream.beamline import probe
+
+    code = "import sys; from strainstream.beamline import up; sys.exit(up(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--write-dir", str(tmp_path / "d"), "--iocs", "beam",
+         "--log-dir", str(tmp_path / "logs"), "--json"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        addr = info["addresses"]["beam"]
+        assert info["prefixes"] == {"beam": ["SS:BEAM:"]}
+        assert info["env"]["EPICS_CA_ADDR_LIST"] == addr
+        pv = "SS:BEAM:ring_current_mA"
+        assert probe([pv], [addr])[pv] > 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert probe([pv], [addr], timeout_s=0.3)[pv] is None  # the IOC is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # -------------------------------------------------------------------- dead IOCs (last)
 def test_missing_ioc_gives_a_named_error(beamline):
     from strainstream.devices._ioc import IOCNotAnswering
