@@ -3,8 +3,8 @@
 Every frame (one detector image at one rocking angle θ and raster point (iy, ix)) is reduced
 at once to eleven numbers: the background-subtracted, thresholded intensity sum and its
 first and second moments in lab-frame ΔQ = Q_lab − Q_lab(cen) (pixel-fixed weights, one
-product with an (11, rows·cols) weight matrix per frame, in cache-sized chunks on two worker
-threads), plus the intensity on the frame border. These per-angle
+product with a (rows·cols, 11) weight matrix, in cache-sized chunks of 16 frames on two
+worker threads), plus the intensity on the frame border. These per-angle
 sums (n_theta × ny × nx × 11) are all that is kept, so maps exist after the first angles and
 sharpen as angles arrive. At :meth:`StrainMapper.maps` time the per-angle intensity maps are
 registered (sample drift), the per-angle sums are resampled at the drift-corrected positions,
@@ -354,7 +354,7 @@ class StrainMapper:
             w[..., 4 + j] = dq[..., a] * dq[..., c]
         w[..., 10] = border
         self._q0_lab = q0
-        self._weights_t = np.ascontiguousarray(w.reshape(rows * cols, _N_CH).T, dtype=self.compute_dtype)
+        self._weights = np.ascontiguousarray(w.reshape(rows * cols, _N_CH), dtype=self.compute_dtype)
         self._border_idx = np.flatnonzero(border.ravel())
         if isinstance(self.background, np.ndarray) or np.ndim(self.background) == 2:
             bg = np.asarray(self.background, dtype=np.float64)
@@ -538,7 +538,11 @@ class StrainMapper:
         else:
             bmean = np.full(n, float(self.background))  # type: ignore[arg-type]
             b = self.compute_dtype.type(self.background)
-        x = _work_buffer((max(n, _CHUNK), rows * cols), self.compute_dtype)[:n]
+        # always _CHUNK rows (zero padded): BLAS then reduces each frame the same way whatever
+        # the batch, so live and replay passes with different batching agree bit for bit
+        buf = _work_buffer((max(n, _CHUNK), rows * cols), self.compute_dtype)
+        buf[n:] = 0.0
+        x = buf[:n]
         np.subtract(raw, b, out=x, casting="unsafe")  # convert and subtract in one pass
         if invalid is not None:
             x[invalid.reshape(n, -1)] = 0.0
@@ -550,10 +554,7 @@ class StrainMapper:
             proj = np.concatenate([xr.sum(2, dtype=np.float32), xr.sum(1, dtype=np.float32)], 1)
         t = self._thresholds(bmean).astype(self.compute_dtype)[:, None]
         np.multiply(x, x > t, out=x)
-        # numpy's einsum loop, not BLAS: each frame is reduced the same way whatever the batch
-        # (live and replay passes with different batching agree bit for bit), and no BLAS
-        # thread pool competes with the mapper's worker threads
-        m = np.einsum("np,kp->nk", x, self._weights_t).astype(np.float64)
+        m = (buf @ self._weights)[:n].astype(np.float64)
         if nbad is not None and not nbad.any():
             nbad = None
         return m, nbad, proj
