@@ -9,7 +9,6 @@ from scipy import ndimage, signal
 from scipy.optimize import least_squares
 
 from ._errors import PatternError
-from ._lattice import AL_A_A
 
 #: The (003) window of the study (REFERENCE.md), Å⁻¹.
 WINDOW_003_A_INV = (1.27, 1.42)
@@ -17,7 +16,6 @@ WINDOW_003_A_INV = (1.27, 1.42)
 _SEARCH_003 = (6.0 * np.pi / 15.2, 6.0 * np.pi / 12.8)
 # strong layered reflections used to find a: (M = h²+hk+k², l)
 _STRONG = np.array([(1, 1), (1, 2), (1, 4), (1, 5), (3, 0), (3, 3), (1, 8)], dtype=float)
-_AL_N2 = np.array([3.0, 4.0, 8.0, 11.0])
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,6 @@ class Seed:
         Starting fraction of the second phase (0 for one phase).
     fwhm_003_A_inv : float
         FWHM of the strongest (003) component, Å⁻¹.
-    al_a_A : float or None
-        Al lattice parameter if Al peaks were found, Å.
     noise : float
         Robust noise estimate of the intensity.
     """
@@ -72,7 +68,6 @@ class Seed:
     a_A: tuple
     fraction: float
     fwhm_003_A_inv: float
-    al_a_A: float | None
     noise: float
 
 
@@ -261,7 +256,7 @@ def find_a(q, yd, noise, c_A, a_range=(2.70, 3.00), step=0.0004):
 
 
 def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
-    """Starting lattice from a peak search: c from (003), a from strong (hkl), Al a.
+    """Starting lattice from a peak search: c from (003), a from strong (hkl) reflections.
 
     Parameters
     ----------
@@ -321,13 +316,5 @@ def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
                 f"reflections are missing (only {n_sig} of {n_in} found): the pattern does not "
                 "index as an R-3m layered oxide — check the wavelength and the x units")
         a_vals.append(a)
-    # Al (fcc) lattice: grid search around the nominal value
-    aal = np.arange(AL_A_A - 0.02, AL_A_A + 0.02, 0.0002)
-    qal = 2 * np.pi * np.sqrt(_AL_N2)[None, :] / aal[:, None]
-    sc = _score_positions(q, yd, noise, qal)
-    tot = np.sum(np.clip(sc, 0, 50), axis=1)
-    i = int(np.argmax(tot))
-    inside = (qal[i] >= q[0]) & (qal[i] <= q[-1])
-    al_a = float(aal[i]) if np.sum((sc[i] > 5.0) & inside) >= 2 else None
     return Seed(c_A=tuple(float(c) for c in cs), a_A=tuple(a_vals), fraction=frac,
-                fwhm_003_A_inv=float(split.fwhm_A_inv[0]), al_a_A=al_a, noise=noise), split
+                fwhm_003_A_inv=float(split.fwhm_A_inv[0]), noise=noise), split
