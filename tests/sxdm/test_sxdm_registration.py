@@ -40,3 +40,25 @@ def test_shift_maps_bilinear_known_values_and_alignment():
     assert np.abs(aligned - ref).sum() < 0.2 * np.abs(mov - ref).sum()
     with pytest.raises(ValueError, match="shifts"):
         shift_maps(plane[None], np.zeros((2, 2)))
+
+
+def test_fit_gaussians_1d_known_parameters():
+    from strainstream.sxdm import fit_gaussians_1d
+
+    u = np.linspace(-5.0, 5.0, 41)
+    amp = np.array([100.0, 20.0, 50.0])
+    mu = np.array([0.3, -1.7, 4.0])  # the last is cut by the range end
+    sig = np.array([0.8, 1.5, 1.0])
+    off = np.array([2.0, -1.0, 0.5])
+    y = amp[:, None] * np.exp(-0.5 * ((u - mu[:, None]) / sig[:, None]) ** 2) + off[:, None]
+    a, m, s, c, ok = fit_gaussians_1d(u, y)
+    assert ok.all()
+    np.testing.assert_allclose(m, mu, atol=1e-6)
+    np.testing.assert_allclose(s, sig, rtol=1e-6)
+    np.testing.assert_allclose(a, amp, rtol=1e-6)
+    np.testing.assert_allclose(c, off, atol=1e-5)
+    a0, m0, s0, c0, ok0 = fit_gaussians_1d(u, y - off[:, None], fit_offset=False)
+    np.testing.assert_allclose(m0, mu, atol=1e-6)
+    assert np.all(c0 == 0)
+    flat = np.zeros((1, 41))
+    assert not fit_gaussians_1d(u, flat)[4][0]

@@ -34,8 +34,8 @@ def fit_gaussians_1d(
     amplitude, centre, sigma, offset : ndarray, shape (N,)
         Fitted parameters (centre and sigma in the unit of ``u``).
     ok : ndarray of bool, shape (N,)
-        Converged to a peak with positive amplitude, σ > 0 and the centre within the
-        abscissa range extended by 2σ.
+        A peak was found: amplitude above 3× the RMS fit residual, σ between 0.1 sample step
+        and twice the range, and the centre within the abscissa range extended by 2σ.
     """
     u = np.asarray(u, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -43,7 +43,7 @@ def fit_gaussians_1d(
     if u.shape != (L,):
         raise ValueError(f"abscissa has shape {u.shape}, profiles have length {L}")
     edge = max(1, L // 10)
-    c = np.where(fit_offset, 0.5 * (y[:, :edge].mean(1) + y[:, -edge:].mean(1)), 0.0) if fit_offset else np.zeros(n)
+    c = 0.5 * (y[:, :edge].mean(1) + y[:, -edge:].mean(1)) if fit_offset else np.zeros(n)
     yp = np.clip(y - c[:, None], 0, None)
     s0 = yp.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -94,5 +94,15 @@ def fit_gaussians_1d(
         lam = np.clip(lam, 1e-9, 1e9)
     amp, mu, sig, off = p.T
     lo, hi = u.min() - 2 * sig, u.max() + 2 * sig
-    ok = np.isfinite(p).all(1) & (amp > 0) & (sig > 0.1 * du) & (sig < 2 * (np.ptp(u) + du)) & (mu > lo) & (mu < hi)
+    rms = np.sqrt(cost / L)
+    ymax = np.abs(y).max(1)
+    ok = (
+        np.isfinite(p).all(1)
+        & (ymax > 0)
+        & (amp > 3.0 * rms)  # a peak above the fit residual
+        & (sig > 0.1 * du)
+        & (sig < 2 * (np.ptp(u) + du))
+        & (mu > lo)
+        & (mu < hi)
+    )
     return amp, mu, sig, off, ok
