@@ -77,6 +77,8 @@ def test_drift_noise_and_detector_defects():
     assert f.dtype == np.uint32 and f.shape == (8, 8, 24, 24)
     assert np.all(f[..., 12, 12] == 0) and f[..., 2, 3].mean() > 4000
     np.testing.assert_array_equal(f, sim.frames_at(4))  # reproducible
+    np.testing.assert_array_equal(f[3, 5], sim.frame_at(4, 3, 5))  # one frame (simulated detector)
+    np.testing.assert_array_equal(f[6], sim.line_at(4, 6))
     lam = sim.expected_frames(4)
     # Poisson: mean and variance of background pixels ≈ background
     bg = f[0, 0][2:10, 14:22].astype(float)

@@ -261,49 +261,75 @@ class SXDMSimulation:
         q_s = Rotation.from_euler("z", theta_deg, degrees=True).apply(q_lab)
         return q_s.reshape(rows, cols, 3)
 
-    def expected_frames(self, index: int) -> np.ndarray:
-        """Noise-free expected counts at rocking-angle ``index``, shape (ny, nx, rows, cols)."""
+    def expected_line(self, index: int, iy: int) -> np.ndarray:
+        """Noise-free expected counts of raster line ``iy`` at rocking-angle ``index``.
+
+        Returns
+        -------
+        ndarray, shape (nx, rows, cols)
+            Counts per pixel per frame.
+        """
         pt = self.particle
         dy, dx = self.drift_px[index]
-        y, x = np.meshgrid(np.arange(pt.ny) + dy, np.arange(pt.nx) + dx, indexing="ij")
+        y = np.full(pt.nx, iy + dy)
+        x = np.arange(pt.nx) + dx
         f = pt.fields(y, x)
-        mu = f["q_sample_A_inv"].reshape(-1, 3)
-        w = f["weight"].reshape(-1)
-        q = self.pixel_q_sample(float(self.theta_deg[index])).reshape(-1, 3)
-        qref = mu.mean(0)
+        mu = f["q_sample_A_inv"]
+        w = f["weight"]
+        q = self._pixel_q_cached(index).reshape(-1, 3)
+        qref = np.array([2 * np.pi / pt.d_mean_A, 0.0, 0.0])
         prec = np.array([self.sigma_par_A_inv, self.sigma_perp_A_inv, self.sigma_perp_A_inv]) ** -2.0
         qr, mr = q - qref, mu - qref
-        a = (qr**2 * prec).sum(1)
-        c = (mr**2 * prec).sum(1)
-        out = np.empty((mu.shape[0], q.shape[0]))
-        chunk = max(1, 2_000_000 // q.shape[0])
-        for s in range(0, mu.shape[0], chunk):  # chunks of raster points bound the memory
-            e = (mr[s : s + chunk] * prec) @ qr.T
-            e *= 2.0
-            e -= a
-            e -= c[s : s + chunk, None]
-            e *= 0.5
-            np.exp(e, out=e)
-            e *= (self.peak_max_counts * w[s : s + chunk])[:, None]
-            out[s : s + chunk] = e
-        out += self.background_counts
-        return out.reshape(pt.ny, pt.nx, *self.shape)
+        # −½ΔᵀPΔ = −½(qᵀPq − 2μᵀPq + μᵀPμ), P diagonal in the sample frame
+        e = (mr * prec) @ qr.T
+        e *= 2.0
+        e -= (qr**2 * prec).sum(1)
+        e -= (mr**2 * prec).sum(1)[:, None]
+        e *= 0.5
+        np.exp(e, out=e)
+        e *= (self.peak_max_counts * w)[:, None]
+        e += self.background_counts
+        return e.reshape(pt.nx, *self.shape)
+
+    def _pixel_q_cached(self, index: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_q_cache", {})
+        if index not in cache:
+            cache.clear()
+            cache[index] = self.pixel_q_sample(float(self.theta_deg[index]))
+        return cache[index]
+
+    def expected_frames(self, index: int) -> np.ndarray:
+        """Noise-free expected counts at rocking-angle ``index``, shape (ny, nx, rows, cols)."""
+        return np.stack([self.expected_line(index, iy) for iy in range(self.particle.ny)])
+
+    def line_at(self, index: int, iy: int) -> np.ndarray:
+        """Counts of raster line ``iy`` at rocking-angle ``index`` (Poisson noise, hot/dead
+        pixels; reproducible per (seed, index, iy)), uint32, shape (nx, rows, cols)."""
+        lam = self.expected_line(index, iy)
+        rng = np.random.default_rng([self.seed, index, iy])
+        counts = rng.poisson(lam).astype(np.uint32) if self.noise else np.rint(lam).astype(np.uint32)
+        for r, c in self.hot_pixels:
+            counts[:, r, c] = rng.poisson(self.hot_counts, counts.shape[0])
+        for r, c in self.dead_pixels:
+            counts[:, r, c] = 0
+        return counts
+
+    def frame_at(self, index: int, iy: int, ix: int) -> np.ndarray:
+        """One detector frame (rows, cols), uint32, identical to ``frames_at(index)[iy, ix]``.
+
+        The last raster line is cached, so frames requested in raster order cost one line
+        computation per line (for a simulated detector serving frames one by one).
+        """
+        key = (index, iy)
+        cached = self.__dict__.get("_line_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.line_at(index, iy))
+            self.__dict__["_line_cache"] = cached
+        return cached[1][ix].copy()
 
     def frames_at(self, index: int) -> np.ndarray:
         """Counts at rocking-angle ``index`` (Poisson noise, hot/dead pixels), uint32, (ny, nx, rows, cols)."""
-        lam = self.expected_frames(index)
-        if self.noise:
-            rng = np.random.default_rng([self.seed, index])
-            counts = rng.poisson(lam).astype(np.uint32)
-            hot_rng = rng
-        else:
-            counts = np.rint(lam).astype(np.uint32)
-            hot_rng = np.random.default_rng([self.seed, index, 1])
-        for r, c in self.hot_pixels:
-            counts[..., r, c] = hot_rng.poisson(self.hot_counts, counts.shape[:2])
-        for r, c in self.dead_pixels:
-            counts[..., r, c] = 0
-        return counts
+        return np.stack([self.line_at(index, iy) for iy in range(self.particle.ny)])
 
     def all_frames(self) -> np.ndarray:
         """All frames, uint32, shape (n_theta, ny, nx, rows, cols) (for small simulations)."""
