@@ -66,7 +66,7 @@ def test_live_results_equal_truth_and_replay(tiled_server, worker_factory):
 
 def test_worker_killed_repeatedly_analyses_every_event_exactly_once(tiled_server):
     """SIGKILL the worker at random points during a run (start-up, catch-up, mid-event)."""
-    n = 60
+    n = 90
     kills = []
     done = threading.Event()
     rng = random.Random(1234)
@@ -85,7 +85,13 @@ def test_worker_killed_repeatedly_analyses_every_event_exactly_once(tiled_server
     def killer():
         while not done.is_set():
             w = new_worker()
-            if done.wait(rng.uniform(1.5, 4.0)):
+            try:
+                w.wait_ready(60)
+            except RuntimeError:
+                w.kill()
+                continue
+            # let it work for a random while: the kill lands before, during or after a commit
+            if done.wait(rng.uniform(0.2, 1.5)):
                 w.kill()
                 break
             w.process.send_signal(signal.SIGKILL)
@@ -98,7 +104,7 @@ def test_worker_killed_repeatedly_analyses_every_event_exactly_once(tiled_server
     t = threading.Thread(target=killer)
     t.start()
     try:
-        (uid,) = session.RE(frame_series([det], num=n, delay_s=0.15))
+        (uid,) = session.RE(frame_series([det], num=n, delay_s=0.2))
     finally:
         done.set()
         t.join()
