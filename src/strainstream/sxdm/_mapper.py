@@ -250,7 +250,8 @@ class StrainMapper:
         Worker threads of the per-frame reduction (batches of ≥ 16 frames).
     keep_projections : bool
         Also keep each frame's row and column projections (n_theta × ny × nx × (rows + cols)
-        float32) for :meth:`refine`.
+        float32, e.g. 134 MB for 41 angles, 40 × 40 points, 256 × 256 frames; :meth:`refine`
+        briefly needs twice that in float64) for :meth:`refine`.
     theta_tolerance_deg : float
         Frames whose θ lies within this of a known angle belong to it (motor readback jitter).
     """
