@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
+# One frame-error type for the whole analysis core (reason tags used here: "shape",
+# "all_nan", "blank", "saturated", "masked", "dtype").
+from strainstream.framestats import FrameError
 
-class FrameError(ValueError):
-    """A detector frame cannot be integrated (wrong shape, blank, all-NaN, saturated...).
-
-    Attributes
-    ----------
-    reason : str
-        Short machine-readable reason: ``"shape"``, ``"all_nan"``, ``"blank"``,
-        ``"saturated"``, ``"masked"`` or ``"dtype"``.
-    """
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+__all__ = ["FrameError", "PatternError"]
 
 
 class PatternError(ValueError):
