@@ -55,14 +55,6 @@ def start_from_row(row: dict[str, Any]) -> dict[str, Any] | None:
             "al_a_A": al if math.isfinite(al) else None}
 
 
-class _Start(dict):
-    """A start dict that also answers ``.rwp`` like a RefinementResult (for the re-seed test)."""
-
-    @property
-    def rwp(self) -> float:
-        return self["rwp"]
-
-
 class OperandoXRDCallback(AnalysisCallback):
     """Sequential refinement of the layered phase(s), one row per frame."""
 
@@ -120,8 +112,7 @@ class OperandoXRDCallback(AnalysisCallback):
         ok = np.isfinite(intensity)
         row["i003"] = np.interp(Q003_GRID_A_INV, q[ok], intensity[ok])
         # seed from the previous stored row: identical for live, resumed and replayed passes
-        start = start_from_row(self.previous_row(int(event["seq_num"])))
-        self.refiner.previous = None if start is None else _Start(start)
+        self.refiner.previous = start_from_row(self.previous_row(int(event["seq_num"])))
         res = self.refiner.refine(q, intensity, sigma)
         row.update(n_phases=res.n_phases, rwp=res.rwp, eta=res.eta,
                    al_a_A=res.al_a_A if res.al_a_A is not None else math.nan,

@@ -39,7 +39,10 @@ class SequentialRefiner:
         self.phases = phases
         self.rwp_jump = float(rwp_jump)
         self.kwargs = refine_kwargs
-        self.previous: RefinementResult | None = None
+        #: the result the next frame starts from: a RefinementResult, or its ``to_dict()``
+        #: form (e.g. rebuilt from a stored result row, so a resumed series seeds exactly as
+        #: the original one did); None starts from a peak search
+        self.previous: RefinementResult | dict | None = None
         self.n_reseeded = 0
 
     def reset(self) -> None:
@@ -48,11 +51,12 @@ class SequentialRefiner:
 
     def _looks_wrong(self, res: RefinementResult, q, y, sigma) -> bool:
         prev = self.previous
+        prev_rwp = prev.rwp if isinstance(prev, RefinementResult) else float(prev["rwp"])
         if not res.converged or any(f.startswith("at_bound") for f in res.flags):
             return True
-        if res.rwp > (1.0 + self.rwp_jump) * prev.rwp:
+        if res.rwp > (1.0 + self.rwp_jump) * prev_rwp:
             return True
-        if res.rwp <= 1.1 * prev.rwp:
+        if res.rwp <= 1.1 * prev_rwp:
             return False  # as good as the previous frame: no (003) cross-check needed
         try:
             split = detect_003_split(q, y, sigma)
