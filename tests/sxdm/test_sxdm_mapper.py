@@ -117,6 +117,15 @@ def test_any_order_any_batch_gives_the_same_maps():
     c = StrainMapper(sim.metadata, (12, 12), threshold_counts=4.0)
     _feed(c, sim, angles=rng.permutation(sim.n_theta))
     np.testing.assert_array_equal(c.maps().d_spacing_A, ma.d_spacing_A)
+    # checkpoint/restore mid-scan (worker restart) gives the same final maps
+    half = StrainMapper(sim.metadata, (12, 12), theta_deg=sim.theta_deg, threshold_counts=4.0)
+    _feed(half, sim, angles=range(10))
+    resumed = StrainMapper(sim.metadata, (12, 12), theta_deg=sim.theta_deg, threshold_counts=4.0)
+    resumed.restore(half.state())
+    _feed(resumed, sim, angles=range(10, sim.n_theta))
+    np.testing.assert_array_equal(resumed.maps().d_spacing_A, ma.d_spacing_A)
+    with pytest.raises(SXDMError, match="does not fit raster"):
+        StrainMapper(sim.metadata, (10, 12)).restore(half.state())
     # θ readback jitter below theta_tolerance_deg maps onto the same angle
     jit = StrainMapper(sim.metadata, (12, 12), threshold_counts=4.0)
     _feed(jit, sim, angles=[9, 10])

@@ -386,6 +386,65 @@ class StrainMapper:
         self._fill_w = np.where(ok, 1.0 / np.maximum(n_ok, 1), 0.0).astype(self.compute_dtype)
         self._ring_idx = np.setdiff1d(self._border_idx, self._fill_dst)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The accumulated state as plain arrays (e.g. to checkpoint a live worker).
+
+        Returns
+        -------
+        dict of ndarray
+            ``theta_deg`` (n_theta,), ``sums`` (n_theta, ny, nx, 11), ``counts``,
+            ``n_bad_values``, ``bad_pixel_mask``, ``n_frames`` and (if kept) ``projections``.
+            :meth:`restore` on a mapper built with the same options continues from it.
+        """
+        if self.frame_shape is None:
+            raise SXDMError("no frames added yet: nothing to save")
+        st = {
+            "theta_deg": np.asarray(self._theta, dtype=np.float64),
+            "sums": self._sums.copy(),
+            "counts": self._counts.copy(),
+            "n_bad_values": self._n_bad_values.copy(),
+            "bad_pixel_mask": self._bad.copy(),
+            "n_frames": np.asarray(self.n_frames),
+            "hot_frames_checked": np.asarray(self._hot_frames_checked),
+        }
+        if self._proj is not None:
+            st["projections"] = self._proj.copy()
+        return st
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from :meth:`state` (same raster, frame shape and options).
+
+        Raises
+        ------
+        SXDMError
+            If the state does not fit this mapper.
+        """
+        try:
+            theta = np.asarray(state["theta_deg"], dtype=np.float64)
+            sums = np.asarray(state["sums"], dtype=np.float64)
+            counts = np.asarray(state["counts"], dtype=np.int64)
+            bad = np.asarray(state["bad_pixel_mask"], dtype=bool)
+        except KeyError as exc:
+            raise SXDMError(f"mapper state lacks {exc.args[0]!r}") from exc
+        ny, nx = self.raster_shape
+        if sums.shape != (theta.size, ny, nx, _N_CH) or counts.shape != sums.shape[:3]:
+            raise SXDMError(f"mapper state of shape {sums.shape} does not fit raster {self.raster_shape}")
+        if self._planned and not np.allclose(np.sort(theta), self.theta_deg):
+            raise SXDMError("mapper state was accumulated on other rocking angles than theta_deg")
+        if self.frame_shape is None:
+            self._setup_frames(bad.shape)
+        if bad.shape != self.frame_shape:
+            raise SXDMError(f"mapper state is for frames {bad.shape}, this mapper has {self.frame_shape}")
+        self._theta = theta.tolist()
+        self._sums, self._counts = sums.copy(), counts.copy()
+        self._n_bad_values = np.asarray(state["n_bad_values"], dtype=np.int64).copy()
+        self._bad = bad.copy()
+        self._update_fill()
+        self.n_frames = int(state["n_frames"])
+        self._hot_frames_checked = int(state.get("hot_frames_checked", 0))
+        proj = state.get("projections")
+        self._proj = None if proj is None else np.asarray(proj, dtype=np.float32).copy()
+
     @property
     def bad_pixel_mask(self) -> np.ndarray | None:
         """Detector pixels treated as bad so far (user mask + detected hot/dead), (rows, cols)."""
