@@ -88,7 +88,10 @@ class OperandoXRDCallback(AnalysisCallback):
         p = self.parameters
         self.integrator = Integrator(self.geometry, npt=int(p.get("npt", 2500)),
                                      saturation_level=p.get("saturation_level"))
-        kwargs = {}
+        # instrumental breadth measured on the calibrant (strainstream.xrd calibration), so
+        # that size/microstrain are the sample's own
+        kwargs = {"instrument_fwhm_A_inv": float(p.get("instrument_fwhm_A_inv",
+                                                   self.geometry.get("instrument_fwhm_A_inv", 0.0)))}
         if p.get("q_range_A_inv"):
             kwargs["q_range_A_inv"] = tuple(p["q_range_A_inv"])
         self.refiner = SequentialRefiner(self.geometry["wavelength_A"], phases=p.get("phases", "auto"),
