@@ -13,6 +13,7 @@ documents through the shared :class:`StreamedFrames` mixin. Factory: :func:`ioc_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -24,7 +25,7 @@ import numpy as np
 from event_model import StreamRange, compose_stream_resource
 from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.status import DeviceStatus, Status
-from ophyd.utils.errors import DisconnectedError
+from ophyd.utils.errors import DisconnectedError, InvalidState
 
 from ._hdf5 import DATASET, H5FrameWriter
 from ._ioc import IOCDevice, ioc_guard, mock_device
@@ -270,7 +271,8 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
     def trigger(self) -> DeviceStatus:
         if self._bundle is None:
             raise RuntimeError(f"{self.name}: trigger() before stage(); the plan must stage the detector")
-        status = DeviceStatus(self, timeout=self.acquire_timeout_s)
+        # the Acquire put times out first and is reported as a named IOCNotAnswering
+        status = DeviceStatus(self, timeout=self.acquire_timeout_s + 5.0)
         index = self._next_index
         self._next_index += 1
 
@@ -284,18 +286,29 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
             except Exception as exc:  # reported through the status
                 if isinstance(exc, (TimeoutError, DisconnectedError)):
                     exc = self.ioc_error(exc)
-                status.set_exception(exc)
+                with contextlib.suppress(InvalidState):
+                    status.set_exception(exc)
                 return
             self._frame_written(index)
-            status.set_finished()
+            with contextlib.suppress(InvalidState):
+                status.set_finished()
 
         def done(st):
             if st.success:
                 threading.Thread(target=check, daemon=True).start()
-            else:
-                status.set_exception(self.ioc_error(TimeoutError(
-                    f"{self.prefix}Acquire put did not complete")))
+            elif not status.done:
+                with contextlib.suppress(InvalidState):
+                    status.set_exception(self.ioc_error(TimeoutError(
+                        f"{self.prefix}Acquire put did not complete")))
 
+        def on_meta(*, connected=None, **kwargs):  # the IOC died while we wait
+            if connected is False and not status.done:
+                with contextlib.suppress(InvalidState):
+                    status.set_exception(self.ioc_error(DisconnectedError(
+                        f"{self.acquire.pvname} disconnected during the acquisition")))
+
+        cid = self.acquire.subscribe(on_meta, event_type=self.acquire.SUB_META, run=False)
+        status.add_callback(lambda st: self.acquire.unsubscribe(cid))
         with ioc_guard(self):
             self.acquire.set(1, timeout=self.acquire_timeout_s).add_callback(done)
         return status

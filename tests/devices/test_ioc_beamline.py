@@ -391,6 +391,8 @@ def test_killed_ioc_gives_a_named_error(beamline, devs):
     b = devs["beam"]
     b.read()
     beamline.kill("beam")
+    # a monitored value read before the client noticed would still be the cached one
+    assert _wait_for(lambda: not b.connected, 10)
     addr = beamline.addresses["beam"]
     with pytest.raises(IOCNotAnswering,
                        match=rf"beam IOC at {addr} \(prefix SS:\) not answering: PV SS:BEAM:\S+"):
@@ -402,3 +404,19 @@ def test_killed_ioc_gives_a_named_error(beamline, devs):
     beamline.restart("beam")
     pv = "SS:BEAM:ring_current_mA"
     assert probe([pv], [addr])[pv] > 0
+
+
+def test_killed_detector_ioc_gives_a_named_error(beamline, devs):
+    from strainstream.devices._ioc import IOCNotAnswering
+
+    x, cyc = devs["xrd"], devs["cycler"]
+    x.stage()
+    beamline.kill("cycler")  # the last test: the fixture's stop() copes with a dead IOC
+    addr = beamline.addresses["cycler"]
+    with pytest.raises(IOCNotAnswering, match=rf"cycler IOC at {addr} \(prefix SS:XRD:\) not "
+                                              r"answering: PV SS:XRD:Acquire"):
+        x.trigger().wait(10)
+    with pytest.raises(IOCNotAnswering, match=r"PV SS:CYC:\S+"):
+        cyc.start_cc(20.0)
+    with pytest.raises(IOCNotAnswering):
+        x.unstage()
