@@ -33,7 +33,7 @@ __all__ = ["AnalysisCallback", "FrameResolver", "FrameUnavailable", "ResultSink"
 
 logger = logging.getLogger(__name__)
 
-COLUMN_TYPES = {"float64", "int64", "string", "bool", "float64[]"}
+COLUMN_TYPES = {"float64", "int64", "string", "bool"}
 
 
 class FrameUnavailable(LookupError):
@@ -53,6 +53,10 @@ class ResultSink:
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Mark the analysis complete and store its summary."""
+        raise NotImplementedError
+
+    def put_arrays(self, arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> None:
+        """Store (replace) the analysis' current arrays, e.g. strain maps after each angle."""
         raise NotImplementedError
 
 
@@ -302,6 +306,10 @@ class AnalysisCallback(DocumentRouter):
     def analyse(self, event: dict, frames: dict[str, np.ndarray]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def publish_arrays(self, arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> None:
+        """Store the analysis' current arrays (maps) next to its table, replacing older ones."""
+        self.sink.put_arrays({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata)
+
     def summary(self) -> dict[str, Any]:
         """Run-level summary computed from ``self.rows`` (every committed row, by seq_num)."""
         return {}
@@ -320,7 +328,7 @@ def _single_thread():
 
 
 def _missing(kind: str):
-    return {"float64": math.nan, "int64": -1, "string": "", "bool": False, "float64[]": []}[kind]
+    return {"float64": math.nan, "int64": -1, "string": "", "bool": False}[kind]
 
 
 def _coerce(value, kind: str):
@@ -332,6 +340,4 @@ def _coerce(value, kind: str):
         return int(value)
     if kind == "bool":
         return bool(value)
-    if kind == "float64[]":
-        return [float(v) for v in np.asarray(value, dtype=np.float64).ravel()]
     return str(value)

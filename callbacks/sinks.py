@@ -21,6 +21,7 @@ __all__ = ["DERIVED", "MemorySink", "TiledSink", "read_results", "results_docume
 logger = logging.getLogger(__name__)
 
 DERIVED = "derived"
+ARRAYS_SUFFIX = "_arrays"
 
 
 class MemorySink(ResultSink):
@@ -32,6 +33,8 @@ class MemorySink(ResultSink):
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
         self.status = "new"
+        self.arrays: dict[str, Any] = {}
+        self.arrays_metadata: dict[str, Any] = {}
 
     def begin(self, metadata, columns):
         self.metadata, self.columns, self.status = dict(metadata), dict(columns), "running"
@@ -43,15 +46,19 @@ class MemorySink(ResultSink):
     def finish(self, summary):
         self.summary, self.status = dict(summary), "complete"
 
+    def put_arrays(self, arrays, metadata=None):
+        self.arrays.update({k: v.copy() for k, v in arrays.items()})
+        self.arrays_metadata.update(metadata or {})
+
     def as_dict(self) -> dict[str, Any]:
-        return _analysis_entry(self.metadata, self.status, self.summary, self.columns, self.rows)
+        return _analysis_entry(self.metadata, self.status, self.summary, self.columns, self.rows,
+                               self.arrays)
 
 
 def _arrow_schema(columns: dict[str, str]):
     import pyarrow as pa
 
-    types = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_(),
-             "float64[]": pa.list_(pa.float64())}
+    types = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
     return pa.schema([(name, types[kind]) for name, kind in columns.items()])
 
 
@@ -121,6 +128,24 @@ class TiledSink(ResultSink):
         self.node.update_metadata({"status": "complete", "summary": _json_safe(summary),
                                    "finished": time.time()})
 
+    def put_arrays(self, arrays, metadata=None):
+        """Arrays live in the container ``derived/<uid>/<analysis>_arrays``; rewritten in place."""
+        run_node = _get_or_create_container(self.root[DERIVED], self.raw_uid, {"raw_uid": self.raw_uid})
+        run_node = getattr(run_node, "base", run_node)
+        box = _get_or_create_container(run_node, f"{self.analysis}{ARRAYS_SUFFIX}",
+                                       {"raw_uid": self.raw_uid, "analysis": self.analysis})
+        box = getattr(box, "base", box)
+        for name, arr in arrays.items():
+            if name in box:
+                node = box[name]
+                if tuple(node.shape) == arr.shape and node.dtype == arr.dtype:
+                    node.write(arr)
+                    continue
+                box.delete_contents([name], external_only=False)
+            box.write_array(arr, key=name)
+        if metadata:
+            box.update_metadata(_json_safe(metadata))
+
 
 def _table_rows(node) -> list[dict[str, Any]]:
     try:
@@ -148,18 +173,35 @@ def _json_safe(obj):
     return obj
 
 
-def _analysis_entry(metadata, status, summary, columns, rows) -> dict[str, Any]:
+def _array_digest(arr) -> dict[str, Any]:
+    import hashlib
+
+    import numpy as np
+
+    a = np.ascontiguousarray(arr)
+    finite = np.isfinite(a) if a.dtype.kind == "f" else np.ones(a.shape, bool)
+    return {
+        "shape": list(a.shape),
+        "dtype": a.dtype.str,
+        "sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+        "n_finite": int(finite.sum()),
+        "mean": float(a[finite].mean()) if finite.any() else None,
+    }
+
+
+def _analysis_entry(metadata, status, summary, columns, rows, arrays=None) -> dict[str, Any]:
     rows = sorted(rows, key=lambda r: r["seq_num"])
-    return _json_safe(
-        {
-            "version": metadata.get("version"),
-            "parameters": metadata.get("parameters", {}),
-            "status": status,
-            "summary": summary or {},
-            "n_rows": len(rows),
-            "columns": {c: [r.get(c) for r in rows] for c in columns},
-        }
-    )
+    entry = {
+        "version": metadata.get("version"),
+        "parameters": metadata.get("parameters", {}),
+        "status": status,
+        "summary": summary or {},
+        "n_rows": len(rows),
+        "columns": {c: [r.get(c) for r in rows] for c in columns},
+    }
+    if arrays:
+        entry["arrays"] = {k: _array_digest(arrays[k]) for k in sorted(arrays)}
+    return _json_safe(entry)
 
 
 def results_document(raw_uid: str, analyses: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -174,12 +216,19 @@ def read_results(root, raw_uid: str) -> dict[str, Any]:
     run_node = root[DERIVED][raw_uid]
     run_node = getattr(run_node, "base", run_node)
     analyses = {}
-    for name in run_node:
+    names = list(run_node)
+    for name in names:
+        if name.endswith(ARRAYS_SUFFIX):
+            continue
         node = run_node[name]
         md = dict(node.metadata)
         columns = list(node.columns) if hasattr(node, "columns") else []
         rows = _table_rows(node)
+        arrays = None
+        if f"{name}{ARRAYS_SUFFIX}" in names:
+            box = run_node[f"{name}{ARRAYS_SUFFIX}"]
+            arrays = {k: box[k].read() for k in box}
         analyses[name] = _analysis_entry(
-            md, md.get("status", "unknown"), md.get("summary"), {c: None for c in columns}, rows
+            md, md.get("status", "unknown"), md.get("summary"), {c: None for c in columns}, rows, arrays
         )
     return results_document(raw_uid, analyses)

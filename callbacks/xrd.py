@@ -22,7 +22,7 @@ import numpy as np
 
 from .base import AnalysisCallback
 
-__all__ = ["OperandoXRDCallback", "Q003_GRID_A_INV", "start_from_row"]
+__all__ = ["OperandoXRDCallback", "Q003_GRID_A_INV", "i003_matrix", "start_from_row"]
 
 #: Q grid (Å⁻¹) of the stored (003) window, REFERENCE.md's 1.27–1.42 Å⁻¹
 Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
@@ -30,6 +30,14 @@ Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
 _PHASE_COLS = ("a_A", "a_err_A", "c_A", "c_err_A", "volume_A3", "volume_err_A3", "microstrain",
                "microstrain_err", "size_nm", "fraction")
 _ECHEM = ("voltage_V", "current_mA", "capacity_mAh_g")
+
+
+def i003_matrix(columns: dict[str, list]) -> np.ndarray:
+    """The stored (003) window as an array (n_frames, len(Q003_GRID_A_INV)); NaN where missing."""
+    keys = [f"i003_{k:02d}" for k in range(Q003_GRID_A_INV.size)]
+    if not columns.get(keys[0]):
+        return np.empty((0, len(keys)))
+    return np.array([[np.nan if v is None else v for v in columns[k]] for k in keys], float).T
 
 
 def _phase_columns(suffix: str) -> dict[str, str]:
@@ -72,7 +80,8 @@ class OperandoXRDCallback(AnalysisCallback):
         "converged": "bool",
         "refine_flags": "string",
         "n_masked": "int64",
-        "i003": "float64[]",
+        # I(Q) on Q003_GRID_A_INV, one column per Q point (tiled tables hold scalar columns)
+        **{f"i003_{k:02d}": "float64" for k in range(Q003_GRID_A_INV.size)},
     }
 
     def on_start(self, doc) -> None:
@@ -113,7 +122,8 @@ class OperandoXRDCallback(AnalysisCallback):
         rep = self.integrator.last_report
         row["n_masked"] = int(rep.n_dead + rep.n_nan + rep.n_saturated)
         ok = np.isfinite(intensity)
-        row["i003"] = np.interp(Q003_GRID_A_INV, q[ok], intensity[ok])
+        for k, value in enumerate(np.interp(Q003_GRID_A_INV, q[ok], intensity[ok])):
+            row[f"i003_{k:02d}"] = value
         # seed from the previous stored row: identical for live, resumed and replayed passes
         self.refiner.previous = start_from_row(self.previous_row(int(event["seq_num"])))
         res = self.refiner.refine(q, intensity, sigma)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..xrd import Q003_GRID_A_INV
+from ..xrd import Q003_GRID_A_INV, i003_matrix
 
 #: theoretical capacity of LiNiO2-type cathodes used to express state of charge x in Li(1-x)
 THEORETICAL_CAPACITY_MAH_G = 275.0
@@ -30,9 +30,8 @@ def operando_xrd_figure(entry, fig=None):
     c2, eps = _arr(cols, "c_A_2"), _arr(cols, "microstrain")
 
     ax_c = fig.add_subplot(gs[:, 0])
-    rows = [r if r else [np.nan] * Q003_GRID_A_INV.size for r in cols.get("i003", [])]
-    if len(rows) >= 2:
-        img = np.asarray(rows, dtype=float)
+    img = i003_matrix(cols)
+    if len(img) >= 2:
         ax_c.pcolormesh(Q003_GRID_A_INV, t_h, img, shading="nearest", cmap="viridis")
     ax_c.set(xlabel="Q (Å$^{-1}$)", ylabel="time (h)", title="(003) intensity")
     ax_v = fig.add_subplot(gs[:, 1], sharey=ax_c)

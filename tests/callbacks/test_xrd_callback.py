@@ -76,7 +76,7 @@ def test_lattice_matches_the_simulated_cell(run_docs, live):
             cs = sorted([row["c_A"], row["c_A_2"]])
             assert cs == pytest.approx(sorted(p.c_A for p in phases), abs=0.01)
             assert row["delta_c_A"] == pytest.approx(abs(phases[0].c_A - phases[1].c_A), abs=0.02)
-        assert np.isfinite(row["voltage_V"]) and len(row["i003"]) == 61
+        assert np.isfinite(row["voltage_V"]) and np.isfinite(row["i003_30"])
 
 
 def test_summary_reports_contraction_and_split(live):

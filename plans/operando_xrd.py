@@ -1,0 +1,111 @@
+"""Operando XRD on a coin cell while it charges: frames with the cycler readings beside them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+
+from ._common import base_metadata, beam_suspenders
+
+__all__ = ["operando_xrd"]
+
+
+def operando_xrd(
+    detector: Any,
+    cycler: Any,
+    *,
+    calibration: dict[str, Any],
+    rate_mA_g: float = 200.0,
+    v_max_V: float = 4.5,
+    v_min_V: float = 2.7,
+    cv_hold: bool = False,
+    frame_interval_s: float = 1.0,
+    max_frames: int = 500,
+    material: str = "SC-NM91",
+    mass_mg: float | None = None,
+    beam: Any | None = None,
+    min_ring_current_mA: float = 50.0,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator:
+    """Charge the cell at constant current and take an XRD frame every ``frame_interval_s``.
+
+    Every event holds the detector frame (HDF5, referenced by StreamResource/StreamDatum)
+    and the cycler's readings of the same moment (voltage, current, capacity, state of
+    charge, cycle, cell time). The run ends when the cycler reaches ``v_max_V`` (and, with
+    ``cv_hold``, when the constant-voltage hold ends) or after ``max_frames`` frames; the
+    cell is then set to rest. With ``beam`` the plan pauses while the ring current is below
+    ``min_ring_current_mA`` or the shutter is closed, and resumes by itself.
+
+    Parameters
+    ----------
+    detector : area detector
+        The XRD detector (frames written to HDF5 by the detector).
+    cycler : Cycler
+        Potentiostat/cycler device (:mod:`strainstream.devices.cycler`).
+    calibration : dict
+        Detector geometry from the CeO2 calibration (:func:`strainstream.xrd.calibrate`),
+        incl. ``wavelength_A``; recorded with the run and used by the live analysis.
+    rate_mA_g : float
+        Charge current, mA per g of active material (> 0).
+    v_max_V, v_min_V : float
+        Voltage window, V vs Li/Li⁺.
+    cv_hold : bool
+        Hold ``v_max_V`` (constant voltage) after the constant-current step.
+    frame_interval_s : float
+        Time between frames, s (>= 0).
+    max_frames : int
+        Upper bound on the number of frames.
+    material : str
+        Cathode material / preset, e.g. ``"SC-NM91"``.
+    mass_mg : float, optional
+        Active mass; read from the cycler when it reports one.
+    beam : Beam device, optional
+        Enables the beam suspenders.
+    md : dict, optional
+        Extra start-document metadata.
+    """
+    if not rate_mA_g > 0:
+        raise ValueError(f"rate_mA_g must be > 0 for a charge, got {rate_mA_g}")
+    if not v_min_V < v_max_V:
+        raise ValueError(f"v_min_V ({v_min_V}) must be below v_max_V ({v_max_V})")
+    if frame_interval_s < 0 or max_frames < 1:
+        raise ValueError("frame_interval_s must be >= 0 and max_frames >= 1")
+    if not calibration or "wavelength_A" not in calibration:
+        raise ValueError("calibration must be a geometry dict with wavelength_A (strainstream.xrd.calibrate)")
+    if mass_mg is None and hasattr(cycler, "mass_mg"):
+        mass_mg = yield from bps.rd(cycler.mass_mg)
+    _md = base_metadata(
+        "operando_xrd", md,
+        material=material, mass_mg=mass_mg, rate_mA_g=rate_mA_g, v_window_V=[v_min_V, v_max_V],
+        cv_hold=cv_hold, frame_interval_s=frame_interval_s, num_points=max_frames,
+        wavelength_A=calibration["wavelength_A"], calibration=dict(calibration),
+        detectors=[detector.name], motors=[],
+        plan_name="operando_xrd",
+    )
+
+    def body():
+        yield from bps.open_run(md=_md)
+        yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
+                          cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
+                          cycler.then_cv, int(bool(cv_hold)))
+        yield from bps.mv(cycler.start_cmd, 1)  # completes when the cycler has applied it
+        for n in range(max_frames):
+            yield from bps.trigger_and_read([detector, cycler])
+            running = yield from bps.rd(cycler.running)
+            if not running:
+                break
+            if n + 1 < max_frames and frame_interval_s > 0:
+                yield from bps.sleep(frame_interval_s)
+        yield from bps.close_run()
+
+    def finish():
+        yield from bps.mv(cycler.stop_cmd, 1)  # the cell rests whatever ended the run
+
+    plan = bpp.stage_wrapper(body(), [detector])
+    plan = bpp.finalize_wrapper(plan, finish())
+    if beam is not None:
+        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
+    return (yield from plan)
