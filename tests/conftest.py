@@ -46,3 +46,32 @@ def worker_factory(tiled_server):
     yield start
     for w in started:
         w.kill()
+
+
+#: frame sizes of the shared simulated beamline (small: fast tests)
+BEAMLINE_SHAPES = {"xrd_shape": 256, "sxdm_shape": 32, "txm_shape": 64}
+
+
+@pytest.fixture(scope="session")
+def sim_beamline(tmp_path_factory):
+    """The simulated beamline (cycler, endstation and beam IOCs) shared by the whole session.
+
+    pyepics reads the CA address list once per process, when its context is created, so one
+    pytest process talks to one set of IOC ports: every test that uses Channel Access must
+    use this fixture (never start a second Beamline in-process). Tests that kill/restart an
+    IOC must restart it on the same port (``Beamline.restart``).
+    """
+    from strainstream.beamline import Beamline
+
+    d = tmp_path_factory.mktemp("sim_beamline")
+    with Beamline(d / "detectors", log_dir=d / "logs", startup_timeout_s=90, **BEAMLINE_SHAPES) as bl:
+        yield bl
+
+
+@pytest.fixture(scope="session")
+def sim_devices(sim_beamline):
+    """Connected ophyd devices of :func:`sim_beamline` (keys: cycler, xrd, es, sxdm, txm, beam)."""
+    devices = sim_beamline.devices()
+    for dev in devices.values():
+        dev.wait_for_connection(timeout=20)
+    return devices
