@@ -24,6 +24,7 @@ CLI helpers for ``strainstream beamline up|status``: :func:`up` and :func:`statu
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
@@ -256,6 +257,7 @@ class Beamline:
         if self.set_env:
             _warn_if_ca_context_exists(self.client_env())
             os.environ.update(self.client_env())
+        atexit.register(self.stop)  # no orphaned IOCs if the caller forgets (or crashes)
         try:
             for ioc in self.iocs.values():
                 self._spawn(ioc)
@@ -314,6 +316,7 @@ class Beamline:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop all IOCs (SIGINT: detector files are closed; SIGKILL after ``timeout_s``)."""
+        atexit.unregister(self.stop)
         for ioc in self.iocs.values():
             if ioc.proc is not None and ioc.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -434,6 +437,10 @@ def up(argv: list[str]) -> int:
         msg = str(exc).splitlines()[0]
         print(f"strainstream beamline: error: {msg}", file=sys.stderr)
         return 2
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)  # a supervisor's SIGTERM stops the IOCs too
     try:
         env = bl.client_env()
         if args.json:
@@ -458,6 +465,7 @@ def up(argv: list[str]) -> int:
         return 0
     finally:
         bl.__exit__(None, None, None)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def status(argv: list[str]) -> int:

@@ -343,7 +343,7 @@ def test_suspender_pauses_a_run_during_a_beam_dump(devs, capsys):
     assert max(e["seq_num"] for e in events) == 6 and len(events) >= 6
 
 
-def test_up_cli_runs_until_interrupted(tmp_path):
+def test_up_cli_runs_until_terminated(tmp_path):
     import json
     import signal
     import subprocess
@@ -363,7 +363,7 @@ def test_up_cli_runs_until_interrupted(tmp_path):
         assert info["env"]["EPICS_CA_ADDR_LIST"] == addr
         pv = "SS:BEAM:ring_current_mA"
         assert probe([pv], [addr])[pv] > 0
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # like a supervisor; Ctrl-C (SIGINT) works the same
         assert proc.wait(timeout=20) == 0
         assert probe([pv], [addr], timeout_s=0.3)[pv] is None  # the IOC is gone
     finally:
