@@ -1,6 +1,7 @@
 """Operando XRD analysis core: calibration, integration, layered-oxide refinement.
 
 - :func:`calibrate` — CeO2 (pyFAI calibrant) geometry calibration → geometry dict / PONI
+- :func:`instrument_fwhm` — instrumental FWHM(Q) from the calibrant frame → InstrumentWidth
 - :class:`Integrator` — pinned pyFAI azimuthal integration of frames to I(Q), built once
 - :func:`refine_pattern` — Pawley-style whole-pattern refinement of R-3m phase(s)
 - :class:`SequentialRefiner` — frame-to-frame refinement with automatic re-seeding
@@ -21,6 +22,7 @@ from ._geometry import (
     save_poni,
     validate_geometry,
 )
+from ._instrument import WIDTH_MODELS, InstrumentWidth, instrument_fwhm
 from ._integrate import DEFAULT_METHOD, Integrator, MaskReport
 from ._lattice import AL_A_A, SCHERRER_K, hex_volume_A3, r3m_reflections
 from ._phases import WINDOW_003_A_INV, Seed, Split003, detect_003_split, seed_lattice
@@ -32,8 +34,10 @@ __all__ = [
     "DEFAULT_METHOD",
     "GEOMETRY_KEYS",
     "SCHERRER_K",
+    "WIDTH_MODELS",
     "WINDOW_003_A_INV",
     "FrameError",
+    "InstrumentWidth",
     "Integrator",
     "MaskReport",
     "PatternError",
@@ -47,6 +51,7 @@ __all__ = [
     "geometry_from_pyfai",
     "geometry_to_poni",
     "hex_volume_A3",
+    "instrument_fwhm",
     "load_poni",
     "make_azimuthal_integrator",
     "pixel_two_theta_rad",

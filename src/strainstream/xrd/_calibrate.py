@@ -99,14 +99,18 @@ def _coarse_distance(ai, frame, tth_rings_rad):
 
 
 def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
-              fix_rot3=True, max_rings=None, n_iter=3, mask=None, return_diagnostics=False):
+              fix_rot3=True, max_rings=None, n_iter=3, mask=None, return_diagnostics=False,
+              measure_width=False, width_options=None):
     """Refine the detector geometry from a calibrant powder frame.
 
     Coarse step: the distance is rescaled so the azimuthal average matches the calibrant ring
     angles. Then, ``n_iter`` times: control points are extracted on the rings with pyFAI
     (``SingleGeometry.extract_cp``, massif peak search guided by the current geometry) and
     the geometry is refined by ``scipy.optimize.least_squares`` on the 2θ residuals of all
-    control points.
+    control points. With ``measure_width=True`` the instrumental FWHM is then measured on
+    the same frame with the refined geometry (:func:`instrument_fwhm`) and added to the
+    geometry as ``instrument_fwhm_A_inv`` (Å⁻¹), the value :func:`refine_pattern` and the
+    operando XRD callback use.
 
     Parameters
     ----------
@@ -130,23 +134,34 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
         Pixels to ignore (True = masked).
     return_diagnostics : bool
         Also return a dict with ``"calibrant"``, ``"n_control_points"`` and
-        ``"rms_2theta_deg"`` (rms 2θ residual of the control points, degrees).
+        ``"rms_2theta_deg"`` (rms 2θ residual of the control points, degrees), and with
+        ``measure_width=True`` ``"instrument_width"`` (:meth:`InstrumentWidth.to_dict`).
+    measure_width : bool
+        Also measure the instrumental FWHM on the calibrant (default False).
+    width_options : dict, optional
+        Keyword arguments for :func:`instrument_fwhm` (``npt``, ``model``,
+        ``calibrant_size_nm``, ``average_range_A_inv``...); ``mask`` and ``calibrant``
+        are those of this call.
 
     Returns
     -------
     dict
-        Geometry dict (exactly :data:`GEOMETRY_KEYS`; JSON-able, see :func:`save_poni`).
+        Geometry dict (exactly :data:`GEOMETRY_KEYS`, plus ``instrument_fwhm_A_inv`` with
+        ``measure_width=True``; JSON-able, see :func:`save_poni`).
         With ``return_diagnostics=True``: (geometry, diagnostics).
 
     Raises
     ------
     FrameError
         Wrong frame shape, or too few control points (no rings found).
+    PatternError
+        ``measure_width=True`` and too few resolved calibrant reflections to fit widths.
     """
     from pyFAI.calibrant import get_calibrant
     from pyFAI.goniometer import SingleGeometry
 
     g = validate_geometry(approx_geometry)
+    raw_frame = frame
     frame = np.asarray(frame, dtype=float)
     if frame.shape != tuple(g["shape"]):
         raise FrameError("shape", f"calibrant frame shape {frame.shape} does not match the "
@@ -221,7 +236,19 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     finally:
         pyfai_logger.setLevel(old_level)
     out = validate_geometry({k: g[k] for k in GEOMETRY_KEYS})
+    diag = {"calibrant": calibrant, "n_control_points": int(d1.size),
+            "rms_2theta_deg": float(np.degrees(np.sqrt(np.mean(res.fun**2)) * 1e-3))}
+    if measure_width:
+        from ._instrument import instrument_fwhm
+
+        opts = dict(width_options or {})
+        for key in ("mask", "calibrant", "geometry", "integrator"):
+            if key in opts:
+                raise ValueError(f"width_options must not set {key!r} (given by calibrate)")
+        width = instrument_fwhm(raw_frame, geometry=out, calibrant=calibrant, mask=mask,
+                                **opts)
+        out["instrument_fwhm_A_inv"] = width.instrument_fwhm_A_inv
+        diag["instrument_width"] = width.to_dict()
     if not return_diagnostics:
         return out
-    return out, {"calibrant": calibrant, "n_control_points": int(d1.size),
-                 "rms_2theta_deg": float(np.degrees(np.sqrt(np.mean(res.fun**2)) * 1e-3))}
+    return out, diag
