@@ -1,4 +1,4 @@
-"""``strainstream xrd`` command line: refine a 1-D pattern."""
+"""``strainstream xrd`` command line: refine a 1-D pattern, calibrate on a CeO2 frame."""
 
 from __future__ import annotations
 
@@ -35,8 +35,30 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--q-min", type=float, default=None, help="lowest Q to fit, Å⁻¹")
     r.add_argument("--q-max", type=float, default=None, help="highest Q to fit, Å⁻¹")
     r.add_argument("--instrument-fwhm", type=float, default=0.0,
-                   help="instrumental FWHM in Q, Å⁻¹ (default 0)")
+                   help="instrumental FWHM in Q, Å⁻¹ (default 0; the instrument_fwhm_A_inv "
+                        "of strainstream xrd calibrate)")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    c = sub.add_parser("calibrate", help="refine the detector geometry and measure the "
+                                         "instrumental FWHM on a calibrant (CeO2) frame")
+    c.add_argument("frame", metavar="FRAME.h5",
+                   help="calibrant frame: HDF5 file (dataset --dataset) or .npy array")
+    c.add_argument("--approx", required=True, metavar="GEOM.json",
+                   help="approximate geometry: JSON geometry dict (distance_m, poni1_m, "
+                        "poni2_m, rot1..3, wavelength_A, pixel_size_um, shape) or a PONI file")
+    c.add_argument("--dataset", default="/entry/data/data",
+                   help="HDF5 dataset holding the frame(s) (default /entry/data/data)")
+    c.add_argument("--index", type=int, default=0,
+                   help="frame index in a 3-D (frames, rows, cols) dataset (default 0)")
+    c.add_argument("--calibrant", default="CeO2", help="pyFAI calibrant name (default CeO2)")
+    c.add_argument("--npt", type=int, default=2500,
+                   help="Q bins of the width measurement; use the operando integration's "
+                        "(default 2500)")
+    c.add_argument("--no-width", action="store_true",
+                   help="do not measure the instrumental FWHM (geometry only)")
+    c.add_argument("--out", metavar="GEOM.json", help="write the geometry dict to this file")
+    c.add_argument("--json", action="store_true",
+                   help="print the geometry dict as one JSON object on stdout")
     return p
 
 
@@ -104,6 +126,115 @@ def _refine(args) -> int:
     return 0
 
 
+def _read_frame(path, dataset, index):
+    """One 2-D frame from an HDF5 dataset (2-D, or 3-D with a frame index) or a .npy file."""
+    from pathlib import Path
+
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise _CLIError(f"cannot read {path}: no such file")
+    if p.suffix.lower() == ".npy":
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise _CLIError(f"cannot read {path} as a .npy array: {exc}") from None
+        where = str(path)
+    else:
+        import h5py
+
+        try:
+            fh = h5py.File(p, "r")
+        except OSError as exc:
+            raise _CLIError(f"cannot read {path} as HDF5 (or give a .npy file): {exc}") from None
+        with fh:
+            obj = fh.get(dataset)
+            if not isinstance(obj, h5py.Dataset):
+                found = []
+                fh.visititems(lambda name, o: found.append("/" + name)
+                              if isinstance(o, h5py.Dataset) and o.ndim in (2, 3) else None)
+                hint = f"; 2-D/3-D datasets in the file: {', '.join(found[:5])}" if found else ""
+                raise _CLIError(f"{path} has no dataset {dataset}{hint} (use --dataset)")
+            return np.asarray(_select_frame(obj, index, f"{path}:{dataset}"))
+    return np.asarray(_select_frame(arr, index, where))
+
+
+def _select_frame(arr, index, where):
+    if arr.ndim == 2:
+        if index not in (0, -1):
+            raise _CLIError(f"{where} holds one 2-D frame; --index {index} is out of range")
+        return arr[()]
+    if arr.ndim == 3:
+        n = arr.shape[0]
+        if not -n <= index < n:
+            raise _CLIError(f"{where} holds {n} frames; --index {index} is out of range")
+        return arr[index]
+    raise _CLIError(f"{where} has shape {tuple(arr.shape)}; expected a 2-D frame or a 3-D "
+                    "stack (frames, rows, cols)")
+
+
+def _read_geometry(path):
+    from pathlib import Path
+
+    from . import load_poni, validate_geometry
+
+    p = Path(path)
+    if not p.is_file():
+        raise _CLIError(f"cannot read {path}: no such file")
+    if p.suffix.lower() == ".poni":
+        try:
+            return load_poni(p)
+        except ValueError as exc:
+            raise _CLIError(str(exc)) from None
+    try:
+        geometry = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _CLIError(f"cannot read {path} as a JSON geometry: {exc}") from None
+    try:
+        return validate_geometry(geometry)
+    except ValueError as exc:
+        raise _CLIError(f"{path}: {exc}") from None
+
+
+def _calibrate(args) -> int:
+    from . import calibrate
+
+    approx = _read_geometry(args.approx)
+    frame = _read_frame(args.frame, args.dataset, args.index)
+    if args.npt < 10:
+        raise _CLIError(f"--npt must be ≥ 10, got {args.npt}")
+    try:
+        geometry, diag = calibrate(frame, approx, args.calibrant,
+                                   measure_width=not args.no_width,
+                                   width_options={"npt": args.npt}, return_diagnostics=True)
+    except ValueError as exc:  # FrameError, PatternError, unknown calibrant...
+        raise _CLIError(str(exc)) from None
+    if args.out:
+        try:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                json.dump(geometry, fh, indent=1)
+                fh.write("\n")
+        except OSError as exc:
+            raise _CLIError(f"cannot write {args.out}: {exc}") from None
+    if args.json:
+        print(json.dumps(geometry))
+        return 0
+    print(f"{diag['calibrant']}: {diag['n_control_points']} control points, rms 2θ residual "
+          f"{diag['rms_2theta_deg']:.4f}°")
+    for key, value in geometry.items():
+        print(f"  {key} = {value}")
+    width = diag.get("instrument_width")
+    if width:
+        n_used = sum(width["peaks"]["used"])
+        params = ", ".join(f"{k} = {v:.4g}" for k, v in width["params"].items())
+        print(f"instrumental FWHM {width['instrument_fwhm_A_inv']:.5f} Å⁻¹ ({width['model']}: "
+              f"{params}; {n_used} reflections, scatter {100 * width['rel_scatter']:.1f} %)")
+    if args.out:
+        print(f"geometry written to {args.out}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``strainstream xrd``; returns the exit code (2 on error)."""
     parser = _build_parser()
@@ -112,6 +243,8 @@ def main(argv: list[str]) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        if args.command == "calibrate":
+            return _calibrate(args)
         return _refine(args)
     except _CLIError as exc:
         print(f"strainstream xrd: error: {exc}", file=sys.stderr)
