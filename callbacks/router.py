@@ -19,6 +19,7 @@ __all__ = ["ANALYSES", "analyses_for", "make_callbacks"]
 ANALYSES: dict[str, list[str]] = {
     "frame_series": ["strainstream.callbacks.framestats:FrameStatsCallback"],
     "operando_xrd": ["strainstream.callbacks.xrd:OperandoXRDCallback"],
+    "sxdm": ["strainstream.callbacks.sxdm:SXDMCallback"],
 }
 
 

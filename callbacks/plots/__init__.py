@@ -24,6 +24,7 @@ def _operando_xrd(entry, fig=None):
 
 
 FIGURES = {"frame_stats": _frame_stats, "operando_xrd": _operando_xrd}
+FIGURES["sxdm"] = __import__(f"{__name__}.sxdm", fromlist=["sxdm_figure"]).sxdm_figure
 
 
 def figure_for(name: str, entry: dict[str, Any], fig=None):

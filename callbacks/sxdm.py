@@ -1,0 +1,307 @@
+"""SXDM: live strain and rotation maps of one particle from raster × rocking-angle frames.
+
+One result row per frame (θ, its planned-angle index, raster indices, total and maximum
+counts, optional fluorescence, flag). The frames feed a :class:`strainstream.sxdm.StrainMapper`
+in whole raster lines (one ``add_frames`` call per line, frames in ``ix`` order, lines in
+plan order: (θ index, iy)), so the mapper sees the same batches in the same order whether the
+events come live, replayed, or partly as already-committed events after a worker restart —
+the maps are bit-identical in all three. After each completed rocking angle the current maps
+are published with :meth:`~strainstream.callbacks.base.AnalysisCallback.publish_arrays`
+(``intensity``, ``mask``, ``d_spacing_A``, ``strain``, ``tilt_xy_deg``, ``tilt_xz_deg``,
+``flags``, ``shifts_px``; NaN outside the mask) with metadata ``angles_done``,
+``theta_deg_done``, ``n_angles``, ``n_frames``, ``final``, ``step_nm``, ``d_mean_A``,
+``messages``; the final maps and the particle statistics (the summary) at the stop document.
+
+Resume: a restarted worker is fed the run's events again; events already committed (their
+seq_num is in ``self.done``) produce no new row, but their frames (if their row was not
+flagged) go into the mapper exactly as in the first pass.
+
+Start-document metadata used (written by :func:`strainstream.plans.sxdm.sxdm_map`): the
+geometry keys of :data:`strainstream.sxdm.GEOMETRY_KEYS`, ``theta_deg`` (planned angles),
+``raster`` (``nx``, ``ny``, ``step_nm``, ``x_center_um``, ``y_center_um``) and ``sxdm_keys``
+(event keys of θ, the raster indices and the frames). Without the index keys the indices are
+computed from the sample positions (see :mod:`strainstream.plans.sxdm`).
+Optional ``analysis_parameters.sxdm``: ``threshold_counts``, ``mask_fraction``,
+``min_counts``, ``register``, ``d_ref_A``, ``background``, ``border_px``,
+``detect_hot_pixels``, ``theta_tolerance_deg`` (default 1e-3).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from .base import AnalysisCallback, FrameUnavailable, _single_thread
+
+__all__ = ["MAP_KEYS", "SXDMCallback"]
+
+logger = logging.getLogger(__name__)
+
+#: arrays published after each rocking angle (each (ny, nx) but ``shifts_px`` (n_theta, 2))
+MAP_KEYS = ("intensity", "mask", "d_spacing_A", "strain", "tilt_xy_deg", "tilt_xz_deg")
+_EXTRA_KEYS = ("flags", "shifts_px")
+_MAPPER_PARAMS = ("threshold_counts", "mask_fraction", "min_counts", "register", "d_ref_A",
+                  "background", "border_px", "detect_hot_pixels", "hot_factor",
+                  "theta_edge_fraction", "border_fraction", "registration_reference")
+_STAT_KEYS = ("d_mean_A", "strain_std", "strain_range", "tilt_xy_std_deg", "tilt_xz_std_deg",
+              "strain_tilt_correlation", "n_pixels")
+
+
+class _EventError(ValueError):
+    """An event that cannot go into the maps; ``reason`` is the row's flag."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SXDMCallback(AnalysisCallback):
+    """Progressive SXDM strain/rotation maps; one row per frame, maps per rocking angle."""
+
+    name = "sxdm"
+    version = "1"
+    columns = {
+        "theta_deg": "float64",
+        "itheta": "int64",
+        "iy": "int64",
+        "ix": "int64",
+        "total_counts": "float64",
+        "max_counts": "float64",
+        "fluorescence": "float64",
+    }
+
+    # ------------------------------------------------------------------ set-up
+    def on_start(self, doc) -> None:
+        from strainstream.sxdm import GEOMETRY_KEYS, StrainMapper, SXDMGeometry
+
+        missing = [k for k in GEOMETRY_KEYS if k not in doc]
+        if missing:
+            raise ValueError(f"run {doc['uid']} lacks SXDM geometry metadata {missing} in its start "
+                             "document; record it with the run (strainstream.plans.sxdm.sxdm_map does)")
+        raster = doc.get("raster") or {}
+        try:
+            self.ny, self.nx = int(raster["ny"]), int(raster["nx"])
+            theta = np.asarray(doc["theta_deg"], dtype=np.float64)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"run {doc['uid']}: start document needs 'raster' (nx, ny, ...) and the "
+                             f"planned 'theta_deg' list ({exc})") from exc
+        if theta.ndim != 1 or theta.size == 0 or not np.all(np.isfinite(theta)):
+            raise ValueError(f"run {doc['uid']}: 'theta_deg' must be a non-empty list of angles")
+        self.theta_planned = theta
+        self.raster = dict(raster)
+        self.step_nm = float(doc["step_nm"])
+        self.keys = {"frames": None, "theta": "es_theta", "x": "es_sample_x", "y": "es_sample_y",
+                     "itheta": "sxdm_itheta", "iy": "sxdm_iy", "ix": "sxdm_ix", "fluorescence": None}
+        self.keys.update({k: v for k, v in (doc.get("sxdm_keys") or {}).items() if k in self.keys})
+        if self.keys["frames"]:
+            self.frame_keys = (self.keys["frames"],)
+        p = self.parameters
+        self.theta_tol = float(p.get("theta_tolerance_deg", 1e-3))
+        kwargs = {k: p[k] for k in _MAPPER_PARAMS if k in p}
+        self.geometry = SXDMGeometry.from_metadata({k: doc[k] for k in GEOMETRY_KEYS})
+        self.mapper = StrainMapper(self.geometry, (self.ny, self.nx), theta_deg=theta,
+                                   theta_tolerance_deg=self.theta_tol, **kwargs)
+        # line (itheta, iy) -> {ix: frame or None}; lines go to the mapper in plan order
+        self._lines: dict[tuple[int, int], dict[int, np.ndarray | None]] = {}
+        self._new_in_angle: set[int] = set()
+        self._next_line = 0  # flat index itheta * ny + iy of the next line to add
+        self._rebuild_held: dict[int, dict] = {}
+        self._rebuilt: set[int] = set()
+        self._row_of = {int(r["seq_num"]): r for r in self.rows}
+        self._line_item: tuple | None = None
+        self.angles_done = 0
+        self.final_maps = None
+        self._final_error = ""
+
+    # ------------------------------------------------------------------ documents
+    def event(self, doc):
+        if doc["descriptor"] not in self.descriptors:
+            return
+        seq = int(doc["seq_num"])
+        if seq in self.done and seq not in self._rebuilt:
+            if seq not in self._rebuild_held:
+                if self._frames_ready(seq):
+                    self._rebuild(doc)
+                else:
+                    self._rebuild_held[seq] = dict(doc)
+            return
+        super().event(doc)
+
+    def stream_datum(self, doc):
+        # as the base class, but only the held events this datum can complete are checked
+        # (a replay delivers one datum per frame after all events: O(n) instead of O(n²))
+        self.frames.stream_datum(doc)
+        lo, hi = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
+        for held, handle in ((self._held, self._process), (self._rebuild_held, self._rebuild)):
+            if hi - lo < len(held):
+                cands = [s for s in range(lo, hi) if s in held]
+            else:
+                cands = sorted(s for s in held if lo <= s < hi)
+            for seq in cands:
+                if self._frames_ready(seq):
+                    handle(held.pop(seq))
+
+    def stop(self, doc):
+        for seq in sorted(self._rebuild_held):
+            self._rebuild(self._rebuild_held.pop(seq))
+        for seq in sorted(self._held):
+            self._process(self._held.pop(seq))
+        self.flush()
+        with _single_thread():
+            self._add_lines(final=True)
+            self._publish(final=True)
+        super().stop(doc)
+
+    # ------------------------------------------------------------------ per event
+    def _indices(self, data: dict[str, Any]) -> tuple[int, int, int, float]:
+        """(itheta, iy, ix, θ) of an event; raises _EventError when they are not usable."""
+        k = self.keys
+        theta = data.get(k["theta"])
+        if theta is None or not math.isfinite(float(theta)):
+            raise _EventError("no_theta", f"event has no rocking angle {k['theta']!r}")
+        theta = float(theta)
+        near = int(np.argmin(np.abs(self.theta_planned - theta)))
+        it = int(data[k["itheta"]]) if k["itheta"] in data else near
+        if not 0 <= it < self.theta_planned.size or abs(self.theta_planned[it] - theta) > self.theta_tol:
+            raise _EventError("theta_off_plan", f"θ = {theta:.6f} deg is not the planned angle "
+                              f"{it} (tolerance {self.theta_tol} deg)")
+        if k["iy"] in data and k["ix"] in data:
+            iy, ix = int(data[k["iy"]]), int(data[k["ix"]])
+        else:  # from the positions (raster definition of the plan)
+            try:
+                step_um = self.step_nm / 1000.0
+                ix = round((float(data[k["x"]]) - self.raster["x_center_um"]) / step_um + (self.nx - 1) / 2)
+                iy = round((float(data[k["y"]]) - self.raster["y_center_um"]) / step_um + (self.ny - 1) / 2)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise _EventError("no_position", f"event has neither raster indices nor positions ({exc})") from exc
+        if not (0 <= iy < self.ny and 0 <= ix < self.nx):
+            raise _EventError("outside_raster", f"raster point (iy={iy}, ix={ix}) outside {self.ny}×{self.nx}")
+        return it, iy, ix, theta
+
+    def analyse(self, event, frames) -> dict[str, Any]:
+        data = event["data"]
+        row: dict[str, Any] = {}
+        fl = self.keys["fluorescence"]
+        if fl and data.get(fl) is not None:
+            row["fluorescence"] = float(data[fl])
+        theta = data.get(self.keys["theta"])
+        row["theta_deg"] = math.nan if theta is None else float(theta)
+        it, iy, ix, _ = self._indices(data)
+        row.update(itheta=it, iy=iy, ix=ix)
+        if not frames:
+            raise _EventError("no_frame", "the event has no detector frame (no STREAM: data key)")
+        (frame,) = frames.values()
+        frame = np.asarray(frame)
+        if frame.ndim != 2:
+            raise _EventError("bad_frame", f"frame has shape {frame.shape}, expected (rows, cols)")
+        if self.mapper.frame_shape is not None and frame.shape != self.mapper.frame_shape:
+            raise _EventError("bad_frame", f"frame shape {frame.shape} differs from the run's "
+                              f"{self.mapper.frame_shape}")
+        total = frame.sum(dtype=np.float64)
+        row.update(total_counts=total, max_counts=float(frame.max()))
+        if not math.isfinite(total):
+            raise _EventError("nonfinite", "the frame holds non-finite values")
+        self._line_item = (it, iy, ix, frame)
+        return row
+
+    def _process(self, event: dict) -> None:
+        self._line_item = None
+        super()._process(event)
+        item, self._line_item = self._line_item, None
+        if item is None:  # flagged: the frame stays out of the maps, the line still completes
+            try:
+                it, iy, ix, _ = self._indices(event["data"])
+            except _EventError:
+                return
+            item = (it, iy, ix, None)
+        self._new_in_angle.add(item[0])
+        self._to_line(*item)
+
+    def _rebuild(self, event: dict) -> None:
+        """An event committed by an earlier pass: its frame into the maps, no new row."""
+        seq = int(event["seq_num"])
+        self._rebuilt.add(seq)
+        row = self._row_of.get(seq)
+        try:
+            it, iy, ix, _ = self._indices(event["data"])
+        except _EventError:
+            return
+        frame = None
+        if row is not None and not row.get("flag"):
+            try:
+                (frame,) = self.read_frames(seq).values()
+            except (FrameUnavailable, OSError, KeyError, ValueError) as exc:
+                logger.warning("sxdm: frame of committed event %d is unreadable now (%s); the "
+                               "maps will lack it", seq, exc)
+        self._to_line(it, iy, ix, frame)
+
+    # ------------------------------------------------------------------ lines, maps
+    def _to_line(self, it: int, iy: int, ix: int, frame: np.ndarray | None) -> None:
+        self._lines.setdefault((it, iy), {}).setdefault(ix, frame)
+        with _single_thread():
+            self._add_lines(final=False)
+
+    def _add_lines(self, final: bool) -> None:
+        """Hand complete lines (all lines left when ``final``) to the mapper, in plan order."""
+        n_lines = self.theta_planned.size * self.ny
+        while self._next_line < n_lines:
+            it, iy = divmod(self._next_line, self.ny)
+            line = self._lines.get((it, iy), {})
+            if len(line) < self.nx and not final:
+                return
+            self._lines.pop((it, iy), None)
+            ixs = sorted(i for i, f in line.items() if f is not None)
+            if ixs:
+                frames = np.stack([line[i] for i in ixs])
+                try:
+                    self.mapper.add_frames(np.full(len(ixs), self.theta_planned[it]),
+                                           np.full(len(ixs), iy), np.asarray(ixs), frames)
+                except ValueError as exc:  # e.g. a frame shape the mapper refuses
+                    logger.warning("sxdm: raster line (θ %d, iy %d) left out of the maps: %s", it, iy, exc)
+            self._next_line += 1
+            if iy == self.ny - 1:
+                self.angles_done = it + 1
+                if not final and it in self._new_in_angle:
+                    self._publish(final=False)
+
+    def _publish(self, final: bool) -> None:
+        from strainstream.sxdm import SXDMError
+
+        try:
+            maps = self.mapper.maps()
+        except SXDMError as exc:
+            self._final_error = str(exc)
+            return
+        arrays = {k: getattr(maps, k) for k in MAP_KEYS + _EXTRA_KEYS}
+        done = self.theta_planned[: self.angles_done]
+        meta = {"angles_done": int(self.angles_done), "n_angles": int(self.theta_planned.size),
+                "theta_deg_done": [float(t) for t in done], "n_frames": int(maps.n_frames),
+                "final": bool(final), "step_nm": self.step_nm, "d_mean_A": maps.d_mean_A,
+                "n_pixels": int(maps.mask.sum()), "messages": list(maps.messages)}
+        self.publish_arrays(arrays, meta)
+        if final:
+            self.final_maps = maps
+
+    def summary(self) -> dict[str, Any]:
+        from strainstream.sxdm import SXDMError, compute_statistics
+
+        good = sum(1 for r in self.rows if not r["flag"])
+        out: dict[str, Any] = {k: math.nan for k in _STAT_KEYS}
+        out["n_pixels"] = 0
+        maps = self.final_maps
+        message = self._final_error
+        out["strain_tilt_xz_correlation"] = math.nan
+        if maps is not None:
+            try:
+                st = compute_statistics(maps)
+                out.update(st.to_dict(), strain_tilt_xz_correlation=st.strain_tilt_xz_correlation)
+            except SXDMError as exc:
+                message = str(exc)
+            message = message or "; ".join(maps.messages)
+        out.update(frames_analysed=good, frames_flagged=len(self.rows) - good,
+                   angles_done=int(self.angles_done), n_angles=int(self.theta_planned.size),
+                   step_nm=self.step_nm, message=message)
+        return out
