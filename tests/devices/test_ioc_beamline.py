@@ -16,30 +16,22 @@ import pytest
 
 pytestmark = pytest.mark.system
 
-XRD_SHAPE, SXDM_SHAPE, TXM_SHAPE = 128, 32, 64
 
 
 @pytest.fixture(scope="module")
-def beamline(tmp_path_factory):
-    """One simulated beamline (three IOC subprocesses) for the module.
-
-    pyepics reads the CA address list once per process, so every test touching Channel
-    Access uses this one beamline; small frames keep it fast.
-    """
-    from strainstream.beamline import Beamline
-
-    d = tmp_path_factory.mktemp("beamline")
-    with Beamline(d / "data", xrd_shape=XRD_SHAPE, sxdm_shape=SXDM_SHAPE, txm_shape=TXM_SHAPE,
-                  log_dir=d / "logs", startup_timeout_s=90) as bl:
-        yield bl
+def beamline(sim_beamline):
+    """The session's simulated beamline (tests/conftest.py): pyepics reads the CA address
+    list once per process, so all Channel Access tests share one set of IOC ports."""
+    return sim_beamline
 
 
 @pytest.fixture(scope="module")
-def devs(beamline):
-    devices = beamline.devices()
-    for dev in devices.values():
-        dev.wait_for_connection(timeout=10)
-    return devices
+def devs(sim_devices):
+    return sim_devices
+
+
+def _shape(det):
+    return int(det.rows.get()), int(det.cols.get())
 
 
 def _wait_for(pred, timeout_s=30.0, period_s=0.05):
@@ -141,6 +133,14 @@ def test_cycler_charges_the_cell(devs):
     cyc.rest().wait(5)
     cyc.reset_cell().wait(5)
     cyc.accel.put(3000.0, wait=True)
+    try:
+        _check_charge(cyc, ocv_V, preset)
+    finally:
+        cyc.accel.put(600.0, wait=True)
+        cyc.rest().wait(5)
+
+
+def _check_charge(cyc, ocv_V, preset):
     v0 = cyc.voltage_V.get(use_monitor=False)
     assert cyc.soc.get(use_monitor=False) == 0.0
     cyc.start_cc(100.0, v_max_V=4.5).wait(5)  # 2.28 h at 100 mA/g -> ~3 s of wall time
@@ -172,7 +172,6 @@ def test_cycler_charges_the_cell(devs):
     assert cyc.voltage_V.get(use_monitor=False) == pytest.approx(ocv_V("SC-NM91", soc_end), abs=0.2)
     assert cyc.limit_hits.get(use_monitor=False) == 1
     assert soc_end > 0.8
-    cyc.accel.put(600.0, wait=True)
 
 
 # --------------------------------------------------------------------------- detectors
@@ -187,7 +186,8 @@ def test_xrd_frame_matches_forward_model(devs):
     xrd.seed.put(7, wait=True)
     path, index, _ = _acquire_one(xrd)
     frame, att = _attrs(path, index)
-    assert frame.shape == (XRD_SHAPE, XRD_SHAPE) and frame.dtype == np.uint16
+    rows, cols = _shape(xrd)
+    assert frame.shape == (rows, cols) and frame.dtype == np.uint16
     phases = [
         LatticePhase(name=f"p{k}", **{f: att[f"phase{k}_{f}"] for f in
                                       ("a_A", "c_A", "fraction", "microstrain", "size_nm",
@@ -196,7 +196,7 @@ def test_xrd_frame_matches_forward_model(devs):
     ]
     # the state recorded is the cycler's state (at rest, so it is still the same)
     assert att["soc"] == pytest.approx(cyc.soc.get(use_monitor=False), abs=1e-9)
-    sim = XRDFrameSimulator(DetectorGeometry.binned(2048 // XRD_SHAPE))
+    sim = XRDFrameSimulator(DetectorGeometry.binned(2048 // rows))
     tm = dict(cell_preset("SC-NM91").transition_metals)
     expected = sim.frame(phases, seed=[7, int(att["counter"])], transition_metals=tm).image
     np.testing.assert_array_equal(frame, expected)
@@ -207,9 +207,11 @@ def test_sxdm_frame_matches_forward_model(devs):
     from strainstream.sim.sxdm_frames import particle_preset, simulate_sxdm
 
     es, det = devs["es"], devs["sxdm"]
+    shape = _shape(det)
     sim = simulate_sxdm(particle_preset("SC-NM91", "charged", ny=32, nx=32), energy_keV=8.35,
-                        shape=(SXDM_SHAPE, SXDM_SHAPE), drift_step_nm=0.0, noise=False,
+                        shape=shape, drift_step_nm=0.0, noise=False,
                         n_theta=21, theta_range_deg=1.0)
+    theta0 = es.theta.position
     k, iy, ix = 10, 16, 14  # Bragg angle, near the particle centre
     step_um = sim.particle.step_nm / 1000.0
     for st in (es.energy.set(8350.0), es.sample_x.set(ix * step_um), es.sample_y.set(iy * step_um),
@@ -220,10 +222,12 @@ def test_sxdm_frame_matches_forward_model(devs):
         path, index, _ = _acquire_one(det)
     finally:
         det.noise.put(1, wait=True)
+        for st in (es.sample_x.set(0.0), es.sample_y.set(0.0), es.theta.set(theta0)):
+            st.wait(timeout=20)
     frame, att = _attrs(path, index)
     assert att["theta_deg"] == sim.theta_deg[k]
     expected = sim.frames_at(k)[iy, ix].astype(np.int64)
-    assert frame.shape == (SXDM_SHAPE, SXDM_SHAPE) and frame.dtype == np.uint32
+    assert frame.shape == shape and frame.dtype == np.uint32
     assert np.abs(frame.astype(np.int64) - expected).max() <= 1
     assert expected.max() > 20  # the Bragg peak is on the crop
 
@@ -233,6 +237,8 @@ def test_txm_image_matches_forward_model_and_defocus(devs):
     from strainstream.sim.txm_images import particle_sample, simulate_txm_scan
 
     es, cam = devs["es"], devs["txm"]
+    shape = _shape(cam)
+    e0, zp0 = es.energy.position, es.zp_z.position
     e = 8352.0
     zp = zp_focus_mm(e)
     for st in (es.energy.set(e), es.zp_z.set(zp), es.sample_inout.set(0.0)):
@@ -247,12 +253,13 @@ def test_txm_image_matches_forward_model_and_defocus(devs):
         path_blur, i_blur, _ = _acquire_one(cam)
     finally:
         cam.noise.put(1, wait=True)
-        es.zp_z.set(zp).wait(timeout=10)
+        for st in (es.zp_z.set(zp0), es.energy.set(e0), es.sample_inout.set(0.0)):
+            st.wait(timeout=20)
     img_in, att = _attrs(path, i_in)
     img_out, _ = _attrs(path_out, i_out)
     img_blur, _ = _attrs(path_blur, i_blur)
     assert att["zp_z_mm"] == pytest.approx(zp) and att["sample_in"] == 1.0
-    scan = simulate_txm_scan(np.array([e]), sample=particle_sample((TXM_SHAPE, TXM_SHAPE)),
+    scan = simulate_txm_scan(np.array([e]), sample=particle_sample(shape),
                              zp_follows_focus=False, zp_position_m=att["zp_z_mm"] / 1000.0,
                              drift_px_rms=0.0, noise=False)
     np.testing.assert_allclose(img_in, scan.stack[0].astype(np.float32), rtol=1e-6)
@@ -270,6 +277,7 @@ def test_runengine_count_emits_stream_resource_for_the_ioc_file(devs):
     from strainstream.callbacks.base import FrameResolver
 
     det = devs["xrd"]
+    shape = list(_shape(det))
     docs = []
     RE = RunEngine({})
     RE(count([det, devs["cycler"]], num=3), lambda name, doc: docs.append((name, doc)))
@@ -279,7 +287,7 @@ def test_runengine_count_emits_stream_resource_for_the_ioc_file(devs):
     res = next(d for n, d in docs if n == "stream_resource")
     desc = next(d for n, d in docs if n == "descriptor")
     assert desc["data_keys"]["xrd_image"]["external"] == "STREAM:"
-    assert desc["data_keys"]["xrd_image"]["shape"] == [XRD_SHAPE, XRD_SHAPE]
+    assert desc["data_keys"]["xrd_image"]["shape"] == shape
     assert res["data_key"] == "xrd_image" and res["parameters"]["dataset"] == "/entry/data/data"
     path = res["uri"][len("file://localhost"):]
     resolver = FrameResolver()
@@ -292,7 +300,7 @@ def test_runengine_count_emits_stream_resource_for_the_ioc_file(devs):
             resolver.stream_datum({**d, "seq_nums": {"start": seq, "stop": seq + 1}})
     with h5py.File(path, "r", swmr=True, locking=False) as f:
         data = f["/entry/data/data"][()]
-    assert data.shape == (3, XRD_SHAPE, XRD_SHAPE)
+    assert data.shape == (3, *shape)
     for s in (1, 2, 3):
         np.testing.assert_array_equal(resolver.read("xrd_image", s), data[s - 1])
     resolver.close()
@@ -384,39 +392,40 @@ def test_missing_ioc_gives_a_named_error(beamline):
         dev.wait_for_connection(timeout=0.5)
 
 
-def test_killed_ioc_gives_a_named_error(beamline, devs):
+def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
     from strainstream.beamline import probe, status
     from strainstream.devices._ioc import IOCNotAnswering
 
-    b = devs["beam"]
+    b, x, cyc = devs["beam"], devs["xrd"], devs["cycler"]
     b.read()
-    beamline.kill("beam")
-    # a monitored value read before the client noticed would still be the cached one
-    assert _wait_for(lambda: not b.connected, 10)
-    addr = beamline.addresses["beam"]
-    with pytest.raises(IOCNotAnswering,
-                       match=rf"beam IOC at {addr} \(prefix SS:\) not answering: PV SS:BEAM:\S+"):
-        b.read()
-    with pytest.raises(IOCNotAnswering, match="beam IOC"):
-        b.shutter.open()
-    ports = ",".join(f"{n}={p}" for n, p in beamline.ports.items())
-    assert status(["--ports", ports, "--timeout", "0.3"]) == 1
-    beamline.restart("beam")
-    pv = "SS:BEAM:ring_current_mA"
-    assert probe([pv], [addr])[pv] > 0
-
-
-def test_killed_detector_ioc_gives_a_named_error(beamline, devs):
-    from strainstream.devices._ioc import IOCNotAnswering
-
-    x, cyc = devs["xrd"], devs["cycler"]
     x.stage()
-    beamline.kill("cycler")  # the last test: the fixture's stop() copes with a dead IOC
-    addr = beamline.addresses["cycler"]
-    with pytest.raises(IOCNotAnswering, match=rf"cycler IOC at {addr} \(prefix SS:XRD:\) not "
-                                              r"answering: PV SS:XRD:Acquire"):
-        x.trigger().wait(10)
-    with pytest.raises(IOCNotAnswering, match=r"PV SS:CYC:\S+"):
-        cyc.start_cc(20.0)
-    with pytest.raises(IOCNotAnswering):
-        x.unstage()
+    beamline.kill("beam")
+    beamline.kill("cycler")
+    try:
+        # a detector acquisition on a dead IOC: the status fails with the named error
+        addr = beamline.addresses["cycler"]
+        with pytest.raises(IOCNotAnswering, match=rf"cycler IOC at {addr} \(prefix SS:XRD:\) "
+                                                  r"not answering: PV SS:XRD:Acquire"):
+            x.trigger().wait(10)
+        with pytest.raises(IOCNotAnswering, match=r"PV SS:CYC:\S+"):
+            cyc.start_cc(20.0)
+        with pytest.raises(IOCNotAnswering):
+            x.unstage()
+        # a monitored value read before the client noticed would still be the cached one
+        assert _wait_for(lambda: not b.connected, 10)
+        addr = beamline.addresses["beam"]
+        with pytest.raises(IOCNotAnswering,
+                           match=rf"beam IOC at {addr} \(prefix SS:\) not answering: PV SS:BEAM:\S+"):
+            b.read()
+        with pytest.raises(IOCNotAnswering, match="beam IOC"):
+            b.shutter.open()
+        ports = ",".join(f"{n}={p}" for n, p in beamline.ports.items())
+        assert status(["--ports", ports, "--timeout", "0.3"]) == 1
+    finally:
+        # the session's other tests need them: same ports, and wait for pyepics to reconnect
+        beamline.restart("beam")
+        beamline.restart("cycler")
+    pv = "SS:BEAM:ring_current_mA"
+    assert probe([pv], [beamline.addresses["beam"]])[pv] > 0
+    assert _wait_for(lambda: b.connected and cyc.connected and x.connected, 60, 0.2)
+    assert b.ring_current_mA.get(use_monitor=False) > 0
