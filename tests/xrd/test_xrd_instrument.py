@@ -11,11 +11,13 @@ import pytest
 from strainstream.sim.cell import CoinCell
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 from strainstream.xrd import (
+    FrameError,
     InstrumentWidth,
     Integrator,
     PatternError,
     calibrate,
     instrument_fwhm,
+    make_azimuthal_integrator,
     refine_pattern,
     validate_geometry,
 )
@@ -114,13 +116,27 @@ def test_measured_width_recovers_the_microstrain():
 def test_calibrate_adds_the_width():
     sim = XRDFrameSimulator(GEO)
     frame = sim.ceo2_frame(seed=2)
-    approx = dict(frame.geometry, poni1_m=frame.geometry["poni1_m"] + 0.0012)
+    truth = frame.geometry
+    # nominal set-up: distance 3 % long, beam centre (1.5, −1) px off; the outer CeO2 rings
+    # are ~2 px apart on this 800 µm-pixel detector (the first cycle uses the inner rings)
+    approx = dict(truth, distance_m=1.03, poni1_m=truth["poni1_m"] + 0.0012,
+                  poni2_m=truth["poni2_m"] - 0.0008)
     g, diag = calibrate(frame.image, approx, measure_width=True, return_diagnostics=True,
                         width_options={"npt": 2500})
+    fit = make_azimuthal_integrator(g).getFit2D()
+    true = make_azimuthal_integrator(truth).getFit2D()
+    # measured: centre within 0.015 px, direct-beam distance within 0.1 mm
+    assert abs(fit["centerX"] - true["centerX"]) < 0.05
+    assert abs(fit["centerY"] - true["centerY"]) < 0.05
+    assert abs(fit["directDist"] - true["directDist"]) < 0.2
     assert g["instrument_fwhm_A_inv"] == pytest.approx(_inst_q(5.0, 0.02), rel=0.06)
     assert diag["instrument_width"]["instrument_fwhm_A_inv"] == g["instrument_fwhm_A_inv"]
     assert validate_geometry(g)["instrument_fwhm_A_inv"] == g["instrument_fwhm_A_inv"]
     assert "instrument_fwhm_A_inv" not in calibrate(frame.image, approx)
+    # a background-only frame is rejected by the geometry step itself
+    blank = sim.draw(sim.background(sim.q_A_inv), seed=2)
+    with pytest.raises(FrameError, match="no CeO2 rings"):
+        calibrate(blank, truth)
 
 
 def test_bad_input():

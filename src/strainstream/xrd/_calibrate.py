@@ -12,6 +12,7 @@ from ._errors import FrameError
 from ._geometry import GEOMETRY_KEYS, make_azimuthal_integrator, validate_geometry
 
 _PARAMS = ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3")
+_FIRST_RINGS = 8
 
 
 def pixel_two_theta_rad(d1, d2, geometry):
@@ -78,8 +79,11 @@ def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33):
 def _coarse_distance(ai, frame, tth_rings_rad):
     """Scale the distance so that the azimuthally averaged ring positions match the calibrant.
 
-    Returns (scale, rings matched, rings expected on the detector). A wrong distance D_g maps a ring of true angle 2θ to tan(2θ_app) = (D/D_g)·tan 2θ; the
-    scale D/D_g is found by a grid search maximising the profile at the predicted rings.
+    Returns (scale, rings matched, rings expected on the detector, rings matched by a
+    typical scale: the 90th percentile over the grid). A wrong distance D_g maps a ring of
+    true angle 2θ to tan(2θ_app) = (D/D_g)·tan 2θ; the scale D/D_g is found by a grid search
+    maximising the profile at the predicted rings. A calibrant matches most rings at one
+    scale only; background structure "matches" about as many at any scale.
     """
     npt = int(0.5 * np.hypot(*frame.shape))  # about one bin per pixel of radius
     res = ai.integrate1d(frame, npt, unit="2th_rad", method=("bbox", "histogram", "cython"))
@@ -95,7 +99,8 @@ def _coarse_distance(ai, frame, tth_rings_rad):
     pred = np.arctan(np.tan(rings)[None, :] * scales[:, None])
     score = np.interp(pred, tth, hit, left=0, right=0).sum(axis=1)
     best = int(np.argmax(score))
-    return float(scales[best]), float(score[best]), int(rings.size)
+    return (float(scales[best]), float(score[best]), int(rings.size),
+            float(np.percentile(score, 90)))
 
 
 def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
@@ -129,7 +134,8 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     max_rings : int, optional
         Use at most this many rings (default: all rings on the detector).
     n_iter : int
-        Number of extract/refine cycles.
+        Number of extract/refine cycles on all rings (after a first cycle on the 8 inner
+        rings).
     mask : ndarray of bool, shape (rows, cols), optional
         Pixels to ignore (True = masked).
     return_diagnostics : bool
@@ -173,8 +179,8 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     cal.wavelength = g["wavelength_A"] * 1e-10
     tth_rings = np.asarray(cal.get_2th(), dtype=float)
     ai = make_azimuthal_integrator(g)
-    scale, n_rings, n_expected = _coarse_distance(ai, frame, tth_rings)
-    if n_rings < max(4.0, 0.4 * n_expected):
+    scale, n_rings, n_expected, n_typical = _coarse_distance(ai, frame, tth_rings)
+    if n_rings < max(4.0, 0.4 * n_expected) or n_rings - n_typical < 0.25 * n_expected:
         raise FrameError("blank", f"no {calibrant} rings found in the azimuthal average (matched "
                                   f"{n_rings:.0f} of {n_expected}): check the frame, the wavelength and the "
                                   "approximate distance (within ~10 %)")
@@ -188,11 +194,14 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     old_level = pyfai_logger.level
     pyfai_logger.setLevel(logging.ERROR)
     try:
-        for _ in range(n_iter):
+        for it in range(n_iter + 1):
             ai = make_azimuthal_integrator(g)
             sg = SingleGeometry("calibrant", frame, calibrant=cal, detector=ai.detector,
                                 geometry=ai)
-            sg.extract_cp(max_rings=max_rings, pts_per_deg=1.0)
+            # first cycle on the inner rings only: the outer rings lie a few pixels apart, so
+            # a start beam centre off by a pixel or two would assign points to the wrong ring
+            n_rings_i = max_rings if it else min(max_rings or _FIRST_RINGS, _FIRST_RINGS)
+            sg.extract_cp(max_rings=n_rings_i, pts_per_deg=1.0)
             pts = np.array(sg.control_points.getList(), dtype=float)
             if pts.ndim != 2 or pts.shape[0] < 20:
                 raise FrameError("blank", f"only {0 if pts.ndim != 2 else pts.shape[0]} control "
