@@ -300,9 +300,10 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
     ``integrator`` used for the operando frames, or the same ``npt``, so that the Q binning
     — part of the measured width — is the same). Each calibrant reflection is fitted on a
     ±5 FWHM window by an area-normalised pseudo-Voigt (the peak model of
-    :func:`refine_pattern`) plus a linear background, all windows at once. Reflections with
-    a neighbouring calibrant reflection closer than one window (10 FWHM), fewer than 12
-    points, a failed fit or an area below ``min_snr`` standard deviations are not used.
+    :func:`refine_pattern`) plus a linear background, all windows at once (windows from a
+    first fit of the isolated reflections). Reflections whose window overlaps a neighbour's,
+    with fewer than 12 points, a failed fit or an area below ``min_snr`` standard
+    deviations are not used.
     The per-peak FWHM are fitted by the width model (``model``, see :data:`WIDTH_MODELS`),
     with > 4σ outliers (robust scale) rejected; the model is averaged over
     ``average_range_A_inv`` into the single ``instrument_fwhm_A_inv`` that
@@ -313,9 +314,11 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
     from every per-peak FWHM in quadrature, as :func:`refine_pattern` combines the sample
     and instrumental widths (a 300 nm calibrant adds ≈1 % at 0.013 Å⁻¹).
 
-    ``instrument_fwhm_A_inv`` is one number because :func:`refine_pattern` takes one; the
-    ``constant_2theta`` width in Q falls by (1 − cosθ), 0.6 % from Q = 1 to 8 Å⁻¹ at
-    λ = 0.1665 Å, which matters only when the instrumental width dwarfs the sample's.
+    ``instrument_fwhm_A_inv`` is one number because :func:`refine_pattern` takes one, while
+    a constant-Δ2θ width in Q falls by (1 − cosθ): 0.6 % from Q = 1 to 8 Å⁻¹ at
+    λ = 0.1665 Å. With a 0.02° instrument that is negligible (simulated cells: ε within
+    3–12 %); with 0.04° and ε ≈ 4·10⁻⁴ the constant width biases ε low by up to ≈15 %
+    (use :meth:`InstrumentWidth.fwhm_A_inv` where a Q-dependent width can be used).
 
     Parameters
     ----------
@@ -371,6 +374,8 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
 
     if model not in WIDTH_MODELS:
         raise ValueError(f"model must be one of {WIDTH_MODELS}, got {model!r}")
+    if calibrant_size_nm is not None and not (calibrant_size_nm > 0):
+        raise ValueError(f"calibrant_size_nm must be > 0 nm, got {calibrant_size_nm!r}")
     arr = np.asarray(frame_or_q)
     if arr.ndim == 2:
         if intensity is not None:
@@ -417,7 +422,7 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
         lo_q, hi_q = max(lo_q, q_range_A_inv[0]), min(hi_q, q_range_A_inv[1])
 
     # pass 1: isolated reflections on generous windows give the width scale; pass 2: windows
-    # of ±5 FWHM on every reflection resolved at that width
+    # of ±5 expected FWHM on every reflection resolved at that width
     half1 = np.minimum(0.45 * gap, 0.25)
     inside = (refl - half1 > lo_q) & (refl + half1 < hi_q) & (half1 > 10.0 * bin_width)
     if np.count_nonzero(inside) < 2:
@@ -452,8 +457,6 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
     ok &= (p[:, 2] > 0.5 * w_exp[use]) & (p[:, 2] < 2.0 * w_exp[use])
     pq, pw, pe, peta = p[ok, 1], p[ok, 2], e[ok, 2], p[ok, 3]
     if calibrant_size_nm is not None:
-        if not (calibrant_size_nm > 0):
-            raise ValueError(f"calibrant_size_nm must be > 0 nm, got {calibrant_size_nm!r}")
         w_size = 2.0 * np.pi * SCHERRER_K / (10.0 * float(calibrant_size_nm))
         corrected = np.sqrt(np.maximum(pw**2 - w_size**2, (0.1 * pw) ** 2))
         pe = pe * pw / corrected
