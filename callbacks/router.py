@@ -20,6 +20,7 @@ ANALYSES: dict[str, list[str]] = {
     "frame_series": ["strainstream.callbacks.framestats:FrameStatsCallback"],
     "operando_xrd": ["strainstream.callbacks.xrd:OperandoXRDCallback"],
     "sxdm": ["strainstream.callbacks.sxdm:SXDMCallback"],
+    "txm_xanes": ["strainstream.callbacks.xanes:XANESCallback"],
 }
 
 
