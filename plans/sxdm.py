@@ -28,6 +28,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Signal
+from ophyd.status import Status
 
 from ._common import base_metadata, beam_suspenders
 
@@ -39,6 +40,17 @@ DETECTOR_GEOMETRY_KEYS = ("distance_m", "pixel_size_um", "delta_deg", "gamma_deg
                           "cen_col")
 #: (003) d-spacing (Å) the simulated endstation's detector arm is set to (charged SC-NM91)
 SIM_D003_A = 13.70 / 3.0
+
+
+class _IndexSignal(Signal):
+    """A soft integer signal whose ``set`` completes at once (ophyd's Signal.set starts a
+    thread per call: milliseconds per raster point)."""
+
+    def set(self, value, **kwargs):
+        self.put(int(value))
+        st = Status(self)
+        st.set_finished()
+        return st
 
 
 def raster_positions(center_um: float, n: int, step_nm: float) -> np.ndarray:
@@ -180,9 +192,9 @@ def sxdm_map(
             for p in (pos.min(), pos.max()):
                 mot.check_value(float(p))
 
-    sig_it = Signal(name="sxdm_itheta", value=0)
-    sig_iy = Signal(name="sxdm_iy", value=0)
-    sig_ix = Signal(name="sxdm_ix", value=0)
+    sig_it = _IndexSignal(name="sxdm_itheta", value=0)
+    sig_iy = _IndexSignal(name="sxdm_iy", value=0)
+    sig_ix = _IndexSignal(name="sxdm_ix", value=0)
     readables = [detector, es.theta, es.sample_x, es.sample_y, sig_it, sig_iy, sig_ix]
     if fluorescence is not None:
         readables.append(fluorescence)
