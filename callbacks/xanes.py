@@ -269,8 +269,8 @@ class XANESCallback(AnalysisCallback):
         if energies.size >= 5:
             try:
                 res = xanes.analyse_whiteline(energies, a, **self._wl_kwargs())
-            except xanes.XanesInputError:
-                res = None
+            except (xanes.XanesInputError, np.linalg.LinAlgError):
+                res = None  # not enough of the edge and white line yet
             if res is not None:
                 arrays["whiteline_eV"] = res.whiteline_eV
                 arrays["mask"] = res.mask
@@ -315,8 +315,9 @@ class XANESCallback(AnalysisCallback):
                 out["shifts_px"] = [[float(x) for x in s] for s in reg.shifts_px]
                 out["reference_energy_eV"] = float(energies[reg.reference_index])
             res = xanes.analyse_whiteline(energies, a, **self._wl_kwargs())
-        except xanes.XanesInputError as exc:
-            out["analysis_error"] = str(exc)
+        except (xanes.XanesInputError, np.linalg.LinAlgError) as exc:
+            # the rows are committed already; the run still gets its summary, with the reason
+            out["analysis_error"] = f"{type(exc).__name__}: {exc}"
             return
         st = res.stats
         out.update(

@@ -161,8 +161,9 @@ def txm_xanes(
     exposure_s : float, optional
         Camera exposure, s (set before the scan); default: the camera's current setting.
     beam : Beam device, optional
-        Shutter for the darks; enables the beam suspenders (ring current, shutter) for the
-        energy scan, which then pauses and re-takes the interrupted frame.
+        Shutter: closed for the darks, opened for the energy scan, left as found at the end;
+        enables the beam suspenders (ring current, shutter) for the energy scan, which then
+        pauses and re-takes the interrupted frame.
     min_ring_current_mA : float
         Ring-current floor of the suspenders.
     md : dict, optional
@@ -208,12 +209,10 @@ def txm_xanes(
     state: dict[str, Any] = {"shutter_was_open": None}
 
     def darks():
-        state["shutter_was_open"] = (yield from bps.rd(beam.shutter.status)) == "Open"
         yield from bps.mv(beam.shutter, "close", es.sample_inout, sample_in_mm, sig_role, ROLES["dark"],
                           sig_ie, -1)
         for _ in range(n_darks):
             yield from bps.trigger_and_read(readables)
-        yield from bps.mv(beam.shutter, "open")
 
     def scan():
         for rep in range(repeats):
@@ -255,19 +254,23 @@ def txm_xanes(
                       "role": sig_role.name, "ienergy": sig_ie.name, "repeat": sig_rep.name,
                       "shutter": shutter_key},
         )
+        if beam is not None:
+            state["shutter_was_open"] = (yield from bps.rd(beam.shutter.status)) == "Open"
         yield from bps.open_run(md=_md)
         if n_darks:
             yield from darks()  # shutter closed on purpose: outside the suspenders
         plan = scan()
         if beam is not None:
+            yield from bps.mv(beam.shutter, "open")
             plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
         yield from plan
         yield from bps.close_run()
 
     def finish():
         yield from bps.mv(es.sample_inout, sample_in_mm)
-        if beam is not None and state["shutter_was_open"]:
-            yield from bps.mv(beam.shutter, "open")  # as it was before the darks
+        if beam is not None and state["shutter_was_open"] is not None:
+            # the shutter as it was found (the darks closed it, the scan opened it)
+            yield from bps.mv(beam.shutter, "open" if state["shutter_was_open"] else "close")
 
     plan = bpp.stage_wrapper(body(), [camera])
     return (yield from bpp.finalize_wrapper(plan, finish()))

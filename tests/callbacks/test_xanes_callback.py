@@ -23,10 +23,10 @@ from strainstream.sim import txm_images as T
 
 
 class FakeShutter(Device):
-    status = Cpt(Signal, value="Open", kind="normal")
+    status = Cpt(Signal, value="Closed", kind="normal")  # as the beam IOC starts
 
     def set(self, value):
-        self.status.put("Open" if str(value).lower() == "open" else "Close")
+        self.status.put("Open" if str(value).lower() == "open" else "Closed")
         st = Status(obj=self)
         st.set_finished()
         return st
