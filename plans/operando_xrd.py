@@ -27,6 +27,7 @@ def operando_xrd(
     material: str = "SC-NM91",
     mass_mg: float | None = None,
     beam: Any | None = None,
+    open_shutter: bool = True,
     min_ring_current_mA: float = 50.0,
     md: dict[str, Any] | None = None,
 ) -> MsgGenerator:
@@ -63,7 +64,9 @@ def operando_xrd(
     mass_mg : float, optional
         Active mass; read from the cycler when it reports one.
     beam : Beam device, optional
-        Enables the beam suspenders.
+        Enables the beam suspenders (a closed shutter or a low ring current pauses the run).
+    open_shutter : bool
+        With ``beam``: open the photon shutter before the run starts.
     md : dict, optional
         Extra start-document metadata.
     """
@@ -87,6 +90,8 @@ def operando_xrd(
     )
 
     def body():
+        if beam is not None and open_shutter:
+            yield from bps.mv(beam.shutter, "open")
         yield from bps.open_run(md=_md)
         yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
                           cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
