@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 #: arrays published after each rocking angle (each (ny, nx) but ``shifts_px`` (n_theta, 2))
 MAP_KEYS = ("intensity", "mask", "d_spacing_A", "strain", "tilt_xy_deg", "tilt_xz_deg")
 _EXTRA_KEYS = ("flags", "shifts_px")
+#: incomplete raster lines buffered before the oldest one goes to the mapper as it is
+MAX_PENDING_LINES = 4
 _MAPPER_PARAMS = ("threshold_counts", "mask_fraction", "min_counts", "register", "d_ref_A",
                   "background", "border_px", "detect_hot_pixels", "hot_factor",
                   "theta_edge_fraction", "border_fraction", "registration_reference")
@@ -112,6 +114,7 @@ class SXDMCallback(AnalysisCallback):
         self._rebuilt: set[int] = set()
         self._row_of = {int(r["seq_num"]): r for r in self.rows}
         self._line_item: tuple | None = None
+        self._frame_shape: tuple[int, ...] | None = None
         self.angles_done = 0
         self.final_maps = None
         self._final_error = ""
@@ -156,30 +159,40 @@ class SXDMCallback(AnalysisCallback):
         super().stop(doc)
 
     # ------------------------------------------------------------------ per event
-    def _indices(self, data: dict[str, Any]) -> tuple[int, int, int, float]:
-        """(itheta, iy, ix, θ) of an event; raises _EventError when they are not usable."""
+    def _locate(self, data: dict[str, Any]) -> tuple[int, int, int] | None:
+        """(itheta, iy, ix) the plan meant for an event (recorded indices, else from θ and the
+        positions); None when it cannot be told or lies outside the plan."""
         k = self.keys
-        theta = data.get(k["theta"])
-        if theta is None or not math.isfinite(float(theta)):
-            raise _EventError("no_theta", f"event has no rocking angle {k['theta']!r}")
-        theta = float(theta)
-        near = int(np.argmin(np.abs(self.theta_planned - theta)))
-        it = int(data[k["itheta"]]) if k["itheta"] in data else near
-        if not 0 <= it < self.theta_planned.size or abs(self.theta_planned[it] - theta) > self.theta_tol:
-            raise _EventError("theta_off_plan", f"θ = {theta:.6f} deg is not the planned angle "
-                              f"{it} (tolerance {self.theta_tol} deg)")
-        if k["iy"] in data and k["ix"] in data:
-            iy, ix = int(data[k["iy"]]), int(data[k["ix"]])
-        else:  # from the positions (raster definition of the plan)
-            try:
+        try:
+            if k["itheta"] in data:
+                it = int(data[k["itheta"]])
+            else:
+                it = int(np.argmin(np.abs(self.theta_planned - float(data[k["theta"]]))))
+            if k["iy"] in data and k["ix"] in data:
+                iy, ix = int(data[k["iy"]]), int(data[k["ix"]])
+            else:  # from the positions (raster definition of the plan)
                 step_um = self.step_nm / 1000.0
                 ix = round((float(data[k["x"]]) - self.raster["x_center_um"]) / step_um + (self.nx - 1) / 2)
                 iy = round((float(data[k["y"]]) - self.raster["y_center_um"]) / step_um + (self.ny - 1) / 2)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise _EventError("no_position", f"event has neither raster indices nor positions ({exc})") from exc
-        if not (0 <= iy < self.ny and 0 <= ix < self.nx):
-            raise _EventError("outside_raster", f"raster point (iy={iy}, ix={ix}) outside {self.ny}×{self.nx}")
-        return it, iy, ix, theta
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+        if 0 <= it < self.theta_planned.size and 0 <= iy < self.ny and 0 <= ix < self.nx:
+            return it, iy, ix
+        return None
+
+    def _indices(self, data: dict[str, Any]) -> tuple[int, int, int]:
+        """(itheta, iy, ix) of a usable event; raises _EventError (the row's flag) otherwise."""
+        loc = self._locate(data)
+        if loc is None:
+            raise _EventError("outside_raster", "the event's raster point / rocking angle is not part of "
+                              f"the planned {self.theta_planned.size}×{self.ny}×{self.nx} scan (or not recorded)")
+        theta = data.get(self.keys["theta"])
+        if theta is None or not math.isfinite(float(theta)):
+            raise _EventError("no_theta", f"event has no rocking angle {self.keys['theta']!r}")
+        if abs(self.theta_planned[loc[0]] - float(theta)) > self.theta_tol:
+            raise _EventError("theta_off_plan", f"θ = {float(theta):.6f} deg is not the planned angle "
+                              f"{loc[0]} ({self.theta_planned[loc[0]]:.6f} deg, tolerance {self.theta_tol} deg)")
+        return loc
 
     def analyse(self, event, frames) -> dict[str, Any]:
         data = event["data"]
@@ -189,17 +202,21 @@ class SXDMCallback(AnalysisCallback):
             row["fluorescence"] = float(data[fl])
         theta = data.get(self.keys["theta"])
         row["theta_deg"] = math.nan if theta is None else float(theta)
-        it, iy, ix, _ = self._indices(data)
-        row.update(itheta=it, iy=iy, ix=ix)
+        loc = self._locate(data)
+        if loc is not None:
+            row.update(itheta=loc[0], iy=loc[1], ix=loc[2])
+        it, iy, ix = self._indices(data)
         if not frames:
             raise _EventError("no_frame", "the event has no detector frame (no STREAM: data key)")
         (frame,) = frames.values()
         frame = np.asarray(frame)
         if frame.ndim != 2:
             raise _EventError("bad_frame", f"frame has shape {frame.shape}, expected (rows, cols)")
-        if self.mapper.frame_shape is not None and frame.shape != self.mapper.frame_shape:
+        if self._frame_shape is None:
+            self._frame_shape = frame.shape  # the first frame in seq order (every pass alike)
+        if frame.shape != self._frame_shape:
             raise _EventError("bad_frame", f"frame shape {frame.shape} differs from the run's "
-                              f"{self.mapper.frame_shape}")
+                              f"{self._frame_shape}")
         total = frame.sum(dtype=np.float64)
         row.update(total_counts=total, max_counts=float(frame.max()))
         if not math.isfinite(total):
@@ -212,11 +229,10 @@ class SXDMCallback(AnalysisCallback):
         super()._process(event)
         item, self._line_item = self._line_item, None
         if item is None:  # flagged: the frame stays out of the maps, the line still completes
-            try:
-                it, iy, ix, _ = self._indices(event["data"])
-            except _EventError:
+            loc = self._locate(event["data"])
+            if loc is None:
                 return
-            item = (it, iy, ix, None)
+            item = (*loc, None)
         self._new_in_angle.add(item[0])
         self._to_line(*item)
 
@@ -225,10 +241,10 @@ class SXDMCallback(AnalysisCallback):
         seq = int(event["seq_num"])
         self._rebuilt.add(seq)
         row = self._row_of.get(seq)
-        try:
-            it, iy, ix, _ = self._indices(event["data"])
-        except _EventError:
+        loc = self._locate(event["data"])
+        if loc is None:
             return
+        it, iy, ix = loc
         frame = None
         if row is not None and not row.get("flag"):
             try:
@@ -236,10 +252,16 @@ class SXDMCallback(AnalysisCallback):
             except (FrameUnavailable, OSError, KeyError, ValueError) as exc:
                 logger.warning("sxdm: frame of committed event %d is unreadable now (%s); the "
                                "maps will lack it", seq, exc)
+            if frame is not None and self._frame_shape is None:
+                self._frame_shape = np.shape(frame)
         self._to_line(it, iy, ix, frame)
 
     # ------------------------------------------------------------------ lines, maps
     def _to_line(self, it: int, iy: int, ix: int, frame: np.ndarray | None) -> None:
+        if it * self.ny + iy < self._next_line:  # e.g. a repeated point after its line went in
+            logger.warning("sxdm: frame for (θ %d, iy %d, ix %d) came after its raster line was "
+                           "mapped; left out", it, iy, ix)
+            return
         self._lines.setdefault((it, iy), {}).setdefault(ix, frame)
         with _single_thread():
             self._add_lines(final=False)
@@ -250,8 +272,13 @@ class SXDMCallback(AnalysisCallback):
         while self._next_line < n_lines:
             it, iy = divmod(self._next_line, self.ny)
             line = self._lines.get((it, iy), {})
-            if len(line) < self.nx and not final:
+            # a line missing an event that never comes (not locatable) must not hold all later
+            # frames in memory: it goes in incomplete once MAX_PENDING_LINES later lines wait
+            if len(line) < self.nx and not final and len(self._lines) <= MAX_PENDING_LINES:
                 return
+            if len(line) < self.nx and not final:
+                logger.warning("sxdm: raster line (θ %d, iy %d) mapped with %d of %d frames",
+                               it, iy, len(line), self.nx)
             self._lines.pop((it, iy), None)
             ixs = sorted(i for i, f in line.items() if f is not None)
             if ixs:

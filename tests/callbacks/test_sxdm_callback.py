@@ -166,19 +166,38 @@ def test_resumed_worker_is_bit_identical(scan, live, n_committed):
 def test_flagged_events_and_missing_geometry(scan):
     sim, docs = scan
     docs = list(docs)
-    # one event off the planned θ: flagged, left out of the maps; the run still maps
-    i = next(k for k, (n, d) in enumerate(docs) if n == "event" and d["seq_num"] == 250)
-    ev = copy.deepcopy(docs[i][1])
+    events = {d["seq_num"]: k for k, (n, d) in enumerate(docs) if n == "event"}
+    # one event off the planned θ, one whose raster point is unknown: both flagged and left
+    # out of the maps; the angles still complete (maps published per angle) and the run maps
+    ev = copy.deepcopy(docs[events[250]][1])
     ev["data"]["es_theta"] += 0.01
-    docs[i] = ("event", ev)
+    docs[events[250]] = ("event", ev)
+    ev = copy.deepcopy(docs[events[1234]][1])
+    for k in ("sxdm_iy", "sxdm_ix"):
+        del ev["data"][k]
+    ev["data"]["es_sample_x"] = 1e3
+    docs[events[1234]] = ("event", ev)
     sink = _feed(docs)
-    bad = [r for r in sink.rows if r["flag"]]
-    assert [(r["seq_num"], r["flag"]) for r in bad] == [(250, "theta_off_plan")]
-    assert sink.summary["n_pixels"] > 30 and sink.summary["frames_flagged"] == 1
+    bad = [(r["seq_num"], r["flag"]) for r in sink.rows if r["flag"]]
+    assert bad == [(250, "theta_off_plan"), (1234, "outside_raster")]
+    assert sink.summary["n_pixels"] > 30 and sink.summary["frames_flagged"] == 2
+    assert [p["angles_done"] for p in sink.published] == list(range(1, N_THETA + 1)) + [N_THETA]
     start = dict(docs[0][1])
     del start["distance_m"]
     with pytest.raises(ValueError, match="distance_m"):
         _feed([("start", start)])
+
+
+def test_raster_indices_from_positions_alone(scan, live):
+    """Without the index signals the documented position → index mapping gives the same maps."""
+    docs = []
+    for n, d in scan[1]:
+        if n == "start":
+            d = dict(d, sxdm_keys={k: v for k, v in d["sxdm_keys"].items() if k not in ("iy", "ix", "itheta")})
+        elif n == "event":
+            d = dict(d, data={k: v for k, v in d["data"].items() if not k.startswith("sxdm_i")})
+        docs.append((n, d))
+    _assert_identical(_feed(docs), live)
 
 
 def test_figure_has_four_maps_and_the_histogram(scan, live):
