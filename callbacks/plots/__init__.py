@@ -25,7 +25,7 @@ def _operando_xrd(entry, fig=None):
 
 FIGURES = {"frame_stats": _frame_stats, "operando_xrd": _operando_xrd}
 FIGURES["sxdm"] = __import__(f"{__name__}.sxdm", fromlist=["sxdm_figure"]).sxdm_figure
-FIGURES["txm_xanes"] = __import__(f"{__name__}.xanes", fromlist=["txm_xanes_figure"]).txm_xanes_figure
+FIGURES["txm_xanes"] = lambda entry, fig=None: __import__(f"{__name__}.xanes", fromlist=["_"]).txm_xanes_figure(entry, fig)
 
 
 def figure_for(name: str, entry: dict[str, Any], fig=None):

@@ -51,8 +51,11 @@ def txm_xanes_figure(entry, fig=None, arrays=None):
 
     counts, edges = summ.get("histogram_counts"), summ.get("histogram_edges_eV")
     if counts and edges:
-        e = np.asarray(edges, float)
-        ax_h.bar(0.5 * (e[1:] + e[:-1]), np.asarray(counts, float), width=np.diff(e), color="C0")
+        e, c = np.asarray(edges, float), np.asarray(counts, float)
+        ax_h.bar(0.5 * (e[1:] + e[:-1]), c, width=np.diff(e), color="C0")
+        cum = np.cumsum(c) / max(c.sum(), 1.0)  # zoom on the central 99 % (noise outliers aside)
+        lo, hi = int(np.searchsorted(cum, 0.005)), int(np.searchsorted(cum, 0.995))
+        ax_h.set_xlim(e[lo], e[min(hi + 1, e.size - 1)])
     elif wl is not None and np.isfinite(wl).any():
         ax_h.hist(wl[np.isfinite(wl)], bins=50, color="C0")
     mean, std = summ.get("whiteline_mean_eV"), summ.get("whiteline_std_eV")

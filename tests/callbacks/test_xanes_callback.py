@@ -165,6 +165,22 @@ def test_previews_while_the_scan_goes(live):
     assert last["whiteline_mean_eV"] == pytest.approx(live.summary["whiteline_mean_eV"], abs=0.1)
 
 
+def test_figure_shows_map_histogram_and_edge_jump(live):
+    from strainstream.callbacks.plots import figure_for
+    from strainstream.callbacks.plots.xanes import txm_xanes_figure
+
+    entry = live.as_dict()  # as read back from tiled: arrays only as digests
+    fig = figure_for("txm_xanes", entry)
+    ax_wl, ax_h = fig.axes[0], fig.axes[1]
+    assert not ax_wl.images  # no map without the arrays
+    assert sum(p.get_height() for p in ax_h.patches) == live.summary["n_voxels"]
+    fig = txm_xanes_figure(entry, arrays=live.arrays)
+    (img,) = fig.axes[0].images
+    np.testing.assert_array_equal(img.get_array().filled(np.nan), live.arrays["whiteline_eV"])
+    assert any("white-line energy (eV)" in ax.get_ylabel() for ax in fig.axes)  # the colour bar
+    assert fig.axes[2].images  # edge-jump map
+
+
 def test_replay_order_gives_identical_results(docs, live):
     """Replays deliver StreamResource/StreamDatum after the events: same numbers, same bits."""
     events = [(n, d) for n, d in docs if n not in ("stream_resource", "stream_datum", "stop")]
@@ -233,3 +249,42 @@ def test_focus_positions_lens_equation_and_table():
                                    "det_z_mm": [990.0, 1010.0]})
     assert t["zp_z_mm"][0] == pytest.approx(51.5) and t["det_z_mm"][0] == pytest.approx(1000.0)
     assert t["magnification"][0] == pytest.approx((1000.0 - 51.5) / 51.5)
+
+
+def _run_session(session, tmp, scan, params):
+    es, beam = FakeES(name="es"), FakeBeam(name="beam")
+    energies = scan.energies_eV
+
+    def source(i):
+        if beam.shutter.status.get() != "Open":
+            return scan.darks + np.random.default_rng([7, i]).normal(0.0, 2.0, scan.darks.shape)
+        ie = int(np.argmin(np.abs(energies - es.energy.position)))
+        return (scan.flats if abs(es.sample_inout.position) >= 0.5 else scan.stack)[ie]
+
+    cam = sim_frame_detector("txm", tmp, frame_source=source, frame_shape=scan.stack.shape[1:])
+    (uid,) = session.RE(txm_xanes(cam, es, energies_eV=energies, beam=beam, n_darks=2,
+                                  md={"analysis_parameters": {"txm_xanes": params}}))
+    return uid
+
+
+@pytest.mark.system
+def test_live_worker_through_tiled_equals_replay(tiled_server, worker_factory):
+    """RunEngine -> TiledWriter -> tiled -> worker: the stored maps are those of a replay."""
+    from strainstream.callbacks.sinks import read_results
+    from strainstream.demo import wait_for_results
+    from strainstream.replay import replay_run
+    from strainstream.server import detector_dir
+    from strainstream.session import make_session
+
+    worker_factory()
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    scan = T.simulate_txm_scan(sample=T.particle_sample((32, 32), voxel_size_um=0.4), seed=4,
+                               drift_px_rms=0.3)
+    uid = _run_session(session, detector_dir(tiled_server.data_dir), scan, {"reference_energy_eV": 8350.0})
+    root = tiled_server.client()
+    live = wait_for_results(root, uid, 44, timeout_s=60)
+    entry = live["analyses"]["txm_xanes"]
+    assert entry["n_rows"] == 2 + 2 * 21 and entry["summary"]["n_voxels"] > 100
+    assert entry["columns"]["role"][:4] == ["dark", "dark", "sample", "flat"]
+    assert entry["arrays"]["whiteline_eV"]["shape"] == [32, 32]
+    assert replay_run(root[uid]) == live == read_results(root, uid)
