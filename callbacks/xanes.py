@@ -10,7 +10,7 @@ running 100-energy scans of a 2048² camera).
 While the scan goes, each energy with both a sample image and a flat gives an absorbance
 image ``-ln((I - dark) / (flat - dark))`` (same-energy flat, darks so far); the analysis
 publishes (:meth:`AnalysisCallback.publish_arrays`) ``edge_jump`` — the absorbance at the
-latest energy minus the mean pre-edge absorbance, once an energy above the pre-edge window
+highest energy so far minus the mean pre-edge absorbance, once an energy above the pre-edge window
 exists — and, once at least five energies exist and they span edge and white line, a
 running ``whiteline_eV`` / ``mask`` (no registration, no magnification correction).
 
@@ -131,7 +131,9 @@ class XANESCallback(AnalysisCallback):
             frame = self.read_frames(int(event["seq_num"]))[self.keys["frames"]]
         except (FrameUnavailable, KeyError, OSError):
             return  # its committed row carries the flag; nothing to rebuild
-        self._keep(event, frame)
+        info = self._keep(event, frame)
+        if info["role"] in ("sample", "flat") and self._param("preview", True):
+            self._preview(info, publish=False)  # previews after a restart cover every energy
 
     def stop(self, doc):
         for seq in sorted(self._rebuild):
@@ -238,7 +240,8 @@ class XANESCallback(AnalysisCallback):
         return energies, stack, flats, mags
 
     # -- preview -----------------------------------------------------------------------------
-    def _preview(self, info: dict[str, Any]) -> None:
+    def _preview(self, info: dict[str, Any], publish: bool = True) -> None:
+        """Cache this energy's absorbance image; publish the preview maps (if ``publish``)."""
         from strainstream import xanes
 
         rep, groups = info["repeat"], self._groups(info["repeat"])
@@ -252,7 +255,7 @@ class XANESCallback(AnalysisCallback):
         self._preview_abs[(rep, info["ie"])] = (
             self._energy(info["ie"], g), xanes.absorbance_from_counts(sample[None], flat[None], dark)[0])
         done = sorted((v for (r, _), v in self._preview_abs.items() if r == rep), key=lambda t: t[0])
-        if len(done) < 2:
+        if len(done) < 2 or not publish:
             return
         energies = np.array([t[0] for t in done])
         a = np.stack([t[1] for t in done])
