@@ -300,11 +300,32 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--port", type=int, required=True, help="CA server port (TCP and UDP search)")
     ap.add_argument("--write-dir", default=".", help="directory for detector HDF5 files")
     ap.add_argument("--list-pvs", action="store_true", help="print the PV names and exit")
+    ap.add_argument("--exit-with-parent", action="store_true",
+                    help="shut down when the parent process dies (used by Beamline)")
+
+
+def _watch_parent(ppid: int) -> None:
+    """SIGTERM ourselves when the parent is gone (no orphaned IOCs after a crashed parent)."""
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == ppid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def serve(ioc: PVGroup, port: int, name: str, closers: Sequence[Callable[[], None]] = (),
-          list_pvs: bool = False) -> int:
-    """Run ``ioc`` on 127.0.0.1:``port`` until SIGINT/SIGTERM; print ``READY {json}`` once up."""
+          list_pvs: bool = False, exit_with_parent: bool = False) -> int:
+    """Run ``ioc`` on 127.0.0.1:``port`` until SIGINT/SIGTERM; print ``READY {json}`` once up.
+
+    SIGINT and SIGTERM both shut the server down cleanly (detector files closed), also when
+    the process inherited an ignored SIGINT (background jobs of a non-interactive shell).
+    With ``exit_with_parent`` the IOC also stops when its parent process dies.
+    """
     import signal
 
     from caproto.asyncio.server import run
@@ -330,6 +351,9 @@ def serve(ioc: PVGroup, port: int, name: str, closers: Sequence[Callable[[], Non
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    if exit_with_parent:
+        _watch_parent(os.getppid())
     try:
         run(ioc.pvdb, interfaces=["127.0.0.1"], startup_hook=ready)
     except KeyboardInterrupt:

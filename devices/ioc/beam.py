@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="strainstream-ioc beam", description=__doc__.splitlines()[0])
     add_common_args(ap)
     args = ap.parse_args(argv)
-    return serve(build(args.prefix), args.port, "beam", list_pvs=args.list_pvs)
+    return serve(build(args.prefix), args.port, "beam", list_pvs=args.list_pvs,
+                 exit_with_parent=args.exit_with_parent)
 
 
 if __name__ == "__main__":

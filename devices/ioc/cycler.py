@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 xrd_shape=args.xrd_shape, write_dir=args.write_dir)
     if not args.list_pvs:
         ioc.xrd._sim()  # build the pyFAI geometry before announcing READY
-    return serve(ioc, args.port, "cycler", closers=[ioc.xrd.close], list_pvs=args.list_pvs)
+    return serve(ioc, args.port, "cycler", closers=[ioc.xrd.close], list_pvs=args.list_pvs,
+                 exit_with_parent=args.exit_with_parent)
 
 
 if __name__ == "__main__":

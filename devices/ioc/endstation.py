@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 material=args.sxdm_material, state=args.sxdm_state, raster=args.sxdm_raster,
                 write_dir=args.write_dir)
     return serve(ioc, args.port, "endstation", closers=[ioc.sxdm.close, ioc.txm.close],
-                 list_pvs=args.list_pvs)
+                 list_pvs=args.list_pvs, exit_with_parent=args.exit_with_parent)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ strainstream.devices.ioc <name>`` subprocess bound to 127.0.0.1 with its own CA 
 :class:`Beamline` starts them (free ports unless given), waits until each prints its READY
 line *and* answers a CA read, sets the client environment of this process
 (``EPICS_CA_AUTO_ADDR_LIST=NO``, ``EPICS_CA_ADDR_LIST=127.0.0.1:<p1> ...``,
-``EPICS_CAS_INTF_ADDR_LIST=127.0.0.1``) and stops them cleanly (SIGINT, then SIGKILL after a
-grace period). pyepics reads the address list once, when its CA context is created: start the
-beamline before the first Channel Access use in a process (and keep the same ports when
+``EPICS_CAS_INTF_ADDR_LIST=127.0.0.1``) and stops them cleanly (SIGTERM, then SIGKILL after
+a grace period); each IOC also exits by itself when this process dies. pyepics reads the
+address list once, when its CA context is created: start the beamline before the first
+Channel Access use in a process (and keep the same ports when
 restarting an IOC with :meth:`Beamline.restart`).
 
 CLI helpers for ``strainstream beamline up|status``: :func:`up` and :func:`status`.
@@ -273,7 +274,8 @@ class Beamline:
         env["STRAINSTREAM_IOC_NODELAY"] = "1" if self.nodelay else "0"
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "strainstream.devices.ioc", ioc.name, "--prefix",
-               self.prefix, "--port", str(ioc.port), "--write-dir", str(self.write_dir), *ioc.args]
+               self.prefix, "--port", str(ioc.port), "--write-dir", str(self.write_dir),
+               "--exit-with-parent", *ioc.args]
         log = open(ioc.log_path, "ab")  # noqa: SIM115 - owned by the reader thread
         ioc.ready.clear()
         ioc.ready_info = {}
@@ -315,12 +317,12 @@ class Beamline:
                 f"{self.startup_timeout_s:g} s ({state}); log {ioc.log_path}:\n{tail}")
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop all IOCs (SIGINT: detector files are closed; SIGKILL after ``timeout_s``)."""
+        """Stop all IOCs (SIGTERM: detector files are closed; SIGKILL after ``timeout_s``)."""
         atexit.unregister(self.stop)
         for ioc in self.iocs.values():
             if ioc.proc is not None and ioc.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    ioc.proc.send_signal(signal.SIGINT)
+                    ioc.proc.terminate()
         for ioc in self.iocs.values():
             self._reap(ioc, timeout_s)
 
@@ -346,7 +348,7 @@ class Beamline:
         """(Re)start one IOC on its port and wait until it answers."""
         ioc = self.iocs[name]
         if ioc.proc is not None and ioc.proc.poll() is None:
-            ioc.proc.send_signal(signal.SIGINT)
+            ioc.proc.terminate()
             self._reap(ioc, 5.0)
         self._spawn(ioc)
         self._wait(ioc)

@@ -380,6 +380,36 @@ def test_up_cli_runs_until_terminated(tmp_path):
             proc.wait()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_iocs_exit_when_their_parent_dies(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from strainstream.beamline import Beamline; "
+            "bl = Beamline(sys.argv[1], iocs=['beam']).start(); "
+            "print(bl.iocs['beam'].proc.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert _alive(pid)
+        parent.kill()  # no atexit, no cleanup: the IOC must notice by itself
+        parent.wait()
+        assert _wait_for(lambda: not _alive(pid), 10), "orphaned IOC still running"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()
+
+
 # -------------------------------------------------------------------- dead IOCs (last)
 def test_missing_ioc_gives_a_named_error(beamline):
     from strainstream.devices._ioc import IOCNotAnswering
