@@ -226,7 +226,12 @@ class SXDMCallback(AnalysisCallback):
 
     def _process(self, event: dict) -> None:
         self._line_item = None
-        super()._process(event)
+        try:
+            super()._process(event)
+        finally:  # even if committing the row failed: the frame was analysed, as in a replay
+            self._register(event)
+
+    def _register(self, event: dict) -> None:
         item, self._line_item = self._line_item, None
         if item is None:  # flagged: the frame stays out of the maps, the line still completes
             loc = self._locate(event["data"])
@@ -315,7 +320,7 @@ class SXDMCallback(AnalysisCallback):
     def summary(self) -> dict[str, Any]:
         from strainstream.sxdm import SXDMError, compute_statistics
 
-        good = sum(1 for r in self.rows if not r["flag"])
+        good = sum(1 for r in self.rows if not r["flag"])  # rows committed by this pass
         out: dict[str, Any] = {k: math.nan for k in _STAT_KEYS}
         out["n_pixels"] = 0
         maps = self.final_maps
@@ -328,7 +333,8 @@ class SXDMCallback(AnalysisCallback):
             except SXDMError as exc:
                 message = str(exc)
             message = message or "; ".join(maps.messages)
-        out.update(frames_analysed=good, frames_flagged=len(self.rows) - good,
+        out.update(n_frames=int(maps.n_frames) if maps is not None else 0,
+                   frames_flagged=len(self.rows) - good,
                    angles_done=int(self.angles_done), n_angles=int(self.theta_planned.size),
                    step_nm=self.step_nm, message=message)
         return out

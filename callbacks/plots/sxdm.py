@@ -39,17 +39,16 @@ def _vals(cols: dict[str, list], key: str) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in cols.get(key, [])], dtype=float)
 
 
-def _scale_bar(ax, nx: int, ny: int, step_nm: float) -> None:
-    """A white bar of a round length (µm) in the lower left corner of a map."""
+def _scale_bar(ax, nx: int, ny: int, step_nm: float, color: str = "w") -> None:
+    """A bar of a round length (µm) in the lower left corner of a map."""
     width_um = nx * step_nm / 1000.0
     target = width_um / 4
     length = max((v for v in (0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 20, 50) if v <= target), default=target)
     px = length * 1000.0 / step_nm
     x0, y0 = -0.5 + 0.05 * nx, ny - 0.5 - 0.08 * ny
-    ax.plot([x0, x0 + px], [y0, y0], "-", color="k", lw=5, solid_capstyle="butt")
-    ax.plot([x0, x0 + px], [y0, y0], "-", color="w", lw=3, solid_capstyle="butt")
+    ax.plot([x0, x0 + px], [y0, y0], "-", color=color, lw=3, solid_capstyle="butt")
     label = f"{length * 1000:.0f} nm" if length < 1 else f"{length:g} µm"
-    ax.text(x0 + px / 2, y0 - 0.04 * ny, label, color="w", ha="center", va="bottom", fontsize=8,
+    ax.text(x0 + px / 2, y0 - 0.04 * ny, label, color=color, ha="center", va="bottom", fontsize=8,
             fontweight="bold")
 
 
@@ -78,6 +77,7 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
     -------
     matplotlib.figure.Figure
     """
+    import matplotlib
     from matplotlib.figure import Figure
 
     fig = fig or Figure(figsize=(15, 7.5), layout="constrained")
@@ -98,13 +98,15 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
             ax = fig.add_subplot(gs[k // 2, k % 2])
             v = np.asarray(arrays[key], dtype=float) * scale
             ny, nx = v.shape
-            kw: dict[str, Any] = {"cmap": cmap, "origin": "upper", "interpolation": "nearest"}
+            cm = matplotlib.colormaps[cmap].copy()
+            cm.set_bad("0.88")  # outside the particle mask (NaN)
+            kw: dict[str, Any] = {"cmap": cm, "origin": "upper", "interpolation": "nearest"}
             if diverging:
                 lim = _symmetric_limit(v)
                 kw.update(vmin=-lim, vmax=lim)
             im = ax.imshow(v, **kw)
             fig.colorbar(im, ax=ax, shrink=0.85)
-            _scale_bar(ax, nx, ny, step)
+            _scale_bar(ax, nx, ny, step, color="k" if diverging else "w")
             ax.set_title(title)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -127,7 +127,7 @@ def test_maps_match_the_simulated_particle(scan, live):
     assert s["d_mean_A"] == pytest.approx(t.mean(), rel=1e-4)
     assert s["strain_std"] == pytest.approx((t / t.mean() - 1).std(), rel=0.15)
     assert s["strain_tilt_correlation"] < -0.3  # anticorrelated, as in the forward model
-    assert s["frames_analysed"] == N_THETA * NY * NX and s["exit_status"] == "success"
+    assert s["n_frames"] == N_THETA * NY * NX and s["exit_status"] == "success"
 
 
 def test_maps_are_published_after_every_rocking_angle(live):
