@@ -188,6 +188,14 @@ def test_flagged_events_and_missing_geometry(scan):
         _feed([("start", start)])
 
 
+def test_run_without_frames_summarises_to_nan(scan):
+    docs = [(n, d) for n, d in scan[1] if n in ("start", "descriptor", "stop")]
+    sink = _feed(docs)
+    assert sink.rows == [] and sink.arrays == {}
+    s = sink.summary
+    assert s["n_pixels"] == 0 and np.isnan(s["strain_std"]) and "no frames" in s["message"]
+
+
 def test_raster_indices_from_positions_alone(scan, live):
     """Without the index signals the documented position → index mapping gives the same maps."""
     docs = []

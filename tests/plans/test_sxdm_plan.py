@@ -103,3 +103,28 @@ def test_find_bragg_finds_the_peak(sim_devices):
     res = RE(find_bragg(det, es, theta_center_deg=round(tb + 0.12, 4), half_range_deg=0.4, num=9))
     assert res.plan_result == pytest.approx(tb, abs=0.06)
     assert es.theta.position == pytest.approx(theta_before, abs=1e-4)  # θ went back
+
+
+def test_shutter_closed_mid_map_suspends_and_retakes_the_point(sim_devices):
+    import threading
+
+    det, es, beam = sim_devices["sxdm"], sim_devices["es"], sim_devices["beam"]
+    beam.shutter.open().wait(10)
+    energy = float(es.energy.position)
+    docs = []
+    RE = RunEngine({})
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+
+    def close_and_reopen():
+        beam.shutter.close().wait(10)
+        threading.Timer(1.0, lambda: beam.shutter.open()).start()
+
+    threading.Timer(0.5, close_and_reopen).start()
+    RE(sxdm_map(det, es, theta_center_deg=round(_theta_bragg(energy), 4), theta_half_range_deg=0.1,
+                n_theta=2, x_center_um=X_CENTER_UM, y_center_um=Y_CENTER_UM, nx=3, ny=3, beam=beam))
+    events = [d for n, d in docs if n == "event"]
+    points = [(e["data"]["sxdm_itheta"], e["data"]["sxdm_iy"], e["data"]["sxdm_ix"]) for e in events]
+    assert sorted(points) == [(t, y, x) for t in range(2) for y in range(3) for x in range(3)]
+    assert max(np.diff([e["time"] for e in events])) > 1.0  # it did pause
+    assert sum(n == "stream_datum" for n, _ in docs) == len(events)
+    assert docs[-1][1]["exit_status"] == "success"
