@@ -281,7 +281,7 @@ class SXDMCallback(AnalysisCallback):
             # frames in memory: it goes in incomplete once MAX_PENDING_LINES later lines wait
             if len(line) < self.nx and not final and len(self._lines) <= MAX_PENDING_LINES:
                 return
-            if len(line) < self.nx and not final:
+            if 0 < len(line) < self.nx:
                 logger.warning("sxdm: raster line (θ %d, iy %d) mapped with %d of %d frames",
                                it, iy, len(line), self.nx)
             self._lines.pop((it, iy), None)
