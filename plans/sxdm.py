@@ -262,8 +262,8 @@ def find_bragg(
 ) -> MsgGenerator:
     """Coarse θ scan at one sample position; return (and print) the θ of maximum intensity.
 
-    A console helper before :func:`sxdm_map`: ``theta = RE(find_bragg(sxdm, es))`` (with
-    ``RE(..., )`` returning the plan's value in bluesky ≥ 1.10: ``RE(...).plan_result``).
+    A console helper before :func:`sxdm_map`; the θ is printed, and returned as the plan's
+    result (``RunEngine(call_returns_result=True)``: ``RE(find_bragg(sxdm, es)).plan_result``).
     The frames' total counts are read back from the detector's HDF5 file at the end (a few
     small frames: light enough for the RunEngine process). The run is tagged
     ``experiment="sxdm_alignment"`` (no live analysis).
