@@ -35,12 +35,19 @@ class ProgressPrinter(DocumentRouter):
             return
         dt = time.monotonic() - self._t0
         rate = self._n / dt if dt > 0 else 0.0
+        extra = ""
+        for suffix, label, prec in (("voltage_V", "V", 3), ("capacity_mAh_g", "mAh/g", 1),
+                                    ("energy", "eV", 1), ("theta", "θ", 3)):
+            matches = sorted((len(k), k, v) for k, v in doc["data"].items()
+                             if k.endswith(suffix) and isinstance(v, int | float))
+            if matches:  # the shortest key: cycler_capacity_mAh_g before cycler_charge_capacity_...
+                extra += f", {label} {matches[0][2]:.{prec}f}"
         if self._total:
             left = (self._total - self._n) / rate if rate else float("nan")
             msg = f"{self._n}/{self._total} ({100 * self._n / self._total:.0f} %), {rate:.1f} pts/s, ~{left:.0f} s left"
         else:
             msg = f"{self._n} points, {rate:.1f} pts/s"
-        print(f"[{self._label}] {msg}", file=self.out, flush=True)
+        print(f"[{self._label}] {msg}{extra}", file=self.out, flush=True)
 
     def stop(self, doc):
         dt = time.monotonic() - self._t0

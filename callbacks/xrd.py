@@ -29,7 +29,7 @@ Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
 
 _PHASE_COLS = ("a_A", "a_err_A", "c_A", "c_err_A", "volume_A3", "volume_err_A3", "microstrain",
                "microstrain_err", "size_nm", "fraction")
-_ECHEM = ("voltage_V", "current_mA", "capacity_mAh_g")
+_ECHEM = ("voltage_V", "current_mA", "capacity_mAh_g", "time_s")  # cycler readings (suffixes)
 
 
 def i003_matrix(columns: dict[str, list]) -> np.ndarray:
@@ -38,6 +38,10 @@ def i003_matrix(columns: dict[str, list]) -> np.ndarray:
     if not columns.get(keys[0]):
         return np.empty((0, len(keys)))
     return np.array([[np.nan if v is None else v for v in columns[k]] for k in keys], float).T
+
+
+_ECHEM_COLUMN = {"voltage_V": "voltage_V", "current_mA": "current_mA",
+                 "capacity_mAh_g": "capacity_mAh_g", "time_s": "cell_time_s"}
 
 
 def _phase_columns(suffix: str) -> dict[str, str]:
@@ -69,7 +73,7 @@ class OperandoXRDCallback(AnalysisCallback):
     name = "operando_xrd"
     version = "1"
     columns = {
-        **{k: "float64" for k in _ECHEM},
+        **{c: "float64" for c in _ECHEM_COLUMN.values()},
         "n_phases": "int64",
         **_phase_columns(""),
         **_phase_columns("_2"),
@@ -107,10 +111,11 @@ class OperandoXRDCallback(AnalysisCallback):
                                          **kwargs)
 
     def _echem(self, data: dict[str, Any]) -> dict[str, float]:
+        """Cycler readings of the event, by data-key suffix (e.g. ``cycler_voltage_V``)."""
         out = {}
         for suffix in _ECHEM:
-            keys = [k for k in data if k.endswith(suffix)]
-            out[suffix] = float(data[keys[0]]) if keys else math.nan
+            keys = [k for k in data if k.endswith(suffix) and not k.startswith("ts_")]
+            out[_ECHEM_COLUMN[suffix]] = float(data[keys[0]]) if keys else math.nan
         return out
 
     def analyse(self, event, frames) -> dict[str, Any]:

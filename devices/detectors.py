@@ -35,6 +35,7 @@ __all__ = [
     "IOCAreaDetector",
     "SimFrameDetector",
     "StreamedFrames",
+    "XRDAreaDetector",
     "ioc_detector",
     "sim_frame_detector",
 ]
@@ -323,6 +324,12 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
         return desc
 
 
+class XRDAreaDetector(IOCAreaDetector):
+    """The operando XRD detector; ``sample`` selects the coin cell or the CeO2 calibrant."""
+
+    sample = Component(EpicsSignal, "Sample", string=True, kind="config")
+
+
 #: detector name -> (PV suffix after the beamline prefix, stored dtype, IOC name)
 IOC_DETECTORS = {
     "xrd": ("XRD:", "uint16", "cycler"),
@@ -357,6 +364,7 @@ def ioc_detector(kind: str, prefix: str = "SS:", *, name: str | None = None,
     suffix, dtype, ioc_name = IOC_DETECTORS[kind]
     kw = dict(name=name or kind, dtype=dtype, write_dir=write_dir, ioc_name=ioc_name,
               ioc_address=ioc_address)
+    cls = XRDAreaDetector if kind == "xrd" else IOCAreaDetector
     if mock:
-        return mock_device(IOCAreaDetector, prefix + suffix, **kw)
-    return IOCAreaDetector(prefix + suffix, **kw)
+        return mock_device(cls, prefix + suffix, **kw)
+    return cls(prefix + suffix, **kw)

@@ -83,7 +83,7 @@ def operando_xrd(
     _md = base_metadata(
         "operando_xrd", md,
         material=material, mass_mg=mass_mg, rate_mA_g=rate_mA_g, v_window_V=[v_min_V, v_max_V],
-        cv_hold=cv_hold, frame_interval_s=frame_interval_s, num_points=max_frames,
+        cv_hold=cv_hold, frame_interval_s=frame_interval_s, max_frames=max_frames,
         wavelength_A=calibration["wavelength_A"], calibration=dict(calibration),
         detectors=[detector.name], motors=[],
         plan_name="operando_xrd",

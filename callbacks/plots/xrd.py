@@ -23,7 +23,10 @@ def operando_xrd_figure(entry, fig=None):
     fig = fig or Figure(figsize=(15, 7), layout="constrained")
     fig.clear()
     gs = fig.add_gridspec(2, 4, width_ratios=[1.3, 0.6, 1, 1])
-    t = _arr(cols, "time")
+    # the cell's own clock (cycler time) when recorded, else the frames' wall-clock time
+    t = _arr(cols, "cell_time_s")
+    if not (t.size and np.isfinite(t).all()):
+        t = _arr(cols, "time")
     t_h = (t - t[0]) / 3600.0 if t.size else t
     volt, cap = _arr(cols, "voltage_V"), _arr(cols, "capacity_mAh_g")
     a, c, v = _arr(cols, "a_A"), _arr(cols, "c_A"), _arr(cols, "volume_A3")
@@ -48,6 +51,7 @@ def operando_xrd_figure(entry, fig=None):
     ax_c2.set_ylabel("c (Å)", color="C3")
     ax_vol = fig.add_subplot(gs[1, 2], sharex=ax_ac)
     ax_vol.plot(cap, v, "o", ms=3, color="C2")
+    ax_vol.plot(cap, _arr(cols, "volume_A3_2"), "o", ms=3, mfc="none", color="C2")
     ax_vol.set(xlabel="capacity (mAh g$^{-1}$)", ylabel="V (Å$^3$)")
 
     ax_eps = fig.add_subplot(gs[0, 3])

@@ -21,7 +21,9 @@ The cell (:class:`strainstream.sim.cell.CoinCell`) is advanced every 0.1 s of wa
 ``accel`` × the elapsed wall time.
 
 XRD detector (``<prefix>XRD:``, see :class:`~strainstream.devices.ioc._common.AreaDetectorGroup`):
-every ``Acquire`` snapshots the cell's current lattice (phases) and computes the frame with
+``Sample`` (enum ``cell`` | ``CeO2``) says what is in the beam: with ``CeO2`` a frame of the
+calibrant is taken (:meth:`~strainstream.sim.xrd_frames.XRDFrameSimulator.ceo2_frame`, for
+geometry calibration; phase attributes NaN). Otherwise every ``Acquire`` snapshots the cell's current lattice (phases) and computes the frame with
 :meth:`strainstream.sim.xrd_frames.XRDFrameSimulator.frame` for the default geometry binned to
 the configured shape (2048² default; ``--xrd-shape 256`` → binning 8), noise seed
 ``(Seed, ArrayCounter)``. The state used is stored per frame in the HDF5 file
@@ -58,6 +60,9 @@ class XRDDetector(AreaDetectorGroup):
         f"phase{k}_{f}" for k in (0, 1) for f in PHASE_FIELDS
     )
 
+    Sample = pvproperty(value="cell", dtype=ChannelType.ENUM, enum_strings=["cell", "CeO2"],
+                        doc="what is in the beam: the coin cell, or the CeO2 calibrant (NIST 674b)")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.simulator = None
@@ -90,6 +95,16 @@ class XRDDetector(AreaDetectorGroup):
             for f in PHASE_FIELDS:
                 scalars[f"phase{k}_{f}"] = float(getattr(ph, f))
         sim = self._sim()
+        if self.Sample.value == "CeO2":
+            scalars["n_phases"] = 0.0
+            for k in (0, 1):
+                for f in PHASE_FIELDS:
+                    scalars[f"phase{k}_{f}"] = float("nan")
+
+            def compute():
+                return sim.ceo2_frame(seed=seed, noise=noise).image
+
+            return compute, scalars
 
         def compute():
             return sim.frame(phases, seed=seed, noise=noise, transition_metals=tm).image

@@ -206,7 +206,9 @@ def cmd_plot(args) -> int:
 def cmd_demo(args) -> int:
     from strainstream.demo import run_demo
 
-    summary = run_demo(args.data_dir, frames=args.frames, delay_s=args.delay, quiet=args.json)
+    summary = run_demo(args.data_dir, experiment=args.experiment, frames=args.frames, delay_s=args.delay,
+                       frame_size=args.frame_size, rate_mA_g=args.rate, duration_s=args.duration,
+                       frame_interval_s=args.interval, quiet=args.json)
     if args.json:
         _print_json(summary)
     return 0 if summary["events_analysed"] == summary["events_recorded"] else 1
@@ -269,8 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="start server + worker, run a simulated experiment, print a summary")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    p.add_argument("--frames", type=int, default=20)
-    p.add_argument("--delay", type=float, default=0.2, help="seconds between frames")
+    p.add_argument("--experiment", choices=["operando_xrd", "frame_series"], default="operando_xrd",
+                   help="operando_xrd (default: IOC beamline, CeO2 calibration, live lattice "
+                        "refinement while the cell charges) or frame_series (no IOCs)")
+    p.add_argument("--frame-size", type=int, default=1024, help="XRD frame rows=cols (divides 2048)")
+    p.add_argument("--rate", type=float, default=200.0, help="charge rate, mA/g")
+    p.add_argument("--duration", type=float, default=60.0, help="wall seconds the charge takes")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between XRD frames")
+    p.add_argument("--frames", type=int, default=20, help="frame_series: number of frames")
+    p.add_argument("--delay", type=float, default=0.2, help="frame_series: seconds between frames")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -96,31 +96,130 @@ def wait_for_results(root, uid: str, n_events: int, timeout_s: float = 60.0) -> 
                        f"(have: {({k: v['n_rows'] for k, v in doc.get('analyses', {}).items()})} of {n_events})")
 
 
-def run_demo(data_dir: str | os.PathLike, frames: int = 20, delay_s: float = 0.2, quiet: bool = False) -> dict[str, Any]:
-    """Run the demo; return the summary dict (also printed unless ``quiet``)."""
+#: nominal geometry of the simulated 2048² / 200 µm flat panel as a scientist knows it before
+#: calibrating (distance and beam centre rounded); the CeO2 calibration refines it
+NOMINAL_XRD_GEOMETRY = {"distance_m": 1.0, "poni1_m": 0.2045, "poni2_m": 0.2055, "rot1": 0.0,
+                        "rot2": 0.0, "rot3": 0.0, "wavelength_A": 0.1665}
+
+
+def _say(quiet: bool):
+    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+
+def _frame_series(session, data_dir, frames, delay_s, say) -> str:
     from strainstream.devices.detectors import sim_frame_detector
     from strainstream.plans.frames import frame_series
+    from strainstream.server import detector_dir
+
+    det = sim_frame_detector("det", detector_dir(data_dir), frame_shape=(512, 512))
+    (uid,) = session.RE(frame_series([det], num=frames, delay_s=delay_s,
+                                     md={"sample": "simulated powder rings"}))
+    return uid
+
+
+def calibrate_from_ceo2(session, det, frame_size: int, say) -> dict[str, Any]:
+    """Record a CeO2 frame (its own run, ``experiment="calibration"``) and calibrate on it.
+
+    Returns the geometry dict incl. ``instrument_fwhm_A_inv`` (the analysis' calibration).
+    """
+    import bluesky.plans as bp
+    import h5py
+
+    from strainstream.xrd import calibrate
+
+    det.sample.put("CeO2", wait=True)
+    try:
+        (uid,) = session.RE(bp.count([det], md={"experiment": "calibration", "calibrant": "CeO2",
+                                                 "sample": "CeO2 NIST SRM 674b"}))
+    finally:
+        det.sample.put("cell", wait=True)
+    path = det.file_name.get(use_monitor=False)
+    with h5py.File(path, "r", swmr=True, locking=False) as f:
+        frame = f["/entry/data/data"][-1]
+    pixel_um = 200.0 * 2048 / frame_size
+    approx = dict(NOMINAL_XRD_GEOMETRY, pixel_size_um=pixel_um, shape=[frame_size, frame_size])
+    geometry = calibrate(frame, approx, measure_width=True)
+    say(f"CeO2 calibration (run {uid[:8]}): distance {geometry['distance_m']:.4f} m, beam centre "
+        f"({geometry['poni1_m'] * 1e3:.3f}, {geometry['poni2_m'] * 1e3:.3f}) mm, instrumental FWHM "
+        f"{geometry['instrument_fwhm_A_inv']:.4f} 1/Å")
+    return geometry
+
+
+def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, frame_interval_s,
+              say) -> str:
+    from strainstream.plans.operando_xrd import operando_xrd
+
+    cycler, det, beam = devices["cycler"], devices["xrd"], devices["beam"]
+    cycler.reset_cell().wait(30)
+    # simulated seconds per wall second so that the charge (~240 mAh/g) takes duration_s
+    charge_s = 240.0 / rate_mA_g * 3600.0
+    cycler.accel.put(charge_s / duration_s, wait=True)
+    geometry = calibrate_from_ceo2(session, det, frame_size, say)
+    preset = cycler.preset.get()
+    say(f"charging the simulated {preset} cell at {rate_mA_g:g} mA/g "
+        f"(time x{charge_s / duration_s:.0f}), one frame every {frame_interval_s:g} s ...")
+    (uid,) = session.RE(operando_xrd(det, cycler, calibration=geometry, rate_mA_g=rate_mA_g,
+                                     frame_interval_s=frame_interval_s, max_frames=10_000,
+                                     material=preset, beam=beam))
+    return uid
+
+
+def _close_channel_access() -> None:
+    import epics
+
+    epics.ca.finalize_libca()
+
+
+def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", frames: int = 20,
+             delay_s: float = 0.2, frame_size: int = 1024, rate_mA_g: float = 200.0,
+             duration_s: float = 60.0, frame_interval_s: float = 1.0,
+             quiet: bool = False) -> dict[str, Any]:
+    """Run the demo; return the summary dict (also printed unless ``quiet``).
+
+    ``experiment="operando_xrd"`` (default): the IOC-backed beamline (cycler + XRD detector
+    + beam IOCs on loopback), a CeO2 calibration run, then a constant-current charge of the
+    simulated SC-NM91 cell with XRD frames analysed live by the worker.
+    ``experiment="frame_series"``: an in-process detector, frame statistics (no IOCs).
+    """
     from strainstream.server import TiledServer, detector_dir
     from strainstream.session import make_session
 
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    say = _say(quiet)
     data_dir = Path(data_dir).resolve()
-    say(f"strainstream demo: data directory {data_dir}")
-    with TiledServer(data_dir) as server:
+    say(f"strainstream demo ({experiment}): data directory {data_dir}")
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(TiledServer(data_dir))
         say(f"tiled server at {server.uri}")
-        with WorkerProcess(server.uri, server.api_key, data_dir):
-            say("analysis worker running")
-            session = make_session(server.uri, server.api_key, progress=not quiet)
-            det = sim_frame_detector("det", detector_dir(data_dir), frame_shape=(512, 512))
-            (uid,) = session.RE(frame_series([det], num=frames, delay_s=delay_s,
-                                             md={"sample": "simulated powder rings"}))
-            root = server.client()
-            recorded = len(root[uid]["primary"]["seq_num"].read())
-            say(f"run {uid} recorded {recorded} events; waiting for the worker ...")
-            results = wait_for_results(root, uid, recorded)
+        devices = None
+        if experiment == "operando_xrd":
+            from strainstream.beamline import Beamline
+
+            beamline = stack.enter_context(Beamline(
+                detector_dir(data_dir), iocs=("cycler", "beam"), xrd_shape=frame_size,
+                log_dir=data_dir / "logs"))
+            say("simulated beamline IOCs up: " + ", ".join(f"{k} {v}" for k, v in beamline.addresses.items()))
+            devices = beamline.devices()
+            for dev in devices.values():
+                dev.wait_for_connection(timeout=30)
+            stack.callback(_close_channel_access)  # before the IOCs stop: no disconnect noise
+        stack.enter_context(WorkerProcess(server.uri, server.api_key, data_dir))
+        say("analysis worker running")
+        session = make_session(server.uri, server.api_key, progress=not quiet)
+        if experiment == "operando_xrd":
+            uid = _operando(session, devices, data_dir, frame_size=frame_size, rate_mA_g=rate_mA_g,
+                            duration_s=duration_s, frame_interval_s=frame_interval_s, say=say)
+        elif experiment == "frame_series":
+            uid = _frame_series(session, data_dir, frames, delay_s, say)
+        else:
+            raise ValueError(f"unknown demo experiment {experiment!r}: operando_xrd or frame_series")
+        root = server.client()
+        recorded = len(root[uid]["primary"]["seq_num"].read())
+        say(f"run {uid} recorded {recorded} events; waiting for the worker ...")
+        results = wait_for_results(root, uid, recorded, timeout_s=120)
     analysed = min(a["n_rows"] for a in results["analyses"].values())
     summary = {
         "uid": uid,
+        "experiment": experiment,
         "tiled_uri": server.uri,
         "data_dir": str(data_dir),
         "events_recorded": recorded,
@@ -130,7 +229,17 @@ def run_demo(data_dir: str | os.PathLike, frames: int = 20, delay_s: float = 0.2
     say(f"run uid        : {uid}\n"
         f"tiled URI      : {server.uri} (server stopped; data kept in {data_dir})\n"
         f"events recorded: {recorded}\nevents analysed: {analysed}")
-    for name, s in summary["results"].items():
-        say(f"{name}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
-    say(f"next: strainstream results {uid[:8]} --data-dir {data_dir}")
+    xrd = summary["results"].get("operando_xrd")
+    if xrd and xrd.get("frames_refined"):
+        say(f"lattice: a {xrd['a_first_A']:.4f} -> {xrd['a_last_A']:.4f} Å, c {xrd['c_first_A']:.4f} -> "
+            f"max {xrd['c_max_A']:.4f} -> {xrd['c_last_A']:.4f} Å\n"
+            f"max c contraction {xrd['c_contraction_pct']:.2f} %, volume change "
+            f"{xrd['volume_change_pct']:.2f} %, max Δc between coexisting H2/H3 "
+            f"{xrd['max_delta_c_A']:.3f} Å ({xrd['two_phase_frames']} two-phase frames), "
+            f"max microstrain {xrd['max_microstrain']:.2e}")
+    else:
+        for name, s in summary["results"].items():
+            say(f"{name}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+    say(f"next: strainstream results {uid[:8]} --data-dir {data_dir}\n"
+        f"      strainstream plot {uid[:8]} --data-dir {data_dir}")
     return summary

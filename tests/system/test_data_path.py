@@ -182,7 +182,8 @@ def test_cli_errors_are_one_line(tiled_server, tmp_path):
 
 def test_demo_then_results_and_replay_without_server(tmp_path):
     d = tmp_path / "demo"
-    r = _cli("demo", "--data-dir", str(d), "--frames", "6", "--delay", "0.05", "--json", timeout=300)
+    r = _cli("demo", "--experiment", "frame_series", "--data-dir", str(d), "--frames", "6", "--delay", "0.05",
+             "--json", timeout=300)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["events_recorded"] == 6 and summary["events_analysed"] == 6
