@@ -75,3 +75,12 @@ def test_deploy_config_matches_what_serve_writes(tmp_path):
     assert shipped.keys() == written.keys()
     assert shipped["trees"][0]["args"].keys() == written["trees"][0]["args"].keys()
     assert shipped["authentication"] == written["authentication"]
+
+
+def test_beamline_subcommand_is_wired():
+    out = subprocess.run([sys.executable, "-m", "strainstream.cli", "beamline", "status", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--ports" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "strainstream.cli", "beamline", "launch"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage: strainstream beamline" in bad.stderr

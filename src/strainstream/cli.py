@@ -38,6 +38,18 @@ def _delegate(name: str, argv: list[str]) -> int:
     return int(module.main(argv) or 0)
 
 
+def _beamline(argv: list[str]) -> int:
+    """``strainstream beamline up|status ...`` → :mod:`strainstream.beamline`."""
+    if not argv or argv[0] not in ("up", "status"):
+        print("usage: strainstream beamline {up,status} [options]  (see `strainstream beamline up -h`)\n"
+              "  up      start the simulated beamline's IOCs on loopback until Ctrl-C\n"
+              "  status  report which PVs answer", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from strainstream import beamline
+
+    return int(getattr(beamline, argv[0])(argv[1:]) or 0)
+
+
 # -- helpers -------------------------------------------------------------------------------
 def _add_server_args(p: argparse.ArgumentParser, data_dir_default: str | None = DEFAULT_DATA_DIR) -> None:
     p.add_argument("--data-dir", default=data_dir_default,
@@ -233,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
+    p = sub.add_parser("beamline", help="simulated beamline IOCs: up | status", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("serve", help="run the embedded tiled server (SQLite catalog + streaming cache)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--port", type=int, default=8000)
@@ -287,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "beamline":
+        return _beamline(argv[1:])
     if argv and argv[0] in ANALYSIS_COMMANDS:
         try:
             return _delegate(argv[0], argv[1:])
