@@ -153,6 +153,20 @@ def test_replay_order_is_bit_identical(scan, live):
     _assert_identical(_feed(_replay_order(scan[1])), live)
 
 
+def test_worker_style_batches_are_bit_identical(scan, live):
+    """The live worker commits whatever arrived together as one batch (sizes vary)."""
+    sink = _RecordingSink()
+    cb = SXDMCallback(sink)
+    docs, k, rng = scan[1], 0, np.random.default_rng(3)
+    while k < len(docs):
+        n = int(rng.integers(1, 90))
+        with cb.batch():
+            for name, doc in docs[k:k + n]:
+                cb(name, doc)
+        k += n
+    _assert_identical(sink, live)
+
+
 @pytest.mark.parametrize("n_committed", [1, 537, N_THETA * NY * NX - 3])
 def test_resumed_worker_is_bit_identical(scan, live, n_committed):
     """A worker killed after ``n_committed`` rows (mid-line, mid-angle) rebuilds the maps from
