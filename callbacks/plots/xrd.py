@@ -22,7 +22,7 @@ def operando_xrd_figure(entry, fig=None):
     cols = entry["columns"]
     fig = fig or Figure(figsize=(15, 7), layout="constrained")
     fig.clear()
-    gs = fig.add_gridspec(2, 4, width_ratios=[1.3, 0.6, 1, 1])
+    gs = fig.add_gridspec(2, 5, width_ratios=[1.3, 0.6, 1, 1, 1])
     # the cell's own clock (cycler time) when recorded, else the frames' wall-clock time
     t = _arr(cols, "cell_time_s")
     if not (t.size and np.isfinite(t).all()):
@@ -64,4 +64,17 @@ def operando_xrd_figure(entry, fig=None):
         a0, c0 = a[ok][0], c[ok][0]
         ax_r.plot((a / a0) ** 2, c / c0, "o", ms=3, color="C5")
     ax_r.set(xlabel="(a/a$_0$)$^2$", ylabel="c/c$_0$")
+
+    # differential capacity of the same charge, from the cycler readings of the frames
+    ax_dq = fig.add_subplot(gs[:, 4])
+    ok = np.isfinite(volt) & np.isfinite(cap)
+    if ok.sum() >= 5:
+        from strainstream.electrochem import dqdv
+
+        try:
+            v_bins, dq = dqdv(volt[ok], cap[ok], bin_width_V=0.01, smooth_V=0.02)
+            ax_dq.plot(dq, v_bins, "k-")
+        except ValueError as exc:  # e.g. a segment without charge passed
+            ax_dq.text(0.5, 0.5, str(exc), transform=ax_dq.transAxes, ha="center", wrap=True)
+    ax_dq.set(xlabel="dQ/dV (mAh g$^{-1}$ V$^{-1}$)", ylabel="voltage (V)", title="dQ/dV")
     return fig
