@@ -15,10 +15,12 @@ give identical numbers.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ __all__ = ["AnalysisCallback", "FrameResolver", "FrameUnavailable", "ResultSink"
 logger = logging.getLogger(__name__)
 
 COLUMN_TYPES = {"float64", "int64", "string", "bool"}
+_COMMIT_ATTEMPTS = 4
+_COMMIT_BACKOFF_S = 0.5
 
 
 class FrameUnavailable(LookupError):
@@ -59,6 +63,10 @@ class ResultSink:
         """Store (replace) the analysis' current arrays, e.g. strain maps after each angle."""
         raise NotImplementedError
 
+    def committed_seq_nums(self) -> set[int]:
+        """seq_nums of the rows stored so far (to reconcile after a failed append)."""
+        raise NotImplementedError
+
 
 class FrameResolver:
     """Map (data_key, seq_num) to a detector frame using StreamResource/StreamDatum documents.
@@ -82,18 +90,30 @@ class FrameResolver:
         if res is None:
             raise FrameUnavailable(f"StreamDatum refers to unknown StreamResource {doc['stream_resource']}")
         seq, idx = doc["seq_nums"], doc["indices"]
-        self._ranges.setdefault(res["data_key"], []).append(
-            (int(seq["start"]), int(seq["stop"]), int(idx["start"]), doc["stream_resource"])
-        )
+        ranges = self._ranges.setdefault(res["data_key"], [])
+        entry = (int(seq["start"]), int(seq["stop"]), int(idx["start"]), doc["stream_resource"])
+        if ranges and entry[0] < ranges[-1][0]:
+            bisect.insort(ranges, entry)
+        else:  # the usual case: StreamDatums arrive in seq_num order
+            ranges.append(entry)
+
+    def _find(self, data_key: str, seq_num: int):
+        """The (start, stop, index0, resource) range covering ``seq_num`` (bisect: O(log n))."""
+        ranges = self._ranges.get(data_key, ())
+        i = bisect.bisect_right(ranges, (seq_num, float("inf"))) - 1
+        if i >= 0 and ranges[i][0] <= seq_num < ranges[i][1]:
+            return ranges[i]
+        return None
 
     def available(self, data_key: str, seq_num: int) -> bool:
-        return any(a <= seq_num < b for a, b, _, _ in self._ranges.get(data_key, ()))
+        return self._find(data_key, seq_num) is not None
 
     def locate(self, data_key: str, seq_num: int) -> tuple[dict, int]:
-        for start, stop, index0, res_uid in self._ranges.get(data_key, ()):
-            if start <= seq_num < stop:
-                return self._resources[res_uid], index0 + (seq_num - start)
-        raise FrameUnavailable(f"no StreamDatum covers {data_key} at seq_num {seq_num}")
+        found = self._find(data_key, seq_num)
+        if found is None:
+            raise FrameUnavailable(f"no StreamDatum covers {data_key} at seq_num {seq_num}")
+        start, _, index0, res_uid = found
+        return self._resources[res_uid], index0 + (seq_num - start)
 
     def read(self, data_key: str, seq_num: int) -> np.ndarray:
         """Return the frame of ``data_key`` for event ``seq_num``."""
@@ -195,7 +215,13 @@ class AnalysisCallback(DocumentRouter):
 
     def stream_datum(self, doc):
         self.frames.stream_datum(doc)
-        for seq in sorted(self._held):
+        # only the held events this datum covers can have become ready
+        lo, hi = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
+        if hi - lo < len(self._held):
+            candidates = [seq for seq in range(lo, hi) if seq in self._held]
+        else:
+            candidates = [seq for seq in self._held if lo <= seq < hi]
+        for seq in sorted(candidates):
             if self._frames_ready(seq):
                 self._process(self._held.pop(seq))
 
@@ -290,8 +316,32 @@ class AnalysisCallback(DocumentRouter):
         """Commit pending rows to the sink (one atomic append)."""
         if not self._pending:
             return
-        rows, self._pending = self._pending, []
-        self.sink.append(rows)
+        rows = self._pending
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                self.sink.append(rows)
+                break
+            except Exception as exc:
+                # the append may have been stored although its answer was lost: ask the sink
+                # what it holds and re-send only the rest (never a row twice)
+                logger.warning("%s: committing %d rows failed (%s); reconciling", self.name, len(rows), exc)
+                time.sleep(_COMMIT_BACKOFF_S * (attempt + 1))
+                try:
+                    stored = self.sink.committed_seq_nums()
+                except Exception:
+                    stored = None
+                if stored is not None:
+                    self._mark_done([r for r in rows if r["seq_num"] in stored])
+                    rows = [r for r in rows if r["seq_num"] not in stored]
+                    self._pending = rows
+                    if not rows:
+                        return
+                if attempt == _COMMIT_ATTEMPTS - 1:
+                    raise  # the rows stay pending: the next flush (or a restart) commits them
+        self._mark_done(rows)
+        self._pending = []
+
+    def _mark_done(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             self.done.add(row["seq_num"])
         self.rows.extend(rows)

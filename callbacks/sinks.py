@@ -16,7 +16,7 @@ from typing import Any
 
 from .base import ResultSink
 
-__all__ = ["DERIVED", "MemorySink", "TiledSink", "read_results", "results_document"]
+__all__ = ["DERIVED", "MemorySink", "TiledSink", "read_arrays", "read_results", "results_document"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class MemorySink(ResultSink):
 
     def finish(self, summary):
         self.summary, self.status = dict(summary), "complete"
+
+    def committed_seq_nums(self):
+        return {int(r["seq_num"]) for r in self.rows}
 
     def put_arrays(self, arrays, metadata=None):
         self.arrays.update({k: v.copy() for k, v in arrays.items()})
@@ -127,6 +130,9 @@ class TiledSink(ResultSink):
     def finish(self, summary):
         self.node.update_metadata({"status": "complete", "summary": _json_safe(summary),
                                    "finished": time.time()})
+
+    def committed_seq_nums(self):
+        return {int(r["seq_num"]) for r in _table_rows(self.node)}
 
     def put_arrays(self, arrays, metadata=None):
         """Arrays live in the container ``derived/<uid>/<analysis>_arrays``; rewritten in place."""
@@ -232,3 +238,18 @@ def read_results(root, raw_uid: str) -> dict[str, Any]:
             md, md.get("status", "unknown"), md.get("summary"), {c: None for c in columns}, rows, arrays
         )
     return results_document(raw_uid, analyses)
+
+
+def read_arrays(root, raw_uid: str, analysis: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored arrays (maps) of one analysis of ``raw_uid`` and their metadata.
+
+    Returns ``({}, {})`` when the analysis stored no arrays (yet).
+    """
+    try:
+        run_node = root[DERIVED][raw_uid]
+        run_node = getattr(run_node, "base", run_node)
+        box = run_node[f"{analysis}{ARRAYS_SUFFIX}"]
+    except KeyError:
+        return {}, {}
+    box = getattr(box, "base", box)
+    return {k: box[k].read() for k in box}, dict(box.metadata)

@@ -107,3 +107,34 @@ def test_wrong_frame_shape_is_refused_by_the_detector(tmp_path):
     with pytest.raises(Exception) as info:
         RE(frame_series([det], num=1))
     assert "does not match the detector" in str(info.value.__cause__)
+
+
+class _FlakySink(MemorySink):
+    """append fails once per mode: 'lost' stores the rows but loses the answer; 'refused'
+    stores nothing."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode, self.failed = mode, False
+
+    def append(self, rows):
+        if not self.failed:
+            self.failed = True
+            if self.mode == "lost":
+                super().append(rows)
+            raise ConnectionError("response lost")
+        super().append(rows)
+
+
+@pytest.mark.parametrize("mode", ["lost", "refused"])
+def test_failed_commit_is_reconciled_without_duplicates(tmp_path, mode, monkeypatch):
+    import strainstream.callbacks.base as base
+
+    monkeypatch.setattr(base, "_COMMIT_BACKOFF_S", 0.0)
+    docs = _run(tmp_path)
+    _, clean = _feed(docs)
+    sink = _FlakySink(mode)
+    _feed(docs, sink)
+    assert [r["seq_num"] for r in sink.rows] == [1, 2, 3, 4, 5, 6]  # each row stored once
+    assert sink.rows == clean.rows
+    assert sink.summary == clean.summary
