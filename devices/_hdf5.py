@@ -97,6 +97,25 @@ class H5FrameWriter:
         self.count += 1
         return index
 
+    def rewind(self, count: int) -> None:
+        """Drop the frames from index ``count`` on; the next :meth:`append` writes at ``count``.
+
+        Used when frames were taken but never recorded (a RunEngine rewind after a beam-loss
+        suspension re-takes them): the file must hold exactly the recorded frames, in order,
+        because readers (tiled) map event k to frame k-1.
+        """
+        count = int(count)
+        if not 0 <= count <= self.count:
+            raise ValueError(f"cannot rewind to frame {count}: the file holds {self.count} frames")
+        if count == self.count:
+            return
+        self._ds.resize(count, axis=0)
+        for ds in self._scalars.values():
+            ds.resize(count, axis=0)
+            ds.flush()
+        self._ds.flush()
+        self.count = count
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

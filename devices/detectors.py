@@ -69,9 +69,28 @@ class StreamedFrames:
         )
         self._resource_emitted = False
         self._pending = []
+        self._rewind_to = None
 
     def _frame_written(self, index: int) -> None:
         self._pending.append(index)
+
+    _rewind_to: int | None = None
+
+    def pause(self) -> None:
+        """Called by the RunEngine when it suspends or pauses: frames not yet collected belong
+        to no event (the rewind takes them again), so they are dropped from the file before
+        the next frame (event k must stay frame k-1 for every reader, tiled included)."""
+        if self._pending:
+            self._rewind_to = self._pending[0] if self._rewind_to is None else self._rewind_to
+            self._pending = []
+
+    def resume(self) -> None:
+        """Called by the RunEngine on resume; the re-take happens at the next trigger."""
+
+    def _abandoned_from(self) -> int | None:
+        """Index from which the file must be cut before the next frame (set by :meth:`pause`)."""
+        first, self._rewind_to = self._rewind_to, None
+        return first
 
     def _image_description(self, source: str, shape, dtype: np.dtype) -> dict:
         return {
@@ -157,6 +176,9 @@ class SimFrameDetector(StreamedFrames, Device):
             raise RuntimeError(f"{self.name}: trigger() before stage(); the plan must stage the detector")
         status = Status(obj=self, timeout=None)
         try:
+            abandoned = self._abandoned_from()
+            if abandoned is not None:
+                self._writer.rewind(abandoned)
             frame = np.asarray(self._frame_source(self._writer.count))
             index = self._writer.append(frame)
         except Exception as exc:  # reported through the status, so the RunEngine names it
@@ -234,6 +256,7 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
     exposure_s = Component(EpicsSignal, "AcquireTime", kind="config")
     noise = Component(EpicsSignal, "Noise", kind="config")
     seed = Component(EpicsSignal, "Seed", kind="config")
+    next_index = Component(EpicsSignal, "NextIndex", put_complete=True, kind="omitted")
     status_message = Component(EpicsSignalRO, "Status_RBV", string=True, kind="omitted")
 
     def __init__(self, prefix: str = "", *, name: str, dtype: str = "uint32",
@@ -274,6 +297,11 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
             raise RuntimeError(f"{self.name}: trigger() before stage(); the plan must stage the detector")
         # the Acquire put times out first and is reported as a named IOCNotAnswering
         status = DeviceStatus(self, timeout=self.acquire_timeout_s + 5.0)
+        abandoned = self._abandoned_from()
+        if abandoned is not None:  # re-take after a rewind: the IOC drops the unrecorded frames
+            with ioc_guard(self):
+                self.next_index.put(abandoned, wait=True, timeout=self.acquire_timeout_s)
+            self._next_index = abandoned
         index = self._next_index
         self._next_index += 1
 

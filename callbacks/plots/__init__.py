@@ -1,7 +1,8 @@
 """Figures of derived results (matplotlib), as the papers show them.
 
-Each analysis has one figure function taking the ``columns`` of its results entry
-(see :func:`strainstream.callbacks.sinks.read_results`) and returning a Figure.
+Each analysis has one figure function taking its results entry (see
+:func:`strainstream.callbacks.sinks.read_results`), optionally the stored arrays, and
+returning a Figure.
 """
 
 from __future__ import annotations
@@ -11,23 +12,25 @@ from typing import Any
 __all__ = ["FIGURES", "figure_for"]
 
 
-def _frame_stats(entry, fig=None):
-    from .framestats import frame_stats_figure
-
-    return frame_stats_figure(entry, fig)
-
-
-def _operando_xrd(entry, fig=None):
-    from .xrd import operando_xrd_figure
-
-    return operando_xrd_figure(entry, fig)
+#: analysis name -> "module:function" (relative to this package), imported when used
+FIGURES: dict[str, str] = {
+    "frame_stats": "framestats:frame_stats_figure",
+    "operando_xrd": "xrd:operando_xrd_figure",
+    "sxdm": "sxdm:sxdm_figure",
+    "txm_xanes": "xanes:txm_xanes_figure",
+}
 
 
-FIGURES = {"frame_stats": _frame_stats, "operando_xrd": _operando_xrd}
-FIGURES["sxdm"] = __import__(f"{__name__}.sxdm", fromlist=["sxdm_figure"]).sxdm_figure
-FIGURES["txm_xanes"] = lambda entry, fig=None: __import__(f"{__name__}.xanes", fromlist=["_"]).txm_xanes_figure(entry, fig)
+def figure_for(name: str, entry: dict[str, Any], fig=None, arrays: dict[str, Any] | None = None):
+    """The figure of analysis ``name`` for its results entry; KeyError if it has none.
 
+    ``arrays`` are the analysis' stored maps (:func:`strainstream.callbacks.sinks.read_arrays`),
+    used by the figures that show maps (SXDM, TXM-XANES).
+    """
+    import importlib
 
-def figure_for(name: str, entry: dict[str, Any], fig=None):
-    """The figure of analysis ``name`` for its results entry; KeyError if it has none."""
-    return FIGURES[name](entry, fig)
+    module, _, func = FIGURES[name].partition(":")
+    function = getattr(importlib.import_module(f"{__name__}.{module}"), func)
+    if arrays:
+        return function(entry, fig, arrays=arrays)
+    return function(entry, fig)

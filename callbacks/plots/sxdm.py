@@ -3,7 +3,7 @@ beside the strain histogram inside the particle — the panels of the study's SX
 
 The maps are arrays next to the results table (``derived/<uid>/sxdm_arrays`` in tiled), not
 in the results entry (which holds their digests only): pass them as ``arrays`` (e.g. from
-:func:`read_sxdm_arrays`). Without them the figure shows the rocking curve from the per-frame
+:func:`strainstream.callbacks.sinks.read_arrays`). Without them the figure shows the rocking curve from the per-frame
 table.
 """
 
@@ -13,26 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_sxdm_arrays", "sxdm_figure"]
-
-
-def read_sxdm_arrays(root, raw_uid: str, analysis: str = "sxdm") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The published maps and their metadata from tiled (empty dict if none yet).
-
-    Parameters
-    ----------
-    root : tiled client container
-        Catalog root.
-    raw_uid : str
-        The raw run.
-    """
-    from .. import sinks
-
-    try:
-        box = root[sinks.DERIVED][raw_uid][f"{analysis}{sinks.ARRAYS_SUFFIX}"]
-    except KeyError:
-        return {}, {}
-    return {k: box[k].read() for k in box}, dict(box.metadata)
+__all__ = ["sxdm_figure"]
 
 
 def _vals(cols: dict[str, list], key: str) -> np.ndarray:
@@ -121,7 +102,7 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
         ax_h.set(xlabel="strain Δd/d (10$^{-3}$)", ylabel="pixels", title=f"strain histogram {txt}".strip())
     else:
         ax_n = fig.add_subplot(gs[:, :2])
-        ax_n.text(0.5, 0.5, "maps not loaded\n(pass the sxdm_arrays: read_sxdm_arrays)",
+        ax_n.text(0.5, 0.5, "maps not loaded\n(pass arrays: sinks.read_arrays)",
                   ha="center", va="center", transform=ax_n.transAxes)
         ax_n.set_axis_off()
     # rocking curve from the per-frame table: summed counts per angle

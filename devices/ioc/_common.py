@@ -214,6 +214,8 @@ class AreaDetectorGroup(PVGroup):
     AcquireTime = pvproperty(value=0.0, precision=3, doc="extra exposure wait (s)")
     Noise = pvproperty(value=1, doc="1: counting noise, 0: expected counts (rounded)")
     Seed = pvproperty(value=0, doc="noise seed; frame n uses (Seed, ArrayCounter)")
+    NextIndex = pvproperty(value=0, doc="put n <= NumCaptured: drop frames n.. of the file; the "
+                                        "next frame is written at n (re-take after a rewind)")
     Status_RBV = long_string(value="idle", read_only=True)
 
     def __init__(self, *args, **kwargs):
@@ -266,6 +268,17 @@ class AreaDetectorGroup(PVGroup):
                 await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
                 raise
         return 1 if value else 0
+
+    @NextIndex.putter
+    async def NextIndex(self, instance, value):
+        async with self._lock:
+            if self._writer is None:
+                raise ValueError("no open file (Capture = 0)")
+            writer = self._writer
+            await asyncio.get_running_loop().run_in_executor(None, lambda: writer.rewind(int(value)))
+            await self.NumCaptured_RBV.write(writer.count)
+            await asyncio.sleep(MONITOR_FLUSH_S)
+        return int(value)
 
     @Acquire.putter
     async def Acquire(self, instance, value):

@@ -180,7 +180,7 @@ def cmd_plot(args) -> int:
 
     matplotlib.use("Agg")
     from strainstream.callbacks.plots import figure_for
-    from strainstream.callbacks.sinks import read_results
+    from strainstream.callbacks.sinks import read_arrays, read_results
 
     root = _open_catalog(args, need_server=args.live)
     uid = _get_run(root, args.uid).metadata["start"]["uid"]
@@ -193,8 +193,9 @@ def cmd_plot(args) -> int:
         for name, entry in doc["analyses"].items():
             if args.analysis and name != args.analysis:
                 continue
+            arrays, _ = read_arrays(root, uid, name)
             try:
-                fig = figure_for(name, entry)
+                fig = figure_for(name, entry, arrays=arrays)
             except KeyError:
                 continue
             out = args.out or f"{uid[:8]}_{name}.png"
