@@ -90,8 +90,6 @@ def operando_xrd(
     )
 
     def body():
-        if beam is not None and open_shutter:
-            yield from bps.mv(beam.shutter, "open")
         yield from bps.open_run(md=_md)
         yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
                           cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
@@ -113,4 +111,6 @@ def operando_xrd(
     plan = bpp.finalize_wrapper(plan, finish())
     if beam is not None:
         plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
+        if open_shutter:  # before the suspenders watch it, or the closed shutter suspends the run
+            yield from bps.mv(beam.shutter, "open")
     return (yield from plan)

@@ -217,11 +217,15 @@ def cmd_plot(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    import contextlib
+
     from strainstream.demo import run_demo
 
-    summary = run_demo(args.data_dir, experiment=args.experiment, frames=args.frames, delay_s=args.delay,
-                       frame_size=args.frame_size, rate_mA_g=args.rate, duration_s=args.duration,
-                       frame_interval_s=args.interval, quiet=args.json)
+    # bluesky prints suspension notices on stdout: keep stdout for the JSON summary alone
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        summary = run_demo(args.data_dir, experiment=args.experiment, frames=args.frames,
+                           delay_s=args.delay, frame_size=args.frame_size, rate_mA_g=args.rate,
+                           duration_s=args.duration, frame_interval_s=args.interval, quiet=args.json)
     if args.json:
         _print_json(summary)
     return 0 if summary["events_analysed"] == summary["events_recorded"] else 1
