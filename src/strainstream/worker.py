@@ -46,6 +46,7 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Worker:
+        self._warm_up()
         sub = self.root.subscribe()
         sub.child_created.add_callback(self._on_run_created)
         sub.child_metadata_updated.add_callback(self._on_run_metadata)
@@ -53,6 +54,19 @@ class Worker:
         self._root_sub = sub
         self.catch_up()
         return self
+
+    @staticmethod
+    def _warm_up() -> None:
+        """Import every analysis now, so the first event of the first run pays no imports."""
+        import importlib
+
+        import h5py  # noqa: F401  (frames are read from the detectors' HDF5 files)
+
+        from strainstream.callbacks import router, sinks, tiled_source  # noqa: F401
+
+        for specs in router.ANALYSES.values():
+            for spec in specs:
+                importlib.import_module(spec.partition(":")[0])
 
     def stop(self) -> None:
         self.stopped.set()
