@@ -167,3 +167,13 @@ def test_result_statistics_match_the_map(noisy_scan):
     assert res.stats.mean_eV == pytest.approx(v.mean())
     assert res.stats.std_eV == pytest.approx(v.std())
     assert res.stats.histogram_counts.sum() == 500
+
+
+def test_too_sparse_energies_give_a_named_error_not_a_linalg_crash():
+    from strainstream.sim import txm_images as T
+    from strainstream.xanes import XanesInputError, analyse_whiteline
+
+    e = np.array([8340.0, 8344.0, 8350.0, 8352.0, 8360.0])
+    mu = T.ni_k_edge_absorbance(e[:, None, None], np.full((1, 4, 4), 0.5))
+    with pytest.raises(XanesInputError, match="energy steps too coarse"):
+        analyse_whiteline(e, mu)

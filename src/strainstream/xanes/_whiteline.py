@@ -217,7 +217,21 @@ def _local_rows(u_over_h: np.ndarray, support: float) -> np.ndarray:
     v = t[..., :, None] ** np.arange(_ORDER + 1)  # (..., w, p)
     vw = v * wgt[..., :, None]
     a = np.swapaxes(vw, -1, -2) @ v  # (..., p, p)
-    pinv = np.linalg.solve(a, np.swapaxes(vw, -1, -2))  # (..., p, w)
+    n_used = (wgt > 0).sum(axis=-1)
+    if np.any(n_used < _ORDER + 1):
+        raise XanesInputError(
+            f"energy steps too coarse for the white-line fit: the local cubic needs at least "
+            f"{_ORDER + 1} energies within ±{support:g} bandwidths of the maximum, but only "
+            f"{int(n_used.min())} fall there; measure ≤ 1 eV steps across the white line or "
+            "raise bandwidth_eV"
+        )
+    try:
+        pinv = np.linalg.solve(a, np.swapaxes(vw, -1, -2))  # (..., p, w)
+    except np.linalg.LinAlgError:
+        raise XanesInputError(
+            "the white-line fit is singular for this energy list (energies too sparse or "
+            "repeated near the maximum); measure ≤ 1 eV steps across the white line"
+        ) from None
     return pinv[..., 0:3, :]
 
 
