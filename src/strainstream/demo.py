@@ -213,7 +213,9 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
         else:
             raise ValueError(f"unknown demo experiment {experiment!r}: operando_xrd or frame_series")
         root = server.client()
-        recorded = len(root[uid]["primary"]["seq_num"].read())
+        # unique seq_nums: TiledWriter may store a row twice when it retries an append whose
+        # answer was lost under load (it warns); the worker analyses each event once
+        recorded = len(set(root[uid]["primary"]["seq_num"].read().tolist()))
         say(f"run {uid} recorded {recorded} events; waiting for the worker ...")
         results = wait_for_results(root, uid, recorded, timeout_s=120)
     analysed = min(a["n_rows"] for a in results["analyses"].values())
