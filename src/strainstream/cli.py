@@ -324,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose or args.command in ("worker", "serve") else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    logging.getLogger("silx").setLevel(logging.ERROR)  # pyFAI's silx: "Unable to import pyOpenCl"
     from strainstream.server import ServerError
 
     try:
