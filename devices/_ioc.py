@@ -13,12 +13,18 @@ import os
 import re
 from typing import Any
 
+from epics.ca import ChannelAccessException  # pyepics: "timed out waiting ... to connect"
 from ophyd import Device
 from ophyd.utils.errors import DisconnectedError
 
 __all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device"]
 
 _PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
+
+
+#: bound on a put (incl. pyepics' wait for the channel): ophyd's default is none, and a put
+#: racing an IOC's death would otherwise wait for years instead of failing with a named error
+PUT_TIMEOUT_S = 60.0
 
 
 class IOCNotAnswering(TimeoutError):
@@ -35,7 +41,7 @@ class IOCNotAnswering(TimeoutError):
         super().__init__(msg)
 
 
-_IOC_ERRORS = (TimeoutError, DisconnectedError)
+_IOC_ERRORS = (TimeoutError, DisconnectedError, ChannelAccessException)
 
 
 def _pv_from(exc: BaseException, device: Device) -> str | None:

@@ -13,7 +13,7 @@ from ophyd import Component as Cpt
 from ophyd import EpicsSignal, EpicsSignalRO
 from ophyd.status import Status
 
-from ._ioc import IOCDevice, ioc_guard, mock_device
+from ._ioc import PUT_TIMEOUT_S, IOCDevice, ioc_guard, mock_device
 
 __all__ = ["Beam", "Shutter", "beam"]
 
@@ -26,7 +26,8 @@ class Shutter(IOCDevice):
 
     ioc_default_name = "beam"
 
-    command = Cpt(EpicsSignal, "BEAM:shutter", string=True, put_complete=True, kind="omitted")
+    command = Cpt(EpicsSignal, "BEAM:shutter", string=True, put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
     status = Cpt(EpicsSignalRO, "BEAM:shutter_status", string=True, kind="normal")
 
     def set(self, value: Any) -> Status:
@@ -60,7 +61,8 @@ class Beam(IOCDevice):
     ring_current_mA = Cpt(EpicsSignalRO, "BEAM:ring_current_mA", kind="hinted", auto_monitor=True)
     ring_nominal_mA = Cpt(EpicsSignal, "BEAM:ring_nominal_mA", kind="config")
     dump_duration_s = Cpt(EpicsSignal, "BEAM:dump_duration_s", kind="config")
-    dump_cmd = Cpt(EpicsSignal, "BEAM:dump", put_complete=True, kind="omitted")
+    dump_cmd = Cpt(EpicsSignal, "BEAM:dump", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
     shutter = Cpt(Shutter, "")
 
     def __init__(self, prefix: str = "", *, name: str, ioc_name=None, ioc_address=None,

@@ -15,7 +15,7 @@ from ophyd import Component as Cpt
 from ophyd import EpicsSignal, EpicsSignalRO
 from ophyd.status import Status
 
-from ._ioc import IOCDevice, ioc_guard, mock_device
+from ._ioc import PUT_TIMEOUT_S, IOCDevice, ioc_guard, mock_device
 
 __all__ = ["Cycler", "cycler"]
 
@@ -34,9 +34,12 @@ class Cycler(IOCDevice):
     accel = Cpt(EpicsSignal, "CYC:accel", kind="config")
     preset = Cpt(EpicsSignalRO, "CYC:preset", string=True, kind="config")
     mass_mg = Cpt(EpicsSignalRO, "CYC:mass_mg", kind="config")
-    start_cmd = Cpt(EpicsSignal, "CYC:start", put_complete=True, kind="omitted")
-    stop_cmd = Cpt(EpicsSignal, "CYC:stop", put_complete=True, kind="omitted")
-    reset_cmd = Cpt(EpicsSignal, "CYC:reset", put_complete=True, kind="omitted")
+    start_cmd = Cpt(EpicsSignal, "CYC:start", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
+    stop_cmd = Cpt(EpicsSignal, "CYC:stop", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
+    reset_cmd = Cpt(EpicsSignal, "CYC:reset", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
 
     voltage_V = Cpt(EpicsSignalRO, "CYC:voltage_V", kind="hinted", auto_monitor=True)
     current_mA = Cpt(EpicsSignalRO, "CYC:current_mA", kind="normal", auto_monitor=True)

@@ -28,7 +28,7 @@ from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import DisconnectedError, InvalidState
 
 from ._hdf5 import DATASET, H5FrameWriter
-from ._ioc import IOCDevice, ioc_guard, mock_device
+from ._ioc import PUT_TIMEOUT_S, IOCDevice, ioc_guard, mock_device
 
 __all__ = [
     "FrameSource",
@@ -244,8 +244,10 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
     ``prefix`` is the detector's PV prefix, e.g. ``SS:XRD:``.
     """
 
-    acquire = Component(EpicsSignal, "Acquire", put_complete=True, kind="omitted")
-    capture = Component(EpicsSignal, "Capture", put_complete=True, kind="omitted")
+    acquire = Component(EpicsSignal, "Acquire", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
+    capture = Component(EpicsSignal, "Capture", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
     file_dir = Component(EpicsSignal, "FileDir", string=True, kind="config")
     next_file_name = Component(EpicsSignal, "FileName", string=True, kind="omitted")
     file_name = Component(EpicsSignalRO, "FullFileName_RBV", string=True, kind="config")
@@ -256,7 +258,8 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
     exposure_s = Component(EpicsSignal, "AcquireTime", kind="config")
     noise = Component(EpicsSignal, "Noise", kind="config")
     seed = Component(EpicsSignal, "Seed", kind="config")
-    next_index = Component(EpicsSignal, "NextIndex", put_complete=True, kind="omitted")
+    next_index = Component(EpicsSignal, "NextIndex", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
     status_message = Component(EpicsSignalRO, "Status_RBV", string=True, kind="omitted")
 
     def __init__(self, prefix: str = "", *, name: str, dtype: str = "uint32",
@@ -336,6 +339,8 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
                     status.set_exception(self.ioc_error(DisconnectedError(
                         f"{self.acquire.pvname} disconnected during the acquisition")))
 
+        if not self.acquire.connected:  # the IOC is gone: fail now, named, instead of in the put
+            raise self.ioc_error(DisconnectedError(f"{self.acquire.pvname} is disconnected"))
         cid = self.acquire.subscribe(on_meta, event_type=self.acquire.SUB_META, run=False)
         status.add_callback(lambda st: self.acquire.unsubscribe(cid))
         with ioc_guard(self):
