@@ -100,12 +100,15 @@ class TiledSink(ResultSink):
         self.analysis = analysis
         self.node = None
         self._schema = None
+        self._run_node = None  # derived/<raw_uid>, found or created once in begin()
+        self._box = None  # derived/<raw_uid>/<analysis>_arrays, on the first put_arrays
+        self._array_nodes: dict[str, Any] = {}
 
     def begin(self, metadata, columns):
         self._schema = _arrow_schema(columns)
         derived = _get_or_create_container(self.root, DERIVED, {"description": "strainstream derived results"})
-        run_node = _get_or_create_container(derived, self.raw_uid, {"raw_uid": self.raw_uid})
-        run_node = getattr(run_node, "base", run_node)
+        run_node = self._run_node = _base(
+            _get_or_create_container(derived, self.raw_uid, {"raw_uid": self.raw_uid}))
         if self.analysis in run_node:
             self.node = run_node[self.analysis]
             rows = _table_rows(self.node)
@@ -135,22 +138,32 @@ class TiledSink(ResultSink):
         return {int(r["seq_num"]) for r in _table_rows(self.node)}
 
     def put_arrays(self, arrays, metadata=None):
-        """Arrays live in the container ``derived/<uid>/<analysis>_arrays``; rewritten in place."""
-        run_node = _get_or_create_container(self.root[DERIVED], self.raw_uid, {"raw_uid": self.raw_uid})
-        run_node = getattr(run_node, "base", run_node)
-        box = _get_or_create_container(run_node, f"{self.analysis}{ARRAYS_SUFFIX}",
-                                       {"raw_uid": self.raw_uid, "analysis": self.analysis})
-        box = getattr(box, "base", box)
+        """Arrays live in the container ``derived/<uid>/<analysis>_arrays``; rewritten in place.
+
+        Called after every rocking angle / energy: the container and array nodes are looked
+        up once and reused, so a later call costs one write per array.
+        """
+        if self._box is None:
+            self._box = _base(_get_or_create_container(
+                self._run_node, f"{self.analysis}{ARRAYS_SUFFIX}",
+                {"raw_uid": self.raw_uid, "analysis": self.analysis}))
+            self._array_nodes = {k: self._box[k] for k in self._box}
+        box = self._box
         for name, arr in arrays.items():
-            if name in box:
-                node = box[name]
+            node = self._array_nodes.get(name)
+            if node is not None:
                 if tuple(node.shape) == arr.shape and node.dtype == arr.dtype:
                     node.write(arr)
                     continue
                 box.delete_contents([name], external_only=False)
-            box.write_array(arr, key=name)
+            self._array_nodes[name] = box.write_array(arr, key=name)
         if metadata:
             box.update_metadata(_json_safe(metadata))
+
+
+def _base(node):
+    """The plain container client behind tiled's composite/BlueskyRun wrappers."""
+    return getattr(node, "base", node)
 
 
 def _table_rows(node) -> list[dict[str, Any]]:
@@ -219,8 +232,7 @@ def read_results(root, raw_uid: str) -> dict[str, Any]:
     """Read the stored derived results of ``raw_uid`` as :func:`results_document`."""
     if DERIVED not in root or raw_uid not in root[DERIVED]:
         raise KeyError(raw_uid)
-    run_node = root[DERIVED][raw_uid]
-    run_node = getattr(run_node, "base", run_node)
+    run_node = _base(root[DERIVED][raw_uid])
     analyses = {}
     names = list(run_node)
     for name in names:
@@ -246,10 +258,7 @@ def read_arrays(root, raw_uid: str, analysis: str) -> tuple[dict[str, Any], dict
     Returns ``({}, {})`` when the analysis stored no arrays (yet).
     """
     try:
-        run_node = root[DERIVED][raw_uid]
-        run_node = getattr(run_node, "base", run_node)
-        box = run_node[f"{analysis}{ARRAYS_SUFFIX}"]
+        box = _base(_base(root[DERIVED][raw_uid])[f"{analysis}{ARRAYS_SUFFIX}"])
     except KeyError:
         return {}, {}
-    box = getattr(box, "base", box)
     return {k: box[k].read() for k in box}, dict(box.metadata)
