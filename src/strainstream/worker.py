@@ -100,11 +100,11 @@ class Worker:
         from strainstream.callbacks.sinks import DERIVED
 
         try:
-            start = self.root[uid].metadata.get("start", {})
-            names = [cls.name for cls in analyses_for(start)]
+            md = self.root[uid].metadata
+            names = [cls.name for cls in analyses_for(md.get("start", {}))]
             if not names:
                 return True
-            if "stop" not in self.root[uid].metadata:
+            if "stop" not in md:
                 return False
             node = self.root[DERIVED][uid]
             return all(n in node and node[n].metadata.get("status") == "complete" for n in names)
