@@ -24,6 +24,15 @@ ANALYSIS_COMMANDS = {
     "sxdm": "SXDM strain/rotation maps from 5-D rocking-curve data (map)",
     "xanes": "TXM-XANES white-line maps (whiteline)",
 }
+#: operations sub-commands, each delegated to ``strainstream.<module>.main(argv) -> int``
+#: (the module owns its argument parser and its ``--help``)
+OPERATION_COMMANDS = {
+    "console": ("console", "an IPython session with the RunEngine, devices and plans of a profile"),
+    "queue": ("queue", "bluesky-queueserver for this beamline: up | status (Redis started for you)"),
+    "deploy": ("deploy", "start the services of a deployment profile (embedded | scaleout)"),
+    "keys": ("keys", "create and list API keys (read-write for writers, read-only for viewers)"),
+    "reprocess": ("reprocess", "re-run the analyses of many archived runs with Dask"),
+}
 DEFAULT_DATA_DIR = "strainstream-data"
 
 
@@ -252,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("beamline", help="simulated beamline IOCs: up | status", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, (_module, help_text) in OPERATION_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("serve", help="run the embedded tiled server (SQLite catalog + streaming cache)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
@@ -309,6 +321,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "beamline":
         return _beamline(argv[1:])
+    if argv and argv[0] in OPERATION_COMMANDS:
+        import importlib
+
+        from strainstream.server import ServerError
+
+        module = importlib.import_module(f"strainstream.{OPERATION_COMMANDS[argv[0]][0]}")
+        try:
+            return int(module.main(argv[1:]) or 0)
+        except (CLIError, ServerError) as exc:
+            print(f"strainstream {argv[0]}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"strainstream {argv[0]}: interrupted", file=sys.stderr)
+            return 130
     if argv and argv[0] in ANALYSIS_COMMANDS:
         try:
             return _delegate(argv[0], argv[1:])
