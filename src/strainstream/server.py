@@ -106,6 +106,7 @@ def write_config(
     api_key: str,
     cache_uri: str = "memory",
     readable_storage: list[str] | None = None,
+    catalog_uri: str | None = None,
 ) -> Path:
     """Write ``DIR/tiled.yml`` for an embedded server and create the directory layout.
 
@@ -124,6 +125,9 @@ def write_config(
         Streaming cache: ``"memory"`` (embedded default) or ``"redis://127.0.0.1:PORT"``.
     readable_storage : list of str, optional
         Extra directories the server may read detector files from.
+    catalog_uri : str, optional
+        SQLAlchemy URI of the catalog database, e.g. ``postgresql+asyncpg://USER@HOST:PORT/DB``.
+        None (default) keeps the embedded SQLite file ``DIR/catalog.db``.
     """
     if not api_key:
         raise ServerError("an API key is required: writes to the server must be authenticated")
@@ -141,7 +145,7 @@ def write_config(
                 "path": "/",
                 "tree": "catalog",
                 "args": {
-                    "uri": f"sqlite:///{root / 'catalog.db'}",
+                    "uri": catalog_uri or f"sqlite:///{root / 'catalog.db'}",
                     "init_if_not_exists": True,
                     "writable_storage": [str(root / "data"), f"duckdb:///{root / 'tables.duckdb'}"],
                     "readable_storage": readable,
@@ -206,12 +210,14 @@ class TiledServer:
         api_key: str | None = None,
         cache_uri: str = "memory",
         readable_storage: list[str] | None = None,
+        catalog_uri: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or find_free_port()
         self.api_key = api_key_for(self.data_dir, api_key)
         self.cache_uri = cache_uri
         self.readable_storage = readable_storage
+        self.catalog_uri = catalog_uri
         self.process: subprocess.Popen | None = None
 
     @property
@@ -232,6 +238,7 @@ class TiledServer:
             api_key=self.api_key,
             cache_uri=self.cache_uri,
             readable_storage=self.readable_storage,
+            catalog_uri=self.catalog_uri,
         )
         env = dict(os.environ, TILED_SINGLE_USER_API_KEY=self.api_key)
         log = open(self.data_dir / "logs" / "tiled.log", "ab")  # noqa: SIM115 (owned by the child)
