@@ -1,10 +1,132 @@
-"""Shared fixtures: real tiled servers and workers as subprocesses on loopback ports."""
+"""Shared fixtures: real tiled servers and workers as subprocesses on loopback ports.
+
+Deployment profiles
+-------------------
+``tiled_server`` runs in one of two profiles, chosen by the ``profile`` fixture:
+
+- ``embedded``: SQLite catalog in the data dir + in-memory streaming cache (the default);
+- ``scaleout``: PostgreSQL catalog (a fresh database in the session's one cluster) + Redis
+  streaming cache (the session's one ``redis-server``, a fresh db index, flushed).
+
+Tests in :data:`SCALEOUT_MODULES`, and tests marked ``@pytest.mark.profiles``, that use
+``tiled_server`` run once per profile in ``$STRAINSTREAM_TEST_PROFILES`` (comma-separated,
+default ``embedded,scaleout``). Without redis-server / PostgreSQL binaries the scaleout cases
+are skipped with the reason, except under ``CI=true`` where they fail (CI installs them).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
 import pytest
+
+PROFILES = ("embedded", "scaleout")
+#: test modules (relative to tests/) whose tiled_server tests run in every profile
+SCALEOUT_MODULES = frozenset({"system/test_data_path.py", "system/test_sinks.py"})
+#: the tiled catalog URIs name the password through this variable, never literally
+PG_PASSWORD_ENV = "STRAINSTREAM_PG_PASSWORD"
+#: Redis db indices handed to tiled servers (db 0 stays for other users: queue server, ...)
+_REDIS_DBS = itertools.cycle(range(1, 16))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "profiles: run this test's tiled_server in every deployment profile"
+    )
+
+
+def _selected_profiles() -> list[str]:
+    raw = os.environ.get("STRAINSTREAM_TEST_PROFILES", ",".join(PROFILES))
+    chosen = [p.strip() for p in raw.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PROFILES))
+    if unknown or not chosen:
+        raise pytest.UsageError(
+            f"STRAINSTREAM_TEST_PROFILES={raw!r}: choose from {', '.join(PROFILES)}"
+        )
+    return chosen
+
+
+def pytest_generate_tests(metafunc):
+    if "tiled_server" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        if "profile" in str(mark.args[0]):
+            return  # the test chooses its profiles itself
+    rel = Path(str(metafunc.definition.path)).resolve().relative_to(Path(__file__).resolve().parent)
+    if rel.as_posix() in SCALEOUT_MODULES or metafunc.definition.get_closest_marker("profiles"):
+        metafunc.parametrize("profile", _selected_profiles(), indirect=True)
+
+
+@pytest.fixture
+def profile(request) -> str:
+    """Deployment profile of ``tiled_server``: ``embedded`` unless the test is parametrized."""
+    return getattr(request, "param", "embedded")
+
+
+def _require_scaleout_binaries() -> None:
+    """Skip (fail under CI=true) when redis-server or PostgreSQL is not installed."""
+    from strainstream.services import ServiceError, find_postgres_bin, find_redis_server
+
+    try:
+        find_redis_server()
+        find_postgres_bin()
+    except ServiceError as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"scale-out services missing in CI: {exc}", pytrace=False)
+        pytest.skip(f"scale-out services not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory):
+    """One real ``redis-server`` on 127.0.0.1 for the whole session (``.url``, ``.port``).
+
+    Db 0 is free for tests (e.g. a queue server); ``tiled_server`` uses dbs 1-15, flushed
+    before each use. Pub/sub channels are not per db, so do not run two scaleout tiled
+    servers at the same time against it.
+    """
+    _require_scaleout_binaries()
+    from strainstream.services import Redis
+
+    with Redis(tmp_path_factory.mktemp("redis")) as redis:
+        yield redis
+
+
+@pytest.fixture(scope="session")
+def postgres_service():
+    """One real PostgreSQL cluster on 127.0.0.1 for the whole session.
+
+    ``postgres_service.create_database(name)`` returns a SQLAlchemy URI. The cluster runs
+    without fsync (throw-away data). When we are root the server runs as the ``postgres``
+    user, so its directory is made under the system temp dir (pytest's are private).
+    """
+    _require_scaleout_binaries()
+    from strainstream.services import Postgres
+
+    root = Path(tempfile.mkdtemp(prefix="strainstream-test-pg-"))
+    os.chmod(root, 0o711)
+    settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+    try:
+        with Postgres(root / "pg", settings=settings) as pg:
+            os.environ[PG_PASSWORD_ENV] = pg.password
+            yield pg
+    finally:
+        os.environ.pop(PG_PASSWORD_ENV, None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _flushed_redis_db(redis_service) -> str:
+    import redis
+
+    db = next(_REDIS_DBS)
+    with contextlib.closing(redis.Redis(port=redis_service.port, host="127.0.0.1", db=db)) as r:
+        r.flushdb()
+    return f"{redis_service.url}/{db}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,12 +145,31 @@ def data_dir(tmp_path):
 
 
 @pytest.fixture
-def tiled_server(data_dir):
-    """A real tiled server (SQLite catalog + memory streaming cache) on a free port."""
+def tiled_server(request, data_dir, profile):
+    """A real tiled server on a free port, in the deployment ``profile`` (embedded by default).
+
+    embedded: SQLite catalog + memory streaming cache. scaleout: a fresh PostgreSQL database
+    (its URI names the password as ``${STRAINSTREAM_PG_PASSWORD}``) + a flushed Redis db.
+    """
     from strainstream.server import TiledServer
 
-    with TiledServer(data_dir) as server:
+    kwargs = {}
+    if profile == "scaleout":
+        _require_scaleout_binaries()
+        pg = request.getfixturevalue("postgres_service")
+        redis_service = request.getfixturevalue("redis_service")
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        pg.create_database(name)
+        kwargs = {
+            "catalog_uri": pg.uri(name, password="${" + PG_PASSWORD_ENV + "}"),
+            "cache_uri": _flushed_redis_db(redis_service),
+        }
+    with TiledServer(data_dir, **kwargs) as server:
+        server.profile = profile
         yield server
+    if profile == "scaleout":
+        with contextlib.suppress(Exception):
+            pg.drop_database(name)
 
 
 @pytest.fixture
