@@ -40,6 +40,9 @@ __all__ = [
     "sim_frame_detector",
 ]
 
+#: guards the frame bookkeeping between a trigger's completion thread and RunEngine.pause
+_FRAMES_LOCK = threading.RLock()
+
 FrameSource = Callable[[int], np.ndarray]
 """Callable returning frame number ``i`` (0-based within the series) as a 2-D array."""
 
@@ -50,11 +53,25 @@ class StreamedFrames:
     Shared by the in-process :class:`SimFrameDetector` and the IOC-backed
     :class:`IOCAreaDetector`: one StreamResource per file (emitted with the first frame),
     one StreamDatum per frame, ``describe()`` entry ``<name>_image`` marked ``external``.
+
+    Frames that end up in no event are cut from the file before the next frame, so event k
+    stays frame k-1 for every reader (tiled included). A frame is "abandoned" when the
+    RunEngine suspends or pauses (:meth:`pause`) while it is
+
+    - being taken (trigger in flight),
+    - taken but not yet read (``_pending``), or
+    - read but its event not yet saved: the RunEngine caches the asset documents of an open
+      event bundle and drops them on a rewind; it fills in a StreamDatum's ``descriptor``
+      (in place) only when it saves the event, so a datum still without one was never
+      emitted. The StreamResource of an unsaved first frame is likewise emitted again.
     """
 
     _bundle = None
     _pending: list[int]
     _resource_emitted = False
+    _rewind_to: int | None = None
+    _in_flight: int | None = None
+    _generation = 0
 
     @property
     def image_key(self) -> str:
@@ -69,20 +86,35 @@ class StreamedFrames:
         )
         self._resource_emitted = False
         self._pending = []
+        self._collected: list[tuple[int, dict]] = []
         self._rewind_to = None
+        self._in_flight = None
 
     def _frame_written(self, index: int) -> None:
         self._pending.append(index)
 
-    _rewind_to: int | None = None
+    def _abandon(self, index: int) -> None:
+        self._rewind_to = index if self._rewind_to is None else min(self._rewind_to, index)
 
     def pause(self) -> None:
-        """Called by the RunEngine when it suspends or pauses: frames not yet collected belong
-        to no event (the rewind takes them again), so they are dropped from the file before
-        the next frame (event k must stay frame k-1 for every reader, tiled included)."""
-        if self._pending:
-            self._rewind_to = self._pending[0] if self._rewind_to is None else self._rewind_to
+        """Called by the RunEngine when it suspends or pauses: frames that belong to no saved
+        event (in flight, not yet read, or read into an event the rewind drops) are cut
+        from the file before the next frame; the rewind takes them again."""
+        with _FRAMES_LOCK:
+            self._generation += 1  # a trigger still in flight no longer counts its frame
+            if self._in_flight is not None:
+                self._abandon(self._in_flight)
+                self._in_flight = None
+            for index in self._pending:
+                self._abandon(index)
             self._pending = []
+        collected = getattr(self, "_collected", [])
+        unsaved = [index for index, doc in collected if not doc["descriptor"]]
+        for index in unsaved:
+            self._abandon(index)
+        self._collected = []
+        if self._bundle is not None and not self._bundle.stream_resource_doc.get("run_start"):
+            self._resource_emitted = False  # its first event was dropped: emit it again
 
     def resume(self) -> None:
         """Called by the RunEngine on resume; the re-take happens at the next trigger."""
@@ -109,12 +141,17 @@ class StreamedFrames:
         if not self._resource_emitted and self._pending:
             self._resource_emitted = True
             yield "stream_resource", self._bundle.stream_resource_doc
-        for index in self._pending:
-            yield "stream_datum", self._bundle.compose_stream_datum(
+        # forget datums the RunEngine has saved (it set their descriptor)
+        self._collected = [(i, d) for i, d in getattr(self, "_collected", []) if not d["descriptor"]]
+        with _FRAMES_LOCK:
+            pending, self._pending = self._pending, []
+        for index in pending:
+            doc = self._bundle.compose_stream_datum(
                 indices=StreamRange(start=index, stop=index + 1),
                 seq_nums=StreamRange(start=0, stop=0),
             )
-        self._pending = []
+            self._collected.append((index, doc))
+            yield "stream_datum", doc
 
 
 class SimFrameDetector(StreamedFrames, Device):
@@ -307,6 +344,8 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
             self._next_index = abandoned
         index = self._next_index
         self._next_index += 1
+        generation = self._generation  # pause() bumps it: this frame is then abandoned
+        self._in_flight = index
 
         def check():  # outside the CA callback thread: CA gets are allowed here
             try:
@@ -321,7 +360,10 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
                 with contextlib.suppress(InvalidState):
                     status.set_exception(exc)
                 return
-            self._frame_written(index)
+            with _FRAMES_LOCK:
+                if generation == self._generation:  # not abandoned by a pause meanwhile
+                    self._in_flight = None
+                    self._frame_written(index)
             with contextlib.suppress(InvalidState):
                 status.set_finished()
 
