@@ -16,7 +16,8 @@ from typing import Any
 
 from .base import ResultSink
 
-__all__ = ["DERIVED", "MemorySink", "TiledSink", "read_arrays", "read_results", "results_document"]
+__all__ = ["DERIVED", "MemorySink", "TiledSink", "delete_results", "read_arrays", "read_results",
+           "results_document", "stored_results_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,16 @@ class TiledSink(ResultSink):
         The raw run.
     analysis : str
         Name of the analysis (the table's key).
+    extra_metadata : dict, optional
+        Added to the table's metadata when the table is created (e.g. ``replaced``: what a
+        reprocessing replaced).
     """
 
-    def __init__(self, root, raw_uid: str, analysis: str) -> None:
+    def __init__(self, root, raw_uid: str, analysis: str, extra_metadata: dict[str, Any] | None = None) -> None:
         self.root = root
         self.raw_uid = raw_uid
         self.analysis = analysis
+        self.extra_metadata = dict(extra_metadata or {})
         self.node = None
         self._schema = None
         self._run_node = None  # derived/<raw_uid>, found or created once in begin()
@@ -114,7 +119,7 @@ class TiledSink(ResultSink):
             rows = _table_rows(self.node)
             self.node.update_metadata({"status": "running"})
             return rows
-        md = dict(metadata, status="running", created=time.time())
+        md = dict(metadata, **_json_safe(self.extra_metadata), status="running", created=time.time())
         try:
             self.node = run_node.create_appendable_table(schema=self._schema, key=self.analysis, metadata=md)
         except Exception:
@@ -250,6 +255,37 @@ def read_results(root, raw_uid: str) -> dict[str, Any]:
             md, md.get("status", "unknown"), md.get("summary"), {c: None for c in columns}, rows, arrays
         )
     return results_document(raw_uid, analyses)
+
+
+def stored_results_metadata(root, raw_uid: str, analysis: str) -> dict[str, Any] | None:
+    """Metadata of the stored results table of one analysis of ``raw_uid``; None if there is none.
+
+    The dict has ``version``, ``status`` (``running`` while being written or after a crash,
+    ``complete``, ``failed``) and whatever else the writer stored.
+    """
+    try:
+        run_node = _base(root[DERIVED][raw_uid])
+        if analysis not in run_node:
+            return None
+        return dict(run_node[analysis].metadata)
+    except KeyError:
+        return None
+
+
+def delete_results(root, raw_uid: str, analysis: str) -> bool:
+    """Delete the stored results (table and arrays) of one analysis of ``raw_uid``.
+
+    Returns True if there was something to delete. The live worker's readers find nothing
+    at ``derived/<raw_uid>/<analysis>`` until new results are written there.
+    """
+    try:
+        run_node = _base(root[DERIVED][raw_uid])
+    except KeyError:
+        return False
+    keys = [k for k in (f"{analysis}{ARRAYS_SUFFIX}", analysis) if k in run_node]
+    for key in keys:  # the arrays first: a table without arrays still reads as results
+        run_node.delete_contents([key], recursive=True, external_only=False)
+    return bool(keys)
 
 
 def read_arrays(root, raw_uid: str, analysis: str) -> tuple[dict[str, Any], dict[str, Any]]:

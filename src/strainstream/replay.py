@@ -1,41 +1,84 @@
-"""Replay an archived run through the same analysis callbacks as the live worker."""
+"""Replay an archived run through the same analysis callbacks as the live worker.
+
+:func:`replay_run` keeps the results in memory (``strainstream replay``);
+:func:`replay_into` writes them wherever a sink factory says (``strainstream reprocess``
+gives it :class:`~strainstream.callbacks.sinks.TiledSink`, the live worker's sink).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["replay_documents", "replay_run"]
+__all__ = ["frame_fallback", "replay_documents", "replay_into", "replay_run"]
 
 
-def replay_documents(documents, start_doc: dict[str, Any], frame_fallback=None, progress: bool = False):
-    """Feed ``(name, doc)`` pairs to the run's analyses with in-memory sinks.
+def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, Any], frame_fallback=None,
+                     progress: bool = False, sink_factory: Callable[[str], Any] | None = None,
+                     only: Collection[str] | None = None, commit_every: int | None = None):
+    """Feed ``(name, doc)`` pairs to the run's analyses.
 
-    Returns the list of callbacks (each with ``.sink`` holding its results).
+    Parameters
+    ----------
+    documents : iterable of (name, doc)
+        The run's documents, e.g. ``run.documents()``.
+    start_doc : dict
+        The run's start document (routes the run to its analyses).
+    frame_fallback : callable, optional
+        ``(data_key, seq_num) -> frame`` when a detector file is not readable here.
+    progress : bool
+        Print a line on stderr every 50 events.
+    sink_factory : callable, optional
+        ``analysis name -> ResultSink``; default: a fresh in-memory sink per analysis.
+    only : collection of str, optional
+        Run only these analyses of the run (default: all of them).
+    commit_every : int, optional
+        Commit result rows in batches of this many events (one append each, as the live
+        worker does for back-filled events) instead of one append per event.
+
+    Returns
+    -------
+    list of AnalysisCallback
+        One per analysis, each with ``.sink`` holding its results.
     """
     from strainstream.callbacks.router import make_callbacks
     from strainstream.callbacks.sinks import MemorySink
 
-    callbacks = make_callbacks(start_doc, lambda name: MemorySink(), frame_fallback)
+    if sink_factory is None:
+        sink_factory = lambda name: MemorySink()  # noqa: E731
+    callbacks = make_callbacks(start_doc, sink_factory, frame_fallback)
+    if only is not None:
+        callbacks = [cb for cb in callbacks if cb.name in only]
     n = 0
-    for name, doc in documents:
-        doc = doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)
-        for cb in callbacks:
-            cb(name, doc)
-        if name == "event":
-            n += 1
-            if progress and n % 50 == 0:
-                print(f"replayed {n} events", file=sys.stderr, flush=True)
+    batch = contextlib.ExitStack()
+    try:
+        for name, doc in documents:
+            doc = doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)
+            if name == "stop":
+                batch.close()  # commit what is pending before the analyses finish
+            for cb in callbacks:
+                cb(name, doc)
+            if name == "start" and commit_every:
+                for cb in callbacks:
+                    batch.enter_context(cb.batch())
+            if name == "event":
+                n += 1
+                if commit_every and n % commit_every == 0:
+                    for cb in callbacks:
+                        cb.flush()
+                if progress and n % 50 == 0:
+                    print(f"replayed {n} events", file=sys.stderr, flush=True)
+    finally:
+        batch.close()
     return callbacks
 
 
-def replay_run(run, progress: bool = False) -> dict[str, Any]:
-    """Replay a tiled/databroker run; return results in the form of ``strainstream results``."""
-    from strainstream.callbacks.sinks import results_document
-
-    start_doc = dict(run.metadata["start"])
+def frame_fallback(run) -> Callable[[str, int], np.ndarray]:
+    """``(data_key, seq_num) -> frame`` read through tiled (when the detector file is not local)."""
 
     def fallback(data_key: str, seq_num: int) -> np.ndarray:
         for stream in run:
@@ -44,9 +87,32 @@ def replay_run(run, progress: bool = False) -> dict[str, Any]:
                 return np.asarray(node[data_key][seq_num - 1])
         raise KeyError(data_key)
 
-    callbacks = replay_documents(run.documents(), start_doc, fallback, progress=progress)
-    if not callbacks:
+    return fallback
+
+
+def replay_into(run, sink_factory: Callable[[str], Any] | None = None, only: Collection[str] | None = None,
+                commit_every: int | None = None, progress: bool = False):
+    """Replay a tiled/databroker run into sinks; return the callbacks (see :func:`replay_documents`).
+
+    Raises
+    ------
+    ValueError
+        The run is not one strainstream analyses (its ``experiment`` is unknown).
+    """
+    start_doc = dict(run.metadata["start"])
+    callbacks = replay_documents(run.documents(), start_doc, frame_fallback(run), progress=progress,
+                                 sink_factory=sink_factory, only=only, commit_every=commit_every)
+    if not callbacks and only is None:
         raise ValueError(
             f"run {start_doc['uid']} (experiment={start_doc.get('experiment')!r}) has no strainstream analysis"
         )
-    return results_document(start_doc["uid"], {cb.name: cb.sink.as_dict() for cb in callbacks})
+    return callbacks
+
+
+def replay_run(run, progress: bool = False) -> dict[str, Any]:
+    """Replay a tiled/databroker run; return results in the form of ``strainstream results``."""
+    from strainstream.callbacks.sinks import results_document
+
+    callbacks = replay_into(run, progress=progress)
+    uid = run.metadata["start"]["uid"]
+    return results_document(uid, {cb.name: cb.sink.as_dict() for cb in callbacks})
