@@ -1,0 +1,296 @@
+"""The beamline profile: the one place that defines the RunEngine, the devices and the plans.
+
+``strainstream console`` and the bluesky-queueserver startup code
+(``deploy/queueserver/startup/00-strainstream.py``) both call :func:`build_namespace`, so an
+IPython user and a queued plan see the very same objects:
+
+=================  ===========================================================================
+``RE``             RunEngine streaming every document to tiled
+                   (:func:`strainstream.session.make_session`), with progress lines and a
+                   BestEffortCallback table (plots off: no screen at a queue server)
+``db``             the tiled client of the catalog (``None`` without a server)
+``session``        the :class:`strainstream.session.Session` (``RE``, ``writer``, ``client``)
+``bec``            the BestEffortCallback (``None`` with ``table=False``)
+devices            ``cycler``, ``xrd`` (cycler IOC); ``es``, ``sxdm``, ``txm`` (endstation
+                   IOC); ``beam`` (beam IOC) — ophyd devices, connected on first use
+plans              ``operando_xrd``, ``sxdm_map``, ``find_bragg``, ``txm_xanes``,
+                   ``frame_series`` and the basics ``count``, ``scan``, ``rel_scan``,
+                   ``list_scan``, ``mv``
+``suspenders``     beam suspenders (ring current, shutter) for ``RE.install_suspender``;
+                   the strainstream plans install their own when given ``beam=beam``
+``bp``, ``bps``    ``bluesky.plans`` and ``bluesky.plan_stubs``
+=================  ===========================================================================
+
+Configuration comes from :class:`ProfileConfig` (arguments) or :meth:`ProfileConfig.from_env`
+(environment: ``STRAINSTREAM_URI``, ``STRAINSTREAM_API_KEY``, ``STRAINSTREAM_PREFIX``,
+``STRAINSTREAM_DETECTOR_DIR``, ``STRAINSTREAM_IOCS``, ``STRAINSTREAM_TABLE``,
+``STRAINSTREAM_PROGRESS``). Channel Access finds the IOCs through the usual EPICS variables
+(``EPICS_CA_ADDR_LIST`` ...; :meth:`strainstream.beamline.Beamline.client_env` gives them for
+the simulated beamline). Nothing here names a host or a port.
+
+The strainstream plans annotate their device parameters ``Any`` (and use postponed
+annotations); the queue server needs real types to validate parameters and to turn device
+names into devices, so :func:`plans` wraps each plan in a generator function with the same
+name, docstring and behaviour whose signature says ``Readable`` for those parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEVICE_NAMES", "PLAN_NAMES", "ProfileConfig", "build_namespace", "make_devices",
+           "plans", "summary"]
+
+#: devices of the profile, by the IOC serving them
+DEVICE_NAMES: dict[str, tuple[str, ...]] = {
+    "cycler": ("cycler", "xrd"),
+    "endstation": ("es", "sxdm", "txm"),
+    "beam": ("beam",),
+}
+#: plans of the profile: strainstream's experiments, then bluesky basics
+PLAN_NAMES = ("operando_xrd", "sxdm_map", "find_bragg", "txm_xanes", "frame_series",
+              "count", "scan", "rel_scan", "list_scan", "mv")
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What the profile needs to know; every field has an environment variable.
+
+    Parameters
+    ----------
+    uri : str, optional
+        tiled API URI (``STRAINSTREAM_URI``). ``None``: no TiledWriter (documents go nowhere
+        but the table), e.g. to list plans and devices without a server.
+    api_key : str, optional
+        Key with write access (``STRAINSTREAM_API_KEY``).
+    prefix : str
+        Beamline PV prefix (``STRAINSTREAM_PREFIX``, default ``SS:``).
+    detector_dir : str, optional
+        Where the detector IOCs write their HDF5 files (``STRAINSTREAM_DETECTOR_DIR``); it
+        must be readable storage of the tiled server (``DATA_DIR/detectors`` for
+        ``strainstream serve``). ``None``: each IOC's own ``--write-dir``.
+    iocs : tuple of str
+        Which IOCs' devices to create (``STRAINSTREAM_IOCS``, comma-separated; default all).
+    table : bool
+        Subscribe a BestEffortCallback table, plots off (``STRAINSTREAM_TABLE``).
+    progress : bool
+        Subscribe the progress printer (``STRAINSTREAM_PROGRESS``).
+    metadata : mapping
+        Added to ``RE.md`` (every start document).
+    """
+
+    uri: str | None = None
+    api_key: str | None = None
+    prefix: str = "SS:"
+    detector_dir: str | None = None
+    iocs: tuple[str, ...] = tuple(DEVICE_NAMES)
+    table: bool = True
+    progress: bool = True
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ProfileConfig:
+        """The configuration given by ``STRAINSTREAM_*`` variables (``os.environ`` by default).
+
+        ``overrides`` (non-``None`` values) win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            "uri": env.get("STRAINSTREAM_URI") or None,
+            "api_key": env.get("STRAINSTREAM_API_KEY") or None,
+            "prefix": env.get("STRAINSTREAM_PREFIX") or "SS:",
+            "detector_dir": env.get("STRAINSTREAM_DETECTOR_DIR") or None,
+            "table": env.get("STRAINSTREAM_TABLE", "1").lower() in _TRUE,
+            "progress": env.get("STRAINSTREAM_PROGRESS", "1").lower() in _TRUE,
+        }
+        if env.get("STRAINSTREAM_IOCS"):
+            values["iocs"] = tuple(s.strip() for s in env["STRAINSTREAM_IOCS"].split(",") if s.strip())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.iocs) - set(DEVICE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown IOC(s) {sorted(unknown)} in the profile; choose from "
+                             f"{list(DEVICE_NAMES)}")
+        if self.uri and not self.api_key:
+            raise ValueError(f"no API key for the tiled server at {self.uri}: set "
+                             "STRAINSTREAM_API_KEY or pass --api-key")
+
+    def env(self) -> dict[str, str]:
+        """The ``STRAINSTREAM_*`` variables that reproduce this configuration in a subprocess."""
+        out = {"STRAINSTREAM_PREFIX": self.prefix, "STRAINSTREAM_IOCS": ",".join(self.iocs),
+               "STRAINSTREAM_TABLE": "1" if self.table else "0",
+               "STRAINSTREAM_PROGRESS": "1" if self.progress else "0"}
+        if self.uri:
+            out["STRAINSTREAM_URI"] = self.uri
+        if self.api_key:
+            out["STRAINSTREAM_API_KEY"] = self.api_key
+        if self.detector_dir:
+            out["STRAINSTREAM_DETECTOR_DIR"] = str(self.detector_dir)
+        return out
+
+
+# ------------------------------------------------------------------------------- plans
+def _device_annotation(annotation: Any) -> Any:
+    """``Any`` -> ``Readable``, ``Any | None`` -> ``Readable | None``; other types unchanged."""
+    from bluesky.protocols import Readable
+
+    if annotation is Any:
+        return Readable
+    if annotation == (Any | None):
+        return Readable | None
+    return annotation
+
+
+def _queue_ready(plan: Callable[..., Any]) -> Callable[..., Any]:
+    """``plan`` as a generator function whose signature holds evaluated annotations.
+
+    The queue server reads plan parameters with :func:`inspect.signature`: postponed
+    (string) annotations would become string literals, and an ``Any`` device parameter would
+    receive the device *name*. Here each annotation is evaluated and ``Any`` device
+    parameters become ``bluesky.protocols.Readable``, which the queue server validates
+    against its devices and converts to the device objects.
+    """
+    hints = typing.get_type_hints(plan)
+    sig = inspect.signature(plan)
+    params = [p.replace(annotation=_device_annotation(hints.get(p.name, p.annotation)))
+              for p in sig.parameters.values()]
+
+    @functools.wraps(plan)
+    def wrapper(*args: Any, **kwargs: Any):
+        return (yield from plan(*args, **kwargs))
+
+    wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
+                                        return_annotation=inspect.Signature.empty)
+    return wrapper
+
+
+@functools.cache
+def plans() -> dict[str, Callable[..., Any]]:
+    """The plans of the profile, by name (see :data:`PLAN_NAMES`)."""
+    import bluesky.plan_stubs as bps
+    import bluesky.plans as bp
+
+    from strainstream.plans.frames import frame_series
+    from strainstream.plans.operando_xrd import operando_xrd
+    from strainstream.plans.sxdm import find_bragg, sxdm_map
+    from strainstream.plans.txm import txm_xanes
+
+    ours = {f.__name__: _queue_ready(f)
+            for f in (operando_xrd, sxdm_map, find_bragg, txm_xanes, frame_series)}
+    basics = {"count": bp.count, "scan": bp.scan, "rel_scan": bp.rel_scan,
+              "list_scan": bp.list_scan, "mv": bps.mv}
+    out = {**ours, **basics}
+    assert tuple(out) == PLAN_NAMES
+    return out
+
+
+# ----------------------------------------------------------------------------- devices
+def make_devices(config: ProfileConfig) -> dict[str, Any]:
+    """The beamline's ophyd devices (not connected: ophyd connects on first use).
+
+    Keys as in :data:`DEVICE_NAMES` for the IOCs in ``config.iocs``; the detectors write to
+    ``config.detector_dir``.
+    """
+    from strainstream.devices.beam import beam
+    from strainstream.devices.cycler import cycler
+    from strainstream.devices.detectors import ioc_detector
+    from strainstream.devices.motors import endstation
+
+    p, wd = config.prefix, config.detector_dir
+    out: dict[str, Any] = {}
+    if "cycler" in config.iocs:
+        out["cycler"] = cycler(p)
+        out["xrd"] = ioc_detector("xrd", p, write_dir=wd)
+    if "endstation" in config.iocs:
+        out["es"] = endstation(p)
+        out["sxdm"] = ioc_detector("sxdm", p, write_dir=wd)
+        out["txm"] = ioc_detector("txm", p, write_dir=wd)
+    if "beam" in config.iocs:
+        out["beam"] = beam(p)
+    return out
+
+
+# --------------------------------------------------------------------------- namespace
+def _run_engine(config: ProfileConfig):
+    """A Session: RunEngine + TiledWriter (+ progress) from make_session, or a bare RunEngine."""
+    from strainstream.session import Session, make_session
+
+    if config.uri:
+        return make_session(config.uri, config.api_key or "", progress=config.progress)
+    from bluesky import RunEngine
+
+    RE = RunEngine({}, call_returns_result=False)
+    if config.progress:
+        from strainstream.callbacks.progress import ProgressPrinter
+
+        RE.subscribe(ProgressPrinter())
+    return Session(RE=RE, writer=None, client=None)
+
+
+def build_namespace(config: ProfileConfig | None = None) -> dict[str, Any]:
+    """The profile's namespace: ``RE``, ``db``, ``session``, ``bec``, devices, plans, ...
+
+    Parameters
+    ----------
+    config : ProfileConfig, optional
+        Default :meth:`ProfileConfig.from_env`.
+
+    Returns
+    -------
+    dict
+        Names -> objects, for ``IPython.start_ipython(user_ns=...)`` or the globals of the
+        queue server's startup script. Building it connects to tiled (when ``config.uri`` is
+        set) but not to the IOCs.
+    """
+    import bluesky.plan_stubs as bps
+    import bluesky.plans as bp
+
+    from strainstream.plans._common import beam_suspenders
+
+    config = config or ProfileConfig.from_env()
+    session = _run_engine(config)
+    RE = session.RE
+    RE.md.update(dict(config.metadata))
+    bec = None
+    if config.table:
+        import matplotlib
+
+        if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+            matplotlib.use("Agg")  # no screen: BestEffortCallback must never open a window
+        from bluesky.callbacks.best_effort import BestEffortCallback
+
+        bec = BestEffortCallback()
+        bec.disable_plots()
+        RE.subscribe(bec)
+    devices = make_devices(config)
+    ns: dict[str, Any] = {"RE": RE, "db": session.client, "session": session, "bec": bec,
+                          "bp": bp, "bps": bps}
+    ns.update(devices)
+    ns.update(plans())
+    ns["suspenders"] = beam_suspenders(devices["beam"]) if "beam" in devices else []
+    return ns
+
+
+def summary(ns: Mapping[str, Any]) -> str:
+    """A few lines naming the RunEngine's destination, the devices and the plans of ``ns``."""
+    devices = [n for names in DEVICE_NAMES.values() for n in names if n in ns]
+    db = ns.get("db")
+    where = getattr(getattr(db, "context", None), "api_uri", None) if db is not None else None
+    lines = [
+        f"RE      RunEngine -> {'tiled ' + str(where) if where else 'no tiled server (documents not stored)'}",
+        "devices " + ", ".join(devices),
+        "plans   " + ", ".join(n for n in PLAN_NAMES if n in ns),
+        "also    db (tiled client), bec, suspenders, bp, bps; help(operando_xrd) for a plan",
+    ]
+    return "\n".join(lines)
+
