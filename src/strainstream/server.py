@@ -1,15 +1,46 @@
-"""The embedded tiled server: configuration, start/stop, and how clients find it.
+"""The embedded tiled server: configuration, start/stop, access control, and how clients find it.
 
 Layout of a data directory (everything strainstream keeps lives here)::
 
-    DIR/tiled.yml          the tiled server configuration written by :func:`write_config`
+    DIR/tiled.yml          the tiled server configuration written by :func:`write_config` (no secrets)
     DIR/catalog.db         SQLite catalog (metadata, structure, data sources)
+    DIR/authn.db           tiled's authentication database: principals and *hashed* API keys
     DIR/data/              tiled-managed array storage (zarr)
     DIR/tables.duckdb      appendable tables (event rows, derived results)
     DIR/detectors/         HDF5 files written by the detectors (readable storage)
-    DIR/.api_key           the single-user API key (mode 0600) unless one is given
+    DIR/.api_key           the writer API key (mode 0600) unless one is given
+    DIR/.admin_key         the key-management API key (mode 0600) unless one is given
     DIR/server.json        URI and pid of the running server (removed on stop)
     DIR/logs/              server, worker and IOC logs
+
+Access control
+--------------
+tiled runs in its multi-user mode: an authentication provider is configured (so tiled keeps
+principals and scoped API keys in ``authn.db``), but it is a
+``DictionaryAuthenticator`` with no users, so nobody can log in with a password: API keys are
+the only credential, and anonymous requests get no scope at all (HTTP 401).
+
+Before the server starts, :class:`TiledServer` initialises ``authn.db`` with tiled's own
+functions (``initialize_database``, alembic stamp, ``make_admin_by_identity``,
+``get_or_create_principal``) and registers two keys under the ``strainstream`` identity:
+
+- the **writer key** (resolved as before: explicit ``api_key``, ``$STRAINSTREAM_API_KEY``,
+  ``DIR/.api_key`` created 0600) with the scopes single-user tiled granted (read, write,
+  create, register, delete, metrics, webhooks). Writers (RunEngine, workers) use it. A
+  user-chosen key works as long as it is hexadecimal (tiled stores the SHA-256 of its bytes);
+  when the writer key changes, the previous one is revoked at the next start.
+- the **admin key** (``admin_key``, ``$STRAINSTREAM_ADMIN_KEY``, ``DIR/.admin_key`` 0600)
+  with only the key-management scopes; ``strainstream keys`` (:mod:`strainstream.keys`) uses
+  it to mint **read-only keys** (``read:metadata`` + ``read:data``) for viewers on the
+  ``viewer`` principal through tiled's admin API, to list and to revoke them.
+
+A read-only key can read runs and derived results and follow them over tiled's websocket;
+any write with it is refused (HTTP 401). Keys never appear in ``tiled.yml``, on a command
+line or in a log: the server's child environment does not even carry them. Every request
+costs tiled an API-key lookup in ``authn.db`` (see benchmarks/bench_latency.py).
+
+:func:`open_offline` reads the catalog in-process without any key: whoever can read the data
+directory's files can read the data anyway.
 
 Nothing here imports tiled at module level: the CLI imports this module cheaply.
 """
@@ -30,6 +61,13 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_PORT",
+    "READ_ONLY_SCOPES",
+    "WRITER_SCOPES",
+    "admin_key_for",
+    "auth_db_uri_for",
+    "bootstrap_auth",
+    "check_key",
+    "write_key_file",
     "ServerError",
     "ServerInfo",
     "TiledServer",
@@ -44,6 +82,26 @@ __all__ = [
 
 DEFAULT_PORT = 8000
 API_KEY_ENV = "STRAINSTREAM_API_KEY"
+ADMIN_KEY_ENV = "STRAINSTREAM_ADMIN_KEY"
+#: tiled authentication provider (and identity provider name of strainstream's principals)
+AUTH_PROVIDER = "strainstream"
+#: identity of the principal owning the writer and admin keys (tiled role ``admin``)
+OWNER_IDENTITY = "strainstream"
+#: identity of the principal owning the read-only keys (tiled role ``user``)
+VIEWER_IDENTITY = "viewer"
+#: what the writer key may do: everything single-user tiled allowed
+WRITER_SCOPES = (
+    "read:metadata", "read:data", "write:metadata", "write:data", "create:node", "register",
+    "delete:revision", "delete:node", "metrics", "read:webhooks", "write:webhooks",
+)
+#: what a viewer's key may do
+READ_ONLY_SCOPES = ("read:metadata", "read:data")
+#: what the admin key may do: manage keys, nothing with data
+ADMIN_SCOPES = ("read:metadata", "admin:apikeys", "read:principals", "write:principals")
+#: notes of the two keys the server start registers (a new key under the same note replaces it)
+WRITER_KEY_NOTE = "strainstream writer key (server start)"
+ADMIN_KEY_NOTE = "strainstream admin key (server start)"
+_MIN_KEY_HEX_DIGITS = 32
 
 
 class ServerError(RuntimeError):
@@ -72,31 +130,82 @@ def detector_dir(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir).resolve() / "detectors"
 
 
+def check_key(key: str, what: str = "API key") -> str:
+    """Return ``key`` stripped if tiled can use it in multi-user mode, else raise :class:`ServerError`.
+
+    tiled stores the SHA-256 of the key's bytes, so a key must be hexadecimal; at least
+    32 digits (128 bits).
+    """
+    key = key.strip()
+    try:
+        bytes.fromhex(key)
+    except ValueError:
+        ok = False
+    else:
+        ok = len(key) >= _MIN_KEY_HEX_DIGITS
+    if not ok:
+        raise ServerError(
+            f"the {what} must be at least {_MIN_KEY_HEX_DIGITS} hexadecimal digits "
+            "(make one with `openssl rand -hex 32`)"
+        )
+    return key
+
+
+def _key_from(
+    data_dir: str | os.PathLike, key: str | None, env: str, filename: str, create: bool, what: str,
+    option: str,
+) -> str:
+    if key:
+        return key
+    value = os.environ.get(env)
+    if value:
+        return value
+    path = Path(data_dir) / filename
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        raise ServerError(
+            f"no {what}: pass {option}, set ${env}, or use the data directory "
+            f"the server was started with (no {path})"
+        )
+    key = secrets.token_hex(24)
+    write_key_file(path, key)
+    return key
+
+
+def write_key_file(path: str | os.PathLike, key: str) -> Path:
+    """Write ``key`` to a new file readable by its owner only (mode 0600; refuses to overwrite)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ServerError(f"{path} exists; not overwriting a key file") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return path
+
+
 def api_key_for(data_dir: str | os.PathLike, api_key: str | None = None, create: bool = True) -> str:
     """Resolve the API key: explicit argument, then ``$STRAINSTREAM_API_KEY``, then ``DIR/.api_key``.
 
     With ``create=True`` a new random key is written to ``DIR/.api_key`` (mode 0600) when
     none exists. Keys are never printed or logged.
     """
-    if api_key:
-        return api_key
-    env = os.environ.get(API_KEY_ENV)
-    if env:
-        return env
-    path = Path(data_dir) / ".api_key"
-    if path.exists():
-        return path.read_text().strip()
-    if not create:
-        raise ServerError(
-            f"no API key: pass --api-key, set ${API_KEY_ENV}, or use the data directory "
-            f"the server was started with (no {path})"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    return key
+    return _key_from(data_dir, api_key, API_KEY_ENV, ".api_key", create, "API key", "--api-key")
+
+
+def admin_key_for(data_dir: str | os.PathLike, admin_key: str | None = None, create: bool = True) -> str:
+    """Resolve the admin (key-management) key: argument, ``$STRAINSTREAM_ADMIN_KEY``, ``DIR/.admin_key``.
+
+    With ``create=True`` a new random key is written to ``DIR/.admin_key`` (mode 0600).
+    """
+    return _key_from(data_dir, admin_key, ADMIN_KEY_ENV, ".admin_key", create, "admin key", "--admin-key")
+
+
+def auth_db_uri_for(data_dir: str | os.PathLike, auth_db_uri: str | None = None) -> str:
+    """The authentication database: ``auth_db_uri`` if given, else SQLite ``DIR/authn.db``."""
+    return auth_db_uri or f"sqlite:///{Path(data_dir).resolve() / 'authn.db'}"
 
 
 def write_config(
@@ -107,11 +216,12 @@ def write_config(
     cache_uri: str = "memory",
     readable_storage: list[str] | None = None,
     catalog_uri: str | None = None,
+    auth_db_uri: str | None = None,
 ) -> Path:
     """Write ``DIR/tiled.yml`` for an embedded server and create the directory layout.
 
-    The API key is not written into the file: tiled reads it from ``TILED_SINGLE_USER_API_KEY``
-    in the server's environment (see :class:`TiledServer`).
+    No key is written into the file: tiled looks API keys up (hashed) in the authentication
+    database, which :class:`TiledServer` initialises before it starts the server.
 
     Parameters
     ----------
@@ -128,6 +238,10 @@ def write_config(
     catalog_uri : str, optional
         SQLAlchemy URI of the catalog database, e.g. ``postgresql+asyncpg://USER@HOST:PORT/DB``.
         None (default) keeps the embedded SQLite file ``DIR/catalog.db``.
+    auth_db_uri : str, optional
+        SQLAlchemy URI of tiled's authentication database (principals, hashed API keys).
+        None (default): SQLite ``DIR/authn.db``. Name passwords as ``${ENV_VAR}``: tiled and
+        :class:`TiledServer` expand them, so the file holds no secret.
     """
     if not api_key:
         raise ServerError("an API key is required: writes to the server must be authenticated")
@@ -137,9 +251,18 @@ def write_config(
     readable = [str(detector_dir(root))] + [str(Path(p).resolve()) for p in readable_storage or []]
     config = {
         "authentication": {
-            "single_user_api_key": "${TILED_SINGLE_USER_API_KEY}",
+            # multi-user mode: API keys with scopes, kept hashed in the database below.
+            # The provider has no users, so nobody can log in with a password.
+            "providers": [
+                {
+                    "provider": AUTH_PROVIDER,
+                    "authenticator": "tiled.authenticators:DictionaryAuthenticator",
+                    "args": {"users_to_passwords": {}},
+                }
+            ],
             "allow_anonymous_access": False,
         },
+        "database": {"uri": auth_db_uri_for(root, auth_db_uri), "init_if_not_exists": False},
         "trees": [
             {
                 "path": "/",
@@ -164,6 +287,139 @@ def write_config(
     # JSON is valid YAML; this keeps the writer dependency-free.
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def _redacted(uri: str) -> str:
+    """``uri`` without its password (for messages)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return str(make_url(uri)._replace(password="[redacted]" if make_url(uri).password else None))
+    except Exception:
+        return "the authentication database"
+
+
+async def _init_auth_db(uri: str, keys: list[tuple[str, list[str], str]]) -> bool:
+    """Create/upgrade-check tiled's authentication database and register ``keys``.
+
+    Runs in a child process (see :func:`bootstrap_auth`). Each ``(key, scopes, note)`` is
+    stored for the owner principal (identity ``strainstream``, role ``admin``); an older key
+    with the same note is revoked. Returns True when the database was new (to be stamped).
+    """
+    import hashlib
+
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+    from sqlalchemy.future import select
+    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
+    from tiled.authn_database import orm
+    from tiled.authn_database.core import (
+        ALL_REVISIONS,
+        REQUIRED_REVISION,
+        get_or_create_principal,
+        initialize_database,
+        make_admin_by_identity,
+    )
+    from tiled.utils import ensure_specified_sql_driver
+
+    engine = create_async_engine(ensure_specified_sql_driver(uri))
+    fresh = False
+    try:
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+        except UninitializedDatabase:
+            await initialize_database(engine)
+            fresh = True
+        except DatabaseUpgradeNeeded:
+            raise ServerError(
+                f"the authentication database {_redacted(uri)} was made by an older tiled: back it "
+                "up, then run `tiled admin upgrade-database URI`"
+            ) from None
+        async with AsyncSession(engine, autoflush=False, expire_on_commit=False) as db:
+            owner = await make_admin_by_identity(db, AUTH_PROVIDER, OWNER_IDENTITY)
+            await get_or_create_principal(db, AUTH_PROVIDER, VIEWER_IDENTITY)
+            for key, scopes, note in keys:
+                secret = bytes.fromhex(key)
+                hashed, first_eight = hashlib.sha256(secret).digest(), secret.hex()[:8]
+                rows = (
+                    await db.execute(
+                        select(orm.APIKey)
+                        .filter(orm.APIKey.principal_id == owner.id)
+                        .filter(orm.APIKey.note == note)
+                    )
+                ).unique().scalars().all()
+                current = False
+                for row in rows:
+                    if row.hashed_secret == hashed and list(row.scopes) == list(scopes):
+                        current = True
+                    else:
+                        await db.delete(row)  # a replaced key: revoke it
+                if not current:
+                    db.add(orm.APIKey(principal_id=owner.id, note=note, scopes=list(scopes),
+                                      first_eight=first_eight, hashed_secret=hashed))
+                try:
+                    await db.commit()
+                except IntegrityError:
+                    raise ServerError(
+                        f"a key given for '{note}' is already registered for another use; "
+                        "choose different keys for writers, viewers and key management"
+                    ) from None
+    finally:
+        await engine.dispose()
+    return fresh
+
+
+def _auth_bootstrap_main() -> int:
+    """Child-process entry of :func:`bootstrap_auth`: a JSON request on stdin, errors on stderr."""
+    import asyncio
+
+    request = json.loads(sys.stdin.read())
+    uri = request["uri"]
+    try:
+        fresh = asyncio.run(_init_auth_db(uri, [tuple(k) for k in request["keys"]]))
+        if fresh:
+            from tiled.alembic_utils import stamp_head
+            from tiled.authn_database.alembic_constants import (
+                ALEMBIC_DIR,
+                ALEMBIC_INI_TEMPLATE_PATH,
+            )
+            from tiled.utils import ensure_specified_sql_driver
+
+            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, ensure_specified_sql_driver(uri))
+    except ServerError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - reported as one line to the parent
+        print(f"cannot prepare the authentication database {_redacted(uri)}: "
+              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def bootstrap_auth(auth_db_uri: str, keys: list[tuple[str, tuple[str, ...], str]],
+                   timeout_s: float = 120.0) -> None:
+    """Initialise tiled's authentication database and register ``(key, scopes, note)`` keys.
+
+    Done in a child Python process (tiled's alembic stamping wants its own event loop and
+    thread; SQLite dislikes sharing): the keys travel on its stdin, never on a command line.
+    ``${VAR}`` in the URI is expanded from the environment.
+    """
+    uri = os.path.expandvars(auth_db_uri)
+    request = {"uri": uri, "keys": [[k, list(scopes), note] for k, scopes, note in keys]}
+    code = "import sys; from strainstream.server import _auth_bootstrap_main as m; sys.exit(m())"
+    try:
+        result = subprocess.run([sys.executable, "-c", code], input=json.dumps(request),
+                                capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ServerError(f"preparing the authentication database took over {timeout_s:.0f} s") from None
+    if result.returncode != 0:
+        lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+        raise ServerError(lines[-1] if lines else
+                          f"preparing the authentication database failed (exit {result.returncode})")
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.exists():
+            path.chmod(0o600)
 
 
 def _server_json(data_dir: str | os.PathLike) -> Path:
@@ -199,7 +455,9 @@ class TiledServer:
     """A tiled server subprocess (``tiled serve config DIR/tiled.yml``) on 127.0.0.1.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. Logs go to
-    ``DIR/logs/tiled.log``.
+    ``DIR/logs/tiled.log``. ``api_key`` is the writer key and ``admin_key`` the key-management
+    key (both resolved as described in the module docstring); ``auth_db_uri`` names tiled's
+    authentication database (default SQLite ``DIR/authn.db``).
     """
 
     def __init__(
@@ -211,10 +469,16 @@ class TiledServer:
         cache_uri: str = "memory",
         readable_storage: list[str] | None = None,
         catalog_uri: str | None = None,
+        admin_key: str | None = None,
+        auth_db_uri: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or find_free_port()
-        self.api_key = api_key_for(self.data_dir, api_key)
+        self.api_key = check_key(api_key_for(self.data_dir, api_key), "API key")
+        self.admin_key = check_key(admin_key_for(self.data_dir, admin_key), "admin key")
+        if self.admin_key.lower() == self.api_key.lower():
+            raise ServerError("the admin key must differ from the writer API key")
+        self.auth_db_uri = auth_db_uri_for(self.data_dir, auth_db_uri)
         self.cache_uri = cache_uri
         self.readable_storage = readable_storage
         self.catalog_uri = catalog_uri
@@ -239,8 +503,13 @@ class TiledServer:
             cache_uri=self.cache_uri,
             readable_storage=self.readable_storage,
             catalog_uri=self.catalog_uri,
+            auth_db_uri=self.auth_db_uri,
         )
-        env = dict(os.environ, TILED_SINGLE_USER_API_KEY=self.api_key)
+        bootstrap_auth(self.auth_db_uri, [(self.api_key, WRITER_SCOPES, WRITER_KEY_NOTE),
+                                          (self.admin_key, ADMIN_SCOPES, ADMIN_KEY_NOTE)])
+        # the server needs no key: keep them out of its environment
+        env = {k: v for k, v in os.environ.items()
+               if k not in (API_KEY_ENV, ADMIN_KEY_ENV, "TILED_SINGLE_USER_API_KEY")}
         log = open(self.data_dir / "logs" / "tiled.log", "ab")  # noqa: SIM115 (owned by the child)
         tiled_exe = Path(sys.executable).with_name("tiled")
         cmd = [str(tiled_exe) if tiled_exe.exists() else "tiled", "serve", "config", str(config)]
@@ -307,6 +576,11 @@ def connect(uri: str, api_key: str | None):
     import httpx
     from tiled.client import from_uri
 
+    if not api_key:
+        raise ServerError(
+            f"no API key for the tiled server at {uri}: pass --api-key or set ${API_KEY_ENV} "
+            "(a read-only key from `strainstream keys create --read-only` is enough to read)"
+        )
     try:
         return from_uri(uri, api_key=api_key)
     except httpx.ConnectError:
@@ -326,7 +600,9 @@ def connect(uri: str, api_key: str | None):
 def open_offline(data_dir: str | os.PathLike):
     """Open the catalog in ``DIR`` in-process, without a running server (read-only use).
 
-    Uses the ``DIR/tiled.yml`` the server was started with.
+    Uses the ``DIR/tiled.yml`` the server was started with, minus its authentication: no key
+    is needed, as whoever reads the directory's files can read the data anyway (and the
+    authentication database, possibly on another host, is neither needed nor touched).
     """
     root = Path(data_dir).resolve()
     config_path = root / "tiled.yml"
@@ -340,17 +616,19 @@ def open_offline(data_dir: str | os.PathLike):
     import warnings
 
     from tiled.client import Context, from_context
-    from tiled.config import parse_configs
+    from tiled.config import Authentication, parse_configs
     from tiled.server.app import build_app_from_config
 
-    api_key = api_key_for(root, create=False)
-    os.environ.setdefault("TILED_SINGLE_USER_API_KEY", api_key)
+    api_key = secrets.token_hex(32)  # in-process only, dies with this client
     logging.getLogger("tiled.server.app").setLevel(logging.WARNING)  # it sets INFO on import
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
             contextlib.redirect_stdout(io.StringIO()):
         # tiled announces itself and starlette warns about its test client: not for users
         warnings.simplefilter("ignore")
         config = parse_configs(config_path)
+        config.authentication = Authentication(single_user_api_key=api_key,
+                                               allow_anonymous_access=False)
+        config.database = None
         app = build_app_from_config(config)
         context = Context.from_app(app, api_key=api_key)
         return from_context(context)
