@@ -31,7 +31,8 @@ the simulated beamline). Nothing here names a host or a port.
 The strainstream plans annotate their device parameters ``Any`` (and use postponed
 annotations); the queue server needs real types to validate parameters and to turn device
 names into devices, so :func:`plans` wraps each plan in a generator function with the same
-name, docstring and behaviour whose signature says ``Readable`` for those parameters.
+name, docstring and behaviour whose signature says ``Readable`` for those parameters (and
+whose queue-server annotation lists the profile's device names).
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import time
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEVICE_NAMES", "PLAN_NAMES", "ProfileConfig", "build_namespace", "make_devices",
-           "plans", "summary"]
+__all__ = ["DEVICE_NAMES", "PLAN_NAMES", "ProfileConfig", "build_namespace", "connect_devices",
+           "make_devices", "plans", "summary"]
 
 #: devices of the profile, by the IOC serving them
 DEVICE_NAMES: dict[str, tuple[str, ...]] = {
@@ -156,14 +158,24 @@ def _queue_ready(plan: Callable[..., Any]) -> Callable[..., Any]:
 
     The queue server reads plan parameters with :func:`inspect.signature`: postponed
     (string) annotations would become string literals, and an ``Any`` device parameter would
-    receive the device *name*. Here each annotation is evaluated and ``Any`` device
-    parameters become ``bluesky.protocols.Readable``, which the queue server validates
-    against its devices and converts to the device objects.
+    receive the device *name*. Here each annotation is evaluated, ``Any`` device parameters
+    become ``bluesky.protocols.Readable`` and, for the queue server, an enum of the profile's
+    device names (bluesky-queueserver's parameter annotation), so a queued item naming an
+    unknown device is refused when it is added and the names become the device objects
+    when it runs.
     """
+    from bluesky.protocols import Readable
+
     hints = typing.get_type_hints(plan)
     sig = inspect.signature(plan)
     params = [p.replace(annotation=_device_annotation(hints.get(p.name, p.annotation)))
               for p in sig.parameters.values()]
+    all_devices = [n for names in DEVICE_NAMES.values() for n in names]
+    custom = {}
+    for p in params:
+        if p.annotation is Readable or p.annotation == (Readable | None):
+            kind = "Device" if p.annotation is Readable else "typing.Optional[Device]"
+            custom[p.name] = {"annotation": kind, "devices": {"Device": all_devices}}
 
     @functools.wraps(plan)
     def wrapper(*args: Any, **kwargs: Any):
@@ -171,6 +183,8 @@ def _queue_ready(plan: Callable[..., Any]) -> Callable[..., Any]:
 
     wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
                                         return_annotation=inspect.Signature.empty)
+    # read by bluesky-queueserver (what its parameter_annotation_decorator sets)
+    wrapper._custom_parameter_annotation_ = {"parameters": custom}  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -218,6 +232,23 @@ def make_devices(config: ProfileConfig) -> dict[str, Any]:
     if "beam" in config.iocs:
         out["beam"] = beam(p)
     return out
+
+
+def connect_devices(ns: Mapping[str, Any], timeout_s: float = 10.0) -> list[str]:
+    """Wait up to ``timeout_s`` in all for the devices of ``ns`` to connect.
+
+    Returns the names of those that did not (their IOC is down or unreachable); they connect
+    later by themselves when their IOC answers. Nothing is raised: one dead IOC must not
+    keep the console or the queue from using the others.
+    """
+    deadline = time.monotonic() + timeout_s
+    missing = []
+    for name in (n for names in DEVICE_NAMES.values() for n in names if n in ns):
+        try:
+            ns[name].wait_for_connection(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # ophyd raises TimeoutError, or a device-specific error naming the IOC
+            missing.append(name)
+    return missing
 
 
 # --------------------------------------------------------------------------- namespace

@@ -276,7 +276,7 @@ def write_existing_plans(path: str | os.PathLike, config: Any = None) -> dict[st
 
 
 # ----------------------------------------------------------------------------- CLI
-def _profile_args(p: argparse.ArgumentParser) -> None:
+def add_profile_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``strainstream console`` and ``strainstream queue up``."""
     p.add_argument("--data-dir", default=None,
                    help="strainstream data directory: its running server (--uri), API key and "
@@ -298,7 +298,7 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def profile_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
-    """``(ProfileConfig, EPICS client env)`` from the options of :func:`_profile_args`.
+    """``(ProfileConfig, EPICS client env)`` from the options of :func:`add_profile_args`.
 
     Raises :class:`strainstream.server.ServerError` / ``ValueError`` with a one-line message.
     """
@@ -342,7 +342,7 @@ def _up(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog=f"{PROG} up", description=(
         "Start Redis and RE Manager with the strainstream profile until Ctrl-C/SIGTERM. The "
         "profile's RunEngine writes to the tiled server of --data-dir (or --uri)."))
-    _profile_args(ap)
+    add_profile_args(ap)
     ap.add_argument("--startup-dir", default=None, help="default: deploy/queueserver/startup")
     ap.add_argument("--permissions", default=None,
                     help="default: deploy/queueserver/user_group_permissions.yaml")

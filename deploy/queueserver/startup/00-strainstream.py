@@ -8,6 +8,10 @@ that ``strainstream queue up`` sets for RE Manager: STRAINSTREAM_URI, STRAINSTRE
 STRAINSTREAM_PREFIX, STRAINSTREAM_DETECTOR_DIR and the EPICS_CA_* variables.
 """
 
-from strainstream.profile import build_namespace
+from strainstream.profile import build_namespace, connect_devices
 
-globals().update(build_namespace())
+_ns = build_namespace()
+_missing = connect_devices(_ns, timeout_s=10.0)
+if _missing:
+    print(f"strainstream profile: not connected yet (IOC down?): {', '.join(_missing)}")
+globals().update(_ns)
