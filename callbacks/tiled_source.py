@@ -15,6 +15,14 @@ Exactly once: each callback knows the seq_nums already committed to its result t
 skips them; rows are fed in seq_num order; a gap in the stream (streaming-cache eviction,
 missed updates, a restart) is back-filled from the stored table in the catalog before newer
 rows are processed.
+
+Server restarts: the websocket subscriptions die with the server. The worker notices
+(:meth:`RunFollower.reattach` is called by its watchdog once the server answers again) and
+the follower drops its old subscriptions, subscribes afresh to every node, back-fills each
+stream from the stored table after the last event it fed, commits result rows that failed
+during the outage, and finishes the run if its stop document arrived meanwhile. This holds
+for the memory streaming cache (its sequence numbers restart and its history is gone: a
+sequence number going backwards is logged as a cache reset) and for Redis (history kept).
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class _Stream:
         self.fed = 0  # highest seq_num fed to the callbacks
         self.resources: dict[str, str] = {}  # data_key -> stream_resource uid
         self.table_sub = None
+        self.node_sub = None
+        self.last_sequence = 0  # streaming-cache sequence of the last table update seen
 
     @property
     def external_keys(self) -> list[str]:
@@ -110,6 +120,9 @@ class RunFollower:
         self.run_node = None
         self._queue: queue.Queue = queue.Queue()
         self._drainer = threading.Thread(target=self._drain, name=f"follow-{uid[:8]}", daemon=True)
+        #: times the subscriptions were re-attached (server restarts) and cache resets seen
+        self.reattached = 0
+        self.cache_resets = 0
 
     # -- public -------------------------------------------------------------------------
     def start(self) -> bool:
@@ -151,11 +164,58 @@ class RunFollower:
 
     def close(self) -> None:
         subs, self._subs = self._subs, []
-        for sub in subs:
-            try:
-                sub.disconnect(wait=False)
-            except Exception:  # a subscription already closed by the server
-                logger.debug("disconnect failed", exc_info=True)
+        _disconnect_all(subs)
+
+    def reattach(self) -> None:
+        """Re-subscribe after the server came back; back-fill and commit what the outage held up.
+
+        Safe to call at any time (also when nothing was lost): events are fed at most once
+        (by seq_num) and result rows are committed at most once.
+        """
+        with self.lock:
+            if self.finished:
+                return
+            old, self._subs = self._subs, []
+            for stream in self.streams.values():
+                stream.table_sub = None
+                stream.node_sub = None
+                stream.last_sequence = 0  # a new subscription numbers from its own start
+        _disconnect_all(old)  # outside the lock: their callbacks may be waiting for it
+        with self.lock:
+            if self.finished:
+                return
+            self.reattached += 1
+            run = self.root[self.uid]  # fresh metadata (the stop document may have arrived)
+            self.run_node = getattr(run, "base", run)
+            sub = self.run_node.subscribe()
+            sub.child_created.add_callback(self._on_stream_created)
+            self._subs.append(sub)
+            sub.start_in_thread(0)
+            fed = {name: st.fed for name, st in self.streams.items()}
+            for name in list(self.run_node):
+                self._attach_stream(name)
+            for stream in self.streams.values():
+                self._backfill(stream)
+            for cb in self.callbacks:  # rows whose commit failed during the outage
+                try:
+                    cb.flush()
+                except Exception:
+                    logger.exception("run %s: committing held-up results failed", self.uid)
+            caught = {n: st.fed - fed.get(n, 0) for n, st in self.streams.items() if st.fed > fed.get(n, 0)}
+            logger.warning("run %s: re-attached after a server outage; back-filled %s", self.uid,
+                           caught or "nothing (no events missed)")
+            stop = self.run_node.metadata.get("stop")
+        if stop is not None:  # outside the lock: finish() disconnects subscriptions
+            self.finish(dict(stop))
+
+    def note_sequence(self, stream: _Stream, sequence: int) -> None:
+        """Track the streaming-cache sequence of a table; a step backwards is a cache reset."""
+        if sequence <= stream.last_sequence:
+            self.cache_resets += 1
+            logger.warning("run %s/%s: streaming cache sequence went back (%d -> %d): the server "
+                           "restarted with a memory cache; back-filling from the catalog",
+                           self.uid, stream.name, stream.last_sequence, sequence)
+        stream.last_sequence = sequence
 
     # -- internals ----------------------------------------------------------------------
     def _emit(self, name: str, doc: dict[str, Any]) -> None:
@@ -187,11 +247,12 @@ class RunFollower:
             desc.update(name=name, run_start=self.uid)
             stream = self.streams[name] = _Stream(name, node, desc)
             self._emit("descriptor", desc)
-            if subscribe and not self.finished:
-                sub = node.subscribe()
-                sub.child_created.add_callback(self._on_stream_child)
-                self._subs.append(sub)
-                sub.start_in_thread(0)
+        if subscribe and stream.node_sub is None and not self.finished:
+            sub = stream.node.subscribe()
+            sub.child_created.add_callback(self._on_stream_child)
+            stream.node_sub = sub
+            self._subs.append(sub)
+            sub.start_in_thread(0)
         if subscribe and stream.table_sub is None and INTERNAL in stream.node and not self.finished:
             self._subscribe_table(stream)
 
@@ -324,6 +385,17 @@ class _TableHandler:
 
     def __call__(self, update) -> None:
         try:
+            seq = getattr(update, "sequence", None)
+            if seq is not None:
+                self.follower.note_sequence(self.stream, int(seq))
             self.follower.enqueue(self.stream, _df_rows(update.data()))
         except Exception:
             logger.exception("run %s: decoding a table update failed", self.follower.uid)
+
+
+def _disconnect_all(subs: list[Any]) -> None:
+    for sub in subs:
+        try:
+            sub.disconnect(wait=False)
+        except Exception:  # a subscription already closed by the server
+            logger.debug("disconnect failed", exc_info=True)

@@ -20,12 +20,18 @@ __all__ = ["WorkerProcess", "run_demo"]
 
 
 class WorkerProcess:
-    """``strainstream worker`` as a subprocess (the API key travels in the environment)."""
+    """``strainstream worker`` as a subprocess (the API key travels in the environment).
 
-    def __init__(self, uri: str, api_key: str, data_dir: str | os.PathLike, catch_up_hours: float = 24.0):
+    ``shard=(i, n)`` makes it follow only the runs of shard ``i`` of ``n`` (several workers
+    sharing the runs; passed as ``$STRAINSTREAM_WORKER_SHARD``).
+    """
+
+    def __init__(self, uri: str, api_key: str, data_dir: str | os.PathLike, catch_up_hours: float = 24.0,
+                 shard: tuple[int, int] | None = None):
         self.uri, self.api_key = uri, api_key
         self.data_dir = Path(data_dir).resolve()
         self.catch_up_hours = catch_up_hours
+        self.shard = shard
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60.0, wait: bool = True) -> WorkerProcess:
@@ -34,7 +40,12 @@ class WorkerProcess:
         logs.mkdir(parents=True, exist_ok=True)
         ready = logs / f"worker-{os.getpid()}-{time.monotonic_ns()}.ready"
         env = dict(os.environ, STRAINSTREAM_API_KEY=self.api_key)
-        log = open(logs / "worker.log", "ab")  # noqa: SIM115 (owned by the child)
+        env.pop("STRAINSTREAM_WORKER_SHARD", None)
+        name = "worker.log"
+        if self.shard is not None:
+            env["STRAINSTREAM_WORKER_SHARD"] = f"{self.shard[0]}/{self.shard[1]}"
+            name = f"worker-{self.shard[0]}of{self.shard[1]}.log"
+        log = open(logs / name, "ab")  # noqa: SIM115 (owned by the child)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "strainstream.cli", "worker", "--uri", self.uri,
              "--data-dir", str(self.data_dir), "--catch-up-hours", str(self.catch_up_hours),
@@ -204,7 +215,7 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
             stack.callback(_close_channel_access)  # before the IOCs stop: no disconnect noise
         stack.enter_context(WorkerProcess(server.uri, server.api_key, data_dir))
         say("analysis worker running")
-        session = make_session(server.uri, server.api_key, progress=not quiet)
+        session = make_session(server.uri, server.api_key, progress=not quiet, spool_dir=data_dir / "spool")
         if experiment == "operando_xrd":
             uid = _operando(session, devices, data_dir, frame_size=frame_size, rate_mA_g=rate_mA_g,
                             duration_s=duration_s, frame_interval_s=frame_interval_s, say=say)

@@ -8,19 +8,50 @@ follows each run the router knows (:mod:`strainstream.callbacks.router`) with a
 On start-up it also catches up: recent runs whose results are missing or incomplete are
 followed from where their result tables stop (after a crash or a SIGKILL nothing is lost
 and nothing is analysed twice).
+
+Server restarts: every HTTP request waits out an outage
+(:class:`strainstream.session.OutageTolerantTransport`), and a watchdog thread pings the
+server; when it answers again after an outage (or the root subscription died) the worker
+subscribes afresh, re-attaches every followed run (back-fill from the stored tables, commit
+held-up results, finish runs whose stop document arrived meanwhile) and catches up on runs
+created during the outage.
+
+Scale-out: ``Worker(root, shard=(i, n))`` follows only the runs whose uid hashes to shard
+``i`` of ``n`` (:func:`shard_of`), also when catching up, so ``n`` workers share the runs and
+a restarted worker finishes the runs of its shard.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import signal
 import threading
 import time
 from typing import Any
 
-__all__ = ["Worker", "run_worker"]
+__all__ = ["Worker", "parse_shard", "run_worker", "shard_of", "websockets_use_api_key"]
 
 logger = logging.getLogger("strainstream.worker")
+
+SHARD_ENV = "STRAINSTREAM_WORKER_SHARD"
+
+
+def shard_of(uid: str, n: int) -> int:
+    """The shard (0 .. n-1) of a run: a stable hash of its uid (sha1), the same everywhere."""
+    return int(hashlib.sha1(uid.encode()).hexdigest(), 16) % n
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N; ValueError naming the problem otherwise."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like I/N (e.g. 0/3), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
 
 
 class Worker:
@@ -33,27 +64,108 @@ class Worker:
     catch_up_s : float
         On start-up, runs started less than this many seconds ago whose results are not
         complete are analysed (from their committed position).
+    shard : (int, int), optional
+        ``(i, n)``: follow only runs with ``shard_of(uid, n) == i``.
+    ping_s : float
+        Interval of the watchdog's health check of the server, seconds (0: no watchdog).
     """
 
-    def __init__(self, root, catch_up_s: float = 86400.0) -> None:
+    def __init__(self, root, catch_up_s: float = 86400.0, shard: tuple[int, int] | None = None,
+                 ping_s: float = 0.5) -> None:
         self.root = root
         self.catch_up_s = catch_up_s
+        self.shard = shard
+        self.ping_s = ping_s
         self.lock = threading.Lock()
         self.followers: dict[str, Any] = {}
         self.finished: set[str] = set()
         self._root_sub = None
+        self._root_lost = threading.Event()
         self.stopped = threading.Event()
+        self.outages: list[float] = []  # seconds from losing the server to re-attaching
+        self._watchdog: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Worker:
         self._warm_up()
+        self._subscribe_root()
+        self.catch_up()
+        if self.ping_s > 0:
+            self._watchdog = threading.Thread(target=self._watch, name="worker-watchdog", daemon=True)
+            self._watchdog.start()
+        return self
+
+    def mine(self, uid: str) -> bool:
+        """Is this run in the worker's shard?"""
+        return self.shard is None or shard_of(uid, self.shard[1]) == self.shard[0]
+
+    def _subscribe_root(self) -> None:
         sub = self.root.subscribe()
         sub.child_created.add_callback(self._on_run_created)
         sub.child_metadata_updated.add_callback(self._on_run_metadata)
+        sub.disconnected.add_callback(self._on_root_lost)
+        sub.stream_closed.add_callback(self._on_root_lost)
+        self._root_lost.clear()
         sub.start_in_thread()
         self._root_sub = sub
+
+    def _on_root_lost(self, sub) -> None:
+        if sub is self._root_sub and not self.stopped.is_set():
+            self._root_lost.set()
+
+    # -- surviving server restarts -------------------------------------------------------
+    def _ping(self) -> bool:
+        import httpx
+
+        base = str(self.root.context.api_uri).rstrip("/").removesuffix("/api/v1")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2.0, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _watch(self) -> None:
+        """Ping the server; after an outage (or a dead root subscription) re-attach everything."""
+        down_since: float | None = None
+        while not self.stopped.wait(self.ping_s):
+            up = self._ping()
+            thread = getattr(self._root_sub, "_thread", None)
+            dead = self._root_lost.is_set() or (thread is not None and not thread.is_alive())
+            if not up:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.warning("tiled server unreachable; waiting for it to come back")
+                continue
+            if down_since is None and not dead:
+                continue
+            t0 = down_since if down_since is not None else time.monotonic()
+            try:
+                self.reattach()
+            except Exception:
+                logger.exception("re-attaching after the outage failed; retrying")
+                continue
+            took = time.monotonic() - t0
+            self.outages.append(took)
+            logger.warning("tiled server back: re-attached %d runs %.1f s after losing the server",
+                           len(self.followers), took)
+            down_since = None
+
+    def reattach(self) -> None:
+        """Fresh root subscription, re-attach every followed run, catch up on new runs."""
+        from strainstream.callbacks.tiled_source import _disconnect_all
+
+        old = self._root_sub
+        self._root_sub = None
+        if old is not None:
+            _disconnect_all([old])
+        self._subscribe_root()
+        with self.lock:
+            followers = list(self.followers.values())
+        for f in followers:
+            try:
+                f.reattach()
+            except Exception:
+                logger.exception("run %s: re-attaching failed", f.uid)
         self.catch_up()
-        return self
 
     @staticmethod
     def _warm_up() -> None:
@@ -89,7 +201,7 @@ class Worker:
             logger.exception("catch-up query failed; falling back to listing the catalog")
             uids = list(self.root)
         for uid in uids:
-            if uid == "derived" or uid in self.finished:
+            if uid == "derived" or uid in self.finished or not self.mine(uid):
                 continue
             if self._complete(uid):
                 continue
@@ -117,6 +229,8 @@ class Worker:
         from strainstream.callbacks.sinks import TiledSink
         from strainstream.callbacks.tiled_source import RunFollower
 
+        if not self.mine(uid):
+            return
         with self.lock:
             if uid in self.followers or uid in self.finished or self.stopped.is_set():
                 return
@@ -166,13 +280,41 @@ class Worker:
                 logger.exception("run %s: finishing failed", update.key)
 
 
-def run_worker(uri: str, api_key: str, catch_up_s: float = 86400.0, ready_file: str | None = None) -> int:
-    """Run a worker until SIGINT/SIGTERM. Returns the exit code."""
-    from strainstream.server import connect
+def websockets_use_api_key(client) -> None:
+    """Authenticate tiled websocket subscriptions of ``client`` with its own API key.
 
+    With an authentication provider configured (multi-user tiled), tiled's client mints a
+    short-lived API key for every websocket it opens (two extra requests per subscription,
+    and the key needs the ``create:apikeys`` scope). A client that already holds an API key
+    can present that key directly, as tiled's websocket endpoint accepts it.
+    """
+    ctx = client.context
+    if not ctx.api_key:
+        return
+    info = ctx.server_info
+    if info.authentication.providers:
+        ctx.server_info = info.model_copy(
+            update={"authentication": info.authentication.model_copy(update={"providers": []})})
+
+
+def run_worker(uri: str, api_key: str, catch_up_s: float = 86400.0, ready_file: str | None = None,
+               shard: tuple[int, int] | str | None = None, max_outage_s: float = 3600.0) -> int:
+    """Run a worker until SIGINT/SIGTERM. Returns the exit code.
+
+    ``shard`` is ``(i, n)`` or ``"i/n"``; default ``$STRAINSTREAM_WORKER_SHARD`` or all runs.
+    """
+    from strainstream.server import connect
+    from strainstream.session import tolerate_outages
+
+    if shard is None:
+        shard = os.environ.get(SHARD_ENV) or None
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
     root = connect(uri, api_key)
-    worker = Worker(root, catch_up_s=catch_up_s).start()
-    logger.info("worker ready, following %s", uri)
+    websockets_use_api_key(root)
+    tolerate_outages(root, max_outage_s=max_outage_s)
+    worker = Worker(root, catch_up_s=catch_up_s, shard=shard).start()
+    logger.info("worker ready, following %s%s", uri, f" (shard {shard[0]}/{shard[1]})" if shard else "")
     if ready_file:
         with open(ready_file, "w") as f:
             f.write("ready\n")
