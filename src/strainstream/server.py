@@ -21,23 +21,33 @@ principals and scoped API keys in ``authn.db``), but it is a
 the only credential, and anonymous requests get no scope at all (HTTP 401).
 
 Before the server starts, :class:`TiledServer` initialises ``authn.db`` with tiled's own
-functions (``initialize_database``, alembic stamp, ``make_admin_by_identity``,
-``get_or_create_principal``) and registers two keys under the ``strainstream`` identity:
+schema and ORM (``initialize_database``, alembic stamp, ``Role``/``Principal``/``APIKey``) and
+sets up three service principals (identity provider ``strainstream``), each with a role of
+its own, so that no key, nor any key minted from it, can exceed what its holder is for:
 
-- the **writer key** (resolved as before: explicit ``api_key``, ``$STRAINSTREAM_API_KEY``,
-  ``DIR/.api_key`` created 0600) with the scopes single-user tiled granted (read, write,
-  create, register, delete, metrics, webhooks). Writers (RunEngine, workers) use it. A
-  user-chosen key works as long as it is hexadecimal (tiled stores the SHA-256 of its bytes);
-  when the writer key changes, the previous one is revoked at the next start.
-- the **admin key** (``admin_key``, ``$STRAINSTREAM_ADMIN_KEY``, ``DIR/.admin_key`` 0600)
-  with only the key-management scopes; ``strainstream keys`` (:mod:`strainstream.keys`) uses
-  it to mint **read-only keys** (``read:metadata`` + ``read:data``) for viewers on the
-  ``viewer`` principal through tiled's admin API, to list and to revoke them.
+- ``writer`` (role ``strainstream-writer``: read, write, create, register, delete, metrics,
+  webhooks — what single-user tiled granted): the **writer key**, resolved as before
+  (explicit ``api_key``, ``$STRAINSTREAM_API_KEY``, ``DIR/.api_key`` created 0600), is
+  registered for it. Writers (RunEngine, workers) use it. tiled cannot take an arbitrary
+  string as a key in multi-user mode (it stores the SHA-256 of the key's *bytes*): a
+  user-chosen key must be hexadecimal, at least 32 digits. When the writer key changes,
+  the previous one is revoked at the next start.
+- ``viewer`` (role ``strainstream-viewer``: ``read:metadata``, ``read:data``): holds the
+  **read-only keys** that ``strainstream keys create --read-only`` (:mod:`strainstream.keys`)
+  mints through tiled's admin API.
+- ``admin`` (role ``strainstream-admin``: manage principals and keys, nothing with data):
+  the **admin key** (``admin_key``, ``$STRAINSTREAM_ADMIN_KEY``, ``DIR/.admin_key`` 0600)
+  is registered for it; ``strainstream keys`` uses it.
 
-A read-only key can read runs and derived results and follow them over tiled's websocket;
-any write with it is refused (HTTP 401). Keys never appear in ``tiled.yml``, on a command
-line or in a log: the server's child environment does not even carry them. Every request
-costs tiled an API-key lookup in ``authn.db`` (see benchmarks/bench_latency.py).
+Writer and viewer roles also carry ``create:apikeys``/``revoke:apikeys``: tiled's websocket
+client mints a short-lived key of its own principal for every subscription (and revokes it
+once connected). A viewer can therefore follow live data, and mint only read-only keys.
+
+Anonymous requests get no scope (HTTP 401), reads included; writes with a read-only key
+get HTTP 401. Keys never appear in ``tiled.yml``, on a command line or in a log: the key
+bootstrap reads them on stdin, and the server's environment does not carry them. Every
+request costs tiled an API-key lookup (and a ``latest_activity`` update) in ``authn.db``
+(see benchmarks/bench_latency.py for the event → result latency).
 
 :func:`open_offline` reads the catalog in-process without any key: whoever can read the data
 directory's files can read the data anyway.
@@ -61,6 +71,7 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_PORT",
+    "ADMIN_SCOPES",
     "READ_ONLY_SCOPES",
     "WRITER_SCOPES",
     "admin_key_for",
@@ -85,19 +96,27 @@ API_KEY_ENV = "STRAINSTREAM_API_KEY"
 ADMIN_KEY_ENV = "STRAINSTREAM_ADMIN_KEY"
 #: tiled authentication provider (and identity provider name of strainstream's principals)
 AUTH_PROVIDER = "strainstream"
-#: identity of the principal owning the writer and admin keys (tiled role ``admin``)
-OWNER_IDENTITY = "strainstream"
-#: identity of the principal owning the read-only keys (tiled role ``user``)
-VIEWER_IDENTITY = "viewer"
-#: what the writer key may do: everything single-user tiled allowed
+#: identities (provider ``strainstream``) of the three principals the server start sets up
+WRITER_IDENTITY, VIEWER_IDENTITY, ADMIN_IDENTITY = "writer", "viewer", "admin"
+#: tiled's websocket client mints (and revokes) a short-lived key of its own principal for
+#: every subscription, so every key that may follow live data needs these two scopes
+_WS_SCOPES = ("create:apikeys", "revoke:apikeys")
+#: what a writer key may do: everything single-user tiled allowed, plus subscribing
 WRITER_SCOPES = (
     "read:metadata", "read:data", "write:metadata", "write:data", "create:node", "register",
-    "delete:revision", "delete:node", "metrics", "read:webhooks", "write:webhooks",
+    "delete:revision", "delete:node", "metrics", "read:webhooks", "write:webhooks", *_WS_SCOPES,
 )
-#: what a viewer's key may do
-READ_ONLY_SCOPES = ("read:metadata", "read:data")
-#: what the admin key may do: manage keys, nothing with data
+#: what a viewer's key may do: read and subscribe (the keys it can mint are read-only too)
+READ_ONLY_SCOPES = ("read:metadata", "read:data", *_WS_SCOPES)
+#: what the admin key may do: manage principals and keys, read metadata, nothing else
 ADMIN_SCOPES = ("read:metadata", "admin:apikeys", "read:principals", "write:principals")
+#: role of each principal (name, scopes). A key never has more than its principal's role,
+#: and a key minted by a key holder ("inherit") gets the role's scopes: hence one role each.
+_ROLES = {
+    WRITER_IDENTITY: ("strainstream-writer", WRITER_SCOPES),
+    VIEWER_IDENTITY: ("strainstream-viewer", READ_ONLY_SCOPES),
+    ADMIN_IDENTITY: ("strainstream-admin", ADMIN_SCOPES),
+}
 #: notes of the two keys the server start registers (a new key under the same note replaces it)
 WRITER_KEY_NOTE = "strainstream writer key (server start)"
 ADMIN_KEY_NOTE = "strainstream admin key (server start)"
@@ -299,12 +318,46 @@ def _redacted(uri: str) -> str:
         return "the authentication database"
 
 
-async def _init_auth_db(uri: str, keys: list[tuple[str, list[str], str]]) -> bool:
-    """Create/upgrade-check tiled's authentication database and register ``keys``.
+async def _ensure_principal(db, identity: str):
+    """The service principal with ``identity`` holding exactly its role of :data:`_ROLES`."""
+    from sqlalchemy.future import select
+    from sqlalchemy.orm import selectinload
+    from tiled.authn_database import orm
 
-    Runs in a child process (see :func:`bootstrap_auth`). Each ``(key, scopes, note)`` is
-    stored for the owner principal (identity ``strainstream``, role ``admin``); an older key
-    with the same note is revoked. Returns True when the database was new (to be stamped).
+    role_name, scopes = _ROLES[identity]
+    role = (await db.execute(select(orm.Role).filter(orm.Role.name == role_name))).scalar()
+    if role is None:
+        role = orm.Role(name=role_name, description=f"strainstream {identity}", scopes=list(scopes))
+        db.add(role)
+    elif list(role.scopes) != list(scopes):
+        role.scopes = list(scopes)
+    found = (
+        await db.execute(
+            select(orm.Identity)
+            .options(selectinload(orm.Identity.principal).selectinload(orm.Principal.roles))
+            .filter(orm.Identity.provider == AUTH_PROVIDER)
+            .filter(orm.Identity.id == identity)
+        )
+    ).scalar()
+    if found is None:
+        principal = orm.Principal(type="service", roles=[role])
+        db.add(principal)
+        await db.flush()
+        db.add(orm.Identity(provider=AUTH_PROVIDER, id=identity, principal_id=principal.id))
+    else:
+        principal = found.principal
+        if [r.name for r in principal.roles] != [role_name]:
+            principal.roles = [role]
+    await db.commit()
+    return principal
+
+
+async def _init_auth_db(uri: str, keys: list[tuple[str, str, str]]) -> bool:
+    """Create (or check) tiled's authentication database, its principals, and ``keys``.
+
+    Runs in a child process (see :func:`bootstrap_auth`). Each ``(key, identity, note)`` is
+    stored for the principal with that identity with its role's scopes; an older key with the
+    same note is revoked. Returns True when the database was new (to be stamped).
     """
     import hashlib
 
@@ -313,13 +366,7 @@ async def _init_auth_db(uri: str, keys: list[tuple[str, list[str], str]]) -> boo
     from sqlalchemy.future import select
     from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
     from tiled.authn_database import orm
-    from tiled.authn_database.core import (
-        ALL_REVISIONS,
-        REQUIRED_REVISION,
-        get_or_create_principal,
-        initialize_database,
-        make_admin_by_identity,
-    )
+    from tiled.authn_database.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
     from tiled.utils import ensure_specified_sql_driver
 
     engine = create_async_engine(ensure_specified_sql_driver(uri))
@@ -336,26 +383,23 @@ async def _init_auth_db(uri: str, keys: list[tuple[str, list[str], str]]) -> boo
                 "up, then run `tiled admin upgrade-database URI`"
             ) from None
         async with AsyncSession(engine, autoflush=False, expire_on_commit=False) as db:
-            owner = await make_admin_by_identity(db, AUTH_PROVIDER, OWNER_IDENTITY)
-            await get_or_create_principal(db, AUTH_PROVIDER, VIEWER_IDENTITY)
-            for key, scopes, note in keys:
+            principals = {identity: await _ensure_principal(db, identity) for identity in _ROLES}
+            for key, identity, note in keys:
+                principal, scopes = principals[identity], list(_ROLES[identity][1])
                 secret = bytes.fromhex(key)
                 hashed, first_eight = hashlib.sha256(secret).digest(), secret.hex()[:8]
                 rows = (
-                    await db.execute(
-                        select(orm.APIKey)
-                        .filter(orm.APIKey.principal_id == owner.id)
-                        .filter(orm.APIKey.note == note)
-                    )
+                    await db.execute(select(orm.APIKey).filter(orm.APIKey.note == note))
                 ).unique().scalars().all()
                 current = False
                 for row in rows:
-                    if row.hashed_secret == hashed and list(row.scopes) == list(scopes):
+                    if (row.hashed_secret == hashed and row.principal_id == principal.id
+                            and list(row.scopes) == scopes):
                         current = True
                     else:
                         await db.delete(row)  # a replaced key: revoke it
                 if not current:
-                    db.add(orm.APIKey(principal_id=owner.id, note=note, scopes=list(scopes),
+                    db.add(orm.APIKey(principal_id=principal.id, note=note, scopes=scopes,
                                       first_eight=first_eight, hashed_secret=hashed))
                 try:
                     await db.commit()
@@ -396,16 +440,18 @@ def _auth_bootstrap_main() -> int:
     return 0
 
 
-def bootstrap_auth(auth_db_uri: str, keys: list[tuple[str, tuple[str, ...], str]],
-                   timeout_s: float = 120.0) -> None:
-    """Initialise tiled's authentication database and register ``(key, scopes, note)`` keys.
+def bootstrap_auth(auth_db_uri: str, keys: list[tuple[str, str, str]], timeout_s: float = 120.0) -> None:
+    """Initialise tiled's authentication database and register ``(key, identity, note)`` keys.
+
+    ``identity`` is ``"writer"``, ``"viewer"`` or ``"admin"``: the key gets that principal's
+    scopes (:data:`WRITER_SCOPES`, :data:`READ_ONLY_SCOPES`, :data:`ADMIN_SCOPES`).
 
     Done in a child Python process (tiled's alembic stamping wants its own event loop and
     thread; SQLite dislikes sharing): the keys travel on its stdin, never on a command line.
     ``${VAR}`` in the URI is expanded from the environment.
     """
     uri = os.path.expandvars(auth_db_uri)
-    request = {"uri": uri, "keys": [[k, list(scopes), note] for k, scopes, note in keys]}
+    request = {"uri": uri, "keys": [list(k) for k in keys]}
     code = "import sys; from strainstream.server import _auth_bootstrap_main as m; sys.exit(m())"
     try:
         result = subprocess.run([sys.executable, "-c", code], input=json.dumps(request),
@@ -505,8 +551,8 @@ class TiledServer:
             catalog_uri=self.catalog_uri,
             auth_db_uri=self.auth_db_uri,
         )
-        bootstrap_auth(self.auth_db_uri, [(self.api_key, WRITER_SCOPES, WRITER_KEY_NOTE),
-                                          (self.admin_key, ADMIN_SCOPES, ADMIN_KEY_NOTE)])
+        bootstrap_auth(self.auth_db_uri, [(self.api_key, WRITER_IDENTITY, WRITER_KEY_NOTE),
+                                          (self.admin_key, ADMIN_IDENTITY, ADMIN_KEY_NOTE)])
         # the server needs no key: keep them out of its environment
         env = {k: v for k, v in os.environ.items()
                if k not in (API_KEY_ENV, ADMIN_KEY_ENV, "TILED_SINGLE_USER_API_KEY")}
