@@ -311,7 +311,7 @@ def reprocess_run(root, uid: str, force: bool = False, commit_every: int = COMMI
                 outcomes[cb.name].n_rows = len(cb.rows)
         except Exception as exc:
             reason = _reason(exc)
-            logger.warning("run %s: reprocessing failed: %s", uid, reason)
+            logger.info("run %s: reprocessing failed: %s", uid, reason)
             for name in todo:
                 outcomes[name].status, outcomes[name].detail = "failed", reason
                 _mark_failed(root, uid, name, reason)
@@ -369,13 +369,20 @@ def _client(uri: str, api_key: _Secret):
 
 def reprocess_task(uri: str, api_key: _Secret, uid: str, force: bool = False,
                    commit_every: int = COMMIT_EVERY) -> list[dict[str, Any]]:
-    """The Dask task: reprocess run ``uid`` of the tiled server at ``uri`` (outcomes as dicts)."""
+    """The Dask task: reprocess run ``uid`` of the tiled server at ``uri`` (outcomes as dicts).
+
+    tiled's array client computes with dask: inside a Dask worker that would send each frame
+    read back to the cluster as a task of its own, so the task computes locally instead.
+    """
+    import dask
+
     t0 = time.perf_counter()
-    try:
-        root = _client(uri, api_key)
-    except Exception as exc:
-        return [asdict(Outcome(uid, "-", "failed", _reason(exc), seconds=time.perf_counter() - t0))]
-    return [asdict(o) for o in reprocess_run(root, uid, force=force, commit_every=commit_every)]
+    with dask.config.set(scheduler="synchronous"):
+        try:
+            root = _client(uri, api_key)
+        except Exception as exc:
+            return [asdict(Outcome(uid, "-", "failed", _reason(exc), seconds=time.perf_counter() - t0))]
+        return [asdict(o) for o in reprocess_run(root, uid, force=force, commit_every=commit_every)]
 
 
 # -- the batch -------------------------------------------------------------------------------
