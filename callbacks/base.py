@@ -31,17 +31,32 @@ from event_model import DocumentRouter
 
 from strainstream.framestats import FrameError
 
-__all__ = ["AnalysisCallback", "FrameResolver", "FrameUnavailable", "ResultSink"]
+__all__ = ["AnalysisCallback", "FrameResolver", "FrameUnavailable", "MAX_FRAME_BYTES", "ResultSink",
+           "RunDocumentError", "check_frame_header", "checked_flag", "checked_number", "checked_range"]
 
 logger = logging.getLogger(__name__)
 
 COLUMN_TYPES = {"float64", "int64", "string", "bool"}
 _COMMIT_ATTEMPTS = 4
 _COMMIT_BACKOFF_S = 0.5
+#: largest detector frame read (bytes in memory): a file declaring bigger frames is refused
+#: before anything is allocated (a 4k x 4k float64 frame is 128 MiB)
+MAX_FRAME_BYTES = 1 << 30
+_FRAME_KINDS = "biuf"  # bool, signed/unsigned integer, float frames; never complex/strings/records
 
 
 class FrameUnavailable(LookupError):
     """The frame of an event cannot be found (yet)."""
+
+
+class RunDocumentError(ValueError):
+    """A run's start document (metadata, analysis parameters) or descriptor cannot be used.
+
+    The one error an analysis callback raises on bad documents; the message names the run,
+    the document and the key. Raised on the start document, a descriptor or at construction
+    (analysis parameters); the worker then gives up on that analysis of that run. Bad events,
+    stream resources/datums and frames never raise: they end as flagged rows.
+    """
 
 
 class ResultSink:
@@ -83,15 +98,30 @@ class FrameResolver:
         self.fallback = fallback
 
     def stream_resource(self, doc: Mapping[str, Any]) -> None:
-        self._resources[doc["uid"]] = dict(doc)
+        uid, key = doc.get("uid"), doc.get("data_key")
+        if not isinstance(uid, str) or not isinstance(key, str):
+            raise FrameUnavailable(f"StreamResource without a usable 'uid'/'data_key' "
+                                   f"({uid!r}, {key!r}): ignored")
+        self._resources[uid] = dict(doc)
 
     def stream_datum(self, doc: Mapping[str, Any]) -> None:
-        res = self._resources.get(doc["stream_resource"])
+        """Record which frames a StreamDatum covers; raises FrameUnavailable for a bad one."""
+        res_uid = doc.get("stream_resource")
+        res = self._resources.get(res_uid) if isinstance(res_uid, str) else None
         if res is None:
-            raise FrameUnavailable(f"StreamDatum refers to unknown StreamResource {doc['stream_resource']}")
-        seq, idx = doc["seq_nums"], doc["indices"]
+            raise FrameUnavailable(f"StreamDatum {doc.get('uid')!r} refers to unknown StreamResource "
+                                   f"{res_uid!r}")
+        try:
+            seq, idx = doc["seq_nums"], doc["indices"]
+            start, stop, index0 = _int(seq["start"]), _int(seq["stop"]), _int(idx["start"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FrameUnavailable(f"StreamDatum {doc.get('uid')!r} has unusable seq_nums/indices "
+                                   f"({exc})") from None
+        if stop <= start or index0 < 0:
+            raise FrameUnavailable(f"StreamDatum {doc.get('uid')!r} covers no frame (seq_nums "
+                                   f"{start}..{stop}, first index {index0})")
         ranges = self._ranges.setdefault(res["data_key"], [])
-        entry = (int(seq["start"]), int(seq["stop"]), int(idx["start"]), doc["stream_resource"])
+        entry = (start, stop, index0, res_uid)
         if ranges and entry[0] < ranges[-1][0]:
             bisect.insort(ranges, entry)
         else:  # the usual case: StreamDatums arrive in seq_num order
@@ -118,12 +148,18 @@ class FrameResolver:
     def read(self, data_key: str, seq_num: int) -> np.ndarray:
         """Return the frame of ``data_key`` for event ``seq_num``."""
         res, index = self.locate(data_key, seq_num)
-        path = _local_path(res["uri"])
+        uri = res.get("uri")
+        path = _local_path(uri) if isinstance(uri, str) else None
         if path is not None and path.exists():
-            return self._read_h5(path, res["parameters"]["dataset"], index)
+            dataset = (res.get("parameters") or {}).get("dataset") if isinstance(
+                res.get("parameters"), Mapping) else None
+            if not isinstance(dataset, str):
+                raise FrameUnavailable(f"StreamResource {res.get('uid')} of {data_key} names no HDF5 "
+                                       f"'dataset' in its parameters ({dataset!r})")
+            return self._read_h5(path, dataset, index)
         if self.fallback is not None:
             return np.asarray(self.fallback(data_key, seq_num))
-        raise FrameUnavailable(f"detector file {res['uri']} is not readable here and no fallback is set")
+        raise FrameUnavailable(f"detector file {uri!r} is not readable here and no fallback is set")
 
     def _read_h5(self, path: Path, dataset: str, index: int) -> np.ndarray:
         import h5py
@@ -131,8 +167,15 @@ class FrameResolver:
         key = str(path)
         f = self._files.get(key)
         if f is None:
+            if not path.is_file():
+                raise FrameUnavailable(f"detector file {path} is not a file")
             f = self._files[key] = h5py.File(path, "r", swmr=True, locking=False)
-        ds = f[dataset]
+        ds = f.get(dataset)
+        if not isinstance(ds, h5py.Dataset):
+            raise FrameUnavailable(f"detector file {path} has no dataset {dataset}")
+        if ds.ndim < 1:
+            raise FrameError("wrong_shape", f"{path}:{dataset} is a scalar, not a stack of frames")
+        check_frame_header(ds.shape[1:], ds.dtype, f"{path}:{dataset}")
         if index >= ds.shape[0]:
             ds.refresh()
         if index >= ds.shape[0]:
@@ -146,6 +189,82 @@ class FrameResolver:
             except Exception:  # closing a broken file handle must not mask the real error
                 logger.debug("closing %s failed", f, exc_info=True)
         self._files.clear()
+
+
+def _int(value: Any) -> int:
+    """An integer from a document field (int or integral float); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{value!r} is not an integer")
+    if isinstance(value, float | np.floating) and not float(value).is_integer():
+        raise ValueError(f"{value!r} is not an integer")
+    out = int(value)
+    if not -(2**63) <= out < 2**63:
+        raise ValueError(f"{value!r} is out of the int64 range")
+    return out
+
+
+def checked_number(value: Any, name: str, *, integer: bool = False, minimum: float | None = None,
+                   positive: bool = False, allow_none: bool = False) -> float | int | None:
+    """A metadata/parameter value as a finite float (an int with ``integer``).
+
+    Raises
+    ------
+    RunDocumentError
+        Not a number (strings, lists, bools, None unless ``allow_none``), not finite, not an
+        integer with ``integer``, below ``minimum`` or not > 0 with ``positive``; the
+        message names ``name``.
+    """
+    if value is None and allow_none:
+        return None
+    what = "an integer" if integer else "a number"
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating)
+            or not math.isfinite(value) or (integer and not float(value).is_integer())
+            or abs(value) >= 2**63):
+        raise RunDocumentError(f"{name} must be {what}, got {value!r}")
+    out = int(value) if integer else float(value)
+    if positive and not out > 0:
+        raise RunDocumentError(f"{name} must be > 0, got {value!r}")
+    if minimum is not None and out < minimum:
+        raise RunDocumentError(f"{name} must be ≥ {minimum}, got {value!r}")
+    return out
+
+
+def checked_flag(value: Any, name: str) -> bool:
+    """A yes/no parameter: a bool (or 0/1); RunDocumentError naming ``name`` otherwise."""
+    if isinstance(value, bool | np.bool_) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise RunDocumentError(f"{name} must be true or false, got {value!r}")
+
+
+def checked_range(value: Any, name: str, allow_none: bool = True) -> tuple[float, float] | None:
+    """A (low, high) pair of finite numbers with low < high; RunDocumentError naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise RunDocumentError(f"{name} must be a [low, high] pair, got {value!r}")
+    lo, hi = (checked_number(v, name) for v in value)
+    if not lo < hi:
+        raise RunDocumentError(f"{name} must be [low, high] with low < high, got {value!r}")
+    return lo, hi
+
+
+def check_frame_header(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """Refuse frames of a non-numeric dtype or too big to read, before reading them.
+
+    Raises
+    ------
+    FrameError
+        ``"bad_dtype"`` (complex, strings, records, objects) or ``"too_large"`` (more than
+        :data:`MAX_FRAME_BYTES`).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in _FRAME_KINDS:
+        raise FrameError("bad_dtype", f"{where}: frames of dtype {dtype} are not detector counts "
+                         "(expected integers or floats)")
+    nbytes = math.prod(int(n) for n in shape) * max(dtype.itemsize, 8)  # analysed as float64
+    if nbytes > MAX_FRAME_BYTES:
+        raise FrameError("too_large", f"{where}: a frame of shape {tuple(shape)} needs "
+                         f"{nbytes / 2**30:.1f} GiB as float64 (limit {MAX_FRAME_BYTES / 2**30:.0f} GiB)")
 
 
 def _local_path(uri: str) -> Path | None:
@@ -180,6 +299,9 @@ class AnalysisCallback(DocumentRouter):
         if bad:
             raise TypeError(f"unknown column types {bad}; use {sorted(COLUMN_TYPES)}")
         self.sink = sink
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise RunDocumentError(f"analysis_parameters.{self.name} must be a mapping of parameter "
+                                   f"names to values, got {type(parameters).__name__}")
         self.parameters = dict(parameters or {})
         self.frames = FrameResolver(fallback=frame_fallback)
         self.start_doc: dict[str, Any] | None = None
@@ -189,7 +311,10 @@ class AnalysisCallback(DocumentRouter):
         self._held: dict[int, dict] = {}
         self._pending: list[dict[str, Any]] = []
         self._batching = False
-        self._stream: str = self.parameters.get("stream", "primary")
+        self._stream = self.parameters.get("stream", "primary")
+        if not isinstance(self._stream, str):
+            raise RunDocumentError(f"analysis_parameters.{self.name}.stream must be a stream name, "
+                                   f"got {self._stream!r}")
 
     # -- documents ---------------------------------------------------------------------
     def start(self, doc):
@@ -203,18 +328,36 @@ class AnalysisCallback(DocumentRouter):
         }
         self.rows = sorted(self.sink.begin(meta, self.all_columns()), key=lambda r: r["seq_num"])
         self.done = {int(r["seq_num"]) for r in self.rows}
-        self.on_start(doc)
+        try:
+            self.on_start(doc)
+        except RunDocumentError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            # metadata of the wrong type or shape: one documented error naming the run
+            raise RunDocumentError(f"run {doc['uid']}: {self.name} cannot use its start document: "
+                                   f"{_one_line(exc)}") from exc
 
     def descriptor(self, doc):
         if doc.get("name", "primary") == self._stream:
-            self.descriptors[doc["uid"]] = dict(doc)
+            uid, data_keys = doc.get("uid"), doc.get("data_keys", {})
+            if not isinstance(uid, str) or not isinstance(data_keys, Mapping):
+                raise RunDocumentError(f"descriptor {uid!r} of run {self.start_doc and self.start_doc.get('uid')}: "
+                                       f"needs a 'uid' and a 'data_keys' mapping (got {type(data_keys).__name__})")
+            self.descriptors[uid] = dict(doc)
             self.on_descriptor(doc)
 
     def stream_resource(self, doc):
-        self.frames.stream_resource(doc)
+        try:
+            self.frames.stream_resource(doc)
+        except FrameUnavailable as exc:  # its events end flagged 'frame_unavailable'
+            logger.warning("%s: %s", self.name, exc)
 
     def stream_datum(self, doc):
-        self.frames.stream_datum(doc)
+        try:
+            self.frames.stream_datum(doc)
+        except FrameUnavailable as exc:  # the events it should cover end flagged at the stop
+            logger.warning("%s: %s", self.name, exc)
+            return
         # only the held events this datum covers can have become ready
         lo, hi = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
         if hi - lo < len(self._held):
@@ -226,9 +369,9 @@ class AnalysisCallback(DocumentRouter):
                 self._process(self._held.pop(seq))
 
     def event(self, doc):
-        if doc["descriptor"] not in self.descriptors:
+        seq = self._event_seq(doc)
+        if seq is None:
             return
-        seq = int(doc["seq_num"])
         if seq in self.done or seq in self._held or any(r["seq_num"] == seq for r in self._pending):
             return
         if self._frames_ready(seq):
@@ -247,6 +390,26 @@ class AnalysisCallback(DocumentRouter):
         self.frames.close()
 
     # -- machinery -----------------------------------------------------------------------
+    def param_number(self, key: str, default: Any, **checks: Any) -> float | int | None:
+        """Analysis parameter ``key`` checked with :func:`checked_number` (RunDocumentError)."""
+        return checked_number(self.parameters.get(key, default),
+                              f"analysis_parameters.{self.name}.{key}", **checks)
+
+    def param_flag(self, key: str, default: bool) -> bool:
+        """Yes/no analysis parameter ``key`` (RunDocumentError if it is not one)."""
+        return checked_flag(self.parameters.get(key, default), f"analysis_parameters.{self.name}.{key}")
+
+    def _event_seq(self, doc) -> int | None:
+        """The seq_num of an event of the analysed stream; None (logged) for others or a bad one."""
+        if not isinstance(doc.get("descriptor"), str) or doc["descriptor"] not in self.descriptors:
+            return None
+        try:
+            return _int(doc.get("seq_num"))
+        except ValueError:
+            logger.warning("%s: event %s of run %s has no usable seq_num (%r); ignored", self.name,
+                           doc.get("uid"), self.start_doc and self.start_doc.get("uid"), doc.get("seq_num"))
+            return None
+
     def all_columns(self) -> dict[str, str]:
         return {"seq_num": "int64", "time": "float64", "flag": "string", "message": "string",
                 **self.columns}
@@ -255,7 +418,7 @@ class AnalysisCallback(DocumentRouter):
         keys = []
         for desc in self.descriptors.values():
             for key, dk in desc.get("data_keys", {}).items():
-                if dk.get("external") == "STREAM:" and (not self.frame_keys or key in self.frame_keys):
+                if isinstance(dk, Mapping) and dk.get("external") == "STREAM:" and (not self.frame_keys or key in self.frame_keys):
                     keys.append(key)
         return keys
 
@@ -274,13 +437,24 @@ class AnalysisCallback(DocumentRouter):
         return best
 
     def read_frames(self, seq: int) -> dict[str, np.ndarray]:
-        return {k: self.frames.read(k, seq) for k in self._frame_keys()}
+        """The event's frames, each checked to be numeric and of a sane size (FrameError)."""
+        out = {}
+        for k in self._frame_keys():
+            frame = self.frames.read(k, seq)
+            arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
+            check_frame_header(arr.shape, arr.dtype, f"{k} at seq_num {seq}")
+            out[k] = arr
+        return out
 
     def _process(self, event: dict) -> None:
         seq = int(event["seq_num"])
         row: dict[str, Any] = {c: _missing(t) for c, t in self.columns.items()}
-        row.update(seq_num=seq, time=float(event["time"]), flag="", message="")
+        t = event.get("time")
+        row.update(seq_num=seq, time=float(t) if _is_number(t) else math.nan, flag="", message="")
         try:
+            if not math.isfinite(row["time"]) or not isinstance(event.get("data"), Mapping):
+                raise FrameError("bad_event", f"event seq_num {seq} has no usable 'time' ({t!r}) or "
+                                 f"'data' ({type(event.get('data')).__name__})")
             # one BLAS/OpenMP thread: results must not depend on the machine's thread count,
             # so the live pass and a replay elsewhere give the same bits
             with _single_thread():
@@ -297,10 +471,30 @@ class AnalysisCallback(DocumentRouter):
             logger.warning("%s: event %d of %s could not be analysed: %s", self.name, seq,
                            self.start_doc and self.start_doc.get("uid"), exc)
             row.update(flag="analysis_error", message=f"{type(exc).__name__}: {exc}")
-        row = {c: _coerce(row.get(c), t) for c, t in self.all_columns().items()}
+        row = self._typed_row(row)
         self._pending.append(row)
         if not self._batching:
             self.flush()
+
+    def _typed_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with exactly the declared columns and types; a value that is not of its
+        column's type (or ±inf) is stored as missing and the row flagged, never written as good."""
+        out, bad = {}, []
+        for col, kind in self.all_columns().items():
+            try:
+                value = _coerce(row.get(col), kind)
+            except (TypeError, ValueError, OverflowError):
+                value, _ = _missing(kind), bad.append(col)
+            if kind == "float64" and math.isinf(value):
+                value, _ = math.nan, bad.append(col)
+            out[col] = value
+        if bad:
+            logger.warning("%s: event %d: unusable values in %s", self.name, out["seq_num"], bad)
+            if not out["flag"]:
+                out["flag"] = "bad_value"
+            out["message"] = "; ".join(m for m in (out["message"], f"not a finite {self.name} "
+                                                   f"result: {', '.join(bad)}") if m)
+        return out
 
     @contextlib.contextmanager
     def batch(self):
@@ -377,17 +571,33 @@ def _single_thread():
     return _CONTROLLER.limit(limits=1)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, RunDocumentError) else text
+
+
 def _missing(kind: str):
     return {"float64": math.nan, "int64": -1, "string": "", "bool": False}[kind]
 
 
 def _coerce(value, kind: str):
+    """``value`` as the Python type of column kind ``kind``; TypeError/ValueError if it is not one."""
     if value is None:
         return _missing(kind)
     if kind == "float64":
+        if isinstance(value, str | bytes) or np.ndim(value) != 0:
+            raise TypeError(f"{value!r} is not a number")
         return float(value)
     if kind == "int64":
-        return int(value)
+        if isinstance(value, float | np.floating) and math.isnan(value):
+            return _missing(kind)
+        return _int(value)
     if kind == "bool":
+        if np.ndim(value) != 0:
+            raise TypeError(f"{value!r} is not a truth value")
         return bool(value)
     return str(value)

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from strainstream.framestats import frame_statistics
+from strainstream.framestats import FrameError, frame_statistics
 
-from .base import AnalysisCallback
+from .base import AnalysisCallback, RunDocumentError
 
 __all__ = ["FrameStatsCallback"]
 
@@ -30,11 +30,23 @@ class FrameStatsCallback(AnalysisCallback):
         "centroid_col": "float64",
     }
 
+    def on_start(self, doc) -> None:
+        sat = self.parameters.get("saturation")
+        if sat is not None and (isinstance(sat, bool) or not isinstance(sat, int | float)
+                                or not math.isfinite(sat)):
+            raise RunDocumentError(f"run {doc['uid']}: analysis_parameters.frame_stats.saturation must "
+                                   f"be a number of counts, got {sat!r}")
+        self.saturation = None if sat is None else float(sat)
+
     def analyse(self, event: dict, frames: dict[str, np.ndarray]) -> dict[str, Any]:
         if not frames:
-            raise ValueError("the run has no detector frames (no STREAM: data key)")
+            raise FrameError("no_frame", "the run has no detector frames (no STREAM: data key in "
+                             "its descriptor)")
+        if len(frames) > 1:
+            raise FrameError("wrong_shape", f"a frame series has one detector, this run has "
+                             f"{sorted(frames)}")
         (frame,) = frames.values()  # one detector in a frame series
-        return frame_statistics(frame, saturation=self.parameters.get("saturation"))
+        return frame_statistics(frame, saturation=self.saturation)
 
     def summary(self) -> dict[str, Any]:
         good = [r for r in self.rows if not r["flag"]]

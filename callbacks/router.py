@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .base import AnalysisCallback, ResultSink
+from .base import AnalysisCallback, ResultSink, RunDocumentError
 
 __all__ = ["ANALYSES", "analyses_for", "make_callbacks"]
 
@@ -42,8 +42,16 @@ def make_callbacks(
     """Instantiate the run's analyses, each with its own sink from ``sink_factory(name)``.
 
     Analysis parameters come from ``start_doc["analysis_parameters"][name]`` when present.
+
+    Raises
+    ------
+    RunDocumentError
+        ``analysis_parameters`` (or one analysis' entry) is not a mapping.
     """
     params = start_doc.get("analysis_parameters", {}) or {}
+    if not isinstance(params, dict):
+        raise RunDocumentError(f"run {start_doc.get('uid')}: 'analysis_parameters' must map analysis "
+                               f"names to parameter dicts, got {type(params).__name__}")
     return [
         cls(sink_factory(cls.name), parameters=params.get(cls.name), frame_fallback=frame_fallback)
         for cls in analyses_for(start_doc)

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from .base import AnalysisCallback, FrameUnavailable, _single_thread
+from .base import (
+    AnalysisCallback,
+    FrameUnavailable,
+    RunDocumentError,
+    _single_thread,
+    checked_number,
+)
 
 __all__ = ["MAP_KEYS", "SXDMCallback"]
 
@@ -50,6 +56,17 @@ _MAPPER_PARAMS = ("threshold_counts", "mask_fraction", "min_counts", "register",
                   "theta_edge_fraction", "border_fraction", "registration_reference")
 _STAT_KEYS = ("d_mean_A", "strain_std", "strain_range", "tilt_xy_std_deg", "tilt_xz_std_deg",
               "strain_tilt_correlation", "n_pixels")
+
+
+def _as_float(value: Any) -> float:
+    """A number from event data as float; NaN for anything else (None, strings, lists, bools)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return math.nan
+    return float(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 class _EventError(ValueError):
@@ -83,25 +100,38 @@ class SXDMCallback(AnalysisCallback):
         if missing:
             raise ValueError(f"run {doc['uid']} lacks SXDM geometry metadata {missing} in its start "
                              "document; record it with the run (strainstream.plans.sxdm.sxdm_map does)")
+        uid = doc["uid"]
         raster = doc.get("raster") or {}
+        if not isinstance(raster, dict) or "ny" not in raster or "nx" not in raster:
+            raise RunDocumentError(f"run {uid}: start document needs 'raster' with nx, ny (the plan's "
+                                   f"raster), got {raster!r}")
+        self.ny = checked_number(raster["ny"], f"run {uid}: raster.ny", integer=True, minimum=1)
+        self.nx = checked_number(raster["nx"], f"run {uid}: raster.nx", integer=True, minimum=1)
+        for key in ("x_center_um", "y_center_um"):  # used when events lack raster indices
+            checked_number(raster.get(key), f"run {uid}: raster.{key}", allow_none=True)
         try:
-            self.ny, self.nx = int(raster["ny"]), int(raster["nx"])
             theta = np.asarray(doc["theta_deg"], dtype=np.float64)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"run {doc['uid']}: start document needs 'raster' (nx, ny, ...) and the "
-                             f"planned 'theta_deg' list ({exc})") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunDocumentError(f"run {uid}: start document needs the planned 'theta_deg' list of "
+                                   f"angles ({_one_line(exc)})") from None
         if theta.ndim != 1 or theta.size == 0 or not np.all(np.isfinite(theta)):
-            raise ValueError(f"run {doc['uid']}: 'theta_deg' must be a non-empty list of angles")
+            raise RunDocumentError(f"run {uid}: 'theta_deg' must be a non-empty list of angles")
         self.theta_planned = theta
         self.raster = dict(raster)
-        self.step_nm = float(doc["step_nm"])
+        self.step_nm = checked_number(doc["step_nm"], f"run {uid}: step_nm", positive=True)
         self.keys = {"frames": None, "theta": "es_theta", "x": "es_sample_x", "y": "es_sample_y",
                      "itheta": "sxdm_itheta", "iy": "sxdm_iy", "ix": "sxdm_ix", "fluorescence": None}
-        self.keys.update({k: v for k, v in (doc.get("sxdm_keys") or {}).items() if k in self.keys})
+        given = doc.get("sxdm_keys") or {}
+        if not isinstance(given, dict):
+            raise RunDocumentError(f"run {uid}: 'sxdm_keys' must map roles to event keys, got {given!r}")
+        for k, v in given.items():
+            if k in self.keys and v is not None and not isinstance(v, str):
+                raise RunDocumentError(f"run {uid}: sxdm_keys.{k} must be an event key name, got {v!r}")
+        self.keys.update({k: v for k, v in given.items() if k in self.keys})
         if self.keys["frames"]:
             self.frame_keys = (self.keys["frames"],)
         p = self.parameters
-        self.theta_tol = float(p.get("theta_tolerance_deg", 1e-3))
+        self.theta_tol = self.param_number("theta_tolerance_deg", 1e-3, minimum=0.0)
         kwargs = {k: p[k] for k in _MAPPER_PARAMS if k in p}
         self.geometry = SXDMGeometry.from_metadata({k: doc[k] for k in GEOMETRY_KEYS})
         self.mapper = StrainMapper(self.geometry, (self.ny, self.nx), theta_deg=theta,
@@ -121,9 +151,9 @@ class SXDMCallback(AnalysisCallback):
 
     # ------------------------------------------------------------------ documents
     def event(self, doc):
-        if doc["descriptor"] not in self.descriptors:
+        seq = self._event_seq(doc)
+        if seq is None:
             return
-        seq = int(doc["seq_num"])
         if seq in self.done and seq not in self._rebuilt:
             if seq not in self._rebuild_held:
                 if self._frames_ready(seq):
@@ -136,7 +166,11 @@ class SXDMCallback(AnalysisCallback):
     def stream_datum(self, doc):
         # as the base class, but only the held events this datum can complete are checked
         # (a replay delivers one datum per frame after all events: O(n) instead of O(n²))
-        self.frames.stream_datum(doc)
+        try:
+            self.frames.stream_datum(doc)
+        except FrameUnavailable as exc:  # the events it should cover end flagged at the stop
+            logger.warning("sxdm: %s", exc)
+            return
         lo, hi = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
         for held, handle in ((self._held, self._process), (self._rebuild_held, self._rebuild)):
             if hi - lo < len(held):
@@ -163,6 +197,8 @@ class SXDMCallback(AnalysisCallback):
         """(itheta, iy, ix) the plan meant for an event (recorded indices, else from θ and the
         positions); None when it cannot be told or lies outside the plan."""
         k = self.keys
+        if not isinstance(data, dict):
+            return None
         try:
             if k["itheta"] in data:
                 it = int(data[k["itheta"]])
@@ -186,11 +222,11 @@ class SXDMCallback(AnalysisCallback):
         if loc is None:
             raise _EventError("outside_raster", "the event's raster point / rocking angle is not part of "
                               f"the planned {self.theta_planned.size}×{self.ny}×{self.nx} scan (or not recorded)")
-        theta = data.get(self.keys["theta"])
-        if theta is None or not math.isfinite(float(theta)):
+        theta = _as_float(data.get(self.keys["theta"]))
+        if not math.isfinite(theta):
             raise _EventError("no_theta", f"event has no rocking angle {self.keys['theta']!r}")
-        if abs(self.theta_planned[loc[0]] - float(theta)) > self.theta_tol:
-            raise _EventError("theta_off_plan", f"θ = {float(theta):.6f} deg is not the planned angle "
+        if abs(self.theta_planned[loc[0]] - theta) > self.theta_tol:
+            raise _EventError("theta_off_plan", f"θ = {theta:.6f} deg is not the planned angle "
                               f"{loc[0]} ({self.theta_planned[loc[0]]:.6f} deg, tolerance {self.theta_tol} deg)")
         return loc
 
@@ -199,9 +235,8 @@ class SXDMCallback(AnalysisCallback):
         row: dict[str, Any] = {}
         fl = self.keys["fluorescence"]
         if fl and data.get(fl) is not None:
-            row["fluorescence"] = float(data[fl])
-        theta = data.get(self.keys["theta"])
-        row["theta_deg"] = math.nan if theta is None else float(theta)
+            row["fluorescence"] = _as_float(data[fl])
+        row["theta_deg"] = _as_float(data.get(self.keys["theta"]))
         loc = self._locate(data)
         if loc is not None:
             row.update(itheta=loc[0], iy=loc[1], ix=loc[2])
@@ -234,7 +269,7 @@ class SXDMCallback(AnalysisCallback):
     def _register(self, event: dict) -> None:
         item, self._line_item = self._line_item, None
         if item is None:  # flagged: the frame stays out of the maps, the line still completes
-            loc = self._locate(event["data"])
+            loc = self._locate(event.get("data"))
             if loc is None:
                 return
             item = (*loc, None)
@@ -246,7 +281,7 @@ class SXDMCallback(AnalysisCallback):
         seq = int(event["seq_num"])
         self._rebuilt.add(seq)
         row = self._row_of.get(seq)
-        loc = self._locate(event["data"])
+        loc = self._locate(event.get("data"))
         if loc is None:
             return
         it, iy, ix = loc

@@ -53,7 +53,14 @@ from typing import Any
 
 import numpy as np
 
-from .base import AnalysisCallback, FrameUnavailable, _single_thread
+from .base import (
+    AnalysisCallback,
+    FrameUnavailable,
+    RunDocumentError,
+    _single_thread,
+    checked_number,
+    checked_range,
+)
 
 __all__ = ["XANESCallback"]
 
@@ -63,13 +70,34 @@ _DEFAULT_KEYS = {"frames": "txm_image", "energy": "es_energy", "zp_z": "es_zp_z"
 _DEFAULT_ROLES = {"dark": 0, "sample": 1, "flat": 2}
 
 
+#: analysis parameters: default and check (see the module docstring)
+_PARAMS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "min_edge_jump": (0.1, {}),
+    "bandwidth_eV": (1.5, {"positive": True}),
+    "bins": (50, {"integer": True, "minimum": 1}),
+    "reference_energy_eV": (None, {"allow_none": True}),
+    "dark_counts": (0.0, {}),
+    "max_dark_fraction": (0.5, {}),
+}
+_FLAGS = {"register": True, "magnification": True, "preview": True}
+_MAX_BINS = 100_000
+#: largest index or repeat number taken from event data (beyond it the value is garbage)
+_MAX_INDEX = 2**31
+
+
 def _num(data: dict[str, Any], key: str | None) -> float:
-    if key is None or key not in data or data[key] is None:
+    """Event value ``key`` as float; NaN when absent or not a number (strings, lists, bools)."""
+    value = data.get(key) if isinstance(key, str) else None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         return math.nan
-    try:
-        return float(data[key])
-    except (TypeError, ValueError):
-        return math.nan
+    return float(value)
+
+
+def _index(value: float) -> int:
+    """A non-negative index from event data; -1 when missing, negative, fractional or huge."""
+    if not math.isfinite(value) or value < 0 or value >= _MAX_INDEX or not value.is_integer():
+        return -1
+    return int(value)
 
 
 class XANESCallback(AnalysisCallback):
@@ -91,26 +119,49 @@ class XANESCallback(AnalysisCallback):
 
     # -- set-up --------------------------------------------------------------------------
     def on_start(self, doc) -> None:
-        self.keys = {**_DEFAULT_KEYS, **(doc.get("txm_keys") or {})}
+        uid = doc["uid"]
+        keys = doc.get("txm_keys") or {}
+        if not isinstance(keys, dict):
+            raise RunDocumentError(f"run {uid}: 'txm_keys' must map roles to event keys, got {keys!r}")
+        self.keys = {**_DEFAULT_KEYS, **keys}
+        for k, v in self.keys.items():
+            if not (isinstance(v, str) or (v is None and k != "frames")):
+                raise RunDocumentError(f"run {uid}: txm_keys.{k} must be an event key name, got {v!r}")
         self.frame_keys = (self.keys["frames"],)
         roles = doc.get("roles") or _DEFAULT_ROLES
-        self.role_names = {int(v): k for k, v in roles.items()}
+        if not isinstance(roles, dict):
+            raise RunDocumentError(f"run {uid}: 'roles' must map dark/sample/flat to codes, got {roles!r}")
+        self.role_names = {checked_number(v, f"run {uid}: roles.{k}", integer=True): k
+                           for k, v in roles.items()}
         planned = doc.get("energies_eV")
-        self.planned_eV = None if planned is None else [float(x) for x in planned]
-        self.n_repeats = int(doc.get("repeats", 1) or 1)
+        if planned is not None:
+            if not isinstance(planned, list | tuple):
+                raise RunDocumentError(f"run {uid}: 'energies_eV' must be a list of energies, got {planned!r}")
+            planned = [checked_number(x, f"run {uid}: energies_eV") for x in planned]
+        self.planned_eV = planned or None
+        self.n_repeats = checked_number(doc.get("repeats", 1) or 1, f"run {uid}: repeats", integer=True,
+                                        minimum=1)
+        self._opts = {k: self.param_number(k, default, **checks) for k, (default, checks) in _PARAMS.items()}
+        if self._opts["bins"] > _MAX_BINS:
+            raise RunDocumentError(f"analysis_parameters.txm_xanes.bins must be ≤ {_MAX_BINS}, "
+                                   f"got {self._opts['bins']}")
+        self._opts.update({k: self.param_flag(k, default) for k, default in _FLAGS.items()})
+        for k in ("pre_edge_eV", "post_edge_eV"):
+            self._opts[k] = checked_range(self.parameters.get(k), f"analysis_parameters.txm_xanes.{k}")
         self.store: dict[int, dict[str, Any]] = {}  # seq_num -> {role, ie, repeat, energy, mag, frame}
         self._rebuild: dict[int, dict] = {}
         self._results: dict[int, dict[str, Any]] = {}  # repeat -> final analysis
         self._preview_abs: dict[tuple[int, int], np.ndarray] = {}
 
     def _param(self, key: str, default):
-        return self.parameters.get(key, default)
+        """A checked analysis parameter (see on_start)."""
+        return self._opts.get(key, default)
 
     # -- documents: collect the frames of committed events too (resume) -------------------
     def event(self, doc):
-        if doc["descriptor"] not in self.descriptors:
+        seq = self._event_seq(doc)
+        if seq is None:
             return
-        seq = int(doc["seq_num"])
         if seq in self.done:
             if seq not in self.store and seq not in self._rebuild:
                 if self._frames_ready(seq):
@@ -128,9 +179,11 @@ class XANESCallback(AnalysisCallback):
 
     def _collect_committed(self, event: dict) -> None:
         try:
-            frame = self.read_frames(int(event["seq_num"]))[self.keys["frames"]]
-        except (FrameUnavailable, KeyError, OSError):
+            frame = np.asarray(self.read_frames(int(event["seq_num"]))[self.keys["frames"]])
+        except (FrameUnavailable, KeyError, OSError, ValueError):
             return  # its committed row carries the flag; nothing to rebuild
+        if self._unusable(frame, self._describe(event)):
+            return  # flagged in the first pass too: not in the stacks
         info = self._keep(event, frame)
         if info["role"] in ("sample", "flat") and self._param("preview", True):
             self._preview(info, publish=False)  # previews after a restart cover every energy
@@ -142,16 +195,31 @@ class XANESCallback(AnalysisCallback):
 
     # -- per event -----------------------------------------------------------------------
     def _describe(self, event: dict) -> dict[str, Any]:
-        data = event["data"]
+        data = event.get("data")
+        data = data if isinstance(data, dict) else {}
         role_code = _num(data, self.keys["role"])
-        role = self.role_names.get(int(role_code), "") if math.isfinite(role_code) else ""
-        ie = _num(data, self.keys["ienergy"])
+        role = self.role_names.get(int(role_code), "") if role_code.is_integer() else ""
         rep = _num(data, self.keys["repeat"])
         zp, det = _num(data, self.keys["zp_z"]), _num(data, self.keys["det_z"])
-        mag = (det - zp) / zp if zp > 0 and det > zp else math.nan
-        return {"role": role, "ie": int(ie) if math.isfinite(ie) else -1,
-                "repeat": int(rep) if math.isfinite(rep) else 0,
-                "energy": _num(data, self.keys["energy"]), "zp": zp, "det": det, "mag": mag}
+        try:
+            mag = (det - zp) / zp if zp > 0 and det > zp else math.nan
+        except OverflowError:
+            mag = math.nan
+        return {"role": role, "ie": _index(_num(data, self.keys["ienergy"])),
+                "repeat": 0 if math.isnan(rep) else _index(rep),
+                "energy": _num(data, self.keys["energy"]), "zp": zp, "det": det,
+                "mag": mag if math.isfinite(mag) else math.nan}
+
+    def _unusable(self, frame: np.ndarray, info: dict[str, Any]) -> tuple[str, str] | None:
+        """(flag, message) when a frame cannot go into the stacks; None when it can."""
+        if frame.ndim != 2:
+            return "bad_shape", f"camera frame has shape {frame.shape}, expected (rows, cols)"
+        if info["repeat"] < 0:
+            return "bad_repeat", f"event has no valid repeat number {self.keys['repeat']!r}; frame not used"
+        first = next((v["frame"].shape for v in self.store.values()), frame.shape)
+        if frame.shape != first:
+            return "bad_shape", f"camera frame has shape {frame.shape}, the run's frames {first}; frame not used"
+        return None
 
     def _keep(self, event: dict, frame: np.ndarray) -> dict[str, Any]:
         info = self._describe(event)
@@ -160,14 +228,15 @@ class XANESCallback(AnalysisCallback):
         return info
 
     def analyse(self, event: dict, frames: dict[str, np.ndarray]) -> dict[str, Any]:
+        from strainstream.framestats import FrameError
+
         key = self.keys["frames"]
         if key not in frames:
-            raise ValueError(f"the run has no camera frames under {key!r} (txm_keys.frames)")
+            raise FrameError("no_frame", f"the run has no camera frames under {key!r} (txm_keys.frames)")
         frame = np.asarray(frames[key])
-        if frame.ndim != 2:
-            from strainstream.framestats import FrameError
-
-            raise FrameError("bad_shape", f"camera frame has shape {frame.shape}, expected (rows, cols)")
+        problem = self._unusable(frame, self._describe(event))
+        if problem:
+            raise FrameError(*problem)
         info = self._keep(event, frame)
         finite = np.isfinite(frame)
         row = {
@@ -179,6 +248,9 @@ class XANESCallback(AnalysisCallback):
         }
         if not info["role"]:
             row.update(flag="no_role", message=f"event has no valid {self.keys['role']!r}; frame not used")
+        elif info["role"] in ("sample", "flat") and info["ie"] < 0:
+            row.update(flag="no_energy_index", message=f"{info['role']} image without a valid "
+                       f"{self.keys['ienergy']!r}; frame not used")
         elif not finite.all():
             row.update(flag="nonfinite", message=f"{int((~finite).sum())} non-finite pixels (masked)")
         seq = int(event["seq_num"])
@@ -282,12 +354,12 @@ class XANESCallback(AnalysisCallback):
             self.publish_arrays(arrays, meta)
 
     def _wl_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"min_edge_jump": float(self._param("min_edge_jump", 0.1)),
-                              "bandwidth_eV": float(self._param("bandwidth_eV", 1.5)),
-                              "bins": int(self._param("bins", 50))}
+        kw: dict[str, Any] = {"min_edge_jump": self._param("min_edge_jump", 0.1),
+                              "bandwidth_eV": self._param("bandwidth_eV", 1.5),
+                              "bins": self._param("bins", 50)}
         for k in ("pre_edge_eV", "post_edge_eV"):
             if self._param(k, None) is not None:
-                kw[k] = tuple(float(x) for x in self._param(k, None))
+                kw[k] = self._param(k, None)
         return kw
 
     # -- full analysis -------------------------------------------------------------------------

@@ -6,6 +6,8 @@ Used by the foundation's ``frame_series`` analysis and as a per-frame quality ch
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["FrameError", "frame_statistics", "check_frame"]
@@ -71,6 +73,9 @@ def frame_statistics(frame, saturation: float | None = None) -> dict[str, float]
     finite = np.isfinite(arr)
     values = arr[finite]
     total = float(values.sum())
+    if not math.isfinite(total) or not math.isfinite(float(values.std())):
+        raise FrameError("overflow", "the frame's counts overflow float64 (values up to "
+                         f"{float(np.abs(values).max()):.3g}): not detector counts")
     if total <= 0 and float(values.max()) <= 0:
         raise FrameError("blank", "the frame holds no counts (blank frame: shutter closed or no beam?)")
     weights = np.where(finite, np.clip(arr, 0, None), 0.0)

@@ -21,6 +21,7 @@ ends are flagged and left out of the mask.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -282,29 +283,41 @@ class StrainMapper:
         theta_tolerance_deg: float = 1e-3,
     ) -> None:
         self.geometry = geometry if isinstance(geometry, SXDMGeometry) else SXDMGeometry.from_metadata(geometry)
-        if len(raster_shape) != 2 or min(raster_shape) < 1:
-            raise SXDMError(f"raster_shape must be (ny, nx) with positive sizes, got {raster_shape}")
-        self.raster_shape = (int(raster_shape[0]), int(raster_shape[1]))
+        try:
+            ny_nx = tuple(_checked("raster_shape", v, integer=True, minimum=1) for v in raster_shape)
+        except TypeError:
+            ny_nx = ()
+        if len(ny_nx) != 2:
+            raise SXDMError(f"raster_shape must be (ny, nx) with positive sizes, got {raster_shape!r}")
+        self.raster_shape = (int(ny_nx[0]), int(ny_nx[1]))
         if isinstance(background, str) and background != "auto":
             raise SXDMError(f"background must be 'auto', a number or a (rows, cols) array, got {background!r}")
+        if not isinstance(background, str | np.ndarray):
+            background = _checked("background", background)
         self.background = background
         if isinstance(threshold_counts, str) and threshold_counts != "auto":
             raise SXDMError(f"threshold_counts must be 'auto' or a number, got {threshold_counts!r}")
+        if not isinstance(threshold_counts, str):
+            threshold_counts = _checked("threshold_counts", threshold_counts)
         self.threshold_counts = threshold_counts
-        self.mask_fraction = float(mask_fraction)
-        self.min_counts = float(min_counts)
-        self.detect_hot_pixels = bool(detect_hot_pixels)
-        self.hot_factor = float(hot_factor)
-        self.register = bool(register)
+        self.mask_fraction = _checked("mask_fraction", mask_fraction, minimum=0.0, maximum=1.0)
+        self.min_counts = _checked("min_counts", min_counts)
+        self.detect_hot_pixels = _checked_flag("detect_hot_pixels", detect_hot_pixels)
+        self.hot_factor = _checked("hot_factor", hot_factor, minimum=0.0)
+        self.register = _checked_flag("register", register)
+        if registration_reference is not None:
+            registration_reference = int(_checked("registration_reference", registration_reference,
+                                                  integer=True, minimum=0))
         self.registration_reference = registration_reference
-        self.d_ref_A = None if d_ref_A is None else float(d_ref_A)
-        self.border_px = int(border_px)
-        self.theta_edge_fraction = float(theta_edge_fraction)
-        self.border_fraction = float(border_fraction)
+        self.d_ref_A = None if d_ref_A is None else _checked("d_ref_A", d_ref_A, positive=True)
+        self.border_px = int(_checked("border_px", border_px, integer=True, minimum=0))
+        self.theta_edge_fraction = _checked("theta_edge_fraction", theta_edge_fraction, minimum=0.0,
+                                            maximum=1.0)
+        self.border_fraction = _checked("border_fraction", border_fraction, minimum=0.0, maximum=1.0)
         self.compute_dtype = np.dtype(compute_dtype)
         self.n_threads = max(1, int(n_threads))
         self.keep_projections = bool(keep_projections)
-        self.theta_tolerance_deg = float(theta_tolerance_deg)
+        self.theta_tolerance_deg = _checked("theta_tolerance_deg", theta_tolerance_deg, minimum=0.0)
         self._proj: np.ndarray | None = None
         self._thr_cache: dict[float, float] = {}
         self._user_bad = None if bad_pixel_mask is None else np.asarray(bad_pixel_mask, dtype=bool)
@@ -324,6 +337,11 @@ class StrainMapper:
             self._theta = list(np.sort(th))
         ny, nx = self.raster_shape
         n_t = max(len(self._theta), 1)
+        need = n_t * ny * nx * _N_CH * 8
+        if need > MAX_STATE_BYTES:
+            raise SXDMError(f"a {n_t} × {ny} × {nx} (angles × raster) map needs {need / 2**30:.1f} GiB "
+                            f"of accumulators (limit {MAX_STATE_BYTES / 2**30:.0f} GiB): check the raster "
+                            "and theta_deg metadata")
         self._sums = np.zeros((n_t, ny, nx, _N_CH))
         self._counts = np.zeros((n_t, ny, nx), dtype=np.int64)
         self._n_bad_values = np.zeros((ny, nx), dtype=np.int64)
@@ -624,7 +642,8 @@ class StrainMapper:
             return np.full(bmean.shape, float(self.threshold_counts))
         # Poisson level exceeded by < 0.5 background voxels per raster point over the scan;
         # tabulated on a 0.001-count grid of the background level (cheap per batch)
-        key = np.round(np.maximum(bmean, 0.0), 3)
+        # (a non-finite background -- garbage frames -- is tabulated as 0: no dict key is NaN)
+        key = np.round(np.clip(np.nan_to_num(bmean, nan=0.0, posinf=1e12, neginf=0.0), 0.0, 1e12), 3)
         uniq, inv = np.unique(key, return_inverse=True)
         missing = [u for u in uniq.tolist() if u not in self._thr_cache]
         if missing:
@@ -929,6 +948,30 @@ def _invalid_values(fr: np.ndarray) -> np.ndarray | None:
 
 _POOLS: dict[int, Any] = {}
 _LOCAL = threading.local()
+
+
+#: largest accumulator state (bytes) a mapper allocates: a bigger declared scan is refused
+MAX_STATE_BYTES = 4 << 30
+
+
+def _checked(name: str, value: Any, *, integer: bool = False, minimum: float | None = None,
+             maximum: float | None = None, positive: bool = False) -> float:
+    """A finite number for parameter ``name`` or SXDMError naming it."""
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating)
+            or not math.isfinite(value) or (integer and not float(value).is_integer())):
+        raise SXDMError(f"{name} must be a finite {'integer' if integer else 'number'}, got {value!r}")
+    v = float(value)
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum) or (positive and v <= 0):
+        bounds = "> 0" if positive else " and ".join(
+            t for t in (minimum is not None and f"≥ {minimum}", maximum is not None and f"≤ {maximum}") if t)
+        raise SXDMError(f"{name} must be {bounds}, got {value!r}")
+    return v
+
+
+def _checked_flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool | np.bool_) or (isinstance(value, int | np.integer) and value in (0, 1)):
+        return bool(value)
+    raise SXDMError(f"{name} must be true or false, got {value!r}")
 
 
 def _work_buffer(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
