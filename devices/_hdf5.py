@@ -8,16 +8,63 @@ grows.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-__all__ = ["ATTRIBUTES", "DATASET", "H5FrameWriter"]
+__all__ = ["ATTRIBUTES", "DATASET", "DataDirError", "H5FrameWriter", "format_bytes",
+           "writable_dir_free_bytes"]
 
 DATASET = "/entry/data/data"
 ATTRIBUTES = "/entry/instrument/NDAttributes"
+
+
+class DataDirError(OSError):
+    """A detector's data directory is missing, not a directory, not writable or too full."""
+
+
+def format_bytes(n: float) -> str:
+    """``3.2 GB`` style (decimal units)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def writable_dir_free_bytes(path: str | os.PathLike) -> int:
+    """Create ``path`` if needed, prove it writable by writing a probe file; return free bytes.
+
+    Permission bits are not trusted (root ignores them; read-only mounts do not show in
+    them): a probe file is really created and removed.
+
+    Raises
+    ------
+    DataDirError
+        ``<path> is not a directory`` / ``cannot be created`` / ``is not writable``.
+    """
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise DataDirError(f"{d} is not a directory")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError(f"{d} cannot be created ({exc.strerror or exc})") from exc
+    probe = d / f".strainstream-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+    except OSError as exc:
+        raise DataDirError(f"{d} is not writable ({exc.strerror or exc})") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return int(shutil.disk_usage(d).free)
 
 
 class H5FrameWriter:

@@ -27,12 +27,14 @@ from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import DisconnectedError, InvalidState
 
-from ._hdf5 import DATASET, H5FrameWriter
+from ._hdf5 import DATASET, DataDirError, H5FrameWriter
 from ._ioc import PUT_TIMEOUT_S, IOCDevice, ioc_guard, mock_device
 
 __all__ = [
+    "DataDirError",
     "FrameSource",
     "IOCAreaDetector",
+    "SeriesLost",
     "SimFrameDetector",
     "StreamedFrames",
     "XRDAreaDetector",
@@ -191,6 +193,19 @@ class SimFrameDetector(StreamedFrames, Device):
         self._writer: H5FrameWriter | None = None
         self._pending: list[int] = []
 
+    @property
+    def write_dir(self) -> Path:
+        """Directory of the HDF5 files (this process writes them)."""
+        return self._write_dir
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self._frame_shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
     def stage(self):
         self._writer = H5FrameWriter(
             self._write_dir / f"{self.name}_{uuid.uuid4().hex[:12]}.h5", self._frame_shape, self._dtype
@@ -268,6 +283,10 @@ def powder_ring_source(frame_shape: tuple[int, int], seed: int = 0) -> FrameSour
 
 
 # --------------------------------------------------------------------------- IOC-backed
+class SeriesLost(RuntimeError):
+    """The detector IOC lost the series file of the running acquisition (it restarted)."""
+
+
 class IOCAreaDetector(StreamedFrames, IOCDevice):
     """An area detector served by a caproto IOC that writes the HDF5 file itself.
 
@@ -298,6 +317,10 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
     next_index = Component(EpicsSignal, "NextIndex", put_complete=True, kind="omitted",
                   write_timeout=PUT_TIMEOUT_S)
     status_message = Component(EpicsSignalRO, "Status_RBV", string=True, kind="omitted")
+    check_dir = Component(EpicsSignal, "CheckDir", put_complete=True, kind="omitted",
+                          write_timeout=PUT_TIMEOUT_S)
+    dir_status = Component(EpicsSignalRO, "DirStatus_RBV", string=True, kind="omitted")
+    dir_free_bytes = Component(EpicsSignalRO, "DirFree_RBV", kind="omitted")
 
     def __init__(self, prefix: str = "", *, name: str, dtype: str = "uint32",
                  write_dir: str | os.PathLike | None = None, acquire_timeout_s: float = 60.0,
@@ -306,9 +329,19 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
         self._dtype = np.dtype(dtype)
         self._write_dir = None if write_dir is None else Path(write_dir).resolve()
         self._shape: tuple[int, int] | None = None
+        self._series_path: str | None = None
         self._next_index = 0
         self._pending = []
         self.acquire_timeout_s = float(acquire_timeout_s)
+
+    @property
+    def write_dir(self) -> Path | None:
+        """Directory the IOC is told to write to (None: the IOC's own ``FileDir``)."""
+        return self._write_dir
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
 
     def stage(self):
         with ioc_guard(self):
@@ -321,6 +354,7 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
                 raise RuntimeError(f"{self.name}: the IOC opened no file ({self.prefix}Status_RBV: "
                                    f"{self.status_message.get(use_monitor=False)!r})")
             self._shape = (int(self.rows.get()), int(self.cols.get()))
+            self._series_path = path
             self._new_resource(f"file://localhost{path}", self._shape)
             self._next_index = 0
             return super().stage()
@@ -337,6 +371,9 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
             raise RuntimeError(f"{self.name}: trigger() before stage(); the plan must stage the detector")
         # the Acquire put times out first and is reported as a named IOCNotAnswering
         status = DeviceStatus(self, timeout=self.acquire_timeout_s + 5.0)
+        if not self.acquire.connected:  # the IOC is gone: fail now, named, instead of in the put
+            raise self.ioc_error(DisconnectedError(f"{self.acquire.pvname} is disconnected"))
+        self._check_series()
         abandoned = self._abandoned_from()
         if abandoned is not None:  # re-take after a rewind: the IOC drops the unrecorded frames
             with ioc_guard(self):
@@ -381,13 +418,23 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
                     status.set_exception(self.ioc_error(DisconnectedError(
                         f"{self.acquire.pvname} disconnected during the acquisition")))
 
-        if not self.acquire.connected:  # the IOC is gone: fail now, named, instead of in the put
-            raise self.ioc_error(DisconnectedError(f"{self.acquire.pvname} is disconnected"))
         cid = self.acquire.subscribe(on_meta, event_type=self.acquire.SUB_META, run=False)
         status.add_callback(lambda st: self.acquire.unsubscribe(cid))
         with ioc_guard(self):
             self.acquire.set(1, timeout=self.acquire_timeout_s).add_callback(done)
         return status
+
+    def _check_series(self) -> None:
+        """Raise :class:`SeriesLost` when the IOC no longer writes our file (it restarted):
+        a new frame would go to a file no StreamResource names."""
+        with ioc_guard(self):
+            path = self.file_name.get(use_monitor=False)
+        if path != self._series_path:
+            raise SeriesLost(
+                f"{self.name}: the {self.ioc_name} IOC at {self.ioc_address or '?'} no longer writes "
+                f"{self._series_path} (restarted? it reports {path or 'no open file'!r}); the frames "
+                f"recorded so far stay in that file, but this run cannot continue in it: start a "
+                f"new run for the rest (e.g. md={{'continues': <uid>}})")
 
     def describe(self) -> dict[str, dict]:
         desc = super().describe()
@@ -403,6 +450,9 @@ class XRDAreaDetector(IOCAreaDetector):
     """The operando XRD detector; ``sample`` selects the coin cell or the CeO2 calibrant."""
 
     sample = Component(EpicsSignal, "Sample", string=True, kind="config")
+    #: 1: frames are dark while the beam IOC reports no beam (ring current low, shutter closed)
+    beam_gate = Component(EpicsSignal, "BeamGate", kind="config")
+    beam_on = Component(EpicsSignalRO, "BeamOn_RBV", kind="omitted")
 
 
 #: detector name -> (PV suffix after the beamline prefix, stored dtype, IOC name)

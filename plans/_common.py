@@ -1,14 +1,61 @@
-"""What every strainstream plan shares: beam suspenders and run metadata."""
+"""What every strainstream plan shares: beam suspenders, run metadata, the pre-flight check."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from bluesky.suspenders import SuspendFloor, SuspendWhenChanged
+import bluesky.plan_stubs as bps
+import numpy as np
+from bluesky.suspenders import SuspenderBase, SuspendFloor, SuspendWhenChanged
+from bluesky.utils import MsgGenerator
 
 import strainstream
+from strainstream.devices._hdf5 import DataDirError, format_bytes, writable_dir_free_bytes
 
-__all__ = ["base_metadata", "beam_suspenders"]
+__all__ = ["DataDirError", "SuspendWhenDisconnected", "base_metadata", "beam_suspenders", "preflight"]
+
+#: room the data directory must have beyond the frames themselves (HDF5 overhead, metadata)
+SPACE_MARGIN = 1.2
+
+
+class SuspendWhenDisconnected(SuspenderBase):
+    """Suspend while the IOC serving ``signal`` does not answer; resume once it is back.
+
+    Watches the signal's connection (ophyd ``SUB_META``), not its value: a killed or
+    restarting IOC suspends the plan (the interrupted point is re-taken after the rewind),
+    and pyepics' reconnection to the restarted IOC (same port) resumes it.
+
+    Parameters
+    ----------
+    signal : ophyd EPICS signal
+        Any PV of the IOC to watch (e.g. ``beam.ring_current_mA``).
+    ioc_name : str
+        For the suspension message.
+    sleep : float
+        Wait after the reconnection before resuming, s.
+    """
+
+    def __init__(self, signal: Any, *, ioc_name: str = "IOC", sleep: float = 1.0, **kwargs: Any) -> None:
+        pv = getattr(signal, "pvname", signal.name)
+        kwargs.setdefault("tripped_message", f"{ioc_name} IOC not answering ({pv} disconnected)")
+        super().__init__(signal, sleep=sleep, **kwargs)
+
+    def install(self, RE, *, event_type=None):
+        super().install(RE, event_type=self._sig.SUB_META)
+
+    def __call__(self, *args: Any, connected: bool | None = None, **kwargs: Any) -> None:
+        if connected is not None:
+            super().__call__(bool(connected))
+
+    def _should_suspend(self, value: bool) -> bool:
+        return not value
+
+    def _should_resume(self, value: bool) -> bool:
+        return bool(value)
+
+    def _get_justification(self) -> str:
+        return self._tripped_message if self.tripped else ""
 
 
 def beam_suspenders(beam: Any, *, min_ring_current_mA: float = 50.0,
@@ -17,7 +64,9 @@ def beam_suspenders(beam: Any, *, min_ring_current_mA: float = 50.0,
 
     - storage-ring current below ``min_ring_current_mA`` (resume above
       ``resume_ring_current_mA``, default 1.5× the floor, then wait ``sleep_s``);
-    - photon shutter not ``Open``.
+    - photon shutter not ``Open``;
+    - the beam IOC not answering (ring current and shutter unknown): resumes when it is
+      back, and then also waits for the shutter, which a restarted IOC reports closed.
 
     Parameters
     ----------
@@ -25,12 +74,72 @@ def beam_suspenders(beam: Any, *, min_ring_current_mA: float = 50.0,
         Has ``ring_current_mA`` and ``shutter.status`` (see :mod:`strainstream.devices.beam`).
     """
     resume = resume_ring_current_mA if resume_ring_current_mA is not None else 1.5 * min_ring_current_mA
-    return [
+    out = [
         SuspendFloor(beam.ring_current_mA, min_ring_current_mA, resume_thresh=resume, sleep=sleep_s,
                      tripped_message=f"storage-ring current below {min_ring_current_mA} mA"),
         SuspendWhenChanged(beam.shutter.status, expected_value="Open", allow_resume=True,
                            sleep=sleep_s, tripped_message="photon shutter closed"),
     ]
+    if hasattr(beam.ring_current_mA, "pvname"):  # an EPICS signal (mock devices have none)
+        out.append(SuspendWhenDisconnected(beam.ring_current_mA, sleep=sleep_s,
+                                           ioc_name=getattr(beam, "ioc_name", "beam")))
+    return out
+
+
+def preflight(detectors: Sequence[Any], n_frames: int, *, margin: float = SPACE_MARGIN) -> MsgGenerator:
+    """Refuse a run whose detectors cannot write ``n_frames`` frames; use before ``open_run``.
+
+    For every detector with a data directory (``write_dir``): the directory must exist or be
+    creatable, really accept a file (a probe file is written: permission bits are not
+    trusted) and have ``n_frames × frame bytes × margin`` free. IOC-backed detectors are
+    checked by their IOC, which writes the files (``CheckDir``, ``DirStatus_RBV``,
+    ``DirFree_RBV``); in-process detectors here. Nothing is emitted, so a refused plan
+    leaves no run behind.
+
+    Parameters
+    ----------
+    detectors : sequence of devices
+        Devices without a data directory are skipped.
+    n_frames : int
+        Frames the run will write (per detector).
+    margin : float
+        Factor on the frame bytes (HDF5 overhead, per-frame attributes).
+
+    Raises
+    ------
+    DataDirError
+        ``xrd (cycler IOC): data directory /path is not writable (...)``, or ``... needs
+        3.2 GB for 400 frames of 2048x2048 uint16, 0.4 GB free``.
+    """
+    for det in detectors:
+        if not hasattr(det, "write_dir"):
+            continue
+        if hasattr(det, "check_dir"):  # the IOC writes the files: ask it
+            where = f"{det.name} ({getattr(det, 'ioc_name', 'detector')} IOC)"
+            if det.write_dir is not None:
+                yield from bps.abs_set(det.file_dir, str(det.write_dir), wait=True)
+            yield from bps.abs_set(det.check_dir, 1, wait=True)
+            status = str((yield from bps.rd(det.dir_status)))
+            path = str((yield from bps.rd(det.file_dir)))
+            if status != "ok":
+                problem = status.removeprefix("error: ")
+                raise DataDirError(f"{where}: data directory {problem}")
+            free = float((yield from bps.rd(det.dir_free_bytes)))
+            shape = (int((yield from bps.rd(det.rows))), int((yield from bps.rd(det.cols))))
+        else:
+            where, path = det.name, str(det.write_dir)
+            try:
+                free = writable_dir_free_bytes(det.write_dir)
+            except DataDirError as exc:
+                raise DataDirError(f"{where}: data directory {exc}") from None
+            shape = tuple(det.frame_shape)
+        frame_bytes = int(np.prod(shape)) * np.dtype(det.dtype).itemsize
+        need = float(n_frames) * frame_bytes * margin
+        if need > free:
+            raise DataDirError(
+                f"{where}: data directory {path} needs {format_bytes(need)} for {n_frames} frames "
+                f"of {'x'.join(map(str, shape))} {np.dtype(det.dtype).name}, "
+                f"{format_bytes(free)} free")
 
 
 def base_metadata(experiment: str, md: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import bluesky.plans as bp
 from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 
+from ._common import preflight
+
 __all__ = ["frame_series"]
 
 
@@ -31,11 +33,18 @@ def frame_series(
     delay_s : float
         Time between frames, seconds.
     md : dict, optional
-        Extra metadata for the start document.
+        Extra metadata for the start document (e.g. ``{"continues": uid}`` for the rest of
+        a series whose run failed).
+
+    Raises
+    ------
+    DataDirError
+        Before the run starts, when a detector's data directory cannot take ``num`` frames.
     """
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
     if delay_s < 0:
         raise ValueError(f"delay_s must be >= 0, got {delay_s}")
     _md = {"experiment": "frame_series", **(md or {})}
+    yield from preflight(detectors, num)  # DataDirError before any document
     return (yield from bp.count(detectors, num=num, delay=delay_s, md=_md))

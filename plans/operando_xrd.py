@@ -8,7 +8,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
-from ._common import base_metadata, beam_suspenders
+from ._common import base_metadata, beam_suspenders, preflight
 
 __all__ = ["operando_xrd"]
 
@@ -29,6 +29,7 @@ def operando_xrd(
     beam: Any | None = None,
     open_shutter: bool = True,
     min_ring_current_mA: float = 50.0,
+    reserve_frames: int | None = None,
     md: dict[str, Any] | None = None,
 ) -> MsgGenerator:
     """Charge the cell at constant current and take an XRD frame every ``frame_interval_s``.
@@ -67,8 +68,17 @@ def operando_xrd(
         Enables the beam suspenders (a closed shutter or a low ring current pauses the run).
     open_shutter : bool
         With ``beam``: open the photon shutter before the run starts.
+    reserve_frames : int, optional
+        Frames the detector's data directory must have room for before the run starts
+        (default ``max_frames``, at most 1000: the charge usually ends well before).
     md : dict, optional
         Extra start-document metadata.
+
+    Raises
+    ------
+    DataDirError
+        Before the run starts, when the detector's data directory is missing, not writable
+        or too full (checked by the detector's IOC).
     """
     if not rate_mA_g > 0:
         raise ValueError(f"rate_mA_g must be > 0 for a charge, got {rate_mA_g}")
@@ -78,6 +88,7 @@ def operando_xrd(
         raise ValueError("frame_interval_s must be >= 0 and max_frames >= 1")
     if not calibration or "wavelength_A" not in calibration:
         raise ValueError("calibration must be a geometry dict with wavelength_A (strainstream.xrd.calibrate)")
+    yield from preflight([detector], min(max_frames, 1000) if reserve_frames is None else reserve_frames)
     if mass_mg is None and hasattr(cycler, "mass_mg"):
         mass_mg = yield from bps.rd(cycler.mass_mg)
     _md = base_metadata(
@@ -91,11 +102,15 @@ def operando_xrd(
 
     def body():
         yield from bps.open_run(md=_md)
+        # checkpoints: a suspension (beam dump, shutter, IOC away) re-takes the current frame
+        # only; without them the RunEngine would rewind to the start of the run
+        yield from bps.checkpoint()
         yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
                           cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
                           cycler.then_cv, int(bool(cv_hold)))
         yield from bps.mv(cycler.start_cmd, 1)  # completes when the cycler has applied it
         for n in range(max_frames):
+            yield from bps.checkpoint()
             yield from bps.trigger_and_read([detector, cycler])
             running = yield from bps.rd(cycler.running)
             if not running:

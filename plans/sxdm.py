@@ -30,7 +30,7 @@ from bluesky.utils import MsgGenerator
 from ophyd import Signal
 from ophyd.status import Status
 
-from ._common import base_metadata, beam_suspenders
+from ._common import base_metadata, beam_suspenders, preflight
 
 __all__ = ["DETECTOR_GEOMETRY_KEYS", "find_bragg", "raster_positions", "simulated_detector_geometry",
            "sxdm_map"]
@@ -242,6 +242,7 @@ def sxdm_map(
         yield from bps.close_run()
 
     stage = [detector] + ([fluorescence] if fluorescence is not None and hasattr(fluorescence, "stage") else [])
+    yield from preflight([detector], int(n_theta * ny * nx))  # DataDirError before any document
     plan = bpp.stage_wrapper(body(), stage)
     if beam is not None:
         plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))

@@ -35,7 +35,7 @@ import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Signal
 
-from ._common import base_metadata, beam_suspenders
+from ._common import base_metadata, beam_suspenders, preflight
 
 __all__ = ["DEFAULT_ZONE_PLATE", "ROLES", "focus_positions", "txm_xanes"]
 
@@ -272,5 +272,7 @@ def txm_xanes(
             # the shutter as it was found (the darks closed it, the scan opened it)
             yield from bps.mv(beam.shutter, "open" if state["shutter_was_open"] else "close")
 
+    n_frames = int(n_darks + repeats * e.size * (images_per_energy + flats_per_energy))
+    yield from preflight([camera], n_frames)  # DataDirError before any document
     plan = bpp.stage_wrapper(body(), [camera])
     return (yield from bpp.finalize_wrapper(plan, finish()))

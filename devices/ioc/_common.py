@@ -10,7 +10,9 @@
 * :class:`AreaDetectorGroup` — HDF5 file series PVs shared by every detector IOC: ``Capture``
   (1 opens a new file, 0 closes it), ``Acquire`` (one frame; the put completes when the
   frame is in the file), ``FileDir``, ``FileName``, ``FullFileName_RBV``, ``NumCaptured_RBV``,
-  ``ArrayCounter_RBV``, ``Rows_RBV``, ``Cols_RBV``, ``Noise``, ``Status_RBV``.
+  ``ArrayCounter_RBV``, ``Rows_RBV``, ``Cols_RBV``, ``Noise``, ``Status_RBV``; ``CheckDir`` (put 1:
+  is ``FileDir`` a writable directory, how many bytes are free: ``DirStatus_RBV``,
+  ``DirFree_RBV``), checked by the plans before a run starts.
 * :func:`serve` — run one IOC on 127.0.0.1 and a given port, print one ``READY {json}`` line
   on stdout once the server listens, close detector files on exit.
 """
@@ -34,7 +36,7 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
-from .._hdf5 import H5FrameWriter
+from .._hdf5 import DataDirError, H5FrameWriter, writable_dir_free_bytes
 
 __all__ = ["AreaDetectorGroup", "add_common_args", "motor_group", "patch_caproto_tcp", "serve"]
 
@@ -217,6 +219,11 @@ class AreaDetectorGroup(PVGroup):
     NextIndex = pvproperty(value=0, doc="put n <= NumCaptured: drop frames n.. of the file; the "
                                         "next frame is written at n (re-take after a rewind)")
     Status_RBV = long_string(value="idle", read_only=True)
+    CheckDir = pvproperty(value=0, doc="put 1: check FileDir (created if missing, a probe file "
+                                       "written and removed); see DirStatus_RBV, DirFree_RBV")
+    DirStatus_RBV = long_string(value="unchecked", read_only=True,
+                                doc="'ok' or the problem with FileDir (last CheckDir)")
+    DirFree_RBV = pvproperty(value=0.0, read_only=True, doc="free bytes in FileDir (last CheckDir)")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -268,6 +275,23 @@ class AreaDetectorGroup(PVGroup):
                 await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
                 raise
         return 1 if value else 0
+
+    @CheckDir.putter
+    async def CheckDir(self, instance, value):
+        if not value:
+            return 0
+        d = self.FileDir.value or "."
+        loop = asyncio.get_running_loop()
+        try:
+            free = await loop.run_in_executor(None, writable_dir_free_bytes, d)
+        except DataDirError as exc:
+            await self.DirFree_RBV.write(0.0)
+            await self.DirStatus_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
+        else:
+            await self.DirFree_RBV.write(float(free))
+            await self.DirStatus_RBV.write("ok")
+        await asyncio.sleep(MONITOR_FLUSH_S)
+        return 0
 
     @NextIndex.putter
     async def NextIndex(self, instance, value):

@@ -23,7 +23,10 @@ The cell (:class:`strainstream.sim.cell.CoinCell`) is advanced every 0.1 s of wa
 XRD detector (``<prefix>XRD:``, see :class:`~strainstream.devices.ioc._common.AreaDetectorGroup`):
 ``Sample`` (enum ``cell`` | ``CeO2``) says what is in the beam: with ``CeO2`` a frame of the
 calibrant is taken (:meth:`~strainstream.sim.xrd_frames.XRDFrameSimulator.ceo2_frame`, for
-geometry calibration; phase attributes NaN). Otherwise every ``Acquire`` snapshots the cell's current lattice (phases) and computes the frame with
+geometry calibration; phase attributes NaN). With ``BeamGate`` = 1 the detector sees the
+beam IOC's photons (followed over Channel Access): while the ring current is below
+``BeamMin_mA`` or the shutter is not Open a frame is dark (all zeros); ``BeamOn_RBV`` and the
+per-frame ``beam_on`` attribute say which. Otherwise every ``Acquire`` snapshots the cell's current lattice (phases) and computes the frame with
 :meth:`strainstream.sim.xrd_frames.XRDFrameSimulator.frame` for the default geometry binned to
 the configured shape (2048² default; ``--xrd-shape 256`` → binning 8), noise seed
 ``(Seed, ArrayCounter)``. The state used is stored per frame in the HDF5 file
@@ -40,6 +43,7 @@ import argparse
 import asyncio
 import time
 
+import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
@@ -56,16 +60,38 @@ class XRDDetector(AreaDetectorGroup):
 
     det_name = "xrd"
     dtype = "uint16"
-    scalar_keys = ("soc", "voltage_V", "capacity_mAh_g", "time_s", "counter", "n_phases") + tuple(
-        f"phase{k}_{f}" for k in (0, 1) for f in PHASE_FIELDS
-    )
+    scalar_keys = ("soc", "voltage_V", "capacity_mAh_g", "time_s", "counter", "n_phases",
+                   "beam_on") + tuple(f"phase{k}_{f}" for k in (0, 1) for f in PHASE_FIELDS)
 
     Sample = pvproperty(value="cell", dtype=ChannelType.ENUM, enum_strings=["cell", "CeO2"],
                         doc="what is in the beam: the coin cell, or the CeO2 calibrant (NIST 674b)")
+    BeamGate = pvproperty(value=0, doc="1: frames see the beam IOC's photons (dark while the ring "
+                                       "current is below BeamMin_mA or the shutter is not Open)")
+    BeamMin_mA = pvproperty(value=1.0, precision=2, doc="ring current below which no photons arrive")
+    BeamOn_RBV = pvproperty(value=1, read_only=True, doc="1 while photons reach the detector")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.simulator = None
+        self._beam_watch: _BeamWatch | None = None
+
+    @BeamGate.putter
+    async def BeamGate(self, instance, value):
+        if value and self._beam_watch is None:
+            self._beam_watch = _BeamWatch(self.parent.prefix + "BEAM:")
+        return 1 if value else 0
+
+    @BeamOn_RBV.scan(period=0.1, use_scan_field=False)
+    async def BeamOn_RBV(self, instance, async_lib):
+        on = int(self.beam_on())
+        if instance.value != on:
+            await instance.write(on)
+
+    def beam_on(self) -> bool:
+        """Whether photons reach the detector (always True unless ``BeamGate`` is 1)."""
+        if not self.BeamGate.value or self._beam_watch is None:
+            return True
+        return self._beam_watch.on(float(self.BeamMin_mA.value))
 
     def configure(self, frame_shape, write_dir):
         super().configure(frame_shape, write_dir)
@@ -91,10 +117,15 @@ class XRDDetector(AreaDetectorGroup):
         scalars = {k: float(rb[k]) for k in ("soc", "voltage_V", "capacity_mAh_g", "time_s")}
         scalars["counter"] = float(index)
         scalars["n_phases"] = float(len(phases))
+        beam_on = self.beam_on()
+        scalars["beam_on"] = float(beam_on)
         for k, ph in enumerate(phases[:2]):
             for f in PHASE_FIELDS:
                 scalars[f"phase{k}_{f}"] = float(getattr(ph, f))
         sim = self._sim()
+        if not beam_on:  # no photons: a dark frame (this detector has no dark current)
+            shape, dtype = self.frame_shape, self.dtype
+            return (lambda: np.zeros(shape, dtype)), scalars
         if self.Sample.value == "CeO2":
             scalars["n_phases"] = 0.0
             for k in (0, 1):
@@ -110,6 +141,39 @@ class XRDDetector(AreaDetectorGroup):
             return sim.frame(phases, seed=seed, noise=noise, transition_metals=tm).image
 
         return compute, scalars
+
+
+class _BeamWatch:
+    """Ring current and shutter of the beam IOC, followed with caproto's threading client.
+
+    The client reconnects by itself when the beam IOC restarts; while it is away the last
+    known state is kept (the photons do not stop because a monitoring IOC died).
+    """
+
+    def __init__(self, beam_prefix: str) -> None:
+        from caproto.threading.client import Context
+
+        self.current_mA: float | None = None
+        self.shutter_open: bool | None = None
+        self._ctx = Context()
+        cur, sh = self._ctx.get_pvs(beam_prefix + "ring_current_mA", beam_prefix + "shutter_status")
+        self._subs = [cur.subscribe(), sh.subscribe(data_type=ChannelType.STRING)]
+        # caproto holds subscription callbacks weakly: keep the bound methods alive here
+        self._callbacks = [self._on_current, self._on_shutter]
+        for sub, cb in zip(self._subs, self._callbacks, strict=True):
+            sub.add_callback(cb)
+
+    def _on_current(self, sub, response) -> None:
+        self.current_mA = float(response.data[0])
+
+    def _on_shutter(self, sub, response) -> None:
+        value = response.data[0]
+        self.shutter_open = (value.decode() if isinstance(value, bytes) else str(value)) == "Open"
+
+    def on(self, min_current_mA: float) -> bool:
+        if self.current_mA is None or self.shutter_open is None:
+            return True  # not heard from the beam IOC yet: assume the beam is there
+        return self.shutter_open and self.current_mA >= min_current_mA
 
 
 class CyclerGroup(PVGroup):
