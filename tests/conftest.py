@@ -29,8 +29,6 @@ import pytest
 PROFILES = ("embedded", "scaleout")
 #: test modules (relative to tests/) whose tiled_server tests run in every profile
 SCALEOUT_MODULES = frozenset({"system/test_data_path.py", "system/test_sinks.py"})
-#: the tiled catalog URIs name the password through this variable, never literally
-PG_PASSWORD_ENV = "STRAINSTREAM_PG_PASSWORD"
 #: Redis db indices handed to tiled servers (db 0 stays for other users: queue server, ...)
 _REDIS_DBS = itertools.cycle(range(1, 16))
 
@@ -113,10 +111,8 @@ def postgres_service():
     settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
     try:
         with Postgres(root / "pg", settings=settings) as pg:
-            os.environ[PG_PASSWORD_ENV] = pg.password
             yield pg
     finally:
-        os.environ.pop(PG_PASSWORD_ENV, None)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -149,7 +145,7 @@ def tiled_server(request, data_dir, profile):
     """A real tiled server on a free port, in the deployment ``profile`` (embedded by default).
 
     embedded: SQLite catalog + memory streaming cache. scaleout: a fresh PostgreSQL database
-    (its URI names the password as ``${STRAINSTREAM_PG_PASSWORD}``) + a flushed Redis db.
+    (password read from the cluster's 0600 passfile) + a flushed Redis db.
     """
     from strainstream.server import TiledServer
 
@@ -161,7 +157,7 @@ def tiled_server(request, data_dir, profile):
         name = f"t_{uuid.uuid4().hex[:16]}"
         pg.create_database(name)
         kwargs = {
-            "catalog_uri": pg.uri(name, password="${" + PG_PASSWORD_ENV + "}"),
+            "catalog_uri": pg.passfile_uri(name),  # no password in tiled.yml or its log
             "cache_uri": _flushed_redis_db(redis_service),
         }
     with TiledServer(data_dir, **kwargs) as server:

@@ -17,6 +17,8 @@ Layout of a PostgreSQL data directory::
     DIR/pgdata/            the cluster (owned by the ``postgres`` user when we run as root)
     DIR/run/               the unix-socket directory (nothing listens outside 127.0.0.1)
     DIR/.pg_password       the generated password of the ``strainstream`` role (mode 0600)
+    DIR/.pgpass            the same in libpq's password-file format (mode 0600), for
+                           :meth:`Postgres.passfile_uri` URIs that carry no password
     DIR/postgres.log       server log
 
 PostgreSQL refuses to run as root. When this process is root, ``initdb`` and ``postgres`` run
@@ -49,7 +51,9 @@ import time
 import weakref
 from pathlib import Path
 
-__all__ = ["Postgres", "Redis", "ServiceError", "find_postgres_bin", "find_redis_server"]
+__all__ = [
+    "Postgres", "Redis", "ServiceError", "find_postgres_bin", "find_redis_server", "redis_ping",
+]
 
 REDIS_SERVER = "/usr/bin/redis-server"
 POSTGRES_GLOB = "/usr/lib/postgresql/*/bin"
@@ -102,6 +106,16 @@ def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def redis_ping(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> bool:
+    """True when a Redis server on ``host:port`` answers ``PING`` (raw RESP, no client library)."""
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _die_with_parent(sig: int) -> None:
@@ -224,13 +238,8 @@ class Redis(_Service):
         return f"redis://127.0.0.1:{self.port}"
 
     def ping(self) -> bool:
-        """True when the server answers ``PING`` (raw RESP, no client library needed)."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        """True when the server answers ``PING``."""
+        return redis_ping(self.port)
 
     def start(self, timeout_s: float = 30.0) -> Redis:
         """Start the server and wait until it answers ``PING``; a running server is kept."""
@@ -357,14 +366,32 @@ class Postgres(_Service):
                 f"no PostgreSQL password in {self.password_file}: start the cluster first"
             ) from None
 
+    @property
+    def passfile(self) -> Path:
+        """``DIR/.pgpass`` (mode 0600): the password in libpq's format for 127.0.0.1:PORT."""
+        return self.data_dir / ".pgpass"
+
     def uri(self, database: str, password: str | None = None, driver: str = "postgresql+asyncpg") -> str:
         """SQLAlchemy URI of ``database``.
 
         It contains the password: never log it. Pass ``password="${VAR}"`` for a URI to put
-        in a tiled config file, which tiled expands from the server's environment.
+        in a tiled config file, which tiled expands from the server's environment. For
+        configuration files prefer :meth:`passfile_uri` (tiled logs its catalog URI).
         """
         pw = self.password if password is None else password
         return f"{driver}://{self.user}:{pw}@127.0.0.1:{self.port}/{database}"
+
+    def passfile_uri(self, database: str, driver: str = "postgresql+asyncpg") -> str:
+        """SQLAlchemy URI of ``database`` without the password: asyncpg reads it from
+        :attr:`passfile` (``?passfile=``), so the URI may be logged and stored."""
+        return f"{driver}://{self.user}@127.0.0.1:{self.port}/{database}?passfile={self.passfile}"
+
+    def _write_passfile(self) -> None:
+        tmp = self.passfile.with_name(".pgpass.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"127.0.0.1:{self.port}:*:{self.user}:{self.password}\n")
+        tmp.replace(self.passfile)
 
     def _prepare_dirs(self, as_user: dict) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -452,6 +479,7 @@ class Postgres(_Service):
         ]
         for key, value in self.settings.items():
             cmd += ["-c", f"{key}={value}"]
+        self._write_passfile()
         self._spawn(cmd, cwd=self.cluster_dir, **as_user)
         self._wait_ready(lambda: self._ready(bindir), timeout_s)
         return self

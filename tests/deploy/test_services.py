@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import stat
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -32,15 +29,6 @@ def _alive(pid: int) -> bool:
     # a zombie still answers kill 0: look at its state
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-@pytest.fixture
-def pg_root():
-    """A directory the ``postgres`` user can reach when we are root (pytest's tmp is private)."""
-    root = Path(tempfile.mkdtemp(prefix="strainstream-test-pg-"))
-    os.chmod(root, 0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_redis_answers_and_keeps_data_across_restart(tmp_path):
@@ -147,8 +135,8 @@ def test_postgres_needs_the_password(postgres_service):
     assert pg.password not in (pg.data_dir / "postgres.log").read_text()
 
 
-def test_postgres_restart_keeps_databases_and_stop_leaves_nothing(pg_root):
-    data = pg_root / "pg"
+def test_postgres_restart_keeps_databases_and_stop_leaves_nothing(reachable_dir):
+    data = reachable_dir / "pg"
     with Postgres(data) as pg:
         pg.create_database("kept")
         pg.query("CREATE TABLE runs (uid text)", database="kept")
@@ -165,8 +153,8 @@ def test_postgres_restart_keeps_databases_and_stop_leaves_nothing(pg_root):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to the postgres user")
-def test_postgres_data_dir_the_postgres_user_cannot_reach(pg_root):
-    private = pg_root / "private"
+def test_postgres_data_dir_the_postgres_user_cannot_reach(reachable_dir):
+    private = reachable_dir / "private"
     private.mkdir(mode=0o700)
     with pytest.raises(ServiceError, match=r"cannot enter .*private.*mode 700"):
         Postgres(private / "pg").start()

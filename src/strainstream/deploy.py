@@ -1,0 +1,404 @@
+"""``strainstream deploy``: start every service of a deployment profile, or report on them.
+
+Profiles
+--------
+``embedded``
+    tiled with the SQLite catalog and the in-memory streaming cache in ``DIR`` (what
+    ``strainstream serve`` runs), plus the analysis workers.
+``scaleout``
+    the facility set-up on one host: a private PostgreSQL cluster (the tiled catalog, database
+    ``strainstream``), a ``redis-server`` (tiled's streaming cache), tiled, and ``--workers N``
+    analysis workers sharing the runs (worker ``i`` follows shard ``i`` of ``N``).
+
+Everything listens on 127.0.0.1 and lives under ``DIR``::
+
+    DIR/services/postgres/   PostgreSQL cluster, its socket dir, password file (0600), log
+    DIR/services/redis/      Redis append-only file and log
+    DIR/deploy.json          what runs where (pids, ports, URIs without secrets) while up
+    DIR/logs/                tiled and worker logs
+
+``up`` runs until Ctrl-C or SIGTERM, restarts a worker or service that dies (at most
+:data:`MAX_RESTARTS` times each), then stops everything. The catalog URI in ``DIR/tiled.yml``
+carries no password: it names the 0600 file ``DIR/services/postgres/.pgpass`` that asyncpg
+reads (``?passfile=``). Keys and passwords are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Deployment", "DeployError", "PROFILES", "main", "status"]
+
+PROG = "strainstream deploy"
+PROFILES = ("embedded", "scaleout")
+#: database of the tiled catalog in the scale-out cluster
+CATALOG_DB = "strainstream"
+#: a component that dies more often than this is left down and ``up`` exits with an error
+MAX_RESTARTS = 5
+
+
+class DeployError(RuntimeError):
+    """A deployment cannot be started or inspected. The message says what to do."""
+
+
+def _state_file(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir).resolve() / "deploy.json"
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+@dataclass
+class Deployment:
+    """The services of one profile, started in order and stopped in reverse.
+
+    Parameters
+    ----------
+    data_dir : path
+        Where everything lives (created if missing).
+    profile : {"embedded", "scaleout"}
+    workers : int
+        Number of analysis workers (``scaleout`` shards the runs between them).
+    port : int, optional
+        tiled's port on 127.0.0.1 (free one when omitted).
+    api_key : str, optional
+        The writer key (else ``$STRAINSTREAM_API_KEY`` or ``DIR/.api_key``).
+    """
+
+    data_dir: Path
+    profile: str = "embedded"
+    workers: int = 1
+    port: int | None = None
+    api_key: str | None = None
+    redis: Any = None
+    postgres: Any = None
+    server: Any = None
+    worker_procs: list = field(default_factory=list)
+    restarts: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        if self.profile not in PROFILES:
+            raise DeployError(f"unknown profile {self.profile!r}: choose {' or '.join(PROFILES)}")
+        if self.workers < 0:
+            raise DeployError(f"--workers must be ≥ 0, not {self.workers}")
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self) -> Deployment:
+        """Start the services of the profile (a failure stops what was already started)."""
+        from strainstream.server import TiledServer, running_server
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        previous = read_state(self.data_dir)
+        if previous is not None and _pid_alive(previous.get("pid")):
+            raise DeployError(
+                f"a deployment (pid {previous['pid']}) already runs on {self.data_dir}; "
+                f"stop it first (kill -TERM {previous['pid']})"
+            )
+        if running_server(self.data_dir) is not None:
+            raise DeployError(f"a tiled server already runs on {self.data_dir}; stop it first")
+        try:
+            kwargs: dict[str, Any] = {}
+            if self.profile == "scaleout":
+                kwargs = self._start_scaleout_services()
+            self.server = TiledServer(self.data_dir, port=self.port, api_key=self.api_key, **kwargs)
+            self.server.start(timeout_s=120)
+            for i in range(self.workers):
+                self.worker_procs.append(self._start_worker(i))
+        except BaseException:
+            self.stop()
+            raise
+        self.write_state()
+        return self
+
+    def _start_scaleout_services(self) -> dict[str, Any]:
+        from strainstream.services import Postgres, Redis
+
+        services = self.data_dir / "services"
+        services.mkdir(exist_ok=True)
+        previous = read_state(self.data_dir) or {}
+        self.postgres = Postgres(services / "postgres", port=previous.get("postgres_port"))
+        self.postgres.start(timeout_s=120)
+        self.postgres.create_database(CATALOG_DB)
+        self.redis = Redis(services / "redis", port=previous.get("redis_port"))
+        self.redis.start()
+        return {
+            # no password in the URI (tiled logs it): asyncpg reads the 0600 passfile
+            "catalog_uri": self.postgres.passfile_uri(CATALOG_DB),
+            "cache_uri": self.redis.url,
+        }
+
+    def _start_worker(self, i: int):
+        from strainstream.demo import WorkerProcess
+
+        kwargs: dict[str, Any] = {}
+        if self.workers > 1 and "shard" in inspect.signature(WorkerProcess).parameters:
+            kwargs["shard"] = (i, self.workers)
+        proc = WorkerProcess(self.server.uri, self.server.api_key, self.data_dir, **kwargs)
+        return proc.start(timeout_s=180)
+
+    # -- supervise --------------------------------------------------------------------------
+    def components(self) -> list[tuple[str, Any]]:
+        """``(name, object)`` of every component, in start order."""
+        out: list[tuple[str, Any]] = []
+        if self.postgres is not None:
+            out.append(("postgres", self.postgres))
+        if self.redis is not None:
+            out.append(("redis", self.redis))
+        if self.server is not None:
+            out.append(("tiled", self.server))
+        out += [(f"worker {i}", w) for i, w in enumerate(self.worker_procs)]
+        return out
+
+    @staticmethod
+    def _alive(obj: Any) -> bool:
+        proc = getattr(obj, "process", None)
+        return proc is not None and proc.poll() is None
+
+    def supervise_once(self, log=print) -> None:
+        """Restart every component that died (services first); raise after too many restarts."""
+        for name, obj in self.components():
+            if self._alive(obj):
+                continue
+            n = self.restarts.get(name, 0) + 1
+            if n > MAX_RESTARTS:
+                raise DeployError(f"{name} died {n} times; giving up (see {self.data_dir / 'logs'})")
+            self.restarts[name] = n
+            code = obj.process.returncode if getattr(obj, "process", None) is not None else None
+            log(f"{PROG}: {name} exited (code {code}); restarting ({n}/{MAX_RESTARTS})")
+            if name.startswith("worker"):
+                i = int(name.split()[1])
+                self.worker_procs[i] = self._start_worker(i)
+            else:
+                obj.stop()
+                obj.start(timeout_s=120)
+            self.write_state()
+
+    # -- stop -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop workers, tiled, Redis and PostgreSQL (in that order); forget the state file."""
+        for w in self.worker_procs:
+            with contextlib.suppress(Exception):
+                w.stop()
+        for obj in (self.server, self.redis, self.postgres):
+            if obj is not None:
+                with contextlib.suppress(Exception):
+                    obj.stop()
+        state = read_state(self.data_dir)
+        if state is not None and state.get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                _state_file(self.data_dir).unlink()
+
+    def __enter__(self) -> Deployment:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- report -----------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """What runs where (no key, no password)."""
+        info: dict[str, Any] = {
+            "profile": self.profile,
+            "pid": os.getpid(),
+            "data_dir": str(self.data_dir),
+            "tiled_uri": self.server.uri if self.server else None,
+            "tiled_port": self.server.port if self.server else None,
+            "tiled_pid": self.server.process.pid if self._alive(self.server) else None,
+            "catalog": "sqlite:" + str(self.data_dir / "catalog.db"),
+            "streaming_cache": "memory",
+            "workers": [
+                {"pid": w.process.pid if self._alive(w) else None,
+                 "shard": list(w.shard) if getattr(w, "shard", None) else None}
+                for w in self.worker_procs
+            ],
+            "restarts": dict(self.restarts),
+            "logs": str(self.data_dir / "logs"),
+        }
+        if self.postgres is not None:
+            info.update(
+                catalog=f"postgresql://{self.postgres.user}@127.0.0.1:{self.postgres.port}/{CATALOG_DB}",
+                postgres_port=self.postgres.port,
+                postgres_pid=self.postgres.process.pid if self._alive(self.postgres) else None,
+                postgres_dir=str(self.postgres.data_dir),
+            )
+        if self.redis is not None:
+            info.update(
+                streaming_cache=self.redis.url,
+                redis_port=self.redis.port,
+                redis_pid=self.redis.process.pid if self._alive(self.redis) else None,
+            )
+        return info
+
+    def write_state(self) -> None:
+        path = _state_file(self.data_dir)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.info(), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def read_state(data_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``DIR/deploy.json`` of a deployment (possibly stale), or None."""
+    try:
+        return json.loads(_state_file(data_dir).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _tiled_healthy(port: int | None) -> bool:
+    import httpx
+
+    if not port:
+        return False
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0, trust_env=False)
+        return r.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _redis_healthy(port: int | None) -> bool:
+    from strainstream.services import redis_ping
+
+    return bool(port) and redis_ping(port)
+
+
+def _postgres_healthy(port: int | None) -> bool:
+    import subprocess
+
+    from strainstream.services import ServiceError, find_postgres_bin
+
+    if not port:
+        return False
+    try:
+        exe = find_postgres_bin() / "pg_isready"
+    except ServiceError:
+        return False
+    r = subprocess.run([str(exe), "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "2"],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def status(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """Check every component recorded in ``DIR/deploy.json``; ``ok`` is True when all answer."""
+    state = read_state(data_dir)
+    if state is None:
+        raise DeployError(f"no deployment runs on {Path(data_dir).resolve()} (no deploy.json); "
+                          f"start one with `{PROG} up --data-dir {data_dir}`")
+    checks: dict[str, bool] = {"launcher": _pid_alive(state.get("pid")),
+                               "tiled": _tiled_healthy(state.get("tiled_port"))}
+    if state.get("profile") == "scaleout":
+        checks["postgres"] = _postgres_healthy(state.get("postgres_port"))
+        checks["redis"] = _redis_healthy(state.get("redis_port"))
+    for i, w in enumerate(state.get("workers", [])):
+        checks[f"worker {i}"] = _pid_alive(w.get("pid"))
+    return {**state, "checks": checks, "ok": all(checks.values())}
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    lines = [f"profile      {info['profile']}   (data in {info['data_dir']})",
+             f"tiled        {info['tiled_uri']}   pid {info['tiled_pid']}",
+             f"catalog      {info['catalog']}"]
+    if info.get("postgres_port"):
+        lines[-1] += f"   pid {info['postgres_pid']}"
+    lines.append(f"stream cache {info['streaming_cache']}"
+                 + (f"   pid {info['redis_pid']}" if info.get("redis_port") else ""))
+    for i, w in enumerate(info["workers"]):
+        shard = f"   shard {w['shard'][0]}/{w['shard'][1]}" if w.get("shard") else ""
+        lines.append(f"worker {i:<5} pid {w['pid']}{shard}")
+    lines.append(f"logs         {info['logs']}")
+    print("\n".join(lines), flush=True)
+
+
+def _up(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog=f"{PROG} up", description=(
+        "Start the services of a profile on 127.0.0.1 and keep them running until Ctrl-C or "
+        "SIGTERM (a component that dies is restarted). embedded: tiled (SQLite catalog, memory "
+        "streaming cache) + workers; scaleout: PostgreSQL catalog + Redis streaming cache + "
+        "tiled + workers sharing the runs."))
+    ap.add_argument("--profile", choices=PROFILES, default="embedded")
+    ap.add_argument("--data-dir", required=True, help="where catalog, data, services and logs live")
+    ap.add_argument("--workers", type=int, default=1, help="analysis workers (default 1)")
+    ap.add_argument("--port", type=int, default=None, help="tiled port (default: a free one)")
+    ap.add_argument("--api-key", default=None,
+                    help="writer key (default $STRAINSTREAM_API_KEY or DIR/.api_key)")
+    ap.add_argument("--json", action="store_true", help="print what runs where as one JSON line")
+    args = ap.parse_args(argv)
+    done = threading.Event()
+    previous = {s: signal.signal(s, lambda *a: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    dep = Deployment(Path(args.data_dir), profile=args.profile, workers=args.workers,
+                     port=args.port, api_key=args.api_key)
+    try:
+        dep.start()
+        if args.json:
+            print(json.dumps(dep.info()), flush=True)
+        else:
+            _print_info(dep.info())
+            print("Ctrl-C (or SIGTERM) stops everything.", flush=True)
+        while not done.wait(1.0):
+            dep.supervise_once(log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        return 0
+    finally:
+        dep.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _status(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog=f"{PROG} status",
+                                 description="Check the services of a running deployment.")
+    ap.add_argument("--data-dir", required=True, help="the --data-dir of `strainstream deploy up`")
+    ap.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    args = ap.parse_args(argv)
+    st = status(args.data_dir)
+    if args.json:
+        print(json.dumps(st))
+    else:
+        _print_info({**st, "tiled_pid": st.get("tiled_pid")})
+        for name, ok in st["checks"].items():
+            print(f"{name:<12} {'up' if ok else 'DOWN'}")
+    return 0 if st["ok"] else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``strainstream deploy up|status ...``; one-line errors (exit 2)."""
+    from strainstream.server import ServerError
+    from strainstream.services import ServiceError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"up": _up, "status": _status}
+    if not argv or argv[0] not in commands:
+        print(f"usage: {PROG} {{up,status}} [options]  (see `{PROG} up -h`)\n"
+              "  up      start a profile's services (embedded | scaleout) until Ctrl-C\n"
+              "  status  check the services of a running deployment", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return int(commands[argv[0]](argv[1:]) or 0)
+    except (DeployError, ServiceError, ServerError, RuntimeError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
