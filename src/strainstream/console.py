@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     add_profile_args(ap)
     ap.add_argument("--connect-timeout", type=float, default=10.0,
                     help="seconds to wait for the devices to connect (default 10)")
+    ap.add_argument("--offline", action="store_true",
+                    help="no tiled server: runs are not stored (tests of devices and plans)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("-c", dest="code", default=None, help="run CODE in the namespace and exit")
     mode.add_argument("--execute", default=None, metavar="FILE",
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         config, epics = profile_from_args(args)
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if config.uri is None and not args.offline:
+        print(f"{PROG}: error: no tiled server to store the runs: pass --data-dir of a running "
+              "`strainstream serve`, --uri (or $STRAINSTREAM_URI), or --offline", file=sys.stderr)
         return 2
     # Channel Access reads its address list once, when its context is created: set it first
     os.environ.update(epics)

@@ -66,6 +66,8 @@ def test_console_errors_are_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("strainstream console: error: data directory")
     assert len(r.stderr.strip().splitlines()) == 1
+    r = _console("-c", "1", env=env, timeout=60)
+    assert r.returncode == 2 and "no tiled server to store the runs" in r.stderr
     r = _console("--execute", str(tmp_path / "nope.py"), env=env, timeout=60)
     assert r.returncode == 2 and "no such file" in r.stderr
     r = _console("--uri", "http://127.0.0.1:9/api/v1", "-c", "1", env=env, timeout=60)
