@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
@@ -47,4 +48,14 @@ def frame_series(
         raise ValueError(f"delay_s must be >= 0, got {delay_s}")
     _md = {"experiment": "frame_series", **(md or {})}
     yield from preflight(detectors, num)  # DataDirError before any document
-    return (yield from bp.count(detectors, num=num, delay=delay_s, md=_md))
+    return (yield from bp.count(detectors, num=num, delay=delay_s, md=_md, per_shot=_shot))
+
+
+def _shot(detectors: list[Readable], take_reading=bps.trigger_and_read) -> MsgGenerator:
+    """One frame between two checkpoints: a suspension during the delay that follows must
+    not rewind past the saved event (bluesky's ``count`` would re-take it under the same
+    seq_num)."""
+    yield from bps.checkpoint()
+    ret = yield from take_reading(list(detectors))
+    yield from bps.checkpoint()
+    return ret

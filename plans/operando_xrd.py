@@ -112,6 +112,9 @@ def operando_xrd(
         for n in range(max_frames):
             yield from bps.checkpoint()
             yield from bps.trigger_and_read([detector, cycler])
+            # and right after the save: a suspension during the wait must not rewind past a
+            # saved event (the RunEngine would emit its seq_num again with a new frame)
+            yield from bps.checkpoint()
             running = yield from bps.rd(cycler.running)
             if not running:
                 break

@@ -224,10 +224,12 @@ def txm_xanes(
                 for _ in range(images_per_energy):
                     yield from bps.checkpoint()  # a suspended frame is taken again
                     yield from bps.trigger_and_read(readables)
+                    yield from bps.checkpoint()  # ... but never one already saved
                 yield from bps.mv(es.sample_inout, sample_out_mm, sig_role, ROLES["flat"])
                 for _ in range(flats_per_energy):
                     yield from bps.checkpoint()
                     yield from bps.trigger_and_read(readables)
+                    yield from bps.checkpoint()
                 yield from bps.mv(es.sample_inout, sample_in_mm)
 
     def body():

@@ -76,3 +76,30 @@ def test_frames_read_into_a_dropped_event_are_cut(tmp_path, trip_reads):
     assert [float(fr[0, 0]) for fr in frames] == [float(e["data"]["shot"]) for e in events]
     interruptions = [d for n, d in docs if n == "event" and "interruption" in d["data"]]
     assert len(interruptions) >= len(trip_reads)
+
+
+def test_suspension_during_the_delay_repeats_no_saved_event(tmp_path):
+    """frame_series checkpoints after each frame: a suspension while it waits between frames
+    re-takes nothing (bluesky's plain count would emit the last seq_num again)."""
+    from strainstream.plans.frames import frame_series
+
+    det = sim_frame_detector("det", tmp_path, frame_shape=(8, 8))
+    alarm = Signal(name="alarm", value=0)
+    RE = RunEngine({})
+    RE.install_suspender(SuspendBoolHigh(alarm, sleep=0.05))
+    docs = []
+
+    def record(name, doc):
+        docs.append((name, doc))
+        if name == "event" and doc["seq_num"] == 2:  # saved; the plan now waits 0.5 s
+            alarm.put(1)
+            threading.Timer(0.2, lambda: alarm.put(0)).start()
+
+    RE(frame_series([det], num=4, delay_s=0.5), record)
+    events = [d for n, d in docs if n == "event"]
+    assert [e["seq_num"] for e in events] == [1, 2, 3, 4]
+    datums = [d for n, d in docs if n == "stream_datum"]
+    assert [d["indices"]["start"] for d in datums] == [0, 1, 2, 3]
+    with h5py.File(next(d for n, d in docs if n == "stream_resource")["uri"].removeprefix(
+            "file://localhost"), "r", swmr=True, locking=False) as f:
+        assert f["/entry/data/data"].shape[0] == 4

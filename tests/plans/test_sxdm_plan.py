@@ -113,13 +113,17 @@ def test_shutter_closed_mid_map_suspends_and_retakes_the_point(sim_devices):
     energy = float(es.energy.position)
     docs = []
     RE = RunEngine({})
-    RE.subscribe(lambda n, d: docs.append((n, d)))
 
     def close_and_reopen():
         beam.shutter.close().wait(10)
         threading.Timer(1.0, lambda: beam.shutter.open()).start()
 
-    threading.Timer(0.5, close_and_reopen).start()
+    def record(name, doc):  # the shutter closes once the map is under way (after 3 points)
+        docs.append((name, doc))
+        if name == "event" and sum(n == "event" for n, _ in docs) == 3:
+            threading.Thread(target=close_and_reopen, daemon=True).start()
+
+    RE.subscribe(record)
     RE(sxdm_map(det, es, theta_center_deg=round(_theta_bragg(energy), 4), theta_half_range_deg=0.1,
                 n_theta=2, x_center_um=X_CENTER_UM, y_center_um=Y_CENTER_UM, nx=3, ny=3, beam=beam))
     events = [d for n, d in docs if n == "event"]
