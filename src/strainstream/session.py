@@ -345,13 +345,17 @@ class BufferedWriter:
                     self._cond.notify_all()
 
     def _write(self, name: str, doc: dict[str, Any], uid: str, index: int) -> None:
+        import httpx
+
+        # re-sending an event or a stop is safe (a row stored twice is skipped by readers);
+        # other documents change the writer's state before their request and are not re-sent
         attempts = 3 if name in ("event", "stop") else 1
         for attempt in range(attempts):
             try:
                 self.writer(name, doc)
                 break
             except Exception as exc:
-                if attempt + 1 < attempts:
+                if attempt + 1 < attempts and isinstance(exc, httpx.HTTPError):
                     logger.warning("writing %s document of run %s failed (%s); retrying", name, uid, exc)
                     time.sleep(1.0 + attempt)
                     continue

@@ -82,7 +82,7 @@ class Worker:
         self._root_sub = None
         self._root_lost = threading.Event()
         self.stopped = threading.Event()
-        self.outages: list[float] = []  # seconds from losing the server to re-attaching
+        self.outages: list[float] = []  # seconds from the server answering again to re-attached
         self._watchdog: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -137,16 +137,17 @@ class Worker:
                 continue
             if down_since is None and not dead:
                 continue
-            t0 = down_since if down_since is not None else time.monotonic()
+            back = time.monotonic()
+            outage = back - down_since if down_since is not None else 0.0
             try:
                 self.reattach()
             except Exception:
                 logger.exception("re-attaching after the outage failed; retrying")
                 continue
-            took = time.monotonic() - t0
+            took = time.monotonic() - back
             self.outages.append(took)
-            logger.warning("tiled server back: re-attached %d runs %.1f s after losing the server",
-                           len(self.followers), took)
+            logger.warning("tiled server back: re-attached %d runs %.2f s after it answered "
+                           "again (outage %.1f s)", len(self.followers), took, outage)
             down_since = None
 
     def reattach(self) -> None:

@@ -1,0 +1,159 @@
+"""tiled server restarted mid-run: the writer and the worker reconnect and nothing is lost.
+
+Real processes: the tiled server (restarted on the same port and data directory, catalog
+kept), a ``strainstream worker`` subprocess, and a RunEngine in this process whose writer
+buffers documents while the server is away. Runs in both deployment profiles: ``embedded``
+(memory streaming cache: sequence numbers restart and history is gone after a restart) and
+``scaleout`` (Redis streaming cache: history survives).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import h5py
+import pytest
+
+from strainstream.callbacks.sinks import DERIVED
+from strainstream.demo import WorkerProcess, wait_for_results
+from strainstream.devices.detectors import sim_frame_detector
+from strainstream.framestats import frame_statistics
+from strainstream.plans.frames import frame_series
+from strainstream.replay import replay_run
+from strainstream.server import detector_dir
+from strainstream.session import flush_spool, make_session
+
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.profiles]
+
+
+def restart(server, *, abrupt: bool, down_s: float = 1.0) -> float:
+    """Stop the server (SIGINT, or SIGKILL when ``abrupt``), keep it down ``down_s``, start it
+    again on the same port and data directory; return the outage in seconds."""
+    t0 = time.monotonic()
+    if abrupt:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    server.stop()
+    t1 = time.monotonic()
+    time.sleep(down_s)
+    server.start(timeout_s=120)
+    print(f"restart ({'SIGKILL' if abrupt else 'SIGINT'}): stop {t1 - t0:.1f} s, "
+          f"start {time.monotonic() - t1 - down_s:.1f} s")
+    return time.monotonic() - t0
+
+
+def truth_rows(root, uid):
+    node = root[uid]["primary"]["det_image"]
+    (source,) = node.data_sources()
+    path = source.assets[0].data_uri.removeprefix("file://localhost")
+    with h5py.File(path, "r", swmr=True, locking=False) as f:
+        frames = f["/entry/data/data"][()]
+    return [frame_statistics(fr) for fr in frames]
+
+
+def check_run_complete(root, uid, n, results):
+    """Every event once in tiled (by seq_num), every result row once with truth values."""
+    run = root[uid]
+    assert "stop" in run.metadata, "the run lost its stop document"
+    assert run.metadata["stop"]["num_events"]["primary"] == n
+    table = run.base["primary"].base["internal"].read()
+    seqs = table["seq_num"].tolist()
+    assert sorted(set(seqs)) == list(range(1, n + 1)), "events missing in tiled"
+    # a row stored twice (an append retried after its answer was lost) is the same event
+    dup = table[table["seq_num"].duplicated(keep=False)]
+    for _, rows in dup.groupby("seq_num"):
+        assert (rows.drop_duplicates().shape[0]) == 1, f"different rows share a seq_num: {rows}"
+    raw = root[DERIVED][uid]["frame_stats"].read()
+    assert sorted(raw["seq_num"].tolist()) == list(range(1, n + 1)), "result rows missing or doubled"
+    entry = results["analyses"]["frame_stats"]
+    assert entry["status"] == "complete" and entry["n_rows"] == n
+    truth = truth_rows(root, uid)
+    assert entry["columns"]["mean"] == [t["mean"] for t in truth]
+    assert entry["columns"]["centroid_row"] == [t["centroid_row"] for t in truth]
+    assert replay_run(root[uid]) == results
+    return len(seqs) - n
+
+
+def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
+    n = 60
+    server = tiled_server
+    said: list[str] = []
+    emitted = []
+    outages: list[float] = []
+    worker = WorkerProcess(server.uri, server.api_key, server.data_dir).start(timeout_s=120)
+    try:
+        session = make_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / "spool",
+                               drain_timeout_s=240)
+        session.writer.say = said.append
+        session.RE.subscribe(lambda name, doc: emitted.append(doc["seq_num"]) if name == "event" else None)
+        det = sim_frame_detector("det", detector_dir(server.data_dir), frame_shape=(64, 64))
+        failures = []
+
+        def restarter():
+            try:
+                for at, abrupt in ((12, False), (35, True)):
+                    # mid-stream for the writer too: it has caught up with the RunEngine
+                    while len(emitted) < at or session.writer.pending > 2:
+                        time.sleep(0.02)
+                    outages.append(restart(server, abrupt=abrupt))
+            except Exception as exc:  # reported by the test thread
+                failures.append(exc)
+
+        t = threading.Thread(target=restarter)
+        t.start()
+        try:
+            (uid,) = session.RE(frame_series([det], num=n, delay_s=0.15))
+        finally:
+            t.join()
+        assert not failures, failures
+        assert len(outages) == 2
+        # the writer said it was cut off and that it recovered; it has nothing left
+        assert any(m.startswith("tiled unreachable") for m in said), said
+        assert any(m.startswith("tiled reachable again") for m in said), said
+        assert session.writer.pending == 0 and session.writer.failed == []
+        assert not list((tmp_path / "spool").glob("*.jsonl")), "spool not cleared after the run"
+        root = server.client()
+        results = wait_for_results(root, uid, n, timeout_s=240)
+        duplicates = check_run_complete(root, uid, n, results)
+    finally:
+        worker.kill()
+    log = (server.data_dir / "logs" / "worker.log").read_text()
+    reattach = [float(x) for x in re.findall(r"re-attached \d+ runs ([\d.]+) s after it answered", log)]
+    assert reattach, "the worker never re-attached"
+    print(f"\n[{server.profile}] outages {[round(o, 1) for o in outages]} s; worker re-attached after "
+          f"{reattach} s once the server answered; duplicate event rows stored by the writer: {duplicates}")
+
+
+def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp_path):
+    """Server down for a whole run: the writer gives up (bounded), the spool keeps every
+    document, and flush_spool writes the run once the server is back; the worker analyses it."""
+    server = tiled_server
+    n = 6
+    spool = tmp_path / "spool"
+    session = make_session(server.uri, server.api_key, progress=False, spool_dir=spool,
+                           drain_timeout_s=5, max_outage_s=2)
+    said: list[str] = []
+    session.writer.say = said.append
+    det = sim_frame_detector("det", detector_dir(server.data_dir), frame_shape=(32, 32))
+    server.stop()
+    (uid,) = session.RE(frame_series([det], num=n, delay_s=0.05))
+    assert session.writer.wait_drained(120)  # every document attempted (and refused)
+    assert any("still buffered" in m for m in said), said
+    assert session.writer.failed, "documents refused while the server was down must be reported"
+    assert (spool / f"{uid}.jsonl").exists()
+    server.start(timeout_s=120)
+    root = server.client()
+    assert uid not in root
+    spooled = len((spool / f"{uid}.jsonl").read_text().splitlines())
+    assert spooled >= 2 * n + 3  # start, descriptor, resource, n events and datums, stop
+    report = flush_spool(spool, root, say=said.append)
+    assert report == {uid: spooled}
+    assert not (spool / f"{uid}.jsonl").exists() and not (spool / f"{uid}.sent").exists()
+    with WorkerProcess(server.uri, server.api_key, server.data_dir).start(timeout_s=120) as worker:
+        results = wait_for_results(root, uid, n, timeout_s=120)
+        worker.kill()
+    check_run_complete(root, uid, n, results)
