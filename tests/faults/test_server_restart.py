@@ -15,6 +15,8 @@ import signal
 import threading
 import time
 
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import h5py
 import pytest
 
@@ -28,6 +30,25 @@ from strainstream.server import detector_dir
 from strainstream.session import flush_spool, make_session
 
 pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.profiles]
+
+
+def frames_until(det, done: threading.Event, delay_s: float, extra: int = 8, max_n: int = 5000):
+    """A frame series (``experiment="frame_series"``) that goes on until ``done`` is set, then
+    takes ``extra`` more frames: the run outlasts the faults however slow the machine is."""
+
+    @bpp.stage_decorator([det])
+    @bpp.run_decorator(md={"experiment": "frame_series", "detectors": [det.name]})
+    def inner():
+        after = 0
+        for _ in range(max_n):
+            yield from bps.trigger_and_read([det])
+            if done.is_set():
+                after += 1
+                if after >= extra:
+                    break
+            yield from bps.sleep(delay_s)
+
+    return (yield from inner())
 
 
 def restart(server, *, abrupt: bool, down_s: float = 1.0) -> float:
@@ -78,12 +99,13 @@ def check_run_complete(root, uid, n, results):
     return len(seqs) - n
 
 
+@pytest.mark.timeout(1500)
 def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
-    n = 60
     server = tiled_server
     said: list[str] = []
     emitted = []
     outages: list[float] = []
+    done = threading.Event()
     worker = WorkerProcess(server.uri, server.api_key, server.data_dir).start(timeout_s=120)
     try:
         session = make_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / "spool",
@@ -93,41 +115,51 @@ def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
         det = sim_frame_detector("det", detector_dir(server.data_dir), frame_shape=(64, 64))
         failures = []
 
+        def caught_up(at):  # the writer has sent ``at`` events (so the fault is mid-stream)
+            while len(emitted) < at or session.writer.pending > 2:
+                time.sleep(0.02)
+
         def restarter():
             try:
-                for at, abrupt in ((12, False), (35, True)):
-                    # mid-stream for the writer too: it has caught up with the RunEngine
-                    while len(emitted) < at or session.writer.pending > 2:
-                        time.sleep(0.02)
-                    outages.append(restart(server, abrupt=abrupt))
+                caught_up(10)
+                outages.append(restart(server, abrupt=False))
+                caught_up(len(emitted) + 10)
+                outages.append(restart(server, abrupt=True))
             except Exception as exc:  # reported by the test thread
                 failures.append(exc)
+            finally:
+                done.set()
 
         t = threading.Thread(target=restarter)
         t.start()
         try:
-            (uid,) = session.RE(frame_series([det], num=n, delay_s=0.15))
+            (uid,) = session.RE(frames_until(det, done, delay_s=0.4))
         finally:
+            done.set()
             t.join()
         assert not failures, failures
         assert len(outages) == 2
+        n = len(emitted)
+        assert emitted == list(range(1, n + 1))
         # the writer said it was cut off and that it recovered; it has nothing left
         assert any(m.startswith("tiled unreachable") for m in said), said
         assert any(m.startswith("tiled reachable again") for m in said), said
         assert session.writer.pending == 0 and session.writer.failed == []
         assert not list((tmp_path / "spool").glob("*.jsonl")), "spool not cleared after the run"
         root = server.client()
-        results = wait_for_results(root, uid, n, timeout_s=240)
+        results = wait_for_results(root, uid, n, timeout_s=280)
         duplicates = check_run_complete(root, uid, n, results)
     finally:
         worker.kill()
     log = (server.data_dir / "logs" / "worker.log").read_text()
     reattach = [float(x) for x in re.findall(r"re-attached \d+ runs ([\d.]+) s after it answered", log)]
     assert reattach, "the worker never re-attached"
-    print(f"\n[{server.profile}] outages {[round(o, 1) for o in outages]} s; worker re-attached after "
-          f"{reattach} s once the server answered; duplicate event rows stored by the writer: {duplicates}")
+    print(f"\n[{server.profile}] {n} events, outages {[round(o, 1) for o in outages]} s; worker re-attached "
+          f"{reattach} s after the server answered again; duplicate event rows stored by the writer: "
+          f"{duplicates}")
 
 
+@pytest.mark.timeout(900)
 def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp_path):
     """Server down for a whole run: the writer gives up (bounded), the spool keeps every
     document, and flush_spool writes the run once the server is back; the worker analyses it."""

@@ -1,0 +1,195 @@
+"""Workers under fire: 20 SIGKILLs during one run; several workers sharing the runs (shards).
+
+Real processes: a tiled server, ``strainstream worker`` subprocesses, RunEngines in this
+process writing simulated detector frames (HDF5) through tiled.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import threading
+import time
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import h5py
+import pytest
+
+from strainstream.callbacks.sinks import DERIVED
+from strainstream.demo import WorkerProcess, wait_for_results
+from strainstream.devices.detectors import sim_frame_detector
+from strainstream.framestats import frame_statistics
+from strainstream.plans.frames import frame_series
+from strainstream.replay import replay_run
+from strainstream.server import detector_dir
+from strainstream.session import make_session
+from strainstream.worker import parse_shard, shard_of
+
+pytestmark = [pytest.mark.system]
+
+
+def frames_until(det, done: threading.Event, delay_s: float, extra: int = 5, max_n: int = 5000):
+    """A frame series (``experiment="frame_series"``) that goes on until ``done`` is set, then
+    takes ``extra`` more frames: the run outlasts the faults however slow the machine is."""
+
+    @bpp.stage_decorator([det])
+    @bpp.run_decorator(md={"experiment": "frame_series", "detectors": [det.name]})
+    def inner():
+        after = 0
+        for _ in range(max_n):
+            yield from bps.trigger_and_read([det])
+            if done.is_set():
+                after += 1
+                if after >= extra:
+                    break
+            yield from bps.sleep(delay_s)
+
+    return (yield from inner())
+
+
+def truth_means(root, uid):
+    node = root[uid]["primary"]["det_image"]
+    (source,) = node.data_sources()
+    path = source.assets[0].data_uri.removeprefix("file://localhost")
+    with h5py.File(path, "r", swmr=True, locking=False) as f:
+        frames = f["/entry/data/data"][()]
+    return [frame_statistics(fr)["mean"] for fr in frames]
+
+
+def committed(root, uid) -> int:
+    try:
+        return len(root[DERIVED][uid]["frame_stats"].read())
+    except Exception:  # no results table (or no partition) yet
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_worker_killed_20_times_during_one_run_every_event_analysed_once(tiled_server, tmp_path):
+    server = tiled_server
+    kills_wanted = 20
+    rng = random.Random(20)
+    done = threading.Event()
+    uids: list[str] = []
+    at_kill: list[int] = []
+    failures: list[Exception] = []
+    root = server.client()
+
+    def killer():
+        try:
+            while len(at_kill) < kills_wanted:
+                w = WorkerProcess(server.uri, server.api_key, server.data_dir).start(wait=False)
+                try:
+                    w.wait_ready(180)
+                except RuntimeError:
+                    w.kill()
+                    continue
+                # a random while: before the first event, mid-batch, mid-commit, after a commit
+                time.sleep(rng.uniform(0.05, 2.0))
+                w.process.send_signal(signal.SIGKILL)
+                w.process.wait()
+                at_kill.append(committed(root, uids[0]) if uids else 0)
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            done.set()
+
+    session = make_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / "spool")
+    session.RE.subscribe(lambda name, doc: uids.append(doc["uid"]) if name == "start" else None)
+    det = sim_frame_detector("det", detector_dir(server.data_dir), frame_shape=(128, 128))
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        (uid,) = session.RE(frames_until(det, done, delay_s=0.2))
+    finally:
+        done.set()
+        t.join()
+    assert not failures, failures
+    assert len(at_kill) == kills_wanted
+    n = root[uid].metadata["stop"]["num_events"]["primary"]
+    mid_run = [k for k in at_kill if 0 < k < n]
+    assert len(mid_run) >= kills_wanted // 2, f"committed rows at each kill: {at_kill}"
+    with WorkerProcess(server.uri, server.api_key, server.data_dir).start(timeout_s=180) as final:
+        results = wait_for_results(root, uid, n, timeout_s=240)
+        final.kill()
+    raw = root[DERIVED][uid]["frame_stats"].read()
+    assert sorted(raw["seq_num"].tolist()) == list(range(1, n + 1)), "an event analysed twice or never"
+    assert results["analyses"]["frame_stats"]["columns"]["mean"] == truth_means(root, uid)
+    assert replay_run(root[uid]) == results
+    print(f"\n{kills_wanted} SIGKILLs during a run of {n} events; committed rows at each kill: {at_kill}")
+
+
+def test_parse_shard():
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "x", "1/0", "-1/2"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    assert {shard_of(f"uid-{i}", 3) for i in range(30)} == {0, 1, 2}
+    assert shard_of("abc", 4) == shard_of("abc", 4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_three_workers_share_runs_each_analysed_once(tiled_server, tmp_path):
+    """3 sharded workers, runs from two RunEngines at once; shard 2's worker is dead while
+    its runs are taken and finishes them when it is started again (catch-up)."""
+    server = tiled_server
+    root = server.client()
+    logs = server.data_dir / "logs"
+    workers = {i: WorkerProcess(server.uri, server.api_key, server.data_dir, shard=(i, 3)).start(timeout_s=180)
+               for i in range(3)}
+    try:
+        workers[2].kill()  # a dead shard
+        sessions = [make_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / f"spool{k}")
+                    for k in range(2)]
+        for s in sessions:
+            s.RE.context_managers = []  # no SIGINT handler: one RunEngine runs in a thread
+        dets = [sim_frame_detector(f"det{k}", detector_dir(server.data_dir), frame_shape=(32, 32), seed=k)
+                for k in range(2)]
+        uids: list[list[str]] = [[], []]
+        errors: list[Exception] = []
+
+        def take(k, num):
+            try:
+                uids[k].extend(sessions[k].RE(frame_series([dets[k]], num=num, delay_s=0.05)))
+            except Exception as exc:
+                errors.append(exc)
+
+        # three rounds of two concurrent runs, more until every shard has a run
+        for round_ in range(8):
+            t = threading.Thread(target=take, args=(1, 4 + round_ % 3))
+            t.start()
+            take(0, 3 + round_ % 2)
+            t.join()
+            assert not errors, errors
+            all_uids = uids[0] + uids[1]
+            if round_ >= 2 and {shard_of(u, 3) for u in all_uids} == {0, 1, 2}:
+                break
+        all_uids = uids[0] + uids[1]
+        assert len(all_uids) >= 6 and {shard_of(u, 3) for u in all_uids} == {0, 1, 2}
+        live = [u for u in all_uids if shard_of(u, 3) != 2]
+        dead = [u for u in all_uids if shard_of(u, 3) == 2]
+        for uid in live:
+            n = root[uid].metadata["stop"]["num_events"]["primary"]
+            wait_for_results(root, uid, n, timeout_s=240)
+        for uid in dead:  # nobody took them
+            assert DERIVED not in root or uid not in root[DERIVED], "a run analysed outside its shard"
+        workers[2] = WorkerProcess(server.uri, server.api_key, server.data_dir, shard=(2, 3)).start(timeout_s=180)
+        for uid in all_uids:
+            n = root[uid].metadata["stop"]["num_events"]["primary"]
+            results = wait_for_results(root, uid, n, timeout_s=240)
+            raw = root[DERIVED][uid]["frame_stats"].read()
+            assert sorted(raw["seq_num"].tolist()) == list(range(1, n + 1))
+            assert results["analyses"]["frame_stats"]["columns"]["mean"] == truth_means(root, uid)
+    finally:
+        for w in workers.values():
+            w.kill()
+    followed = {i: set(re.findall(r"following run (\S+)", (logs / f"worker-{i}of3.log").read_text()))
+                for i in range(3)}
+    for uid in all_uids:
+        owners = [i for i in range(3) if uid in followed[i]]
+        assert owners == [shard_of(uid, 3)], f"run {uid} followed by workers {owners}"
+    print(f"\n{len(all_uids)} runs over 3 shards: " + ", ".join(f"shard {i}: {len(followed[i])}" for i in range(3))
+          + f"; {len(dead)} runs of the dead shard finished after its restart")
