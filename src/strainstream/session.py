@@ -276,7 +276,12 @@ class BufferedWriter:
     # -- RunEngine side (must stay fast) ------------------------------------------------
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         uid = self._run_uid(name, doc)
-        index = self.spool.add(uid, name, doc) if self.spool is not None and uid else -1
+        index = -1
+        if self.spool is not None and uid:
+            try:
+                index = self.spool.add(uid, name, doc)
+            except (OSError, TypeError, ValueError) as exc:  # never stop the run for the spool
+                logger.error("spooling the %s document of run %s failed: %s", name, uid, exc)
         with self._cond:
             self._pending += 1
         self._queue.put((name, doc, uid, index))
@@ -365,7 +370,7 @@ class BufferedWriter:
                 self.say(msg)
                 self.failed.append((uid, name, index, repr(exc)))
                 return
-        if self.spool is not None and uid:
+        if self.spool is not None and uid and index >= 0:
             if name == "stop" and not any(f[0] == uid for f in self.failed):
                 self.spool.done(uid)
             else:

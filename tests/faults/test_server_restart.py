@@ -29,8 +29,6 @@ from strainstream.replay import replay_run
 from strainstream.server import detector_dir
 from strainstream.session import flush_spool, make_session
 
-pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.profiles]
-
 
 def frames_until(det, done: threading.Event, delay_s: float, extra: int = 8, max_n: int = 5000):
     """A frame series (``experiment="frame_series"``) that goes on until ``done`` is set, then
@@ -99,6 +97,9 @@ def check_run_complete(root, uid, n, results):
     return len(seqs) - n
 
 
+@pytest.mark.system
+@pytest.mark.slow
+@pytest.mark.profiles
 @pytest.mark.timeout(1500)
 def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
     server = tiled_server
@@ -159,6 +160,9 @@ def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
           f"{duplicates}")
 
 
+@pytest.mark.system
+@pytest.mark.slow
+@pytest.mark.profiles
 @pytest.mark.timeout(900)
 def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp_path):
     """Server down for a whole run: the writer gives up (bounded), the spool keeps every
@@ -189,3 +193,86 @@ def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp
         results = wait_for_results(root, uid, n, timeout_s=120)
         worker.kill()
     check_run_complete(root, uid, n, results)
+
+
+# -- unit tests of the buffering pieces (no server) ----------------------------------------------
+def test_transport_waits_out_refused_connections_and_503():
+    import httpx
+
+    from strainstream.session import OutageTolerantTransport
+
+    calls = []
+
+    def handler(request):
+        calls.append(request.method)
+        if len(calls) <= 3:
+            raise httpx.ConnectError("refused", request=request)
+        if len(calls) == 4:
+            return httpx.Response(503)
+        return httpx.Response(200, json={"ok": True})
+
+    events = []
+    transport = OutageTolerantTransport(httpx.MockTransport(handler), max_outage_s=30, max_backoff_s=0.05,
+                                        on_down=lambda: events.append("down"),
+                                        on_up=lambda s: events.append("up"))
+    with httpx.Client(transport=transport) as client:
+        assert client.post("http://x/append", json={"row": 1}).json() == {"ok": True}
+    assert calls == ["POST"] * 5 and events == ["down", "up"] and len(transport.outages) == 1
+
+
+def test_transport_gives_up_after_max_outage_and_passes_sent_errors_on():
+    import httpx
+
+    from strainstream.session import OutageTolerantTransport
+
+    def refused(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    transport = OutageTolerantTransport(httpx.MockTransport(refused), max_outage_s=0.3, max_backoff_s=0.05)
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.ConnectError):
+        client.get("http://x/")
+    n = []
+
+    def lost_answer(request):  # sent: the server may have processed it; not retried here
+        n.append(1)
+        raise httpx.ReadError("reset", request=request)
+
+    transport = OutageTolerantTransport(httpx.MockTransport(lost_answer), max_outage_s=30)
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.ReadError):
+        client.post("http://x/append")
+    assert len(n) == 1
+
+
+def test_buffered_writer_keeps_order_spools_and_reports_refusals(tmp_path):
+    import json
+
+    from strainstream.session import BufferedWriter
+
+    gate = threading.Event()
+    written = []
+
+    def slow_writer(name, doc):
+        gate.wait(10)
+        if doc.get("bad"):
+            raise ValueError("refused")
+        written.append((name, doc.get("seq_num")))
+
+    said = []
+    w = BufferedWriter(slow_writer, spool_dir=tmp_path, drain_timeout_s=0.2, say=said.append)
+    w("start", {"uid": "r1", "time": 0})
+    w("descriptor", {"uid": "d1", "run_start": "r1", "name": "primary"})
+    for i in range(1, 6):
+        w("event", {"uid": f"e{i}", "descriptor": "d1", "seq_num": i, "bad": i == 3})
+    assert w.pending == 7  # the RunEngine side never waited for the writer
+    w("stop", {"uid": "s1", "run_start": "r1"})  # waits 0.2 s, then says it could not drain
+    assert any("still buffered" in m and "r1.jsonl" in m for m in said), said
+    lines = [json.loads(x) for x in (tmp_path / "r1.jsonl").read_text().splitlines()]
+    assert [x["name"] for x in lines] == ["start", "descriptor"] + ["event"] * 5 + ["stop"]
+    gate.set()
+    assert w.wait_drained(10)
+    assert written == [("start", None), ("descriptor", None), ("event", 1), ("event", 2), ("event", 4),
+                       ("event", 5), ("stop", None)]
+    assert [(f[0], f[1], f[2]) for f in w.failed] == [("r1", "event", 4)]
+    # a run with a refused document keeps its spool (and what was sent) for flush_spool
+    sent = {int(x) for x in (tmp_path / "r1.sent").read_text().split()}
+    assert sent == {0, 1, 2, 3, 5, 6, 7}
