@@ -5,8 +5,9 @@ Deployment profiles
 ``tiled_server`` runs in one of two profiles, chosen by the ``profile`` fixture:
 
 - ``embedded``: SQLite catalog in the data dir + in-memory streaming cache (the default);
-- ``scaleout``: PostgreSQL catalog (a fresh database in the session's one cluster) + Redis
-  streaming cache (the session's one ``redis-server``, a fresh db index, flushed).
+- ``scaleout``: PostgreSQL catalog and authentication database (fresh databases in the
+  session's one cluster) + Redis streaming cache (the session's one ``redis-server``, a fresh
+  db index, flushed).
 
 Tests in :data:`SCALEOUT_MODULES`, and tests marked ``@pytest.mark.profiles``, that use
 ``tiled_server`` run once per profile in ``$STRAINSTREAM_TEST_PROFILES`` (comma-separated,
@@ -155,17 +156,20 @@ def tiled_server(request, data_dir, profile):
         pg = request.getfixturevalue("postgres_service")
         redis_service = request.getfixturevalue("redis_service")
         name = f"t_{uuid.uuid4().hex[:16]}"
-        pg.create_database(name)
-        kwargs = {
-            "catalog_uri": pg.passfile_uri(name),  # no password in tiled.yml or its log
+        for db in (name, f"{name}_auth"):
+            pg.create_database(db)
+        kwargs = {  # no password in tiled.yml or its log: asyncpg reads the passfile
+            "catalog_uri": pg.passfile_uri(name),
+            "auth_db_uri": pg.passfile_uri(f"{name}_auth"),
             "cache_uri": _flushed_redis_db(redis_service),
         }
     with TiledServer(data_dir, **kwargs) as server:
         server.profile = profile
         yield server
     if profile == "scaleout":
-        with contextlib.suppress(Exception):
-            pg.drop_database(name)
+        for db in (name, f"{name}_auth"):
+            with contextlib.suppress(Exception):
+                pg.drop_database(db)
 
 
 @pytest.fixture

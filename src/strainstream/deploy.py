@@ -7,8 +7,9 @@ Profiles
     ``strainstream serve`` runs), plus the analysis workers.
 ``scaleout``
     the facility set-up on one host: a private PostgreSQL cluster (the tiled catalog, database
-    ``strainstream``), a ``redis-server`` (tiled's streaming cache), tiled, and ``--workers N``
-    analysis workers sharing the runs (worker ``i`` follows shard ``i`` of ``N``).
+    ``strainstream``, and tiled's principals and hashed API keys, ``strainstream_auth``), a
+    ``redis-server`` (tiled's streaming cache), tiled, and ``--workers N`` analysis workers
+    sharing the runs (worker ``i`` follows shard ``i`` of ``N``).
 
 Everything listens on 127.0.0.1 and lives under ``DIR``::
 
@@ -44,6 +45,8 @@ PROG = "strainstream deploy"
 PROFILES = ("embedded", "scaleout")
 #: database of the tiled catalog in the scale-out cluster
 CATALOG_DB = "strainstream"
+#: database of tiled's principals and (hashed) API keys in the scale-out cluster
+AUTH_DB = "strainstream_auth"
 #: a component that dies more often than this is left down and ``up`` exits with an error
 MAX_RESTARTS = 5
 
@@ -142,12 +145,14 @@ class Deployment:
         previous = read_state(self.data_dir) or {}
         self.postgres = Postgres(services / "postgres", port=previous.get("postgres_port"))
         self.postgres.start(timeout_s=120)
-        self.postgres.create_database(CATALOG_DB)
+        for db in (CATALOG_DB, AUTH_DB):
+            self.postgres.create_database(db)
         self.redis = Redis(services / "redis", port=previous.get("redis_port"))
         self.redis.start()
         return {
             # no password in the URI (tiled logs it): asyncpg reads the 0600 passfile
             "catalog_uri": self.postgres.passfile_uri(CATALOG_DB),
+            "auth_db_uri": self.postgres.passfile_uri(AUTH_DB),
             "cache_uri": self.redis.url,
         }
 
@@ -241,6 +246,7 @@ class Deployment:
         if self.postgres is not None:
             info.update(
                 catalog=f"postgresql://{self.postgres.user}@127.0.0.1:{self.postgres.port}/{CATALOG_DB}",
+                auth_db=f"postgresql://{self.postgres.user}@127.0.0.1:{self.postgres.port}/{AUTH_DB}",
                 postgres_port=self.postgres.port,
                 postgres_pid=self.postgres.process.pid if self._alive(self.postgres) else None,
                 postgres_dir=str(self.postgres.data_dir),

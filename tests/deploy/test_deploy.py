@@ -114,6 +114,7 @@ def test_scaleout_up_runs_a_run_restarts_a_dead_worker_and_stops_everything(reac
     # the tiled catalog really is in PostgreSQL and the cache in Redis
     cfg = json.loads((data / "tiled.yml").read_text())
     assert cfg["trees"][0]["args"]["uri"].startswith("postgresql+asyncpg://strainstream@127.0.0.1:")
+    assert cfg["database"]["uri"].startswith("postgresql+asyncpg://strainstream@127.0.0.1:")
     assert cfg["streaming_cache"]["uri"] == info["streaming_cache"]
 
     # runs through the deployment: both shards' workers analyse them
