@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -127,20 +128,22 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     det.exposure_s.put(0.2, wait=True)  # most of the time a frame is in flight
     det.seed.put(11, wait=True)
     cyc.reset_cell().wait(10)
-    cyc.accel.put(160.0, wait=True)  # the 200 mA/g charge takes ~27 s of wall time
+    cyc.accel.put(220.0, wait=True)  # the 200 mA/g charge takes ~20 s of wall time
 
     session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
     seen = _Counter()
     session.RE.subscribe(seen)
     faults: list[str] = []
 
-    def inject():
+    def inject():  # each fault ~0.4 s after an event: while the next frame is being taken
         if not seen.wait_events(6):
             return
+        time.sleep(0.4)
         beam.dump(2.0).wait(10)  # current 0 for 2 s, then a 2 s ramp
         faults.append("dump")
         if not seen.wait_events(seen.events + 5):
             return
+        time.sleep(0.4)
         beam.shutter.close().wait(10)
         faults.append("shutter")
         time.sleep(1.5)
@@ -208,3 +211,233 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     assert np.median(err) < 0.01 and err.max() < 0.03, err
     print(f"FAULTS dump+shutter: events {n}, suspensions {out.count('Suspending....')}, "
           f"frames cut {n_cut}, lost 0")
+
+
+# --------------------------------------------------------------- 2. IOC restart mid-run
+@pytest.mark.slow
+def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
+        xrd_setup, sim_beamline, tiled_server, capsys):
+    from strainstream.plans.operando_xrd import operando_xrd
+
+    det, cyc, beam = xrd_setup
+    shape = int(det.rows.get())
+    beam.shutter.close().wait(10)
+    det.beam_gate.put(1, wait=True)  # frames are dark while the restarted IOC's shutter is closed
+    assert _wait_for(lambda: det.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
+    cyc.reset_cell().wait(10)
+    cyc.accel.put(250.0, wait=True)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    seen = _Counter()
+    session.RE.subscribe(seen)
+    outage: dict[str, float] = {}
+
+    def fault():
+        if not seen.wait_events(5):
+            return
+        sim_beamline.kill("beam")  # SIGKILL: no goodbye to the clients
+        outage["killed_at_event"] = seen.events
+        time.sleep(2.0)
+        outage["events_while_down"] = seen.events - outage["killed_at_event"]
+        t0 = time.monotonic()
+        sim_beamline.restart("beam")  # same port; pyepics reconnects by itself
+        _wait_for(lambda: beam.connected, 60, 0.1)
+        outage["reconnect_s"] = time.monotonic() - t0
+        time.sleep(0.5)
+        outage["events_before_shutter"] = seen.events - outage["killed_at_event"]
+        beam.shutter.open().wait(10)  # the operator: a restarted beam IOC starts with it closed
+
+    t = threading.Thread(target=fault, daemon=True)
+    t.start()
+    (uid,) = session.RE(operando_xrd(det, cyc, calibration=_calibration(shape), rate_mA_g=200.0,
+                                     frame_interval_s=0.3, max_frames=200, beam=beam))
+    t.join(60)
+    out = capsys.readouterr().out
+    assert "beam IOC not answering" in out, out[-2000:]
+    # suspended while the IOC was away and until the shutter was open again (at most the
+    # event being saved when the IOC died got through)
+    assert outage["events_while_down"] <= 1 and outage["events_before_shutter"] <= 1, outage
+    assert seen.stop["exit_status"] == "success"
+    root = tiled_server.client()
+    primary = root[uid]["primary"]
+    seq = primary["seq_num"].read().tolist()
+    n = len(seq)
+    assert seq == list(range(1, n + 1)) and n > outage["killed_at_event"] + 3
+    frames, att = _read_file(_file_of(root, uid, "xrd_image"))
+    assert frames.shape[0] == n and np.all(att["beam_on"] == 1.0)
+    cap_event = np.asarray(primary["cycler_capacity_mAh_g"].read(), dtype=float)
+    assert np.all(att["capacity_mAh_g"] <= cap_event + 1e-9)
+    assert np.all(att["capacity_mAh_g"][1:] >= cap_event[:-1] - 1e-9)
+    print(f"FAULTS beam IOC kill: events {n}, killed after event {outage['killed_at_event']}, "
+          f"pyepics reconnect {outage['reconnect_s']:.1f} s after restart, lost 0")
+
+
+@pytest.mark.slow
+def test_detector_ioc_killed_mid_series_fails_named_and_a_continuation_completes(
+        xrd_setup, sim_beamline, tiled_server):
+    from strainstream.devices._ioc import IOCNotAnswering
+    from strainstream.plans.frames import frame_series
+
+    det, cyc, beam = xrd_setup
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    seen = _Counter()
+    session.RE.subscribe(seen)
+    total = 12
+
+    def fault():
+        if seen.wait_events(4):
+            sim_beamline.kill("cycler")  # the XRD detector's IOC, SIGKILL mid-series
+
+    t = threading.Thread(target=fault, daemon=True)
+    t.start()
+    addr = sim_beamline.addresses["cycler"]
+    with pytest.raises(IOCNotAnswering, match=rf"cycler IOC at {addr} \(prefix SS:XRD:\) not answering"):
+        session.RE(frame_series([det], num=total, delay_s=0.3))
+    t.join(30)
+    uid = seen.start["uid"]
+    assert seen.stop is not None and seen.stop["exit_status"] == "fail"
+    assert "cycler IOC" in seen.stop["reason"]
+    # what was recorded before the fault is readable from tiled and from the file
+    root = tiled_server.client()
+    assert _wait_for(lambda: root[uid].metadata.get("stop") is not None, 60, 0.2)
+    primary = root[uid]["primary"]
+    seq = primary["seq_num"].read().tolist()
+    k = len(seq)
+    assert seq == list(range(1, k + 1)) and 4 <= k < total
+    images = primary["xrd_image"].read()
+    path = _file_of(root, uid, "xrd_image")
+    frames, att = _read_file(path)  # the IOC died with the file open: SWMR keeps it readable
+    assert images.shape[0] == k and frames.shape[0] >= k
+    np.testing.assert_array_equal(images, frames[:k])
+    assert np.all(images.reshape(k, -1).max(axis=1) > 0)
+
+    # the IOC is back (same port): the rest of the series in a new run that names the first
+    sim_beamline.restart("cycler")
+    assert _wait_for(lambda: det.connected and cyc.connected, 60, 0.2)
+    seen2 = _Counter()
+    session.RE.subscribe(seen2)
+    (uid2,) = session.RE(frame_series([det], num=total - k, delay_s=0.1, md={"continues": uid}))
+    assert seen2.stop["exit_status"] == "success"
+    run2 = root[uid2]
+    assert run2.metadata["start"]["continues"] == uid
+    assert run2["primary"]["seq_num"].read().tolist() == list(range(1, total - k + 1))
+    frames2, _ = _read_file(_file_of(root, uid2, "xrd_image"))
+    assert frames2.shape[0] == total - k
+    print(f"FAULTS detector IOC kill: {k} events kept in run 1 (file {frames.shape[0]} frames), "
+          f"{total - k} in the continuation, lost 0")
+
+
+def test_restarted_detector_ioc_is_not_silently_written_to_a_new_file(xrd_setup, sim_beamline):
+    """An IOC that restarts between two frames (faster than the client notices) lost the
+    series file: the next trigger refuses instead of writing to a file no document names."""
+    from strainstream.devices.detectors import SeriesLost
+
+    det, cyc, _ = xrd_setup
+    det.stage()
+    try:
+        det.trigger().wait(60)
+        list(det.collect_asset_docs())
+        sim_beamline.restart("cycler")  # SIGTERM + start: the series file is closed
+        assert _wait_for(lambda: det.connected, 60, 0.2)
+        with pytest.raises(SeriesLost, match=r"xrd: the cycler IOC at .* no longer writes .*\.h5"):
+            det.trigger()
+    finally:
+        det.unstage()
+
+
+# ------------------------------------------------------- 3. data directory pre-flight
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot create files in, even as root (chmod is not enough)."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    candidates = [ro, Path("/sys")]  # sysfs refuses new files to root as well
+    for d in candidates:
+        try:
+            (d / ".probe").touch()
+        except OSError:
+            return d
+        (d / ".probe").unlink()
+    pytest.skip("no directory here refuses writes to this user")
+
+
+def _no_run(tiled_server, before: int, docs: list) -> None:
+    assert docs == []  # not even a start document
+    assert len(tiled_server.client()) == before
+
+
+@pytest.mark.parametrize("problem", ["file instead of directory", "not writable", "no space"])
+def test_bad_ioc_data_dir_refused_before_the_run(problem, sim_beamline, tiled_server, tmp_path):
+    from strainstream.devices._hdf5 import DataDirError
+    from strainstream.plans.frames import frame_series
+
+    num = 3
+    if problem == "file instead of directory":
+        target = tmp_path / "detectors"
+        target.write_text("not a directory")
+        match = rf"xrd \(cycler IOC\): data directory {target} is not a directory"
+    elif problem == "not writable":
+        target = _unwritable_dir(tmp_path)
+        match = rf"xrd \(cycler IOC\): data directory {target} is not writable"
+    else:
+        target, num = tmp_path / "detectors", 10**9
+        match = (rf"xrd \(cycler IOC\): data directory {target} needs \S+ [kMGTP]?B for {num} "
+                 rf"frames of \d+x\d+ uint16, \S+ [kMGT]?B free")
+    det = sim_beamline.devices(write_dir=target)["xrd"]
+    det.wait_for_connection(timeout=30)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    docs: list = []
+    session.RE.subscribe(lambda n, d: docs.append(n))
+    before = len(tiled_server.client())
+    with pytest.raises(DataDirError, match=match):
+        session.RE(frame_series([det], num=num))
+    _no_run(tiled_server, before, docs)
+    assert det.dir_status.get(use_monitor=False) != "ok" or problem == "no space"
+
+
+def test_ioc_side_data_dir_problem_is_reported_by_the_ioc(sim_beamline, tmp_path):
+    """The IOC's own FileDir (no write_dir from the client) is checked by the IOC."""
+    from bluesky import RunEngine
+
+    from strainstream.devices._hdf5 import DataDirError
+    from strainstream.devices.detectors import ioc_detector
+    from strainstream.plans.frames import frame_series
+
+    det = ioc_detector("xrd", sim_beamline.prefix, name="xrd_iocdir",
+                       ioc_address=sim_beamline.addresses["cycler"])
+    det.wait_for_connection(timeout=30)
+    old = det.file_dir.get(use_monitor=False)
+    bad = tmp_path / "a-file"
+    bad.write_text("x")
+    det.file_dir.put(str(bad / "sub"), wait=True)
+    docs: list = []
+    try:
+        with pytest.raises(DataDirError, match=r"xrd_iocdir \(cycler IOC\): data directory "
+                                               rf"{bad}/sub cannot be created"):
+            RunEngine({})(frame_series([det], num=2), lambda n, d: docs.append(n))
+        assert docs == []
+        assert det.dir_status.get(use_monitor=False).startswith("error: ")
+    finally:
+        det.file_dir.put(old, wait=True)
+
+
+def test_bad_local_data_dir_refused_before_the_run(tmp_path):
+    from bluesky import RunEngine
+
+    from strainstream.devices._hdf5 import DataDirError
+    from strainstream.devices.detectors import sim_frame_detector
+    from strainstream.plans.frames import frame_series
+
+    ro = _unwritable_dir(tmp_path)
+    docs: list = []
+    RE = RunEngine({})
+    with pytest.raises(DataDirError, match=rf"det: data directory {ro} is not writable"):
+        RE(frame_series([sim_frame_detector("det", ro, frame_shape=(64, 64))], num=2),
+           lambda n, d: docs.append(n))
+    big = sim_frame_detector("det", tmp_path / "ok", frame_shape=(2048, 2048))
+    with pytest.raises(DataDirError, match=r"det: data directory \S+ needs .* for 100000000 frames "
+                                           r"of 2048x2048 float32, .* free"):
+        RE(frame_series([big], num=10**8), lambda n, d: docs.append(n))
+    assert docs == []
+    (uid,) = RE(frame_series([sim_frame_detector("det", tmp_path / "ok", frame_shape=(8, 8))],
+                             num=2), lambda n, d: docs.append(n))
+    assert docs.count("event") == 2
