@@ -23,8 +23,8 @@ plans              ``operando_xrd``, ``sxdm_map``, ``find_bragg``, ``txm_xanes``
 
 Configuration comes from :class:`ProfileConfig` (arguments) or :meth:`ProfileConfig.from_env`
 (environment: ``STRAINSTREAM_URI``, ``STRAINSTREAM_API_KEY``, ``STRAINSTREAM_PREFIX``,
-``STRAINSTREAM_DETECTOR_DIR``, ``STRAINSTREAM_IOCS``, ``STRAINSTREAM_TABLE``,
-``STRAINSTREAM_PROGRESS``). Channel Access finds the IOCs through the usual EPICS variables
+``STRAINSTREAM_DETECTOR_DIR``, ``STRAINSTREAM_SPOOL_DIR``, ``STRAINSTREAM_IOCS``,
+``STRAINSTREAM_TABLE``, ``STRAINSTREAM_PROGRESS``). Channel Access finds the IOCs through the usual EPICS variables
 (``EPICS_CA_ADDR_LIST`` ...; :meth:`strainstream.beamline.Beamline.client_env` gives them for
 the simulated beamline). Nothing here names a host or a port.
 
@@ -85,6 +85,9 @@ class ProfileConfig:
         Subscribe a BestEffortCallback table, plots off (``STRAINSTREAM_TABLE``).
     progress : bool
         Subscribe the progress printer (``STRAINSTREAM_PROGRESS``).
+    spool_dir : str, optional
+        Where the RunEngine's writer spools documents until tiled has them
+        (``STRAINSTREAM_SPOOL_DIR``; default :func:`strainstream.session.default_spool_dir`).
     metadata : mapping
         Added to ``RE.md`` (every start document).
     """
@@ -96,6 +99,7 @@ class ProfileConfig:
     iocs: tuple[str, ...] = tuple(DEVICE_NAMES)
     table: bool = True
     progress: bool = True
+    spool_dir: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -112,6 +116,7 @@ class ProfileConfig:
             "detector_dir": env.get("STRAINSTREAM_DETECTOR_DIR") or None,
             "table": env.get("STRAINSTREAM_TABLE", "1").lower() in _TRUE,
             "progress": env.get("STRAINSTREAM_PROGRESS", "1").lower() in _TRUE,
+            "spool_dir": env.get("STRAINSTREAM_SPOOL_DIR") or None,
         }
         if env.get("STRAINSTREAM_IOCS"):
             values["iocs"] = tuple(s.strip() for s in env["STRAINSTREAM_IOCS"].split(",") if s.strip())
@@ -138,6 +143,8 @@ class ProfileConfig:
             out["STRAINSTREAM_API_KEY"] = self.api_key
         if self.detector_dir:
             out["STRAINSTREAM_DETECTOR_DIR"] = str(self.detector_dir)
+        if self.spool_dir:
+            out["STRAINSTREAM_SPOOL_DIR"] = str(self.spool_dir)
         return out
 
 
@@ -257,7 +264,8 @@ def _run_engine(config: ProfileConfig):
     from strainstream.session import Session, make_session
 
     if config.uri:
-        return make_session(config.uri, config.api_key or "", progress=config.progress)
+        return make_session(config.uri, config.api_key or "", progress=config.progress,
+                            spool_dir=config.spool_dir)
     from bluesky import RunEngine
 
     RE = RunEngine({}, call_returns_result=False)

@@ -279,8 +279,8 @@ def write_existing_plans(path: str | os.PathLike, config: Any = None) -> dict[st
 def add_profile_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``strainstream console`` and ``strainstream queue up``."""
     p.add_argument("--data-dir", default=None,
-                   help="strainstream data directory: its running server (--uri), API key and "
-                        "DIR/detectors for the detector files")
+                   help="strainstream data directory: its running server (--uri), API key, "
+                        "DIR/detectors for the detector files, DIR/spool for the writer's spool")
     p.add_argument("--uri", default=None, help="tiled API URI (default: $STRAINSTREAM_URI, else "
                                                 "the server running on --data-dir)")
     p.add_argument("--api-key", default=None,
@@ -328,8 +328,9 @@ def profile_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     if det is None and args.data_dir:
         det = str(detector_dir(args.data_dir))
     iocs = tuple(s for s in args.iocs.split(",") if s) if args.iocs else None
+    spool = str(Path(args.data_dir).resolve() / "spool") if args.data_dir else None
     config = ProfileConfig.from_env(
-        uri=uri, api_key=key, prefix=args.prefix, detector_dir=det, iocs=iocs,
+        uri=uri, api_key=key, prefix=args.prefix, detector_dir=det, iocs=iocs, spool_dir=spool,
         table=False if args.no_table else None, progress=False if args.no_progress else None)
     epics: dict[str, str] = {}
     if args.beamline_ports:
