@@ -71,6 +71,7 @@ from typing import Any
 __all__ = [
     "Outcome",
     "QueryError",
+    "ReprocessError",
     "build_queries",
     "find_runs",
     "main",
@@ -78,6 +79,7 @@ __all__ = [
     "reprocess",
     "reprocess_run",
     "reprocess_task",
+    "settled",
 ]
 
 logger = logging.getLogger("strainstream.reprocess")
@@ -91,7 +93,11 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _REASON_CHARS = 200
 
 
-class QueryError(ValueError):
+class ReprocessError(Exception):
+    """A problem the user can fix (bad option, unreachable scheduler): one line, exit 2."""
+
+
+class QueryError(ReprocessError, ValueError):
     """A malformed query term or date."""
 
 
@@ -321,6 +327,32 @@ def reprocess_run(root, uid: str, force: bool = False, commit_every: int = COMMI
     return [outcomes[cls.name] for cls in classes]
 
 
+def settled(root, uid: str) -> list[Outcome] | None:
+    """The skipped outcomes of run ``uid`` when it needs no work, else None.
+
+    No work: every analysis is up to date (or stored from a newer version), or the run is not
+    finished, or it has no analysis. Lets a batch leave settled runs out before it starts a
+    cluster; the task decides again for the runs it gets.
+    """
+    from strainstream.callbacks.router import analyses_for
+    from strainstream.callbacks.sinks import stored_results_metadata
+
+    try:
+        md = root[uid].metadata
+        classes = analyses_for(dict(md["start"]))
+        if not classes or not md.get("stop"):
+            return reprocess_run(root, uid)  # answers at once, writes nothing
+        outcomes = []
+        for cls in classes:
+            action, detail = _decide(stored_results_metadata(root, uid, cls.name), cls.version, False)
+            if action != "skip":
+                return None
+            outcomes.append(Outcome(uid, cls.name, "skipped", detail, cls.version))
+        return outcomes
+    except Exception:  # let the task find and report the problem
+        return None
+
+
 def _mark_failed(root, uid: str, analysis: str, reason: str) -> None:
     """Best effort: the results table says it failed and why (the next reprocess resumes it)."""
     from strainstream.callbacks.sinks import DERIVED
@@ -391,13 +423,11 @@ def dask_client(workers: int = 2, scheduler: str | None = None):
     """A ``distributed.Client``: on ``scheduler``, else on a new loopback LocalCluster."""
     from distributed import Client, LocalCluster
 
-    from strainstream.cli import CLIError
-
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
-            raise CLIError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+            raise ReprocessError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         with client:
             yield client
         return
@@ -417,7 +447,9 @@ def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: in
     uri, api_key : str
         The tiled server and a key that may write.
     uids : sequence of str
-        Runs to reprocess (see :func:`find_runs`).
+        Runs to reprocess (see :func:`find_runs`). Runs with nothing to do (see
+        :func:`settled`) are reported skipped without a task; when no run needs work no
+        cluster is started.
     workers : int
         Processes of the LocalCluster (ignored with ``scheduler`` or ``client``); 0: no
         Dask, the runs one after the other in this process.
@@ -445,17 +477,28 @@ def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: in
 
     if not uids:
         return []
-    if client is None and scheduler is None and workers == 0:
-        from strainstream.server import connect
+    from strainstream.server import connect
 
-        root = connect(uri, api_key)
+    root = connect(uri, api_key)
+    todo = list(uids)
+    if not force:  # settled runs need no task (and an all-settled batch no cluster)
+        todo = []
         for uid in uids:
+            outcomes = settled(root, uid)
+            if outcomes is None:
+                todo.append(uid)
+            else:
+                record(uid, outcomes)
+    if not todo:
+        pass
+    elif client is None and scheduler is None and workers == 0:
+        for uid in todo:
             record(uid, reprocess_run(root, uid, force=force, commit_every=commit_every))
     else:
         with contextlib.ExitStack() as stack:
             if client is None:
                 client = stack.enter_context(dask_client(workers, scheduler))
-            _run_on(client, uri, _Secret(api_key), uids, force, commit_every, record)
+            _run_on(client, uri, _Secret(api_key), todo, force, commit_every, record)
     return [o for uid in uids for o in by_uid[uid]]
 
 
@@ -585,27 +628,28 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``strainstream reprocess`` (exit 0: all done or skipped; 1: some run failed; 2: usage)."""
-    from strainstream.cli import CLIError
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _main(args)
+    except ReprocessError as exc:
+        print(f"strainstream reprocess: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
     from strainstream.server import connect
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if not (args.query or args.all or args.since or args.until or args.uid):
-        raise CLIError("give a QUERY (e.g. sample.material=SC-NM91), --since/--until, --uid, or --all")
+        raise ReprocessError("give a QUERY (e.g. sample.material=SC-NM91), --since/--until, --uid, or --all")
     if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be at least 1, got {args.limit}")
+        raise ReprocessError(f"--limit must be at least 1, got {args.limit}")
     if args.workers < 0:
-        raise CLIError(f"--workers must be 0 or more, got {args.workers}")
-    try:
-        build_queries(args.query, args.since, args.until)  # malformed terms fail before connecting
-    except QueryError as exc:
-        raise CLIError(str(exc)) from None
+        raise ReprocessError(f"--workers must be 0 or more, got {args.workers}")
+    build_queries(args.query, args.since, args.until)  # malformed terms fail before connecting
     logging.getLogger("distributed").setLevel(logging.ERROR)
     uri, key = _server(args)
     root = connect(uri, key)
-    try:
-        uids, unmatched = find_runs(root, args.query, args.since, args.until, args.uid, args.limit)
-    except QueryError as exc:
-        raise CLIError(str(exc)) from None
+    uids, unmatched = find_runs(root, args.query, args.since, args.until, args.uid, args.limit)
     for u in unmatched:
         print(f"strainstream reprocess: --uid {u} matches no run with a strainstream analysis "
               "(and the query)", file=sys.stderr)
@@ -625,7 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     where = (f"Dask scheduler {args.scheduler}" if args.scheduler else
              "this process" if args.workers == 0 else f"a LocalCluster of {args.workers} processes")
-    print(f"strainstream reprocess: {len(uids)} run(s) match {described}; reprocessing on {where}",
+    print(f"strainstream reprocess: {len(uids)} run(s) match {described}; the ones that need work "
+          f"go to {where}",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with _Progress(len(uids)) as progress:
