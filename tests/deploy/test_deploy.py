@@ -186,3 +186,4 @@ def test_usage_errors_are_one_line(tmp_path):
     r = _cli("status", "--data-dir", str(tmp_path / "nothing"))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "no deployment runs on" in r.stderr
+
