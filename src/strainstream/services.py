@@ -192,16 +192,15 @@ class _Service:
         """Stop the server (clean shutdown, SIGKILL of its process group after ``timeout_s``)."""
         proc, self.process = self.process, None
         _RUNNING.discard(self)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, self.stop_signal)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        # whatever is left in the group (e.g. PostgreSQL back-ends) goes too
+        if proc is None or proc.poll() is not None:
+            return  # never signal a pid we already reaped: it may belong to someone else now
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, self.stop_signal)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        # whatever is left in its process group (e.g. a Redis save child) goes too
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
