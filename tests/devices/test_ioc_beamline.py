@@ -432,7 +432,10 @@ def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
     beamline.kill("beam")
     beamline.kill("cycler")
     try:
-        # a detector acquisition on a dead IOC: the status fails with the named error
+        # wait until the client has seen the circuits close: a put racing the disconnect
+        # would otherwise wait for its own timeout (60 s) before failing
+        assert _wait_for(lambda: not x.acquire.connected and not cyc.connected, 30)
+        # a detector acquisition on a dead IOC: fails at once with the named error
         addr = beamline.addresses["cycler"]
         with pytest.raises(IOCNotAnswering, match=rf"cycler IOC at {addr} \(prefix SS:XRD:\) "
                                                   r"not answering: PV SS:XRD:Acquire"):
