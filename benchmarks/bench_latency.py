@@ -27,6 +27,7 @@ from strainstream.devices.detectors import sim_frame_detector
 from strainstream.plans.frames import frame_series
 from strainstream.server import TiledServer, detector_dir
 from strainstream.session import make_session
+from strainstream.worker import websockets_use_api_key
 
 
 class VisibleTimes:
@@ -78,8 +79,9 @@ def run_case(shape, rate_hz, n, data_dir):
     frames = [rng.poisson(100, size=shape).astype(np.float32) for _ in range(4)]
     with TiledServer(data_dir) as server, WorkerProcess(server.uri, server.api_key, data_dir):
         root = server.client()
+        websockets_use_api_key(root)
         visible = VisibleTimes(root).start()
-        session = make_session(server.uri, server.api_key, progress=False)
+        session = make_session(server.uri, server.api_key, progress=False, spool_dir=f"{data_dir}/spool")
         event_times: dict[int, float] = {}
         session.RE.subscribe(lambda name, doc: event_times.setdefault(doc["seq_num"], doc["time"])
                              if name == "event" else None)

@@ -27,6 +27,7 @@ sequence number going backwards is logged as a cache reset) and for Redis (histo
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -131,20 +132,37 @@ class RunFollower:
         self.run_node = getattr(run, "base", run)
         md = self.run_node.metadata
         start_doc = dict(md["start"])
-        with self.lock:
-            self.callbacks = self._make_callbacks(start_doc, self._fallback)
-            if not self.callbacks:
-                return False
-            self._emit("start", start_doc)
-            self._drainer.start()
-            sub = self.run_node.subscribe()
-            sub.child_created.add_callback(self._on_stream_created)
-            self._subs.append(sub)
-            sub.start_in_thread(0)
-            for name in list(self.run_node):
-                self._attach_stream(name)
-            if "stop" in self.run_node.metadata:
-                self.finish(dict(self.run_node.metadata["stop"]))
+        # the analyses open their result tables (a few requests) while the run is subscribed
+        error: Exception | None = None
+        stop = None
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"begin-{self.uid[:8]}") as pool:
+            made = pool.submit(self._make_callbacks, start_doc, self._fallback)
+            with self.lock:
+                try:
+                    sub = self.run_node.subscribe()
+                    sub.child_created.add_callback(self._on_stream_created)
+                    self._subs.append(sub)
+                    sub.start_in_thread(0)
+                    names = list(self.run_node)
+                    self.callbacks = made.result()
+                except Exception as exc:
+                    error = exc
+                if error is not None or not self.callbacks:
+                    self.finished = True  # not ours (or broken): stop listening at once
+                    subs, self._subs = self._subs, []
+                else:
+                    self._emit("start", start_doc)
+                    self._drainer.start()
+                    for name in names:
+                        self._attach_stream(name)
+                    stop = self.run_node.metadata.get("stop")
+        if self.finished:
+            _disconnect_all(subs)  # outside the lock: their callbacks may be waiting for it
+            if error is not None:
+                raise error
+            return False
+        if stop is not None:  # outside the lock: finish() disconnects subscriptions
+            self.finish(dict(stop))
         return True
 
     def finish(self, stop_doc: dict[str, Any]) -> None:

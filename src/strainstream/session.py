@@ -53,6 +53,13 @@ class Session:
     writer: Any
     client: Any
 
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Wait (bounded) for buffered documents to reach tiled and stop the writer thread.
+
+        Returns False when documents were left behind (they stay in the spool)."""
+        close = getattr(self.writer, "close", None)
+        return close(timeout_s) if close is not None else True
+
 
 # -- transport: wait out an outage instead of failing ----------------------------------------
 class OutageTolerantTransport:
@@ -241,16 +248,23 @@ class BufferedWriter:
         Where every document is also appended (JSON lines) until tiled has it.
     drain_timeout_s : float
         At the end of a run, wait at most this long for the buffer to drain.
+    max_lag : int
+        While tiled is reachable, the RunEngine waits when more than this many documents
+        are buffered (back-pressure: a slow server slows the run down as a direct writer
+        would, instead of piling up documents). While tiled is unreachable the RunEngine
+        never waits: documents pile up in the queue and the spool.
     say : callable
         Where progress and warning lines go (default: stderr).
     """
 
     def __init__(self, writer: Callable[[str, dict], Any], *, transport: OutageTolerantTransport | None = None,
                  spool_dir: str | os.PathLike | None = None, drain_timeout_s: float = 120.0,
-                 say: Callable[[str], None] | None = None) -> None:
+                 max_lag: int = 8, say: Callable[[str], None] | None = None) -> None:
         self.writer = writer
         self.transport = transport
         self.drain_timeout_s = drain_timeout_s
+        self.max_lag = max_lag
+        self._closed = False
         self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.spool = _Spool(Path(spool_dir)) if spool_dir is not None else None
         self._queue: queue.Queue = queue.Queue()
@@ -282,11 +296,33 @@ class BufferedWriter:
                 index = self.spool.add(uid, name, doc)
             except (OSError, TypeError, ValueError) as exc:  # never stop the run for the spool
                 logger.error("spooling the %s document of run %s failed: %s", name, uid, exc)
+        if self._closed:
+            raise RuntimeError("this session's tiled writer is closed")
         with self._cond:
             self._pending += 1
+            # back-pressure while the server is reachable; never while it is away
+            while self._pending > self.max_lag and not self.unreachable:
+                self._cond.wait(0.1)
         self._queue.put((name, doc, uid, index))
         if name == "stop":
             self.wait_drained(self.drain_timeout_s, run_uid=uid)
+
+    @property
+    def unreachable(self) -> bool:
+        """Is the writer waiting for an unreachable server right now?"""
+        return self.transport is not None and self.transport.down_since is not None
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Wait (bounded) until the buffer is drained, then stop the writer thread.
+
+        Returns False if documents were left behind (they stay in the spool)."""
+        drained = self.wait_drained(timeout_s)
+        self._closed = True
+        self._queue.put(None)
+        if self.transport is not None:
+            self.transport.max_outage_s = 0  # an in-flight request gives up now
+        self._thread.join(5.0)
+        return drained
 
     def _run_uid(self, name: str, doc: dict[str, Any]) -> str:
         if name == "start":
@@ -318,10 +354,10 @@ class BufferedWriter:
             pending = self._pending
         if pending:
             where = f" (spooled in {self.spool.path(run_uid)})" if self.spool is not None and run_uid else ""
-            msg = (f"tiled unreachable: {pending} documents still buffered after waiting "
-                   f"{timeout_s:.0f} s at the end of run {run_uid or '?'}{where}; they are sent when "
-                   f"the server is back while this session lives, or later with "
-                   f"strainstream.session.flush_spool")
+            why = "tiled unreachable" if self.unreachable else "tiled too slow"
+            msg = (f"{why}: {pending} documents still buffered after waiting "
+                   f"{timeout_s:.0f} s at the end of run {run_uid or '?'}{where}; they are sent "
+                   f"while this session lives, or later with strainstream.session.flush_spool")
             logger.error(msg)
             self.say(msg)
             return False
@@ -341,7 +377,10 @@ class BufferedWriter:
 
     def _work(self) -> None:
         while True:
-            name, doc, uid, index = self._queue.get()
+            item = self._queue.get()
+            if item is None:
+                return
+            name, doc, uid, index = item
             try:
                 self._write(name, doc, uid, index)
             finally:
@@ -379,7 +418,7 @@ class BufferedWriter:
 
 def make_session(uri: str, api_key: str, *, progress: bool = True,
                  spool_dir: str | os.PathLike | None = None, drain_timeout_s: float = 120.0,
-                 max_outage_s: float = 3600.0) -> Session:
+                 max_outage_s: float = 3600.0, max_lag: int = 8) -> Session:
     """Create a RunEngine that streams every document to tiled.
 
     Parameters
@@ -397,6 +436,9 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
         At the end of each run, wait this long at most for buffered documents to reach tiled.
     max_outage_s : float
         Longest server outage the writer waits out before a document counts as failed.
+    max_lag : int
+        Documents the RunEngine may run ahead of tiled while the server is reachable
+        (see :class:`BufferedWriter`).
 
     Notes
     -----
@@ -415,7 +457,7 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     RE = RunEngine({}, call_returns_result=False)
     writer = BufferedWriter(TiledWriter(write_client, batch_size=1), transport=transport,
                             spool_dir=spool_dir if spool_dir is not None else default_spool_dir(),
-                            drain_timeout_s=drain_timeout_s)
+                            drain_timeout_s=drain_timeout_s, max_lag=max_lag)
     RE.subscribe(writer)
     if progress:
         from strainstream.callbacks.progress import ProgressPrinter

@@ -30,6 +30,20 @@ from strainstream.server import detector_dir
 from strainstream.session import flush_spool, make_session
 
 
+@pytest.fixture
+def new_session():
+    """make_session, and every session made is closed (writer thread stopped) at the end."""
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(make_session(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close(timeout_s=0)
+
+
 def frames_until(det, done: threading.Event, delay_s: float, extra: int = 8, max_n: int = 5000):
     """A frame series (``experiment="frame_series"``) that goes on until ``done`` is set, then
     takes ``extra`` more frames: the run outlasts the faults however slow the machine is."""
@@ -101,7 +115,7 @@ def check_run_complete(root, uid, n, results):
 @pytest.mark.slow
 @pytest.mark.profiles
 @pytest.mark.timeout(1500)
-def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
+def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path, new_session):
     server = tiled_server
     said: list[str] = []
     emitted = []
@@ -109,7 +123,7 @@ def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
     done = threading.Event()
     worker = WorkerProcess(server.uri, server.api_key, server.data_dir).start(timeout_s=120)
     try:
-        session = make_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / "spool",
+        session = new_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / "spool",
                                drain_timeout_s=240)
         session.writer.say = said.append
         session.RE.subscribe(lambda name, doc: emitted.append(doc["seq_num"]) if name == "event" else None)
@@ -164,13 +178,13 @@ def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path):
 @pytest.mark.slow
 @pytest.mark.profiles
 @pytest.mark.timeout(900)
-def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp_path):
+def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp_path, new_session):
     """Server down for a whole run: the writer gives up (bounded), the spool keeps every
     document, and flush_spool writes the run once the server is back; the worker analyses it."""
     server = tiled_server
     n = 6
     spool = tmp_path / "spool"
-    session = make_session(server.uri, server.api_key, progress=False, spool_dir=spool,
+    session = new_session(server.uri, server.api_key, progress=False, spool_dir=spool,
                            drain_timeout_s=5, max_outage_s=2)
     said: list[str] = []
     session.writer.say = said.append
@@ -258,7 +272,7 @@ def test_buffered_writer_keeps_order_spools_and_reports_refusals(tmp_path):
         written.append((name, doc.get("seq_num")))
 
     said = []
-    w = BufferedWriter(slow_writer, spool_dir=tmp_path, drain_timeout_s=0.2, say=said.append)
+    w = BufferedWriter(slow_writer, spool_dir=tmp_path, drain_timeout_s=0.2, max_lag=100, say=said.append)
     w("start", {"uid": "r1", "time": 0})
     w("descriptor", {"uid": "d1", "run_start": "r1", "name": "primary"})
     for i in range(1, 6):
@@ -276,3 +290,20 @@ def test_buffered_writer_keeps_order_spools_and_reports_refusals(tmp_path):
     # a run with a refused document keeps its spool (and what was sent) for flush_spool
     sent = {int(x) for x in (tmp_path / "r1.sent").read_text().split()}
     assert sent == {0, 1, 2, 3, 5, 6, 7}
+    assert w.close(1) and not w._thread.is_alive()
+
+
+def test_buffered_writer_back_pressure_while_the_server_is_reachable():
+    from strainstream.session import BufferedWriter
+
+    gate = threading.Event()
+    w = BufferedWriter(lambda name, doc: gate.wait(10), max_lag=2, say=lambda m: None)
+    for i in range(2):
+        w("event", {"descriptor": "d", "seq_num": i})
+    t = threading.Thread(target=w, args=("event", {"descriptor": "d", "seq_num": 3}))
+    t.start()
+    t.join(0.5)
+    assert t.is_alive(), "the RunEngine side should wait while the writer lags by max_lag"
+    gate.set()
+    t.join(10)
+    assert not t.is_alive() and w.close(10)

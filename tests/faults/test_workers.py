@@ -30,6 +30,20 @@ from strainstream.worker import parse_shard, shard_of
 pytestmark = [pytest.mark.system]
 
 
+@pytest.fixture
+def new_session():
+    """make_session, and every session made is closed (writer thread stopped) at the end."""
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(make_session(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close(timeout_s=0)
+
+
 def frames_until(det, done: threading.Event, delay_s: float, extra: int = 5, max_n: int = 5000):
     """A frame series (``experiment="frame_series"``) that goes on until ``done`` is set, then
     takes ``extra`` more frames: the run outlasts the faults however slow the machine is."""
@@ -50,7 +64,9 @@ def frames_until(det, done: threading.Event, delay_s: float, extra: int = 5, max
 
 
 def truth_means(root, uid):
-    node = root[uid]["primary"]["det_image"]
+    stream = root[uid]["primary"]
+    (key,) = [k for k in stream if k.endswith("_image")]
+    node = stream[key]
     (source,) = node.data_sources()
     path = source.assets[0].data_uri.removeprefix("file://localhost")
     with h5py.File(path, "r", swmr=True, locking=False) as f:
@@ -67,7 +83,7 @@ def committed(root, uid) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_worker_killed_20_times_during_one_run_every_event_analysed_once(tiled_server, tmp_path):
+def test_worker_killed_20_times_during_one_run_every_event_analysed_once(tiled_server, tmp_path, new_session):
     server = tiled_server
     kills_wanted = 20
     rng = random.Random(20)
@@ -96,7 +112,7 @@ def test_worker_killed_20_times_during_one_run_every_event_analysed_once(tiled_s
         finally:
             done.set()
 
-    session = make_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / "spool")
+    session = new_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / "spool")
     session.RE.subscribe(lambda name, doc: uids.append(doc["uid"]) if name == "start" else None)
     det = sim_frame_detector("det", detector_dir(server.data_dir), frame_shape=(128, 128))
     t = threading.Thread(target=killer)
@@ -132,7 +148,7 @@ def test_parse_shard():
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_three_workers_share_runs_each_analysed_once(tiled_server, tmp_path):
+def test_three_workers_share_runs_each_analysed_once(tiled_server, tmp_path, new_session):
     """3 sharded workers, runs from two RunEngines at once; shard 2's worker is dead while
     its runs are taken and finishes them when it is started again (catch-up)."""
     server = tiled_server
@@ -142,7 +158,7 @@ def test_three_workers_share_runs_each_analysed_once(tiled_server, tmp_path):
                for i in range(3)}
     try:
         workers[2].kill()  # a dead shard
-        sessions = [make_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / f"spool{k}")
+        sessions = [new_session(server.uri, server.api_key, progress=False, spool_dir=tmp_path / f"spool{k}")
                     for k in range(2)]
         for s in sessions:
             s.RE.context_managers = []  # no SIGINT handler: one RunEngine runs in a thread

@@ -46,7 +46,8 @@ def _raw_result_rows(root, uid, name="frame_stats"):
 
 def test_live_results_equal_truth_and_replay(tiled_server, worker_factory):
     worker_factory()
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
+                           spool_dir=tiled_server.data_dir / "spool")
     det = sim_frame_detector("det", detector_dir(tiled_server.data_dir), frame_shape=(128, 96))
     (uid,) = session.RE(frame_series([det], num=8, delay_s=0.05))
     root = tiled_server.client()
@@ -98,7 +99,8 @@ def test_worker_killed_repeatedly_analyses_every_event_exactly_once(tiled_server
             w.process.wait()
             kills.append(_committed(root))
 
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
+                           spool_dir=tiled_server.data_dir / "spool")
     session.RE.subscribe(lambda name, doc: uids.append(doc["uid"]) if name == "start" else None)
     det = sim_frame_detector("det", detector_dir(tiled_server.data_dir), frame_shape=(256, 256))
     t = threading.Thread(target=killer)
@@ -123,7 +125,8 @@ def test_worker_killed_repeatedly_analyses_every_event_exactly_once(tiled_server
 
 
 def test_worker_started_after_the_run_catches_up(tiled_server, worker_factory):
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
+                           spool_dir=tiled_server.data_dir / "spool")
     det = sim_frame_detector("det", detector_dir(tiled_server.data_dir), frame_shape=(64, 64))
     (uid,) = session.RE(frame_series([det], num=5))
     worker_factory()
@@ -140,7 +143,8 @@ def test_unreadable_frame_is_flagged_and_worker_keeps_going(tiled_server, worker
             frame[:] = np.nan
         return frame
 
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
+                           spool_dir=tiled_server.data_dir / "spool")
     det = sim_frame_detector("det", detector_dir(tiled_server.data_dir), frame_source=source, frame_shape=(64, 64))
     (uid,) = session.RE(frame_series([det], num=3))
     results = wait_for_results(tiled_server.client(), uid, 3, timeout_s=60)
