@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import AnalysisCallback
+from strainstream.framestats import FrameError
+
+from .base import AnalysisCallback, RunDocumentError, checked_number, checked_range
 
 __all__ = ["OperandoXRDCallback", "Q003_GRID_A_INV", "i003_matrix", "start_from_row"]
 
@@ -29,6 +31,7 @@ Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
 
 _PHASE_COLS = ("a_A", "a_err_A", "c_A", "c_err_A", "volume_A3", "volume_err_A3", "microstrain",
                "microstrain_err", "size_nm", "fraction")
+_MAX_NPT = 100_000  # Q bins of the integration
 _ECHEM = ("voltage_V", "current_mA", "capacity_mAh_g", "time_s")  # cycler readings (suffixes)
 
 
@@ -92,41 +95,61 @@ class OperandoXRDCallback(AnalysisCallback):
         from strainstream.xrd import Integrator, SequentialRefiner, validate_geometry
 
         geometry = doc.get("calibration")
+        uid = doc["uid"]
         if not geometry:
-            raise ValueError(
-                f"run {doc['uid']} has no 'calibration' geometry in its start document; "
+            raise RunDocumentError(
+                f"run {uid} has no 'calibration' geometry in its start document; "
                 "record the CeO2 calibration (strainstream.xrd.calibrate) with the run"
             )
-        self.geometry = validate_geometry(geometry)
+        try:
+            self.geometry = validate_geometry(geometry)
+        except ValueError as exc:
+            raise RunDocumentError(f"run {uid}: the start document's 'calibration' is unusable: {exc}") from None
         p = self.parameters
-        self.integrator = Integrator(self.geometry, npt=int(p.get("npt", 2500)),
-                                     saturation_level=p.get("saturation_level"))
+        npt = self.param_number("npt", 2500, integer=True, minimum=10)
+        if npt > _MAX_NPT:
+            raise RunDocumentError(f"analysis_parameters.operando_xrd.npt must be ≤ {_MAX_NPT}, got {npt}")
+        self.integrator = Integrator(self.geometry, npt=npt,
+                                     saturation_level=self.param_number("saturation_level", None,
+                                                                        allow_none=True))
         # instrumental breadth measured on the calibrant (strainstream.xrd calibration), so
         # that size/microstrain are the sample's own
-        kwargs = {"instrument_fwhm_A_inv": float(p.get("instrument_fwhm_A_inv",
-                                                   self.geometry.get("instrument_fwhm_A_inv", 0.0)))}
-        if p.get("q_range_A_inv"):
-            kwargs["q_range_A_inv"] = tuple(p["q_range_A_inv"])
-        self.refiner = SequentialRefiner(self.geometry["wavelength_A"], phases=p.get("phases", "auto"),
-                                         **kwargs)
+        fwhm = p.get("instrument_fwhm_A_inv", self.geometry.get("instrument_fwhm_A_inv", 0.0))
+        kwargs = {"instrument_fwhm_A_inv": checked_number(
+            fwhm, f"run {uid}: instrument_fwhm_A_inv (calibration or analysis_parameters)", minimum=0.0)}
+        q_range = checked_range(p.get("q_range_A_inv"), "analysis_parameters.operando_xrd.q_range_A_inv")
+        if q_range is not None:
+            kwargs["q_range_A_inv"] = q_range
+        phases = p.get("phases", "auto")
+        if phases not in ("auto", 1, 2) or isinstance(phases, bool):
+            raise RunDocumentError(f"analysis_parameters.operando_xrd.phases must be 'auto', 1 or 2, "
+                                   f"got {phases!r}")
+        self.refiner = SequentialRefiner(self.geometry["wavelength_A"], phases=phases, **kwargs)
 
     def _echem(self, data: dict[str, Any]) -> dict[str, float]:
         """Cycler readings of the event, by data-key suffix (e.g. ``cycler_voltage_V``)."""
         out = {}
         for suffix in _ECHEM:
             keys = [k for k in data if k.endswith(suffix) and not k.startswith("ts_")]
-            out[_ECHEM_COLUMN[suffix]] = float(data[keys[0]]) if keys else math.nan
+            value = data[keys[0]] if keys else None
+            ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+            out[_ECHEM_COLUMN[suffix]] = float(value) if ok and math.isfinite(value) else math.nan
         return out
 
     def analyse(self, event, frames) -> dict[str, Any]:
         row: dict[str, Any] = self._echem(event["data"])
         if not frames:
-            raise ValueError("the run has no detector frames (no STREAM: data key)")
+            raise FrameError("no_frame", "the run has no detector frames (no STREAM: data key)")
+        if len(frames) > 1:
+            raise FrameError("wrong_shape", f"operando XRD uses one detector, the run has {sorted(frames)}")
         (frame,) = frames.values()
         q, intensity, sigma = self.integrator(frame)
         rep = self.integrator.last_report
         row["n_masked"] = int(rep.n_dead + rep.n_nan + rep.n_saturated)
         ok = np.isfinite(intensity)
+        if not ok.any():
+            raise FrameError("masked", "no Q bin of the integrated pattern holds a finite intensity "
+                             "(frame or geometry wrong?)")
         for k, value in enumerate(np.interp(Q003_GRID_A_INV, q[ok], intensity[ok])):
             row[f"i003_{k:02d}"] = value
         # seed from the previous stored row: identical for live, resumed and replayed passes

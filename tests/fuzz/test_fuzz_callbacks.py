@@ -26,6 +26,7 @@ from _fuzzcheck import apply_mutations, check_run
 from _strategies import mutations
 from hypothesis import HealthCheck, example, given, settings
 
+
 def fuzz(max_examples: int) -> settings:
     """CI settings: reproducible (derandomized, no database), bounded, no per-example deadline
     (the machine is shared), no too-slow health check (each example reads HDF5 files)."""

@@ -73,18 +73,26 @@ def read_sxdm_info(path: str | os.PathLike) -> SXDMFileInfo:
 
     if not os.path.exists(path):
         raise SXDMError(f"no such file: {os.fspath(path)}")
+    if not os.path.isfile(path):
+        raise SXDMError(f"{os.fspath(path)} is not a file")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise SXDMError(f"cannot open {os.fspath(path)} as HDF5: {exc}") from exc
     with f:
         for name in ("frames", "theta_deg"):
-            if name not in f:
+            if not isinstance(f.get(name), h5py.Dataset):
                 raise SXDMError(f"{os.fspath(path)} has no '{name}' dataset (expected the SXDM FILE.h5 layout)")
-        ds = f["frames"]
+        ds, th = f["frames"], f["theta_deg"]
         if ds.ndim != 5:
             raise SXDMError(f"'frames' must be (n_theta, ny, nx, rows, cols), got shape {ds.shape}")
-        theta = np.asarray(f["theta_deg"][()], dtype=np.float64).ravel()
+        _check_frames_header(ds.shape, ds.dtype)
+        if th.dtype.kind not in "iuf" or th.size != ds.shape[0]:
+            raise SXDMError(
+                f"'frames' has {ds.shape[0]} rocking angles but 'theta_deg' has {th.size} values "
+                f"(dtype {th.dtype}): the frame count disagrees with the recorded angles"
+            )
+        theta = np.asarray(th[()], dtype=np.float64).ravel()
         if theta.size != ds.shape[0]:
             raise SXDMError(
                 f"'frames' has {ds.shape[0]} rocking angles but 'theta_deg' has {theta.size} values: "
@@ -104,6 +112,24 @@ def read_sxdm_info(path: str | os.PathLike) -> SXDMFileInfo:
             dtype=ds.dtype,
             attrs=attrs,
         )
+
+
+#: largest single frame (bytes as float64) and raster line (bytes as stored) read at once
+MAX_FRAME_BYTES = 1 << 30
+MAX_LINE_BYTES = 2 << 30
+
+
+def _check_frames_header(shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse non-numeric frames and declared sizes that cannot be read, before reading."""
+    if dtype.kind not in "biuf":
+        raise SXDMError(f"'frames' has dtype {dtype}; detector counts must be integers or floats")
+    n_theta, ny, nx, rows, cols = (int(n) for n in shape)
+    if min(shape) < 1:
+        raise SXDMError(f"'frames' is empty (shape {tuple(shape)})")
+    if rows * cols * 8 > MAX_FRAME_BYTES or nx * rows * cols * dtype.itemsize > MAX_LINE_BYTES:
+        raise SXDMError(f"'frames' declares frames of {rows}×{cols} pixels in raster lines of {nx}: "
+                        f"too large to read (limit {MAX_FRAME_BYTES >> 30} GiB per frame, "
+                        f"{MAX_LINE_BYTES >> 30} GiB per line)")
 
 
 def read_sxdm_file(path: str | os.PathLike, *, max_chunk_mb: float = 256.0) -> Iterator[SXDMChunk]:
@@ -177,6 +203,18 @@ def write_maps(path: str | os.PathLike, maps: SXDMMaps) -> None:
     (ny, nx, 3, 3), ``flags``, ``shifts_px``, ``theta_deg`` (and ``strain_ref`` with a d_ref), and
     the particle statistics as root attributes (when the mask is not empty).
     """
+
+    path = os.fspath(path)
+    tmp = f"{path}.part-{os.getpid()}"
+    try:
+        _write_maps(tmp, maps)
+        os.replace(tmp, path)  # never a half-written MAPS.h5
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_maps(path: str, maps: SXDMMaps) -> None:
     import h5py
 
     with h5py.File(path, "w") as f:

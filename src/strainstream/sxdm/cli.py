@@ -64,15 +64,26 @@ def main(argv: list[str]) -> int:
     try:
         return _map(args)
     except (_UsageError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (h5py/HDF5 messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _map(args: argparse.Namespace) -> int:
+    import math
+
     from ._errors import SXDMError
     from ._io import map_file, write_maps
     from ._mapper import compute_statistics
 
+    if not (math.isfinite(args.max_chunk_mb) and args.max_chunk_mb > 0):
+        raise _UsageError(f"--max-chunk-mb must be a positive number, got {args.max_chunk_mb}")
+    if args.d_ref is not None and not (math.isfinite(args.d_ref) and args.d_ref > 0):
+        raise _UsageError(f"--d-ref must be a positive d-spacing in Å, got {args.d_ref}")
     maps = map_file(
         args.file,
         max_chunk_mb=args.max_chunk_mb,

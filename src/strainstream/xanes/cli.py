@@ -22,8 +22,17 @@ class _UserError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line on stderr, exit code 2, no usage dump
+        raise _UserError(message)
+
+
+#: largest input read (bytes as float64, all datasets together)
+MAX_INPUT_BYTES = 4 << 30
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="TXM-XANES analysis: per-voxel white-line energy maps."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -59,12 +68,13 @@ def _read_input(path: str) -> dict:
     except OSError as exc:
         raise _UserError(f"{path}: cannot open as HDF5 ({exc})") from None
     with f:
-        missing = [k for k in ("energies_eV", "stack") if k not in f]
+        missing = [k for k in ("energies_eV", "stack") if not isinstance(f.get(k), h5py.Dataset)]
         if missing:
             raise _UserError(
                 f"{path}: missing dataset(s) {', '.join(missing)}; the file must hold "
                 "energies_eV (n,) and stack (n, ny, nx)"
             )
+        _check_layout(path, f)
         data = {"energies_eV": np.asarray(f["energies_eV"][()], dtype=np.float64),
                 "stack": np.asarray(f["stack"][()], dtype=np.float64)}
         has_f, has_d = "flats" in f, "darks" in f
@@ -79,6 +89,39 @@ def _read_input(path: str) -> dict:
         if "magnification" in f:
             data["magnification"] = np.asarray(f["magnification"][()], dtype=np.float64)
     return data
+
+
+def _check_layout(path: str, f) -> None:
+    """Dataset kinds, dtypes and total size, checked before anything is read (a file may
+    declare a 20 GB stack it never stored); shapes are checked by the analysis."""
+    import h5py
+
+    total = 0
+    for name in ("energies_eV", "stack", "flats", "darks", "magnification"):
+        if name not in f:
+            continue
+        ds = f[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise _UserError(f"{path}: {name} is not a dataset")
+        if ds.dtype.kind not in "biuf":
+            raise _UserError(f"{path}: {name} has dtype {ds.dtype}; expected integers or floats")
+        total += ds.size * 8
+    if total > MAX_INPUT_BYTES:
+        raise _UserError(f"{path}: the datasets (stack {f['stack'].shape}) need {total / 2**30:.1f} GiB "
+                         f"in memory (limit {MAX_INPUT_BYTES >> 30} GiB)")
+
+
+def _write_atomic(path: str, write) -> None:
+    """``write(tmp_path)``, then rename onto ``path``: never a half-written output file."""
+    import os
+
+    tmp = f"{path}.part-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _whiteline(args: argparse.Namespace) -> int:
@@ -136,21 +179,7 @@ def _whiteline(args: argparse.Namespace) -> int:
         ee = ee[np.isfinite(ee)]
         summary["edge_energy_mean_eV"] = float(ee.mean()) if ee.size else float("nan")
     if args.out:
-        import h5py
-
-        with h5py.File(args.out, "w") as f:
-            f["whiteline_eV"] = res.whiteline_eV
-            f["mask"] = res.mask
-            f["flags"] = res.flags
-            f["edge_jump"] = res.edge_jump
-            if res.edge_energy_eV is not None:
-                f["edge_energy_eV"] = res.edge_energy_eV
-            f["histogram_counts"] = st.histogram_counts
-            f["histogram_bin_edges_eV"] = st.bin_edges_eV
-            if shifts is not None:
-                f["shifts_px"] = shifts
-            for k, v in summary.items():
-                f.attrs[k] = v if not isinstance(v, list) else np.asarray(v)
+        _write_atomic(args.out, lambda tmp: _write_output(tmp, res, st, shifts, summary))
         summary["out"] = args.out
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and v != v else v)
@@ -166,17 +195,40 @@ def _whiteline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_output(path: str, res, st, shifts, summary: dict) -> None:
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f["whiteline_eV"] = res.whiteline_eV
+        f["mask"] = res.mask
+        f["flags"] = res.flags
+        f["edge_jump"] = res.edge_jump
+        if res.edge_energy_eV is not None:
+            f["edge_energy_eV"] = res.edge_energy_eV
+        f["histogram_counts"] = st.histogram_counts
+        f["histogram_bin_edges_eV"] = st.bin_edges_eV
+        if shifts is not None:
+            f["shifts_px"] = shifts
+        for k, v in summary.items():
+            f.attrs[k] = v if not isinstance(v, list) else np.asarray(v)
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``strainstream xanes``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return _whiteline(args)
     except (_UserError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
         return 2
 
 

@@ -13,8 +13,21 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 GEOMETRY_KEYS = ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3", "wavelength_A",
                  "pixel_size_um", "shape")
+
+
+#: largest detector (pixels) a geometry may declare: 16k × 16k
+MAX_PIXELS = 1 << 28
+
+
+def _number(value, key: str) -> float:
+    """``value`` of geometry key ``key`` as float; ValueError naming the key otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"geometry {key} must be a number, got {value!r}")
+    return float(value)
 
 
 def validate_geometry(geometry: dict) -> dict:
@@ -49,16 +62,22 @@ def validate_geometry(geometry: dict) -> dict:
     for i in (1, 2, 3):  # accept unit-suffixed rotation names too
         if f"rot{i}" not in g and f"rot{i}_rad" in g:
             g[f"rot{i}"] = g.pop(f"rot{i}_rad")
-    try:
-        for k in ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3", "wavelength_A"):
-            g[k] = float(g[k])
-        px = g["pixel_size_um"]
-        px = [float(px), float(px)] if isinstance(px, (int, float)) else [float(v) for v in px]
-        shape = [int(v) for v in g["shape"]]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"geometry has a non-numeric value: {exc}") from exc
+    for k in ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3", "wavelength_A"):
+        g[k] = _number(g[k], k)
+    px = g["pixel_size_um"]
+    if isinstance(px, list | tuple):
+        px = [_number(v, "pixel_size_um") for v in px]
+    else:
+        px = [_number(px, "pixel_size_um")] * 2
+    if not isinstance(g["shape"], list | tuple):
+        raise ValueError(f"geometry shape must be [rows, cols], got {g['shape']!r}")
+    shape = [_number(v, "shape") for v in g["shape"]]
     if len(px) != 2 or len(shape) != 2:
         raise ValueError("geometry pixel_size_um and shape must have two entries (rows, cols)")
+    if not all(math.isfinite(v) and v.is_integer() for v in shape) or math.prod(shape) > MAX_PIXELS:
+        raise ValueError(f"geometry shape must be [rows, cols] of at most {MAX_PIXELS} pixels, "
+                         f"got {g['shape']!r}")
+    shape = [int(v) for v in shape]
     if not (g["distance_m"] > 0 and g["wavelength_A"] > 0 and min(px) > 0 and min(shape) > 0):
         raise ValueError("geometry needs distance_m > 0, wavelength_A > 0, positive pixel size "
                          "and shape")

@@ -196,6 +196,10 @@ def _fit(q, y, s, wavelength_A, lat, eta, fraction, al_a, w_al, model_al, w_inst
     inside = (q_ref > q[0] - 0.02) & (q_ref < q[-1] + 0.02)
     refl = type(refl)(refl.hkl[inside], refl.m_hk[inside], refl.l2[inside])
     q_ref = q_ref[inside]
+    if q_ref.size < 2:
+        raise PatternError("not_indexed", f"the fitted Q range {q[0]:.3f}–{q[-1]:.3f} Å⁻¹ holds "
+                           f"{q_ref.size} layered reflection(s) for c = {c_max:.2f} Å; a and c need "
+                           "several: extend the Q range")
     model = PatternModel(q, y, 1.0 / s, wavelength_A, refl, len(lat), model_al, w_inst, q_ref)
     x0 = _start_vector(model.layout, lat, eta, fraction, al_a, w_al)
     lo, hi = model.layout.bounds()
@@ -360,6 +364,9 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
         raise PatternError("input", f"al must be 'model', 'exclude' or 'none', got {al!r}")
     q, y, s = _prepare(q_A_inv, intensity, wavelength_A, sigma, q_range_A_inv)
     w_inst = float(instrument_fwhm_A_inv)
+    if not (math.isfinite(w_inst) and w_inst >= 0):
+        raise PatternError("input", f"instrument_fwhm_A_inv must be a finite width ≥ 0 Å⁻¹, "
+                                    f"got {instrument_fwhm_A_inv!r}")
     flags = []
     split = None
     if start is None:

@@ -160,7 +160,17 @@ def _read_frame(path, dataset, index):
     return np.asarray(_select_frame(arr, index, where))
 
 
+#: largest calibrant frame read (bytes as float64)
+MAX_FRAME_BYTES = 1 << 30
+
+
 def _select_frame(arr, index, where):
+    """One frame of a 2-D/3-D array or dataset, checked (dtype, size) before it is read."""
+    if arr.dtype.kind not in "biuf":
+        raise _CLIError(f"{where} has dtype {arr.dtype}; a detector frame holds integers or floats")
+    if arr.ndim in (2, 3) and arr.shape[-1] * arr.shape[-2] * 8 > MAX_FRAME_BYTES:
+        raise _CLIError(f"{where} declares {arr.shape[-2]}×{arr.shape[-1]} frames: too large to read "
+                        f"(limit {MAX_FRAME_BYTES >> 30} GiB)")
     if arr.ndim == 2:
         if index not in (0, -1):
             raise _CLIError(f"{where} holds one 2-D frame; --index {index} is out of range")
@@ -211,12 +221,19 @@ def _calibrate(args) -> int:
     except ValueError as exc:  # FrameError, PatternError, unknown calibrant...
         raise _CLIError(str(exc)) from None
     if args.out:
-        try:
-            with open(args.out, "w", encoding="utf-8") as fh:
-                json.dump(geometry, fh, indent=1)
+        import os
+
+        tmp = f"{args.out}.part-{os.getpid()}"
+        try:  # to a temporary file, then renamed: never a half-written geometry
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(geometry, fh, indent=1, allow_nan=False)
                 fh.write("\n")
-        except OSError as exc:
+            os.replace(tmp, args.out)
+        except (OSError, ValueError) as exc:
             raise _CLIError(f"cannot write {args.out}: {exc}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     if args.json:
         print(json.dumps(geometry))
         return 0
@@ -247,7 +264,7 @@ def main(argv: list[str]) -> int:
             return _calibrate(args)
         return _refine(args)
     except _CLIError as exc:
-        print(f"strainstream xrd: error: {exc}", file=sys.stderr)
+        print(f"strainstream xrd: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 
