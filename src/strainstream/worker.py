@@ -298,6 +298,22 @@ def websockets_use_api_key(client) -> None:
             update={"authentication": info.authentication.model_copy(update={"providers": []})})
 
 
+def _quiet_dropped_subscriptions() -> None:
+    """A subscription dropped while tiled's client was reconnecting it ends its thread with
+    "Cannot be restarted once stopped": expected after a re-attach, logged at debug level."""
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        name = getattr(args.thread, "name", "") or ""
+        if name.startswith("tiled-subscription") and isinstance(args.exc_value, RuntimeError) \
+                and "once stopped" in str(args.exc_value):
+            logger.debug("dropped subscription thread %s ended", name)
+            return
+        previous(args)
+
+    threading.excepthook = hook
+
+
 def run_worker(uri: str, api_key: str, catch_up_s: float = 86400.0, ready_file: str | None = None,
                shard: tuple[int, int] | str | None = None, max_outage_s: float = 3600.0) -> int:
     """Run a worker until SIGINT/SIGTERM. Returns the exit code.
@@ -312,6 +328,7 @@ def run_worker(uri: str, api_key: str, catch_up_s: float = 86400.0, ready_file: 
     if isinstance(shard, str):
         shard = parse_shard(shard)
     root = connect(uri, api_key)
+    _quiet_dropped_subscriptions()
     websockets_use_api_key(root)
     tolerate_outages(root, max_outage_s=max_outage_s)
     worker = Worker(root, catch_up_s=catch_up_s, shard=shard).start()
