@@ -168,6 +168,8 @@ class QueueServer:
                 from strainstream.services import Redis
 
                 self.redis = Redis(state / "redis").start(timeout_s=timeout_s)
+            else:
+                _check_redis(self.redis_addr)
             env = dict(os.environ)
             env.update(self.epics_env)
             env.update(self.profile_env)
@@ -241,6 +243,23 @@ class QueueServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _check_redis(addr: str) -> None:
+    """Raise :class:`QueueServerError` unless a Redis answers PING at ``host:port[/db]``."""
+    import socket
+
+    hostport = addr.split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port or 6379)), timeout=2.0) as s:
+            s.sendall(b"PING\r\n")
+            ok = s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise QueueServerError(f"no Redis answers at {addr}; start one or leave out --redis "
+                               "(`queue up` then starts its own)")
 
 
 def _read_state(data_dir: str | os.PathLike) -> dict[str, Any] | None:

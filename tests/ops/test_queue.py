@@ -157,6 +157,10 @@ def test_queue_cli_errors_are_one_line(tmp_path):
     r = _cli("queue", "up", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "no tiled server is running" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = _cli("queue", "up", "--data-dir", str(tmp_path), "--uri", "http://127.0.0.1:9/api/v1",
+             "--api-key", "k", "--redis", "redis://127.0.0.1:9")
+    assert r.returncode == 2
+    assert "no Redis answers at 127.0.0.1:9" in r.stderr and "Traceback" not in r.stderr
     r = _cli("queue", "status", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "no queue server is running" in r.stderr
     r = _cli("queue", "up", "--data-dir", str(tmp_path), "--uri", "http://127.0.0.1:9/api/v1",
