@@ -65,7 +65,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
@@ -117,7 +117,6 @@ class Outcome:
     version: str | None = None
     n_rows: int | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -249,6 +248,8 @@ def _decide(stored: dict[str, Any] | None, version: str, force: bool) -> tuple[s
     """(action, detail): action in new / replace / resume / skip."""
     if stored is None:
         return "new", "new"
+    if stored.get("version") in (None, ""):
+        return "replace", "replaced (no version)"
     old = str(stored.get("version"))
     if force:
         return "replace", f"replaced v{old} (--force)"
@@ -439,7 +440,7 @@ def dask_client(workers: int = 2, scheduler: str | None = None):
 def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: int = 2,
               scheduler: str | None = None, force: bool = False, commit_every: int = COMMIT_EVERY,
               on_done: Callable[[int, int, list[Outcome]], None] | None = None,
-              client=None) -> list[Outcome]:
+              client=None, run_timeout_s: float | None = 1800.0) -> list[Outcome]:
     """Reprocess runs ``uids`` of the tiled server at ``uri``, one Dask task per run.
 
     Parameters
@@ -461,6 +462,9 @@ def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: in
         ``(n_done, n_total, outcomes_of_that_run)`` after each run (progress).
     client : distributed.Client, optional
         Use this client (and its cluster) instead of making one.
+    run_timeout_s : float, optional
+        A run whose task has not answered after this many seconds on a worker is reported
+        failed and its worker restarted (Dask only; None: wait forever).
 
     Returns
     -------
@@ -479,7 +483,7 @@ def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: in
         return []
     from strainstream.server import connect
 
-    root = connect(uri, api_key)
+    root = connect(uri, api_key) if not force or (client is None and scheduler is None and workers == 0) else None
     todo = list(uids)
     if not force:  # settled runs need no task (and an all-settled batch no cluster)
         todo = []
@@ -498,26 +502,68 @@ def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: in
         with contextlib.ExitStack() as stack:
             if client is None:
                 client = stack.enter_context(dask_client(workers, scheduler))
-            _run_on(client, uri, _Secret(api_key), todo, force, commit_every, record)
+            _run_on(client, uri, _Secret(api_key), todo, force, commit_every, record, run_timeout_s)
     return [o for uid in uids for o in by_uid[uid]]
 
 
 def _run_on(client, uri: str, key: _Secret, uids: Sequence[str], force: bool, commit_every: int,
-            record: Callable[[str, list[Outcome]], None]) -> None:
-    from distributed import as_completed
+            record: Callable[[str, list[Outcome]], None], run_timeout_s: float | None = None) -> None:
+    """Submit one task per run; record each as it completes.
+
+    A task that runs longer than ``run_timeout_s`` (counted from when a worker took it) is
+    reported failed and its worker process restarted (the other tasks it held run again
+    elsewhere: reprocessing is idempotent), so one hung run cannot stall the batch.
+    """
+    from distributed import wait
 
     futures = {}
     for uid in uids:
         fut = client.submit(reprocess_task, uri, key, uid, force, commit_every,
                             key=f"strainstream-reprocess-{uid}-{time.time_ns()}", pure=False)
         futures[fut] = uid
-    for fut in as_completed(list(futures)):
-        uid = futures[fut]
+    pending = set(futures)
+    taken: dict[str, float] = {}  # task key -> when a worker was first seen processing it
+    while pending:
         try:
-            outcomes = [Outcome(**d) for d in fut.result()]
-        except Exception as exc:  # the worker process died (KilledWorker) or the task could not run
-            outcomes = [Outcome(uid, "-", "failed", _reason(exc))]
-        record(uid, outcomes)
+            done, _ = wait(list(pending), timeout=2.0, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            pending.discard(fut)
+            uid = futures[fut]
+            try:
+                outcomes = [Outcome(**d) for d in fut.result()]
+            except Exception as exc:  # the worker process died (KilledWorker) or the task could not run
+                outcomes = [Outcome(uid, "-", "failed", _reason(exc))]
+            record(uid, outcomes)
+        if run_timeout_s is None or not pending:
+            continue
+        now = time.monotonic()
+        try:
+            processing = client.processing()
+        except Exception:  # the scheduler is busy or gone: try again on the next round
+            logger.debug("could not ask the scheduler what is processing", exc_info=True)
+            continue
+        where = {k: w for w, keys in processing.items() for k in keys}
+        for fut in list(pending):
+            worker = where.get(fut.key)
+            if worker is None:
+                taken.pop(fut.key, None)
+                continue
+            if now - taken.setdefault(fut.key, now) <= run_timeout_s:
+                continue
+            pending.discard(fut)
+            uid = futures[fut]
+            record(uid, [Outcome(uid, "-", "failed", f"no answer after {run_timeout_s:.0f} s "
+                                 "(--run-timeout); its Dask worker was restarted")])
+            fut.cancel()
+            for k, w in where.items():
+                if w == worker:
+                    taken.pop(k, None)
+            try:
+                client.restart_workers([worker], raise_for_error=False)
+            except Exception:
+                logger.warning("could not restart Dask worker %s", worker, exc_info=True)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -544,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=os.environ.get("STRAINSTREAM_DASK_SCHEDULER"),
                    help="address of an existing Dask scheduler (default: $STRAINSTREAM_DASK_SCHEDULER, "
                         "else a LocalCluster)")
+    p.add_argument("--run-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="a run still unanswered after this long on a Dask worker is reported failed and "
+                        "its worker restarted (default 1800)")
     p.add_argument("--force", action="store_true", help="replace results even when they are up to date")
     p.add_argument("--dry-run", action="store_true", help="list the matching runs and stop")
     p.add_argument("--json", action="store_true", help="print the outcomes as one JSON list on stdout")
@@ -643,6 +692,8 @@ def _main(args) -> int:
         raise ReprocessError("give a QUERY (e.g. sample.material=SC-NM91), --since/--until, --uid, or --all")
     if args.limit is not None and args.limit < 1:
         raise ReprocessError(f"--limit must be at least 1, got {args.limit}")
+    if args.run_timeout <= 0:
+        raise ReprocessError(f"--run-timeout must be positive, got {args.run_timeout}")
     if args.workers < 0:
         raise ReprocessError(f"--workers must be 0 or more, got {args.workers}")
     build_queries(args.query, args.since, args.until)  # malformed terms fail before connecting
@@ -675,7 +726,7 @@ def _main(args) -> int:
     t0 = time.perf_counter()
     with _Progress(len(uids)) as progress:
         outcomes = reprocess(uri, key, uids, workers=args.workers, scheduler=args.scheduler,
-                             force=args.force, on_done=progress)
+                             force=args.force, on_done=progress, run_timeout_s=args.run_timeout)
     elapsed = time.perf_counter() - t0
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     if args.json:

@@ -18,6 +18,7 @@ import h5py
 import pytest
 
 from strainstream.callbacks.sinks import DERIVED, read_results
+from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.framestats import frame_statistics
 from strainstream.plans.frames import frame_series
@@ -155,6 +156,7 @@ def test_reprocess_archive_on_dask(tiled_server, archive):
     assert read_results(root, D) == replayed[D]
 
 
+@pytest.mark.profiles  # the queries are the catalog backend's (SQLite, PostgreSQL)
 @pytest.mark.timeout(900)
 def test_queries_against_the_catalog(tiled_server, archive):
     A, E = archive["A"], archive["E"]
@@ -182,3 +184,31 @@ def test_queries_against_the_catalog(tiled_server, archive):
     assert r.returncode == 0 and out[(E, "frame_stats")]["status"] == "done"
     root = tiled_server.client()
     assert read_results(root, E) == replay_run(root[E])
+
+
+@pytest.mark.timeout(900)
+def test_live_results_are_kept_or_replaced_by_the_same_numbers(tiled_server, worker_factory):
+    """A run analysed by the live worker: reprocess skips it; from an 'older version' it is
+    recomputed on Dask into exactly the live results (``strainstream results --json``)."""
+    worker_factory()
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
+    det = sim_frame_detector("det", detector_dir(tiled_server.data_dir), frame_shape=(40, 48), seed=7)
+    (uid,) = session.RE(frame_series([det], num=6, md={"sample": {"material": "SC-NC91"}}))
+    root = tiled_server.client()
+    wait_for_results(root, uid, 6, timeout_s=180)
+    live = _cli(tiled_server, "results", uid, "--json")
+    assert live.returncode == 0, live.stderr
+    rows_live, md_live = _table(root, uid)
+
+    r, out = _reprocess(tiled_server, "sample.material=SC-NC91", "--workers", "2")
+    assert r.returncode == 0 and out[(uid, "frame_stats")]["detail"] == "up to date", r.stderr
+    assert _table(root, uid) == (rows_live, md_live)
+
+    root[DERIVED][uid]["frame_stats"].update_metadata({"version": "0"})
+    r, out = _reprocess(tiled_server, "sample.material=SC-NC91", "--workers", "2")
+    assert r.returncode == 0 and out[(uid, "frame_stats")]["detail"] == "replaced v0", r.stderr
+    rows_new, md_new = _table(root, uid)
+    assert md_new["version"] == "1" and md_new["created"] > md_live["created"]
+    assert rows_new == rows_live  # same rows, same bits
+    again = _cli(tiled_server, "results", uid, "--json")
+    assert again.returncode == 0 and again.stdout == live.stdout

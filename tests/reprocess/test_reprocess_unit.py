@@ -85,6 +85,7 @@ def test_times_and_range():
         ({"version": "1", "status": "running"}, False, "resume", "resumed (running v1)"),
         ({"version": "1", "status": "failed"}, False, "resume", "resumed (failed v1)"),
         ({"version": "0", "status": "complete"}, False, "replace", "replaced v0"),
+        ({"status": "complete"}, False, "replace", "replaced (no version)"),
         ({"version": "0.9", "status": "running"}, False, "replace", "replaced v0.9"),
         ({"version": "2", "status": "complete"}, False, "skip", "stored v2 is newer than v1 (--force replaces it)"),
         ({"version": "10", "status": "complete"}, False, "skip", "stored v10 is newer than v1 (--force replaces it)"),
@@ -127,3 +128,24 @@ def test_cli_usage_errors_before_any_connection(capsys):
     assert "--since: 'last week' is not an ISO date" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+@pytest.mark.system
+@pytest.mark.timeout(300)
+def test_a_hung_run_is_reported_and_its_worker_restarted():
+    """A 'server' that accepts connections and never answers: the task hangs inside tiled's
+    client; after run_timeout_s the batch reports the run failed and goes on."""
+    import socket
+
+    from strainstream.reprocess import reprocess
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v1"
+        done = []
+        outcomes = reprocess(uri, "k", ["u-hung"], workers=1, force=True, run_timeout_s=3.0,
+                             on_done=lambda n, total, o: done.append((n, total)))
+    assert [(o.uid, o.status) for o in outcomes] == [("u-hung", "failed")]
+    # the guard answered, not tiled's own 30 s read timeout (that would be a ReadTimeout)
+    assert "no answer after 3 s" in outcomes[0].detail and done == [(1, 1)]
