@@ -82,6 +82,7 @@ class _Stream:
         self.node = node  # the stream container (base client)
         self.descriptor = descriptor
         self.fed = 0  # highest seq_num fed to the callbacks
+        self.seen: set[int] = set()  # every seq_num fed (a row may reach the table late)
         self.resources: dict[str, str] = {}  # data_key -> stream_resource uid
         self.table_sub = None
         self.node_sub = None
@@ -173,7 +174,7 @@ class RunFollower:
             for name in list(self.run_node):
                 self._attach_stream(name, subscribe=False)
             for stream in self.streams.values():
-                self._backfill(stream)
+                self._backfill(stream, holes=True)
             self._emit("stop", stop_doc)
             self.finished = True
         self.close()
@@ -334,11 +335,14 @@ class RunFollower:
                 self._backfill(stream, upto=int(new[0]["seq_num"]) - 1)
             self._feed(stream, [r for r in new if int(r["seq_num"]) > stream.fed])
 
-    def _backfill(self, stream: _Stream, upto: int | None = None) -> None:
+    def _backfill(self, stream: _Stream, upto: int | None = None, holes: bool = False) -> None:
+        """Feed stored rows after ``stream.fed`` (up to ``upto``); with ``holes`` also every
+        stored row never fed (a row the writer appended again after the server lost it)."""
         if INTERNAL not in stream.node:
             return
         rows = _df_rows(stream.node[INTERNAL].read())
-        rows = [r for r in rows if int(r["seq_num"]) > stream.fed and (upto is None or int(r["seq_num"]) <= upto)]
+        rows = [r for r in rows if (int(r["seq_num"]) > stream.fed or (holes and int(r["seq_num"]) not in stream.seen))
+                and (upto is None or int(r["seq_num"]) <= upto)]
         if rows:
             logger.info("run %s/%s: back-filling %d events from the catalog", self.uid, stream.name, len(rows))
             self._feed(stream, sorted(rows, key=lambda r: int(r["seq_num"])))
@@ -361,6 +365,7 @@ class RunFollower:
                     self._emit_stream_datum(stream, key, seq)
                 self._emit("event", event)
                 stream.fed = max(stream.fed, seq)
+                stream.seen.add(seq)
 
     def _emit_stream_datum(self, stream: _Stream, key: str, seq: int) -> None:
         if key not in stream.resources:

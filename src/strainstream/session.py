@@ -255,12 +255,20 @@ class BufferedWriter:
         never waits: documents pile up in the queue and the spool.
     say : callable
         Where progress and warning lines go (default: stderr).
+    client : tiled client, optional
+        The writer's client. With it, before a run's stop document is written, the stored
+        event tables are checked against the events sent and any missing row is appended
+        again (a server that answered 200 to an append and lost it under concurrent load
+        has been seen: tiled's DuckDB tables).
     """
 
     def __init__(self, writer: Callable[[str, dict], Any], *, transport: OutageTolerantTransport | None = None,
                  spool_dir: str | os.PathLike | None = None, drain_timeout_s: float = 120.0,
-                 max_lag: int = 8, say: Callable[[str], None] | None = None) -> None:
+                 max_lag: int = 8, say: Callable[[str], None] | None = None, client=None) -> None:
         self.writer = writer
+        self.client = client
+        self._run_docs: dict[str, list[tuple[str, dict]]] = {}  # descriptors and events, for the audit
+        self.repaired: dict[str, int] = {}  # run uid -> event rows re-appended by the audit
         self.transport = transport
         self.drain_timeout_s = drain_timeout_s
         self.max_lag = max_lag
@@ -388,8 +396,31 @@ class BufferedWriter:
                     self._pending -= 1
                     self._cond.notify_all()
 
+    def _audit(self, uid: str) -> None:
+        """Re-append event rows of run ``uid`` that tiled does not hold (before its stop)."""
+        docs = self._run_docs.pop(uid, [])
+        if self.client is None or not docs:
+            return
+        events = [(i, name, doc) for i, (name, doc) in enumerate(docs) if name == "event"]
+        try:
+            n = _complete_partial_run(self.client, uid, [{"name": k, "doc": d} for k, d in docs], events,
+                                      self.say)
+        except Exception as exc:
+            logger.error("run %s: checking the stored events failed: %s", uid, exc)
+            return
+        if n:
+            self.repaired[uid] = n
+            msg = f"run {uid}: {n} event rows acknowledged by tiled but missing from it were written again"
+            logger.warning(msg)
+            self.say(msg)
+
     def _write(self, name: str, doc: dict[str, Any], uid: str, index: int) -> None:
         import httpx
+
+        if name in ("descriptor", "event") and uid:
+            self._run_docs.setdefault(uid, []).append((name, doc))
+        elif name == "stop" and uid:
+            self._audit(uid)
 
         # re-sending an event or a stop is safe (a row stored twice is skipped by readers);
         # other documents change the writer's state before their request and are not re-sent
@@ -457,7 +488,7 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     RE = RunEngine({}, call_returns_result=False)
     writer = BufferedWriter(TiledWriter(write_client, batch_size=1), transport=transport,
                             spool_dir=spool_dir if spool_dir is not None else default_spool_dir(),
-                            drain_timeout_s=drain_timeout_s, max_lag=max_lag)
+                            drain_timeout_s=drain_timeout_s, max_lag=max_lag, client=write_client)
     RE.subscribe(writer)
     if progress:
         from strainstream.callbacks.progress import ProgressPrinter
@@ -505,7 +536,7 @@ def _complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple
 
     run = client[uid]
     run = getattr(run, "base", run)
-    names = {d["doc"]["uid"]: d["doc"]["name"] for d in docs if d["name"] == "descriptor"}
+    names = {d["doc"]["uid"]: d["doc"].get("name", "primary") for d in docs if d["name"] == "descriptor"}
     n = 0
     rows_by_stream: dict[str, list[dict]] = {}
     for _, name, doc in unsent:
@@ -518,11 +549,16 @@ def _complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple
             say(f"spool: run {uid}: StreamDatum {doc['uid']} (seq_nums {doc['seq_nums']}) was not "
                 "registered in tiled; its frames stay in the detector file")
     for stream, rows in rows_by_stream.items():
-        table = run[stream]["internal"]
+        node = run[stream] if stream is not None and stream in run else None
+        node = getattr(node, "base", node)
+        if node is None or "internal" not in node:
+            continue
+        table = node["internal"]
         have = set(table.read()["seq_num"].tolist())
         rows = [r for r in rows if r["seq_num"] not in have]
         if rows:
             schema = table.structure().arrow_schema_decoded
+            rows = [{k: r.get(k) for k in schema.names} for r in rows]
             table.append_partition(0, pa.Table.from_pylist(rows, schema=schema))
             n += len(rows)
     for _, name, doc in unsent:
