@@ -91,6 +91,15 @@ class _Counter:
 
 
 @pytest.fixture
+def session(tiled_server, tmp_path):
+    """A RunEngine streaming to ``tiled_server`` (own spool directory), closed afterwards."""
+    s = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
+                     spool_dir=tmp_path / "spool")
+    yield s
+    s.close(30.0)
+
+
+@pytest.fixture
 def xrd_setup(sim_beamline, sim_devices, tiled_server):
     """The XRD detector writing where tiled reads, cycler and beam; restored afterwards."""
     dets = sim_beamline.devices(write_dir=detector_dir(tiled_server.data_dir))
@@ -112,7 +121,7 @@ def xrd_setup(sim_beamline, sim_devices, tiled_server):
 # ------------------------------------------------------------------- 1. dump + shutter
 @pytest.mark.slow
 def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
-        xrd_setup, tiled_server, worker_factory, capsys):
+        xrd_setup, tiled_server, worker_factory, capsys, session):
     from strainstream.plans.operando_xrd import operando_xrd
     from strainstream.sim.cell import LatticePhase
     from strainstream.sim.cell import preset as cell_preset
@@ -130,7 +139,6 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     cyc.reset_cell().wait(10)
     cyc.accel.put(220.0, wait=True)  # the 200 mA/g charge takes ~20 s of wall time
 
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
     seen = _Counter()
     session.RE.subscribe(seen)
     faults: list[str] = []
@@ -216,7 +224,7 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
 # --------------------------------------------------------------- 2. IOC restart mid-run
 @pytest.mark.slow
 def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
-        xrd_setup, sim_beamline, tiled_server, capsys):
+        xrd_setup, sim_beamline, tiled_server, capsys, session):
     from strainstream.plans.operando_xrd import operando_xrd
 
     det, cyc, beam = xrd_setup
@@ -226,7 +234,6 @@ def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
     assert _wait_for(lambda: det.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
     cyc.reset_cell().wait(10)
     cyc.accel.put(250.0, wait=True)
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
     seen = _Counter()
     session.RE.subscribe(seen)
     outage: dict[str, float] = {}
@@ -273,12 +280,11 @@ def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
 
 @pytest.mark.slow
 def test_detector_ioc_killed_mid_series_fails_named_and_a_continuation_completes(
-        xrd_setup, sim_beamline, tiled_server):
+        xrd_setup, sim_beamline, tiled_server, session):
     from strainstream.devices._ioc import IOCNotAnswering
     from strainstream.plans.frames import frame_series
 
     det, cyc, beam = xrd_setup
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
     seen = _Counter()
     session.RE.subscribe(seen)
     total = 12
@@ -366,7 +372,7 @@ def _no_run(tiled_server, before: int, docs: list) -> None:
 
 
 @pytest.mark.parametrize("problem", ["file instead of directory", "not writable", "no space"])
-def test_bad_ioc_data_dir_refused_before_the_run(problem, sim_beamline, tiled_server, tmp_path):
+def test_bad_ioc_data_dir_refused_before_the_run(problem, sim_beamline, tiled_server, tmp_path, session):
     from strainstream.devices._hdf5 import DataDirError
     from strainstream.plans.frames import frame_series
 
@@ -384,7 +390,6 @@ def test_bad_ioc_data_dir_refused_before_the_run(problem, sim_beamline, tiled_se
                  rf"frames of \d+x\d+ uint16, \S+ [kMGT]?B free")
     det = sim_beamline.devices(write_dir=target)["xrd"]
     det.wait_for_connection(timeout=30)
-    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False)
     docs: list = []
     session.RE.subscribe(lambda n, d: docs.append(n))
     before = len(tiled_server.client())
