@@ -366,7 +366,12 @@ async def _init_auth_db(uri: str, keys: list[tuple[str, str, str]]) -> bool:
     from sqlalchemy.future import select
     from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
     from tiled.authn_database import orm
-    from tiled.authn_database.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+    from tiled.authn_database.core import (
+        ALL_REVISIONS,
+        REQUIRED_REVISION,
+        initialize_database,
+        purge_expired,
+    )
     from tiled.utils import ensure_specified_sql_driver
 
     engine = create_async_engine(ensure_specified_sql_driver(uri))
@@ -383,6 +388,9 @@ async def _init_auth_db(uri: str, keys: list[tuple[str, str, str]]) -> bool:
                 "up, then run `tiled admin upgrade-database URI`"
             ) from None
         async with AsyncSession(engine, autoflush=False, expire_on_commit=False) as db:
+            # expired keys (e.g. the websocket client's short-lived ones left by killed
+            # processes) count against tiled's limit of 100 keys per principal
+            await purge_expired(db, orm.APIKey)
             principals = {identity: await _ensure_principal(db, identity) for identity in _ROLES}
             for key, identity, note in keys:
                 principal, scopes = principals[identity], list(_ROLES[identity][1])
