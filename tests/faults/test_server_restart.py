@@ -101,14 +101,19 @@ def check_run_complete(root, uid, n, results):
     for _, rows in dup.groupby("seq_num"):
         assert (rows.drop_duplicates().shape[0]) == 1, f"different rows share a seq_num: {rows}"
     raw = root[DERIVED][uid]["frame_stats"].read()
-    assert sorted(raw["seq_num"].tolist()) == list(range(1, n + 1)), "result rows missing or doubled"
+    assert sorted(set(raw["seq_num"].tolist())) == list(range(1, n + 1)), "result rows missing"
+    # a result row stored twice (its commit's answer lost in the restart, re-sent) is the same
+    # analysis of the same event; readers keep one per seq_num
+    doubled = raw[raw["seq_num"].duplicated(keep=False)]
+    assert all(g.drop_duplicates().shape[0] == 1 for _, g in doubled.groupby("seq_num")), doubled
     entry = results["analyses"]["frame_stats"]
     assert entry["status"] == "complete" and entry["n_rows"] == n
+    assert entry["columns"]["seq_num"] == list(range(1, n + 1))
     truth = truth_rows(root, uid)
     assert entry["columns"]["mean"] == [t["mean"] for t in truth]
     assert entry["columns"]["centroid_row"] == [t["centroid_row"] for t in truth]
     assert replay_run(root[uid]) == results
-    return len(seqs) - n
+    return len(seqs) - n, len(raw) - n
 
 
 @pytest.mark.system
@@ -163,15 +168,16 @@ def test_server_restarted_twice_mid_run_nothing_lost(tiled_server, tmp_path, new
         assert not list((tmp_path / "spool").glob("*.jsonl")), "spool not cleared after the run"
         root = server.client()
         results = wait_for_results(root, uid, n, timeout_s=280)
-        duplicates = check_run_complete(root, uid, n, results)
+        duplicates, result_duplicates = check_run_complete(root, uid, n, results)
     finally:
         worker.kill()
     log = (server.data_dir / "logs" / "worker.log").read_text()
     reattach = [float(x) for x in re.findall(r"re-attached \d+ runs ([\d.]+) s after it answered", log)]
     assert reattach, "the worker never re-attached"
     print(f"\n[{server.profile}] {n} events, outages {[round(o, 1) for o in outages]} s; worker re-attached "
-          f"{reattach} s after the server answered again; duplicate event rows stored by the writer: "
-          f"{duplicates}")
+          f"{reattach} s after the server answered again; duplicate rows stored: events {duplicates}, "
+          f"results {result_duplicates}; event rows re-appended by the writer's audit: "
+          f"{session.writer.repaired.get(uid, 0)}")
 
 
 @pytest.mark.system
