@@ -25,8 +25,11 @@ class ProgressPrinter(DocumentRouter):
 
     def start(self, doc):
         self._t0, self._n = time.monotonic(), 0
-        self._total = doc.get("num_points")
-        self._label = f"{doc.get('experiment') or doc.get('plan_name', 'run')} {doc['uid'][:8]}"
+        total = doc.get("num_points")
+        # a progress line must never stop a run: odd metadata only loses the total
+        ok = isinstance(total, int) and not isinstance(total, bool) and total > 0
+        self._total = total if ok else None
+        self._label = f"{doc.get('experiment') or doc.get('plan_name', 'run')} {str(doc.get('uid', '?'))[:8]}"
         print(f"[{self._label}] started ({self._total or '?'} points)", file=self.out, flush=True)
 
     def event(self, doc):
@@ -38,8 +41,10 @@ class ProgressPrinter(DocumentRouter):
         extra = ""
         for suffix, label, prec in (("voltage_V", "V", 3), ("capacity_mAh_g", "mAh/g", 1),
                                     ("energy", "eV", 1), ("theta", "θ", 3)):
-            matches = sorted((len(k), k, v) for k, v in doc["data"].items()
-                             if k.endswith(suffix) and isinstance(v, int | float))
+            data = doc.get("data")
+            matches = sorted((len(k), k, v) for k, v in (data.items() if isinstance(data, dict) else ())
+                             if isinstance(k, str) and k.endswith(suffix) and isinstance(v, int | float)
+                             and not isinstance(v, bool))
             if matches:  # the shortest key: cycler_capacity_mAh_g before cycler_charge_capacity_...
                 extra += f", {label} {matches[0][2]:.{prec}f}"
         if self._total:

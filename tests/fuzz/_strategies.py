@@ -48,3 +48,21 @@ def mutation(experiment: str) -> st.SearchStrategy[tuple]:
 
 def mutations(experiment: str, max_size: int = 3) -> st.SearchStrategy[list[tuple]]:
     return st.lists(mutation(experiment), min_size=1, max_size=max_size)
+
+
+def fuzz(max_examples: int):
+    """Hypothesis settings for the fuzz tests.
+
+    CI: reproducible (derandomized, no example database), ``max_examples`` bounded, no
+    per-example deadline (the machine is shared), no too-slow health check (examples read
+    HDF5 files). ``STRAINSTREAM_FUZZ_SCALE=N`` runs N times as many *random* examples (a
+    deeper, non-reproducible search, e.g. nightly or before a beamtime).
+    """
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    scale = float(os.environ.get("STRAINSTREAM_FUZZ_SCALE", "0") or 0)
+    return settings(max_examples=max(1, int(max_examples * (scale or 1))), deadline=None,
+                    derandomize=not scale, database=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -23,16 +23,8 @@ from pathlib import Path
 
 import pytest
 from _fuzzcheck import apply_mutations, check_run
-from _strategies import mutations
-from hypothesis import HealthCheck, example, given, settings
-
-
-def fuzz(max_examples: int) -> settings:
-    """CI settings: reproducible (derandomized, no database), bounded, no per-example deadline
-    (the machine is shared), no too-slow health check (each example reads HDF5 files)."""
-    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                    print_blob=True, suppress_health_check=[HealthCheck.too_slow,
-                                                            HealthCheck.data_too_large])
+from _strategies import fuzz, mutations
+from hypothesis import example, given
 
 pytestmark = pytest.mark.filterwarnings(
     # numpy's "Mean of empty slice" / "invalid value" on garbage frames is expected noise
@@ -154,3 +146,22 @@ def test_xanes_callback_survives_corrupted_runs(txm_docs, muts):
 @given(muts=mutations("operando_xrd", max_size=2))
 def test_operando_xrd_callback_survives_corrupted_runs(xrd_docs, muts):
     _check(xrd_docs, "operando_xrd", muts)
+
+
+@fuzz(60)
+@given(muts=mutations("frame_series"))
+@example(muts=[("start_set", "num_points", "abc")])  # TypeError in the time-left estimate
+@example(muts=[("event_field", 0, "data", None)])  # None.items()
+def test_progress_printer_never_stops_a_run(frame_series_docs, muts):
+    import io
+
+    from strainstream.callbacks.progress import ProgressPrinter
+
+    with tempfile.TemporaryDirectory() as where:
+        docs, _ = apply_mutations(frame_series_docs, "frame_series", muts, Path(where))
+    out = io.StringIO()
+    printer = ProgressPrinter(stream=out)
+    for name, doc in docs:
+        printer(name, doc)
+    count = {n: sum(1 for name, _ in docs if name == n) for n in ("start", "event", "stop")}
+    assert len(out.getvalue().splitlines()) == sum(count.values())

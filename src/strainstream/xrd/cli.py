@@ -138,8 +138,8 @@ def _read_frame(path, dataset, index):
     if p.suffix.lower() == ".npy":
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise _CLIError(f"cannot read {path} as a .npy array: {exc}") from None
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+            raise _CLIError(f"cannot read {path} as a .npy array: {exc or type(exc).__name__}") from None
         where = str(path)
     else:
         import h5py
