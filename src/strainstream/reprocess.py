@@ -49,7 +49,15 @@ an existing cluster with ``--scheduler ADDRESS`` (its workers need strainstream 
 must reach the tiled server; they read detector files directly when they see the same
 filesystem, else through tiled). ``--workers 0`` runs the runs one after the other in this
 process, without Dask. The API key travels to the tasks wrapped so that it never appears in
-a repr, a log line or Dask's task listing.
+a repr, a log line or Dask's task listing. Runs with nothing to do are answered without a
+task (a batch that is all up to date starts no cluster). A run whose task has not answered
+``--run-timeout`` seconds after a worker took it is reported failed and that worker
+restarted, so one hung run cannot stall the batch.
+
+Progress (runs done / total) goes to stderr; the final table (uid, analysis, version, rows,
+status ``done`` / ``skipped: up to date`` / ``failed: reason``, note) to stdout, or one JSON
+list with ``--json``. Exit status: 0 when nothing failed (also when nothing matched), 1 when
+a run failed, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -583,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default=None, help="runs started at or after this ISO date/time (local time)")
     p.add_argument("--until", default=None, help="runs started before this ISO date/time (a bare date: through that day)")
     p.add_argument("--uid", action="extend", nargs="+", default=None, metavar="UID",
-                   help="only these runs (unique prefixes of 6+ characters accepted)")
+                   help="only these runs (unique prefixes of 6+ characters accepted; put QUERY terms before --uid)")
     p.add_argument("--limit", type=int, default=None, help="at most N runs (the oldest matching)")
     p.add_argument("--workers", type=int, default=2,
                    help="Dask LocalCluster worker processes (default 2; 0: no Dask, one run after the other here)")
