@@ -144,6 +144,14 @@ def test_xanes_callback_survives_corrupted_runs(txm_docs, muts):
 @pytest.mark.slow
 @fuzz(25)
 @given(muts=mutations("operando_xrd", max_size=2))
+@example(muts=[("event_data", 0, 0, None)])  # cycler reading None: float(None) TypeError
+@example(muts=[("descriptor_set", "external", {})])  # no frame key: bare ValueError
+@example(muts=[("start_set", "calibration.poni1_m", 1e308)])  # np.interp on an empty pattern
+@example(muts=[("start_set", "calibration.rot1", [1.0, 2.0])])  # message did not name rot1
+@example(muts=[("start_set", "calibration.distance_m", {})])
+@example(muts=[("start_set", "calibration", "abc")])  # message did not name calibration
+@example(muts=[("param_set", "q_range_A_inv", -(10**30))])  # 'int' object is not iterable
+@example(muts=[("param_set", "npt", "abc")])
 def test_operando_xrd_callback_survives_corrupted_runs(xrd_docs, muts):
     _check(xrd_docs, "operando_xrd", muts)
 
