@@ -137,19 +137,19 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     det.exposure_s.put(0.2, wait=True)  # most of the time a frame is in flight
     det.seed.put(11, wait=True)
     cyc.reset_cell().wait(10)
-    cyc.accel.put(220.0, wait=True)  # the 200 mA/g charge takes ~20 s of wall time
+    cyc.accel.put(160.0, wait=True)  # the 200 mA/g charge takes ~27 s of wall time
 
     seen = _Counter()
     session.RE.subscribe(seen)
     faults: list[str] = []
 
     def inject():  # each fault ~0.4 s after an event: while the next frame is being taken
-        if not seen.wait_events(6):
+        if not seen.wait_events(4):
             return
         time.sleep(0.4)
         beam.dump(2.0).wait(10)  # current 0 for 2 s, then a 2 s ramp
         faults.append("dump")
-        if not seen.wait_events(seen.events + 5):
+        if not seen.wait_events(seen.events + 4):
             return
         time.sleep(0.4)
         beam.shutter.close().wait(10)
@@ -174,7 +174,7 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     seq = primary["seq_num"].read().tolist()
     n = len(seq)
     assert seq == list(range(1, n + 1)), "every event exactly once, in order"
-    assert n == seen.events and n > 15
+    assert n == seen.events and n > 10
 
     # the detector file holds exactly the recorded frames: cut frames are gone
     path = _file_of(root, uid, "xrd_image")
@@ -214,9 +214,12 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     rows = raw.sort_values("seq_num")
     one = (att["n_phases"] == 1) & (rows["n_phases"].to_numpy() == 1)
     assert one.sum() > 5
-    # refined c of a single-phase frame is that frame's simulated c (the neighbours differ more)
-    err = np.abs(rows["c_A"].to_numpy()[one] - att["phase0_c_A"][one])
-    assert np.median(err) < 0.01 and err.max() < 0.03, err
+    # refined c of a single-phase frame is that frame's simulated c, not a neighbour's
+    c_fit = rows["c_A"].to_numpy()
+    err = np.abs(c_fit[one] - att["phase0_c_A"][one])
+    err_prev = np.abs(c_fit[1:][one[1:]] - att["phase0_c_A"][:-1][one[1:]])
+    assert np.median(err) < 0.002 and np.mean(err < 0.01) >= 0.8, err
+    assert np.median(err_prev) > 5 * np.median(err), (err, err_prev)
     print(f"FAULTS dump+shutter: events {n}, suspensions {out.count('Suspending....')}, "
           f"frames cut {n_cut}, lost 0")
 
