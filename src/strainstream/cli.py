@@ -98,14 +98,19 @@ def _open_catalog(args, need_server: bool = False):
 def _get_run(root, uid: str):
     from strainstream.server import ServerError
 
+    if not uid or uid == "derived":
+        raise ServerError(f"{uid!r} is not a run uid")
     try:
-        return root[uid]
+        node = root[uid]
     except KeyError:
         # allow a unique prefix, as people copy the first 8 characters
         matches = [k for k in root if k.startswith(uid) and k != "derived"] if len(uid) >= 6 else []
-        if len(matches) == 1:
-            return root[matches[0]]
-        raise ServerError(f"no run with uid {uid!r} in the catalog") from None
+        if len(matches) != 1:
+            raise ServerError(f"no run with uid {uid!r} in the catalog") from None
+        node = root[matches[0]]
+    if "start" not in (node.metadata or {}):
+        raise ServerError(f"{uid!r} is not a run (no start document)")
+    return node
 
 
 def _print_json(obj) -> None:
@@ -174,7 +179,10 @@ def cmd_replay(args) -> int:
 
     root = _open_catalog(args)
     run = _get_run(root, args.uid)
-    doc = replay_run(run, progress=not args.json)
+    try:
+        doc = replay_run(run, progress=not args.json)
+    except ValueError as exc:  # e.g. a run no analysis knows
+        raise CLIError(str(exc)) from None
     if args.json:
         _print_json(doc)
     else:
@@ -211,7 +219,9 @@ def cmd_plot(args) -> int:
             if len(doc["analyses"]) > 1 and args.out and not args.analysis:
                 out = args.out.replace(".png", f"_{name}.png")
             fig.suptitle(f"{name} — run {uid[:8]} ({entry['n_rows']} events, {entry['status']})")
-            fig.savefig(out, dpi=args.dpi)
+            part = out + ".part.png"  # never leave a half-written PNG under the real name
+            fig.savefig(part, dpi=args.dpi)
+            os.replace(part, out)
             if out not in written:
                 written.append(out)
         done = doc["analyses"] and all(e["status"] == "complete" for e in doc["analyses"].values())

@@ -679,10 +679,16 @@ def open_offline(data_dir: str | os.PathLike):
             contextlib.redirect_stdout(io.StringIO()):
         # tiled announces itself and starlette warns about its test client: not for users
         warnings.simplefilter("ignore")
-        config = parse_configs(config_path)
-        config.authentication = Authentication(single_user_api_key=api_key,
-                                               allow_anonymous_access=False)
-        config.database = None
-        app = build_app_from_config(config)
-        context = Context.from_app(app, api_key=api_key)
-        return from_context(context)
+        try:
+            config = parse_configs(config_path)
+            config.authentication = Authentication(single_user_api_key=api_key,
+                                                   allow_anonymous_access=False)
+            config.database = None
+            app = build_app_from_config(config)
+            context = Context.from_app(app, api_key=api_key)
+            return from_context(context)
+        except Exception as exc:  # a damaged data directory: say which, in one line
+            detail = " ".join(str(exc).split())[:300]
+            raise ServerError(
+                f"cannot open the catalog in {root}: {type(exc).__name__}: {detail}"
+            ) from exc

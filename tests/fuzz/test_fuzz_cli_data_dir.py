@@ -7,10 +7,8 @@ TiledSink); each case copies it and breaks one thing: the tiled config, the SQLi
 code 0 or 2, on 2 exactly one ``strainstream <cmd>: error: ...`` line, never a traceback; a
 ``plot --out`` PNG is absent or a complete PNG.
 
-Cases marked ``xfail(strict=True)`` are bugs in files this suite does not own
-(``src/strainstream/server.py``, ``src/strainstream/cli.py``): they document the failing
-input; the fix is proposed in the fuzzing report (issue 8). Once fixed, strict xfail fails
-and the mark must go.
+The broken ``tiled.yml`` cases and the ``derived``/empty uids were tracebacks until
+``open_offline`` and ``_get_run`` learnt to name the problem (issue 8).
 """
 
 from __future__ import annotations
@@ -27,8 +25,6 @@ from test_fuzz_cli import assert_clean, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-SERVER_BUG = "server.open_offline lets tiled's config/catalog errors through (no ServerError)"
-CLI_BUG = "cli: a uid naming a non-run node ('derived', '') raises KeyError, not CLIError"
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +97,13 @@ CASES = [
     *[("results", k) for k in ("catalog_garbage", "catalog_truncated", "server_json_dead_server",
                                "data_dir_is_file")],
     ("replay", "detector_files_truncated"), ("plot", "detector_files_deleted"),
+    # a broken tiled config, one kind per command (each case costs a catalog opening)
+    ("results", "yml_garbage"), ("replay", "yml_not_mapping"), ("plot", "yml_wrong_schema"),
+    ("results", "yml_directory"),
 ]
-XFAIL_CASES = [(c, k) for c in ("results", "replay", "plot")
-               for k in ("yml_garbage", "yml_not_mapping", "yml_wrong_schema", "yml_directory")]
 
 
-@pytest.mark.parametrize(("command", "kind"), [
-    *CASES, *[pytest.param(c, k, marks=pytest.mark.xfail(strict=True, reason=SERVER_BUG))
-              for c, k in XFAIL_CASES]])
+@pytest.mark.parametrize(("command", "kind"), CASES)
 def test_data_commands_on_broken_data_dirs(real_dir, tmp_path, kind, command):
     src, uid = real_dir
     d = tmp_path / "data"
@@ -126,8 +121,7 @@ def test_data_commands_on_broken_data_dirs(real_dir, tmp_path, kind, command):
 
 
 @pytest.mark.parametrize("uid", [
-    pytest.param("derived", marks=pytest.mark.xfail(strict=True, reason=CLI_BUG)),
-    pytest.param("", marks=pytest.mark.xfail(strict=True, reason=CLI_BUG)),
+    "derived", "",
     pytest.param("a" * 10_000, id="10000_chars")])
 def test_results_with_garbage_uids(real_dir, uid):
     src, _ = real_dir
