@@ -129,6 +129,9 @@ def cmd_serve(args) -> int:
     print(f"tiled serving {os.path.abspath(args.data_dir)} at {server.uri} (API key in "
           f"{'$STRAINSTREAM_API_KEY' if os.environ.get('STRAINSTREAM_API_KEY') or args.api_key else os.path.join(args.data_dir, '.api_key')})",
           flush=True)
+    print(f"viewers: `strainstream keys create --read-only --data-dir {args.data_dir}` mints a "
+          f"read-only key (admin key in {os.path.join(args.data_dir, '.admin_key')} unless "
+          "$STRAINSTREAM_ADMIN_KEY is set)", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
@@ -154,7 +157,16 @@ def cmd_worker(args) -> int:
             raise CLIError("no server to follow: pass --uri or the --data-dir of a running `strainstream serve`")
         uri = info.uri
     key = api_key_for(args.data_dir or ".", args.api_key, create=False)
-    return run_worker(uri, key, catch_up_s=args.catch_up_hours * 3600, ready_file=args.ready_file)
+    shard = None
+    if args.shard:
+        from strainstream.worker import parse_shard
+
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    return run_worker(uri, key, catch_up_s=args.catch_up_hours * 3600, ready_file=args.ready_file,
+                      shard=shard)
 
 
 def cmd_results(args) -> int:
@@ -286,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(p)
     p.add_argument("--catch-up-hours", type=float, default=24.0,
                    help="on start, finish runs this recent whose results are incomplete (default 24)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="follow only the runs of shard I of N (0 <= I < N): N workers share the runs")
     p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
