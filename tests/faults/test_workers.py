@@ -12,10 +12,9 @@ import signal
 import threading
 import time
 
-import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 import h5py
 import pytest
+from _faultplans import frames_until
 
 from strainstream.callbacks.sinks import DERIVED
 from strainstream.demo import WorkerProcess, wait_for_results
@@ -24,43 +23,9 @@ from strainstream.framestats import frame_statistics
 from strainstream.plans.frames import frame_series
 from strainstream.replay import replay_run
 from strainstream.server import detector_dir
-from strainstream.session import make_session
 from strainstream.worker import parse_shard, shard_of
 
 pytestmark = [pytest.mark.system]
-
-
-@pytest.fixture
-def new_session():
-    """make_session, and every session made is closed (writer thread stopped) at the end."""
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(make_session(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close(timeout_s=0)
-
-
-def frames_until(det, done: threading.Event, delay_s: float, extra: int = 5, max_n: int = 5000):
-    """A frame series (``experiment="frame_series"``) that goes on until ``done`` is set, then
-    takes ``extra`` more frames: the run outlasts the faults however slow the machine is."""
-
-    @bpp.stage_decorator([det])
-    @bpp.run_decorator(md={"experiment": "frame_series", "detectors": [det.name]})
-    def inner():
-        after = 0
-        for _ in range(max_n):
-            yield from bps.trigger_and_read([det])
-            if done.is_set():
-                after += 1
-                if after >= extra:
-                    break
-            yield from bps.sleep(delay_s)
-
-    return (yield from inner())
 
 
 def truth_means(root, uid):
@@ -118,7 +83,7 @@ def test_worker_killed_20_times_during_one_run_every_event_analysed_once(tiled_s
     t = threading.Thread(target=killer)
     t.start()
     try:
-        (uid,) = session.RE(frames_until(det, done, delay_s=0.2))
+        (uid,) = session.RE(frames_until(det, done, extra=5, delay_s=0.2))
     finally:
         done.set()
         t.join()
