@@ -348,17 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in OPERATION_COMMANDS:
         import importlib
 
-        from strainstream.server import ServerError
-
         module = importlib.import_module(f"strainstream.{OPERATION_COMMANDS[argv[0]][0]}")
-        try:
-            return int(module.main(argv[1:]) or 0)
-        except (CLIError, ServerError) as exc:
-            print(f"strainstream {argv[0]}: error: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"strainstream {argv[0]}: interrupted", file=sys.stderr)
-            return 130
+        return _reporting_errors(argv[0], lambda: int(module.main(argv[1:]) or 0))
     if argv and argv[0] in ANALYSIS_COMMANDS:
         try:
             return _delegate(argv[0], argv[1:])
@@ -375,17 +366,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("silx").setLevel(logging.ERROR)  # pyFAI's silx: "Unable to import pyOpenCl"
+    return _reporting_errors(args.command, lambda: args.func(args))
+
+
+def _reporting_errors(command: str, run) -> int:
+    """Run a sub-command; errors the user can fix become one line and exit code 2."""
     from strainstream.server import ServerError
 
     try:
-        return args.func(args)
+        return run()
     except (CLIError, ServerError) as exc:
-        print(f"strainstream {args.command}: error: {exc}", file=sys.stderr)
+        print(f"strainstream {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"strainstream {args.command}: interrupted", file=sys.stderr)
+        print(f"strainstream {command}: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
