@@ -152,11 +152,18 @@ class RunFollower:
                     self.finished = True  # not ours (or broken): stop listening at once
                     subs, self._subs = self._subs, []
                 else:
-                    self._emit("start", start_doc)
-                    self._drainer.start()
-                    for name in names:
-                        self._attach_stream(name)
-                    stop = self.run_node.metadata.get("stop")
+                    try:
+                        self._emit("start", start_doc)
+                        self._drainer.start()
+                        for name in names:
+                            self._attach_stream(name)
+                        stop = self.run_node.metadata.get("stop")
+                    except Exception as exc:
+                        # e.g. the result table could not be opened: no event may reach an
+                        # analysis that never saw its start document
+                        error = exc
+                        self.finished = True
+                        subs, self._subs = self._subs, []
         if self.finished:
             _disconnect_all(subs)  # outside the lock: their callbacks may be waiting for it
             if error is not None:

@@ -274,6 +274,10 @@ class Worker:
             return
         with self.lock:
             follower = self.followers.get(update.key)
+            retry = follower is None and update.key not in self.finished
+        if retry:  # a run that could not be followed when it started: analyse it now it is done
+            self.follow(update.key)
+            return
         if follower is not None:
             try:
                 follower.finish(dict(md["stop"]))
