@@ -145,8 +145,9 @@ def data_dir(tmp_path):
 def tiled_server(request, data_dir, profile):
     """A real tiled server on a free port, in the deployment ``profile`` (embedded by default).
 
-    embedded: SQLite catalog + memory streaming cache. scaleout: a fresh PostgreSQL database
-    (password read from the cluster's 0600 passfile) + a flushed Redis db.
+    embedded: SQLite catalog, DuckDB tables, memory streaming cache. scaleout: fresh PostgreSQL
+    databases for the catalog, the authentication data and the tables (password read from the
+    cluster's 0600 passfile) + a flushed Redis db.
     """
     from strainstream.server import TiledServer
 
@@ -156,18 +157,19 @@ def tiled_server(request, data_dir, profile):
         pg = request.getfixturevalue("postgres_service")
         redis_service = request.getfixturevalue("redis_service")
         name = f"t_{uuid.uuid4().hex[:16]}"
-        for db in (name, f"{name}_auth"):
+        for db in (name, f"{name}_auth", f"{name}_tables"):
             pg.create_database(db)
-        kwargs = {  # no password in tiled.yml or its log: asyncpg reads the passfile
+        kwargs = {  # no password in tiled.yml or its log: asyncpg/libpq read the passfile
             "catalog_uri": pg.passfile_uri(name),
             "auth_db_uri": pg.passfile_uri(f"{name}_auth"),
+            "tables_uri": pg.tables_uri(f"{name}_tables"),
             "cache_uri": _flushed_redis_db(redis_service),
         }
     with TiledServer(data_dir, **kwargs) as server:
         server.profile = profile
         yield server
     if profile == "scaleout":
-        for db in (name, f"{name}_auth"):
+        for db in (name, f"{name}_auth", f"{name}_tables"):
             with contextlib.suppress(Exception):
                 pg.drop_database(db)
 

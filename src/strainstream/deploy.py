@@ -47,6 +47,8 @@ PROFILES = ("embedded", "scaleout")
 CATALOG_DB = "strainstream"
 #: database of tiled's principals and (hashed) API keys in the scale-out cluster
 AUTH_DB = "strainstream_auth"
+#: database of the appendable tables (event rows, derived results) in the scale-out cluster
+TABLES_DB = "strainstream_tables"
 #: a component that dies more often than this is left down and ``up`` exits with an error
 MAX_RESTARTS = 5
 
@@ -145,7 +147,7 @@ class Deployment:
         previous = read_state(self.data_dir) or {}
         self.postgres = Postgres(services / "postgres", port=previous.get("postgres_port"))
         self.postgres.start(timeout_s=120)
-        for db in (CATALOG_DB, AUTH_DB):
+        for db in (CATALOG_DB, AUTH_DB, TABLES_DB):
             self.postgres.create_database(db)
         self.redis = Redis(services / "redis", port=previous.get("redis_port"))
         self.redis.start()
@@ -153,6 +155,8 @@ class Deployment:
             # no password in the URI (tiled logs it): asyncpg reads the 0600 passfile
             "catalog_uri": self.postgres.passfile_uri(CATALOG_DB),
             "auth_db_uri": self.postgres.passfile_uri(AUTH_DB),
+            # tables through ADBC/libpq (plain postgresql:// scheme), which reads the same passfile
+            "tables_uri": self.postgres.tables_uri(TABLES_DB),
             "cache_uri": self.redis.url,
         }
 
@@ -247,6 +251,7 @@ class Deployment:
             info.update(
                 catalog=f"postgresql://{self.postgres.user}@127.0.0.1:{self.postgres.port}/{CATALOG_DB}",
                 auth_db=f"postgresql://{self.postgres.user}@127.0.0.1:{self.postgres.port}/{AUTH_DB}",
+                tables=f"postgresql://{self.postgres.user}@127.0.0.1:{self.postgres.port}/{TABLES_DB}",
                 postgres_port=self.postgres.port,
                 postgres_pid=self.postgres.process.pid if self._alive(self.postgres) else None,
                 postgres_dir=str(self.postgres.data_dir),

@@ -6,7 +6,8 @@ Layout of a data directory (everything strainstream keeps lives here)::
     DIR/catalog.db         SQLite catalog (metadata, structure, data sources)
     DIR/authn.db           tiled's authentication database: principals and *hashed* API keys
     DIR/data/              tiled-managed array storage (zarr)
-    DIR/tables.duckdb      appendable tables (event rows, derived results)
+    DIR/tables.duckdb      appendable tables (event rows, derived results); the scale-out
+                           profile keeps them in PostgreSQL instead (``tables_uri``)
     DIR/detectors/         HDF5 files written by the detectors (readable storage)
     DIR/.api_key           the writer API key (mode 0600) unless one is given
     DIR/.admin_key         the key-management API key (mode 0600) unless one is given
@@ -236,6 +237,7 @@ def write_config(
     readable_storage: list[str] | None = None,
     catalog_uri: str | None = None,
     auth_db_uri: str | None = None,
+    tables_uri: str | None = None,
 ) -> Path:
     """Write ``DIR/tiled.yml`` for an embedded server and create the directory layout.
 
@@ -261,6 +263,13 @@ def write_config(
         SQLAlchemy URI of tiled's authentication database (principals, hashed API keys).
         None (default): SQLite ``DIR/authn.db``. Name passwords as ``${ENV_VAR}``: tiled and
         :class:`TiledServer` expand them, so the file holds no secret.
+    tables_uri : str, optional
+        Where appendable tables (event rows, derived results) are stored: an ADBC URI,
+        ``postgresql://USER@HOST:PORT/DB?passfile=FILE`` in the scale-out profile. None
+        (default) keeps the embedded DuckDB file ``DIR/tables.duckdb``. tiled shares one
+        DuckDB connection between all its threads; under concurrent appends from several
+        writers and workers that connection fails ("No active transaction") or stalls, so
+        several writers should use PostgreSQL.
     """
     if not api_key:
         raise ServerError("an API key is required: writes to the server must be authenticated")
@@ -289,7 +298,8 @@ def write_config(
                 "args": {
                     "uri": catalog_uri or f"sqlite:///{root / 'catalog.db'}",
                     "init_if_not_exists": True,
-                    "writable_storage": [str(root / "data"), f"duckdb:///{root / 'tables.duckdb'}"],
+                    "writable_storage": [str(root / "data"),
+                                         tables_uri or f"duckdb:///{root / 'tables.duckdb'}"],
                     "readable_storage": readable,
                 },
             }
@@ -511,7 +521,9 @@ class TiledServer:
     Use as a context manager, or call :meth:`start` / :meth:`stop`. Logs go to
     ``DIR/logs/tiled.log``. ``api_key`` is the writer key and ``admin_key`` the key-management
     key (both resolved as described in the module docstring); ``auth_db_uri`` names tiled's
-    authentication database (default SQLite ``DIR/authn.db``).
+    authentication database (default SQLite ``DIR/authn.db``); ``catalog_uri`` and
+    ``tables_uri`` move the catalog and the appendable tables out of the data directory (see
+    :func:`write_config`).
     """
 
     def __init__(
@@ -525,6 +537,7 @@ class TiledServer:
         catalog_uri: str | None = None,
         admin_key: str | None = None,
         auth_db_uri: str | None = None,
+        tables_uri: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or find_free_port()
@@ -536,6 +549,7 @@ class TiledServer:
         self.cache_uri = cache_uri
         self.readable_storage = readable_storage
         self.catalog_uri = catalog_uri
+        self.tables_uri = tables_uri
         self.process: subprocess.Popen | None = None
 
     @property
@@ -558,6 +572,7 @@ class TiledServer:
             readable_storage=self.readable_storage,
             catalog_uri=self.catalog_uri,
             auth_db_uri=self.auth_db_uri,
+            tables_uri=self.tables_uri,
         )
         bootstrap_auth(self.auth_db_uri, [(self.api_key, WRITER_IDENTITY, WRITER_KEY_NOTE),
                                           (self.admin_key, ADMIN_IDENTITY, ADMIN_KEY_NOTE)])

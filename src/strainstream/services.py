@@ -385,6 +385,15 @@ class Postgres(_Service):
         :attr:`passfile` (``?passfile=``), so the URI may be logged and stored."""
         return f"{driver}://{self.user}@127.0.0.1:{self.port}/{database}?passfile={self.passfile}"
 
+    def tables_uri(self, database: str) -> str:
+        """ADBC/libpq URI of ``database`` for tiled's appendable tables (``writable_storage``).
+
+        The role is a query parameter, not ``user@host``: tiled 0.2.20 splits ``user@`` off the
+        URI and puts it back as ``user:None@`` when there is no password. libpq reads the
+        password from :attr:`passfile`.
+        """
+        return f"postgresql://127.0.0.1:{self.port}/{database}?user={self.user}&passfile={self.passfile}"
+
     def _write_passfile(self) -> None:
         tmp = self.passfile.with_name(".pgpass.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -34,18 +34,22 @@ def test_example_configs_hold_no_secret_and_no_literal_path():
             assert secret.startswith("${"), secret
         args = cfg["trees"][0]["args"]
         for path in [*args["writable_storage"], *args["readable_storage"]]:
-            assert "${STRAINSTREAM_DATA_DIR}" in path, path
+            if not path.startswith("postgresql://"):
+                assert "${STRAINSTREAM_DATA_DIR}" in path, path
     scale = yaml.safe_load((DEPLOY / "scaleout.yml").read_text())
     for uri in (scale["database"]["uri"], scale["trees"][0]["args"]["uri"]):
         assert uri.startswith("postgresql+asyncpg://strainstream@${STRAINSTREAM_PG_HOST}:")
         assert uri.endswith("?passfile=${STRAINSTREAM_PGPASSFILE}")  # no password in the URI
+    (tables,) = [u for u in scale["trees"][0]["args"]["writable_storage"] if u.startswith("postgresql")]
+    assert tables.startswith("postgresql://${STRAINSTREAM_PG_HOST}:") and "@" not in tables
+    assert tables.endswith("?user=strainstream&passfile=${STRAINSTREAM_PGPASSFILE}")
     assert scale["streaming_cache"]["uri"] == "${STRAINSTREAM_REDIS_URL}"
 
 
 @pytest.mark.slow
 def test_scaleout_example_config_serves_from_postgres_and_redis(postgres_service, tmp_path):
     pg = postgres_service
-    for db in ("strainstream", "strainstream_auth"):
+    for db in ("strainstream", "strainstream_auth", "strainstream_tables"):
         pg.drop_database(db)
         pg.create_database(db)
     key = secrets.token_hex(24)
@@ -85,6 +89,17 @@ def test_scaleout_example_config_serves_from_postgres_and_redis(postgres_service
             # it is in PostgreSQL, and the node was announced through Redis
             rows = pg.query("SELECT key FROM nodes WHERE key = 'made-by-test'", database="strainstream")
             assert len(rows) == 1
+            # appendable tables land in the tables database
+            import pyarrow as pa
+
+            schema = pa.schema([("seq_num", pa.int64()), ("mean", pa.float64())])
+            table = client.create_appendable_table(schema=schema, key="rows")
+            for i in (1, 2):
+                table.append_partition(0, pa.Table.from_pylist([{"seq_num": i, "mean": i / 4}], schema=schema))
+            assert client["rows"].read()["mean"].tolist() == [0.25, 0.5]
+            stored = pg.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+                              database="strainstream_tables")
+            assert stored, "no table in strainstream_tables"
             import redis as redis_py
 
             r = redis_py.Redis.from_url(redis.url)
@@ -101,5 +116,5 @@ def test_scaleout_example_config_serves_from_postgres_and_redis(postgres_service
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            for db in ("strainstream", "strainstream_auth"):
+            for db in ("strainstream", "strainstream_auth", "strainstream_tables"):
                 pg.drop_database(db)
