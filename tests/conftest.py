@@ -4,9 +4,10 @@ Deployment profiles
 -------------------
 ``tiled_server`` runs in one of two profiles, chosen by the ``profile`` fixture:
 
-- ``embedded``: SQLite catalog in the data dir + in-memory streaming cache (the default);
-- ``scaleout``: PostgreSQL catalog and authentication database (fresh databases in the
-  session's one cluster) + Redis streaming cache (the session's one ``redis-server``, a fresh
+- ``embedded``: SQLite catalog and DuckDB tables in the data dir + in-memory streaming cache
+  (the default);
+- ``scaleout``: PostgreSQL catalog, authentication database and tables (fresh databases in
+  the session's one cluster) + Redis streaming cache (the session's one ``redis-server``, a fresh
   db index, flushed).
 
 Tests in :data:`SCALEOUT_MODULES`, and tests marked ``@pytest.mark.profiles``, that use

@@ -580,8 +580,8 @@ class TiledServer:
         env = {k: v for k, v in os.environ.items()
                if k not in (API_KEY_ENV, ADMIN_KEY_ENV, "TILED_SINGLE_USER_API_KEY")}
         log = open(self.data_dir / "logs" / "tiled.log", "ab")  # noqa: SIM115 (owned by the child)
-        tiled_exe = Path(sys.executable).with_name("tiled")
-        cmd = [str(tiled_exe) if tiled_exe.exists() else "tiled", "serve", "config", str(config)]
+        # tiled's own command line, with one DuckDB connection per request thread (tiled_serve)
+        cmd = [sys.executable, "-m", "strainstream.tiled_serve", "serve", "config", str(config)]
         self.process = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
