@@ -169,6 +169,46 @@ def cmd_worker(args) -> int:
                       shard=shard)
 
 
+def _spool_dir(args):
+    """--spool-dir, else $STRAINSTREAM_SPOOL_DIR, else DATA_DIR/spool (the demo's), else the
+    user's state directory (the console's and queue server's default)."""
+    from pathlib import Path
+
+    from strainstream.session import default_spool_dir
+
+    if args.spool_dir:
+        return Path(args.spool_dir)
+    if not os.environ.get("STRAINSTREAM_SPOOL_DIR") and args.data_dir:
+        local = Path(args.data_dir) / "spool"
+        if local.is_dir():
+            return local
+    return default_spool_dir()
+
+
+def cmd_spool(args) -> int:
+    """List the runs whose documents wait in the spool; with --flush send them to tiled."""
+    from strainstream.session import flush_spool, spooled_runs
+
+    spool = _spool_dir(args)
+    root = _open_catalog(args, need_server=True)
+    runs = spooled_runs(spool)
+    if not runs:
+        print(f"spool {spool}: empty (every document reached tiled)")
+        return 0
+    for run in runs:
+        where = "partly in tiled" if run["uid"] in root else "not in tiled"
+        print(f"{run['uid']}: {run['documents']} documents spooled, {run['sent']} sent ({where})")
+    if not args.flush:
+        print(f"send them with: strainstream spool --flush --spool-dir {spool}")
+        return 0
+    report = flush_spool(spool, root, say=print)
+    left = spooled_runs(spool)
+    print(f"flushed {sum(report.values())} documents of {len(report)} runs; "
+          f"{len(left)} runs still spooled (no stop document yet)" if left else
+          f"flushed {sum(report.values())} documents of {len(report)} runs; spool empty")
+    return 0
+
+
 def cmd_results(args) -> int:
     from strainstream.callbacks.sinks import read_results
 
@@ -302,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow only the runs of shard I of N (0 <= I < N): N workers share the runs")
     p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("spool", help="runs whose documents did not all reach tiled; --flush sends them")
+    _add_server_args(p)
+    p.add_argument("--spool-dir", default=None,
+                   help="default: $STRAINSTREAM_SPOOL_DIR, else DATA_DIR/spool if present, else the "
+                        "user state directory (where console and queue server sessions spool)")
+    p.add_argument("--flush", action="store_true", help="send the spooled documents to tiled")
+    p.set_defaults(func=cmd_spool)
 
     p = sub.add_parser("results", help="print the stored derived results of a run")
     p.add_argument("uid")

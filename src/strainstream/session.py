@@ -31,6 +31,7 @@ __all__ = [
     "WriterDrainTimeout",
     "default_spool_dir",
     "flush_spool",
+    "spooled_runs",
     "make_session",
     "tolerate_outages",
 ]
@@ -365,7 +366,8 @@ class BufferedWriter:
             why = "tiled unreachable" if self.unreachable else "tiled too slow"
             msg = (f"{why}: {pending} documents still buffered after waiting "
                    f"{timeout_s:.0f} s at the end of run {run_uid or '?'}{where}; they are sent "
-                   f"while this session lives, or later with strainstream.session.flush_spool")
+                   f"while this session lives" + (f", or later with `strainstream spool --flush "
+                                                  f"--spool-dir {self.spool.dir}`" if self.spool else ""))
             logger.error(msg)
             self.say(msg)
             return False
@@ -498,13 +500,25 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
 
 
 # -- recovery --------------------------------------------------------------------------------
+def spooled_runs(spool_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The runs in a spool: ``[{uid, documents, sent}]`` (documents written / accepted by tiled)."""
+    out = []
+    for path in sorted(Path(spool_dir).glob("*.jsonl")):
+        docs = sum(1 for line in path.read_text().splitlines() if line.strip())
+        sent_path = path.with_suffix(".sent")
+        sent = len(set(sent_path.read_text().split())) if sent_path.exists() else 0
+        out.append({"uid": path.stem, "documents": docs, "sent": sent})
+    return out
+
+
 def flush_spool(spool_dir: str | os.PathLike, client, *, say: Callable[[str], None] | None = None) -> dict[str, int]:
     """Send the documents left in a spool (e.g. after the RunEngine process died) to tiled.
 
     A run that tiled does not have at all is written from its spooled documents. A run that
-    tiled has in part gets its missing event rows (by seq_num) and its stop document; a
-    missing StreamDatum of such a run is reported, not guessed. Returns ``{uid: documents
-    sent}``; the spool files of a run are removed once it is complete in tiled.
+    tiled has in part gets its missing event rows (by seq_num), the frames of its unsent
+    StreamDatums (the detector array grows over them, as the live writer would have done) and
+    its stop document. Returns ``{uid: documents sent}``; the spool files of a run are
+    removed once it is complete in tiled.
     """
     from bluesky_tiled_plugins import TiledWriter
 
@@ -531,6 +545,60 @@ def flush_spool(spool_dir: str | os.PathLike, client, *, say: Callable[[str], No
     return report
 
 
+def _register_unsent_stream_datums(run, docs: list[dict], unsent: set[int], stream_of: dict[str, str],
+                                   uid: str, say) -> int:
+    """Grow the external array nodes of ``run`` over the frames of the unsent StreamDatums.
+
+    bluesky-tiled-plugins' consolidator for each StreamResource is rebuilt from the spooled
+    documents: every StreamDatum is consumed in order (so its state matches the live writer's),
+    and after each unsent one the node's data source is updated with that datum's patch,
+    exactly the request the live TiledWriter would have sent. Returns how many were sent.
+    """
+    from bluesky_tiled_plugins.writing.consolidators import consolidator_factory
+    from tiled.client.utils import handle_error
+    from tiled.utils import safe_json_dump
+
+    resources = {d["doc"]["uid"]: d["doc"] for d in docs if d["name"] == "stream_resource"}
+    consolidators: dict[str, Any] = {}
+    nodes: dict[str, Any] = {}
+    registered: dict[str, int] = {}  # frames tiled already has, per StreamResource
+    sent = 0
+    for i, d in enumerate(docs):
+        if d["name"] != "stream_datum":
+            continue
+        doc = d["doc"]
+        sres_uid = doc["stream_resource"]
+        if sres_uid not in consolidators:
+            stream = stream_of.get(doc["descriptor"])
+            sres = resources.get(sres_uid)
+            desc_node = run[stream] if stream is not None and stream in run else None
+            desc_node = getattr(desc_node, "base", desc_node)
+            if sres is None or desc_node is None or sres["data_key"] not in desc_node:
+                say(f"spool: run {uid}: StreamDatum {doc['uid']} refers to a StreamResource or stream "
+                    "tiled does not have; its frames stay in the detector file, unregistered")
+                consolidators[sres_uid] = None
+                continue
+            consolidators[sres_uid] = consolidator_factory(sres, dict(desc_node.metadata))
+            node = nodes[sres_uid] = desc_node[sres["data_key"]]
+            registered[sres_uid] = int(node.shape[0]) if node.shape else 0
+        consolidator = consolidators[sres_uid]
+        if consolidator is None:
+            continue
+        patch = consolidator.consume_stream_datum(doc)
+        if i not in unsent or (patch and patch.offset[0] + patch.shape[0] <= registered[sres_uid]):
+            continue  # tiled has it (sent, maybe without the record of it): only the state advances
+        node = nodes[sres_uid]
+        source = consolidator.get_data_source()
+        source.id = node.data_sources()[0].id
+        params = ({"patch_shape": ",".join(map(str, patch.shape)),
+                   "patch_offset": ",".join(map(str, patch.offset))} if patch else None)
+        handle_error(node.context.http_client.put(
+            node.uri.replace("/metadata/", "/data_source/", 1),
+            content=safe_json_dump({"data_source": source}), params=params))
+        sent += 1
+    return sent
+
+
 def _complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple[int, str, dict]], say) -> int:
     import pyarrow as pa
 
@@ -545,9 +613,8 @@ def _complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple
             row = {"seq_num": doc["seq_num"], "time": doc["time"], **doc["data"]}
             row.update({f"ts_{k}": v for k, v in doc["timestamps"].items()})
             rows_by_stream.setdefault(stream, []).append(row)
-        elif name == "stream_datum":
-            say(f"spool: run {uid}: StreamDatum {doc['uid']} (seq_nums {doc['seq_nums']}) was not "
-                "registered in tiled; its frames stay in the detector file")
+    n += _register_unsent_stream_datums(run, docs, {i for i, name, _ in unsent if name == "stream_datum"},
+                                        names, uid, say)
     for stream, rows in rows_by_stream.items():
         node = run[stream] if stream is not None and stream in run else None
         node = getattr(node, "base", node)

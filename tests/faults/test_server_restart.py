@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -179,6 +181,73 @@ def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp
         results = wait_for_results(root, uid, n, timeout_s=120)
         worker.kill()
     check_run_complete(root, uid, n, results)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+@pytest.mark.profiles
+@pytest.mark.timeout(600)
+def test_run_cut_off_mid_way_is_completed_from_the_spool(tiled_server, tmp_path):
+    """The RunEngine's process dies mid-run with documents still buffered: tiled holds the
+    first events, the spool the rest (events, StreamDatums, stop). flush_spool (from a new
+    client) completes the run: every frame registered and readable over HTTP, the worker's
+    results and a replay through tiled equal the truth."""
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+
+    from strainstream.session import BufferedWriter
+
+    server = tiled_server
+    n, cut = 10, 4
+    spool = tmp_path / "spool"
+    said: list[str] = []
+    tiled_writer = TiledWriter(server.client(), batch_size=1)
+    dead = threading.Event()
+
+    def dying_writer(name, doc):  # after event ``cut`` nothing more reaches tiled
+        if dead.is_set():
+            raise RuntimeError("the RunEngine process died")
+        tiled_writer(name, doc)
+        if name == "event" and doc["seq_num"] == cut:
+            dead.set()
+
+    writer = BufferedWriter(dying_writer, spool_dir=spool, drain_timeout_s=1, say=said.append)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(writer)
+    det = sim_frame_detector("det", detector_dir(server.data_dir), frame_shape=(32, 40))
+    (uid,) = RE(frame_series([det], num=n, delay_s=0.05))
+    assert writer.wait_drained(60) and writer.close(10)
+    assert len(writer.failed) == 2 * (n - cut) + 1
+    root = server.client()
+    run = root[uid]
+    assert "stop" not in run.metadata and len(run.base["primary"].base["internal"].read()) == cut
+    assert run["primary"]["det_image"].shape[0] == cut
+    # the scientist's way: list what waits, then flush (a new process, a new client).
+    # start, descriptor, StreamResource, n StreamDatums, n events, stop
+    cli = [sys.executable, "-m", "strainstream.cli", "spool", "--data-dir", str(server.data_dir),
+           "--spool-dir", str(spool)]
+    listed = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert f"{uid}: {2 * n + 4} documents spooled, {2 * cut + 3} sent (partly in tiled)" in listed.stdout
+    flushed = subprocess.run([*cli, "--flush"], capture_output=True, text=True, timeout=300)
+    assert flushed.returncode == 0, flushed.stderr
+    # events + StreamDatums + stop after the cut
+    assert f"spool: run {uid}: {2 * (n - cut) + 1} documents sent" in flushed.stdout, flushed.stdout
+    assert flushed.stdout.rstrip().endswith("spool empty")
+    assert not (spool / f"{uid}.jsonl").exists()
+    run = root[uid]
+    image = run["primary"]["det_image"]
+    assert image.shape == (n, 32, 40)
+    (source,) = image.data_sources()
+    with h5py.File(source.assets[0].data_uri.removeprefix("file://localhost"), "r", locking=False) as f:
+        on_disk = f["/entry/data/data"][()]
+    assert (image.read() == on_disk).all()  # over HTTP: the frames after the cut too
+    with WorkerProcess(server.uri, server.api_key, server.data_dir).start(timeout_s=120) as worker:
+        results = wait_for_results(root, uid, n, timeout_s=120)
+        worker.kill()
+    check_run_complete(root, uid, n, results)
+    assert results["analyses"]["frame_stats"]["columns"]["flag"] == [""] * n
+    assert replay_run(root[uid]) == results
 
 
 # -- unit tests of the buffering pieces (no server) ----------------------------------------------
