@@ -348,3 +348,19 @@ def test_buffered_writer_back_pressure_while_the_server_is_reachable():
     gate.set()
     t.join(10)
     assert not t.is_alive() and w.close(10)
+
+
+def test_spooled_runs_lists_documents_and_what_was_sent(tmp_path):
+    from strainstream.session import _Spool, spooled_runs
+
+    assert spooled_runs(tmp_path) == []
+    spool = _Spool(tmp_path)
+    for name in ("start", "descriptor", "event", "event", "stop"):
+        index = spool.add("run-b", name, {"uid": f"{name}-x", "seq_num": 1})
+        if name in ("start", "descriptor"):
+            spool.sent("run-b", index)
+    spool.add("run-a", "start", {"uid": "a"})
+    assert spooled_runs(tmp_path) == [{"uid": "run-a", "documents": 1, "sent": 0},
+                                      {"uid": "run-b", "documents": 5, "sent": 2}]
+    spool.done("run-b")
+    assert [r["uid"] for r in spooled_runs(tmp_path)] == ["run-a"]
