@@ -526,6 +526,11 @@ class TiledServer:
     :func:`write_config`).
     """
 
+    #: the module run as ``python -m MODULE serve config DIR/tiled.yml``: tiled's own command
+    #: line with one DuckDB connection per request thread (``benchmarks/bench_tables.py``
+    #: compares it with plain ``tiled``)
+    serve_module = "strainstream.tiled_serve"
+
     def __init__(
         self,
         data_dir: str | os.PathLike,
@@ -580,8 +585,7 @@ class TiledServer:
         env = {k: v for k, v in os.environ.items()
                if k not in (API_KEY_ENV, ADMIN_KEY_ENV, "TILED_SINGLE_USER_API_KEY")}
         log = open(self.data_dir / "logs" / "tiled.log", "ab")  # noqa: SIM115 (owned by the child)
-        # tiled's own command line, with one DuckDB connection per request thread (tiled_serve)
-        cmd = [sys.executable, "-m", "strainstream.tiled_serve", "serve", "config", str(config)]
+        cmd = [sys.executable, "-m", self.serve_module, "serve", "config", str(config)]
         self.process = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
