@@ -545,6 +545,12 @@ def flush_spool(spool_dir: str | os.PathLike, client, *, say: Callable[[str], No
     return report
 
 
+def _stream_node(run, stream: str | None):
+    """The plain container of ``stream`` in ``run`` (None if tiled does not have it)."""
+    node = run[stream] if stream is not None and stream in run else None
+    return getattr(node, "base", node)
+
+
 def _register_unsent_stream_datums(run, docs: list[dict], unsent: set[int], stream_of: dict[str, str],
                                    uid: str, say) -> int:
     """Grow the external array nodes of ``run`` over the frames of the unsent StreamDatums.
@@ -571,8 +577,7 @@ def _register_unsent_stream_datums(run, docs: list[dict], unsent: set[int], stre
         if sres_uid not in consolidators:
             stream = stream_of.get(doc["descriptor"])
             sres = resources.get(sres_uid)
-            desc_node = run[stream] if stream is not None and stream in run else None
-            desc_node = getattr(desc_node, "base", desc_node)
+            desc_node = _stream_node(run, stream)
             if sres is None or desc_node is None or sres["data_key"] not in desc_node:
                 say(f"spool: run {uid}: StreamDatum {doc['uid']} refers to a StreamResource or stream "
                     "tiled does not have; its frames stay in the detector file, unregistered")
@@ -616,8 +621,7 @@ def _complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple
     n += _register_unsent_stream_datums(run, docs, {i for i, name, _ in unsent if name == "stream_datum"},
                                         names, uid, say)
     for stream, rows in rows_by_stream.items():
-        node = run[stream] if stream is not None and stream in run else None
-        node = getattr(node, "base", node)
+        node = _stream_node(run, stream)
         if node is None or "internal" not in node:
             continue
         table = node["internal"]
