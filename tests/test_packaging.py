@@ -48,7 +48,7 @@ def test_wheel_contains_all_packages(tmp_path):
     (wheel,) = tmp_path.glob("strainstream-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
-        "strainstream/__init__.py", "strainstream/cli.py", "strainstream/py.typed",
+        "strainstream/__init__.py", "strainstream/cli/__init__.py", "strainstream/py.typed",
         "strainstream/plans/__init__.py", "strainstream/plans/frames.py",
         "strainstream/callbacks/__init__.py", "strainstream/callbacks/base.py",
         "strainstream/devices/__init__.py", "strainstream/devices/detectors.py",

@@ -10,7 +10,7 @@ import pytest
 
 from strainstream import xanes
 from strainstream.sim import txm_images as T
-from strainstream.xanes.cli import main
+from strainstream.cli.xanes import main
 
 E = T.DEFAULT_ENERGIES_EV
 

@@ -1,4 +1,4 @@
-"""`strainstream xrd refine FILE.xy` through strainstream.xrd.cli.main."""
+"""`strainstream xrd refine FILE.xy` through strainstream.cli.xrd.main."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _xrd_synth import LAMBDA_A, synth_pattern
 
-from strainstream.xrd.cli import main
+from strainstream.cli.xrd import main
 
 TRUTH = dict(a_A=2.8712, c_A=14.2013, microstrain=1.2e-3, size_nm=150.0, fraction=1.0)
 

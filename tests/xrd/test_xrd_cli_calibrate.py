@@ -1,4 +1,4 @@
-"""`strainstream xrd calibrate FRAME.h5 --approx GEOM.json` through strainstream.xrd.cli.main.
+"""`strainstream xrd calibrate FRAME.h5 --approx GEOM.json` through strainstream.cli.xrd.main.
 
 Truth: the frame simulator's detector geometry and instrument (0.02° 2θ FWHM).
 """
@@ -11,7 +11,7 @@ import pytest
 
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 from strainstream.xrd import make_azimuthal_integrator, validate_geometry
-from strainstream.xrd.cli import main
+from strainstream.cli.xrd import main
 
 GEO = DetectorGeometry.binned(4)
 

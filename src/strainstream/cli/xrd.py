@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+
+from strainstream.errors import UsageError
+
+from ._common import Parser
+
+__all__ = ["main", "register"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit code 2, no usage dump
-        raise _CLIError(message)
-
-
-class _CLIError(Exception):
-    pass
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="strainstream xrd",
-                description="Operando XRD analysis of 1-D powder patterns.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def register(commands) -> None:
+    """Add ``strainstream xrd refine | calibrate`` to the sub-command parsers ``commands``."""
+    p = commands.add_parser("xrd", help="operando XRD analysis on 1-D patterns (refine) and "
+                                        "calibrant frames (calibrate)",
+                            description="Operando XRD analysis of 1-D powder patterns.")
+    p.set_defaults(group_parser=p)
+    sub = p.add_subparsers(dest="action", metavar="COMMAND", parser_class=Parser)
     r = sub.add_parser("refine", help="refine lattice a, c, volume, microstrain of an R-3m "
                                       "layered oxide from a two-column pattern")
     r.add_argument("file", metavar="FILE.xy",
@@ -59,7 +57,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="GEOM.json", help="write the geometry dict to this file")
     c.add_argument("--json", action="store_true",
                    help="print the geometry dict as one JSON object on stdout")
-    return p
+    r.set_defaults(func=_refine)
+    c.set_defaults(func=_calibrate)
 
 
 def _read_xy(path):
@@ -74,18 +73,18 @@ def _read_xy(path):
                     continue
                 parts = text.replace(",", " ").split()
                 if len(parts) < 2:
-                    raise _CLIError(f"{path}:{lineno}: expected two columns (x intensity), "
+                    raise UsageError(f"{path}:{lineno}: expected two columns (x intensity), "
                                     f"got {text!r}")
                 try:
                     rows.append((float(parts[0]), float(parts[1])))
                 except ValueError:
-                    raise _CLIError(f"{path}:{lineno}: not a number: {text!r}") from None
+                    raise UsageError(f"{path}:{lineno}: not a number: {text!r}") from None
     except FileNotFoundError:
-        raise _CLIError(f"cannot read {path}: no such file") from None
+        raise UsageError(f"cannot read {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise _CLIError(f"cannot read {path}: {exc}") from None
+        raise UsageError(f"cannot read {path}: {exc}") from None
     if len(rows) < 10:
-        raise _CLIError(f"{path} holds {len(rows)} data rows; a pattern needs many more")
+        raise UsageError(f"{path} holds {len(rows)} data rows; a pattern needs many more")
     arr = np.asarray(rows, dtype=float)
     return arr[:, 0], arr[:, 1]
 
@@ -93,12 +92,12 @@ def _read_xy(path):
 def _refine(args) -> int:
     import numpy as np
 
-    from . import PatternError, refine_pattern
+    from strainstream.xrd import PatternError, refine_pattern
 
     x, y = _read_xy(args.file)
     if args.x == "two_theta_deg":
         if np.any(x <= 0) or np.any(x >= 180):
-            raise _CLIError("2θ values must lie in (0, 180) degrees; is the first column Q? "
+            raise UsageError("2θ values must lie in (0, 180) degrees; is the first column Q? "
                             "(use --x q)")
         q = 4 * np.pi * np.sin(np.radians(x) / 2) / args.wavelength
     else:
@@ -112,7 +111,7 @@ def _refine(args) -> int:
         res = refine_pattern(q, y, args.wavelength, phases=phases, al=args.al,
                              q_range_A_inv=q_range, instrument_fwhm_A_inv=args.instrument_fwhm)
     except PatternError as exc:
-        raise _CLIError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
@@ -134,12 +133,12 @@ def _read_frame(path, dataset, index):
 
     p = Path(path)
     if not p.is_file():
-        raise _CLIError(f"cannot read {path}: no such file")
+        raise UsageError(f"cannot read {path}: no such file")
     if p.suffix.lower() == ".npy":
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
-            raise _CLIError(f"cannot read {path} as a .npy array: {exc or type(exc).__name__}") from None
+            raise UsageError(f"cannot read {path} as a .npy array: {exc or type(exc).__name__}") from None
         where = str(path)
     else:
         import h5py
@@ -147,7 +146,7 @@ def _read_frame(path, dataset, index):
         try:
             fh = h5py.File(p, "r")
         except OSError as exc:
-            raise _CLIError(f"cannot read {path} as HDF5 (or give a .npy file): {exc}") from None
+            raise UsageError(f"cannot read {path} as HDF5 (or give a .npy file): {exc}") from None
         with fh:
             obj = fh.get(dataset)
             if not isinstance(obj, h5py.Dataset):
@@ -155,7 +154,7 @@ def _read_frame(path, dataset, index):
                 fh.visititems(lambda name, o: found.append("/" + name)
                               if isinstance(o, h5py.Dataset) and o.ndim in (2, 3) else None)
                 hint = f"; 2-D/3-D datasets in the file: {', '.join(found[:5])}" if found else ""
-                raise _CLIError(f"{path} has no dataset {dataset}{hint} (use --dataset)")
+                raise UsageError(f"{path} has no dataset {dataset}{hint} (use --dataset)")
             return np.asarray(_select_frame(obj, index, f"{path}:{dataset}"))
     return np.asarray(_select_frame(arr, index, where))
 
@@ -167,59 +166,59 @@ MAX_FRAME_BYTES = 1 << 30
 def _select_frame(arr, index, where):
     """One frame of a 2-D/3-D array or dataset, checked (dtype, size) before it is read."""
     if arr.dtype.kind not in "biuf":
-        raise _CLIError(f"{where} has dtype {arr.dtype}; a detector frame holds integers or floats")
+        raise UsageError(f"{where} has dtype {arr.dtype}; a detector frame holds integers or floats")
     if arr.ndim in (2, 3) and arr.shape[-1] * arr.shape[-2] * 8 > MAX_FRAME_BYTES:
-        raise _CLIError(f"{where} declares {arr.shape[-2]}×{arr.shape[-1]} frames: too large to read "
+        raise UsageError(f"{where} declares {arr.shape[-2]}×{arr.shape[-1]} frames: too large to read "
                         f"(limit {MAX_FRAME_BYTES >> 30} GiB)")
     if arr.ndim == 2:
         if index not in (0, -1):
-            raise _CLIError(f"{where} holds one 2-D frame; --index {index} is out of range")
+            raise UsageError(f"{where} holds one 2-D frame; --index {index} is out of range")
         return arr[()]
     if arr.ndim == 3:
         n = arr.shape[0]
         if not -n <= index < n:
-            raise _CLIError(f"{where} holds {n} frames; --index {index} is out of range")
+            raise UsageError(f"{where} holds {n} frames; --index {index} is out of range")
         return arr[index]
-    raise _CLIError(f"{where} has shape {tuple(arr.shape)}; expected a 2-D frame or a 3-D "
+    raise UsageError(f"{where} has shape {tuple(arr.shape)}; expected a 2-D frame or a 3-D "
                     "stack (frames, rows, cols)")
 
 
 def _read_geometry(path):
     from pathlib import Path
 
-    from . import load_poni, validate_geometry
+    from strainstream.xrd import load_poni, validate_geometry
 
     p = Path(path)
     if not p.is_file():
-        raise _CLIError(f"cannot read {path}: no such file")
+        raise UsageError(f"cannot read {path}: no such file")
     if p.suffix.lower() == ".poni":
         try:
             return load_poni(p)
         except ValueError as exc:
-            raise _CLIError(str(exc)) from None
+            raise UsageError(str(exc)) from None
     try:
         geometry = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _CLIError(f"cannot read {path} as a JSON geometry: {exc}") from None
+        raise UsageError(f"cannot read {path} as a JSON geometry: {exc}") from None
     try:
         return validate_geometry(geometry)
     except ValueError as exc:
-        raise _CLIError(f"{path}: {exc}") from None
+        raise UsageError(f"{path}: {exc}") from None
 
 
 def _calibrate(args) -> int:
-    from . import calibrate
+    from strainstream.xrd import calibrate
 
     approx = _read_geometry(args.approx)
     frame = _read_frame(args.frame, args.dataset, args.index)
     if args.npt < 10:
-        raise _CLIError(f"--npt must be ≥ 10, got {args.npt}")
+        raise UsageError(f"--npt must be ≥ 10, got {args.npt}")
     try:
         geometry, diag = calibrate(frame, approx, args.calibrant,
                                    measure_width=not args.no_width,
                                    width_options={"npt": args.npt}, return_diagnostics=True)
     except ValueError as exc:  # FrameError, PatternError, unknown calibrant...
-        raise _CLIError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.out:
         import os
 
@@ -230,7 +229,7 @@ def _calibrate(args) -> int:
                 fh.write("\n")
             os.replace(tmp, args.out)
         except (OSError, ValueError) as exc:
-            raise _CLIError(f"cannot write {args.out}: {exc}") from None
+            raise UsageError(f"cannot write {args.out}: {exc}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -252,21 +251,8 @@ def _calibrate(args) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``strainstream xrd``; returns the exit code (2 on error)."""
-    parser = _build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 0
-        if args.command == "calibrate":
-            return _calibrate(args)
-        return _refine(args)
-    except _CLIError as exc:
-        print(f"strainstream xrd: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    """``strainstream xrd ARGV...``; returns the exit code (2 on error, one line on stderr)."""
+    from strainstream.cli import command_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))
+    return command_main("xrd")(argv)

@@ -13,29 +13,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from strainstream.errors import UsageError
+
+from ._common import Parser
 
 PROG = "strainstream xanes"
 
 
-class _UserError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line on stderr, exit code 2, no usage dump
-        raise _UserError(message)
+__all__ = ["main", "register"]
 
 
 #: largest input read (bytes as float64, all datasets together)
 MAX_INPUT_BYTES = 4 << 30
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=PROG, description="TXM-XANES analysis: per-voxel white-line energy maps."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def register(commands) -> None:
+    """Add ``strainstream xanes whiteline`` to the sub-command parsers ``commands``."""
+    parser = commands.add_parser("xanes", help="TXM-XANES white-line maps (whiteline)",
+                                 description="TXM-XANES analysis: per-voxel white-line energy maps.")
+    parser.set_defaults(group_parser=parser)
+    sub = parser.add_subparsers(dest="action", metavar="COMMAND", parser_class=Parser)
     p = sub.add_parser(
         "whiteline",
         help="white-line energy map, mask and statistics from an HDF5 energy stack",
@@ -54,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-energy", action="store_true",
                    help="also compute the half-jump edge energy map")
     p.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
-    return parser
+    p.set_defaults(func=_whiteline, reports=(ValueError, OSError))
 
 
 def _read_input(path: str) -> dict:
@@ -64,13 +62,13 @@ def _read_input(path: str) -> dict:
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
-        raise _UserError(f"{path}: no such file") from None
+        raise UsageError(f"{path}: no such file") from None
     except OSError as exc:
-        raise _UserError(f"{path}: cannot open as HDF5 ({exc})") from None
+        raise UsageError(f"{path}: cannot open as HDF5 ({exc})") from None
     with f:
         missing = [k for k in ("energies_eV", "stack") if not isinstance(f.get(k), h5py.Dataset)]
         if missing:
-            raise _UserError(
+            raise UsageError(
                 f"{path}: missing dataset(s) {', '.join(missing)}; the file must hold "
                 "energies_eV (n,) and stack (n, ny, nx)"
             )
@@ -79,7 +77,7 @@ def _read_input(path: str) -> dict:
                 "stack": np.asarray(f["stack"][()], dtype=np.float64)}
         has_f, has_d = "flats" in f, "darks" in f
         if has_f != has_d:
-            raise _UserError(
+            raise UsageError(
                 f"{path}: {'flats' if has_f else 'darks'} present but "
                 f"{'darks' if has_f else 'flats'} missing; raw counts need both flats and darks"
             )
@@ -102,12 +100,12 @@ def _check_layout(path: str, f) -> None:
             continue
         ds = f[name]
         if not isinstance(ds, h5py.Dataset):
-            raise _UserError(f"{path}: {name} is not a dataset")
+            raise UsageError(f"{path}: {name} is not a dataset")
         if ds.dtype.kind not in "biuf":
-            raise _UserError(f"{path}: {name} has dtype {ds.dtype}; expected integers or floats")
+            raise UsageError(f"{path}: {name} has dtype {ds.dtype}; expected integers or floats")
         total += ds.size * 8
     if total > MAX_INPUT_BYTES:
-        raise _UserError(f"{path}: the datasets (stack {f['stack'].shape}) need {total / 2**30:.1f} GiB "
+        raise UsageError(f"{path}: the datasets (stack {f['stack'].shape}) need {total / 2**30:.1f} GiB "
                          f"in memory (limit {MAX_INPUT_BYTES >> 30} GiB)")
 
 
@@ -214,23 +212,8 @@ def _write_output(path: str, res, st, shifts, summary: dict) -> None:
             f.attrs[k] = v if not isinstance(v, list) else np.asarray(v)
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``strainstream xanes``; returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except _UserError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return _whiteline(args)
-    except (_UserError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    """``strainstream xanes ARGV...``; returns the exit code (2 on error, one line on stderr)."""
+    from strainstream.cli import command_main
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))
+    return command_main("xanes")(argv)

@@ -9,22 +9,22 @@ import argparse
 import json
 import sys
 
+from strainstream.errors import UsageError
+
+from ._common import Parser
+
 PROG = "strainstream sxdm"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
-        raise _UsageError(message)
+__all__ = ["main", "register"]
 
 
-class _UsageError(Exception):
-    pass
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``strainstream sxdm`` argument parser."""
-    p = _Parser(prog=PROG, description="SXDM strain and rotation maps of single particles.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def register(commands) -> None:
+    """Add ``strainstream sxdm map`` to the sub-command parsers ``commands``."""
+    p = commands.add_parser("sxdm", help="SXDM strain/rotation maps from 5-D rocking-curve data (map)",
+                            description="SXDM strain and rotation maps of single particles.")
+    p.set_defaults(group_parser=p)
+    sub = p.add_subparsers(dest="action", metavar="COMMAND", parser_class=Parser)
     m = sub.add_parser(
         "map",
         help="maps and statistics from FILE.h5 (frames, theta_deg, geometry attributes)",
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-register", action="store_true", help="do not correct drift between rocking angles")
     m.add_argument("--refine", action="store_true", help="finish with Gaussian fits of the peak projections")
     m.add_argument("--max-chunk-mb", type=float, default=256.0, help="memory bound of one read chunk, MB")
-    return p
+    m.set_defaults(func=_map, reports=(ValueError, OSError))
 
 
 def _number_or_auto(text: str, name: str) -> str | float:
@@ -48,24 +48,14 @@ def _number_or_auto(text: str, name: str) -> str | float:
     try:
         return float(text)
     except ValueError:
-        raise _UsageError(f"--{name} must be 'auto' or a number, got {text!r}") from None
+        raise UsageError(f"--{name} must be 'auto' or a number, got {text!r}") from None
 
 
-def main(argv: list[str]) -> int:
-    """Run ``strainstream sxdm``; returns the exit code (2 on errors, message on stderr)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.command is None:
-        build_parser().print_help()
-        return 0
-    try:
-        return _map(args)
-    except (_UsageError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    """``strainstream sxdm ARGV...``; returns the exit code (2 on error, one line on stderr)."""
+    from strainstream.cli import command_main
+
+    return command_main("sxdm")(argv)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -76,14 +66,14 @@ def _one_line(exc: BaseException) -> str:
 def _map(args: argparse.Namespace) -> int:
     import math
 
-    from ._errors import SXDMError
-    from ._io import map_file, write_maps
-    from ._mapper import compute_statistics
+    from strainstream.sxdm import SXDMError
+    from strainstream.sxdm._io import map_file, write_maps
+    from strainstream.sxdm._mapper import compute_statistics
 
     if not (math.isfinite(args.max_chunk_mb) and args.max_chunk_mb > 0):
-        raise _UsageError(f"--max-chunk-mb must be a positive number, got {args.max_chunk_mb}")
+        raise UsageError(f"--max-chunk-mb must be a positive number, got {args.max_chunk_mb}")
     if args.d_ref is not None and not (math.isfinite(args.d_ref) and args.d_ref > 0):
-        raise _UsageError(f"--d-ref must be a positive d-spacing in Å, got {args.d_ref}")
+        raise UsageError(f"--d-ref must be a positive d-spacing in Å, got {args.d_ref}")
     maps = map_file(
         args.file,
         max_chunk_mb=args.max_chunk_mb,

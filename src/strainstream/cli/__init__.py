@@ -1,0 +1,117 @@
+"""The ``strainstream`` command: one entry, every sub-command registered from one list.
+
+Each sub-command lives in a module of this package with a ``register(subparsers)`` function
+that adds its parser(s) and sets ``func`` (the handler, ``args -> exit code``); handlers
+import what they need inside, so ``strainstream --help`` and the file-analysis commands start
+fast and need no server. The modules, in the order ``--help`` lists them:
+
+=============  ======================================================================
+module         sub-commands
+=============  ======================================================================
+``demo``       demo
+``serve``      serve, worker, spool
+``runs``       results, replay, plot
+``beamline``   beamline up | status
+``console``    console
+``queue``      queue up | status | plans
+``deploy``     deploy up | status
+``keys``       keys create | list | revoke
+``reprocess``  reprocess
+``config``     config show | schema
+``xrd``        xrd refine | calibrate
+``sxdm``       sxdm map
+``xanes``      xanes whiteline
+=============  ======================================================================
+
+Errors: anything deriving from :class:`strainstream.errors.StrainstreamError` (and, for the
+file-analysis commands, ``ValueError``/``OSError`` from reading the user's files) is printed
+as one line ``strainstream COMMAND: error: MESSAGE`` with exit code 2; Ctrl-C gives 130.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from strainstream.errors import StrainstreamError
+
+from ._common import Parser
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main", "run_command"]
+
+#: the modules of this package that register sub-commands, in ``--help`` order
+COMMAND_MODULES = ("demo", "serve", "runs", "beamline", "console", "queue", "deploy", "keys",
+                   "reprocess", "config", "xrd", "sxdm", "xanes")
+#: sub-commands that log at INFO by default (long-running services)
+_SERVICES = ("serve", "worker")
+
+
+def build_parser() -> Parser:
+    """The ``strainstream`` parser with every sub-command of :data:`COMMAND_MODULES`."""
+    parser = Parser(prog="strainstream",
+                    description="Live streaming analysis for operando battery-cathode beamline studies.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def run_command(command: str, handler: Callable[[], int], reports: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a sub-command's handler; user-fixable errors become one line on stderr.
+
+    Returns the handler's exit code; 2 (or the error's ``exit_code``) for a
+    :class:`StrainstreamError` or one of ``reports``; 130 on Ctrl-C.
+    """
+    try:
+        return int(handler() or 0)
+    except StrainstreamError as exc:
+        print(f"strainstream {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except reports as exc:
+        print(f"strainstream {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"strainstream {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``strainstream``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except StrainstreamError as exc:  # usage error: one line
+        prefix = f"strainstream {command}" if command else "strainstream"
+        print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if getattr(args, "func", None) is None:  # a group (``queue``) without its action
+        args.group_parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command in _SERVICES else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("silx").setLevel(logging.ERROR)  # pyFAI's silx: "Unable to import pyOpenCl"
+    return run_command(args.command, lambda: args.func(args), getattr(args, "reports", ()))
+
+
+def command_main(name: str) -> Callable[[Sequence[str] | None], int]:
+    """``main(argv)`` of one sub-command (``strainstream NAME ARGV...``), for scripts and tests."""
+
+    def _main(argv: Sequence[str] | None = None) -> int:
+        return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+    _main.__doc__ = f"``strainstream {name} ARGV...``; returns the exit code."
+    return _main

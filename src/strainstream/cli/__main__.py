@@ -1,0 +1,7 @@
+"""``python -m strainstream.cli``: the ``strainstream`` command."""
+
+import sys
+
+from strainstream.cli import main
+
+sys.exit(main())

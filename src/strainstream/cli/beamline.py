@@ -1,0 +1,117 @@
+"""``strainstream beamline up | status``: the simulated beamline's IOCs (:mod:`strainstream.beamline`)."""
+
+from __future__ import annotations
+
+import json
+
+from strainstream.config import IOC_NAMES
+
+from ._common import CommandError, Parser
+
+__all__ = ["register"]
+
+
+def register(commands) -> None:
+    """Add ``beamline up | status`` to the sub-command parsers ``commands``."""
+    p = commands.add_parser("beamline", help="simulated beamline IOCs: up | status")
+    p.set_defaults(group_parser=p)
+    sub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+
+    up = sub.add_parser("up", help="start the simulated beamline's IOCs on loopback until Ctrl-C",
+                        description="Start the simulated beamline IOCs on 127.0.0.1.")
+    up.add_argument("--write-dir", default="./detector-data",
+                    help="directory for the detector HDF5 files (default ./detector-data)")
+    up.add_argument("--prefix", default="SS:")
+    up.add_argument("--ports", help="fixed ports, e.g. cycler=5064,endstation=5066,beam=5068")
+    up.add_argument("--iocs", default=",".join(IOC_NAMES), help="comma-separated subset")
+    up.add_argument("--xrd-shape", type=int, default=2048)
+    up.add_argument("--sxdm-shape", type=int, default=64)
+    up.add_argument("--txm-shape", type=int, default=128)
+    up.add_argument("--preset", default="SC-NM91")
+    up.add_argument("--log-dir", help="IOC logs (default: a temporary directory)")
+    up.add_argument("--json", action="store_true", help="print one JSON object once up")
+    up.set_defaults(func=cmd_up, reports=(ValueError,))
+
+    st = sub.add_parser("status", help="report which PVs answer",
+                        description="Read the key PVs of each simulated-beamline IOC.")
+    st.add_argument("--prefix", default="SS:")
+    st.add_argument("--ports", help="name=port,... (default: EPICS_CA_ADDR_LIST, all IOCs)")
+    st.add_argument("--timeout", type=float, default=1.0, help="seconds per PV")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status, reports=(ValueError,))
+
+
+def cmd_up(args) -> int:
+    """Start the IOCs, print prefixes/ports, run until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    from strainstream.beamline import Beamline, parse_ports
+
+    bl = Beamline(args.write_dir, prefix=args.prefix, ports=parse_ports(args.ports),
+                  iocs=[s for s in args.iocs.split(",") if s], xrd_shape=args.xrd_shape,
+                  sxdm_shape=args.sxdm_shape, txm_shape=args.txm_shape, preset=args.preset,
+                  log_dir=args.log_dir)
+    bl.start()
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)  # a supervisor's SIGTERM stops the IOCs too
+    try:
+        env = bl.client_env()
+        if args.json:
+            print(json.dumps({"addresses": bl.addresses, "prefixes": bl.pv_prefixes(),
+                              "env": env, "write_dir": str(bl.write_dir),
+                              "log_dir": str(bl.log_dir)}), flush=True)
+        else:
+            for name, addr in bl.addresses.items():
+                print(f"{name:<11} {addr:<16} {' '.join(bl.pv_prefixes()[name])}")
+            print(f"detector files: {bl.write_dir}   IOC logs: {bl.log_dir}")
+            print("client environment:")
+            for k, v in env.items():
+                print(f"  export {k}='{v}'")
+            print("Ctrl-C stops the IOCs.", flush=True)
+        while all(bl.is_running(n) for n in bl.iocs):
+            time.sleep(0.5)
+        dead = [n for n in bl.iocs if not bl.is_running(n)]
+        raise CommandError(f"IOC(s) {dead} exited; see {bl.log_dir}")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        bl.__exit__(None, None, None)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_status(args) -> int:
+    """Which PVs answer (exit 0 if all, 1 if some don't)."""
+    from strainstream.beamline import PROBE_PVS, parse_ports, probe
+    from strainstream.config import environment_value
+
+    ports = parse_ports(args.ports)
+    if ports:
+        targets = {n: [f"127.0.0.1:{p}"] for n, p in ports.items()}
+    else:
+        addr = (environment_value("EPICS_CA_ADDR_LIST") or "").split()
+        if not addr:
+            raise CommandError("give --ports or set EPICS_CA_ADDR_LIST")
+        targets = {n: addr for n in IOC_NAMES}
+    result = {n: probe([args.prefix + s for s in PROBE_PVS[n]], a, args.timeout)
+              for n, a in targets.items()}
+    ok = all(v is not None for r in result.values() for v in r.values())
+    if args.json:
+        print(json.dumps({"ok": ok, "iocs": result}, default=str))
+    else:
+        for n, r in result.items():
+            n_ok = sum(v is not None for v in r.values())
+            print(f"{n:<11} {' '.join(targets[n])}: {n_ok}/{len(r)} PVs answer")
+            for pv, v in r.items():
+                print(f"  {pv:<32} {'NOT ANSWERING' if v is None else v}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``strainstream beamline ARGV...``; returns the exit code."""
+    from strainstream.cli import command_main
+
+    return command_main("beamline")(argv)
