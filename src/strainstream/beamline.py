@@ -24,13 +24,11 @@ CLI helpers for ``strainstream beamline up|status``: :func:`up` and :func:`statu
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -42,10 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IOC_NAMES", "PROBE_PVS", "Beamline", "BeamlineError", "free_port", "probe", "status",
-           "up"]
+from strainstream.config import IOC_NAMES, apply_environment, environment_value, process_environment
+from strainstream.errors import StrainstreamError
 
-IOC_NAMES = ("cycler", "endstation", "beam")
+__all__ = ["IOC_NAMES", "PROBE_PVS", "Beamline", "BeamlineError", "client_env", "free_port",
+           "parse_ports", "probe"]
+
 
 #: PVs (after the prefix) read by ``status``; the first one of each IOC is the start-up probe
 PROBE_PVS: dict[str, tuple[str, ...]] = {
@@ -61,7 +61,7 @@ _ENV_LOCK = threading.Lock()
 logger = logging.getLogger(__name__)
 
 
-class BeamlineError(RuntimeError):
+class BeamlineError(StrainstreamError, RuntimeError):
     """An IOC did not start, exited, or does not answer."""
 
 
@@ -93,16 +93,11 @@ def client_env(ports: Iterable[int], host: str = "127.0.0.1") -> dict[str, str]:
 @contextlib.contextmanager
 def _env(values: Mapping[str, str]):
     with _ENV_LOCK:
-        old = {k: os.environ.get(k) for k in values}
-        os.environ.update(values)
+        old = apply_environment(values)
         try:
             yield
         finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            apply_environment(old)
 
 
 def probe(pvs: Iterable[str], addresses: Iterable[str], timeout_s: float = 1.0
@@ -144,12 +139,12 @@ def _warn_if_ca_context_exists(env: Mapping[str, str]) -> None:
     ca = sys.modules.get("epics.ca")
     if ca is None or getattr(ca, "libca", None) is None:
         return
-    if os.environ.get("EPICS_CA_ADDR_LIST") != env["EPICS_CA_ADDR_LIST"]:
+    if environment_value("EPICS_CA_ADDR_LIST") != env["EPICS_CA_ADDR_LIST"]:
         logger.warning(
             "pyepics already created its Channel Access context with EPICS_CA_ADDR_LIST=%r; "
             "devices in this process will not find the new IOCs at %r. Start the Beamline "
             "before the first CA use, or reuse the same ports.",
-            os.environ.get("EPICS_CA_ADDR_LIST"), env["EPICS_CA_ADDR_LIST"])
+            environment_value("EPICS_CA_ADDR_LIST"), env["EPICS_CA_ADDR_LIST"])
 
 
 @dataclass
@@ -257,7 +252,7 @@ class Beamline:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.set_env:
             _warn_if_ca_context_exists(self.client_env())
-            os.environ.update(self.client_env())
+            apply_environment(self.client_env())
         atexit.register(self.stop)  # no orphaned IOCs if the caller forgets (or crashes)
         try:
             for ioc in self.iocs.values():
@@ -270,9 +265,8 @@ class Beamline:
         return self
 
     def _spawn(self, ioc: _IOC) -> None:
-        env = dict(os.environ)
-        env["STRAINSTREAM_IOC_NODELAY"] = "1" if self.nodelay else "0"
-        env["PYTHONUNBUFFERED"] = "1"
+        env = process_environment({"STRAINSTREAM_IOC_NODELAY": "1" if self.nodelay else "0",
+                                   "PYTHONUNBUFFERED": "1"})
         cmd = [sys.executable, "-m", "strainstream.devices.ioc", ioc.name, "--prefix",
                self.prefix, "--port", str(ioc.port), "--write-dir", str(self.write_dir),
                "--exit-with-parent", *ioc.args]
@@ -399,8 +393,8 @@ class Beamline:
         return out
 
 
-# ----------------------------------------------------------------------------- CLI
-def _parse_ports(text: str | None) -> dict[str, int]:
+def parse_ports(text: str | None) -> dict[str, int]:
+    """``"cycler=5064,beam=5068"`` -> ``{"cycler": 5064, "beam": 5068}`` (``{}`` for ``None``)."""
     out: dict[str, int] = {}
     if not text:
         return out
@@ -411,97 +405,3 @@ def _parse_ports(text: str | None) -> dict[str, int]:
                              f"got {item!r}")
         out[name.strip()] = int(port)
     return out
-
-
-def up(argv: list[str]) -> int:
-    """``strainstream beamline up``: start the IOCs, print prefixes/ports, run until Ctrl-C."""
-    ap = argparse.ArgumentParser(prog="strainstream beamline up",
-                                 description="Start the simulated beamline IOCs on 127.0.0.1.")
-    ap.add_argument("--write-dir", default="./detector-data",
-                    help="directory for the detector HDF5 files (default ./detector-data)")
-    ap.add_argument("--prefix", default="SS:")
-    ap.add_argument("--ports", help="fixed ports, e.g. cycler=5064,endstation=5066,beam=5068")
-    ap.add_argument("--iocs", default=",".join(IOC_NAMES), help="comma-separated subset")
-    ap.add_argument("--xrd-shape", type=int, default=2048)
-    ap.add_argument("--sxdm-shape", type=int, default=64)
-    ap.add_argument("--txm-shape", type=int, default=128)
-    ap.add_argument("--preset", default="SC-NM91")
-    ap.add_argument("--log-dir", help="IOC logs (default: a temporary directory)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object once up")
-    args = ap.parse_args(argv)
-    try:
-        bl = Beamline(args.write_dir, prefix=args.prefix, ports=_parse_ports(args.ports),
-                      iocs=[s for s in args.iocs.split(",") if s], xrd_shape=args.xrd_shape,
-                      sxdm_shape=args.sxdm_shape, txm_shape=args.txm_shape, preset=args.preset,
-                      log_dir=args.log_dir)
-        bl.start()
-    except (ValueError, BeamlineError) as exc:
-        msg = str(exc).splitlines()[0]
-        print(f"strainstream beamline: error: {msg}", file=sys.stderr)
-        return 2
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)  # a supervisor's SIGTERM stops the IOCs too
-    try:
-        env = bl.client_env()
-        if args.json:
-            print(json.dumps({"addresses": bl.addresses, "prefixes": bl.pv_prefixes(),
-                              "env": env, "write_dir": str(bl.write_dir),
-                              "log_dir": str(bl.log_dir)}), flush=True)
-        else:
-            for name, addr in bl.addresses.items():
-                print(f"{name:<11} {addr:<16} {' '.join(bl.pv_prefixes()[name])}")
-            print(f"detector files: {bl.write_dir}   IOC logs: {bl.log_dir}")
-            print("client environment:")
-            for k, v in env.items():
-                print(f"  export {k}='{v}'")
-            print("Ctrl-C stops the IOCs.", flush=True)
-        while all(bl.is_running(n) for n in bl.iocs):
-            time.sleep(0.5)
-        dead = [n for n in bl.iocs if not bl.is_running(n)]
-        print(f"strainstream beamline: error: IOC(s) {dead} exited; see {bl.log_dir}",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        bl.__exit__(None, None, None)
-        signal.signal(signal.SIGTERM, previous)
-
-
-def status(argv: list[str]) -> int:
-    """``strainstream beamline status``: which PVs answer (0 if all, 1 if some don't)."""
-    ap = argparse.ArgumentParser(prog="strainstream beamline status",
-                                 description="Read the key PVs of each simulated-beamline IOC.")
-    ap.add_argument("--prefix", default="SS:")
-    ap.add_argument("--ports", help="name=port,... (default: EPICS_CA_ADDR_LIST, all IOCs)")
-    ap.add_argument("--timeout", type=float, default=1.0, help="seconds per PV")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        ports = _parse_ports(args.ports)
-    except ValueError as exc:
-        print(f"strainstream beamline: error: {exc}", file=sys.stderr)
-        return 2
-    if ports:
-        targets = {n: [f"127.0.0.1:{p}"] for n, p in ports.items()}
-    else:
-        addr = os.environ.get("EPICS_CA_ADDR_LIST", "").split()
-        if not addr:
-            print("strainstream beamline: error: give --ports or set EPICS_CA_ADDR_LIST",
-                  file=sys.stderr)
-            return 2
-        targets = {n: addr for n in IOC_NAMES}
-    result = {n: probe([args.prefix + s for s in PROBE_PVS[n]], a, args.timeout)
-              for n, a in targets.items()}
-    ok = all(v is not None for r in result.values() for v in r.values())
-    if args.json:
-        print(json.dumps({"ok": ok, "iocs": result}, default=str))
-    else:
-        for n, r in result.items():
-            n_ok = sum(v is not None for v in r.values())
-            print(f"{n:<11} {' '.join(targets[n])}: {n_ok}/{len(r)} PVs answer")
-            for pv, v in r.items():
-                print(f"  {pv:<32} {'NOT ANSWERING' if v is None else v}")
-    return 0 if ok else 1

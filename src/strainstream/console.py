@@ -10,12 +10,12 @@ from the queue (``deploy/queueserver``). Interactive by default; ``-c CODE`` or
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+from strainstream.config import apply_environment
+
+__all__ = ["run_console"]
 
 PROG = "strainstream console"
 
@@ -29,44 +29,21 @@ def _banner(ns: dict, missing: list[str]) -> str:
     return text + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``strainstream console [options] [-c CODE | --execute FILE]``; returns the exit code."""
-    from strainstream.queue import add_profile_args, profile_from_args
+def run_console(config, epics: dict[str, str], *, connect_timeout_s: float = 10.0,
+                code: str | None = None, execute: str | None = None) -> int:
+    """IPython with the namespace of the profile ``config`` (a :class:`~strainstream.profile.ProfileConfig`).
 
-    ap = argparse.ArgumentParser(prog=PROG, description=(
-        "IPython session with the RunEngine (TiledWriter, progress, table), the beamline's "
-        "devices and the plans of the strainstream profile."))
-    add_profile_args(ap)
-    ap.add_argument("--connect-timeout", type=float, default=10.0,
-                    help="seconds to wait for the devices to connect (default 10)")
-    ap.add_argument("--offline", action="store_true",
-                    help="no tiled server: runs are not stored (tests of devices and plans)")
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("-c", dest="code", default=None, help="run CODE in the namespace and exit")
-    mode.add_argument("--execute", default=None, metavar="FILE",
-                      help="run the Python FILE in the namespace and exit")
-    args = ap.parse_args(argv)
-    if args.execute and not Path(args.execute).is_file():
-        print(f"{PROG}: error: no such file {args.execute!r}", file=sys.stderr)
-        return 2
-    try:
-        config, epics = profile_from_args(args)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if config.uri is None and not args.offline:
-        print(f"{PROG}: error: no tiled server to store the runs: pass --data-dir of a running "
-              "`strainstream serve`, --uri (or $STRAINSTREAM_URI), or --offline", file=sys.stderr)
-        return 2
-    # Channel Access reads its address list once, when its context is created: set it first
-    os.environ.update(epics)
+    ``epics`` is the Channel Access client environment of the beamline's IOCs (set before
+    the first CA use: Channel Access reads its address list once). Returns the exit code.
+    """
+    apply_environment(epics)
 
     from strainstream.profile import build_namespace, connect_devices
 
     ns = build_namespace(config)
-    missing = connect_devices(ns, args.connect_timeout)
+    missing = connect_devices(ns, connect_timeout_s)
     try:
-        return _run_ipython(ns, missing, code=args.code, execute=args.execute)
+        return _run_ipython(ns, missing, code=code, execute=execute)
     finally:
         if "epics.ca" in sys.modules:  # close CA before exit: no disconnect noise at shutdown
             import epics

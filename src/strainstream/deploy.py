@@ -26,20 +26,17 @@ reads (``?passfile=``). Keys and passwords are never printed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import json
 import os
-import signal
-import sys
-import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Deployment", "DeployError", "PROFILES", "main", "status"]
+from strainstream.errors import StrainstreamError
+
+__all__ = ["Deployment", "DeployError", "PROFILES", "status"]
 
 PROG = "strainstream deploy"
 PROFILES = ("embedded", "scaleout")
@@ -53,7 +50,7 @@ TABLES_DB = "strainstream_tables"
 MAX_RESTARTS = 5
 
 
-class DeployError(RuntimeError):
+class DeployError(StrainstreamError, RuntimeError):
     """A deployment cannot be started or inspected. The message says what to do."""
 
 
@@ -327,89 +324,3 @@ def status(data_dir: str | os.PathLike) -> dict[str, Any]:
     for i, w in enumerate(state.get("workers", [])):
         checks[f"worker {i}"] = _pid_alive(w.get("pid"))
     return {**state, "checks": checks, "ok": all(checks.values())}
-
-
-def _print_info(info: dict[str, Any]) -> None:
-    lines = [f"profile      {info['profile']}   (data in {info['data_dir']})",
-             f"tiled        {info['tiled_uri']}   pid {info['tiled_pid']}",
-             f"catalog      {info['catalog']}"]
-    if info.get("postgres_port"):
-        lines[-1] += f"   pid {info['postgres_pid']}"
-    lines.append(f"stream cache {info['streaming_cache']}"
-                 + (f"   pid {info['redis_pid']}" if info.get("redis_port") else ""))
-    for i, w in enumerate(info["workers"]):
-        shard = f"   shard {w['shard'][0]}/{w['shard'][1]}" if w.get("shard") else ""
-        lines.append(f"worker {i:<5} pid {w['pid']}{shard}")
-    lines.append(f"logs         {info['logs']}")
-    print("\n".join(lines), flush=True)
-
-
-def _up(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog=f"{PROG} up", description=(
-        "Start the services of a profile on 127.0.0.1 and keep them running until Ctrl-C or "
-        "SIGTERM (a component that dies is restarted). embedded: tiled (SQLite catalog, memory "
-        "streaming cache) + workers; scaleout: PostgreSQL catalog + Redis streaming cache + "
-        "tiled + workers sharing the runs."))
-    ap.add_argument("--profile", choices=PROFILES, default="embedded")
-    ap.add_argument("--data-dir", required=True, help="where catalog, data, services and logs live")
-    ap.add_argument("--workers", type=int, default=1, help="analysis workers (default 1)")
-    ap.add_argument("--port", type=int, default=None, help="tiled port (default: a free one)")
-    ap.add_argument("--api-key", default=None,
-                    help="writer key (default $STRAINSTREAM_API_KEY or DIR/.api_key)")
-    ap.add_argument("--json", action="store_true", help="print what runs where as one JSON line")
-    args = ap.parse_args(argv)
-    done = threading.Event()
-    previous = {s: signal.signal(s, lambda *a: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    dep = Deployment(Path(args.data_dir), profile=args.profile, workers=args.workers,
-                     port=args.port, api_key=args.api_key)
-    try:
-        dep.start()
-        if args.json:
-            print(json.dumps(dep.info()), flush=True)
-        else:
-            _print_info(dep.info())
-            print("Ctrl-C (or SIGTERM) stops everything.", flush=True)
-        while not done.wait(1.0):
-            dep.supervise_once(log=lambda msg: print(msg, file=sys.stderr, flush=True))
-        return 0
-    finally:
-        dep.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _status(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog=f"{PROG} status",
-                                 description="Check the services of a running deployment.")
-    ap.add_argument("--data-dir", required=True, help="the --data-dir of `strainstream deploy up`")
-    ap.add_argument("--json", action="store_true", help="print the status as one JSON object")
-    args = ap.parse_args(argv)
-    st = status(args.data_dir)
-    if args.json:
-        print(json.dumps(st))
-    else:
-        _print_info({**st, "tiled_pid": st.get("tiled_pid")})
-        for name, ok in st["checks"].items():
-            print(f"{name:<12} {'up' if ok else 'DOWN'}")
-    return 0 if st["ok"] else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``strainstream deploy up|status ...``; one-line errors (exit 2)."""
-    from strainstream.server import ServerError
-    from strainstream.services import ServiceError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"up": _up, "status": _status}
-    if not argv or argv[0] not in commands:
-        print(f"usage: {PROG} {{up,status}} [options]  (see `{PROG} up -h`)\n"
-              "  up      start a profile's services (embedded | scaleout) until Ctrl-C\n"
-              "  status  check the services of a running deployment", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    try:
-        return int(commands[argv[0]](argv[1:]) or 0)
-    except (DeployError, ServiceError, ServerError, RuntimeError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130

@@ -17,10 +17,6 @@ a secret. See :mod:`strainstream.server` for the access-control model.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from collections.abc import Sequence
 
 from strainstream.server import (
@@ -33,12 +29,9 @@ from strainstream.server import (
     WRITER_KEY_NOTE,
     WRITER_SCOPES,
     ServerError,
-    admin_key_for,
-    running_server,
-    write_key_file,
 )
 
-__all__ = ["KeyAdmin", "main"]
+__all__ = ["KeyAdmin"]
 
 _SERVER_NOTES = (WRITER_KEY_NOTE, ADMIN_KEY_NOTE)
 
@@ -152,81 +145,3 @@ class KeyAdmin:
                     return {"first_eight": first_eight, "kind": _kind(k["scopes"]),
                             "note": k.get("note")}
         raise ServerError(f"no API key starting with {first_eight!r} on {self.uri}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strainstream keys",
-                                description="create, list and revoke API keys of a running server")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default="strainstream-data",
-                        help="data directory of the running server (default: ./strainstream-data)")
-    common.add_argument("--uri", default=os.environ.get("STRAINSTREAM_URI"),
-                        help="tiled API URI (default: the server running on --data-dir)")
-    common.add_argument("--admin-key", default=None,
-                        help=f"admin key (default: ${ADMIN_KEY_ENV}, else DATA_DIR/.admin_key)")
-    sub = p.add_subparsers(dest="action", required=True)
-    c = sub.add_parser("create", parents=[common], help="mint a key")
-    kind = c.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--read-only", action="store_true", help="for viewers: read metadata and data")
-    kind.add_argument("--read-write", action="store_true",
-                      help="for another writer (RunEngine, worker): read, write, create")
-    c.add_argument("--note", default=None, help="what the key is for (shown by `list`)")
-    c.add_argument("--expires-in", type=float, default=None, metavar="HOURS",
-                   help="the key stops working after HOURS (default: never)")
-    c.add_argument("--out", default=None, metavar="FILE",
-                   help="write the key to FILE (created with mode 0600); default: print it on stdout")
-    ls = sub.add_parser("list", parents=[common], help="list keys (first eight characters, no secrets)")
-    ls.add_argument("--json", action="store_true", help="one JSON list on stdout")
-    r = sub.add_parser("revoke", parents=[common], help="revoke a key by its first eight characters")
-    r.add_argument("first_eight", help="the first eight characters of the key (see `list`)")
-    return p
-
-
-def _admin(args) -> KeyAdmin:
-    uri = args.uri
-    if uri is None:
-        if not os.path.isdir(args.data_dir):
-            raise ServerError(f"data directory {args.data_dir!r} does not exist; pass --data-dir or --uri")
-        info = running_server(args.data_dir)
-        if info is None:
-            raise ServerError(
-                f"no tiled server is running for {args.data_dir}; start one with "
-                f"`strainstream serve --data-dir {args.data_dir}` or pass --uri"
-            )
-        uri = info.uri
-    return KeyAdmin(uri, admin_key_for(args.data_dir, args.admin_key, create=False))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``strainstream keys``; errors raise :class:`ServerError` (one line)."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.action == "create":
-        if args.out and os.path.exists(args.out):
-            raise ServerError(f"{args.out} exists; not overwriting a key file")
-        if args.expires_in is not None and args.expires_in <= 0:
-            raise ServerError("--expires-in must be a positive number of hours")
-        expires = None if args.expires_in is None else int(round(args.expires_in * 3600))
-        made = _admin(args).create(args.read_only, note=args.note, expires_in_s=expires)
-        kind = "read-only" if args.read_only else "read-write"
-        if args.out:
-            write_key_file(args.out, made["secret"])
-            print(f"{kind} key {made['first_eight']} written to {args.out} (mode 0600)")
-        else:
-            print(made["secret"])
-            print(f"{kind} key {made['first_eight']}: keep it secret; tiled cannot show it again",
-                  file=sys.stderr)
-        return 0
-    admin = _admin(args)
-    if args.action == "list":
-        keys = admin.keys()
-        if args.json:
-            print(json.dumps(keys))
-        else:
-            print(f"{'KEY':9} {'KIND':10} {'HOLDER':12} {'LAST USED':20} NOTE")
-            for k in keys:
-                print(f"{k['first_eight']:9} {k['kind']:10} {k['holder']:12} "
-                      f"{(k['latest_activity'] or '-')[:19]:20} {k['note'] or ''}")
-        return 0
-    gone = admin.revoke(args.first_eight)
-    print(f"revoked {gone['kind']} key {gone['first_eight']}")
-    return 0

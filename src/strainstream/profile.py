@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import time
 import typing
 from collections.abc import Callable, Mapping
@@ -59,7 +58,6 @@ DEVICE_NAMES: dict[str, tuple[str, ...]] = {
 PLAN_NAMES = ("operando_xrd", "sxdm_map", "find_bragg", "txm_xanes", "frame_series",
               "count", "scan", "rel_scan", "list_scan", "mv")
 
-_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -104,22 +102,26 @@ class ProfileConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ProfileConfig:
-        """The configuration given by ``STRAINSTREAM_*`` variables (``os.environ`` by default).
+        """The configuration given by ``STRAINSTREAM_*`` variables (this process's by default)
+        and the configuration file (:func:`strainstream.config.load_config`).
 
         ``overrides`` (non-``None`` values) win over the environment.
         """
-        env = os.environ if environ is None else environ
+        from strainstream.config import load_config
+
+        fields = set(_config_fields())
+        config = load_config(environ=environ, **{k: v for k, v in overrides.items() if k in fields})
+        return cls.from_config(config, **{k: v for k, v in overrides.items() if k not in fields})
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> ProfileConfig:
+        """The profile's part of a :class:`strainstream.config.Config`; ``overrides``
+        (non-``None`` values) win."""
         values: dict[str, Any] = {
-            "uri": env.get("STRAINSTREAM_URI") or None,
-            "api_key": env.get("STRAINSTREAM_API_KEY") or None,
-            "prefix": env.get("STRAINSTREAM_PREFIX") or "SS:",
-            "detector_dir": env.get("STRAINSTREAM_DETECTOR_DIR") or None,
-            "table": env.get("STRAINSTREAM_TABLE", "1").lower() in _TRUE,
-            "progress": env.get("STRAINSTREAM_PROGRESS", "1").lower() in _TRUE,
-            "spool_dir": env.get("STRAINSTREAM_SPOOL_DIR") or None,
+            "uri": config.uri, "api_key": config.api_key, "prefix": config.prefix,
+            "detector_dir": config.detector_dir, "iocs": tuple(config.iocs), "table": config.table,
+            "progress": config.progress, "spool_dir": config.spool_dir,
         }
-        if env.get("STRAINSTREAM_IOCS"):
-            values["iocs"] = tuple(s.strip() for s in env["STRAINSTREAM_IOCS"].split(",") if s.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -146,6 +148,13 @@ class ProfileConfig:
         if self.spool_dir:
             out["STRAINSTREAM_SPOOL_DIR"] = str(self.spool_dir)
         return out
+
+
+def _config_fields() -> tuple[str, ...]:
+    """The fields of :class:`strainstream.config.Config`."""
+    from strainstream.config import Config
+
+    return tuple(Config.model_fields)
 
 
 # ------------------------------------------------------------------------------- plans
@@ -302,7 +311,9 @@ def build_namespace(config: ProfileConfig | None = None) -> dict[str, Any]:
     if config.table:
         import matplotlib
 
-        if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+        from strainstream.config import environment_value
+
+        if not environment_value("DISPLAY") and not environment_value("MPLBACKEND"):
             matplotlib.use("Agg")  # no screen: BestEffortCallback must never open a window
         from bluesky.callbacks.best_effort import BestEffortCallback
 

@@ -8,6 +8,7 @@ import pickle
 import pytest
 from tiled.queries import Comparison, Eq, NotEq
 
+from strainstream.cli.reprocess import main
 from strainstream.reprocess import (
     Outcome,
     QueryError,
@@ -15,7 +16,6 @@ from strainstream.reprocess import (
     _Secret,
     build_queries,
     format_table,
-    main,
     parse_term,
     parse_time,
 )

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
+from strainstream.cli.sxdm import main
 from strainstream.sim.sxdm_frames import particle_preset, simulate_sxdm, write_sxdm_file
 from strainstream.sxdm import MAP_DATASETS, SXDMError, map_file, read_sxdm_file, read_sxdm_info
-from strainstream.cli.sxdm import main
 
 JSON_KEYS = {"d_mean_A", "strain_std", "strain_range", "tilt_xy_std_deg", "tilt_xz_std_deg",
              "strain_tilt_correlation", "n_pixels"}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from strainstream import xanes
-from strainstream.sim import txm_images as T
 from strainstream.cli.xanes import main
+from strainstream.sim import txm_images as T
 
 E = T.DEFAULT_ENERGIES_EV
 

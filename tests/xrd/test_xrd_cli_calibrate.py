@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
+from strainstream.cli.xrd import main
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 from strainstream.xrd import make_azimuthal_integrator, validate_geometry
-from strainstream.cli.xrd import main
 
 GEO = DetectorGeometry.binned(4)
 

@@ -97,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     if getattr(args, "func", None) is None:  # a group (``queue``) without its action
-        args.group_parser.print_help(sys.stderr)
-        return 2
+        code = getattr(args, "group_exit", 2)  # the analysis groups answer with their help, 0
+        args.group_parser.print_help(sys.stdout if code == 0 else sys.stderr)
+        return code
     logging.basicConfig(
         level=logging.INFO if args.verbose or args.command in _SERVICES else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

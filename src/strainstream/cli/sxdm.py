@@ -23,7 +23,7 @@ def register(commands) -> None:
     """Add ``strainstream sxdm map`` to the sub-command parsers ``commands``."""
     p = commands.add_parser("sxdm", help="SXDM strain/rotation maps from 5-D rocking-curve data (map)",
                             description="SXDM strain and rotation maps of single particles.")
-    p.set_defaults(group_parser=p)
+    p.set_defaults(group_parser=p, group_exit=0)
     sub = p.add_subparsers(dest="action", metavar="COMMAND", parser_class=Parser)
     m = sub.add_parser(
         "map",

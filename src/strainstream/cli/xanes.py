@@ -32,7 +32,7 @@ def register(commands) -> None:
     """Add ``strainstream xanes whiteline`` to the sub-command parsers ``commands``."""
     parser = commands.add_parser("xanes", help="TXM-XANES white-line maps (whiteline)",
                                  description="TXM-XANES analysis: per-voxel white-line energy maps.")
-    parser.set_defaults(group_parser=parser)
+    parser.set_defaults(group_parser=parser, group_exit=0)
     sub = parser.add_subparsers(dest="action", metavar="COMMAND", parser_class=Parser)
     p = sub.add_parser(
         "whiteline",

@@ -16,7 +16,7 @@ def register(commands) -> None:
     p = commands.add_parser("xrd", help="operando XRD analysis on 1-D patterns (refine) and "
                                         "calibrant frames (calibrate)",
                             description="Operando XRD analysis of 1-D powder patterns.")
-    p.set_defaults(group_parser=p)
+    p.set_defaults(group_parser=p, group_exit=0)
     sub = p.add_subparsers(dest="action", metavar="COMMAND", parser_class=Parser)
     r = sub.add_parser("refine", help="refine lattice a, c, volume, microstrain of an R-3m "
                                       "layered oxide from a two-column pattern")
