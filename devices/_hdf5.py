@@ -17,6 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from strainstream.errors import StrainstreamError
+
 __all__ = ["ATTRIBUTES", "DATASET", "DataDirError", "H5FrameWriter", "format_bytes",
            "writable_dir_free_bytes"]
 
@@ -24,7 +26,7 @@ DATASET = "/entry/data/data"
 ATTRIBUTES = "/entry/instrument/NDAttributes"
 
 
-class DataDirError(OSError):
+class DataDirError(StrainstreamError, OSError):
     """A detector's data directory is missing, not a directory, not writable or too full."""
 
 

@@ -9,13 +9,15 @@ the prefix and the PV, instead of ophyd's raw timeout.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from typing import Any
 
 from epics.ca import ChannelAccessException  # pyepics: "timed out waiting ... to connect"
 from ophyd import Device
 from ophyd.utils.errors import DisconnectedError
+
+from strainstream.config import environment_value
+from strainstream.errors import StrainstreamError
 
 __all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device"]
 
@@ -27,13 +29,13 @@ _PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
 PUT_TIMEOUT_S = 60.0
 
 
-class IOCNotAnswering(TimeoutError):
+class IOCNotAnswering(StrainstreamError, TimeoutError):
     """The IOC serving a device does not answer (not started, killed, wrong address)."""
 
     def __init__(self, ioc_name: str, address: str | None, prefix: str, pv: str | None,
                  detail: str = "") -> None:
         self.ioc_name, self.address, self.prefix, self.pv = ioc_name, address, prefix, pv
-        where = address or f"(EPICS_CA_ADDR_LIST={os.environ.get('EPICS_CA_ADDR_LIST', '')!r})"
+        where = address or f"(EPICS_CA_ADDR_LIST={environment_value('EPICS_CA_ADDR_LIST') or ''!r})"
         what = f"PV {pv} timed out" if pv else "no PV answered"
         msg = f"{ioc_name} IOC at {where} (prefix {prefix}) not answering: {what}"
         if detail:

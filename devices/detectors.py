@@ -27,6 +27,8 @@ from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import DisconnectedError, InvalidState
 
+from strainstream.errors import StrainstreamError
+
 from ._hdf5 import DATASET, DataDirError, H5FrameWriter
 from ._ioc import PUT_TIMEOUT_S, IOCDevice, ioc_guard, mock_device
 
@@ -283,7 +285,7 @@ def powder_ring_source(frame_shape: tuple[int, int], seed: int = 0) -> FrameSour
 
 
 # --------------------------------------------------------------------------- IOC-backed
-class SeriesLost(RuntimeError):
+class SeriesLost(StrainstreamError, RuntimeError):
     """The detector IOC lost the series file of the running acquisition (it restarted)."""
 
 

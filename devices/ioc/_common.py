@@ -36,6 +36,9 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
+from strainstream.config import apply_environment, load_config
+from strainstream.errors import StrainstreamError
+
 from .._hdf5 import DataDirError, H5FrameWriter, writable_dir_free_bytes
 
 __all__ = ["AreaDetectorGroup", "add_common_args", "motor_group", "patch_caproto_tcp", "serve"]
@@ -45,7 +48,7 @@ LONG_STRING = 1024
 #: pause before a motor move / shutter / cycler command put completes, so the last monitor
 #: update (caproto batches subscription updates for up to 10 ms) reaches monitoring clients
 #: before the completion (ophyd devices here read these readbacks fresh anyway)
-MONITOR_FLUSH_S = float(os.environ.get("STRAINSTREAM_IOC_MONITOR_FLUSH_S", "0.02"))
+MONITOR_FLUSH_S = load_config().ioc_monitor_flush_s
 
 
 def patch_caproto_tcp(port: int | None = None, nodelay: bool | None = None) -> None:
@@ -57,13 +60,13 @@ def patch_caproto_tcp(port: int | None = None, nodelay: bool | None = None) -> N
         The port this IOC must use; binding any other port raises instead of caproto's
         silent random fall-back.
     nodelay : bool, optional
-        Default from ``STRAINSTREAM_IOC_NODELAY`` (anything but "0" means on).
+        Default from the configuration's ``ioc_nodelay`` (``STRAINSTREAM_IOC_NODELAY``).
     """
     import caproto.asyncio.server as srv
     from caproto.asyncio.utils import _TransportWrapper
 
     if nodelay is None:
-        nodelay = os.environ.get("STRAINSTREAM_IOC_NODELAY", "1") != "0"
+        nodelay = load_config().ioc_nodelay
     _PATCHED["nodelay"] = bool(nodelay)
     _PATCHED["port"] = port
 
@@ -97,7 +100,7 @@ def long_string(value: str = "", doc: str = "", read_only: bool = False) -> pvpr
 
 
 # ----------------------------------------------------------------------------- motors
-class MotorError(ValueError):
+class MotorError(StrainstreamError, ValueError):
     """A refused motor move (outside the soft limits)."""
 
 
@@ -370,10 +373,9 @@ def serve(ioc: PVGroup, port: int, name: str, closers: Sequence[Callable[[], Non
     if list_pvs:
         print("\n".join(sorted(ioc.pvdb)))
         return 0
-    os.environ["EPICS_CA_SERVER_PORT"] = str(port)
-    os.environ["EPICS_CAS_INTF_ADDR_LIST"] = "127.0.0.1"
-    os.environ["EPICS_CAS_AUTO_BEACON_ADDR_LIST"] = "NO"
-    os.environ["EPICS_CAS_BEACON_ADDR_LIST"] = "127.0.0.1"
+    apply_environment({"EPICS_CA_SERVER_PORT": str(port), "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+                       "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+                       "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1"})
     patch_caproto_tcp(port)
     # beacons go to 127.0.0.1:5065; with no CA repeater there, each one logs a traceback
     logging.getLogger("caproto.ctx").addFilter(

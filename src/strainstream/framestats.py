@@ -10,10 +10,12 @@ import math
 
 import numpy as np
 
+from strainstream.errors import StrainstreamError
+
 __all__ = ["FrameError", "frame_statistics", "check_frame"]
 
 
-class FrameError(ValueError):
+class FrameError(StrainstreamError, ValueError):
     """A frame that cannot be analysed; ``reason`` is a short machine-readable tag."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -56,6 +56,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
+    parser.set_defaults(known_commands=frozenset(sub.choices))
     return parser
 
 
@@ -85,8 +86,8 @@ def run_command(command: str, handler: Callable[[], int], reports: tuple[type[Ba
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``strainstream``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and not argv[0].startswith("-") else ""
     parser = build_parser()
+    command = argv[0] if argv and argv[0] in parser.get_default("known_commands") else ""
     try:
         args = parser.parse_args(argv)
     except StrainstreamError as exc:  # usage error: one line

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from strainstream.errors import StrainstreamError
+
 __all__ = [
     "ElectrochemInputError",
     "GITTPulse",
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 
-class ElectrochemInputError(ValueError):
+class ElectrochemInputError(StrainstreamError, ValueError):
     """Bad electrochemistry input (shape, NaN, non-monotonic time, missing mass...)."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from strainstream.errors import StrainstreamError
 
-class SXDMError(ValueError):
+
+class SXDMError(StrainstreamError, ValueError):
     """Bad SXDM input or a result that cannot be computed; the message says what to do."""
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from strainstream.errors import StrainstreamError
+
 __all__ = ["XanesInputError", "EnergyRangeError", "check_energies"]
 
 
-class XanesInputError(ValueError):
+class XanesInputError(StrainstreamError, ValueError):
     """Bad TXM-XANES input: wrong shapes, non-monotonic energies, a missing flat field..."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from strainstream.errors import StrainstreamError
+
 # One frame-error type for the whole analysis core (reason tags used here: "shape",
 # "all_nan", "blank", "saturated", "masked", "dtype").
 from strainstream.framestats import FrameError
@@ -9,7 +11,7 @@ from strainstream.framestats import FrameError
 __all__ = ["FrameError", "PatternError"]
 
 
-class PatternError(ValueError):
+class PatternError(StrainstreamError, ValueError):
     """A 1-D pattern cannot be refined (no layered-oxide peaks, wrong wavelength, bad axes...).
 
     Attributes
