@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "config_from_args",
     "data_dir_of",
     "get_run",
+    "number",
     "open_catalog",
     "print_json",
     "resolve_server",
@@ -46,8 +48,35 @@ class Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (a :class:`UsageError`)."""
 
     def error(self, message: str):  # noqa: D102 - argparse API
+        if message.startswith("argument -"):  # names the option and the allowed values
+            raise UsageError(message)
         usage = " ".join(self.format_usage().split())
         raise UsageError(f"{message} ({usage})")
+
+
+def number(kind: type = float, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, unit: str = "") -> Callable[[str], float]:
+    """An argparse ``type`` accepting a finite number in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); anything else is a one-line error naming the allowed range."""
+    import math
+
+    lo_br = "(" if low_open else "["
+    allowed = (f"{lo_br}{'-inf' if low is None else f'{low:g}'}, "
+               f"{'inf' if high is None else f'{high:g}'}]{(' ' + unit) if unit else ''}")
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}; allowed {allowed}") from None
+        if (not math.isfinite(value) or (low is not None and (value < low or (low_open and value == low)))
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed {allowed}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 def add_server_options(p: argparse.ArgumentParser, *, data_dir_default: str | None = DEFAULT_DATA_DIR,

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from ._common import add_server_options, data_dir_of, print_json
+from ._common import CommandError, add_server_options, data_dir_of, number, print_json
 
 __all__ = ["register"]
+
+#: XRD frame sizes the simulated detector offers (the 2048² panel binned 1x to 16x)
+FRAME_SIZES = (2048, 1024, 512, 256, 128)
+
+
+def _frame_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value not in FRAME_SIZES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a frame size of the simulated 2048x2048 detector; allowed "
+            f"{', '.join(map(str, FRAME_SIZES))}")
+    return value
+
+
+def _writable_data_dir(path: str) -> str:
+    """Create the data directory (and parents) or say in one line why it cannot be used."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"--data-dir {path}: cannot create it ({exc.strerror or exc})") from None
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise CommandError(f"--data-dir {path}: not a writable directory")
+    return str(p)
 
 
 def register(commands) -> None:
@@ -16,12 +47,18 @@ def register(commands) -> None:
     p.add_argument("--experiment", choices=["operando_xrd", "frame_series"], default="operando_xrd",
                    help="operando_xrd (default: IOC beamline, CeO2 calibration, live lattice "
                         "refinement while the cell charges) or frame_series (no IOCs)")
-    p.add_argument("--frame-size", type=int, default=1024, help="XRD frame rows=cols (divides 2048)")
-    p.add_argument("--rate", type=float, default=200.0, help="charge rate, mA/g")
-    p.add_argument("--duration", type=float, default=60.0, help="wall seconds the charge takes")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between XRD frames")
-    p.add_argument("--frames", type=int, default=20, help="frame_series: number of frames")
-    p.add_argument("--delay", type=float, default=0.2, help="frame_series: seconds between frames")
+    p.add_argument("--frame-size", type=_frame_size, default=1024,
+                   help=f"XRD frame rows=cols, one of {', '.join(map(str, FRAME_SIZES))} (default 1024)")
+    p.add_argument("--rate", type=number(float, low=0, high=5000, low_open=True, unit="mA/g"),
+                   default=200.0, help="charge rate, mA/g (0 < RATE <= 5000; default 200)")
+    p.add_argument("--duration", type=number(float, low=5, high=86400, unit="s"), default=60.0,
+                   help="wall seconds the charge takes (5 to 86400; default 60)")
+    p.add_argument("--interval", type=number(float, low=0.05, high=3600, unit="s"), default=1.0,
+                   help="seconds between XRD frames (0.05 to 3600, less than --duration; default 1)")
+    p.add_argument("--frames", type=number(int, low=1, high=100_000), default=20,
+                   help="frame_series: number of frames (1 to 100000; default 20)")
+    p.add_argument("--delay", type=number(float, low=0, high=3600, unit="s"), default=0.2,
+                   help="frame_series: seconds between frames (0 to 3600; default 0.2)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
 
@@ -29,11 +66,15 @@ def register(commands) -> None:
 def cmd_demo(args) -> int:
     import contextlib
 
+    if args.interval >= args.duration:
+        raise CommandError(f"--interval {args.interval:g} s must be shorter than --duration "
+                           f"{args.duration:g} s (at least one frame during the charge)")
+    data_dir = _writable_data_dir(data_dir_of(args))
     from strainstream.demo import run_demo
 
     # bluesky prints suspension notices on stdout: keep stdout for the JSON summary alone
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        summary = run_demo(data_dir_of(args), experiment=args.experiment, frames=args.frames,
+        summary = run_demo(data_dir, experiment=args.experiment, frames=args.frames,
                            delay_s=args.delay, frame_size=args.frame_size, rate_mA_g=args.rate,
                            duration_s=args.duration, frame_interval_s=args.interval, quiet=args.json)
     if args.json:
