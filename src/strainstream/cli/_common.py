@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 DEFAULT_DATA_DIR = "strainstream-data"
+#: shortest uid prefix accepted for a run
+MIN_UID_PREFIX = 6
 
 
 class CommandError(StrainstreamError):
@@ -216,9 +218,16 @@ def get_run(root, uid: str):
         node = root[uid]
     except KeyError:
         # allow a unique prefix, as people copy the first 8 characters
-        matches = [k for k in root if k.startswith(uid) and k != "derived"] if len(uid) >= 6 else []
-        if len(matches) != 1:
+        if len(uid) < MIN_UID_PREFIX:
+            raise ServerError(f"no run with uid {uid!r} in the catalog; a uid prefix needs at least "
+                              f"{MIN_UID_PREFIX} characters (`strainstream runs` lists the runs)") from None
+        matches = [k for k in root if k.startswith(uid) and k != "derived"]
+        if not matches:
             raise ServerError(f"no run with uid {uid!r} in the catalog") from None
+        if len(matches) > 1:
+            shown = ", ".join(sorted(matches)[:5]) + (" ..." if len(matches) > 5 else "")
+            raise ServerError(f"uid prefix {uid!r} matches {len(matches)} runs ({shown}); give more "
+                              "characters") from None
         node = root[matches[0]]
     if "start" not in (node.metadata or {}):
         raise ServerError(f"{uid!r} is not a run (no start document)")

@@ -1,16 +1,24 @@
-"""``strainstream results | replay | plot``: what the analyses found for one run."""
+"""``strainstream runs | results | replay | plot``: the runs of a catalog and what the analyses found."""
 
 from __future__ import annotations
 
 import os
 
-from ._common import CommandError, add_server_options, get_run, open_catalog, print_json
+from ._common import CommandError, add_server_options, get_run, number, open_catalog, print_json
 
 __all__ = ["register"]
 
 
 def register(commands) -> None:
-    """Add ``results``, ``replay`` and ``plot`` to the sub-command parsers ``commands``."""
+    """Add ``runs``, ``results``, ``replay`` and ``plot`` to the sub-command parsers ``commands``."""
+    p = commands.add_parser("runs", help="list the runs: uid, time, experiment, material, status, "
+                                         "events recorded/analysed")
+    add_server_options(p)
+    p.add_argument("--experiment", default=None, help="only runs of this experiment (e.g. operando_xrd)")
+    p.add_argument("--limit", type=number(int, low=1), default=None, help="only the N newest runs")
+    p.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    p.set_defaults(func=cmd_runs)
+
     p = commands.add_parser("results", help="print the stored derived results of a run")
     p.add_argument("uid")
     add_server_options(p)
@@ -32,6 +40,96 @@ def register(commands) -> None:
     p.add_argument("--interval", type=float, default=2.0, help="seconds between live updates")
     p.add_argument("--dpi", type=int, default=110)
     p.set_defaults(func=cmd_plot)
+
+
+#: what a stop document's exit_status means for the user
+_STATUS = {"success": "complete", "abort": "aborted", "fail": "failed"}
+
+
+def _seq_count(node) -> int | None:
+    """Distinct seq_nums in a table node (a retried append may store a row twice)."""
+    try:
+        return len(set(node.read(columns=["seq_num"])["seq_num"].tolist()))
+    except Exception:  # no partition yet, or not a table
+        return None
+
+
+def run_summary(root, uid: str) -> dict:
+    """One line of ``strainstream runs``: the run's identity, status and how far its analyses got."""
+    import datetime
+
+    from strainstream.callbacks.sinks import ARRAYS_SUFFIX, DERIVED
+
+    md = dict(root[uid].metadata)
+    start, stop = md.get("start") or {}, md.get("stop") or {}
+    sample = start.get("sample")
+    material = start.get("material") or (sample.get("material") if isinstance(sample, dict) else sample)
+    recorded = (stop.get("num_events") or {}).get("primary")
+    if recorded is None and "primary" in root[uid]:
+        primary = root[uid]["primary"]
+        recorded = _seq_count(getattr(primary, "base", primary)["internal"]) \
+            if "internal" in getattr(primary, "base", primary) else None
+    analyses: dict[str, dict] = {}
+    if DERIVED in root and uid in root[DERIVED]:
+        derived = root[DERIVED][uid]
+        derived = getattr(derived, "base", derived)
+        for name in derived:
+            if name.endswith(ARRAYS_SUFFIX):
+                continue
+            node = derived[name]
+            analyses[name] = {"status": dict(node.metadata).get("status", "unknown"),
+                              "events_analysed": _seq_count(node) or 0}
+    entry = {
+        "uid": uid,
+        "time": datetime.datetime.fromtimestamp(start["time"]).isoformat(timespec="seconds")
+        if start.get("time") else None,
+        "experiment": start.get("experiment"),
+        "material": material,
+        "status": _STATUS.get(stop.get("exit_status"), stop.get("exit_status")) if stop else "running",
+        "events_recorded": recorded,
+        "events_analysed": min((a["events_analysed"] for a in analyses.values()), default=None),
+        "analyses": analyses,
+    }
+    if start.get("experiment") == "calibration":
+        entry["calibrant"] = start.get("calibrant")
+        entry["geometry"] = md.get("geometry") or start.get("geometry")
+    return entry
+
+
+def cmd_runs(args) -> int:
+    """List the runs of the catalog, newest first."""
+    root = open_catalog(args)
+    uids = [k for k in root if k != "derived"]
+    rows = []
+    for uid in reversed(uids):  # the catalog keeps insertion (time) order
+        try:
+            start = (root[uid].metadata or {}).get("start") or {}
+        except KeyError:
+            continue
+        if not start or (args.experiment and start.get("experiment") != args.experiment):
+            continue
+        rows.append(run_summary(root, uid))
+        if args.limit and len(rows) >= args.limit:
+            break
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no runs" + (f" of experiment {args.experiment}" if args.experiment else ""))
+        return 0
+    header = ("UID", "TIME", "EXPERIMENT", "MATERIAL", "STATUS", "EVENTS", "ANALYSED")
+    table = [header]
+    for r in rows:
+        analysed = "-" if r["events_analysed"] is None else str(r["events_analysed"])
+        if r["experiment"] == "calibration":
+            analysed = f"calibrant {r.get('calibrant') or '?'}"
+        table.append((r["uid"][:8], (r["time"] or "-").replace("T", " "), r["experiment"] or "-",
+                      str(r["material"] or "-"), r["status"],
+                      "-" if r["events_recorded"] is None else str(r["events_recorded"]), analysed))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def cmd_results(args) -> int:
