@@ -91,3 +91,34 @@ def test_bad_arguments(tmp_path, capsys):
     assert main(["refine", "x.xy", "--phases", "3"]) == 2
     assert "invalid choice" in capsys.readouterr().err
     assert main([]) == 0
+
+
+def test_calibration_file_gives_the_instrument_function(tmp_path, pattern, capsys):
+    """--calibration GEOM.json removes the calibrant's instrumental FWHM (and supplies λ); without
+    any width option the refinement warns and reads the instrument's breadth as the sample's (#21 point 5)."""
+    f = _write(tmp_path / "p.xy", *pattern)
+    geometry = {"distance_m": 1.0, "poni1_m": 0.2045, "poni2_m": 0.2055, "rot1": 0.0, "rot2": 0.0,
+                "rot3": 0.0, "wavelength_A": LAMBDA_A, "pixel_size_um": 200.0, "shape": [2048, 2048],
+                "instrument_fwhm_A_inv": 0.004}  # synth_pattern's w_inst
+    geo = tmp_path / "geom.json"
+    geo.write_text(json.dumps(geometry))
+    assert main(["refine", f, "--calibration", str(geo), "--json"]) == 0
+    out = capsys.readouterr()
+    assert "warning" not in out.err
+    with_cal = json.loads(out.out)["phases"][0]
+    assert main(["refine", f, "--instrument-fwhm", "0.004", "--wavelength", str(LAMBDA_A), "--json"]) == 0
+    explicit = json.loads(capsys.readouterr().out)["phases"][0]
+    assert with_cal == explicit  # the file's width and wavelength are exactly the options'
+    assert abs(with_cal["microstrain"] - TRUTH["microstrain"]) < 0.1 * TRUTH["microstrain"]
+    assert main(["refine", f, "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("strainstream xrd: warning: no instrumental width")
+    assert len(out.err.strip().splitlines()) == 1
+    without = json.loads(out.out)["phases"][0]
+    assert without["size_nm"] < 0.8 * with_cal["size_nm"]  # instrument breadth read as small crystallites
+    # a calibration without a measured width is refused, naming what to do
+    del geometry["instrument_fwhm_A_inv"]
+    geo.write_text(json.dumps(geometry))
+    assert main(["refine", f, "--calibration", str(geo)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("strainstream xrd: error: ") and "no instrument_fwhm_A_inv" in err

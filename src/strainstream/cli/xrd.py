@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from strainstream.errors import UsageError
 
@@ -22,8 +23,9 @@ def register(commands) -> None:
                                       "layered oxide from a two-column pattern")
     r.add_argument("file", metavar="FILE.xy",
                    help="two whitespace columns (x, intensity), '#' comments allowed")
-    r.add_argument("--wavelength", type=float, default=0.1665,
-                   help="X-ray wavelength in Å (default 0.1665, APS 11-ID-C)")
+    r.add_argument("--wavelength", type=float, default=None,
+                   help="X-ray wavelength in Å (default: the --calibration file's, else 0.1665, "
+                        "APS 11-ID-C)")
     r.add_argument("--phases", choices=("auto", "1", "2"), default="auto",
                    help="number of layered phases (default auto: H2/H3 split detected)")
     r.add_argument("--x", choices=("q", "two_theta_deg"), default="q",
@@ -32,9 +34,15 @@ def register(commands) -> None:
                    help="Al current-collector peaks: model (default), exclude or none")
     r.add_argument("--q-min", type=float, default=None, help="lowest Q to fit, Å⁻¹")
     r.add_argument("--q-max", type=float, default=None, help="highest Q to fit, Å⁻¹")
-    r.add_argument("--instrument-fwhm", type=float, default=0.0,
-                   help="instrumental FWHM in Q, Å⁻¹ (default 0; the instrument_fwhm_A_inv "
-                        "of strainstream xrd calibrate)")
+    width = r.add_mutually_exclusive_group()
+    width.add_argument("--calibration", metavar="GEOM.json", default=None,
+                       help="geometry file of `strainstream xrd calibrate --out` (or a PONI file): "
+                            "its instrument_fwhm_A_inv is removed from the peak widths, and its "
+                            "wavelength is used unless --wavelength is given")
+    width.add_argument("--instrument-fwhm", type=float, default=None,
+                       help="instrumental FWHM in Q, Å⁻¹ (the instrument_fwhm_A_inv of "
+                            "strainstream xrd calibrate); without it or --calibration the peak "
+                            "widths are taken as all sample (size and microstrain come out wrong)")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     c = sub.add_parser("calibrate", help="refine the detector geometry and measure the "
@@ -89,17 +97,50 @@ def _read_xy(path):
     return arr[:, 0], arr[:, 1]
 
 
+#: wavelength of the refinement when neither --wavelength nor a calibration gives one (APS 11-ID-C)
+DEFAULT_WAVELENGTH_A = 0.1665
+
+
+def _instrument(args) -> tuple[float, float]:
+    """(wavelength Å, instrumental FWHM Å⁻¹) from --wavelength, --calibration, --instrument-fwhm.
+
+    Without either width option the FWHM is 0 (the caller warns: the refinement then
+    attributes the whole peak width to the sample)."""
+    wavelength = args.wavelength
+    if args.calibration:
+        geometry = _read_geometry(args.calibration)
+        fwhm = geometry.get("instrument_fwhm_A_inv")
+        if fwhm is None:
+            raise UsageError(f"{args.calibration} holds no instrument_fwhm_A_inv; calibrate with the "
+                             "width measured (`strainstream xrd calibrate` without --no-width) or "
+                             "pass --instrument-fwhm")
+        if wavelength is None:
+            wavelength = float(geometry["wavelength_A"])
+        elif abs(wavelength - float(geometry["wavelength_A"])) > 1e-4 * wavelength:
+            print(f"strainstream xrd: warning: --wavelength {wavelength:g} Å differs from the "
+                  f"calibration's {geometry['wavelength_A']:g} Å; using --wavelength", file=sys.stderr)
+        return wavelength, float(fwhm)
+    if args.instrument_fwhm is not None and not args.instrument_fwhm >= 0:
+        raise UsageError(f"--instrument-fwhm must be >= 0 Å⁻¹, got {args.instrument_fwhm}")
+    return (DEFAULT_WAVELENGTH_A if wavelength is None else wavelength), (args.instrument_fwhm or 0.0)
+
+
 def _refine(args) -> int:
     import numpy as np
 
     from strainstream.xrd import PatternError, refine_pattern
 
+    wavelength, instrument_fwhm = _instrument(args)
     x, y = _read_xy(args.file)
+    if args.calibration is None and args.instrument_fwhm is None:
+        print("strainstream xrd: warning: no instrumental width (--calibration GEOM.json or "
+              "--instrument-fwhm): the whole peak width is taken as sample broadening, so size "
+              "comes out small and microstrain large", file=sys.stderr)
     if args.x == "two_theta_deg":
         if np.any(x <= 0) or np.any(x >= 180):
             raise UsageError("2θ values must lie in (0, 180) degrees; is the first column Q? "
                             "(use --x q)")
-        q = 4 * np.pi * np.sin(np.radians(x) / 2) / args.wavelength
+        q = 4 * np.pi * np.sin(np.radians(x) / 2) / wavelength
     else:
         q = x
     q_range = None
@@ -108,8 +149,8 @@ def _refine(args) -> int:
                    args.q_max if args.q_max is not None else np.inf)
     phases = "auto" if args.phases == "auto" else int(args.phases)
     try:
-        res = refine_pattern(q, y, args.wavelength, phases=phases, al=args.al,
-                             q_range_A_inv=q_range, instrument_fwhm_A_inv=args.instrument_fwhm)
+        res = refine_pattern(q, y, wavelength, phases=phases, al=args.al,
+                             q_range_A_inv=q_range, instrument_fwhm_A_inv=instrument_fwhm)
     except PatternError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
