@@ -10,85 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerProcess", "run_demo"]
+from strainstream.workerproc import WorkerProcess
 
+__all__ = ["run_demo", "wait_for_results"]
 
-class WorkerProcess:
-    """``strainstream worker`` as a subprocess (the API key travels in the environment).
-
-    ``shard=(i, n)`` makes it follow only the runs of shard ``i`` of ``n`` (several workers
-    sharing the runs; passed as ``$STRAINSTREAM_WORKER_SHARD``).
-    """
-
-    def __init__(self, uri: str, api_key: str, data_dir: str | os.PathLike, catch_up_hours: float = 24.0,
-                 shard: tuple[int, int] | None = None):
-        self.uri, self.api_key = uri, api_key
-        self.data_dir = Path(data_dir).resolve()
-        self.catch_up_hours = catch_up_hours
-        self.shard = shard
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 60.0, wait: bool = True) -> WorkerProcess:
-        """Start the worker; with ``wait`` block until it is subscribed and caught up."""
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        ready = logs / f"worker-{os.getpid()}-{time.monotonic_ns()}.ready"
-        env = dict(os.environ, STRAINSTREAM_API_KEY=self.api_key)
-        env.pop("STRAINSTREAM_WORKER_SHARD", None)
-        name = "worker.log"
-        if self.shard is not None:
-            env["STRAINSTREAM_WORKER_SHARD"] = f"{self.shard[0]}/{self.shard[1]}"
-            name = f"worker-{self.shard[0]}of{self.shard[1]}.log"
-        log = open(logs / name, "ab")  # noqa: SIM115 (owned by the child)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "strainstream.cli", "worker", "--uri", self.uri,
-             "--data-dir", str(self.data_dir), "--catch-up-hours", str(self.catch_up_hours),
-             "--ready-file", str(ready)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        self._ready = ready
-        if wait:
-            self.wait_ready(timeout_s)
-        return self
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        logs, ready = self.data_dir / "logs", self._ready
-        deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with code {self.process.returncode}; see {logs / 'worker.log'}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"worker not ready after {timeout_s:.0f} s; see {logs / 'worker.log'}")
-            time.sleep(0.05)
-        ready.unlink()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+# -- re-exports for callers not yet updated (#12); removed when import sites move
+__all__ += ["WorkerProcess"]  # moved to strainstream.workerproc
 
 
 def wait_for_results(root, uid: str, n_events: int, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -118,9 +50,9 @@ def _say(quiet: bool):
 
 
 def _frame_series(session, data_dir, frames, delay_s, say) -> str:
+    from strainstream.datadir import detector_dir
     from strainstream.devices.detectors import sim_frame_detector
     from strainstream.plans.frames import frame_series
-    from strainstream.server import detector_dir
 
     det = sim_frame_detector("det", detector_dir(data_dir), frame_shape=(512, 512))
     (uid,) = session.RE(frame_series([det], num=frames, delay_s=delay_s,
@@ -192,7 +124,8 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
     simulated SC-NM91 cell with XRD frames analysed live by the worker.
     ``experiment="frame_series"``: an in-process detector, frame statistics (no IOCs).
     """
-    from strainstream.server import TiledServer, detector_dir
+    from strainstream.datadir import detector_dir
+    from strainstream.server import TiledServer
     from strainstream.session import make_session
 
     say = _say(quiet)

@@ -3,9 +3,9 @@
 :class:`Redis` runs Debian's ``redis-server`` with an append-only file, so a restart keeps the
 data; :class:`Postgres` runs a private PostgreSQL cluster (``initdb`` on first use) with
 password authentication for one role. Both keep everything in the data directory they are
-given, run in their own process group, are asked to die with the thread that started them
-(``PR_SET_PDEATHSIG``) and are stopped at interpreter exit, so a test or a launcher that
-crashes leaves no server behind.
+given, and run under a :class:`strainstream.supervisor.Supervisor`: in their own process
+group, asked to die with the thread that started them (``PR_SET_PDEATHSIG``) and stopped at
+interpreter exit, so a test or a launcher that crashes leaves no server behind.
 
 Layout of a Redis data directory::
 
@@ -31,11 +31,8 @@ Nothing here imports tiled, redis-py or asyncpg at module level.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
-import ctypes
-import functools
 import glob
 import os
 import pwd
@@ -47,9 +44,11 @@ import socket
 import stat
 import subprocess
 import threading
-import time
-import weakref
 from pathlib import Path
+
+from strainstream.config import process_environment
+from strainstream.errors import StrainstreamError
+from strainstream.supervisor import Supervisor, find_free_port, port_open
 
 __all__ = [
     "Postgres", "Redis", "ServiceError", "find_postgres_bin", "find_redis_server", "redis_ping",
@@ -61,10 +60,9 @@ POSTGRES_GLOB = "/usr/lib/postgresql/*/bin"
 PG_ROLE = "strainstream"
 #: system user that runs PostgreSQL when we are root
 PG_SYSTEM_USER = "postgres"
-_PR_SET_PDEATHSIG = 1
 
 
-class ServiceError(RuntimeError):
+class ServiceError(StrainstreamError, RuntimeError):
     """A service cannot be found, started or used. The message says what to do."""
 
 
@@ -96,18 +94,6 @@ def find_postgres_bin() -> Path:
     )
 
 
-def _free_port() -> int:
-    from strainstream.server import find_free_port
-
-    return find_free_port()
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def redis_ping(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> bool:
     """True when a Redis server on ``host:port`` answers ``PING`` (raw RESP, no client library)."""
     try:
@@ -118,93 +104,45 @@ def redis_ping(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> bo
         return False
 
 
-def _die_with_parent(sig: int) -> None:
-    """preexec_fn body: send ``sig`` to the child when the thread that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-
-# every started service, stopped at interpreter exit (weakly held: a dropped object is GC'd)
-_RUNNING: weakref.WeakSet = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for service in list(_RUNNING):
-        with contextlib.suppress(Exception):
-            service.stop()
-
-
 class _Service:
-    """A server subprocess in its own process group."""
+    """A server subprocess under a :class:`~strainstream.supervisor.Supervisor`."""
 
     name = "service"
-    #: signal asking for a clean shutdown
+    #: signal asking for a clean shutdown (sent to the server, which stops its children)
     stop_signal = signal.SIGTERM
 
     def __init__(self, data_dir: str | os.PathLike, port: int | None) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.port = int(port) if port else _free_port()
-        self.process: subprocess.Popen | None = None
+        self.port = int(port) if port else find_free_port()
+        self.supervisor = Supervisor(
+            self.name, self.log_path, stop_signal=self.stop_signal, signal_group=False,
+            die_with_parent=True, stop_at_exit=True, stop_timeout_s=20.0, error=ServiceError)
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The server's :class:`subprocess.Popen` (None before :meth:`start` and after :meth:`stop`)."""
+        return self.supervisor.process
 
     @property
     def log_path(self) -> Path:
         return self.data_dir / f"{self.name}.log"
 
     def _spawn(self, cmd: list[str], **kwargs) -> None:
-        if _port_open(self.port):
+        if port_open(self.port):
             raise ServiceError(f"{self.name}: port {self.port} on 127.0.0.1 is already in use")
-        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
-        try:
-            self.process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=functools.partial(_die_with_parent, self.stop_signal),
-                **kwargs,
-            )
-        finally:
-            log.close()
-        _RUNNING.add(self)
+        self.supervisor.start(cmd, **kwargs)
 
     def _wait_ready(self, ready, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                self.process = None
-                raise ServiceError(
-                    f"{self.name} exited with code {code} during start-up; see {self.log_path}"
-                )
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServiceError(
-                    f"{self.name} did not answer on 127.0.0.1:{self.port} within {timeout_s:.0f} s; "
-                    f"see {self.log_path}"
-                )
-            time.sleep(0.05)
+        self.supervisor.wait_ready(ready, timeout_s=timeout_s,
+                                   waiting_for=f"answer on 127.0.0.1:{self.port}")
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.supervisor.running
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop the server (clean shutdown, SIGKILL of its process group after ``timeout_s``)."""
-        proc, self.process = self.process, None
-        _RUNNING.discard(self)
-        if proc is None or proc.poll() is not None:
-            return  # never signal a pid we already reaped: it may belong to someone else now
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, self.stop_signal)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
-        # whatever is left in its process group (e.g. a Redis save child) goes too
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+        self.supervisor.stop(timeout_s)
 
     def __enter__(self):
         return self.start() if not self.running else self
@@ -279,7 +217,7 @@ def _as_postgres_user() -> dict:
             f"PostgreSQL refuses to run as root and there is no '{PG_SYSTEM_USER}' system user: "
             "install Debian's postgresql (it creates the user) or run as an ordinary user"
         ) from None
-    env = dict(os.environ, HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    env = process_environment({"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name})
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "env": env}
 
 
