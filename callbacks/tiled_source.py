@@ -32,48 +32,17 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .base import AnalysisCallback
+from .tiled_format import INTERNAL, ExternalFrames, events_from_rows, rows_of
 
-__all__ = ["RunFollower", "events_from_rows"]
+__all__ = ["RunFollower", "events_from_rows"]  # events_from_rows: from tiled_format (#12)
 
 logger = logging.getLogger(__name__)
-
-INTERNAL = "internal"
-
-
-def _py(v):
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def events_from_rows(rows: Iterable[dict[str, Any]], descriptor_uid: str) -> list[dict[str, Any]]:
-    """Event documents from rows of a TiledWriter ``internal`` table (sorted by seq_num)."""
-    events = []
-    for row in rows:
-        row = {k: _py(v) for k, v in row.items()}
-        seq = int(row["seq_num"])
-        data = {k: v for k, v in row.items() if k not in ("seq_num", "time") and not k.startswith("ts_")}
-        ts = {k[3:]: v for k, v in row.items() if k.startswith("ts_")}
-        events.append(
-            {
-                "uid": f"event-{descriptor_uid}-{seq}",
-                "descriptor": descriptor_uid,
-                "seq_num": seq,
-                "time": float(row["time"]),
-                "data": data,
-                "timestamps": ts,
-                "filled": {},
-            }
-        )
-    return sorted(events, key=lambda e: e["seq_num"])
-
-
-def _df_rows(df) -> list[dict[str, Any]]:
-    return df.to_dict(orient="records") if len(df) else []
 
 
 class _Stream:
@@ -84,6 +53,8 @@ class _Stream:
         self.fed = 0  # highest seq_num fed to the callbacks
         self.seen: set[int] = set()  # every seq_num fed (a row may reach the table late)
         self.resources: dict[str, str] = {}  # data_key -> stream_resource uid
+        self.frames: dict[str, ExternalFrames] = {}  # data_key -> its frame references
+        self.unresolved: dict[str, set[int]] = {}  # data_key -> seq_nums fed without a frame yet
         self.table_sub = None
         self.node_sub = None
         self.last_sequence = 0  # streaming-cache sequence of the last table update seen
@@ -182,6 +153,7 @@ class RunFollower:
                 self._attach_stream(name, subscribe=False)
             for stream in self.streams.values():
                 self._backfill(stream, holes=True)
+                self._retry_unresolved(stream)
             self._emit("stop", stop_doc)
             self.finished = True
         self.close()
@@ -249,10 +221,22 @@ class RunFollower:
             cb(name, doc)
 
     def _fallback(self, data_key: str, seq_num: int) -> np.ndarray:
+        """The frame read through tiled, at the index the node's data source gives it."""
         for stream in self.streams.values():
             if data_key in stream.external_keys:
-                return np.asarray(stream.node[data_key][seq_num - 1])
+                frames = self._frames(stream, data_key)
+                if frames is not None:
+                    return frames.read_http(seq_num)
         raise KeyError(data_key)
+
+    def _frames(self, stream: _Stream, key: str) -> ExternalFrames | None:
+        """The frame references of ``key`` in ``stream`` (None while tiled has no node for it)."""
+        frames = stream.frames.get(key)
+        if frames is None:
+            if key not in stream.node:
+                return None
+            frames = stream.frames[key] = ExternalFrames(stream.node[key], key)
+        return frames
 
     def _on_stream_created(self, update) -> None:
         try:
@@ -347,7 +331,7 @@ class RunFollower:
         stored row never fed (a row the writer appended again after the server lost it)."""
         if INTERNAL not in stream.node:
             return
-        rows = _df_rows(stream.node[INTERNAL].read())
+        rows = rows_of(stream.node[INTERNAL].read())
         rows = [r for r in rows if (int(r["seq_num"]) > stream.fed or (holes and int(r["seq_num"]) not in stream.seen))
                 and (upto is None or int(r["seq_num"]) <= upto)]
         if rows:
@@ -366,6 +350,7 @@ class RunFollower:
         with contextlib.ExitStack() as batch:
             for cb in self.callbacks:
                 batch.enter_context(cb.batch())
+            self._retry_unresolved(stream)
             for event in events:
                 seq = event["seq_num"]
                 for key in stream.external_keys:
@@ -374,36 +359,32 @@ class RunFollower:
                 stream.fed = max(stream.fed, seq)
                 stream.seen.add(seq)
 
-    def _emit_stream_datum(self, stream: _Stream, key: str, seq: int) -> None:
+    def _emit_stream_datum(self, stream: _Stream, key: str, seq: int, refresh: bool = True) -> None:
+        """Emit the StreamResource (once) and the StreamDatum of event ``seq``'s frame, with
+        the indices the node's data source gives it; a frame not registered yet is retried
+        at the next rows and at the stop (the callbacks hold the event meanwhile)."""
+        frames = self._frames(stream, key)
+        ref = None if frames is None else frames.resolve(seq) if refresh else frames.ref(seq)
+        if ref is None:
+            stream.unresolved.setdefault(key, set()).add(seq)
+            return
+        stream.unresolved.get(key, set()).discard(seq)
         if key not in stream.resources:
-            if key not in stream.node:
-                return  # no frame registered (yet): the callback holds the event
-            (source,) = stream.node[key].data_sources()[:1]
-            assets = source.assets
-            uri = assets[0].data_uri if len(assets) == 1 else ""  # several files: read via tiled
             sr_uid = f"sr-{stream.descriptor['uid']}-{key}"
-            self._emit(
-                "stream_resource",
-                {
-                    "uid": sr_uid,
-                    "data_key": key,
-                    "mimetype": source.mimetype,
-                    "uri": uri,
-                    "parameters": dict(source.parameters),
-                    "run_start": self.uid,
-                },
-            )
+            self._emit("stream_resource", frames.stream_resource(sr_uid, self.uid))
             stream.resources[key] = sr_uid
-        self._emit(
-            "stream_datum",
-            {
-                "uid": f"sd-{stream.descriptor['uid']}-{key}-{seq}",
-                "stream_resource": stream.resources[key],
-                "descriptor": stream.descriptor["uid"],
-                "indices": {"start": seq - 1, "stop": seq},
-                "seq_nums": {"start": seq, "stop": seq + 1},
-            },
-        )
+        self._emit("stream_datum", frames.stream_datum(
+            ref, f"sd-{stream.descriptor['uid']}-{key}-{seq}", stream.resources[key], stream.descriptor["uid"]))
+
+    def _retry_unresolved(self, stream: _Stream) -> None:
+        """Emit the StreamDatums of events fed before tiled had their frames."""
+        for key, seqs in list(stream.unresolved.items()):
+            frames = self._frames(stream, key) if seqs else None
+            if frames is None:
+                continue
+            frames.refresh()  # once for all of them
+            for seq in sorted(seqs):
+                self._emit_stream_datum(stream, key, seq, refresh=False)
 
 
 class _TableHandler:
@@ -418,7 +399,7 @@ class _TableHandler:
             seq = getattr(update, "sequence", None)
             if seq is not None:
                 self.follower.note_sequence(self.stream, int(seq))
-            self.follower.enqueue(self.stream, _df_rows(update.data()))
+            self.follower.enqueue(self.stream, rows_of(update.data()))
         except Exception:
             logger.exception("run %s: decoding a table update failed", self.follower.uid)
 

@@ -23,6 +23,7 @@ import numpy as np
 from strainstream.framestats import FrameError
 
 from .base import AnalysisCallback, RunDocumentError, checked_number, checked_range
+from .tiled_format import is_timestamp_column
 
 __all__ = ["OperandoXRDCallback", "Q003_GRID_A_INV", "i003_matrix", "start_from_row"]
 
@@ -130,7 +131,7 @@ class OperandoXRDCallback(AnalysisCallback):
         """Cycler readings of the event, by data-key suffix (e.g. ``cycler_voltage_V``)."""
         out = {}
         for suffix in _ECHEM:
-            keys = [k for k in data if k.endswith(suffix) and not k.startswith("ts_")]
+            keys = [k for k in data if k.endswith(suffix) and not is_timestamp_column(k)]
             value = data[keys[0]] if keys else None
             ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
             out[_ECHEM_COLUMN[suffix]] = float(value) if ok and math.isfinite(value) else math.nan

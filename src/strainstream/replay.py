@@ -78,14 +78,29 @@ def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, 
 
 
 def frame_fallback(run) -> Callable[[str, int], np.ndarray]:
-    """``(data_key, seq_num) -> frame`` read through tiled (when the detector file is not local)."""
+    """``(data_key, seq_num) -> frame`` read through tiled (when the detector file is not local),
+    at the index the node's data source gives the event
+    (:class:`strainstream.callbacks.tiled_format.ExternalFrames`)."""
+    from strainstream.callbacks.tiled_format import (
+        ExternalFrames,
+        stored_seq_nums,
+        stream_container,
+    )
+
+    frames: dict[str, ExternalFrames] = {}
 
     def fallback(data_key: str, seq_num: int) -> np.ndarray:
-        for stream in run:
-            node = run[stream]
-            if data_key in node:
-                return np.asarray(node[data_key][seq_num - 1])
-        raise KeyError(data_key)
+        found = frames.get(data_key)
+        if found is None:
+            for stream in run:
+                node = stream_container(run, stream)
+                if node is not None and data_key in node:
+                    found = frames[data_key] = ExternalFrames(node[data_key], data_key,
+                                                              seq_nums=stored_seq_nums(node))
+                    break
+            else:
+                raise KeyError(data_key)
+        return found.read_http(seq_num)
 
     return fallback
 

@@ -5,14 +5,12 @@ an ordered queue (and appends it to an on-disk spool, JSON lines) and goes on; o
 thread feeds bluesky's ``TiledWriter`` in order. When tiled is unreachable (connection
 refused or reset, HTTP 503, timeouts) the thread waits and retries with backoff while the
 RunEngine keeps running; nothing is dropped: documents wait in the queue, and in the spool
-even if the RunEngine process dies (:func:`flush_spool` sends them later). At the end of
+even if the RunEngine process dies (:func:`strainstream.spool.flush_spool` sends them later). At the end of
 each run the session waits (bounded) for the queue to drain and says so if it cannot.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import queue
@@ -23,6 +21,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from strainstream.errors import StrainstreamError
+
+# -- re-exports for callers not yet updated (#12) ----------------------------------------------
+#   strainstream.session.OutageTolerantTransport -> strainstream.transport.OutageTolerantTransport
+#   strainstream.session.tolerate_outages        -> strainstream.transport.tolerate_outages
+#   strainstream.session.default_spool_dir       -> strainstream.spool.default_spool_dir
+#   strainstream.session.spooled_runs            -> strainstream.spool.spooled_runs
+#   strainstream.session.flush_spool             -> strainstream.spool.flush_spool
+#   strainstream.session._Spool                  -> strainstream.spool._Spool
+# (OutageTolerantTransport, tolerate_outages, default_spool_dir and _Spool are also used here)
+from strainstream.spool import (  # noqa: F401  (flush_spool, spooled_runs: re-exported only)
+    _complete_partial_run,
+    _Spool,
+    default_spool_dir,
+    flush_spool,
+    spooled_runs,
+)
+from strainstream.transport import OutageTolerantTransport, tolerate_outages
 
 __all__ = [
     "BufferedWriter",
@@ -38,11 +55,8 @@ __all__ = [
 
 logger = logging.getLogger("strainstream.session")
 
-#: HTTP statuses meaning "the server did not process the request; try again later"
-_UNAVAILABLE = {503}
 
-
-class WriterDrainTimeout(RuntimeError):
+class WriterDrainTimeout(StrainstreamError, RuntimeError):
     """Documents are still buffered (tiled unreachable) when a run ended."""
 
 
@@ -60,178 +74,6 @@ class Session:
         Returns False when documents were left behind (they stay in the spool)."""
         close = getattr(self.writer, "close", None)
         return close(timeout_s) if close is not None else True
-
-
-# -- transport: wait out an outage instead of failing ----------------------------------------
-class OutageTolerantTransport:
-    """An httpx transport wrapper that waits for an unreachable server instead of failing.
-
-    Only failures that prove the server did not process the request are retried here:
-    connection errors (refused, reset before sending) and HTTP 503. They are retried with
-    exponential backoff (0.1 s doubling to ``max_backoff_s``) for up to ``max_outage_s``,
-    then the last error is raised. Failures after the request was sent (read errors and
-    timeouts, other 5xx) go up to tiled's client, which retries idempotent requests and
-    adopts nodes whose creation answer was lost (it never appends the same rows twice on
-    its own; bluesky's TiledWriter may, with a warning — readers skip duplicate seq_nums).
-
-    Parameters
-    ----------
-    inner : httpx.BaseTransport
-        The transport to wrap (tiled's caching transport).
-    max_outage_s : float
-        Longest outage waited for, seconds.
-    on_down, on_up : callable, optional
-        Called (no arguments / with the outage duration in s) when the server becomes
-        unreachable and when it answers again.
-    """
-
-    def __init__(self, inner, *, max_outage_s: float = 3600.0, max_backoff_s: float = 2.0,
-                 on_down: Callable[[], None] | None = None,
-                 on_up: Callable[[float], None] | None = None) -> None:
-        self.inner = inner
-        self.max_outage_s = max_outage_s
-        self.max_backoff_s = max_backoff_s
-        self.on_down = on_down
-        self.on_up = on_up
-        self.down_since: float | None = None
-        self.outages: list[float] = []  # durations (s) of the outages waited out
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name):  # tiled reads e.g. ``.cache`` from its transport
-        return getattr(self.inner, name)
-
-    def handle_request(self, request):
-        import httpx
-
-        backoff = 0.1
-        started: float | None = None
-        while True:
-            try:
-                response = self.inner.handle_request(request)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                error: Exception | None = exc
-            else:
-                if response.status_code not in _UNAVAILABLE:
-                    self._up()
-                    return response
-                response.read()
-                response.close()
-                error = None
-            now = time.monotonic()
-            started = started if started is not None else now
-            self._down()
-            if now - started > self.max_outage_s:
-                if error is not None:
-                    raise error
-                return response
-            time.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff_s)
-
-    def _down(self) -> None:
-        with self._lock:
-            if self.down_since is not None:
-                return
-            self.down_since = time.monotonic()
-        if self.on_down is not None:
-            self.on_down()
-
-    def _up(self) -> None:
-        if self.down_since is None:
-            return
-        with self._lock:
-            if self.down_since is None:
-                return
-            duration = time.monotonic() - self.down_since
-            self.down_since = None
-            self.outages.append(duration)
-        if self.on_up is not None:
-            self.on_up(duration)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def tolerate_outages(client, **kwargs) -> OutageTolerantTransport:
-    """Make every HTTP request of ``client`` (and clients sharing its context) wait out
-    server outages (see :class:`OutageTolerantTransport`); returns the transport."""
-    http = client.context.http_client
-    transport = OutageTolerantTransport(http._transport, **kwargs)
-    http._transport = transport
-    return transport
-
-
-# -- the spool -------------------------------------------------------------------------------
-def default_spool_dir() -> Path:
-    """``$STRAINSTREAM_SPOOL_DIR`` or the user's state directory (``.../strainstream/spool``)."""
-    env = os.environ.get("STRAINSTREAM_SPOOL_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("strainstream")) / "spool"
-
-
-def _json_default(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-class _Spool:
-    """Per-run JSON-lines files: ``<uid>.jsonl`` (every document) and ``<uid>.sent``
-    (indices of the documents tiled has accepted). Both are removed once the run's stop
-    document is in tiled."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._docs: dict[str, Any] = {}
-        self._sent: dict[str, Any] = {}
-        self._count: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, uid: str, name: str, doc: dict[str, Any]) -> int:
-        line = json.dumps({"name": name, "doc": doc}, default=_json_default, allow_nan=True)
-        with self._lock:
-            f = self._docs.get(uid)
-            if f is None:
-                f = self._docs[uid] = open(self.dir / f"{uid}.jsonl", "a")  # noqa: SIM115
-                self._count[uid] = 0
-            f.write(line + "\n")
-            f.flush()
-            index = self._count[uid]
-            self._count[uid] = index + 1
-            return index
-
-    def sent(self, uid: str, index: int) -> None:
-        with self._lock:
-            f = self._sent.get(uid)
-            if f is None:
-                f = self._sent[uid] = open(self.dir / f"{uid}.sent", "a")  # noqa: SIM115
-            f.write(f"{index}\n")
-            f.flush()
-
-    def done(self, uid: str) -> None:
-        with self._lock:
-            for files in (self._docs, self._sent):
-                f = files.pop(uid, None)
-                if f is not None:
-                    f.close()
-            self._count.pop(uid, None)
-            for suffix in (".jsonl", ".sent"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.dir / f"{uid}{suffix}").unlink()
-
-    def path(self, uid: str) -> Path:
-        return self.dir / f"{uid}.jsonl"
 
 
 # -- the writer ------------------------------------------------------------------------------
@@ -482,7 +324,10 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
 
+    from strainstream.callbacks.tiled_format import install_consolidators
     from strainstream.server import connect
+
+    install_consolidators()  # data sources record their StreamDatums' indices
 
     client = connect(uri, api_key)
     write_client = connect(uri, api_key)
@@ -498,142 +343,3 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
         RE.subscribe(ProgressPrinter())
     return Session(RE=RE, writer=writer, client=client)
 
-
-# -- recovery --------------------------------------------------------------------------------
-def spooled_runs(spool_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The runs in a spool: ``[{uid, documents, sent}]`` (documents written / accepted by tiled)."""
-    out = []
-    for path in sorted(Path(spool_dir).glob("*.jsonl")):
-        docs = sum(1 for line in path.read_text().splitlines() if line.strip())
-        sent_path = path.with_suffix(".sent")
-        sent = len(set(sent_path.read_text().split())) if sent_path.exists() else 0
-        out.append({"uid": path.stem, "documents": docs, "sent": sent})
-    return out
-
-
-def flush_spool(spool_dir: str | os.PathLike, client, *, say: Callable[[str], None] | None = None) -> dict[str, int]:
-    """Send the documents left in a spool (e.g. after the RunEngine process died) to tiled.
-
-    A run that tiled does not have at all is written from its spooled documents. A run that
-    tiled has in part gets its missing event rows (by seq_num), the frames of its unsent
-    StreamDatums (the detector array grows over them, as the live writer would have done) and
-    its stop document. Returns ``{uid: documents sent}``; the spool files of a run are
-    removed once it is complete in tiled.
-    """
-    from bluesky_tiled_plugins import TiledWriter
-
-    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    spool = _Spool(Path(spool_dir))
-    report: dict[str, int] = {}
-    for path in sorted(Path(spool_dir).glob("*.jsonl")):
-        uid = path.stem
-        docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        sent_path = path.with_suffix(".sent")
-        sent = {int(x) for x in sent_path.read_text().split()} if sent_path.exists() else set()
-        unsent = [(i, d["name"], d["doc"]) for i, d in enumerate(docs) if i not in sent]
-        if uid not in client:
-            writer = TiledWriter(client, batch_size=1)
-            for d in docs:
-                writer(d["name"], d["doc"])
-            report[uid] = len(docs)
-        else:
-            report[uid] = _complete_partial_run(client, uid, docs, unsent, say)
-        complete = "stop" in client[uid].metadata
-        if complete:
-            spool.done(uid)
-        say(f"spool: run {uid}: {report[uid]} documents sent" + ("" if complete else " (run has no stop yet)"))
-    return report
-
-
-def _stream_node(run, stream: str | None):
-    """The plain container of ``stream`` in ``run`` (None if tiled does not have it)."""
-    node = run[stream] if stream is not None and stream in run else None
-    return getattr(node, "base", node)
-
-
-def _register_unsent_stream_datums(run, docs: list[dict], unsent: set[int], stream_of: dict[str, str],
-                                   uid: str, say) -> int:
-    """Grow the external array nodes of ``run`` over the frames of the unsent StreamDatums.
-
-    bluesky-tiled-plugins' consolidator for each StreamResource is rebuilt from the spooled
-    documents: every StreamDatum is consumed in order (so its state matches the live writer's),
-    and after each unsent one the node's data source is updated with that datum's patch,
-    exactly the request the live TiledWriter would have sent. Returns how many were sent.
-    """
-    from bluesky_tiled_plugins.writing.consolidators import consolidator_factory
-    from tiled.client.utils import handle_error
-    from tiled.utils import safe_json_dump
-
-    resources = {d["doc"]["uid"]: d["doc"] for d in docs if d["name"] == "stream_resource"}
-    consolidators: dict[str, Any] = {}
-    nodes: dict[str, Any] = {}
-    registered: dict[str, int] = {}  # frames tiled already has, per StreamResource
-    sent = 0
-    for i, d in enumerate(docs):
-        if d["name"] != "stream_datum":
-            continue
-        doc = d["doc"]
-        sres_uid = doc["stream_resource"]
-        if sres_uid not in consolidators:
-            stream = stream_of.get(doc["descriptor"])
-            sres = resources.get(sres_uid)
-            desc_node = _stream_node(run, stream)
-            if sres is None or desc_node is None or sres["data_key"] not in desc_node:
-                say(f"spool: run {uid}: StreamDatum {doc['uid']} refers to a StreamResource or stream "
-                    "tiled does not have; its frames stay in the detector file, unregistered")
-                consolidators[sres_uid] = None
-                continue
-            consolidators[sres_uid] = consolidator_factory(sres, dict(desc_node.metadata))
-            node = nodes[sres_uid] = desc_node[sres["data_key"]]
-            registered[sres_uid] = int(node.shape[0]) if node.shape else 0
-        consolidator = consolidators[sres_uid]
-        if consolidator is None:
-            continue
-        patch = consolidator.consume_stream_datum(doc)
-        if i not in unsent or (patch and patch.offset[0] + patch.shape[0] <= registered[sres_uid]):
-            continue  # tiled has it (sent, maybe without the record of it): only the state advances
-        node = nodes[sres_uid]
-        source = consolidator.get_data_source()
-        source.id = node.data_sources()[0].id
-        params = ({"patch_shape": ",".join(map(str, patch.shape)),
-                   "patch_offset": ",".join(map(str, patch.offset))} if patch else None)
-        handle_error(node.context.http_client.put(
-            node.uri.replace("/metadata/", "/data_source/", 1),
-            content=safe_json_dump({"data_source": source}), params=params))
-        sent += 1
-    return sent
-
-
-def _complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple[int, str, dict]], say) -> int:
-    import pyarrow as pa
-
-    run = client[uid]
-    run = getattr(run, "base", run)
-    names = {d["doc"]["uid"]: d["doc"].get("name", "primary") for d in docs if d["name"] == "descriptor"}
-    n = 0
-    rows_by_stream: dict[str, list[dict]] = {}
-    for _, name, doc in unsent:
-        if name == "event":
-            stream = names.get(doc["descriptor"])
-            row = {"seq_num": doc["seq_num"], "time": doc["time"], **doc["data"]}
-            row.update({f"ts_{k}": v for k, v in doc["timestamps"].items()})
-            rows_by_stream.setdefault(stream, []).append(row)
-    n += _register_unsent_stream_datums(run, docs, {i for i, name, _ in unsent if name == "stream_datum"},
-                                        names, uid, say)
-    for stream, rows in rows_by_stream.items():
-        node = _stream_node(run, stream)
-        if node is None or "internal" not in node:
-            continue
-        table = node["internal"]
-        have = set(table.read()["seq_num"].tolist())
-        rows = [r for r in rows if r["seq_num"] not in have]
-        if rows:
-            schema = table.structure().arrow_schema_decoded
-            rows = [{k: r.get(k) for k in schema.names} for r in rows]
-            table.append_partition(0, pa.Table.from_pylist(rows, schema=schema))
-            n += len(rows)
-    for _, name, doc in unsent:
-        if name == "stop" and "stop" not in run.metadata:
-            run.update_metadata({"stop": doc})
-            n += 1
-    return n

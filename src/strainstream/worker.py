@@ -10,7 +10,7 @@ followed from where their result tables stop (after a crash or a SIGKILL nothing
 and nothing is analysed twice).
 
 Server restarts: every HTTP request waits out an outage
-(:class:`strainstream.session.OutageTolerantTransport`), and a watchdog thread pings the
+(:class:`strainstream.transport.OutageTolerantTransport`), and a watchdog thread pings the
 server; when it answers again after an outage (or the root subscription died) the worker
 subscribes afresh, re-attaches every followed run (back-fill from the stored tables, commit
 held-up results, finish runs whose stop document arrived meanwhile) and catches up on runs
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -35,6 +34,7 @@ __all__ = ["Worker", "parse_shard", "run_worker", "shard_of", "websockets_use_ap
 
 logger = logging.getLogger("strainstream.worker")
 
+#: the variable :func:`strainstream.config.load_config` reads ``worker_shard`` from
 SHARD_ENV = "STRAINSTREAM_WORKER_SHARD"
 
 
@@ -322,13 +322,15 @@ def run_worker(uri: str, api_key: str, catch_up_s: float = 86400.0, ready_file: 
                shard: tuple[int, int] | str | None = None, max_outage_s: float = 3600.0) -> int:
     """Run a worker until SIGINT/SIGTERM. Returns the exit code.
 
-    ``shard`` is ``(i, n)`` or ``"i/n"``; default ``$STRAINSTREAM_WORKER_SHARD`` or all runs.
+    ``shard`` is ``(i, n)`` or ``"i/n"``; default the configuration's ``worker_shard``
+    (``$STRAINSTREAM_WORKER_SHARD``, see :mod:`strainstream.config`) or all runs.
     """
+    from strainstream.config import load_config
     from strainstream.server import connect
-    from strainstream.session import tolerate_outages
+    from strainstream.transport import tolerate_outages
 
     if shard is None:
-        shard = os.environ.get(SHARD_ENV) or None
+        shard = load_config().shard()
     if isinstance(shard, str):
         shard = parse_shard(shard)
     root = connect(uri, api_key)
