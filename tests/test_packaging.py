@@ -84,3 +84,27 @@ def test_beamline_subcommand_is_wired():
     bad = subprocess.run([sys.executable, "-m", "strainstream.cli", "beamline", "launch"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "usage: strainstream beamline" in bad.stderr
+
+
+def test_dependencies_are_ranges_and_ci_installs_the_tested_versions():
+    """pyproject declares ranges (no exact pins a beamline environment would fight); the exact
+    versions CI tests are in constraints.txt, which the README's install and .ci/run use."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["test"]
+    pinned = [r for r in requirements if "==" in r]
+    assert not pinned, f"exact pins in pyproject.toml: {pinned}"
+    constraints = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            constraints[re.sub(r"[-_.]+", "-", name).lower()] = version
+    for r in requirements:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]).lower()
+        if name not in ("setuptools", "wheel"):  # pip freeze leaves these two out
+            assert name in constraints, f"{name} has no tested version in constraints.txt"
+    command = "pip install -e '.[test]' -c constraints.txt --config-settings editable_mode=strict"
+    assert command in (ROOT / "README.md").read_text()
+    assert command.replace("install -e", "install -q -e") in (ROOT / ".ci" / "run").read_text()
