@@ -351,10 +351,14 @@ class RunFollower:
             for cb in self.callbacks:
                 batch.enter_context(cb.batch())
             self._retry_unresolved(stream)
+            for key in stream.external_keys:  # one data-source read per batch, if any
+                frames = self._frames(stream, key) if events else None
+                if frames is not None and frames.ref(events[-1]["seq_num"]) is None:
+                    frames.refresh()
             for event in events:
                 seq = event["seq_num"]
                 for key in stream.external_keys:
-                    self._emit_stream_datum(stream, key, seq)
+                    self._emit_stream_datum(stream, key, seq, refresh=False)
                 self._emit("event", event)
                 stream.fed = max(stream.fed, seq)
                 stream.seen.add(seq)
