@@ -11,6 +11,12 @@ event whose frame is not yet resolvable is held back and analysed as soon as its
 StreamDatum arrives (or at the stop document, flagged if it never does). Results depend on
 event data and frames only, never on document uids or order, so live and replayed passes
 give identical numbers.
+
+Resume: a restarted worker feeds the run from its first event again. Events whose row an
+earlier pass committed are never analysed again; an analysis that accumulates state across
+events (maps, image stacks) overrides :meth:`AnalysisCallback.restore`, which the base calls
+once per committed event, held like a new event until its frames are resolvable, so that
+state is rebuilt exactly as the uninterrupted pass built it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from urllib.parse import urlparse
 import numpy as np
 from event_model import DocumentRouter
 
+from strainstream.errors import StrainstreamError
 from strainstream.framestats import FrameError
 
 __all__ = ["AnalysisCallback", "FrameResolver", "FrameUnavailable", "MAX_FRAME_BYTES", "ResultSink",
@@ -45,11 +52,11 @@ MAX_FRAME_BYTES = 1 << 30
 _FRAME_KINDS = "biuf"  # bool, signed/unsigned integer, float frames; never complex/strings/records
 
 
-class FrameUnavailable(LookupError):
+class FrameUnavailable(StrainstreamError, LookupError):
     """The frame of an event cannot be found (yet)."""
 
 
-class RunDocumentError(ValueError):
+class RunDocumentError(StrainstreamError, ValueError):
     """A run's start document (metadata, analysis parameters) or descriptor cannot be used.
 
     The one error an analysis callback raises on bad documents; the message names the run,
@@ -280,7 +287,8 @@ class AnalysisCallback(DocumentRouter):
     """Base of the per-run analyses.
 
     Subclasses set ``name``, ``version``, ``columns`` (result column → type) and implement
-    :meth:`analyse` (one event → dict of result columns) and optionally :meth:`summary`.
+    :meth:`analyse` (one event → dict of result columns) and optionally :meth:`summary`;
+    analyses that accumulate across events also implement :meth:`restore`.
 
     Each emitted row carries ``seq_num``, ``time`` (event time), ``flag`` (``""`` when the
     event was analysed, else a reason such as ``"all_nan"``) and ``message``.
@@ -308,7 +316,11 @@ class AnalysisCallback(DocumentRouter):
         self.descriptors: dict[str, dict] = {}
         self.done: set[int] = set()
         self.rows: list[dict[str, Any]] = []
-        self._held: dict[int, dict] = {}
+        #: seq_num -> row committed by an earlier pass (read back from the sink at the start)
+        self.committed: dict[int, dict[str, Any]] = {}
+        self._restores = type(self).restore is not AnalysisCallback.restore
+        self._restored: set[int] = set()
+        self._held: dict[int, dict] = {}  # seq_num -> event (new or committed) waiting for frames
         self._pending: list[dict[str, Any]] = []
         self._batching = False
         self._stream = self.parameters.get("stream", "primary")
@@ -327,7 +339,8 @@ class AnalysisCallback(DocumentRouter):
             "experiment": doc.get("experiment"),
         }
         self.rows = sorted(self.sink.begin(meta, self.all_columns()), key=lambda r: r["seq_num"])
-        self.done = {int(r["seq_num"]) for r in self.rows}
+        self.committed = {int(r["seq_num"]): r for r in self.rows}
+        self.done = set(self.committed)
         try:
             self.on_start(doc)
         except RunDocumentError:
@@ -366,22 +379,24 @@ class AnalysisCallback(DocumentRouter):
             candidates = [seq for seq in self._held if lo <= seq < hi]
         for seq in sorted(candidates):
             if self._frames_ready(seq):
-                self._process(self._held.pop(seq))
+                self._handle(self._held.pop(seq))
 
     def event(self, doc):
         seq = self._event_seq(doc)
-        if seq is None:
+        if seq is None or seq in self._held or seq in self._restored:
             return
-        if seq in self.done or seq in self._held or any(r["seq_num"] == seq for r in self._pending):
+        if seq in self.done:  # its row is committed: never analysed again
+            if not (self._restores and seq in self.committed):
+                return  # nothing to rebuild (per-event analysis, or analysed in this pass)
+        elif any(r["seq_num"] == seq for r in self._pending):
             return
         if self._frames_ready(seq):
-            self._process(doc)
+            self._handle(doc)
         else:
             self._held[seq] = dict(doc)
 
     def stop(self, doc):
-        for seq in sorted(self._held):
-            self._process(self._held.pop(seq))
+        self.release_held()
         self.flush()
         self.rows.sort(key=lambda r: r["seq_num"])
         summary = self.summary()
@@ -390,6 +405,32 @@ class AnalysisCallback(DocumentRouter):
         self.frames.close()
 
     # -- machinery -----------------------------------------------------------------------
+    def release_held(self) -> None:
+        """Hand every held event on, in seq_num order, frames resolvable or not (the stop)."""
+        for seq in sorted(self._held):
+            self._handle(self._held.pop(seq))
+
+    def _handle(self, event: dict) -> None:
+        """An event whose frames are resolvable (or never will be): restore or analyse it."""
+        seq = int(event["seq_num"])
+        if seq in self.committed:
+            self._restored.add(seq)
+            # as in _process: the rebuilt state must carry the live pass's bits
+            with _single_thread():
+                self.restore(event, self.committed[seq])
+        else:
+            self._process(event)
+
+    def committed_frames(self, seq: int) -> dict[str, np.ndarray] | None:
+        """The frames of committed event ``seq`` for :meth:`restore`; None (logged) if unreadable."""
+        try:
+            return self.read_frames(seq)
+        except (FrameUnavailable, FrameError, OSError, KeyError, ValueError) as exc:
+            logger.warning("%s: frame of committed event %d of run %s is unreadable now (%s); the "
+                           "accumulated results will lack it", self.name, seq,
+                           self.start_doc and self.start_doc.get("uid"), exc)
+            return None
+
     def param_number(self, key: str, default: Any, **checks: Any) -> float | int | None:
         """Analysis parameter ``key`` checked with :func:`checked_number` (RunDocumentError)."""
         return checked_number(self.parameters.get(key, default),
@@ -549,6 +590,22 @@ class AnalysisCallback(DocumentRouter):
 
     def analyse(self, event: dict, frames: dict[str, np.ndarray]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def restore(self, event: dict, row: dict[str, Any]) -> None:
+        """Hook: rebuild accumulated state from an event an earlier pass committed (resume).
+
+        Called by the base (never by subclasses) exactly once per event whose result ``row``
+        was read back from the sink at the start, instead of :meth:`analyse`: as soon as the
+        event's frames are resolvable — held exactly like a new event until its StreamDatum
+        arrives, handed on at the stop regardless —, so restored and new events are taken in
+        the same seq_num order as an uninterrupted pass takes them. Read the frames with
+        :meth:`committed_frames`; ``row["flag"]`` says whether the first pass used them. No
+        row is written. Runs under the same one-thread BLAS limit as :meth:`analyse`.
+
+        The default does nothing, and the base then neither holds committed events nor
+        resolves their frames: per-event analyses (frame statistics, XRD) need no state from
+        earlier events (beyond :meth:`previous_row`, which sees the committed rows).
+        """
 
     def publish_arrays(self, arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> None:
         """Store the analysis' current arrays (maps) next to its table, replacing older ones."""

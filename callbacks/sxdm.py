@@ -12,9 +12,9 @@ are published with :meth:`~strainstream.callbacks.base.AnalysisCallback.publish_
 ``theta_deg_done``, ``n_angles``, ``n_frames``, ``final``, ``step_nm``, ``d_mean_A``,
 ``messages``; the final maps and the particle statistics (the summary) at the stop document.
 
-Resume: a restarted worker is fed the run's events again; events already committed (their
-seq_num is in ``self.done``) produce no new row, but their frames (if their row was not
-flagged) go into the mapper exactly as in the first pass.
+Resume: a restarted worker is fed the run's events again; events already committed produce
+no new row, but :meth:`SXDMCallback.restore` puts their frames (if their row was not flagged)
+into the raster lines exactly as the first pass did.
 
 Start-document metadata used (written by :func:`strainstream.plans.sxdm.sxdm_map`): the
 geometry keys of :data:`strainstream.sxdm.GEOMETRY_KEYS`, ``theta_deg`` (planned angles),
@@ -34,13 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import (
-    AnalysisCallback,
-    FrameUnavailable,
-    RunDocumentError,
-    _single_thread,
-    checked_number,
-)
+from strainstream.errors import StrainstreamError
+
+from .base import AnalysisCallback, RunDocumentError, _single_thread, checked_number
 
 __all__ = ["MAP_KEYS", "SXDMCallback"]
 
@@ -69,7 +65,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-class _EventError(ValueError):
+class _EventError(StrainstreamError, ValueError):
     """An event that cannot go into the maps; ``reason`` is the row's flag."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -140,9 +136,6 @@ class SXDMCallback(AnalysisCallback):
         self._lines: dict[tuple[int, int], dict[int, np.ndarray | None]] = {}
         self._new_in_angle: set[int] = set()
         self._next_line = 0  # flat index itheta * ny + iy of the next line to add
-        self._rebuild_held: dict[int, dict] = {}
-        self._rebuilt: set[int] = set()
-        self._row_of = {int(r["seq_num"]): r for r in self.rows}
         self._line_item: tuple | None = None
         self._frame_shape: tuple[int, ...] | None = None
         self.angles_done = 0
@@ -150,42 +143,8 @@ class SXDMCallback(AnalysisCallback):
         self._final_error = ""
 
     # ------------------------------------------------------------------ documents
-    def event(self, doc):
-        seq = self._event_seq(doc)
-        if seq is None:
-            return
-        if seq in self.done and seq not in self._rebuilt:
-            if seq not in self._rebuild_held:
-                if self._frames_ready(seq):
-                    self._rebuild(doc)
-                else:
-                    self._rebuild_held[seq] = dict(doc)
-            return
-        super().event(doc)
-
-    def stream_datum(self, doc):
-        # as the base class, but only the held events this datum can complete are checked
-        # (a replay delivers one datum per frame after all events: O(n) instead of O(n²))
-        try:
-            self.frames.stream_datum(doc)
-        except FrameUnavailable as exc:  # the events it should cover end flagged at the stop
-            logger.warning("sxdm: %s", exc)
-            return
-        lo, hi = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
-        for held, handle in ((self._held, self._process), (self._rebuild_held, self._rebuild)):
-            if hi - lo < len(held):
-                cands = [s for s in range(lo, hi) if s in held]
-            else:
-                cands = sorted(s for s in held if lo <= s < hi)
-            for seq in cands:
-                if self._frames_ready(seq):
-                    handle(held.pop(seq))
-
     def stop(self, doc):
-        for seq in sorted(self._rebuild_held):
-            self._rebuild(self._rebuild_held.pop(seq))
-        for seq in sorted(self._held):
-            self._process(self._held.pop(seq))
+        self.release_held()
         self.flush()
         with _single_thread():
             self._add_lines(final=True)
@@ -276,25 +235,18 @@ class SXDMCallback(AnalysisCallback):
         self._new_in_angle.add(item[0])
         self._to_line(*item)
 
-    def _rebuild(self, event: dict) -> None:
-        """An event committed by an earlier pass: its frame into the maps, no new row."""
-        seq = int(event["seq_num"])
-        self._rebuilt.add(seq)
-        row = self._row_of.get(seq)
+    def restore(self, event: dict, row: dict[str, Any]) -> None:
+        """A committed event: its frame (none if its row was flagged) into its raster line."""
         loc = self._locate(event.get("data"))
         if loc is None:
             return
-        it, iy, ix = loc
+        frames = None if row.get("flag") else self.committed_frames(int(event["seq_num"]))
         frame = None
-        if row is not None and not row.get("flag"):
-            try:
-                (frame,) = self.read_frames(seq).values()
-            except (FrameUnavailable, OSError, KeyError, ValueError) as exc:
-                logger.warning("sxdm: frame of committed event %d is unreadable now (%s); the "
-                               "maps will lack it", seq, exc)
-            if frame is not None and self._frame_shape is None:
+        if frames is not None and len(frames) == 1:
+            (frame,) = frames.values()
+            if self._frame_shape is None:
                 self._frame_shape = np.shape(frame)
-        self._to_line(it, iy, ix, frame)
+        self._to_line(*loc, frame)
 
     # ------------------------------------------------------------------ lines, maps
     def _to_line(self, it: int, iy: int, ix: int, frame: np.ndarray | None) -> None:

@@ -33,7 +33,7 @@ simulated endstation's), the darks are not used and ``dark_counts`` (default 0) 
 subtracted instead; the summary says so (``dark_source``).
 
 Resume and replay: results are a pure function of the event data and frames. Frames of
-events already committed (``seq_num`` in ``self.done``) are collected again from the
+events already committed are collected again by :meth:`XANESCallback.restore` from the
 documents a resumed worker is fed, so the final arrays are bit-identical to the live pass.
 
 Start-document metadata used (written by :func:`strainstream.plans.txm.txm_xanes`):
@@ -53,14 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import (
-    AnalysisCallback,
-    FrameUnavailable,
-    RunDocumentError,
-    _single_thread,
-    checked_number,
-    checked_range,
-)
+from .base import AnalysisCallback, RunDocumentError, _single_thread, checked_number, checked_range
 
 __all__ = ["XANESCallback"]
 
@@ -149,7 +142,6 @@ class XANESCallback(AnalysisCallback):
         for k in ("pre_edge_eV", "post_edge_eV"):
             self._opts[k] = checked_range(self.parameters.get(k), f"analysis_parameters.txm_xanes.{k}")
         self.store: dict[int, dict[str, Any]] = {}  # seq_num -> {role, ie, repeat, energy, mag, frame}
-        self._rebuild: dict[int, dict] = {}
         self._results: dict[int, dict[str, Any]] = {}  # repeat -> final analysis
         self._preview_abs: dict[tuple[int, int], np.ndarray] = {}
 
@@ -157,41 +149,18 @@ class XANESCallback(AnalysisCallback):
         """A checked analysis parameter (see on_start)."""
         return self._opts.get(key, default)
 
-    # -- documents: collect the frames of committed events too (resume) -------------------
-    def event(self, doc):
-        seq = self._event_seq(doc)
-        if seq is None:
-            return
-        if seq in self.done:
-            if seq not in self.store and seq not in self._rebuild:
-                if self._frames_ready(seq):
-                    self._collect_committed(doc)
-                else:
-                    self._rebuild[seq] = dict(doc)
-            return
-        super().event(doc)
-
-    def stream_datum(self, doc):
-        super().stream_datum(doc)
-        for seq in sorted(self._rebuild):
-            if self._frames_ready(seq):
-                self._collect_committed(self._rebuild.pop(seq))
-
-    def _collect_committed(self, event: dict) -> None:
-        try:
-            frame = np.asarray(self.read_frames(int(event["seq_num"]))[self.keys["frames"]])
-        except (FrameUnavailable, KeyError, OSError, ValueError):
+    # -- resume: the frames of committed events go into the stacks again ------------------
+    def restore(self, event: dict, row: dict[str, Any]) -> None:
+        """A committed event: its frame back into the stacks and the preview cache (no row)."""
+        frames = self.committed_frames(int(event["seq_num"]))
+        if frames is None or self.keys["frames"] not in frames:
             return  # its committed row carries the flag; nothing to rebuild
+        frame = np.asarray(frames[self.keys["frames"]])
         if self._unusable(frame, self._describe(event)):
             return  # flagged in the first pass too: not in the stacks
         info = self._keep(event, frame)
         if info["role"] in ("sample", "flat") and self._param("preview", True):
             self._preview(info, publish=False)  # previews after a restart cover every energy
-
-    def stop(self, doc):
-        for seq in sorted(self._rebuild):
-            self._collect_committed(self._rebuild.pop(seq))
-        super().stop(doc)
 
     # -- per event -----------------------------------------------------------------------
     def _describe(self, event: dict) -> dict[str, Any]:
