@@ -50,17 +50,34 @@ class ProcessError(StrainstreamError, RuntimeError):
     """A supervised child process could not be started or did not become ready."""
 
 
-def find_free_port(host: str = "127.0.0.1") -> int:
+def find_free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
     """A free TCP port on ``host`` (the OS picks it; free now, not reserved).
+
+    Parameters
+    ----------
+    host : str
+        Interface address.
+    udp : bool
+        Also require the same UDP port to be free (Channel Access servers use both).
 
     Returns
     -------
     int
         The port number.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if not udp:
+                return port
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ProcessError(f"no free TCP+UDP port found on {host}")
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.2) -> bool:
@@ -223,7 +240,7 @@ class Supervisor:
         interval_s: float = 0.05,
         waiting_for: str = "become ready",
         on_timeout: str = "stop",
-    ) -> None:
+    ) -> str | None:
         """Block until every given condition holds.
 
         Parameters
@@ -243,6 +260,12 @@ class Supervisor:
         on_timeout : {"stop", "kill"}
             What to do with the child on timeout before raising.
 
+        Returns
+        -------
+        str or None
+            With ``ready_line``: the first log line containing it (without the line end),
+            e.g. to parse what the child announced; else None.
+
         Raises
         ------
         error
@@ -251,19 +274,20 @@ class Supervisor:
         """
         deadline = time.monotonic() + timeout_s
         ready_file = Path(ready_file) if ready_file is not None else None
-        line_seen = ready_line is None
+        line: str | None = None
         scan_pos, carry = self._log_offset, b""
         while True:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise self.error(f"{self.name} exited with code {code} during start-up; see {self.log_path}")
-            if not line_seen:
-                scan_pos, carry, line_seen = self._scan_log(ready_line, scan_pos, carry)
-            if (line_seen and (ready_file is None or ready_file.exists())
+            if ready_line is not None and line is None:
+                scan_pos, carry, line = self._scan_log(ready_line, scan_pos, carry)
+            if ((ready_line is None or line is not None)
+                    and (ready_file is None or ready_file.exists())
                     and (ready is None or ready())):
                 if ready_file is not None:
                     ready_file.unlink(missing_ok=True)
-                return
+                return line
             if time.monotonic() > deadline:
                 if on_timeout == "kill":
                     self.kill()
@@ -273,18 +297,20 @@ class Supervisor:
                     f"{self.name} did not {waiting_for} within {timeout_s:g} s; see {self.log_path}")
             time.sleep(interval_s)
 
-    def _scan_log(self, needle: str, pos: int, carry: bytes) -> tuple[int, bytes, bool]:
+    def _scan_log(self, needle: str, pos: int, carry: bytes) -> tuple[int, bytes, str | None]:
+        """Read the log from ``pos``; return the new position, the unfinished last line, and
+        the first complete line containing ``needle`` (or None)."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(pos)
                 chunk = f.read()
         except FileNotFoundError:
-            return pos, carry, False
-        text = carry + chunk
-        found = needle.encode() in text
-        # keep an incomplete last line (and enough bytes for a needle split across reads)
-        keep = max(len(text) - text.rfind(b"\n") - 1, len(needle.encode()))
-        return pos + len(chunk), text[-keep:] if keep else b"", found
+            return pos, carry, None
+        *lines, rest = (carry + chunk).split(b"\n")
+        for raw in lines:
+            if needle.encode() in raw:
+                return pos + len(chunk), rest, raw.rstrip(b"\r").decode(errors="replace")
+        return pos + len(chunk), rest, None
 
     def send_signal(self, sig: int, group: bool | None = None) -> None:
         """Send ``sig`` to the running child, or its whole group (default: ``signal_group``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -68,13 +69,16 @@ def test_errors_derive_from_the_project_base():
 def test_free_port_is_free():
     port = find_free_port()
     assert 0 < port < 65536 and not port_open(port)
+    port = find_free_port(udp=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", port))  # the UDP port with the same number is free too
 
 
 def test_ready_line_then_stop_takes_the_whole_group(tmp_path):
     log = tmp_path / "logs" / "child.log"
     sup = Supervisor("child", log, command=PARENT_WITH_GRANDCHILD)
     with sup:
-        sup.wait_ready(ready_line="ready", timeout_s=30)
+        assert sup.wait_ready(ready_line="ready", timeout_s=30) == "ready"
         pid, grandchild = sup.pid, _grandchild(log)
         assert sup.running and os.getpgid(grandchild) == pid  # one process group
     # the grandchild ignores SIGTERM: the group SIGKILL after the leader exits takes it
@@ -149,8 +153,8 @@ def test_environment_and_working_directory(tmp_path):
                                                "import time; time.sleep(600)"),
                      env={"X_SUP": "given", "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     with sup:
-        sup.wait_ready(ready_line="given", timeout_s=30)
-    assert f"given {tmp_path}" in log.read_text()
+        line = sup.wait_ready(ready_line="given", timeout_s=30)
+    assert line == f"given {tmp_path}"
 
 
 def test_no_orphan_when_the_parent_dies(tmp_path):
