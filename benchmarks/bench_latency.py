@@ -22,12 +22,14 @@ import time
 import numpy as np
 
 from strainstream.callbacks.sinks import DERIVED
-from strainstream.demo import WorkerProcess, wait_for_results
+from strainstream.datadir import detector_dir
+from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.plans.frames import frame_series
-from strainstream.server import TiledServer, detector_dir
+from strainstream.server import TiledServer
 from strainstream.session import make_session
 from strainstream.worker import websockets_use_api_key
+from strainstream.workerproc import WorkerProcess
 
 
 class VisibleTimes:

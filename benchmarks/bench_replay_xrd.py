@@ -21,10 +21,11 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from ophyd import Signal
 
+from strainstream.datadir import detector_dir
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.plans.frames import frame_series
 from strainstream.replay import replay_run
-from strainstream.server import TiledServer, detector_dir
+from strainstream.server import TiledServer
 from strainstream.sim.cell import CoinCell
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 

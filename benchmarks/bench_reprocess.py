@@ -24,9 +24,10 @@ import tempfile
 import time
 
 from strainstream.callbacks.sinks import read_results
+from strainstream.datadir import detector_dir
 from strainstream.replay import replay_run
 from strainstream.reprocess import dask_client, reprocess
-from strainstream.server import TiledServer, detector_dir
+from strainstream.server import TiledServer
 
 
 def _warm(client) -> None:

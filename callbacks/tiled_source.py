@@ -40,7 +40,7 @@ import numpy as np
 from .base import AnalysisCallback
 from .tiled_format import INTERNAL, ExternalFrames, events_from_rows, rows_of
 
-__all__ = ["RunFollower", "events_from_rows"]  # events_from_rows: from tiled_format (#12)
+__all__ = ["RunFollower"]
 
 logger = logging.getLogger(__name__)
 

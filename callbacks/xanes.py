@@ -36,7 +36,7 @@ Resume and replay: results are a pure function of the event data and frames. Fra
 events already committed are collected again by :meth:`XANESCallback.restore` from the
 documents a resumed worker is fed, so the final arrays are bit-identical to the live pass.
 
-Start-document metadata used (written by :func:`strainstream.plans.txm.txm_xanes`):
+Start-document metadata used (written by :func:`strainstream.plans.xanes.txm_xanes`):
 ``txm_keys`` (event keys of frames, motors and the role/energy-index/repeat signals),
 ``energies_eV``, ``roles``, ``repeats``. Analysis parameters
 (``analysis_parameters.txm_xanes``): ``min_edge_jump`` (0.1), ``bandwidth_eV`` (1.5),

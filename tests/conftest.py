@@ -178,7 +178,7 @@ def tiled_server(request, data_dir, profile):
 @pytest.fixture
 def worker_factory(tiled_server):
     """Start ``strainstream worker`` subprocesses against ``tiled_server``; all are stopped at the end."""
-    from strainstream.demo import WorkerProcess
+    from strainstream.workerproc import WorkerProcess
 
     started = []
 

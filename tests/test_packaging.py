@@ -68,7 +68,7 @@ def test_deploy_config_matches_what_serve_writes(tmp_path):
 
     import yaml
 
-    from strainstream.server import write_config
+    from strainstream.tiledconfig import write_config
 
     written = json.loads(write_config(tmp_path, port=8000, api_key="k").read_text())
     shipped = yaml.safe_load((ROOT / "deploy" / "tiled" / "embedded.yml").read_text())

@@ -52,7 +52,8 @@ import sys
 from pathlib import Path
 
 from strainstream.config import Config, load_config
-from strainstream.datadir import ServerError, admin_key_path, api_key_path, auth_db_path
+from strainstream.datadir import admin_key_path, api_key_path, auth_db_path
+from strainstream.errors import ServerError
 
 __all__ = [
     "ADMIN_IDENTITY",

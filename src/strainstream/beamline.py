@@ -24,12 +24,11 @@ CLI helpers for ``strainstream beamline up|status``: :func:`up` and :func:`statu
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
 import os
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,10 @@ from typing import Any
 
 from strainstream.config import IOC_NAMES, apply_environment, environment_value, process_environment
 from strainstream.errors import StrainstreamError
+from strainstream.supervisor import Supervisor, find_free_port
 
-__all__ = ["IOC_NAMES", "PROBE_PVS", "Beamline", "BeamlineError", "client_env", "free_port",
-           "parse_ports", "probe"]
+__all__ = ["IOC_NAMES", "PROBE_PVS", "Beamline", "BeamlineError", "client_env", "parse_ports",
+           "probe"]
 
 
 #: PVs (after the prefix) read by ``status``; the first one of each IOC is the start-up probe
@@ -63,21 +63,6 @@ logger = logging.getLogger(__name__)
 
 class BeamlineError(StrainstreamError, RuntimeError):
     """An IOC did not start, exited, or does not answer."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` (CA uses both with the same number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise BeamlineError("no free TCP+UDP port found on 127.0.0.1")
 
 
 def client_env(ports: Iterable[int], host: str = "127.0.0.1") -> dict[str, str]:
@@ -153,9 +138,13 @@ class _IOC:
     port: int
     args: list[str]
     log_path: Path
-    proc: subprocess.Popen | None = None
-    ready: threading.Event = field(default_factory=threading.Event)
+    supervisor: Supervisor | None = None
     ready_info: dict = field(default_factory=dict)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The IOC's process (``None`` before the first start and after a stop)."""
+        return None if self.supervisor is None else self.supervisor.process
 
 
 class Beamline:
@@ -218,7 +207,7 @@ class Beamline:
         for name in names:
             port = int(ports.get(name) or 0)
             while not port or port in used:
-                port = free_port()
+                port = find_free_port(udp=True)
             used.add(port)
             args = opts[name] + list((extra_args or {}).get(name, []))
             self.iocs[name] = _IOC(name, port, args, self.log_dir / f"{name}.log")
@@ -253,7 +242,6 @@ class Beamline:
         if self.set_env:
             _warn_if_ca_context_exists(self.client_env())
             apply_environment(self.client_env())
-        atexit.register(self.stop)  # no orphaned IOCs if the caller forgets (or crashes)
         try:
             for ioc in self.iocs.values():
                 self._spawn(ioc)
@@ -265,91 +253,70 @@ class Beamline:
         return self
 
     def _spawn(self, ioc: _IOC) -> None:
+        """Start the IOC process (its own process group, output in ``ioc.log_path``)."""
         env = process_environment({"STRAINSTREAM_IOC_NODELAY": "1" if self.nodelay else "0",
                                    "PYTHONUNBUFFERED": "1"})
         cmd = [sys.executable, "-m", "strainstream.devices.ioc", ioc.name, "--prefix",
                self.prefix, "--port", str(ioc.port), "--write-dir", str(self.write_dir),
                "--exit-with-parent", *ioc.args]
-        log = open(ioc.log_path, "ab")  # noqa: SIM115 - owned by the reader thread
-        ioc.ready.clear()
+        if ioc.supervisor is None:  # stopped at interpreter exit: no orphaned IOCs if the caller
+            ioc.supervisor = Supervisor(  # forgets (or crashes)
+                f"{ioc.name} IOC on 127.0.0.1:{ioc.port}", ioc.log_path, stop_timeout_s=5.0,
+                stop_at_exit=True, error=BeamlineError)
         ioc.ready_info = {}
-        ioc.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
-                                    start_new_session=True)
-
-        def reader(proc=ioc.proc):
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if line.startswith(b"READY "):
-                    with contextlib.suppress(ValueError):
-                        ioc.ready_info = json.loads(line[6:])
-                    ioc.ready.set()
-            log.close()
-
-        threading.Thread(target=reader, daemon=True, name=f"ioc-{ioc.name}-stdout").start()
+        ioc.supervisor.start(cmd, env=env)
 
     def _wait(self, ioc: _IOC) -> None:
+        """Wait for the IOC's ``READY {json}`` line, then for its first PV to answer."""
         deadline = time.monotonic() + self.startup_timeout_s
-        while not ioc.ready.wait(0.1):
-            if ioc.proc.poll() is not None or time.monotonic() > deadline:
-                raise BeamlineError(self._failure(ioc, "did not start"))
+        try:
+            line = ioc.supervisor.wait_ready(ready_line="READY ", timeout_s=self.startup_timeout_s,
+                                             waiting_for="start", on_timeout="kill")
+        except BeamlineError as exc:
+            raise BeamlineError(self._failure(ioc, str(exc))) from None
+        with contextlib.suppress(ValueError, IndexError):
+            ioc.ready_info = json.loads(line.split("READY ", 1)[1])
         pv = self.prefix + PROBE_PVS[ioc.name][0]
         while True:
             if probe([pv], [f"127.0.0.1:{ioc.port}"], timeout_s=1.0)[pv] is not None:
                 return
-            if ioc.proc.poll() is not None or time.monotonic() > deadline:
-                raise BeamlineError(self._failure(ioc, f"does not answer ({pv})"))
+            if not ioc.supervisor.running or time.monotonic() > deadline:
+                raise BeamlineError(self._failure(ioc, f"does not answer ({pv}) within "
+                                                       f"{self.startup_timeout_s:g} s"))
 
     def _failure(self, ioc: _IOC, what: str) -> str:
-        rc = ioc.proc.poll() if ioc.proc else None
-        tail = ""
-        with contextlib.suppress(OSError):
-            tail = ioc.log_path.read_text(errors="replace")[-1500:]
+        rc = ioc.supervisor.returncode if ioc.supervisor else None
         state = f"exited with code {rc}" if rc is not None else "still running"
-        return (f"{ioc.name} IOC on 127.0.0.1:{ioc.port} {what} within "
-                f"{self.startup_timeout_s:g} s ({state}); log {ioc.log_path}:\n{tail}")
+        tail = ioc.supervisor.log_tail(1500) if ioc.supervisor else ""
+        return f"{ioc.name} IOC on 127.0.0.1:{ioc.port}: {what} ({state}); log {ioc.log_path}:\n{tail}"
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop all IOCs (SIGTERM: detector files are closed; SIGKILL after ``timeout_s``)."""
-        atexit.unregister(self.stop)
+        running = [i.supervisor for i in self.iocs.values() if i.supervisor and i.supervisor.running]
+        for sup in running:  # all asked at once, then each waited for
+            with contextlib.suppress(ProcessLookupError):
+                sup.send_signal(signal.SIGTERM)
         for ioc in self.iocs.values():
-            if ioc.proc is not None and ioc.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    ioc.proc.terminate()
-        for ioc in self.iocs.values():
-            self._reap(ioc, timeout_s)
-
-    def _reap(self, ioc: _IOC, timeout_s: float) -> None:
-        if ioc.proc is None:
-            return
-        try:
-            ioc.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            ioc.proc.kill()
-            ioc.proc.wait()
-        if ioc.proc.stdout is not None:
-            ioc.proc.stdout.close()
+            if ioc.supervisor is not None:
+                ioc.supervisor.stop(timeout_s)
 
     def kill(self, name: str) -> None:
         """SIGKILL one IOC (to test how clients see a dead IOC)."""
         ioc = self.iocs[name]
-        if ioc.proc is not None and ioc.proc.poll() is None:
-            ioc.proc.kill()
-        self._reap(ioc, 5.0)
+        if ioc.supervisor is not None:
+            ioc.supervisor.kill()
 
     def restart(self, name: str) -> None:
         """(Re)start one IOC on its port and wait until it answers."""
         ioc = self.iocs[name]
-        if ioc.proc is not None and ioc.proc.poll() is None:
-            ioc.proc.terminate()
-            self._reap(ioc, 5.0)
+        if ioc.supervisor is not None:
+            ioc.supervisor.stop(5.0)
         self._spawn(ioc)
         self._wait(ioc)
 
     def is_running(self, name: str) -> bool:
         ioc = self.iocs[name]
-        return ioc.proc is not None and ioc.proc.poll() is None
+        return ioc.supervisor is not None and ioc.supervisor.running
 
     def __enter__(self) -> Beamline:
         return self.start()

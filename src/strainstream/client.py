@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from strainstream.auth import API_KEY_ENV
-from strainstream.datadir import ServerError, server_json_path, tiled_config_path
+from strainstream.datadir import server_json_path, tiled_config_path
+from strainstream.errors import ServerError
 
 __all__ = ["ServerInfo", "connect", "forget_server", "open_offline", "record_server", "running_server"]
 

@@ -14,9 +14,6 @@ Layout of a data directory (everything strainstream keeps lives here)::
     DIR/server.json        URI and pid of the running server (removed on stop)
     DIR/logs/              server, worker and IOC logs
 
-:class:`ServerError` is the error of everything about the embedded tiled server (keys,
-configuration, start-up, connection); :mod:`strainstream.server` re-exports it.
-
 This module imports only the standard library and :mod:`strainstream.errors`.
 """
 
@@ -25,12 +22,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from strainstream.errors import StrainstreamError
-
 __all__ = [
     "ADMIN_KEY_FILE",
     "API_KEY_FILE",
-    "ServerError",
     "admin_key_path",
     "api_key_path",
     "auth_db_path",
@@ -46,10 +40,6 @@ __all__ = [
 
 #: file names of the two key files (relative to the data directory)
 API_KEY_FILE, ADMIN_KEY_FILE = ".api_key", ".admin_key"
-
-
-class ServerError(StrainstreamError, RuntimeError):
-    """The tiled server cannot be started, reached or used. The message says what to do."""
 
 
 def _root(data_dir: str | os.PathLike) -> Path:

@@ -19,8 +19,6 @@ from strainstream.workerproc import WorkerProcess
 
 __all__ = ["run_demo", "wait_for_results"]
 
-# -- re-exports for callers not yet updated (#12); removed when import sites move
-__all__ += ["WorkerProcess"]  # moved to strainstream.workerproc
 
 
 def wait_for_results(root, uid: str, n_events: int, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -90,7 +88,7 @@ def calibrate_from_ceo2(session, det, frame_size: int, say) -> dict[str, Any]:
 
 def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, frame_interval_s,
               say) -> str:
-    from strainstream.plans.operando_xrd import operando_xrd
+    from strainstream.plans.xrd import operando_xrd
 
     cycler, det, beam = devices["cycler"], devices["xrd"], devices["beam"]
     cycler.reset_cell().wait(30)

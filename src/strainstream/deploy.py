@@ -111,7 +111,8 @@ class Deployment:
     # -- start ------------------------------------------------------------------------------
     def start(self) -> Deployment:
         """Start the services of the profile (a failure stops what was already started)."""
-        from strainstream.server import TiledServer, running_server
+        from strainstream.client import running_server
+        from strainstream.server import TiledServer
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         previous = read_state(self.data_dir)
@@ -158,7 +159,7 @@ class Deployment:
         }
 
     def _start_worker(self, i: int):
-        from strainstream.demo import WorkerProcess
+        from strainstream.workerproc import WorkerProcess
 
         kwargs: dict[str, Any] = {}
         if self.workers > 1 and "shard" in inspect.signature(WorkerProcess).parameters:

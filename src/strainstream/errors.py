@@ -14,7 +14,7 @@ This module imports nothing: the analysis core may use it.
 
 from __future__ import annotations
 
-__all__ = ["StrainstreamError", "UsageError"]
+__all__ = ["ServerError", "StrainstreamError", "UsageError"]
 
 
 class StrainstreamError(Exception):
@@ -26,3 +26,7 @@ class StrainstreamError(Exception):
 
 class UsageError(StrainstreamError, ValueError):
     """A command-line option or argument is wrong (value, range, combination)."""
+
+
+class ServerError(StrainstreamError, RuntimeError):
+    """The tiled server cannot be started, reached or used. The message says what to do."""

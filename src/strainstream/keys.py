@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from strainstream.server import (
+from strainstream.auth import (
     ADMIN_KEY_ENV,
     ADMIN_KEY_NOTE,
     AUTH_PROVIDER,
@@ -28,8 +28,8 @@ from strainstream.server import (
     WRITER_IDENTITY,
     WRITER_KEY_NOTE,
     WRITER_SCOPES,
-    ServerError,
 )
+from strainstream.errors import ServerError
 
 __all__ = ["KeyAdmin"]
 

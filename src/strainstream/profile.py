@@ -211,9 +211,9 @@ def plans() -> dict[str, Callable[..., Any]]:
     import bluesky.plans as bp
 
     from strainstream.plans.frames import frame_series
-    from strainstream.plans.operando_xrd import operando_xrd
     from strainstream.plans.sxdm import find_bragg, sxdm_map
-    from strainstream.plans.txm import txm_xanes
+    from strainstream.plans.xanes import txm_xanes
+    from strainstream.plans.xrd import operando_xrd
 
     ours = {f.__name__: _queue_ready(f)
             for f in (operando_xrd, sxdm_map, find_bragg, txm_xanes, frame_series)}

@@ -26,16 +26,15 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from strainstream.config import process_environment
 from strainstream.errors import StrainstreamError
+from strainstream.supervisor import Supervisor
 
 __all__ = ["DEPLOY_DIR", "QueueServer", "QueueServerError", "read_state", "state_file",
            "write_existing_plans"]
@@ -95,7 +94,7 @@ class QueueServer:
                  existing_plans: str | os.PathLike | None = None,
                  redis_url: str | None = None, control_port: int | None = None,
                  info_port: int | None = None) -> None:
-        from strainstream.server import find_free_port
+        from strainstream.supervisor import find_free_port
 
         self.data_dir = Path(data_dir).resolve()
         self.profile_env = dict(profile_env)
@@ -109,7 +108,13 @@ class QueueServer:
         while self.info_port == self.control_port:
             self.info_port = find_free_port()
         self.redis: Any = None
-        self.process: subprocess.Popen | None = None
+        self.supervisor = Supervisor("RE Manager", self.log_path, stop_timeout_s=15.0,
+                                     error=QueueServerError)
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """RE Manager's process (``None`` when not started or stopped)."""
+        return self.supervisor.process
 
     # ------------------------------------------------------------------ addresses
     @property
@@ -172,13 +177,7 @@ class QueueServer:
             else:
                 _check_redis(self.redis_addr)
             env = process_environment({**self.epics_env, **self.profile_env, "PYTHONUNBUFFERED": "1"})
-            log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
-            try:
-                self.process = subprocess.Popen(
-                    self.command(), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, cwd=state)
-            finally:
-                log.close()
+            self.supervisor.start(self.command(), env=env, cwd=state)
             self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -189,47 +188,33 @@ class QueueServer:
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
         api = self.api(timeout_recv=1.0, timeout_send=0.5)
+
+        def answers() -> bool:
+            try:
+                api.status()
+                return True
+            except Exception:  # not answering yet (timeouts, refused connections)
+                return False
+
         try:
-            while True:
-                if self.process is None or self.process.poll() is not None:
-                    code = None if self.process is None else self.process.returncode
-                    raise QueueServerError(
-                        f"RE Manager exited with code {code} during start-up; see {self.log_path}")
-                try:
-                    api.status()
-                    return
-                except Exception:  # not answering yet (timeouts, refused connections)
-                    pass
-                if time.monotonic() > deadline:
-                    raise QueueServerError(
-                        f"RE Manager did not answer at {self.control_addr} within {timeout_s:.0f} s; "
-                        f"see {self.log_path}")
-                time.sleep(0.2)
+            self.supervisor.wait_ready(answers, timeout_s=timeout_s, interval_s=0.2,
+                                       waiting_for=f"answer at {self.control_addr}")
         finally:
             api.close()
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.supervisor.running
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop RE Manager and its worker (SIGTERM, SIGKILL after ``timeout_s``), then Redis."""
-        proc, self.process = self.process, None
-        if proc is not None:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout_s)
-            # the manager's worker and watchdog children live in the same process group
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+        pid = self.supervisor.pid
+        if self.supervisor.process is not None:
+            # the manager's worker and watchdog children live in its process group: all stopped
+            self.supervisor.stop(timeout_s)
             info = read_state(self.data_dir)
-            if info is not None and info.get("pid") == proc.pid:
+            if info is not None and info.get("pid") == pid:
                 with contextlib.suppress(FileNotFoundError):
                     state_file(self.data_dir).unlink()
         if self.redis is not None:

@@ -398,7 +398,7 @@ _CLIENTS: dict[tuple[str, str], Any] = {}
 
 def _client(uri: str, api_key: _Secret):
     """One tiled client per (uri, key) per worker process, reused by its tasks."""
-    from strainstream.server import connect
+    from strainstream.client import connect
 
     ident = (uri, hashlib.sha256((api_key.value or "").encode()).hexdigest())
     root = _CLIENTS.get(ident)
@@ -488,7 +488,7 @@ def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: in
 
     if not uids:
         return []
-    from strainstream.server import connect
+    from strainstream.client import connect
 
     root = connect(uri, api_key) if not force or (client is None and scheduler is None and workers == 0) else None
     todo = list(uids)

@@ -20,11 +20,12 @@ from pathlib import Path
 from strainstream import auth
 from strainstream.client import ServerInfo, connect, forget_server, record_server
 from strainstream.config import process_environment
-from strainstream.datadir import ServerError, logs_dir
+from strainstream.datadir import logs_dir
+from strainstream.errors import ServerError
 from strainstream.supervisor import Supervisor, find_free_port, port_open
 from strainstream.tiledconfig import write_config
 
-__all__ = ["DEFAULT_PORT", "ServerError", "TiledServer"]
+__all__ = ["DEFAULT_PORT", "TiledServer"]
 
 DEFAULT_PORT = 8000
 
@@ -135,35 +136,3 @@ class TiledServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-# -- re-exports for callers not yet updated (#12); removed when import sites move
-from strainstream.auth import (  # noqa: E402
-    ADMIN_IDENTITY,
-    ADMIN_KEY_ENV,
-    ADMIN_KEY_NOTE,
-    ADMIN_SCOPES,
-    API_KEY_ENV,
-    AUTH_PROVIDER,
-    READ_ONLY_SCOPES,
-    VIEWER_IDENTITY,
-    WRITER_IDENTITY,
-    WRITER_KEY_NOTE,
-    WRITER_SCOPES,
-    admin_key_for,
-    api_key_for,
-    auth_db_uri_for,
-    bootstrap_auth,
-    check_key,
-    write_key_file,
-)
-from strainstream.client import open_offline, running_server  # noqa: E402
-from strainstream.datadir import detector_dir  # noqa: E402
-
-__all__ += [
-    "ADMIN_IDENTITY", "ADMIN_KEY_ENV", "ADMIN_KEY_NOTE", "ADMIN_SCOPES", "API_KEY_ENV",
-    "AUTH_PROVIDER", "READ_ONLY_SCOPES", "VIEWER_IDENTITY", "WRITER_IDENTITY", "WRITER_KEY_NOTE",
-    "WRITER_SCOPES", "ServerInfo", "admin_key_for", "api_key_for", "auth_db_uri_for",
-    "bootstrap_auth", "check_key", "connect", "detector_dir", "find_free_port", "open_offline",
-    "running_server", "write_config", "write_key_file",
-]

@@ -23,35 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from strainstream.errors import StrainstreamError
-
-# -- re-exports for callers not yet updated (#12) ----------------------------------------------
-#   strainstream.session.OutageTolerantTransport -> strainstream.transport.OutageTolerantTransport
-#   strainstream.session.tolerate_outages        -> strainstream.transport.tolerate_outages
-#   strainstream.session.default_spool_dir       -> strainstream.spool.default_spool_dir
-#   strainstream.session.spooled_runs            -> strainstream.spool.spooled_runs
-#   strainstream.session.flush_spool             -> strainstream.spool.flush_spool
-#   strainstream.session._Spool                  -> strainstream.spool._Spool
-# (OutageTolerantTransport, tolerate_outages, default_spool_dir and _Spool are also used here)
-from strainstream.spool import (  # noqa: F401  (flush_spool, spooled_runs: re-exported only)
-    _complete_partial_run,
-    _Spool,
-    default_spool_dir,
-    flush_spool,
-    spooled_runs,
-)
+from strainstream.spool import _complete_partial_run, _Spool, default_spool_dir
 from strainstream.transport import OutageTolerantTransport, tolerate_outages
 
-__all__ = [
-    "BufferedWriter",
-    "OutageTolerantTransport",
-    "Session",
-    "WriterDrainTimeout",
-    "default_spool_dir",
-    "flush_spool",
-    "spooled_runs",
-    "make_session",
-    "tolerate_outages",
-]
+__all__ = ["BufferedWriter", "Session", "WriterDrainTimeout", "make_session"]
 
 logger = logging.getLogger("strainstream.session")
 

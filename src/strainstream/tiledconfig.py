@@ -15,7 +15,6 @@ from pathlib import Path
 
 from strainstream.auth import AUTH_PROVIDER, auth_db_uri_for
 from strainstream.datadir import (
-    ServerError,
     catalog_path,
     detector_dir,
     make_layout,
@@ -23,6 +22,7 @@ from strainstream.datadir import (
     tables_path,
     tiled_config_path,
 )
+from strainstream.errors import ServerError
 
 __all__ = ["write_config"]
 

@@ -325,8 +325,8 @@ def run_worker(uri: str, api_key: str, catch_up_s: float = 86400.0, ready_file: 
     ``shard`` is ``(i, n)`` or ``"i/n"``; default the configuration's ``worker_shard``
     (``$STRAINSTREAM_WORKER_SHARD``, see :mod:`strainstream.config`) or all runs.
     """
+    from strainstream.client import connect
     from strainstream.config import load_config
-    from strainstream.server import connect
     from strainstream.transport import tolerate_outages
 
     if shard is None:

@@ -20,19 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from strainstream.auth import READ_ONLY_SCOPES
 from strainstream.callbacks.sinks import DERIVED, read_results
+from strainstream.client import connect, open_offline
+from strainstream.datadir import detector_dir
 from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
+from strainstream.errors import ServerError
 from strainstream.keys import KeyAdmin
 from strainstream.plans.frames import frame_series
-from strainstream.server import (
-    READ_ONLY_SCOPES,
-    ServerError,
-    TiledServer,
-    connect,
-    detector_dir,
-    open_offline,
-)
+from strainstream.server import TiledServer
 from strainstream.session import make_session
 
 pytestmark = pytest.mark.system

@@ -27,7 +27,7 @@ from strainstream.callbacks.xanes import XANESCallback
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.plans.frames import frame_series
 from strainstream.plans.sxdm import DETECTOR_GEOMETRY_KEYS, sxdm_map
-from strainstream.plans.txm import txm_xanes
+from strainstream.plans.xanes import txm_xanes
 from strainstream.sim import txm_images as T
 from strainstream.sim.sxdm_frames import particle_preset, simulate_sxdm
 

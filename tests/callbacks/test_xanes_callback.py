@@ -18,7 +18,7 @@ from scipy import ndimage
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.xanes import XANESCallback
 from strainstream.devices.detectors import sim_frame_detector
-from strainstream.plans.txm import ROLES, focus_positions, txm_xanes
+from strainstream.plans.xanes import ROLES, focus_positions, txm_xanes
 from strainstream.sim import txm_images as T
 
 
@@ -273,9 +273,9 @@ def _run_session(session, tmp, scan, params):
 def test_live_worker_through_tiled_equals_replay(tiled_server, worker_factory):
     """RunEngine -> TiledWriter -> tiled -> worker: the stored maps are those of a replay."""
     from strainstream.callbacks.sinks import read_results
+    from strainstream.datadir import detector_dir
     from strainstream.demo import wait_for_results
     from strainstream.replay import replay_run
-    from strainstream.server import detector_dir
     from strainstream.session import make_session
 
     worker_factory()

@@ -15,8 +15,9 @@ import httpx
 import pytest
 import yaml
 
-from strainstream.server import WRITER_KEY_NOTE, bootstrap_auth, find_free_port
+from strainstream.auth import WRITER_KEY_NOTE, bootstrap_auth
 from strainstream.services import Redis
+from strainstream.supervisor import find_free_port
 
 pytestmark = pytest.mark.system
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from strainstream.auth import api_key_for
+from strainstream.client import connect
+from strainstream.datadir import detector_dir
 from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.plans.frames import frame_series
-from strainstream.server import api_key_for, connect, detector_dir
 from strainstream.session import make_session
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

@@ -322,7 +322,7 @@ def test_ring_current_dump_and_recovery(devs):
 
 
 def test_status_reports_answering_pvs(beamline, capsys):
-    from strainstream.beamline import status
+    from strainstream.cli.beamline import status
 
     st = beamline.status()
     assert all(v is not None for r in st.values() for v in r.values())
@@ -359,7 +359,7 @@ def test_up_cli_runs_until_terminated(tmp_path):
 
     from strainstream.beamline import probe
 
-    code = "import sys; from strainstream.beamline import up; sys.exit(up(sys.argv[1:]))"
+    code = "import sys; from strainstream.cli.beamline import up; sys.exit(up(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--write-dir", str(tmp_path / "d"), "--iocs", "beam",
          "--log-dir", str(tmp_path / "logs"), "--json"],
@@ -423,7 +423,8 @@ def test_missing_ioc_gives_a_named_error(beamline):
 
 
 def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
-    from strainstream.beamline import probe, status
+    from strainstream.beamline import probe
+    from strainstream.cli.beamline import status
     from strainstream.devices._ioc import IOCNotAnswering
 
     b, x, cyc = devs["beam"], devs["xrd"], devs["cycler"]

@@ -146,7 +146,10 @@ def test_sxdm_single_point_model_equals_the_raster_model():
 
 
 def test_beamline_arguments_without_starting(tmp_path, monkeypatch, capsys):
-    from strainstream.beamline import Beamline, _parse_ports, free_port, status
+    from strainstream.beamline import Beamline
+    from strainstream.beamline import parse_ports as _parse_ports
+    from strainstream.cli.beamline import status
+    from strainstream.supervisor import find_free_port as free_port
 
     bl = Beamline(tmp_path, ports={"cycler": 5999}, iocs=["cycler", "beam"], set_env=False)
     assert bl.addresses["cycler"] == "127.0.0.1:5999"

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from strainstream.callbacks.sinks import DERIVED
+from strainstream.datadir import detector_dir
 from strainstream.demo import wait_for_results
-from strainstream.server import detector_dir
 from strainstream.session import make_session
 
 pytestmark = pytest.mark.system
@@ -122,7 +122,7 @@ def xrd_setup(sim_beamline, sim_devices, tiled_server):
 @pytest.mark.slow
 def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
         xrd_setup, tiled_server, worker_factory, capsys, session):
-    from strainstream.plans.operando_xrd import operando_xrd
+    from strainstream.plans.xrd import operando_xrd
     from strainstream.sim.cell import LatticePhase
     from strainstream.sim.cell import preset as cell_preset
     from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
@@ -228,7 +228,7 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
 @pytest.mark.slow
 def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
         xrd_setup, sim_beamline, tiled_server, capsys, session):
-    from strainstream.plans.operando_xrd import operando_xrd
+    from strainstream.plans.xrd import operando_xrd
 
     det, cyc, beam = xrd_setup
     shape = int(det.rows.get())

@@ -22,13 +22,14 @@ import pytest
 from _faultplans import frames_until
 
 from strainstream.callbacks.sinks import DERIVED
-from strainstream.demo import WorkerProcess, wait_for_results
+from strainstream.datadir import detector_dir
+from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.framestats import frame_statistics
 from strainstream.plans.frames import frame_series
 from strainstream.replay import replay_run
-from strainstream.server import detector_dir
-from strainstream.session import flush_spool
+from strainstream.spool import flush_spool
+from strainstream.workerproc import WorkerProcess
 
 
 def restart(server, *, abrupt: bool, down_s: float = 1.0) -> float:
@@ -254,7 +255,7 @@ def test_run_cut_off_mid_way_is_completed_from_the_spool(tiled_server, tmp_path)
 def test_transport_waits_out_refused_connections_and_503():
     import httpx
 
-    from strainstream.session import OutageTolerantTransport
+    from strainstream.transport import OutageTolerantTransport
 
     calls = []
 
@@ -278,7 +279,7 @@ def test_transport_waits_out_refused_connections_and_503():
 def test_transport_gives_up_after_max_outage_and_passes_sent_errors_on():
     import httpx
 
-    from strainstream.session import OutageTolerantTransport
+    from strainstream.transport import OutageTolerantTransport
 
     def refused(request):
         raise httpx.ConnectError("refused", request=request)
@@ -351,7 +352,7 @@ def test_buffered_writer_back_pressure_while_the_server_is_reachable():
 
 
 def test_spooled_runs_lists_documents_and_what_was_sent(tmp_path):
-    from strainstream.session import _Spool, spooled_runs
+    from strainstream.spool import _Spool, spooled_runs
 
     assert spooled_runs(tmp_path) == []
     spool = _Spool(tmp_path)

@@ -17,13 +17,14 @@ import pytest
 from _faultplans import frames_until
 
 from strainstream.callbacks.sinks import DERIVED
-from strainstream.demo import WorkerProcess, wait_for_results
+from strainstream.datadir import detector_dir
+from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.framestats import frame_statistics
 from strainstream.plans.frames import frame_series
 from strainstream.replay import replay_run
-from strainstream.server import detector_dir
 from strainstream.worker import parse_shard, shard_of
+from strainstream.workerproc import WorkerProcess
 
 pytestmark = [pytest.mark.system]
 

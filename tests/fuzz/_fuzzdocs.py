@@ -119,7 +119,7 @@ class _TXMStage(Device):
 
 def txm_run(write_dir: Path, n_energies: int = 7) -> Docs:
     """``txm_xanes`` over ``n_energies`` energies across the Ni K edge, 24x24 frames."""
-    from strainstream.plans.txm import txm_xanes
+    from strainstream.plans.xanes import txm_xanes
     from strainstream.sim import txm_images as T
 
     energies = np.linspace(8330.0, 8370.0, n_energies)

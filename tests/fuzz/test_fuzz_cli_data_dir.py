@@ -34,9 +34,12 @@ def real_dir(tmp_path_factory):
 
     from strainstream.callbacks.router import make_callbacks
     from strainstream.callbacks.sinks import TiledSink
+    from strainstream.client import open_offline
+    from strainstream.datadir import detector_dir
     from strainstream.devices.detectors import sim_frame_detector
     from strainstream.plans.frames import frame_series
-    from strainstream.server import detector_dir, find_free_port, open_offline, write_config
+    from strainstream.supervisor import find_free_port
+    from strainstream.tiledconfig import write_config
 
     d = tmp_path_factory.mktemp("data") / "data"
     write_config(d, port=find_free_port(), api_key="k" * 32)
@@ -75,7 +78,7 @@ def _break(d: Path, kind: str) -> None:
     elif kind == "server_json_garbage":
         (d / "server.json").write_bytes(rng.bytes(100))
     elif kind == "server_json_dead_server":  # a live pid (ours) but nothing listens on the port
-        from strainstream.server import find_free_port
+        from strainstream.supervisor import find_free_port
 
         (d / "server.json").write_text(json.dumps({"uri": f"http://127.0.0.1:{find_free_port()}/api/v1",
                                                    "pid": os.getpid(), "port": 1}))

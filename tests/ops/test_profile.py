@@ -22,7 +22,7 @@ OURS = ("operando_xrd", "sxdm_map", "find_bragg", "txm_xanes", "frame_series")
 
 
 def test_queue_ready_plans_keep_name_doc_and_behaviour():
-    from strainstream.plans.operando_xrd import operando_xrd
+    from strainstream.plans.xrd import operando_xrd
 
     wrapped = plans()["operando_xrd"]
     assert wrapped.__name__ == "operando_xrd" and wrapped.__doc__ == operando_xrd.__doc__

@@ -18,12 +18,12 @@ import h5py
 import pytest
 
 from strainstream.callbacks.sinks import DERIVED, read_results
+from strainstream.datadir import detector_dir
 from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.framestats import frame_statistics
 from strainstream.plans.frames import frame_series
 from strainstream.replay import replay_run
-from strainstream.server import detector_dir
 from strainstream.session import make_session
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

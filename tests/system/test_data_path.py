@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 from strainstream.callbacks.sinks import DERIVED
-from strainstream.demo import WorkerProcess, wait_for_results
+from strainstream.datadir import detector_dir
+from strainstream.demo import wait_for_results
 from strainstream.devices.detectors import sim_frame_detector
 from strainstream.framestats import frame_statistics
 from strainstream.plans.frames import frame_series
 from strainstream.replay import replay_run
-from strainstream.server import detector_dir
 from strainstream.session import make_session
+from strainstream.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.system
 
@@ -210,7 +211,8 @@ def test_demo_then_results_and_replay_without_server(tmp_path):
 
 
 def test_serve_command_runs_and_stops(tmp_path):
-    from strainstream.server import find_free_port, running_server
+    from strainstream.client import running_server
+    from strainstream.supervisor import find_free_port
 
     d = tmp_path / "srv"
     port = find_free_port()

@@ -98,9 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     if getattr(args, "func", None) is None:  # a group (``queue``) without its action
-        code = getattr(args, "group_exit", 2)  # the analysis groups answer with their help, 0
-        args.group_parser.print_help(sys.stdout if code == 0 else sys.stderr)
-        return code
+        if getattr(args, "group_exit", 2) == 0:  # the analysis groups answer with their help
+            args.group_parser.print_help()
+            return 0
+        actions = next(a.choices for a in args.group_parser._actions if a.choices and a.dest == "action")
+        print(f"strainstream {args.command}: error: no action given; usage: strainstream "
+              f"{args.command} {{{','.join(actions)}}} [options] (see `strainstream {args.command} "
+              "ACTION --help`)", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose or args.command in _SERVICES else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -160,10 +160,12 @@ def resolve_server(args: argparse.Namespace, *, need_server: bool = False, key: 
 
     Raises
     ------
-    strainstream.server.ServerError
+    strainstream.errors.ServerError
         The data directory does not exist, or no server runs on it and one is needed.
     """
-    from strainstream.server import ServerError, admin_key_for, api_key_for, running_server
+    from strainstream.auth import admin_key_for, api_key_for
+    from strainstream.client import running_server
+    from strainstream.errors import ServerError
 
     config = config_from_args(args)
     data_dir = data_dir_of(args, config)
@@ -200,7 +202,7 @@ def resolve_server(args: argparse.Namespace, *, need_server: bool = False, key: 
 
 def open_catalog(args: argparse.Namespace, *, need_server: bool = False):
     """A tiled client for the catalog of a command's server options (see :func:`resolve_server`)."""
-    from strainstream.server import connect, open_offline
+    from strainstream.client import connect, open_offline
 
     target = resolve_server(args, need_server=need_server)
     if target.offline:
@@ -210,7 +212,7 @@ def open_catalog(args: argparse.Namespace, *, need_server: bool = False):
 
 def get_run(root, uid: str):
     """The run ``uid`` (or a unique prefix of 6+ characters) of the catalog ``root``."""
-    from strainstream.server import ServerError
+    from strainstream.errors import ServerError
 
     if not uid or uid == "derived":
         raise ServerError(f"{uid!r} is not a run uid")

@@ -31,11 +31,12 @@ def add_profile_options(p: argparse.ArgumentParser) -> None:
 def profile_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     """``(ProfileConfig, EPICS client env)`` from the options of :func:`add_profile_options`.
 
-    Raises :class:`strainstream.server.ServerError` / ``ValueError`` with a one-line message.
+    Raises :class:`strainstream.errors.ServerError` / ``ValueError`` with a one-line message.
     """
     from strainstream.beamline import client_env, parse_ports
+    from strainstream.datadir import detector_dir
+    from strainstream.errors import ServerError
     from strainstream.profile import ProfileConfig
-    from strainstream.server import ServerError, detector_dir
 
     config = config_from_args(args, detector_dir=args.detector_dir, prefix=args.prefix,
                               iocs=args.iocs or None,

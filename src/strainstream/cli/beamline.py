@@ -8,7 +8,7 @@ from strainstream.config import IOC_NAMES
 
 from ._common import CommandError, Parser
 
-__all__ = ["register"]
+__all__ = ["main", "register", "status", "up"]
 
 
 def register(commands) -> None:
@@ -115,3 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     from strainstream.cli import command_main
 
     return command_main("beamline")(argv)
+
+
+def up(argv: list[str]) -> int:
+    """``strainstream beamline up ARGV...``; returns the exit code."""
+    return main(["up", *argv])
+
+
+def status(argv: list[str]) -> int:
+    """``strainstream beamline status ARGV...``; returns the exit code (1: some PVs do not answer)."""
+    return main(["status", *argv])

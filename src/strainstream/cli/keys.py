@@ -59,7 +59,7 @@ def _admin(args):
 
 def cmd_keys(args) -> int:
     """``strainstream keys ACTION``; errors are one line (exit 2)."""
-    from strainstream.server import write_key_file
+    from strainstream.auth import write_key_file
 
     if args.action == "create":
         if args.out and os.path.exists(args.out):

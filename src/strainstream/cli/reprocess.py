@@ -92,6 +92,7 @@ class _Progress:
 
 def cmd_reprocess(args) -> int:
     """``strainstream reprocess`` (exit 0: all done or skipped; 1: some run failed; 2: usage)."""
+    from strainstream.client import connect
     from strainstream.reprocess import (
         ReprocessError,
         build_queries,
@@ -99,7 +100,6 @@ def cmd_reprocess(args) -> int:
         format_table,
         reprocess,
     )
-    from strainstream.server import connect
 
     if not (args.query or args.all or args.since or args.until or args.uid):
         raise ReprocessError("give a QUERY (e.g. sample.material=SC-NM91), --since/--until, --uid, or --all")

@@ -76,7 +76,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from strainstream.server import ServerError, api_key_for
+    from strainstream.auth import api_key_for
+    from strainstream.errors import ServerError
     from strainstream.worker import parse_shard, run_worker
 
     try:
@@ -103,7 +104,7 @@ def _spool_dir(args):
     user's state directory (the console's and queue server's default)."""
     from pathlib import Path
 
-    from strainstream.session import default_spool_dir
+    from strainstream.spool import default_spool_dir
 
     if args.spool_dir:
         return Path(args.spool_dir)
@@ -118,7 +119,7 @@ def _spool_dir(args):
 
 def cmd_spool(args) -> int:
     """List the runs whose documents wait in the spool; with --flush send them to tiled."""
-    from strainstream.session import flush_spool, spooled_runs
+    from strainstream.spool import flush_spool, spooled_runs
 
     spool = _spool_dir(args)
     root = open_catalog(args, need_server=True)

@@ -19,7 +19,7 @@ from bluesky import RunEngine
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.xanes import XANESCallback
 from strainstream.devices.ioc.endstation import zp_focus_mm
-from strainstream.plans.txm import ROLES, txm_xanes
+from strainstream.plans.xanes import ROLES, txm_xanes
 from strainstream.sim import txm_images as T
 
 pytestmark = pytest.mark.system

@@ -10,7 +10,7 @@ from bluesky import RunEngine
 
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.xrd import OperandoXRDCallback
-from strainstream.plans.operando_xrd import operando_xrd
+from strainstream.plans.xrd import operando_xrd
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 
 pytestmark = pytest.mark.system
