@@ -14,9 +14,11 @@ Nothing here imports tiled, bluesky or numpy at module level: ``strainstream --h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "open_catalog",
     "print_json",
     "resolve_server",
+    "stop_requested",
 ]
 
 DEFAULT_DATA_DIR = "strainstream-data"
@@ -79,6 +82,23 @@ def number(kind: type = float, *, low: float | None = None, high: float | None =
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
     return convert
+
+
+@contextlib.contextmanager
+def stop_requested(signals: tuple[int, ...] | None = None) -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT (or ``signals``) while the block runs; the previous
+    handlers come back afterwards. Long-running commands (``serve``, ``queue up``,
+    ``deploy up``) loop until it is set, then shut their services down cleanly."""
+    import signal
+
+    done = threading.Event()
+    signals = signals or (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, lambda *a: done.set()) for s in signals}
+    try:
+        yield done
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def add_server_options(p: argparse.ArgumentParser, *, data_dir_default: str | None = DEFAULT_DATA_DIR,

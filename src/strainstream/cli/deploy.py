@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from ._common import Parser, add_server_options
+from ._common import Parser, add_server_options, stop_requested
 
 __all__ = ["register"]
 
@@ -57,30 +57,25 @@ def _print_info(info: dict[str, Any]) -> None:
 
 def cmd_up(args) -> int:
     """Start a profile's services and supervise them until Ctrl-C or SIGTERM."""
-    import signal
-    import threading
     from pathlib import Path
 
     from strainstream.deploy import Deployment
 
-    done = threading.Event()
-    previous = {s: signal.signal(s, lambda *a: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    dep = Deployment(Path(args.data_dir), profile=args.profile, workers=args.workers,
-                     port=args.port, api_key=args.api_key)
-    try:
-        dep.start()
-        if args.json:
-            print(json.dumps(dep.info()), flush=True)
-        else:
-            _print_info(dep.info())
-            print("Ctrl-C (or SIGTERM) stops everything.", flush=True)
-        while not done.wait(1.0):
-            dep.supervise_once(log=lambda msg: print(msg, file=sys.stderr, flush=True))
-        return 0
-    finally:
-        dep.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
+    with stop_requested() as done:
+        dep = Deployment(Path(args.data_dir), profile=args.profile, workers=args.workers,
+                         port=args.port, api_key=args.api_key)
+        try:
+            dep.start()
+            if args.json:
+                print(json.dumps(dep.info()), flush=True)
+            else:
+                _print_info(dep.info())
+                print("Ctrl-C (or SIGTERM) stops everything.", flush=True)
+            while not done.wait(1.0):
+                dep.supervise_once(log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            return 0
+        finally:
+            dep.stop()
 
 
 def cmd_status(args) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import CommandError, Parser, add_server_options
+from ._common import CommandError, Parser, add_server_options, stop_requested
 from ._profile import add_profile_options, profile_from_args
 
 __all__ = ["register"]
@@ -59,9 +59,6 @@ def register(commands) -> None:
 
 
 def cmd_up(args) -> int:
-    import signal
-    import threading
-
     from strainstream.queue import QueueServer, QueueServerError
 
     from ._common import data_dir_of
@@ -76,42 +73,39 @@ def cmd_up(args) -> int:
     qs = QueueServer(data_dir, config.env(), epics_env=epics, startup_dir=args.startup_dir,
                      permissions=args.permissions, redis_url=args.redis,
                      control_port=args.control_port, info_port=args.info_port)
-    done = threading.Event()
-    previous = {s: signal.signal(s, lambda *a: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        qs.start()
-        if args.open:
-            api = qs.api()
-            try:
-                api.environment_open()
-                api.wait_for_idle(timeout=300)
-                if not api.status()["worker_environment_exists"]:
-                    raise QueueServerError(f"the RE environment did not open; see {qs.log_path}")
-            finally:
-                api.close()
-        info = {"control_addr": qs.control_addr, "info_addr": qs.info_addr,
-                "redis_addr": qs.redis_addr, "tiled_uri": config.uri, "log": str(qs.log_path)}
-        if args.json:
-            print(json.dumps(info), flush=True)
-        else:
-            print(f"RE Manager   control {qs.control_addr}   info {qs.info_addr}\n"
-                  f"Redis        {qs.redis_addr}\n"
-                  f"tiled        {config.uri}\n"
-                  f"log          {qs.log_path}\n"
-                  f"try: qserver -a {qs.control_addr} environment open\n"
-                  f"     qserver -a {qs.control_addr} queue add plan "
-                  "'{\"name\": \"count\", \"args\": [[\"xrd\"]], \"kwargs\": {\"num\": 3}}'\n"
-                  f"     qserver -a {qs.control_addr} queue start\n"
-                  "Ctrl-C stops RE Manager and Redis.", flush=True)
-        while not done.wait(0.5):
-            if not qs.running:
-                print(f"{PROG}: error: RE Manager exited; see {qs.log_path}", file=sys.stderr)
-                return 1
-        return 0
-    finally:
-        qs.stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
+    with stop_requested() as done:
+        try:
+            qs.start()
+            if args.open:
+                api = qs.api()
+                try:
+                    api.environment_open()
+                    api.wait_for_idle(timeout=300)
+                    if not api.status()["worker_environment_exists"]:
+                        raise QueueServerError(f"the RE environment did not open; see {qs.log_path}")
+                finally:
+                    api.close()
+            info = {"control_addr": qs.control_addr, "info_addr": qs.info_addr,
+                    "redis_addr": qs.redis_addr, "tiled_uri": config.uri, "log": str(qs.log_path)}
+            if args.json:
+                print(json.dumps(info), flush=True)
+            else:
+                print(f"RE Manager   control {qs.control_addr}   info {qs.info_addr}\n"
+                      f"Redis        {qs.redis_addr}\n"
+                      f"tiled        {config.uri}\n"
+                      f"log          {qs.log_path}\n"
+                      f"try: qserver -a {qs.control_addr} environment open\n"
+                      f"     qserver -a {qs.control_addr} queue add plan "
+                      "'{\"name\": \"count\", \"args\": [[\"xrd\"]], \"kwargs\": {\"num\": 3}}'\n"
+                      f"     qserver -a {qs.control_addr} queue start\n"
+                      "Ctrl-C stops RE Manager and Redis.", flush=True)
+            while not done.wait(0.5):
+                if not qs.running:
+                    print(f"{PROG}: error: RE Manager exited; see {qs.log_path}", file=sys.stderr)
+                    return 1
+            return 0
+        finally:
+            qs.stop()
 
 
 def cmd_status(args) -> int:

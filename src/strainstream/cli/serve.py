@@ -13,6 +13,7 @@ from ._common import (
     data_dir_of,
     open_catalog,
     resolve_server,
+    stop_requested,
 )
 
 __all__ = ["register"]
@@ -47,9 +48,6 @@ def register(commands) -> None:
 
 
 def cmd_serve(args) -> int:
-    import signal
-    import threading
-
     from strainstream.server import TiledServer
 
     config = config_from_args(args)
@@ -61,17 +59,15 @@ def cmd_serve(args) -> int:
     print(f"viewers: `strainstream keys create --read-only --data-dir {data_dir}` mints a "
           f"read-only key (admin key in {os.path.join(data_dir, '.admin_key')} unless "
           "$STRAINSTREAM_ADMIN_KEY is set)", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: done.set())
-    signal.signal(signal.SIGINT, lambda *a: done.set())
-    try:
-        while not done.wait(0.5):
-            if server.process is None or server.process.poll() is not None:
-                print("strainstream serve: error: the tiled server exited; see "
-                      f"{os.path.join(data_dir, 'logs', 'tiled.log')}", file=sys.stderr)
-                return 1
-    finally:
-        server.stop()
+    with stop_requested() as done:
+        try:
+            while not done.wait(0.5):
+                if server.process is None or server.process.poll() is not None:
+                    print("strainstream serve: error: the tiled server exited; see "
+                          f"{os.path.join(data_dir, 'logs', 'tiled.log')}", file=sys.stderr)
+                    return 1
+        finally:
+            server.stop()
     return 0
 
 
