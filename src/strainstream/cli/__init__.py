@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("silx").setLevel(logging.ERROR)  # pyFAI's silx: "Unable to import pyOpenCl"
+    if not args.verbose:  # one INFO line per HTTP request (health checks twice a second) is noise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     return run_command(args.command, lambda: args.func(args), getattr(args, "reports", ()))
 
 

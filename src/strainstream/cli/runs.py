@@ -210,9 +210,18 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _human(value) -> str:
+    """A summary value as a person reads it: floats to 6 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.6g}" for v in value) + "]"
+    return str(value)
+
+
 def _print_results_table(doc) -> None:
     print(f"run {doc['uid']}")
     for name, entry in doc["analyses"].items():
         print(f"  {name} v{entry['version']}: {entry['status']}, {entry['n_rows']} events")
         for k, v in (entry.get("summary") or {}).items():
-            print(f"    {k}: {v}")
+            print(f"    {k}: {_human(v)}")
