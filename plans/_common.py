@@ -76,9 +76,14 @@ def beam_suspenders(beam: Any, *, min_ring_current_mA: float = 50.0,
     resume = resume_ring_current_mA if resume_ring_current_mA is not None else 1.5 * min_ring_current_mA
     out = [
         SuspendFloor(beam.ring_current_mA, min_ring_current_mA, resume_thresh=resume, sleep=sleep_s,
-                     tripped_message=f"storage-ring current below {min_ring_current_mA} mA"),
+                     tripped_message=(f"storage-ring current below {min_ring_current_mA} mA: the run "
+                                      f"resumes by itself above {resume:g} mA (beam back from the "
+                                      "machine); Ctrl-C then abort to stop instead")),
         SuspendWhenChanged(beam.shutter.status, expected_value="Open", allow_resume=True,
-                           sleep=sleep_s, tripped_message="photon shutter closed"),
+                           sleep=sleep_s, tripped_message=(
+                               "photon shutter closed: the run resumes by itself once it is open "
+                               f"again (open it: {getattr(beam.shutter, 'name', 'the shutter')}"
+                               ".open(), or the hutch's search and shutter permit)")),
     ]
     if hasattr(beam.ring_current_mA, "pvname"):  # an EPICS signal (mock devices have none)
         out.append(SuspendWhenDisconnected(beam.ring_current_mA, sleep=sleep_s,

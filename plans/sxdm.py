@@ -127,6 +127,7 @@ def sxdm_map(
     snake: bool = True,
     fluorescence: Any | None = None,
     beam: Any | None = None,
+    open_shutter: bool = True,
     geometry: Mapping[str, Any] | None = None,
     hkl: tuple[int, int, int] = (0, 0, 3),
     min_ring_current_mA: float = 50.0,
@@ -165,6 +166,9 @@ def sxdm_map(
     beam : Beam device, optional
         Enables the beam suspenders (ring current, shutter): the plan pauses and re-takes the
         interrupted point.
+    open_shutter : bool
+        With ``beam``: open the photon shutter before the map (a closed one would suspend the
+        run at once) and leave it as found when the plan ends, however it ends.
     geometry : mapping, optional
         Detector geometry (:data:`DETECTOR_GEOMETRY_KEYS`: distance_m, pixel_size_um,
         delta_deg, gamma_deg, cen_row, cen_col). Default: the simulated endstation's SXDM
@@ -244,9 +248,20 @@ def sxdm_map(
     stage = [detector] + ([fluorescence] if fluorescence is not None and hasattr(fluorescence, "stage") else [])
     yield from preflight([detector], int(n_theta * ny * nx))  # DataDirError before any document
     plan = bpp.stage_wrapper(body(), stage)
-    if beam is not None:
-        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
-    return (yield from plan)
+    if beam is None:
+        return (yield from plan)
+    plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
+    if not open_shutter:
+        return (yield from plan)
+    was_open = (yield from bps.rd(beam.shutter.status)) == "Open"
+    if not was_open:  # before the suspenders watch it, or the closed shutter suspends the run
+        yield from bps.mv(beam.shutter, "open")
+
+    def restore_shutter():
+        if not was_open:  # the shutter as it was found: no dose on the particle after the map
+            yield from bps.mv(beam.shutter, "close")
+
+    return (yield from bpp.finalize_wrapper(plan, restore_shutter()))
 
 
 def find_bragg(

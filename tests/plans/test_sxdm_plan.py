@@ -132,3 +132,24 @@ def test_shutter_closed_mid_map_suspends_and_retakes_the_point(sim_devices):
     assert max(np.diff([e["time"] for e in events])) > 1.0  # it did pause
     assert sum(n == "stream_datum" for n, _ in docs) == len(events)
     assert docs[-1][1]["exit_status"] == "success"
+
+
+def test_map_opens_a_closed_shutter_and_leaves_it_as_found(sim_devices):
+    """Started with the shutter closed, the map opens it (a closed shutter would suspend the
+    run for ever), takes every point, and closes it again at the end (#21 point 7)."""
+    det, es, beam = sim_devices["sxdm"], sim_devices["es"], sim_devices["beam"]
+    beam.shutter.close().wait(10)
+    energy = float(es.energy.position)
+    docs = []
+    RE = RunEngine({})
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    try:
+        RE(sxdm_map(det, es, theta_center_deg=round(_theta_bragg(energy), 4), theta_half_range_deg=0.1,
+                    n_theta=2, x_center_um=X_CENTER_UM, y_center_um=Y_CENTER_UM, nx=2, ny=1,
+                    step_nm=50.0, beam=beam))
+        names = [n for n, _ in docs]
+        assert names.count("event") == 4 and names[-1] == "stop"
+        assert docs[-1][1]["exit_status"] == "success"
+        assert beam.shutter.status.get(use_monitor=False) == "Closed"
+    finally:
+        beam.shutter.open().wait(10)
