@@ -43,6 +43,49 @@ NOMINAL_XRD_GEOMETRY = {"distance_m": 1.0, "poni1_m": 0.2045, "poni2_m": 0.2055,
                         "rot2": 0.0, "rot3": 0.0, "wavelength_A": 0.1665}
 
 
+class Interrupted(KeyboardInterrupt):
+    """The user stopped the demo (Ctrl-C, SIGTERM, SIGHUP); the run in progress was aborted."""
+
+
+def run_plan(session, plan) -> tuple[str, ...]:
+    """``session.RE(plan)``, but a Ctrl-C (or SIGTERM/SIGHUP, see :func:`signals_interrupt`)
+    aborts the run cleanly instead of leaving the RunEngine paused: the plan's cleanup runs
+    (detectors unstaged, the cell stopped), the run is closed with ``exit_status="abort"``,
+    the buffered documents go to tiled or the spool, then :class:`Interrupted` is raised."""
+    from bluesky.utils import RunEngineInterrupted
+
+    try:
+        return session.RE(plan)
+    except RunEngineInterrupted:
+        if session.RE.state != "idle":
+            import logging
+
+            quiet = logging.getLogger("bluesky")  # it logs the RequestAbort as a traceback
+            level, quiet.level = quiet.level, logging.CRITICAL
+            try:
+                session.RE.abort("interrupted by the user (Ctrl-C or SIGTERM)")
+            finally:
+                quiet.setLevel(level)
+        session.writer.wait_drained(30)
+        raise Interrupted("the run in progress was aborted (exit_status abort) and stored") from None
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM and SIGHUP (a closed terminal, a supervisor) stop the demo as Ctrl-C does."""
+    import signal
+
+    def _as_sigint(signum, frame):
+        os.kill(os.getpid(), signal.SIGINT)  # the RunEngine (or Python) handles it as Ctrl-C
+
+    previous = {s: signal.signal(s, _as_sigint) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _say(quiet: bool):
     return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
@@ -53,7 +96,7 @@ def _frame_series(session, data_dir, frames, delay_s, say) -> str:
     from strainstream.plans.frames import frame_series
 
     det = sim_frame_detector("det", detector_dir(data_dir), frame_shape=(512, 512))
-    (uid,) = session.RE(frame_series([det], num=frames, delay_s=delay_s,
+    (uid,) = run_plan(session, frame_series([det], num=frames, delay_s=delay_s,
                                      md={"sample": "simulated powder rings"}))
     return uid
 
@@ -70,7 +113,7 @@ def calibrate_from_ceo2(session, det, frame_size: int, say) -> dict[str, Any]:
 
     det.sample.put("CeO2", wait=True)
     try:
-        (uid,) = session.RE(bp.count([det], md={"experiment": "calibration", "calibrant": "CeO2",
+        (uid,) = run_plan(session, bp.count([det], md={"experiment": "calibration", "calibrant": "CeO2",
                                                  "sample": "CeO2 NIST SRM 674b"}))
     finally:
         det.sample.put("cell", wait=True)
@@ -99,7 +142,7 @@ def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, 
     preset = cycler.preset.get()
     say(f"charging the simulated {preset} cell at {rate_mA_g:g} mA/g "
         f"(time x{charge_s / duration_s:.0f}), one frame every {frame_interval_s:g} s ...")
-    (uid,) = session.RE(operando_xrd(det, cycler, calibration=geometry, rate_mA_g=rate_mA_g,
+    (uid,) = run_plan(session, operando_xrd(det, cycler, calibration=geometry, rate_mA_g=rate_mA_g,
                                      frame_interval_s=frame_interval_s, max_frames=10_000,
                                      material=preset, beam=beam))
     return uid

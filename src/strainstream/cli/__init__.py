@@ -78,8 +78,9 @@ def run_command(command: str, handler: Callable[[], int], reports: tuple[type[Ba
     except reports as exc:
         print(f"strainstream {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"strainstream {command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C (or a signal a command turned into one)
+        detail = f": {_one_line(exc)}" if str(exc) else ""
+        print(f"strainstream {command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -70,10 +70,11 @@ def cmd_demo(args) -> int:
         raise CommandError(f"--interval {args.interval:g} s must be shorter than --duration "
                            f"{args.duration:g} s (at least one frame during the charge)")
     data_dir = _writable_data_dir(data_dir_of(args))
-    from strainstream.demo import run_demo
+    from strainstream.demo import run_demo, signals_interrupt
 
-    # bluesky prints suspension notices on stdout: keep stdout for the JSON summary alone
-    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+    # bluesky prints suspension notices on stdout: keep stdout for the JSON summary alone;
+    # Ctrl-C, SIGTERM and SIGHUP abort the run in progress, stop every process, exit 130
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout), signals_interrupt():
         summary = run_demo(data_dir, experiment=args.experiment, frames=args.frames,
                            delay_s=args.delay, frame_size=args.frame_size, rate_mA_g=args.rate,
                            duration_s=args.duration, frame_interval_s=args.interval, quiet=args.json)
