@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from strainstream.errors import StrainstreamError
-from strainstream.spool import _complete_partial_run, _Spool, default_spool_dir
+from strainstream.spool import Spool, complete_partial_run, default_spool_dir
 from strainstream.transport import OutageTolerantTransport, tolerate_outages
 
 __all__ = ["BufferedWriter", "Session", "WriterDrainTimeout", "make_session"]
@@ -92,7 +92,7 @@ class BufferedWriter:
         self.max_lag = max_lag
         self._closed = False
         self.say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.spool = _Spool(Path(spool_dir)) if spool_dir is not None else None
+        self.spool = Spool(Path(spool_dir)) if spool_dir is not None else None
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0  # documents accepted and not yet in tiled
         self._cond = threading.Condition()
@@ -222,7 +222,7 @@ class BufferedWriter:
             return
         events = [(i, name, doc) for i, (name, doc) in enumerate(docs) if name == "event"]
         try:
-            n = _complete_partial_run(self.client, uid, [{"name": k, "doc": d} for k, d in docs], events,
+            n = complete_partial_run(self.client, uid, [{"name": k, "doc": d} for k, d in docs], events,
                                       self.say)
         except Exception as exc:
             logger.error("run %s: checking the stored events failed: %s", uid, exc)

@@ -21,7 +21,7 @@ from typing import Any
 
 from strainstream.config import Config, load_config
 
-__all__ = ["default_spool_dir", "flush_spool", "spooled_runs"]
+__all__ = ["Spool", "complete_partial_run", "default_spool_dir", "flush_spool", "spooled_runs"]
 
 
 def default_spool_dir(config: Config | None = None) -> Path:
@@ -43,7 +43,7 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-class _Spool:
+class Spool:
     """Per-run JSON-lines files: ``<uid>.jsonl`` (every document) and ``<uid>.sent``
     (indices of the documents tiled has accepted). Both are removed once the run's stop
     document is in tiled."""
@@ -119,7 +119,7 @@ def flush_spool(spool_dir: str | os.PathLike, client, *, say: Callable[[str], No
 
     install_consolidators()  # frames registered with their StreamDatums' own indices
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    spool = _Spool(Path(spool_dir))
+    spool = Spool(Path(spool_dir))
     report: dict[str, int] = {}
     for path in sorted(Path(spool_dir).glob("*.jsonl")):
         uid = path.stem
@@ -133,7 +133,7 @@ def flush_spool(spool_dir: str | os.PathLike, client, *, say: Callable[[str], No
                 writer(d["name"], d["doc"])
             report[uid] = len(docs)
         else:
-            report[uid] = _complete_partial_run(client, uid, docs, unsent, say)
+            report[uid] = complete_partial_run(client, uid, docs, unsent, say)
         complete = "stop" in client[uid].metadata
         if complete:
             spool.done(uid)
@@ -141,7 +141,7 @@ def flush_spool(spool_dir: str | os.PathLike, client, *, say: Callable[[str], No
     return report
 
 
-def _complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple[int, str, dict]], say) -> int:
+def complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple[int, str, dict]], say) -> int:
     """Send what tiled lacks of run ``uid`` (which it has in part): the frames of unsent
     StreamDatums, the event rows it does not hold (by seq_num) and the stop document.
 

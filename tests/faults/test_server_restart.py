@@ -352,10 +352,10 @@ def test_buffered_writer_back_pressure_while_the_server_is_reachable():
 
 
 def test_spooled_runs_lists_documents_and_what_was_sent(tmp_path):
-    from strainstream.spool import _Spool, spooled_runs
+    from strainstream.spool import Spool, spooled_runs
 
     assert spooled_runs(tmp_path) == []
-    spool = _Spool(tmp_path)
+    spool = Spool(tmp_path)
     for name in ("start", "descriptor", "event", "event", "stop"):
         index = spool.add("run-b", name, {"uid": f"{name}-x", "seq_num": 1})
         if name in ("start", "descriptor"):
