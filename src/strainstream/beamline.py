@@ -98,7 +98,10 @@ def probe(pvs: Iterable[str], addresses: Iterable[str], timeout_s: float = 1.0
     with _env(env):
         for pv in pvs:
             try:
-                data = read(pv, timeout=timeout_s).data
+                # repeater=False: caproto would otherwise spawn a caproto-repeater that
+                # outlives this process and holds its stdout/stderr open (a caller
+                # waiting for EOF on them would hang)
+                data = read(pv, timeout=timeout_s, repeater=False).data
             except Exception:  # any failure means "not answering" here
                 out[pv] = None
                 continue

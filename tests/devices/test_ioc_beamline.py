@@ -94,7 +94,7 @@ def test_motor_soft_limits_refuse_moves(devs, beamline):
     # a raw Channel Access put (no ophyd in between) is refused by the IOC itself
     pv = f"{beamline.prefix}ES:det_z.VAL"
     with pytest.raises(ErrorResponseReceived, match="outside the soft limits"):
-        write(pv, 5000.0, notify=True, timeout=5)
+        write(pv, 5000.0, notify=True, timeout=5, repeater=False)
     assert m.position == before
     # moving the limit makes the same target legal
     m.high_limit.put(6000.0, wait=True)
