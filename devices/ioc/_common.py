@@ -4,9 +4,7 @@
   nor sets TCP_NODELAY explicitly on its client sockets; the patch sets TCP_NODELAY on every
   accepted connection (``STRAINSTREAM_IOC_NODELAY=0`` forces it *off*, for the benchmark) and
   makes a busy port an error instead of caproto's silent fall-back to a random port.
-* :func:`motor_group` — a motor-record-like ``PVGroup`` (``VAL RBV DMOV MOVN VELO HLM LLM
-  STOP EGU DESC``): a put to ``VAL`` outside ``[LLM, HLM]`` is refused with a named error,
-  otherwise the readback moves at ``VELO`` and the put completes when the move ends.
+* motors: :mod:`strainstream.devices.ioc._motor`.
 * :class:`AreaDetectorGroup` — HDF5 file series PVs shared by every detector IOC: ``Capture``
   (1 opens a new file, 0 closes it), ``Acquire`` (one frame; the put completes when the
   frame is in the file), ``FileDir``, ``FileName``, ``FullFileName_RBV``, ``NumCaptured_RBV``,
@@ -23,7 +21,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -37,11 +34,10 @@ from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from strainstream.config import apply_environment, load_config
-from strainstream.errors import StrainstreamError
 
 from .._hdf5 import DataDirError, H5FrameWriter, writable_dir_free_bytes
 
-__all__ = ["AreaDetectorGroup", "add_common_args", "motor_group", "patch_caproto_tcp", "serve"]
+__all__ = ["AreaDetectorGroup", "MONITOR_FLUSH_S", "add_common_args", "long_string", "patch_caproto_tcp", "serve"]
 
 _PATCHED: dict[str, Any] = {}
 LONG_STRING = 1024
@@ -97,99 +93,6 @@ def long_string(value: str = "", doc: str = "", read_only: bool = False) -> pvpr
     """A string PV longer than CA's 40 characters (a CHAR waveform, UTF-8)."""
     return pvproperty(value=value, dtype=ChannelType.CHAR, max_length=LONG_STRING,
                       string_encoding="utf-8", doc=doc, read_only=read_only)
-
-
-# ----------------------------------------------------------------------------- motors
-class MotorError(StrainstreamError, ValueError):
-    """A refused motor move (outside the soft limits)."""
-
-
-def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo: float,
-                doc: str = "", on_move: Callable[[Any, float], None] | None = None) -> type[PVGroup]:
-    """A ``PVGroup`` class emulating the used subset of an EPICS motor record.
-
-    Parameters
-    ----------
-    name : str
-        Motor name (used in error messages).
-    egu : str
-        Engineering units.
-    value : float
-        Initial position.
-    llm, hlm : float
-        Soft limits (a put to VAL outside them is refused; ``llm == hlm`` disables them).
-    velo : float
-        Speed (egu/s).
-    on_move : callable, optional
-        ``on_move(group, position)`` called after every readback update.
-    """
-
-    class Motor(PVGroup):
-        VAL = pvproperty(value=float(value), precision=5, doc=f"{doc} set-point ({egu})")
-        RBV = pvproperty(value=float(value), precision=5, read_only=True, doc=f"readback ({egu})")
-        DMOV = pvproperty(value=1, read_only=True, doc="1 when not moving (done moving)")
-        MOVN = pvproperty(value=0, read_only=True, doc="1 while moving")
-        VELO = pvproperty(value=float(velo), precision=4, doc=f"speed ({egu}/s)")
-        HLM = pvproperty(value=float(hlm), precision=5, doc=f"high soft limit ({egu})")
-        LLM = pvproperty(value=float(llm), precision=5, doc=f"low soft limit ({egu})")
-        STOP = pvproperty(value=0, doc="put 1 to stop the move")
-        EGU = pvproperty(value=egu, dtype=str, read_only=True)
-        DESC = pvproperty(value=(doc or name)[:39], dtype=str, read_only=True)
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._move_id = 0
-            self.motor_name = name
-            self.position = float(value)
-
-        @VAL.putter
-        async def VAL(self, instance, target):
-            target = float(target)
-            lo, hi = float(self.LLM.value), float(self.HLM.value)
-            if not math.isfinite(target):
-                raise MotorError(f"motor {name} ({self.prefix}VAL): target {target} is not finite")
-            if lo < hi and not (lo <= target <= hi):
-                raise MotorError(
-                    f"motor {name} ({self.prefix}VAL): target {target:g} {egu} is outside the soft "
-                    f"limits [{lo:g}, {hi:g}] {egu}; move refused")
-            self._move_id += 1
-            my_id = self._move_id
-            await self.DMOV.write(0)
-            await self.MOVN.write(1)
-            dt = 0.01
-            pos = float(self.RBV.value)
-            try:
-                while pos != target:
-                    if self._move_id != my_id:  # superseded by a newer move or a STOP
-                        return pos
-                    step = max(float(self.VELO.value), 1e-12) * dt
-                    pos = target if abs(target - pos) <= step else pos + math.copysign(step, target - pos)
-                    self.position = pos
-                    await self.RBV.write(pos)
-                    if on_move is not None:
-                        on_move(self, pos)
-                    if pos != target:
-                        await asyncio.sleep(dt)
-            finally:
-                if self._move_id == my_id:
-                    await self.MOVN.write(0)
-                    await self.DMOV.write(1)
-                    # let the subscription loop (batching ~10 ms) send the last readback
-                    # before the put-completion reply, so clients never see a stale RBV
-                    await asyncio.sleep(MONITOR_FLUSH_S)
-            return target
-
-        @STOP.putter
-        async def STOP(self, instance, value):
-            if value:
-                self._move_id += 1
-                await self.MOVN.write(0)
-                await self.DMOV.write(1)
-                await self.VAL.write(float(self.RBV.value), verify_value=False)
-            return 0
-
-    Motor.__name__ = f"Motor_{name}"
-    return Motor
 
 
 # ------------------------------------------------------------------------- detectors

@@ -4,7 +4,7 @@ The two detectors live in the process that holds the positions they depend on, s
 is computed from the motor readbacks at the moment of ``Acquire`` without any CA round trip.
 
 Motors (``<prefix>ES:<motor>.{VAL,RBV,DMOV,MOVN,VELO,HLM,LLM,STOP,EGU,DESC}``, see
-:func:`~strainstream.devices.ioc._common.motor_group`):
+:func:`~strainstream.devices.ioc._motor.motor_group`):
 
 ================  ====  ========================  ===============  ===========
 motor             egu   initial                   soft limits      speed
@@ -49,7 +49,8 @@ import math
 import numpy as np
 from caproto.server import PVGroup, SubGroup
 
-from ._common import AreaDetectorGroup, add_common_args, motor_group, serve
+from ._common import AreaDetectorGroup, add_common_args, serve
+from ._motor import motor_group
 
 __all__ = ["EndstationIOC", "MOTORS", "SXDMDetector", "TXMCamera", "build", "main",
            "sxdm_point_expected", "theta_bragg_deg", "zp_focus_mm"]
