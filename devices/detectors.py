@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,13 +25,15 @@ from typing import Any
 import numpy as np
 from event_model import StreamRange, compose_stream_resource
 from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd.areadetector import ADComponent, AreaDetector, HDF5Plugin, SingleTrigger
+from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
 from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import DisconnectedError, InvalidState
 
 from strainstream.errors import StrainstreamError
 
 from ._hdf5 import DATASET, DataDirError, H5FrameWriter
-from ._ioc import PUT_TIMEOUT_S, IOCDevice, ioc_guard, mock_device
+from ._ioc import IOCDevice, ioc_guard, mock_device
 
 __all__ = [
     "DataDirError",
@@ -39,8 +42,11 @@ __all__ = [
     "SeriesLost",
     "SimFrameDetector",
     "StreamedFrames",
-    "XRDAreaDetector",
+    "HDF5PluginWithFileStore",
+    "SimControls",
+    "XRDSimControls",
     "ioc_detector",
+    "sim_controls",
     "sim_frame_detector",
 ]
 
@@ -289,40 +295,38 @@ class SeriesLost(StrainstreamError, RuntimeError):
     """The detector IOC lost the series file of the running acquisition (it restarted)."""
 
 
-class IOCAreaDetector(StreamedFrames, IOCDevice):
-    """An area detector served by a caproto IOC that writes the HDF5 file itself.
+class HDF5PluginWithFileStore(HDF5Plugin, FileStoreHDF5IterativeWrite):
+    """ophyd's HDF5 file plugin with its file-store mixin: one Resource (spec ``AD_HDF5``) per
+    file and one Datum (``point_number``) per frame, as every ophyd beamline profile has it."""
 
-    ``stage()`` sets the file directory (if ``write_dir`` was given) and opens a new series
-    (``Capture`` = 1: one new SWMR file); ``trigger()`` puts ``Acquire`` = 1 and finishes when
-    the IOC has written the frame (put completion), then checks the frame counter;
-    ``unstage()`` closes the file (``Capture`` = 0). Documents: one StreamResource for the
-    file (``uri`` ``file://localhost/<path>``, ``parameters.dataset`` ``/entry/data/data``) and
-    one StreamDatum per frame, exactly as :class:`SimFrameDetector`.
 
-    ``prefix`` is the detector's PV prefix, e.g. ``SS:XRD:``.
+class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
+    """An areaDetector (driver ``cam1:``, HDF5 file plugin ``hdf1`` at ``HDF1:``).
+
+    Built from ophyd's stock parts only — :class:`ophyd.areadetector.AreaDetector`,
+    :class:`~ophyd.areadetector.SingleTrigger`, :class:`~ophyd.areadetector.HDF5Plugin` and
+    :class:`~ophyd.areadetector.filestore_mixins.FileStoreHDF5IterativeWrite` — so it drives a
+    real areaDetector IOC (PerkinElmer, Eiger, Merlin, ADSimDetector) exactly as it drives the
+    simulated ones. What it adds is failure handling:
+
+    - ``stage()`` points ``HDF1:FilePath`` at ``write_dir`` (client-side pre-flight:
+      :func:`strainstream.plans._common` checks ``FilePathExists_RBV`` and free space), opens
+      the file (``Capture``) and fails with the plugin's ``WriteMessage`` instead of waiting
+      forever when the IOC cannot open it;
+    - ``trigger()`` puts ``cam1:Acquire`` = 1 with completion (the busy record completes when
+      the frame is taken and, blocking callbacks, written), then checks ``NumCaptured_RBV``:
+      a frame the plugin did not write is an error, not a silent shift of every later frame;
+      a disconnection or an acquisition that never ends raises
+      :class:`~strainstream.devices._ioc.IOCNotAnswering`; an IOC that restarted (its
+      ``FullFileName_RBV`` is no longer our file) raises :class:`SeriesLost`.
+
+    Frames are referenced by their own Datum (``point_number`` = frame index in the file), so
+    a frame taken for an event the RunEngine drops on a suspension is simply never referenced:
+    no frame is cut from the file and no project-only PV is needed.
     """
 
-    acquire = Component(EpicsSignal, "Acquire", put_complete=True, kind="omitted",
-                  write_timeout=PUT_TIMEOUT_S)
-    capture = Component(EpicsSignal, "Capture", put_complete=True, kind="omitted",
-                  write_timeout=PUT_TIMEOUT_S)
-    file_dir = Component(EpicsSignal, "FileDir", string=True, kind="config")
-    next_file_name = Component(EpicsSignal, "FileName", string=True, kind="omitted")
-    file_name = Component(EpicsSignalRO, "FullFileName_RBV", string=True, kind="config")
-    frame_count = Component(EpicsSignalRO, "NumCaptured_RBV", kind="normal")
-    array_counter = Component(EpicsSignalRO, "ArrayCounter_RBV", kind="omitted")
-    rows = Component(EpicsSignalRO, "Rows_RBV", kind="config")
-    cols = Component(EpicsSignalRO, "Cols_RBV", kind="config")
-    exposure_s = Component(EpicsSignal, "AcquireTime", kind="config")
-    noise = Component(EpicsSignal, "Noise", kind="config")
-    seed = Component(EpicsSignal, "Seed", kind="config")
-    next_index = Component(EpicsSignal, "NextIndex", put_complete=True, kind="omitted",
-                  write_timeout=PUT_TIMEOUT_S)
-    status_message = Component(EpicsSignalRO, "Status_RBV", string=True, kind="omitted")
-    check_dir = Component(EpicsSignal, "CheckDir", put_complete=True, kind="omitted",
-                          write_timeout=PUT_TIMEOUT_S)
-    dir_status = Component(EpicsSignalRO, "DirStatus_RBV", string=True, kind="omitted")
-    dir_free_bytes = Component(EpicsSignalRO, "DirFree_RBV", kind="omitted")
+    _default_read_attrs = ("hdf1",)
+    hdf1 = ADComponent(HDF5PluginWithFileStore, "HDF1:", write_path_template="/")
 
     def __init__(self, prefix: str = "", *, name: str, dtype: str = "uint32",
                  write_dir: str | os.PathLike | None = None, acquire_timeout_s: float = 60.0,
@@ -330,129 +334,169 @@ class IOCAreaDetector(StreamedFrames, IOCDevice):
         super().__init__(prefix, name=name, **kwargs)
         self._dtype = np.dtype(dtype)
         self._write_dir = None if write_dir is None else Path(write_dir).resolve()
-        self._shape: tuple[int, int] | None = None
+        if self._write_dir is not None:
+            self.hdf1.write_path_template = str(self._write_dir) + "/"
         self._series_path: str | None = None
-        self._next_index = 0
-        self._pending = []
+        self._frames_referenced = 0
         self.acquire_timeout_s = float(acquire_timeout_s)
 
     @property
     def write_dir(self) -> Path | None:
-        """Directory the IOC is told to write to (None: the IOC's own ``FileDir``)."""
+        """Directory the IOC is told to write to (None: the plugin's own ``FilePath``)."""
         return self._write_dir
 
     @property
     def dtype(self) -> np.dtype:
         return self._dtype
 
+    @property
+    def image_key(self) -> str:
+        return self._image_name
+
+    @property
+    def file_name(self):
+        """``HDF1:FullFileName_RBV``: the file being (or last) written."""
+        return self.hdf1.full_file_name
+
+    def _bound_stage_writes(self) -> None:
+        # ophyd waits for a staged setting's read-back without a bound; a plugin that cannot
+        # open its file never shows Capture_RBV = Capture: fail after acquire_timeout_s instead
+        for dev in (self, self.cam, self.hdf1):
+            for key in dev.stage_sigs:
+                sig = getattr(dev, key) if isinstance(key, str) else key
+                if getattr(sig, "_write_timeout", 0) is None:
+                    sig._write_timeout = self.acquire_timeout_s
+        for sig in (self.hdf1.capture, self.hdf1.file_path, self.hdf1.file_name,
+                    self.hdf1.file_number):
+            sig._write_timeout = self.acquire_timeout_s
+
     def stage(self):
         with ioc_guard(self):
-            if self._write_dir is not None:
+            if self._write_dir is None:
+                self.hdf1.write_path_template = self.hdf1.file_path.get(use_monitor=False) or "/"
+            else:
                 self._write_dir.mkdir(parents=True, exist_ok=True)
-                self.file_dir.put(str(self._write_dir), wait=True)
-            self.capture.set(1).wait(timeout=self.acquire_timeout_s)
-            path = self.file_name.get(use_monitor=False)
-            if not path:
-                raise RuntimeError(f"{self.name}: the IOC opened no file ({self.prefix}Status_RBV: "
-                                   f"{self.status_message.get(use_monitor=False)!r})")
-            self._shape = (int(self.rows.get()), int(self.cols.get()))
-            self._series_path = path
-            self._new_resource(f"file://localhost{path}", self._shape)
-            self._next_index = 0
-            return super().stage()
+            self._bound_stage_writes()
+            try:
+                staged = super().stage()
+            except (TimeoutError, OSError) as exc:
+                message = self._write_message()
+                if isinstance(exc, OSError) and "does not exist on IOC" in str(exc):
+                    raise DataDirError(f"{self.name}: the IOC cannot see {self.hdf1.file_path.get()} "
+                                       f"({self.prefix}HDF1:FilePathExists_RBV = No)") from exc
+                if message:
+                    raise DataDirError(f"{self.name}: the IOC could not open its HDF5 file: "
+                                       f"{message} ({self.prefix}HDF1:WriteMessage)") from exc
+                raise
+            path = self.hdf1.full_file_name.get(use_monitor=False)
+            if int(self.hdf1.capture.get(use_monitor=False)) != 1 or not path:
+                message = self._write_message()
+                self.unstage()
+                raise DataDirError(f"{self.name}: the IOC opened no file ({self.prefix}HDF1:"
+                                   f"WriteMessage: {message!r})")
+        self._series_path = path
+        self._frames_referenced = 0
+        return staged
+
+    def _write_message(self) -> str:
+        with contextlib.suppress(Exception):
+            return str(self.hdf1.write_message.get(use_monitor=False, as_string=True) or "")
+        return ""
 
     def unstage(self):
-        try:
-            return super().unstage()
-        finally:
-            with ioc_guard(self):
-                self.capture.set(0).wait(timeout=self.acquire_timeout_s)
+        with ioc_guard(self):
+            try:
+                return super().unstage()
+            finally:
+                self._series_path = None
 
     def trigger(self) -> DeviceStatus:
-        if self._bundle is None:
+        if self._series_path is None:
             raise RuntimeError(f"{self.name}: trigger() before stage(); the plan must stage the detector")
-        # the Acquire put times out first and is reported as a named IOCNotAnswering
-        status = DeviceStatus(self, timeout=self.acquire_timeout_s + 5.0)
-        if not self.acquire.connected:  # the IOC is gone: fail now, named, instead of in the put
-            raise self.ioc_error(DisconnectedError(f"{self.acquire.pvname} is disconnected"))
+        acquire = self.cam.acquire
+        if not acquire.connected:  # the IOC is gone: fail now, named, instead of in the put
+            raise self.ioc_error(DisconnectedError(f"{acquire.pvname} is disconnected"))
         self._check_series()
-        abandoned = self._abandoned_from()
-        if abandoned is not None:  # re-take after a rewind: the IOC drops the unrecorded frames
-            with ioc_guard(self):
-                self.next_index.put(abandoned, wait=True, timeout=self.acquire_timeout_s)
-            self._next_index = abandoned
-        index = self._next_index
-        self._next_index += 1
-        generation = self._generation  # pause() bumps it: this frame is then abandoned
-        self._in_flight = index
+        status = DeviceStatus(self, timeout=self.acquire_timeout_s + 5.0)
+        index = self._frames_referenced  # == the Datum's point_number
+        self._frames_referenced += 1
+        self.generate_datum(self._image_name, time.time(), {})
 
         def check():  # outside the CA callback thread: CA gets are allowed here
             try:
-                n = int(self.frame_count.get(use_monitor=False))
+                n = int(self.hdf1.num_captured.get(use_monitor=False))
                 if n < index + 1:
-                    msg = self.status_message.get(use_monitor=False)
-                    raise RuntimeError(f"{self.name}: the IOC did not write frame {index} "
-                                       f"({self.prefix}Status_RBV: {msg!r})")
+                    raise RuntimeError(
+                        f"{self.name}: the IOC did not write frame {index} to {self._series_path} "
+                        f"(HDF1:NumCaptured_RBV = {n}; WriteMessage {self._write_message()!r})")
             except Exception as exc:  # reported through the status
                 if isinstance(exc, (TimeoutError, DisconnectedError)):
                     exc = self.ioc_error(exc)
                 with contextlib.suppress(InvalidState):
                     status.set_exception(exc)
                 return
-            with _FRAMES_LOCK:
-                if generation == self._generation:  # not abandoned by a pause meanwhile
-                    self._in_flight = None
-                    self._frame_written(index)
             with contextlib.suppress(InvalidState):
                 status.set_finished()
 
-        def done(st):
-            if st.success:
-                threading.Thread(target=check, daemon=True).start()
-            elif not status.done:
+        def put_done(*args, **kwargs):  # the busy record completed: frame taken and written
+            threading.Thread(target=check, daemon=True).start()
+
+        def timed_out():
+            if not status.done:
                 with contextlib.suppress(InvalidState):
                     status.set_exception(self.ioc_error(TimeoutError(
-                        f"{self.prefix}Acquire put did not complete")))
+                        f"{acquire.pvname} put did not complete within {self.acquire_timeout_s:g} s")))
 
         def on_meta(*, connected=None, **kwargs):  # the IOC died while we wait
             if connected is False and not status.done:
                 with contextlib.suppress(InvalidState):
                     status.set_exception(self.ioc_error(DisconnectedError(
-                        f"{self.acquire.pvname} disconnected during the acquisition")))
+                        f"{acquire.pvname} disconnected during the acquisition")))
 
-        cid = self.acquire.subscribe(on_meta, event_type=self.acquire.SUB_META, run=False)
-        status.add_callback(lambda st: self.acquire.unsubscribe(cid))
+        timer = threading.Timer(self.acquire_timeout_s, timed_out)
+        timer.daemon = True
+        cid = acquire.subscribe(on_meta, event_type=acquire.SUB_META, run=False)
+        status.add_callback(lambda st: (timer.cancel(), acquire.unsubscribe(cid)))
+        timer.start()
         with ioc_guard(self):
-            self.acquire.set(1, timeout=self.acquire_timeout_s).add_callback(done)
+            acquire.put(1, use_complete=True, callback=put_done)
         return status
 
     def _check_series(self) -> None:
         """Raise :class:`SeriesLost` when the IOC no longer writes our file (it restarted):
-        a new frame would go to a file no StreamResource names."""
+        a new frame would go to a file no Resource names."""
         with ioc_guard(self):
-            path = self.file_name.get(use_monitor=False)
-        if path != self._series_path:
+            path = self.hdf1.full_file_name.get(use_monitor=False)
+            capturing = int(self.hdf1.capture.get(use_monitor=False)) == 1
+        if path != self._series_path or not capturing:
             raise SeriesLost(
                 f"{self.name}: the {self.ioc_name} IOC at {self.ioc_address or '?'} no longer writes "
-                f"{self._series_path} (restarted? it reports {path or 'no open file'!r}); the frames "
-                f"recorded so far stay in that file, but this run cannot continue in it: start a "
-                f"new run for the rest (e.g. md={{'continues': <uid>}})")
+                f"{self._series_path} (restarted? it reports {path or 'no open file'!r}"
+                f"{'' if capturing else ', capture off'}); the frames recorded so far stay in "
+                f"that file, but this run cannot continue in it: start a new run for the rest "
+                f"(e.g. md={{'continues': <uid>}})")
 
     def describe(self) -> dict[str, dict]:
         desc = super().describe()
-        shape = self._shape
-        if shape is None:
+        if self._image_name not in desc:  # before the first trigger of a series
             with ioc_guard(self):
-                shape = (int(self.rows.get()), int(self.cols.get()))
-        desc.update(self._image_description(f"PV:{self.prefix}", shape, self._dtype))
+                desc[self._image_name] = self.make_data_key()
         return desc
 
 
-class XRDAreaDetector(IOCAreaDetector):
-    """The operando XRD detector; ``sample`` selects the coin cell or the CeO2 calibrant."""
+class SimControls(IOCDevice):
+    """Simulation controls of a simulated detector IOC (``<detector prefix>SIM:``); a real
+    detector has none of them and no plan needs them."""
+
+    noise = Component(EpicsSignal, "Noise", kind="config")
+    seed = Component(EpicsSignal, "Seed", kind="config")
+
+
+class XRDSimControls(SimControls):
+    """``sample``: what is in the beam (``cell`` | ``CeO2``); ``beam_gate`` 1: frames are dark
+    while the beam IOC reports no beam (ring current low, shutter closed)."""
 
     sample = Component(EpicsSignal, "Sample", string=True, kind="config")
-    #: 1: frames are dark while the beam IOC reports no beam (ring current low, shutter closed)
     beam_gate = Component(EpicsSignal, "BeamGate", kind="config")
     beam_on = Component(EpicsSignalRO, "BeamOn_RBV", kind="omitted")
 
@@ -468,18 +512,19 @@ IOC_DETECTORS = {
 def ioc_detector(kind: str, prefix: str = "SS:", *, name: str | None = None,
                  write_dir: str | os.PathLike | None = None, ioc_address: str | None = None,
                  mock: bool = False) -> IOCAreaDetector:
-    """Factory: an IOC-backed area detector; no connection is made here.
+    """Factory: an areaDetector of the simulated beamline; no connection is made here.
 
     Parameters
     ----------
     kind : {"xrd", "sxdm", "txm"}
         Operando XRD (cycler IOC), SXDM pixel detector or TXM camera (endstation IOC).
     prefix : str
-        Beamline PV prefix (``SS:``); the detector's PVs are ``<prefix>XRD:*`` etc.
+        Beamline PV prefix (``SS:``); the detector's prefix is ``<prefix>XRD:`` etc. (driver
+        ``<prefix>XRD:cam1:``, HDF5 plugin ``<prefix>XRD:HDF1:``).
     name : str, optional
         ophyd name (default ``kind``); the frame data key is ``<name>_image``.
     write_dir : path, optional
-        Directory the IOC writes to (default: the IOC's ``--write-dir``); must be readable
+        Directory the IOC writes to (default: the plugin's ``FilePath``); must be readable
         by the tiled server / analysis worker.
     ioc_address : str, optional
         ``host:port`` of the serving IOC, for error messages.
@@ -491,7 +536,19 @@ def ioc_detector(kind: str, prefix: str = "SS:", *, name: str | None = None,
     suffix, dtype, ioc_name = IOC_DETECTORS[kind]
     kw = dict(name=name or kind, dtype=dtype, write_dir=write_dir, ioc_name=ioc_name,
               ioc_address=ioc_address)
-    cls = XRDAreaDetector if kind == "xrd" else IOCAreaDetector
     if mock:
-        return mock_device(cls, prefix + suffix, **kw)
-    return cls(prefix + suffix, **kw)
+        return mock_device(IOCAreaDetector, prefix + suffix, **kw)
+    return IOCAreaDetector(prefix + suffix, **kw)
+
+
+def sim_controls(kind: str, prefix: str = "SS:", *, name: str | None = None,
+                 ioc_address: str | None = None, mock: bool = False) -> SimControls:
+    """Factory: the simulation controls (``<prefix>XRD:SIM:`` ...) of a simulated detector."""
+    if kind not in IOC_DETECTORS:
+        raise ValueError(f"unknown detector kind {kind!r}; choose one of {sorted(IOC_DETECTORS)}")
+    suffix, _, ioc_name = IOC_DETECTORS[kind]
+    cls = XRDSimControls if kind == "xrd" else SimControls
+    kw = dict(name=name or f"{kind}_sim", ioc_name=ioc_name, ioc_address=ioc_address)
+    if mock:
+        return mock_device(cls, prefix + suffix + "SIM:", **kw)
+    return cls(prefix + suffix + "SIM:", **kw)

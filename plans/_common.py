@@ -96,10 +96,10 @@ def preflight(detectors: Sequence[Any], n_frames: int, *, margin: float = SPACE_
 
     For every detector with a data directory (``write_dir``): the directory must exist or be
     creatable, really accept a file (a probe file is written: permission bits are not
-    trusted) and have ``n_frames × frame bytes × margin`` free. IOC-backed detectors are
-    checked by their IOC, which writes the files (``CheckDir``, ``DirStatus_RBV``,
-    ``DirFree_RBV``); in-process detectors here. Nothing is emitted, so a refused plan
-    leaves no run behind.
+    trusted) and have ``n_frames × frame bytes × margin`` free. For an areaDetector the
+    directory is shared with the IOC host: it is checked here as above, then set as the HDF5
+    plugin's ``FilePath`` and the plugin must report it exists (``FilePathExists_RBV``).
+    Nothing is emitted, so a refused plan leaves no run behind.
 
     Parameters
     ----------
@@ -119,18 +119,25 @@ def preflight(detectors: Sequence[Any], n_frames: int, *, margin: float = SPACE_
     for det in detectors:
         if not hasattr(det, "write_dir"):
             continue
-        if hasattr(det, "check_dir"):  # the IOC writes the files: ask it
+        if hasattr(det, "hdf1"):  # an areaDetector: its HDF5 plugin writes the files
             where = f"{det.name} ({getattr(det, 'ioc_name', 'detector')} IOC)"
+            plugin = det.hdf1
             if det.write_dir is not None:
-                yield from bps.abs_set(det.file_dir, str(det.write_dir), wait=True)
-            yield from bps.abs_set(det.check_dir, 1, wait=True)
-            status = str((yield from bps.rd(det.dir_status)))
-            path = str((yield from bps.rd(det.file_dir)))
-            if status != "ok":
-                problem = status.removeprefix("error: ")
-                raise DataDirError(f"{where}: data directory {problem}")
-            free = float((yield from bps.rd(det.dir_free_bytes)))
-            shape = (int((yield from bps.rd(det.rows))), int((yield from bps.rd(det.cols))))
+                path = str(det.write_dir).rstrip("/") + "/"
+            else:
+                path = str((yield from bps.rd(plugin.file_path)))
+            try:  # shared directory: created, probed and its free space read here
+                free = writable_dir_free_bytes(path)
+            except DataDirError as exc:
+                raise DataDirError(f"{where}: data directory {exc}") from None
+            # ... and the IOC must see it too (another host may mount it elsewhere, or not)
+            yield from bps.abs_set(plugin.file_path, path, wait=True)
+            exists = (yield from bps.rd(plugin.file_path_exists))
+            if exists in (0, "No"):
+                raise DataDirError(f"{where}: data directory {path} does not exist on the IOC host "
+                                   f"({det.prefix}HDF1:FilePathExists_RBV = No)")
+            shape = (int((yield from bps.rd(det.cam.array_size.array_size_y))),
+                     int((yield from bps.rd(det.cam.array_size.array_size_x))))
         else:
             where, path = det.name, str(det.write_dir)
             try:

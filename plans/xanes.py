@@ -233,9 +233,10 @@ def txm_xanes(
                 yield from bps.mv(es.sample_inout, sample_in_mm)
 
     def body():
-        if exposure_s is not None and hasattr(camera, "exposure_s"):
-            yield from bps.mv(camera.exposure_s, float(exposure_s))
-        exposure = float((yield from bps.rd(camera.exposure_s))) if hasattr(camera, "exposure_s") else exposure_s
+        exposure_signal = camera.cam.acquire_time if hasattr(camera, "cam") else getattr(camera, "exposure_s", None)
+        if exposure_s is not None and exposure_signal is not None:
+            yield from bps.mv(exposure_signal, float(exposure_s))
+        exposure = float((yield from bps.rd(exposure_signal))) if exposure_signal is not None else exposure_s
         _md = base_metadata(
             "txm_xanes", md,
             plan_name="txm_xanes",

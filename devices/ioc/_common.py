@@ -5,12 +5,13 @@
   accepted connection (``STRAINSTREAM_IOC_NODELAY=0`` forces it *off*, for the benchmark) and
   makes a busy port an error instead of caproto's silent fall-back to a random port.
 * motors: :mod:`strainstream.devices.ioc._motor`.
-* :class:`AreaDetectorGroup` — HDF5 file series PVs shared by every detector IOC: ``Capture``
-  (1 opens a new file, 0 closes it), ``Acquire`` (one frame; the put completes when the
-  frame is in the file), ``FileDir``, ``FileName``, ``FullFileName_RBV``, ``NumCaptured_RBV``,
-  ``ArrayCounter_RBV``, ``Rows_RBV``, ``Cols_RBV``, ``Noise``, ``Status_RBV``; ``CheckDir`` (put 1:
-  is ``FileDir`` a writable directory, how many bytes are free: ``DirStatus_RBV``,
-  ``DirFree_RBV``), checked by the plans before a run starts.
+* :class:`AreaDetectorGroup` — an areaDetector IOC's stock record set: the driver
+  (``cam1:``: Acquire, AcquireTime, ImageMode, NumImages, TriggerMode, DetectorState_RBV,
+  ArrayCounter_RBV, ArraySizeX/Y_RBV, DataType, Manufacturer/Model_RBV, ...) and an HDF5 file
+  plugin (``HDF1:``: FilePath, FileName, FileTemplate, FileNumber, AutoIncrement,
+  FileWriteMode, Capture, NumCapture, NumCaptured_RBV, FullFileName_RBV,
+  FilePathExists_RBV, EnableCallbacks, ArrayCounter_RBV, SWMRMode, WriteStatus/Message),
+  writing ``/entry/data/data`` like the real plugin; simulation controls under ``SIM:``.
 * :func:`serve` — run one IOC on 127.0.0.1 and a given port, print one ``READY {json}`` line
   on stdout once the server listens, close detector files on exit.
 """
@@ -24,7 +25,6 @@ import logging
 import os
 import socket
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from caproto.server import PVGroup, pvproperty
 
 from strainstream.config import apply_environment, load_config
 
-from .._hdf5 import DataDirError, H5FrameWriter, writable_dir_free_bytes
+from .._hdf5 import H5FrameWriter
 
 __all__ = ["AreaDetectorGroup", "MONITOR_FLUSH_S", "add_common_args", "long_string", "patch_caproto_tcp", "serve"]
 
@@ -89,54 +89,181 @@ def patch_caproto_tcp(port: int | None = None, nodelay: bool | None = None) -> N
         srv._TransportWrapper = _NoDelayTransport
 
 
-def long_string(value: str = "", doc: str = "", read_only: bool = False) -> pvproperty:
+def long_string(value: str = "", doc: str = "", read_only: bool = False,
+                name: str | None = None) -> pvproperty:
     """A string PV longer than CA's 40 characters (a CHAR waveform, UTF-8)."""
     return pvproperty(value=value, dtype=ChannelType.CHAR, max_length=LONG_STRING,
-                      string_encoding="utf-8", doc=doc, read_only=read_only)
+                      string_encoding="utf-8", doc=doc, read_only=read_only, name=name)
 
 
 # ------------------------------------------------------------------------- detectors
-class AreaDetectorGroup(PVGroup):
-    """File-series PVs of a detector IOC; subclasses implement :meth:`make_frame`.
+DETECTOR_STATES = ["Idle", "Acquire", "Readout", "Correct", "Saving", "Aborting", "Error",
+                   "Waiting", "Initializing", "Disconnected", "Aborted"]
+DATA_TYPES = ["Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+              "Float32", "Float64"]
 
-    ``make_frame(index)`` runs in the event loop and must return ``(compute, scalars)``:
-    a zero-argument callable computing the frame (run in a worker thread, so motors and the
-    cycler keep running meanwhile) and a dict of per-frame scalars (the state the frame was
-    computed from), written to ``/entry/instrument/NDAttributes/<key>``.
+
+def _enum(pv: str, strings: Sequence[str], value: str, doc: str = "", read_only: bool = False,
+          record: str | None = None) -> pvproperty:
+    return pvproperty(name=pv, value=value, dtype=ChannelType.ENUM, enum_strings=list(strings),
+                      doc=doc, read_only=read_only, record=record)
+
+
+def _num(pv: str, value: float | int, doc: str = "", read_only: bool = False, **kw) -> pvproperty:
+    return pvproperty(name=pv, value=value, doc=doc, read_only=read_only, **kw)
+
+
+def _text(pv: str, value: str = "", doc: str = "", read_only: bool = False) -> pvproperty:
+    """A stringin/stringout record (DBR_STRING, <= 40 characters)."""
+    return pvproperty(name=pv, value=value, dtype=ChannelType.STRING, doc=doc, read_only=read_only)
+
+
+def _wave(pv: str, value: str = "", doc: str = "", read_only: bool = False) -> pvproperty:
+    """A CHAR waveform holding a path or message, as areaDetector serves them."""
+    return long_string(value, doc=doc, read_only=read_only, name=pv)
+
+
+class AreaDetectorGroup(PVGroup):
+    """An areaDetector IOC: the driver (``cam1:``) and one HDF5 file plugin (``HDF1:``).
+
+    The PV names, types and semantics are those of ADCore's ``ADBase.template`` /
+    ``NDFile.template`` / ``NDFileHDF5.template`` (the subset ophyd's ``AreaDetector``,
+    ``SingleTrigger`` and ``HDF5Plugin`` + ``FileStoreHDF5IterativeWrite`` use): every
+    settable ``X`` has its read-back ``X_RBV``.
+
+    - ``cam1:Acquire`` = 1 takes ``NumImages`` frames (``ImageMode`` Multiple; one in Single,
+      until stopped in Continuous); ``Acquire_RBV``/``DetectorState_RBV`` follow, and the put
+      completes when the frames are taken (and written, with the plugin capturing:
+      blocking callbacks). ``ArrayCounter_RBV`` counts frames.
+    - ``HDF1:Capture`` = 1 (``FileWriteMode`` Stream) opens ``FileTemplate % (FilePath,
+      FileName, FileNumber)`` (``FileNumber`` then increments with ``AutoIncrement``); each
+      frame is appended to ``/entry/data/data`` (SWMR) with its NDAttributes (the simulated
+      state it was computed from) in ``/entry/instrument/NDAttributes``; ``NumCaptured_RBV``
+      counts them; ``NumCapture`` > 0 ends the capture after that many frames; Capture = 0
+      closes the file. A file that cannot be opened leaves ``Capture_RBV`` at Done with
+      ``WriteStatus`` "Write error" and the reason in ``WriteMessage``. ``FilePathExists_RBV``
+      says whether ``FilePath`` is a directory (``CreateDirectory`` < 0 creates it at open).
+    - Simulation controls (no real detector has them; not used to acquire): ``SIM:Noise``
+      (1: counting noise, 0: expected counts rounded), ``SIM:Seed`` (frame n uses (Seed, n)).
+
+    Subclasses implement :meth:`make_frame` and set ``det_name``, ``dtype``, ``scalar_keys``.
+    ``make_frame(index)`` runs in the event loop and returns ``(compute, scalars)``: a
+    zero-argument callable computing the frame (run in a worker thread, so motors and the
+    cycler keep running meanwhile) and a dict of per-frame scalars.
     """
 
     #: names of the per-frame scalars (fixed per detector: SWMR cannot add datasets later)
     scalar_keys: tuple[str, ...] = ()
     det_name = "det"
     dtype = "uint32"
+    manufacturer = "strainstream"
+    model = "simulated"
 
-    Acquire = pvproperty(value=0, doc="put 1: take one frame; completes when it is written")
-    Capture = pvproperty(value=0, doc="1: open a new HDF5 file (series); 0: close it")
-    FileDir = long_string(doc="directory of the HDF5 files")
-    FileName = long_string(doc="file name of the next series ('' = automatic)")
-    FullFileName_RBV = long_string(doc="full path of the current/last file", read_only=True)
-    NumCaptured_RBV = pvproperty(value=0, read_only=True, doc="frames in the current file")
-    ArrayCounter_RBV = pvproperty(value=0, read_only=True, doc="frames since IOC start")
-    Rows_RBV = pvproperty(value=0, read_only=True)
-    Cols_RBV = pvproperty(value=0, read_only=True)
-    AcquireTime = pvproperty(value=0.0, precision=3, doc="extra exposure wait (s)")
-    Noise = pvproperty(value=1, doc="1: counting noise, 0: expected counts (rounded)")
-    Seed = pvproperty(value=0, doc="noise seed; frame n uses (Seed, ArrayCounter)")
-    NextIndex = pvproperty(value=0, doc="put n <= NumCaptured: drop frames n.. of the file; the "
-                                        "next frame is written at n (re-take after a rewind)")
-    Status_RBV = long_string(value="idle", read_only=True)
-    CheckDir = pvproperty(value=0, doc="put 1: check FileDir (created if missing, a probe file "
-                                       "written and removed); see DirStatus_RBV, DirFree_RBV")
-    DirStatus_RBV = long_string(value="unchecked", read_only=True,
-                                doc="'ok' or the problem with FileDir (last CheckDir)")
-    DirFree_RBV = pvproperty(value=0.0, read_only=True, doc="free bytes in FileDir (last CheckDir)")
+    # -- driver (ADBase.template) -------------------------------------------------------
+    cam_Acquire = _enum("cam1:Acquire", ["Done", "Acquire"], "Done",
+                        doc="Acquire: take NumImages frames; the put completes when done")
+    cam_Acquire_RBV = _enum("cam1:Acquire_RBV", ["Done", "Acquire"], "Done", read_only=True)
+    cam_AcquireTime = _num("cam1:AcquireTime", 0.0, precision=4, doc="exposure (s)")
+    cam_AcquireTime_RBV = _num("cam1:AcquireTime_RBV", 0.0, precision=4, read_only=True)
+    cam_AcquirePeriod = _num("cam1:AcquirePeriod", 0.0, precision=4, doc="period (s)")
+    cam_AcquirePeriod_RBV = _num("cam1:AcquirePeriod_RBV", 0.0, precision=4, read_only=True)
+    cam_ImageMode = _enum("cam1:ImageMode", ["Single", "Multiple", "Continuous"], "Multiple")
+    cam_ImageMode_RBV = _enum("cam1:ImageMode_RBV", ["Single", "Multiple", "Continuous"],
+                              "Multiple", read_only=True)
+    cam_NumImages = _num("cam1:NumImages", 1)
+    cam_NumImages_RBV = _num("cam1:NumImages_RBV", 1, read_only=True)
+    cam_NumImagesCounter_RBV = _num("cam1:NumImagesCounter_RBV", 0, read_only=True)
+    cam_NumExposures = _num("cam1:NumExposures", 1)
+    cam_NumExposures_RBV = _num("cam1:NumExposures_RBV", 1, read_only=True)
+    cam_TriggerMode = _enum("cam1:TriggerMode", ["Internal", "External"], "Internal")
+    cam_TriggerMode_RBV = _enum("cam1:TriggerMode_RBV", ["Internal", "External"], "Internal",
+                                read_only=True)
+    cam_DetectorState_RBV = _enum("cam1:DetectorState_RBV", DETECTOR_STATES, "Idle",
+                                  read_only=True)
+    cam_StatusMessage_RBV = _wave("cam1:StatusMessage_RBV", "Idle", read_only=True)
+    cam_ArrayCounter = _num("cam1:ArrayCounter", 0)
+    cam_ArrayCounter_RBV = _num("cam1:ArrayCounter_RBV", 0, read_only=True)
+    cam_ArrayCallbacks = _enum("cam1:ArrayCallbacks", ["Disable", "Enable"], "Enable")
+    cam_ArrayCallbacks_RBV = _enum("cam1:ArrayCallbacks_RBV", ["Disable", "Enable"], "Enable",
+                                   read_only=True)
+    cam_ArraySizeX_RBV = _num("cam1:ArraySizeX_RBV", 0, read_only=True)
+    cam_ArraySizeY_RBV = _num("cam1:ArraySizeY_RBV", 0, read_only=True)
+    cam_ArraySizeZ_RBV = _num("cam1:ArraySizeZ_RBV", 0, read_only=True)
+    cam_MaxSizeX_RBV = _num("cam1:MaxSizeX_RBV", 0, read_only=True)
+    cam_MaxSizeY_RBV = _num("cam1:MaxSizeY_RBV", 0, read_only=True)
+    cam_DataType = _enum("cam1:DataType", DATA_TYPES, "UInt32")
+    cam_DataType_RBV = _enum("cam1:DataType_RBV", DATA_TYPES, "UInt32", read_only=True,
+                             record="mbbi")
+    cam_Manufacturer_RBV = _text("cam1:Manufacturer_RBV", read_only=True)
+    cam_Model_RBV = _text("cam1:Model_RBV", read_only=True)
+    cam_PortName_RBV = _text("cam1:PortName_RBV", read_only=True)
+
+    # -- HDF5 file plugin (NDPluginBase/NDFile/NDFileHDF5.template) -----------------------
+    hdf_PluginType_RBV = _text("HDF1:PluginType_RBV", "NDFileHDF5", read_only=True)
+    hdf_PortName_RBV = _text("HDF1:PortName_RBV", "FileHDF1", read_only=True)
+    hdf_NDArrayPort = _text("HDF1:NDArrayPort", "")
+    hdf_NDArrayPort_RBV = _text("HDF1:NDArrayPort_RBV", "", read_only=True)
+    hdf_EnableCallbacks = _enum("HDF1:EnableCallbacks", ["Disable", "Enable"], "Enable")
+    hdf_EnableCallbacks_RBV = _enum("HDF1:EnableCallbacks_RBV", ["Disable", "Enable"], "Enable",
+                                    read_only=True)
+    hdf_BlockingCallbacks = _enum("HDF1:BlockingCallbacks", ["No", "Yes"], "Yes")
+    hdf_BlockingCallbacks_RBV = _enum("HDF1:BlockingCallbacks_RBV", ["No", "Yes"], "Yes",
+                                      read_only=True)
+    hdf_ArraySize0_RBV = _num("HDF1:ArraySize0_RBV", 0, read_only=True, doc="width of the last array")
+    hdf_ArraySize1_RBV = _num("HDF1:ArraySize1_RBV", 0, read_only=True, doc="height of the last array")
+    hdf_ArraySize2_RBV = _num("HDF1:ArraySize2_RBV", 0, read_only=True)
+    hdf_NDimensions_RBV = _num("HDF1:NDimensions_RBV", 0, read_only=True)
+    hdf_DataType_RBV = _enum("HDF1:DataType_RBV", DATA_TYPES, "UInt32", read_only=True)
+    hdf_ArrayCounter = _num("HDF1:ArrayCounter", 0)
+    hdf_ArrayCounter_RBV = _num("HDF1:ArrayCounter_RBV", 0, read_only=True)
+    hdf_FilePath = _wave("HDF1:FilePath", doc="directory of the files (trailing /)")
+    hdf_FilePath_RBV = _wave("HDF1:FilePath_RBV", read_only=True)
+    hdf_FilePathExists_RBV = _enum("HDF1:FilePathExists_RBV", ["No", "Yes"], "No", read_only=True)
+    hdf_CreateDirectory = _num("HDF1:CreateDirectory", 0,
+                               doc="< 0: create up to -N missing levels of FilePath at open")
+    hdf_CreateDirectory_RBV = _num("HDF1:CreateDirectory_RBV", 0, read_only=True)
+    hdf_FileName = _wave("HDF1:FileName")
+    hdf_FileName_RBV = _wave("HDF1:FileName_RBV", read_only=True)
+    hdf_FileNumber = _num("HDF1:FileNumber", 0)
+    hdf_FileNumber_RBV = _num("HDF1:FileNumber_RBV", 0, read_only=True)
+    hdf_FileTemplate = _wave("HDF1:FileTemplate", "%s%s_%6.6d.h5")
+    hdf_FileTemplate_RBV = _wave("HDF1:FileTemplate_RBV", "%s%s_%6.6d.h5", read_only=True)
+    hdf_FullFileName_RBV = _wave("HDF1:FullFileName_RBV", read_only=True)
+    hdf_AutoIncrement = _enum("HDF1:AutoIncrement", ["No", "Yes"], "Yes")
+    hdf_AutoIncrement_RBV = _enum("HDF1:AutoIncrement_RBV", ["No", "Yes"], "Yes", read_only=True)
+    hdf_AutoSave = _enum("HDF1:AutoSave", ["No", "Yes"], "Yes")
+    hdf_AutoSave_RBV = _enum("HDF1:AutoSave_RBV", ["No", "Yes"], "Yes", read_only=True)
+    hdf_FileWriteMode = _enum("HDF1:FileWriteMode", ["Single", "Capture", "Stream"], "Stream")
+    hdf_FileWriteMode_RBV = _enum("HDF1:FileWriteMode_RBV", ["Single", "Capture", "Stream"],
+                                  "Stream", read_only=True)
+    hdf_Capture = _enum("HDF1:Capture", ["Done", "Capture"], "Done",
+                        doc="Capture: open a new file and append every frame; Done: close it")
+    hdf_Capture_RBV = _enum("HDF1:Capture_RBV", ["Done", "Capture"], "Done", read_only=True)
+    hdf_NumCapture = _num("HDF1:NumCapture", 0, doc="frames per file (0: until Capture = 0)")
+    hdf_NumCapture_RBV = _num("HDF1:NumCapture_RBV", 0, read_only=True)
+    hdf_NumCaptured_RBV = _num("HDF1:NumCaptured_RBV", 0, read_only=True)
+    hdf_WriteStatus = _enum("HDF1:WriteStatus", ["Write OK", "Write error"], "Write OK",
+                            read_only=True)
+    hdf_WriteMessage = _wave("HDF1:WriteMessage", read_only=True)
+    hdf_SWMRMode = _enum("HDF1:SWMRMode", ["Off", "On"], "On")
+    hdf_SWMRMode_RBV = _enum("HDF1:SWMRMode_RBV", ["Off", "On"], "On", read_only=True)
+    hdf_LazyOpen = _enum("HDF1:LazyOpen", ["No", "Yes"], "No")
+    hdf_LazyOpen_RBV = _enum("HDF1:LazyOpen_RBV", ["No", "Yes"], "No", read_only=True)
+
+    # -- simulation controls ------------------------------------------------------------
+    Noise = _num("SIM:Noise", 1, doc="1: counting noise, 0: expected counts (rounded)")
+    Seed = _num("SIM:Seed", 0, doc="noise seed; frame n uses (Seed, ArrayCounter)")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.frame_shape: tuple[int, int] = (64, 64)
         self._writer: H5FrameWriter | None = None
-        self._lock = asyncio.Lock()
+        self._file_lock = asyncio.Lock()
+        self._acquiring = False
+        self._stop_requested = False
         self._initial_dir = "."
+        # setpoint PV -> its _RBV (areaDetector's convention)
+        self._rbv = {pv: self.pvdb[pv + "_RBV"] for pv in self.pvdb if pv + "_RBV" in self.pvdb}
 
     def configure(self, frame_shape: tuple[int, int], write_dir: str) -> None:
         """Set the frame shape and the initial file directory (before the server starts)."""
@@ -146,95 +273,175 @@ class AreaDetectorGroup(PVGroup):
     def make_frame(self, index: int) -> tuple[Callable[[], np.ndarray], dict[str, float]]:
         raise NotImplementedError
 
-    @Rows_RBV.startup
-    async def Rows_RBV(self, instance, async_lib):
-        await self.Rows_RBV.write(self.frame_shape[0])
-        await self.Cols_RBV.write(self.frame_shape[1])
-        await self.FileDir.write(self._initial_dir)
+    async def group_write(self, instance, value):
+        """A put to a setting updates its ``_RBV`` (as the driver/plugin would)."""
+        rbv = self._rbv.get(instance.pvname)
+        if rbv is not None:
+            await rbv.write(value)
+        return value
+
+    @cam_ArraySizeX_RBV.startup
+    async def cam_ArraySizeX_RBV(self, instance, async_lib):
+        rows, cols = self.frame_shape
+        for prop, v in ((self.cam_ArraySizeX_RBV, cols), (self.cam_ArraySizeY_RBV, rows),
+                        (self.cam_MaxSizeX_RBV, cols), (self.cam_MaxSizeY_RBV, rows),
+                        (self.cam_ArraySizeZ_RBV, 0)):
+            await prop.write(v)
+        dtype = {"uint8": "UInt8", "uint16": "UInt16", "uint32": "UInt32", "int32": "Int32",
+                 "float32": "Float32", "float64": "Float64"}[np.dtype(self.dtype).name]
+        await self.cam_DataType.write(dtype)
+        await self.hdf_DataType_RBV.write(dtype)
+        # the plugin is primed (it has seen an array of this size, as after ophyd's warmup()):
+        # ophyd's HDF5Plugin refuses to stage an unprimed plugin
+        await self.hdf_ArraySize0_RBV.write(cols)
+        await self.hdf_ArraySize1_RBV.write(rows)
+        await self.hdf_NDimensions_RBV.write(2)
+        await self.cam_Manufacturer_RBV.write(self.manufacturer)
+        await self.cam_Model_RBV.write(f"{self.model} {self.det_name}"[:39])
+        await self.cam_PortName_RBV.write(self.det_name.upper() + "1")
+        await self.hdf_NDArrayPort.write(self.det_name.upper() + "1")
+        path = self._initial_dir.rstrip("/") + "/"
+        await self.hdf_FilePath.write(path)
+
+    # -- file plugin ------------------------------------------------------------------------
+    async def _set_path_exists(self) -> bool:
+        exists = os.path.isdir(self.hdf_FilePath.value or "")
+        await self.hdf_FilePathExists_RBV.write("Yes" if exists else "No")
+        return exists
+
+    @hdf_FilePath.putter
+    async def hdf_FilePath(self, instance, value):
+        if value and not value.endswith("/"):
+            value += "/"
+        await self.hdf_FilePath_RBV.write(value)
+        exists = os.path.isdir(value)
+        await self.hdf_FilePathExists_RBV.write("Yes" if exists else "No")
+        return value
+
+    async def _write_error(self, message: str) -> None:
+        await self.hdf_WriteStatus.write("Write error")
+        await self.hdf_WriteMessage.write(message[:LONG_STRING - 1])
 
     async def _open(self) -> None:
         self.close()
-        d = Path(self.FileDir.value or ".")
-        fname = self.FileName.value or f"{self.det_name}_{uuid.uuid4().hex[:12]}.h5"
-        path = d / fname
-        self._writer = H5FrameWriter(path, self.frame_shape, self.dtype,
-                                     scalar_keys=self.scalar_keys)
-        await self.FileName.write("")
-        await self.FullFileName_RBV.write(str(self._writer.path))
-        await self.NumCaptured_RBV.write(0)
-        await asyncio.sleep(MONITOR_FLUSH_S)
+        mode = self.hdf_FileWriteMode.value
+        if mode == "Single":
+            raise ValueError("this simulated HDF5 plugin writes Stream or Capture mode only")
+        d = self.hdf_FilePath.value or ""
+        levels = -int(self.hdf_CreateDirectory.value)
+        if d and not os.path.isdir(d) and levels > 0:
+            missing = [p for p in [Path(d), *Path(d).parents] if not p.exists()]
+            if len(missing) <= levels:  # areaDetector creates at most -CreateDirectory levels
+                Path(d).mkdir(parents=True, exist_ok=True)
+        if not await self._set_path_exists():
+            raise FileNotFoundError(f"FilePath {d!r} is not a directory on the IOC host")
+        template = self.hdf_FileTemplate.value or "%s%s_%6.6d.h5"
+        number = int(self.hdf_FileNumber.value)
+        path = template % (d, self.hdf_FileName.value or self.det_name, number)
+        loop = asyncio.get_running_loop()
+        self._writer = await loop.run_in_executor(
+            None, lambda: H5FrameWriter(path, self.frame_shape, self.dtype,
+                                        scalar_keys=self.scalar_keys))
+        await self.hdf_FullFileName_RBV.write(str(self._writer.path))
+        await self.hdf_NumCaptured_RBV.write(0)
+        if self.hdf_AutoIncrement.value == "Yes":
+            await self.hdf_FileNumber.write(number + 1)
+        await self.hdf_WriteStatus.write("Write OK")
+        await self.hdf_WriteMessage.write("")
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
-    @Capture.putter
-    async def Capture(self, instance, value):
-        async with self._lock:
-            try:
-                if value:
+    @hdf_Capture.putter
+    async def hdf_Capture(self, instance, value):
+        capture = value in ("Capture", 1)
+        async with self._file_lock:
+            if capture:
+                try:
                     await self._open()
-                else:
-                    self.close()
-            except Exception as exc:
-                await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
-                raise
-        return 1 if value else 0
+                except Exception as exc:
+                    await self._write_error(f"cannot open file: {exc}")
+                    await self.hdf_Capture_RBV.write("Done")
+                    raise
+            else:
+                self.close()
+            await self.hdf_Capture_RBV.write("Capture" if capture else "Done")
+        return "Capture" if capture else "Done"
 
-    @CheckDir.putter
-    async def CheckDir(self, instance, value):
-        if not value:
-            return 0
-        d = self.FileDir.value or "."
-        loop = asyncio.get_running_loop()
-        try:
-            free = await loop.run_in_executor(None, writable_dir_free_bytes, d)
-        except DataDirError as exc:
-            await self.DirFree_RBV.write(0.0)
-            await self.DirStatus_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
-        else:
-            await self.DirFree_RBV.write(float(free))
-            await self.DirStatus_RBV.write("ok")
-        await asyncio.sleep(MONITOR_FLUSH_S)
-        return 0
-
-    @NextIndex.putter
-    async def NextIndex(self, instance, value):
-        async with self._lock:
-            if self._writer is None:
-                raise ValueError("no open file (Capture = 0)")
+    async def _plugin_receive(self, frame: np.ndarray, scalars: dict[str, float]) -> None:
+        """The HDF5 plugin gets one frame (blocking callbacks: before Acquire ends)."""
+        if self.hdf_EnableCallbacks.value != "Enable" or self.cam_ArrayCallbacks.value != "Enable":
+            return
+        counter = int(self.hdf_ArrayCounter_RBV.value) + 1
+        await self.hdf_ArrayCounter_RBV.write(counter)
+        await self.hdf_ArrayCounter.write(counter, verify_value=False)
+        async with self._file_lock:
             writer = self._writer
-            await asyncio.get_running_loop().run_in_executor(None, lambda: writer.rewind(int(value)))
-            await self.NumCaptured_RBV.write(writer.count)
-            await asyncio.sleep(MONITOR_FLUSH_S)
-        return int(value)
-
-    @Acquire.putter
-    async def Acquire(self, instance, value):
-        if not value:
-            return 0
-        async with self._lock:
+            if writer is None or self.hdf_Capture_RBV.value != "Capture":
+                return
             try:
-                if self._writer is None:
-                    await self._open()
-                    await self.Capture.write(1, verify_value=False)
-                counter = int(self.ArrayCounter_RBV.value)
-                compute, scalars = self.make_frame(counter)
-                await self.Status_RBV.write("acquiring")
-                loop = asyncio.get_running_loop()
-                frame, t_exp = await loop.run_in_executor(None, compute), float(self.AcquireTime.value)
-                if t_exp > 0:
-                    await asyncio.sleep(t_exp)
-                writer = self._writer
-                await loop.run_in_executor(None, lambda: writer.append(frame, scalars))
-                await self.NumCaptured_RBV.write(writer.count)
-                await self.ArrayCounter_RBV.write(counter + 1)
-                await self.Status_RBV.write("idle")
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: writer.append(frame, scalars))
             except Exception as exc:
-                await self.Status_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
+                await self._write_error(f"frame not written: {exc}")
                 raise
-        return 0
+            await self.hdf_NumCaptured_RBV.write(writer.count)
+            n_capture = int(self.hdf_NumCapture.value)
+            if n_capture > 0 and writer.count >= n_capture:
+                self.close()
+                await self.hdf_Capture_RBV.write("Done")
+                await self.hdf_Capture.write("Done", verify_value=False)
+
+    # -- driver -------------------------------------------------------------------------------
+    @cam_Acquire.putter
+    async def cam_Acquire(self, instance, value):
+        if value in ("Done", 0):
+            self._stop_requested = True
+            return "Done"
+        if self._acquiring:
+            return "Acquire"
+        self._acquiring, self._stop_requested = True, False
+        mode = self.cam_ImageMode.value
+        n = 1 if mode == "Single" else (None if mode == "Continuous" else
+                                        max(int(self.cam_NumImages.value), 1))
+        loop = asyncio.get_running_loop()
+        await self.cam_Acquire_RBV.write("Acquire")
+        await self.cam_DetectorState_RBV.write("Acquire")
+        await self.cam_NumImagesCounter_RBV.write(0)
+        taken = 0
+        try:
+            while (n is None or taken < n) and not self._stop_requested:
+                counter = int(self.cam_ArrayCounter_RBV.value)
+                compute, scalars = self.make_frame(counter)
+                t0 = loop.time()
+                frame = await loop.run_in_executor(None, compute)
+                t_exp = float(self.cam_AcquireTime.value)
+                if t_exp > 0:
+                    await asyncio.sleep(max(t_exp - (loop.time() - t0), 0.0))
+                await self.cam_ArrayCounter_RBV.write(counter + 1)
+                await self.cam_ArrayCounter.write(counter + 1, verify_value=False)
+                await self._plugin_receive(frame, scalars)
+                taken += 1
+                await self.cam_NumImagesCounter_RBV.write(taken)
+                period = float(self.cam_AcquirePeriod.value)
+                if period > 0 and (n is None or taken < n):
+                    await asyncio.sleep(max(period - (loop.time() - t0), 0.0))
+            state = "Aborted" if self._stop_requested and (n is None or taken < n) else "Idle"
+            await self.cam_StatusMessage_RBV.write("Acquisition aborted" if state == "Aborted" else "Idle")
+        except Exception as exc:
+            state = "Error"
+            await self.cam_StatusMessage_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
+            raise
+        finally:
+            # let Acquire_RBV = Acquire reach monitoring clients (caproto batches updates for
+            # ~10 ms) before Done: ophyd's SingleTrigger finishes on the 1 -> 0 edge
+            await asyncio.sleep(MONITOR_FLUSH_S)
+            self._acquiring = False
+            await self.cam_DetectorState_RBV.write(state)
+            await self.cam_Acquire_RBV.write("Done")
+        return "Done"
 
 
 # ---------------------------------------------------------------------------- serving

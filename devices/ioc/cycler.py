@@ -21,15 +21,15 @@ The cell (:class:`strainstream.sim.cell.CoinCell`) is advanced every 0.1 s of wa
 ``accel`` × the elapsed wall time.
 
 XRD detector (``<prefix>XRD:``, see :class:`~strainstream.devices.ioc._common.AreaDetectorGroup`):
-``Sample`` (enum ``cell`` | ``CeO2``) says what is in the beam: with ``CeO2`` a frame of the
+Simulation controls (``SIM:``, no real detector has them): ``SIM:Sample`` (enum ``cell`` | ``CeO2``) says what is in the beam: with ``CeO2`` a frame of the
 calibrant is taken (:meth:`~strainstream.sim.xrd_frames.XRDFrameSimulator.ceo2_frame`, for
-geometry calibration; phase attributes NaN). With ``BeamGate`` = 1 the detector sees the
+geometry calibration; phase attributes NaN). With ``SIM:BeamGate`` = 1 the detector sees the
 beam IOC's photons (followed over Channel Access): while the ring current is below
-``BeamMin_mA`` or the shutter is not Open a frame is dark (all zeros); ``BeamOn_RBV`` and the
-per-frame ``beam_on`` attribute say which. Otherwise every ``Acquire`` snapshots the cell's current lattice (phases) and computes the frame with
+``SIM:BeamMin_mA`` or the shutter is not Open a frame is dark (all zeros); ``SIM:BeamOn_RBV`` and the
+per-frame ``beam_on`` attribute say which. Otherwise every frame (``cam1:Acquire``) snapshots the cell's current lattice (phases) and computes the frame with
 :meth:`strainstream.sim.xrd_frames.XRDFrameSimulator.frame` for the default geometry binned to
 the configured shape (2048² default; ``--xrd-shape 256`` → binning 8), noise seed
-``(Seed, ArrayCounter)``. The state used is stored per frame in the HDF5 file
+``(SIM:Seed, ArrayCounter)``. The state used is stored per frame in the HDF5 file
 (``/entry/instrument/NDAttributes``: soc, voltage_V, capacity_mAh_g, time_s, counter,
 n_phases, phase{0,1}_{a_A,c_A,fraction,microstrain,size_nm,li_occupancy}) so a frame can be
 recomputed exactly from the forward model.
@@ -63,12 +63,12 @@ class XRDDetector(AreaDetectorGroup):
     scalar_keys = ("soc", "voltage_V", "capacity_mAh_g", "time_s", "counter", "n_phases",
                    "beam_on") + tuple(f"phase{k}_{f}" for k in (0, 1) for f in PHASE_FIELDS)
 
-    Sample = pvproperty(value="cell", dtype=ChannelType.ENUM, enum_strings=["cell", "CeO2"],
+    Sample = pvproperty(name="SIM:Sample", value="cell", dtype=ChannelType.ENUM, enum_strings=["cell", "CeO2"],
                         doc="what is in the beam: the coin cell, or the CeO2 calibrant (NIST 674b)")
-    BeamGate = pvproperty(value=0, doc="1: frames see the beam IOC's photons (dark while the ring "
+    BeamGate = pvproperty(name="SIM:BeamGate", value=0, doc="1: frames see the beam IOC's photons (dark while the ring "
                                        "current is below BeamMin_mA or the shutter is not Open)")
-    BeamMin_mA = pvproperty(value=1.0, precision=2, doc="ring current below which no photons arrive")
-    BeamOn_RBV = pvproperty(value=1, read_only=True, doc="1 while photons reach the detector")
+    BeamMin_mA = pvproperty(name="SIM:BeamMin_mA", value=1.0, precision=2, doc="ring current below which no photons arrive")
+    BeamOn_RBV = pvproperty(name="SIM:BeamOn_RBV", value=1, read_only=True, doc="1 while photons reach the detector")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -340,12 +340,13 @@ class Beamline:
         """ophyd devices for the running IOCs (not yet connected).
 
         Keys: ``cycler``, ``xrd`` (cycler IOC); ``es`` (motors incl. ``es.energy``), ``sxdm``,
-        ``txm`` (endstation IOC); ``beam`` (beam IOC). Detectors write to ``write_dir``
-        (default the beamline's).
+        ``txm`` (endstation IOC); ``beam`` (beam IOC); ``<detector>_sim``: each simulated
+        detector's simulation controls (sample changer, noise, seed). Detectors write to
+        ``write_dir`` (default the beamline's).
         """
         from strainstream.devices.beam import beam
         from strainstream.devices.cycler import cycler
-        from strainstream.devices.detectors import ioc_detector
+        from strainstream.devices.detectors import ioc_detector, sim_controls
         from strainstream.devices.motors import endstation
 
         wd = write_dir or self.write_dir
@@ -354,10 +355,12 @@ class Beamline:
         if "cycler" in a:
             out["cycler"] = cycler(self.prefix, ioc_address=a["cycler"])
             out["xrd"] = ioc_detector("xrd", self.prefix, write_dir=wd, ioc_address=a["cycler"])
+            out["xrd_sim"] = sim_controls("xrd", self.prefix, ioc_address=a["cycler"])
         if "endstation" in a:
             out["es"] = endstation(self.prefix, ioc_address=a["endstation"])
             for k in ("sxdm", "txm"):
                 out[k] = ioc_detector(k, self.prefix, write_dir=wd, ioc_address=a["endstation"])
+                out[f"{k}_sim"] = sim_controls(k, self.prefix, ioc_address=a["endstation"])
         if "beam" in a:
             out["beam"] = beam(self.prefix, ioc_address=a["beam"])
         return out

@@ -101,7 +101,7 @@ def _frame_series(session, data_dir, frames, delay_s, say) -> str:
     return uid
 
 
-def calibrate_from_ceo2(session, det, frame_size: int, say) -> dict[str, Any]:
+def calibrate_from_ceo2(session, det, frame_size: int, say, sim=None) -> dict[str, Any]:
     """Record a CeO2 frame (its own run, ``experiment="calibration"``) and calibrate on it.
 
     Returns the geometry dict incl. ``instrument_fwhm_A_inv`` (the analysis' calibration).
@@ -111,12 +111,12 @@ def calibrate_from_ceo2(session, det, frame_size: int, say) -> dict[str, Any]:
 
     from strainstream.xrd import calibrate
 
-    det.sample.put("CeO2", wait=True)
+    sim.sample.put("CeO2", wait=True)  # the simulated sample changer
     try:
         (uid,) = run_plan(session, bp.count([det], md={"experiment": "calibration", "calibrant": "CeO2",
                                                  "sample": "CeO2 NIST SRM 674b"}))
     finally:
-        det.sample.put("cell", wait=True)
+        sim.sample.put("cell", wait=True)
     path = det.file_name.get(use_monitor=False)
     with h5py.File(path, "r", swmr=True, locking=False) as f:
         frame = f["/entry/data/data"][-1]
@@ -138,7 +138,7 @@ def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, 
     # simulated seconds per wall second so that the charge (~240 mAh/g) takes duration_s
     charge_s = 240.0 / rate_mA_g * 3600.0
     cycler.accel.put(charge_s / duration_s, wait=True)
-    geometry = calibrate_from_ceo2(session, det, frame_size, say)
+    geometry = calibrate_from_ceo2(session, det, frame_size, say, sim=devices["xrd_sim"])
     preset = cycler.preset.get()
     say(f"charging the simulated {preset} cell at {rate_mA_g:g} mA/g "
         f"(time x{charge_s / duration_s:.0f}), one frame every {frame_interval_s:g} s ...")

@@ -299,6 +299,7 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
 
+    from strainstream.callbacks.assets import DatumToStream
     from strainstream.callbacks.tiled_format import install_consolidators
     from strainstream.server import connect
 
@@ -311,7 +312,9 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     writer = BufferedWriter(TiledWriter(write_client, batch_size=1), transport=transport,
                             spool_dir=spool_dir if spool_dir is not None else default_spool_dir(),
                             drain_timeout_s=drain_timeout_s, max_lag=max_lag, client=write_client)
-    RE.subscribe(writer)
+    # ophyd area detectors' Resource/Datum become StreamResource/StreamDatum before the spool
+    # and tiled see them, each datum paired with the event that references it
+    RE.subscribe(DatumToStream(writer))
     if progress:
         from strainstream.callbacks.progress import ProgressPrinter
 

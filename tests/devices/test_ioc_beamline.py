@@ -31,7 +31,8 @@ def devs(sim_devices):
 
 
 def _shape(det):
-    return int(det.rows.get()), int(det.cols.get())
+    size = det.cam.array_size
+    return int(size.array_size_y.get()), int(size.array_size_x.get())
 
 
 def _wait_for(pred, timeout_s=30.0, period_s=0.05):
@@ -51,9 +52,10 @@ def _acquire_one(det):
         docs = list(det.collect_asset_docs())
     finally:
         det.unstage()
-    uri = docs[0][1]["uri"]
-    assert uri.startswith("file://localhost/")
-    return uri[len("file://localhost"):], docs[-1][1]["indices"]["start"], docs
+    (name, resource), (_, datum) = docs
+    assert name == "resource" and resource["spec"] == "AD_HDF5"
+    path = f"{resource['root'].rstrip('/')}/{resource['resource_path']}"
+    return path, datum["datum_kwargs"]["point_number"], docs
 
 
 def _attrs(path, index):
@@ -180,10 +182,10 @@ def test_xrd_frame_matches_forward_model(devs):
     from strainstream.sim.cell import preset as cell_preset
     from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 
-    cyc, xrd = devs["cycler"], devs["xrd"]
+    cyc, xrd, sim = devs["cycler"], devs["xrd"], devs["xrd_sim"]
     cyc.rest().wait(5)
-    xrd.noise.put(1, wait=True)
-    xrd.seed.put(7, wait=True)
+    sim.noise.put(1, wait=True)
+    sim.seed.put(7, wait=True)
     path, index, _ = _acquire_one(xrd)
     frame, att = _attrs(path, index)
     rows, cols = _shape(xrd)
@@ -217,11 +219,11 @@ def test_sxdm_frame_matches_forward_model(devs):
     for st in (es.energy.set(8350.0), es.sample_x.set(ix * step_um), es.sample_y.set(iy * step_um),
                es.theta.set(float(sim.theta_deg[k]))):
         st.wait(timeout=20)
-    det.noise.put(0, wait=True)
+    devs["sxdm_sim"].noise.put(0, wait=True)
     try:
         path, index, _ = _acquire_one(det)
     finally:
-        det.noise.put(1, wait=True)
+        devs["sxdm_sim"].noise.put(1, wait=True)
         for st in (es.sample_x.set(0.0), es.sample_y.set(0.0), es.theta.set(theta0)):
             st.wait(timeout=20)
     frame, att = _attrs(path, index)
@@ -243,7 +245,7 @@ def test_txm_image_matches_forward_model_and_defocus(devs):
     zp = zp_focus_mm(e)
     for st in (es.energy.set(e), es.zp_z.set(zp), es.sample_inout.set(0.0)):
         st.wait(timeout=20)
-    cam.noise.put(0, wait=True)
+    devs["txm_sim"].noise.put(0, wait=True)
     try:
         path, i_in, _ = _acquire_one(cam)
         es.sample_inout.set(5.0).wait(timeout=10)
@@ -252,7 +254,7 @@ def test_txm_image_matches_forward_model_and_defocus(devs):
         es.zp_z.set(zp + 0.3).wait(timeout=10)
         path_blur, i_blur, _ = _acquire_one(cam)
     finally:
-        cam.noise.put(1, wait=True)
+        devs["txm_sim"].noise.put(1, wait=True)
         for st in (es.zp_z.set(zp0), es.energy.set(e0), es.sample_inout.set(0.0)):
             st.wait(timeout=20)
     img_in, att = _attrs(path, i_in)
@@ -270,20 +272,59 @@ def test_txm_image_matches_forward_model_and_defocus(devs):
     assert grad(img_blur) < 0.9 * grad(img_in)
 
 
-def test_runengine_count_emits_stream_resource_for_the_ioc_file(devs):
+def test_stock_ophyd_area_detector_writes_n_frames_into_one_file(beamline, tmp_path):
+    """The interface a real beamline profile relies on: ophyd's stock SingleTrigger +
+    AreaDetector with an HDF5Plugin + FileStoreHDF5IterativeWrite at HDF1: stages, triggers N
+    times and unstages, leaving one HDF5 file (FullFileName_RBV) of N frames."""
+    from ophyd import Component as Cpt
+    from ophyd.areadetector import AreaDetector, HDF5Plugin, SingleTrigger
+    from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
+
+    class HDF5PluginWithFileStore(HDF5Plugin, FileStoreHDF5IterativeWrite):
+        pass
+
+    class Detector(SingleTrigger, AreaDetector):
+        hdf1 = Cpt(HDF5PluginWithFileStore, "HDF1:", write_path_template=f"{tmp_path}/")
+
+    det = Detector(beamline.prefix + "XRD:", name="stock")
+    det.wait_for_connection(timeout=10)
+    n = 4
+    det.stage()
+    try:
+        for _ in range(n):
+            det.trigger().wait(timeout=30)
+        path = det.hdf1.full_file_name.get(use_monitor=False)
+        docs = list(det.hdf1.collect_asset_docs())
+    finally:
+        det.unstage()
+    assert path.startswith(str(tmp_path)) and path.endswith("_000000.h5")
+    with h5py.File(path, "r", swmr=True, locking=False) as f:
+        data = f["/entry/data/data"]
+        assert data.shape == (n, *_shape(det)) and data.dtype == np.uint16
+        counters = f["/entry/instrument/NDAttributes/counter"][()]
+    assert np.all(np.diff(counters) == 1)
+    assert [d["datum_kwargs"]["point_number"] for name, d in docs if name == "datum"] == list(range(n))
+
+
+def test_runengine_count_documents_become_stream_documents(devs):
+    """RunEngine documents of the IOC detector (Resource/Datum) become one StreamResource and
+    one StreamDatum per event (strainstream.callbacks.assets), resolving to the file's frames."""
     from bluesky import RunEngine
     from bluesky.plans import count
 
+    from strainstream.callbacks.assets import DatumToStream
     from strainstream.callbacks.base import FrameResolver
 
     det = devs["xrd"]
     shape = list(_shape(det))
-    docs = []
+    raw, docs = [], []
     RE = RunEngine({})
-    RE(count([det, devs["cycler"]], num=3), lambda name, doc: docs.append((name, doc)))
+    convert = DatumToStream(lambda name, doc: docs.append((name, doc)))
+    RE(count([det, devs["cycler"]], num=3), lambda name, doc: (raw.append(name), convert(name, doc)))
+    assert raw.count("resource") == 1 and raw.count("datum") == 3
     names = [n for n, _ in docs]
     assert names.count("stream_resource") == 1 and names.count("stream_datum") == 3
-    assert names.count("event") == 3
+    assert names.count("event") == 3 and "resource" not in names and "datum" not in names
     res = next(d for n, d in docs if n == "stream_resource")
     desc = next(d for n, d in docs if n == "descriptor")
     assert desc["data_keys"]["xrd_image"]["external"] == "STREAM:"
@@ -291,21 +332,19 @@ def test_runengine_count_emits_stream_resource_for_the_ioc_file(devs):
     assert res["data_key"] == "xrd_image" and res["parameters"]["dataset"] == "/entry/data/data"
     path = res["uri"][len("file://localhost"):]
     resolver = FrameResolver()
-    seq = 0
     for n, d in docs:
         if n == "stream_resource":
             resolver.stream_resource(d)
         elif n == "stream_datum":
-            seq += 1  # one frame per event, in order
-            resolver.stream_datum({**d, "seq_nums": {"start": seq, "stop": seq + 1}})
+            resolver.stream_datum(d)
     with h5py.File(path, "r", swmr=True, locking=False) as f:
         data = f["/entry/data/data"][()]
     assert data.shape == (3, *shape)
     for s in (1, 2, 3):
         np.testing.assert_array_equal(resolver.read("xrd_image", s), data[s - 1])
     resolver.close()
-    events = [d for n, d in docs if n == "event"]
-    assert [e["data"]["xrd_frame_count"] for e in events] == [1, 2, 3]
+    datums = [d for n, d in docs if n == "stream_datum"]
+    assert [(d["seq_nums"]["start"], d["indices"]["start"]) for d in datums] == [(1, 0), (2, 1), (3, 2)]
 
 
 def test_ring_current_dump_and_recovery(devs):
