@@ -21,9 +21,13 @@ Which frame belongs to which event is resolved from the data source itself
 
 1. Data sources written through :func:`install_consolidators` (every strainstream
    session and spool flush) record the StreamDatums they consumed in their ``properties``
-   (``"stream_datums": [[seq_start, seq_stop, index_start, index_stop, asset], ...]``,
+   (``"stream_datums": [[seq_start, seq_stop, index_start, index_stop, asset, row], ...]``,
    contiguous datums merged): each event's frame index in the detector file is the one its
-   StreamDatum named, and its index in the tiled array is the consolidator's own row offset.
+   StreamDatum named, and its index in the tiled array is ``row`` + (index - index_start).
+   The array's rows are the file's frames: a frame no event references (taken for an event
+   a beam-loss suspension dropped; ophyd area detectors cannot remove it from the file)
+   still has its row, so tiled serves exactly the file. (Entries written before had no
+   ``row``: the rows then count the referenced frames only.)
    Runs whose frames do not start at index 0 of the file, or whose events do not each carry
    a frame, resolve exactly.
 2. Data sources without that record (archives written by a plain TiledWriter) are read
@@ -245,7 +249,9 @@ class ExternalFrames:
         ranges = []
         if self.recorded:
             row = 0
-            for seq0, seq1, idx0, idx1, asset in recorded:
+            for seq0, seq1, idx0, idx1, asset, *row0 in recorded:
+                if row0:  # written since frames take their file row (gaps included)
+                    row = int(row0[0])
                 ranges.append((int(seq0), int(seq1), int(idx0), int(idx1), int(asset), row))
                 row += int(idx1) - int(idx0)
         else:
@@ -372,13 +378,28 @@ def _recording(cls: type) -> type:
             seq0, seq1 = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
             idx0, idx1 = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
             asset = max(len(getattr(self, "assets", ())) - 1, 0)
+            # the node's rows are the file's frames: a frame no event references (taken for an
+            # event a suspension dropped) still takes its row, so row = file offset + index
+            files = self.__dict__.setdefault("_strainstream_files", {})  # asset -> [row0, seen]
+            if asset not in files:
+                start = idx0 if not ranges else 0  # a run's frames may start inside its file
+                files[asset] = [self._num_rows - start, start]
+            row0, seen = files[asset]
+            gap = max(idx0 - seen, 0)
+            self._num_rows += gap
             last = ranges[-1] if ranges else None
+            row = row0 + idx0
             if last is not None and last[1] == seq0 and last[3] == idx0 and last[4] == asset \
                     and (idx1 - idx0) == (seq1 - seq0) and (last[3] - last[2]) == (last[1] - last[0]):
                 last[1], last[3] = seq1, idx1
             else:
-                ranges.append([seq0, seq1, idx0, idx1, asset])
-            return super().consume_stream_datum(doc)
+                ranges.append([seq0, seq1, idx0, idx1, asset, row])
+            patch = super().consume_stream_datum(doc)
+            files[asset][1] = max(seen, idx1)
+            if gap and patch is not None:
+                patch = type(patch)(offset=(patch.offset[0] - gap, *patch.offset[1:]),
+                                    shape=(patch.shape[0] + gap, *patch.shape[1:]))
+            return patch
 
         def get_data_source(self):
             source = super().get_data_source()

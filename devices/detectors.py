@@ -27,13 +27,14 @@ from event_model import StreamRange, compose_stream_resource
 from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.areadetector import ADComponent, AreaDetector, HDF5Plugin, SingleTrigger
 from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
+from ophyd.device import Staged
 from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import DisconnectedError, InvalidState
 
 from strainstream.errors import StrainstreamError
 
 from ._hdf5 import DATASET, DataDirError, H5FrameWriter
-from ._ioc import IOCDevice, ioc_guard, mock_device
+from ._ioc import IOCDevice, IOCNotAnswering, ioc_guard, mock_device
 
 __all__ = [
     "DataDirError",
@@ -404,11 +405,18 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
         return ""
 
     def unstage(self):
-        with ioc_guard(self):
-            try:
+        try:
+            with ioc_guard(self):
                 return super().unstage()
-            finally:
-                self._series_path = None
+        except IOCNotAnswering:
+            # the IOC died: its settings cannot be restored now; the next stage() sets them
+            # all again, so a run after the IOC is back must not find us "partially staged"
+            for dev in (self, self.cam, self.hdf1):
+                dev._staged = Staged.no
+                dev._original_vals.clear()
+            raise
+        finally:
+            self._series_path = None
 
     def trigger(self) -> DeviceStatus:
         if self._series_path is None:

@@ -149,7 +149,7 @@ def preflight(detectors: Sequence[Any], n_frames: int, *, margin: float = SPACE_
         need = float(n_frames) * frame_bytes * margin
         if need > free:
             raise DataDirError(
-                f"{where}: data directory {path} needs {format_bytes(need)} for {n_frames} frames "
+                f"{where}: data directory {str(path).rstrip('/') or '/'} needs {format_bytes(need)} for {n_frames} frames "
                 f"of {'x'.join(map(str, shape))} {np.dtype(det.dtype).name}, "
                 f"{format_bytes(free)} free")
 

@@ -21,60 +21,148 @@ def mock_ok(tmp_path, monkeypatch):
 def test_mock_motor_refuses_targets_outside_the_limits(mock_ok):
     from ophyd.utils.errors import LimitError
 
-    from strainstream.devices.motors import motor
+    from strainstream.devices.motors import MOTOR_NAMES, endstation, motor
 
     m = motor("SS:", "sample_x", mock=True)
-    m.high_limit.sim_put(10.0)
-    m.low_limit.sim_put(-10.0)
-    m.units.sim_put("um")
+    m.user_setpoint.sim_set_limits((-10.0, 10.0))
+    m.motor_egu.sim_put("um")
     assert m.prefix == "SS:ES:sample_x" and m.name == "sample_x"
     assert m.limits == (-10.0, 10.0)
     with pytest.raises(LimitError, match=r"sample_x: target 20 um is outside the soft limits "
-                                         r"\[-10, 10\] um"):
-        m.check_value(20.0)
+                                         r"\[-10, 10\] um \(SS:ES:sample_x.HLM/.LLM\); move refused"):
+        m.set(20.0)
+    with pytest.raises(LimitError, match="target nan"):
+        m.check_value(float("nan"))
     m.check_value(9.5)
     with pytest.raises(ValueError, match="unknown motor 'nope'"):
         motor("SS:", "nope", mock=True)
+    # the container's motors are EpicsMotors (fakes here) with the same named check
+    es = endstation("SS:", mock=True)
+    assert es.component_names == MOTOR_NAMES
+    assert [getattr(es, n).prefix for n in MOTOR_NAMES] == [f"SS:ES:{n}" for n in MOTOR_NAMES]
+    es.det_z.user_setpoint.sim_set_limits((300.0, 2000.0))
+    es.det_z.motor_egu.sim_put("mm")
+    with pytest.raises(LimitError, match=r"es_det_z: target 5000 mm is outside the soft limits \[300, 2000\] mm"):
+        es.det_z.check_value(5000.0)
 
 
-def test_mock_ioc_detector_emits_stream_resource_and_datum(mock_ok, tmp_path):
+def test_motors_are_stock_epics_motors():
+    # (no real device here: a pyepics context made now would miss the session's IOC ports;
+    # tests/devices/test_motor_record.py checks the factory's instances)
+    from ophyd import EpicsMotor
+
+    from strainstream.devices.motors import Endstation
+
+    assert f"{EpicsMotor.__module__}.{EpicsMotor.__qualname__}" == "ophyd.epics_motor.EpicsMotor"
+    assert all(getattr(Endstation, n).cls is EpicsMotor for n in Endstation.component_names)
+
+
+def _mock_staged_detector(kind, tmp_path, rows=16, cols=8):
     from strainstream.devices.detectors import ioc_detector
 
-    det = ioc_detector("xrd", "SS:", write_dir=tmp_path, mock=True)
-    assert det.prefix == "SS:XRD:"
-    det.file_name.sim_put(str(tmp_path / "xrd_1.h5"))
-    det.rows.sim_put(16)
-    det.cols.sim_put(8)
+    det = ioc_detector(kind, "SS:", write_dir=tmp_path, mock=True)
+    det.cam.array_size.array_size_y.sim_put(rows)
+    det.cam.array_size.array_size_x.sim_put(cols)
+    det.cam.num_images.sim_put(1)
+    det.cam.data_type.sim_put("UInt16")
+    det.hdf1.plugin_type.sim_put("NDFileHDF5")
+    det.hdf1.array_size.width.sim_put(cols)
+    det.hdf1.array_size.height.sim_put(rows)
+    det.hdf1.file_path_exists.sim_put(1)
+    det.hdf1.full_file_name.sim_put(str(tmp_path / f"{kind}_000000.h5"))
     det.stage()
-    assert det.file_dir.get() == str(tmp_path)
-    det.frame_count.sim_put(1)
+    return det
+
+
+def test_mock_ioc_detector_emits_resource_and_one_datum_per_frame(mock_ok, tmp_path):
+    from strainstream.callbacks.assets import DatumToStream
+
+    det = _mock_staged_detector("xrd", tmp_path)
+    assert det.prefix == "SS:XRD:" and det.cam.prefix == "SS:XRD:cam1:"
+    assert det.hdf1.prefix == "SS:XRD:HDF1:"
+    assert det.hdf1.file_path.get() == f"{tmp_path}/"
+    assert det.hdf1.file_write_mode.get() == "Stream" and det.hdf1.capture.get() == 1
+    det.hdf1.num_captured.sim_put(1)
     det.trigger().wait(timeout=5)
-    det.frame_count.sim_put(2)
+    ev1 = det.read()["xrd_image"]["value"]
+    det.hdf1.num_captured.sim_put(2)
     det.trigger().wait(timeout=5)
+    ev2 = det.read()["xrd_image"]["value"]
     docs = list(det.collect_asset_docs())
-    det.unstage()
-    assert [n for n, _ in docs] == ["stream_resource", "stream_datum", "stream_datum"]
-    res = docs[0][1]
-    assert res["uri"] == f"file://localhost{tmp_path / 'xrd_1.h5'}"
-    assert res["data_key"] == "xrd_image"
-    assert res["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 16, 8],
-                                 "swmr": True}
-    assert [d["indices"] for _, d in docs[1:]] == [{"start": 0, "stop": 1}, {"start": 1, "stop": 2}]
     desc = det.describe()["xrd_image"]
-    assert desc["shape"] == [16, 8] and desc["external"] == "STREAM:"
-    assert desc["dtype_numpy"] == np.dtype("uint16").str
+    det.unstage()
+    assert [n for n, _ in docs] == ["resource", "datum", "datum"]
+    res = docs[0][1]
+    assert res["spec"] == "AD_HDF5" and res["resource_kwargs"] == {"frame_per_point": 1}
+    assert [d["datum_kwargs"] for _, d in docs[1:]] == [{"point_number": 0}, {"point_number": 1}]
+    assert [d["datum_id"] for _, d in docs[1:]] == [ev1, ev2]
+    assert desc["shape"] == (1, 16, 8) and desc["external"] == "FILESTORE:"
+    # what tiled and the worker get: one StreamResource, each event paired with its datum
+    out = []
+    conv = DatumToStream(lambda n, d: out.append((n, d)))
+    conv("start", {"uid": "r1"})
+    conv("descriptor", {"uid": "d1", "run_start": "r1", "name": "primary",
+                        "data_keys": {"xrd_image": desc}})
+    for name, doc in docs:
+        conv(name, doc)
+    conv("datum", {"datum_id": "stale", "resource": res["uid"],
+                   "datum_kwargs": {"point_number": 2}})  # a frame no event kept
+    for seq, datum_id in ((1, ev1), (2, ev2)):
+        conv("event", {"uid": f"e{seq}", "descriptor": "d1", "seq_num": seq, "time": 0.0,
+                       "data": {"xrd_image": datum_id}, "timestamps": {"xrd_image": 0.0}})
+    conv("stop", {"uid": "s1", "run_start": "r1"})
+    names = [n for n, _ in out]
+    assert names == ["start", "descriptor", "event", "stream_resource", "stream_datum", "event",
+                     "stream_datum", "stop"]
+    d = out[1][1]["data_keys"]["xrd_image"]
+    assert d["external"] == "STREAM:" and d["shape"] == [16, 8]
+    sres = out[3][1]
+    assert sres["uri"] == f"file://localhost{tmp_path / 'xrd_000000.h5'}" or \
+        sres["uri"].startswith("file://localhost" + str(tmp_path))
+    assert sres["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 16, 8],
+                                  "swmr": True}
+    assert [(x["seq_nums"]["start"], x["indices"]["start"]) for n, x in out if n == "stream_datum"] \
+        == [(1, 0), (2, 1)]
+    assert "xrd_image" not in out[2][1]["data"]
+
+
+def test_datum_to_stream_pairs_events_with_their_own_frames():
+    """A frame taken for an event the RunEngine dropped (suspension) is never referenced: the
+    next event's StreamDatum names the next frame of the file, with the event's seq_num."""
+    from strainstream.callbacks.assets import DatumToStream
+
+    out = []
+    conv = DatumToStream(lambda n, d: out.append((n, d)))
+    conv("start", {"uid": "r"})
+    conv("descriptor", {"uid": "d", "run_start": "r", "name": "primary", "data_keys": {
+        "img": {"source": "PV:X", "dtype": "array", "shape": [1, 4, 4], "external": "FILESTORE:"}}})
+    conv("resource", {"uid": "R", "spec": "AD_HDF5", "root": "/data", "resource_path": "f.h5",
+                      "resource_kwargs": {"frame_per_point": 1}, "path_semantics": "posix",
+                      "run_start": "r"})
+    for p in range(4):
+        conv("datum", {"datum_id": f"R/{p}", "resource": "R", "datum_kwargs": {"point_number": p}})
+    for seq, p in ((1, 0), (2, 2), (3, 3)):  # frame 1 was taken for a dropped event
+        conv("event", {"uid": f"e{seq}", "descriptor": "d", "seq_num": seq, "time": 0.0,
+                       "data": {"img": f"R/{p}"}, "timestamps": {"img": 0.0}})
+    sd = [d for n, d in out if n == "stream_datum"]
+    assert [(d["seq_nums"], d["indices"]) for d in sd] == [
+        ({"start": 1, "stop": 2}, {"start": 0, "stop": 1}),
+        ({"start": 2, "stop": 3}, {"start": 2, "stop": 3}),
+        ({"start": 3, "stop": 4}, {"start": 3, "stop": 4})]
+    (sres,) = [d for n, d in out if n == "stream_resource"]
+    assert sres["uri"] == "file://localhost/data/f.h5"
+    with pytest.raises(ValueError, match="spec 'AD_TIFF' is not one this pipeline reads"):
+        conv("resource", {"uid": "T", "spec": "AD_TIFF", "root": "/", "resource_path": "x",
+                          "resource_kwargs": {}})
+    with pytest.raises(KeyError, match="references datum nope"):
+        conv("event", {"uid": "e9", "descriptor": "d", "seq_num": 9, "time": 0.0,
+                       "data": {"img": "nope"}, "timestamps": {"img": 0.0}})
 
 
 def test_mock_detector_reports_a_frame_the_ioc_did_not_write(mock_ok, tmp_path):
-    from strainstream.devices.detectors import ioc_detector
-
-    det = ioc_detector("sxdm", "SS:", mock=True)
-    det.file_name.sim_put("/x/sxdm.h5")
-    det.rows.sim_put(4)
-    det.cols.sim_put(4)
-    det.status_message.sim_put("error: disk full")
-    det.stage()
-    st = det.trigger()  # frame counter stays 0
+    det = _mock_staged_detector("sxdm", tmp_path, 4, 4)
+    det.hdf1.write_message.sim_put("disk full")
+    st = det.trigger()  # NumCaptured_RBV stays 0
     with pytest.raises(RuntimeError, match="did not write frame 0.*disk full"):
         st.wait(timeout=5)
     det.unstage()
@@ -121,12 +209,17 @@ def test_ioc_pv_layout():
     from strainstream.devices.ioc import beam, cycler, endstation
 
     cyc = cycler.build("T:", xrd_shape=128)
-    assert {"T:CYC:voltage_V", "T:CYC:start", "T:XRD:Acquire", "T:XRD:FullFileName_RBV"} <= set(cyc.pvdb)
+    assert {"T:CYC:voltage_V", "T:CYC:start", "T:XRD:cam1:Acquire", "T:XRD:HDF1:FullFileName_RBV",
+            "T:XRD:SIM:Sample"} <= set(cyc.pvdb)
     es = endstation.build("T:", sxdm_shape=16, txm_shape=16)
     for m in ("sample_x", "sample_y", "sample_z", "theta", "zp_z", "det_z", "sample_inout", "energy"):
-        for f in ("VAL", "RBV", "DMOV", "MOVN", "VELO", "HLM", "LLM", "STOP", "EGU"):
-            assert f"T:ES:{m}.{f}" in es.pvdb
-    assert "T:SXDM:Acquire" in es.pvdb and "T:TXM:Capture" in es.pvdb
+        record = es.pvdb[f"T:ES:{m}"]  # a motor record: fields served as T:ES:<m>.<FIELD>
+        assert record.field_inst.record_type.value == "motor"
+        for f in ("VAL", "RBV", "DMOV", "MOVN", "STOP", "SPMG", "VELO", "ACCL", "HLM", "LLM", "HLS",
+                  "LLS", "EGU", "DIR", "OFF", "SET", "FOFF", "MSTA", "TDIR", "CNEN", "HOMF", "HOMR",
+                  "DESC"):
+            assert record.get_field(f) is not None
+    assert "T:SXDM:cam1:Acquire" in es.pvdb and "T:TXM:HDF1:Capture" in es.pvdb
     assert {"T:BEAM:ring_current_mA", "T:BEAM:shutter", "T:BEAM:dump"} <= set(beam.build("T:").pvdb)
     with pytest.raises(ValueError, match="divide 2048"):
         cycler.build("T:", xrd_shape=100)

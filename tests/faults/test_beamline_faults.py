@@ -63,6 +63,17 @@ def _read_file(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return frames, att
 
 
+def _event_frames(root, uid: str, key: str, seq: list[int]):
+    """(frames, attributes, file indices) of the frames the events ``seq`` reference, in order
+    (the detector file may hold more: frames taken for events a suspension dropped)."""
+    from strainstream.callbacks.tiled_format import ExternalFrames
+
+    frames_ref = ExternalFrames(root[uid]["primary"][key], key)
+    idx = np.array([frames_ref.ref(s).index for s in seq])
+    frames, att = _read_file(_file_of(root, uid, key))
+    return frames[idx], {k: v[idx] for k, v in att.items()}, idx
+
+
 class _Counter:
     """RunEngine subscriber: events of the primary stream seen so far, and the stop document."""
 
@@ -111,8 +122,9 @@ def xrd_setup(sim_beamline, sim_devices, tiled_server):
         if not sim_beamline.is_running(ioc):
             sim_beamline.restart(ioc)
     _wait_for(lambda: det.connected and cyc.connected and beam.connected, 60, 0.2)
-    det.beam_gate.put(0, wait=True)
-    det.exposure_s.put(0.0, wait=True)
+    sim = sim_devices["xrd_sim"]
+    sim.beam_gate.put(0, wait=True)
+    det.cam.acquire_time.put(0.0, wait=True)
     cyc.accel.put(600.0, wait=True)
     cyc.rest().wait(10)
     beam.shutter.close().wait(10)
@@ -121,7 +133,7 @@ def xrd_setup(sim_beamline, sim_devices, tiled_server):
 # ------------------------------------------------------------------- 1. dump + shutter
 @pytest.mark.slow
 def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
-        xrd_setup, tiled_server, worker_factory, capsys, session):
+        xrd_setup, sim_devices, tiled_server, worker_factory, capsys, session):
     from strainstream.plans.xrd import operando_xrd
     from strainstream.sim.cell import LatticePhase
     from strainstream.sim.cell import preset as cell_preset
@@ -129,13 +141,14 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
 
     det, cyc, beam = xrd_setup
     worker_factory()
-    shape = int(det.rows.get())
+    shape = int(det.cam.array_size.array_size_y.get())
     # the detector sees the beam IOC's photons: with the shutter closed its frames are dark
     beam.shutter.close().wait(10)
-    det.beam_gate.put(1, wait=True)
-    assert _wait_for(lambda: det.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
-    det.exposure_s.put(0.2, wait=True)  # most of the time a frame is in flight
-    det.seed.put(11, wait=True)
+    sim_ctl = sim_devices["xrd_sim"]
+    sim_ctl.beam_gate.put(1, wait=True)
+    assert _wait_for(lambda: sim_ctl.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
+    det.cam.acquire_time.put(0.2, wait=True)  # most of the time a frame is in flight
+    sim_ctl.seed.put(11, wait=True)
     cyc.reset_cell().wait(10)
     cyc.accel.put(160.0, wait=True)  # the 200 mA/g charge takes ~27 s of wall time
 
@@ -176,23 +189,30 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     assert seq == list(range(1, n + 1)), "every event exactly once, in order"
     assert n == seen.events and n > 10
 
-    # the detector file holds exactly the recorded frames: cut frames are gone
-    path = _file_of(root, uid, "xrd_image")
-    frames, att = _read_file(path)
-    assert frames.shape[0] == n
-    assert np.all(att["beam_on"] == 1.0), "a beam-off frame was kept"
+    # each event references the frame taken for it; frames taken for events the suspensions
+    # dropped stay in the file, referenced by nothing
+    frames, att, idx = _event_frames(root, uid, "xrd_image", seq)
+    n_file = _read_file(_file_of(root, uid, "xrd_image"))[0].shape[0]
+    assert np.all(np.diff(idx) >= 1) and idx[-1] < n_file
+    assert np.all(att["beam_on"] == 1.0), "a beam-off frame was referenced"
     assert np.all(frames.reshape(n, -1).max(axis=1) > 0)
     counter = att["counter"]
     assert np.all(np.diff(counter) >= 1)
-    n_cut = int((np.diff(counter) - 1).sum())  # frames taken, then cut by a rewind
+    n_cut = n_file - n  # frames taken, then not referenced after a rewind
     # event k holds the frame it triggered: the frame's cell state lies between the cycler
     # readings of the previous event and of its own (taken right after the frame)
     cap_event = np.asarray(primary["cycler_capacity_mAh_g"].read(), dtype=float)
     cap_frame = att["capacity_mAh_g"]
     assert np.all(cap_frame <= cap_event + 1e-9)
     assert np.all(cap_frame[1:] >= cap_event[:-1] - 1e-9)
-    # tiled serves the same frames as the file
-    np.testing.assert_array_equal(primary["xrd_image"][n // 2], frames[n // 2])
+    # tiled serves the file's frames, each event's where its StreamDatum says
+    from strainstream.callbacks.tiled_format import ExternalFrames
+
+    refs = ExternalFrames(primary["xrd_image"], "xrd_image")
+    for i in sorted({0, n // 2, n - 1}):
+        ref = refs.ref(seq[i])
+        assert ref.node_index == idx[i]
+        np.testing.assert_array_equal(primary["xrd_image"][ref.node_index], frames[i])
     # frames around the faults equal the forward model for the state the IOC recorded
     sim = XRDFrameSimulator(DetectorGeometry.binned(2048 // shape))
     tm = dict(cell_preset("SC-NM91").transition_metals)
@@ -227,14 +247,15 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
 # --------------------------------------------------------------- 2. IOC restart mid-run
 @pytest.mark.slow
 def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
-        xrd_setup, sim_beamline, tiled_server, capsys, session):
+        xrd_setup, sim_devices, sim_beamline, tiled_server, capsys, session):
     from strainstream.plans.xrd import operando_xrd
 
     det, cyc, beam = xrd_setup
-    shape = int(det.rows.get())
+    shape = int(det.cam.array_size.array_size_y.get())
     beam.shutter.close().wait(10)
-    det.beam_gate.put(1, wait=True)  # frames are dark while the restarted IOC's shutter is closed
-    assert _wait_for(lambda: det.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
+    sim_ctl = sim_devices["xrd_sim"]
+    sim_ctl.beam_gate.put(1, wait=True)  # frames are dark while the restarted IOC's shutter is closed
+    assert _wait_for(lambda: sim_ctl.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
     cyc.reset_cell().wait(10)
     cyc.accel.put(250.0, wait=True)
     seen = _Counter()
@@ -272,7 +293,7 @@ def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
     seq = primary["seq_num"].read().tolist()
     n = len(seq)
     assert seq == list(range(1, n + 1)) and n > outage["killed_at_event"] + 3
-    frames, att = _read_file(_file_of(root, uid, "xrd_image"))
+    frames, att, _ = _event_frames(root, uid, "xrd_image", seq)
     assert frames.shape[0] == n and np.all(att["beam_on"] == 1.0)
     cap_event = np.asarray(primary["cycler_capacity_mAh_g"].read(), dtype=float)
     assert np.all(att["capacity_mAh_g"] <= cap_event + 1e-9)
@@ -399,11 +420,11 @@ def test_bad_ioc_data_dir_refused_before_the_run(problem, sim_beamline, tiled_se
     with pytest.raises(DataDirError, match=match):
         session.RE(frame_series([det], num=num))
     _no_run(tiled_server, before, docs)
-    assert det.dir_status.get(use_monitor=False) != "ok" or problem == "no space"
 
 
 def test_ioc_side_data_dir_problem_is_reported_by_the_ioc(sim_beamline, tmp_path):
-    """The IOC's own FileDir (no write_dir from the client) is checked by the IOC."""
+    """The plugin's own FilePath (no write_dir from the client) is checked (shared directory)
+    and the IOC says it does not exist (FilePathExists_RBV)."""
     from bluesky import RunEngine
 
     from strainstream.devices._hdf5 import DataDirError
@@ -413,19 +434,19 @@ def test_ioc_side_data_dir_problem_is_reported_by_the_ioc(sim_beamline, tmp_path
     det = ioc_detector("xrd", sim_beamline.prefix, name="xrd_iocdir",
                        ioc_address=sim_beamline.addresses["cycler"])
     det.wait_for_connection(timeout=30)
-    old = det.file_dir.get(use_monitor=False)
+    old = det.hdf1.file_path.get(use_monitor=False)
     bad = tmp_path / "a-file"
     bad.write_text("x")
-    det.file_dir.put(str(bad / "sub"), wait=True)
+    det.hdf1.file_path.put(str(bad / "sub") + "/", wait=True)
     docs: list = []
     try:
         with pytest.raises(DataDirError, match=r"xrd_iocdir \(cycler IOC\): data directory "
                                                rf"{bad}/sub cannot be created"):
             RunEngine({})(frame_series([det], num=2), lambda n, d: docs.append(n))
         assert docs == []
-        assert det.dir_status.get(use_monitor=False).startswith("error: ")
+        assert det.hdf1.file_path_exists.get(use_monitor=False) == 0
     finally:
-        det.file_dir.put(old, wait=True)
+        det.hdf1.file_path.put(old, wait=True)
 
 
 def test_bad_local_data_dir_refused_before_the_run(tmp_path):
