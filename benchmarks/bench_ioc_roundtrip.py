@@ -9,7 +9,8 @@ platforms whose asyncio does not set it), and measures from a separate client pr
 
 * put-with-completion and get round trips of a plain PV with pyepics (the ophyd control
   layer) and with caproto's threading client;
-* a zero-length motor move through ophyd (put completion + the IOC's 50 ms monitor flush);
+* a zero-length move of a stock ``EpicsMotor`` (the record's DMOV 0 -> 1, held low for the
+  IOC's monitor flush time so the client sees it);
 * frames/s each detector IOC sustains through ophyd (stage, trigger+wait per frame), with
   the IOC's CPU seconds per frame, against the reference: the same forward model called
   directly in-process (ratio = IOC rate / direct rate);

@@ -5,8 +5,9 @@ factory                                   device (PVs)
 ========================================  ===================================================
 ``cycler.cycler(prefix)``                 battery cycler (``<prefix>CYC:*``, cycler IOC)
 ``detectors.ioc_detector("xrd", prefix)`` operando XRD area detector (``<prefix>XRD:*``)
-``motors.endstation(prefix)``             motors + mono energy (``<prefix>ES:<m>.VAL`` ...)
-``motors.motor(prefix, name)``            one endstation motor
+``motors.endstation(prefix)``             motors + mono energy: stock ``ophyd.EpicsMotor`` on
+                                          the motor records ``<prefix>ES:<m>`` (endstation IOC)
+``motors.motor(prefix, name)``            one endstation motor (``EpicsMotor``)
 ``detectors.ioc_detector("sxdm"|"txm")``  SXDM pixel detector / TXM camera (endstation IOC)
 ``beam.beam(prefix)``                     ring current + shutter (``<prefix>BEAM:*``)
 ``detectors.sim_frame_detector(...)``     in-process simulated detector (no IOC)

@@ -9,7 +9,9 @@ the prefix and the PV, instead of ophyd's raw timeout.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from epics.ca import ChannelAccessException  # pyepics: "timed out waiting ... to connect"
@@ -19,7 +21,8 @@ from ophyd.utils.errors import DisconnectedError
 from strainstream.config import environment_value
 from strainstream.errors import StrainstreamError
 
-__all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device"]
+__all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device",
+           "name_ioc_errors"]
 
 _PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
 
@@ -122,6 +125,33 @@ class IOCDevice(Device):
     def describe_configuration(self):
         with ioc_guard(self):
             return super().describe_configuration()
+
+
+def name_ioc_errors(device: Device, methods: Iterable[str], *, ioc_name: str,
+                    ioc_address: str | None = None, prefix: str | None = None) -> Device:
+    """Give a stock ophyd device (class unchanged, e.g. ``EpicsMotor``) the named IOC errors.
+
+    Each of ``methods`` of this one instance is wrapped: a timeout or disconnection inside
+    it is re-raised as :class:`IOCNotAnswering` naming ``ioc_name``, ``ioc_address``,
+    ``prefix`` (default the device's own) and the PV. Returns ``device``.
+    """
+    where = prefix if prefix is not None else device.prefix
+
+    def guard(method):
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except IOCNotAnswering:
+                raise
+            except _IOC_ERRORS as exc:
+                raise IOCNotAnswering(ioc_name, ioc_address, where, _pv_from(exc, device),
+                                      type(exc).__name__) from exc
+        return call
+
+    for attr in methods:
+        setattr(device, attr, guard(getattr(device, attr)))
+    return device
 
 
 def check_connected(device: IOCDevice, timeout: float = 2.0) -> IOCDevice:

@@ -1,107 +1,111 @@
-"""ophyd devices for the endstation IOC's motors (``<prefix>ES:<motor>.VAL`` etc.).
+"""The endstation motors: ophyd's stock ``EpicsMotor`` on the motor records ``<prefix>ES:<motor>``.
 
-:class:`IOCMotor` is a put-completion positioner on the motor-record-like PVs of
-:mod:`strainstream.devices.ioc.endstation`: ``set(x)`` returns a status that finishes when
-the IOC reports the move ended (the ``VAL`` put completes); a target outside the soft
-limits ``[LLM, HLM]`` raises ``ophyd.utils.LimitError`` naming the motor, target, limits and
-units before anything is sent (the IOC refuses such puts too). Factories:
-:func:`motor`, :func:`endstation`.
+Every motor is an ``ophyd.epics_motor.EpicsMotor`` — no subclass — so a profile for a real
+beamline uses the very same class on its own motor records. In events a motor appears as
+``<motor name>`` (the ``RBV`` readback, hinted) and ``<motor name>_user_setpoint`` (``VAL``);
+inside :class:`Endstation` (name ``es``) the motor names are ``es_sample_x``, ``es_theta``, ...
+
+The factories (:func:`motor`, :func:`endstation`) give each instance two strainstream habits
+with :func:`named_errors`, without changing its class:
+
+- a target outside the soft limits raises ``ophyd.utils.errors.LimitError`` naming the motor,
+  the target, the limits and the units before anything is sent ("det_z: target 5000 mm is
+  outside the soft limits [300, 2000] mm (SS:ES:det_z.HLM/.LLM); move refused") — the
+  limits are ``EpicsMotor.limits``, i.e. the CA control limits of ``VAL`` that the record
+  keeps equal to HLM/LLM; the IOC refuses such puts too (LVIO);
+- a timeout or disconnection in ``read``, ``describe``, ``set``/``move``, ``stop``, ``home``,
+  ``set_current_position``, ``check_value`` or ``wait_for_connection`` raises
+  :class:`~strainstream.devices._ioc.IOCNotAnswering` naming the IOC, its address and the PV.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 from ophyd import Component as Cpt
-from ophyd import EpicsSignal, EpicsSignalRO
-from ophyd.pv_positioner import PVPositionerPC
+from ophyd import EpicsMotor
 from ophyd.utils.errors import LimitError
 
-from ._ioc import IOCDevice, ioc_guard, mock_device
+from ._ioc import IOCDevice, mock_device, name_ioc_errors
 
-__all__ = ["Endstation", "IOCMotor", "MOTOR_NAMES", "endstation", "motor"]
+__all__ = ["Endstation", "MOTOR_NAMES", "check_limits", "endstation", "motor", "named_errors"]
 
 MOTOR_NAMES = ("sample_x", "sample_y", "sample_z", "theta", "zp_z", "det_z", "sample_inout",
                "energy")
 
+#: EpicsMotor methods whose IOC timeouts/disconnections become IOCNotAnswering
+_GUARDED = ("read", "describe", "read_configuration", "describe_configuration", "set", "move",
+            "stop", "home", "set_current_position", "wait_for_connection")
 
-class IOCMotor(IOCDevice, PVPositionerPC):
-    """A motor of the endstation IOC; ``prefix`` is the record name, e.g. ``SS:ES:sample_x``."""
 
-    ioc_default_name = "endstation"
+def check_limits(motor: EpicsMotor, target: float) -> None:
+    """Raise ``LimitError`` naming motor, target, soft limits and units if ``target`` is outside.
 
-    # readbacks are read fresh (no cached monitor value): right after a put completion a
-    # monitor update may still be in flight; subscriptions still get every update
-    setpoint = Cpt(EpicsSignal, ".VAL", kind="normal")
-    readback = Cpt(EpicsSignalRO, ".RBV", kind="hinted")
-    dmov = Cpt(EpicsSignalRO, ".DMOV", kind="omitted")
-    stop_signal = Cpt(EpicsSignal, ".STOP", kind="omitted")
-    velocity = Cpt(EpicsSignal, ".VELO", kind="config")
-    high_limit = Cpt(EpicsSignal, ".HLM", kind="config")
-    low_limit = Cpt(EpicsSignal, ".LLM", kind="config")
-    units = Cpt(EpicsSignalRO, ".EGU", kind="config", string=True)
+    The limits are ``motor.limits`` (``VAL``'s control limits = HLM/LLM); equal limits (or
+    none, on a mock device) disable the check.
+    """
+    limits = motor.limits
+    if limits is None:
+        return
+    low, high = (float(v) for v in limits)
+    target = float(target)
+    if low < high and not (low <= target <= high):  # also refuses NaN
+        egu = motor.egu
+        what = f"{target:g} {egu}" if math.isfinite(target) else f"{target}"
+        raise LimitError(
+            f"{motor.name}: target {what} is outside the soft limits [{low:g}, {high:g}] {egu} "
+            f"({motor.prefix}.HLM/.LLM); move refused")
 
-    stop_value = 1
 
-    def __init__(self, prefix: str = "", *, name: str, **kwargs: Any) -> None:
-        super().__init__(prefix, name=name, **kwargs)
-        self.readback.name = self.name  # the position appears as "<motor name>" in events
+def named_errors(motor: EpicsMotor, *, ioc_name: str = "endstation", ioc_address: str | None = None,
+                 ioc_prefix: str | None = None) -> EpicsMotor:
+    """Give a stock ``EpicsMotor`` instance the named errors of this package (class unchanged).
 
-    @property
-    def egu(self) -> str:
-        with ioc_guard(self):
-            return self.units.get()
+    ``check_value`` (called by every move) becomes :func:`check_limits`; IOC timeouts and
+    disconnections in the methods listed in the module docstring become
+    :class:`IOCNotAnswering` ("endstation IOC at 127.0.0.1:5065 (prefix SS:) not answering:
+    PV SS:ES:theta.RBV timed out"). Returns ``motor``.
 
-    @property
-    def limits(self) -> tuple[float, float]:
-        with ioc_guard(self):
-            return float(self.low_limit.get()), float(self.high_limit.get())
-
-    def check_value(self, pos) -> None:
-        low, high = self.limits
-        if low < high and not (low <= pos <= high):
-            raise LimitError(
-                f"{self.name}: target {pos:g} {self.egu} is outside the soft limits "
-                f"[{low:g}, {high:g}] {self.egu} ({self.prefix}.HLM/.LLM); move refused")
-
-    def move(self, position, wait=True, timeout=None, moved_cb=None):
-        self.check_value(position)
-        with ioc_guard(self):
-            return super().move(position, wait=wait, timeout=timeout, moved_cb=moved_cb)
-
-    def set(self, new_position, *, timeout=None, moved_cb=None, wait=False):
-        return self.move(new_position, wait=wait, timeout=timeout, moved_cb=moved_cb)
-
-    @property
-    def position(self):
-        with ioc_guard(self):
-            return self.readback.get()
+    Parameters
+    ----------
+    ioc_name, ioc_address : str
+        The IOC serving the record, for messages.
+    ioc_prefix : str, optional
+        The prefix named in messages (default the motor's own prefix).
+    """
+    motor.check_value = functools.partial(check_limits, motor)
+    name_ioc_errors(motor, (*_GUARDED, "check_value"), ioc_name=ioc_name,
+                    ioc_address=ioc_address, prefix=ioc_prefix)
+    motor.ioc_name, motor.ioc_address = ioc_name, ioc_address
+    return motor
 
 
 class Endstation(IOCDevice):
-    """All endstation motors; PV prefix ``<prefix>ES:``."""
+    """All endstation motors (stock ``EpicsMotor`` records ``<prefix>ES:<motor>``)."""
 
     ioc_default_name = "endstation"
 
-    sample_x = Cpt(IOCMotor, "ES:sample_x")
-    sample_y = Cpt(IOCMotor, "ES:sample_y")
-    sample_z = Cpt(IOCMotor, "ES:sample_z")
-    theta = Cpt(IOCMotor, "ES:theta")
-    zp_z = Cpt(IOCMotor, "ES:zp_z")
-    det_z = Cpt(IOCMotor, "ES:det_z")
-    sample_inout = Cpt(IOCMotor, "ES:sample_inout")
-    energy = Cpt(IOCMotor, "ES:energy")
+    sample_x = Cpt(EpicsMotor, "ES:sample_x")
+    sample_y = Cpt(EpicsMotor, "ES:sample_y")
+    sample_z = Cpt(EpicsMotor, "ES:sample_z")
+    theta = Cpt(EpicsMotor, "ES:theta")
+    zp_z = Cpt(EpicsMotor, "ES:zp_z")
+    det_z = Cpt(EpicsMotor, "ES:det_z")
+    sample_inout = Cpt(EpicsMotor, "ES:sample_inout")
+    energy = Cpt(EpicsMotor, "ES:energy")
 
     def __init__(self, prefix: str = "", *, name: str, ioc_name=None, ioc_address=None,
                  **kwargs: Any) -> None:
         super().__init__(prefix, name=name, ioc_name=ioc_name, ioc_address=ioc_address, **kwargs)
         for cpt in self.component_names:
-            m = getattr(self, cpt)
-            m.ioc_name, m.ioc_address = self.ioc_name, self.ioc_address
+            named_errors(getattr(self, cpt), ioc_name=self.ioc_name, ioc_address=self.ioc_address,
+                         ioc_prefix=self.prefix)
 
 
 def motor(prefix: str, motor_name: str, *, name: str | None = None,
-          ioc_address: str | None = None, mock: bool = False) -> IOCMotor:
+          ioc_address: str | None = None, mock: bool = False) -> EpicsMotor:
     """Factory: one endstation motor, e.g. ``motor("SS:", "sample_x")`` (no connection made).
 
     Parameters
@@ -115,14 +119,16 @@ def motor(prefix: str, motor_name: str, *, name: str | None = None,
     ioc_address : str, optional
         ``host:port`` of the endstation IOC, for error messages.
     mock : bool
-        A fake (no CA) device for unit tests.
+        A fake (no CA) ``EpicsMotor`` for unit tests.
     """
     if motor_name not in MOTOR_NAMES:
         raise ValueError(f"unknown motor {motor_name!r}; choose one of {list(MOTOR_NAMES)}")
-    kw = dict(name=name or motor_name, ioc_name="endstation", ioc_address=ioc_address)
+    record = f"{prefix}ES:{motor_name}"
     if mock:
-        return mock_device(IOCMotor, f"{prefix}ES:{motor_name}", **kw)
-    return IOCMotor(f"{prefix}ES:{motor_name}", **kw)
+        m = mock_device(EpicsMotor, record, name=name or motor_name)
+    else:
+        m = EpicsMotor(record, name=name or motor_name)
+    return named_errors(m, ioc_name="endstation", ioc_address=ioc_address)
 
 
 def endstation(prefix: str = "SS:", *, name: str = "es", ioc_address: str | None = None,

@@ -3,8 +3,11 @@
 The two detectors live in the process that holds the positions they depend on, so a frame
 is computed from the motor readbacks at the moment of ``Acquire`` without any CA round trip.
 
-Motors (``<prefix>ES:<motor>.{VAL,RBV,DMOV,MOVN,VELO,HLM,LLM,STOP,EGU,DESC}``, see
-:func:`~strainstream.devices.ioc._motor.motor_group`):
+Motors: one EPICS motor record each, ``<prefix>ES:<motor>`` (fields ``.VAL``, ``.RBV``, ``.DMOV``,
+``.MOVN``, ``.STOP``, ``.SPMG``, ``.VELO``, ``.HLM``/``.LLM``, ``.HLS``/``.LLS``, ``.MSTA``, ``.SET``,
+``.OFF``, ``.DIR``, ``.HOMF``/``.HOMR``, ``.EGU``, ``.DESC``, ...: what ophyd's ``EpicsMotor`` uses,
+see :func:`~strainstream.devices.ioc._motor.motor_group`); home position 0 or the nearer soft
+limit, hard limit switches 5 % of the soft range beyond the soft limits:
 
 ================  ====  ========================  ===============  ===========
 motor             egu   initial                   soft limits      speed
@@ -90,7 +93,7 @@ def _motor(name: str):
     egu, init, lo, hi, velo, desc = MOTORS[name]
     if init is None:
         init = round(zp_focus_mm(ENERGY0_EV), 5)
-    return SubGroup(motor_group(name, egu, init, lo, hi, velo, desc), prefix=f"ES:{name}.")
+    return SubGroup(motor_group(name, egu, init, lo, hi, velo, desc), prefix=f"ES:{name}")
 
 
 def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float) -> np.ndarray:

@@ -67,20 +67,25 @@ def _attrs(path, index):
 
 # ------------------------------------------------------------------------------ motors
 def test_motor_move_completes_at_move_end(devs):
+    from ophyd import EpicsMotor
+
     m = devs["es"].sample_x
+    assert type(m) is EpicsMotor and m.prefix == "SS:ES:sample_x"
     m.set(0.0).wait(timeout=10)
     seen = []
-    cid = m.readback.subscribe(lambda value, **kw: seen.append(value), run=False)
+    cid = m.user_readback.subscribe(lambda value, **kw: seen.append(value), run=False)
     st = m.set(4.0)
     st.wait(timeout=10)
-    m.readback.unsubscribe(cid)
-    # put completion came when the IOC finished the move: done, at target, and the
+    m.user_readback.unsubscribe(cid)
+    # the status finished when the record's DMOV went back to 1: at target, and the
     # readback went through intermediate positions (50 um/s, 10 ms steps)
     assert st.success
-    assert m.dmov.get(use_monitor=False) == 1
+    assert m.motor_done_move.get(use_monitor=False) == 1
     assert m.position == pytest.approx(4.0, abs=1e-12)
     assert len([v for v in seen if 0.0 < v < 4.0]) >= 3
-    assert m.read()["es_sample_x"]["value"] == pytest.approx(4.0)
+    reading = m.read()
+    assert reading["es_sample_x"]["value"] == pytest.approx(4.0)
+    assert reading["es_sample_x_user_setpoint"]["value"] == pytest.approx(4.0)
 
 
 def test_motor_soft_limits_refuse_moves(devs, beamline):
@@ -98,16 +103,18 @@ def test_motor_soft_limits_refuse_moves(devs, beamline):
     with pytest.raises(ErrorResponseReceived, match="outside the soft limits"):
         write(pv, 5000.0, notify=True, timeout=5, repeater=False)
     assert m.position == before
-    # moving the limit makes the same target legal
-    m.high_limit.put(6000.0, wait=True)
+    # moving the limit makes the same target legal (EpicsMotor follows HLM by monitor)
+    m.high_limit_travel.put(6000.0, wait=True)
     try:
+        assert _wait_for(lambda: m.limits == (300.0, 6000.0), 5)
         m.velocity.put(20000.0, wait=True)
         m.set(5000).wait(timeout=10)
         assert m.position == pytest.approx(5000.0)
         m.set(before).wait(timeout=10)
     finally:
-        m.high_limit.put(2000.0, wait=True)
+        m.high_limit_travel.put(2000.0, wait=True)
         m.velocity.put(100.0, wait=True)
+        assert _wait_for(lambda: m.limits == (300.0, 2000.0), 5)
 
 
 def test_motor_stop_ends_the_move_early(devs):
@@ -121,7 +128,7 @@ def test_motor_stop_ends_the_move_early(devs):
         st.wait(timeout=10)
         pos = m.position
         assert 1.0 < pos < 90.0
-        assert m.dmov.get(use_monitor=False) == 1
+        assert m.motor_done_move.get(use_monitor=False) == 1
     finally:
         m.velocity.put(50.0, wait=True)
         m.set(0.0).wait(timeout=10)
