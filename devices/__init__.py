@@ -4,6 +4,7 @@
 factory                                   device (PVs)
 ========================================  ===================================================
 ``cycler.cycler(prefix)``                 battery cycler (``<prefix>CYC:*``, cycler IOC)
+``cycler_file.cycler_file(path, ...)``    potentiostat export file followed (no IOC, read only)
 ``detectors.ioc_detector("xrd", prefix)`` operando XRD area detector (``<prefix>XRD:*``)
 ``motors.endstation(prefix)``             motors + mono energy: stock ``ophyd.EpicsMotor`` on
                                           the motor records ``<prefix>ES:<m>`` (endstation IOC)

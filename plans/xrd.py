@@ -41,12 +41,19 @@ def operando_xrd(
     cell is then set to rest. With ``beam`` the plan pauses while the ring current is below
     ``min_ring_current_mA`` or the shutter is closed, and resumes by itself.
 
+    A cycler that can only be read (``follow_only``, e.g. the potentiostat export-file
+    follower :func:`strainstream.devices.cycler_file.cycler_file`) is not commanded: the
+    potentiostat runs its own protocol, the plan records its newest row in every event and
+    ends at the first event whose voltage reaches ``v_max_V`` (or after ``max_frames``);
+    ``rate_mA_g`` and the voltage window are then recorded as the protocol's, not applied.
+
     Parameters
     ----------
     detector : area detector
         The XRD detector (frames written to HDF5 by the detector).
     cycler : Cycler
-        Potentiostat/cycler device (:mod:`strainstream.devices.cycler`).
+        Potentiostat/cycler device (:mod:`strainstream.devices.cycler`), or a read-only
+        one (``follow_only``, :mod:`strainstream.devices.cycler_file`).
     calibration : dict
         Detector geometry from the CeO2 calibration (:func:`strainstream.xrd.calibrate`),
         incl. ``wavelength_A``; recorded with the run and used by the live analysis.
@@ -55,7 +62,8 @@ def operando_xrd(
     v_max_V, v_min_V : float
         Voltage window, V vs Li/Li⁺.
     cv_hold : bool
-        Hold ``v_max_V`` (constant voltage) after the constant-current step.
+        Hold ``v_max_V`` (constant voltage) after the constant-current step (not with a
+        ``follow_only`` cycler: program the hold in the potentiostat).
     frame_interval_s : float
         Time between frames, s (>= 0).
     max_frames : int
@@ -88,6 +96,10 @@ def operando_xrd(
         raise ValueError("frame_interval_s must be >= 0 and max_frames >= 1")
     if not calibration or "wavelength_A" not in calibration:
         raise ValueError("calibration must be a geometry dict with wavelength_A (strainstream.xrd.calibrate)")
+    follow_only = bool(getattr(cycler, "follow_only", False))  # read only, never commanded
+    if follow_only and cv_hold:
+        raise ValueError(f"cv_hold commands the cycler, and {cycler.name} can only be read "
+                         "(follow_only): program the CV hold in the potentiostat, pass cv_hold=False")
     yield from preflight([detector], min(max_frames, 1000) if reserve_frames is None else reserve_frames)
     if mass_mg is None and hasattr(cycler, "mass_mg"):
         mass_mg = yield from bps.rd(cycler.mass_mg)
@@ -95,6 +107,7 @@ def operando_xrd(
         "operando_xrd", md,
         material=material, mass_mg=mass_mg, rate_mA_g=rate_mA_g, v_window_V=[v_min_V, v_max_V],
         cv_hold=cv_hold, frame_interval_s=frame_interval_s, max_frames=max_frames,
+        cycler_control="follow" if follow_only else "command",
         wavelength_A=calibration["wavelength_A"], calibration=dict(calibration),
         detectors=[detector.name], motors=[],
         plan_name="operando_xrd",
@@ -105,17 +118,21 @@ def operando_xrd(
         # checkpoints: a suspension (beam dump, shutter, IOC away) re-takes the current frame
         # only; without them the RunEngine would rewind to the start of the run
         yield from bps.checkpoint()
-        yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
-                          cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
-                          cycler.then_cv, int(bool(cv_hold)))
-        yield from bps.mv(cycler.start_cmd, 1)  # completes when the cycler has applied it
+        if not follow_only:
+            yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
+                              cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
+                              cycler.then_cv, int(bool(cv_hold)))
+            yield from bps.mv(cycler.start_cmd, 1)  # completes when the cycler has applied it
         for n in range(max_frames):
             yield from bps.checkpoint()
             yield from bps.trigger_and_read([detector, cycler])
             # and right after the save: a suspension during the wait must not rewind past a
             # saved event (the RunEngine would emit its seq_num again with a new frame)
             yield from bps.checkpoint()
-            running = yield from bps.rd(cycler.running)
+            if follow_only:  # the potentiostat's protocol: stop recording at the limit
+                running = (yield from bps.rd(cycler.voltage_V)) < v_max_V
+            else:
+                running = yield from bps.rd(cycler.running)
             if not running:
                 break
             if n + 1 < max_frames and frame_interval_s > 0:
@@ -123,7 +140,8 @@ def operando_xrd(
         yield from bps.close_run()
 
     def finish():
-        yield from bps.mv(cycler.stop_cmd, 1)  # the cell rests whatever ended the run
+        if not follow_only:
+            yield from bps.mv(cycler.stop_cmd, 1)  # the cell rests whatever ended the run
 
     plan = bpp.stage_wrapper(body(), [detector])
     plan = bpp.finalize_wrapper(plan, finish())
