@@ -103,13 +103,16 @@ def test_motor_soft_limits_refuse_moves(devs, beamline):
     with pytest.raises(ErrorResponseReceived, match="outside the soft limits"):
         write(pv, 5000.0, notify=True, timeout=5, repeater=False)
     assert m.position == before
-    # moving the limit makes the same target legal (EpicsMotor follows HLM by monitor)
-    m.high_limit_travel.put(6000.0, wait=True)
+    with pytest.raises(LimitError, match=r"det_z: target 2050 mm is outside"):
+        m.set(2050)
+    # moving the limit makes the target legal (EpicsMotor follows HLM by monitor; the
+    # stage's hard limit switch is at 2085 mm)
+    m.high_limit_travel.put(2060.0, wait=True)
     try:
-        assert _wait_for(lambda: m.limits == (300.0, 6000.0), 5)
+        assert _wait_for(lambda: m.limits == (300.0, 2060.0), 5)
         m.velocity.put(20000.0, wait=True)
-        m.set(5000).wait(timeout=10)
-        assert m.position == pytest.approx(5000.0)
+        m.set(2050).wait(timeout=10)
+        assert m.position == pytest.approx(2050.0)
         m.set(before).wait(timeout=10)
     finally:
         m.high_limit_travel.put(2000.0, wait=True)
