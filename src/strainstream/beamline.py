@@ -50,10 +50,10 @@ __all__ = ["IOC_NAMES", "PROBE_PVS", "Beamline", "BeamlineError", "client_env", 
 #: PVs (after the prefix) read by ``status``; the first one of each IOC is the start-up probe
 PROBE_PVS: dict[str, tuple[str, ...]] = {
     "cycler": ("CYC:voltage_V", "CYC:soc", "CYC:capacity_mAh_g", "CYC:mode_RBV",
-               "XRD:NumCaptured_RBV", "XRD:FullFileName_RBV"),
+               "XRD:HDF1:NumCaptured_RBV", "XRD:HDF1:FullFileName_RBV"),
     "endstation": ("ES:sample_x.RBV", "ES:sample_y.RBV", "ES:sample_z.RBV", "ES:theta.RBV",
                    "ES:zp_z.RBV", "ES:det_z.RBV", "ES:sample_inout.RBV", "ES:energy.RBV",
-                   "SXDM:NumCaptured_RBV", "TXM:NumCaptured_RBV"),
+                   "SXDM:HDF1:NumCaptured_RBV", "TXM:HDF1:NumCaptured_RBV"),
     "beam": ("BEAM:ring_current_mA", "BEAM:shutter_status"),
 }
 

@@ -316,6 +316,22 @@ def test_stock_ophyd_area_detector_writes_n_frames_into_one_file(beamline, tmp_p
     assert [d["datum_kwargs"]["point_number"] for name, d in docs if name == "datum"] == list(range(n))
 
 
+def test_a_frame_the_plugin_did_not_write_fails_the_trigger_named(devs):
+    """A frame the HDF5 plugin did not write (callbacks disabled mid-series, disk full) fails
+    its trigger instead of shifting every later event onto the wrong frame."""
+    det = devs["sxdm"]
+    det.stage()
+    try:
+        det.trigger().wait(timeout=30)
+        det.hdf1.enable.put("Disable", wait=True)
+        with pytest.raises(RuntimeError, match=r"sxdm: the IOC did not write frame 1 to .*\.h5 "
+                                               r"\(HDF1:NumCaptured_RBV = 1"):
+            det.trigger().wait(timeout=30)
+    finally:
+        det.hdf1.enable.put("Enable", wait=True)
+        det.unstage()
+
+
 def test_runengine_count_documents_become_stream_documents(devs):
     """RunEngine documents of the IOC detector (Resource/Datum) become one StreamResource and
     one StreamDatum per event (strainstream.callbacks.assets), resolving to the file's frames."""
@@ -484,11 +500,11 @@ def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
     try:
         # wait until the client has seen the circuits close: a put racing the disconnect
         # would otherwise wait for its own timeout (60 s) before failing
-        assert _wait_for(lambda: not x.acquire.connected and not cyc.connected, 30)
+        assert _wait_for(lambda: not x.cam.acquire.connected and not cyc.connected, 30)
         # a detector acquisition on a dead IOC: fails at once with the named error
         addr = beamline.addresses["cycler"]
         with pytest.raises(IOCNotAnswering, match=rf"cycler IOC at {addr} \(prefix SS:XRD:\) "
-                                                  r"not answering: PV SS:XRD:Acquire"):
+                                                  r"not answering: PV SS:XRD:cam1:Acquire"):
             x.trigger().wait(10)
         with pytest.raises(IOCNotAnswering, match=r"PV SS:CYC:\S+"):
             cyc.start_cc(20.0)
