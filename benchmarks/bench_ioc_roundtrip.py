@@ -93,7 +93,7 @@ def child(args) -> int:
                 det.trigger().wait(120)
             dt, dc = time.perf_counter() - t0, _cpu_s(pids[ioc]) - c0
             det.unstage()
-            rates[kind] = {"shape": [int(det.rows.get()), int(det.cols.get())],
+            rates[kind] = {"shape": [int(det.cam.array_size.array_size_y.get()), int(det.cam.array_size.array_size_x.get())],
                            "fps": cfg["frames"] / dt, "ioc_cpu_s_per_frame": dc / cfg["frames"]}
         # reference: the same forward models called directly in this process
         from strainstream.devices.ioc.endstation import (

@@ -396,6 +396,31 @@ def test_status_reports_answering_pvs(beamline, capsys):
     assert '"ok": true' in capsys.readouterr().out
 
 
+def test_status_json_lists_every_device_with_its_stock_class(beamline):
+    """Interface: ``strainstream beamline status --json`` with the client environment that
+    ``beamline up --json`` prints lists every device: name, dotted class, PV prefix, connected."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **beamline.client_env()}
+    r = subprocess.run([sys.executable, "-m", "strainstream.cli", "beamline", "status", "--json",
+                        "--prefix", beamline.prefix], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    devices = {d["name"]: d for d in json.loads(r.stdout)["devices"]}
+    assert all(set(d) == {"name", "class", "prefix", "connected"} for d in devices.values())
+    p = beamline.prefix
+    for m in ("sample_x", "sample_y", "sample_z", "theta", "zp_z", "det_z", "sample_inout", "energy"):
+        assert devices[m] == {"name": m, "class": "ophyd.epics_motor.EpicsMotor",
+                              "prefix": f"{p}ES:{m}", "connected": True}
+    for det, suffix in (("xrd", "XRD:"), ("sxdm", "SXDM:"), ("txm", "TXM:")):
+        assert "AreaDetector" in devices[det]["class"] and devices[det]["connected"]
+        assert devices[det]["prefix"] == p + suffix
+    assert devices["cycler"]["connected"] and devices["beam"]["connected"]
+
+
 def test_suspender_pauses_a_run_during_a_beam_dump(devs, capsys):
     import threading
 

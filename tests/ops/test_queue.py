@@ -89,7 +89,7 @@ def test_queue_runs_profile_plans_into_tiled(queue_up, tiled_server, sim_devices
         api.environment_open()
         api.wait_for_idle(timeout=180)
         assert api.status()["worker_environment_exists"], "RE environment did not open"
-        shape = int(sim_devices["xrd"].rows.get())
+        shape = int(sim_devices["xrd"].cam.array_size.array_size_y.get())
         api.item_add(BPlan("count", ["xrd"], num=3, md={"sample": "queued count"}))
         api.item_add(BPlan("operando_xrd", "xrd", "cycler", calibration=_calibration(shape),
                            rate_mA_g=200.0, frame_interval_s=0.2, max_frames=4, beam="beam",

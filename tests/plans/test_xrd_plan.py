@@ -31,7 +31,7 @@ def charge_docs(sim_devices):
     docs = [("limit_hits_before", {"n": cyc.limit_hits.get()})]
     RE = RunEngine({})
     RE.subscribe(lambda n, d: docs.append((n, copy.deepcopy(d))))
-    shape = int(det.rows.get())
+    shape = int(det.cam.array_size.array_size_y.get())
     RE(operando_xrd(det, cyc, calibration=_calibration(shape), rate_mA_g=200.0,
                     frame_interval_s=0.4, max_frames=80, beam=beam, md={"sample": "test cell"}))
     return docs

@@ -99,15 +99,52 @@ def cmd_status(args) -> int:
     result = {n: probe([args.prefix + s for s in PROBE_PVS[n]], a, args.timeout)
               for n, a in targets.items()}
     ok = all(v is not None for r in result.values() for v in r.values())
+    devices = _device_table(args.prefix, sorted({a for v in targets.values() for a in v}),
+                            args.timeout)
     if args.json:
-        print(json.dumps({"ok": ok, "iocs": result}, default=str))
+        print(json.dumps({"ok": ok, "iocs": result, "devices": devices}, default=str))
     else:
         for n, r in result.items():
             n_ok = sum(v is not None for v in r.values())
             print(f"{n:<11} {' '.join(targets[n])}: {n_ok}/{len(r)} PVs answer")
             for pv, v in r.items():
                 print(f"  {pv:<32} {'NOT ANSWERING' if v is None else v}")
+        print("devices:")
+        for d in devices:
+            print(f"  {d['name']:<14} {d['prefix']:<18} {'connected' if d['connected'] else 'NOT CONNECTED':<14}"
+                  f" {d['class']}")
     return 0 if ok else 1
+
+
+def _device_table(prefix: str, addresses: list[str], timeout_s: float) -> list[dict]:
+    """Every motor, area detector, cycler and beam device of the simulated beamline: name,
+    dotted (stock) class, the PV prefix a user would pass to it, and whether it connects."""
+    from strainstream.config import apply_environment
+
+    apply_environment({"EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": " ".join(addresses),
+                       "EPICS_CA_MAX_ARRAY_BYTES": "100000000"})  # before pyepics' CA context
+    from strainstream.devices.beam import beam
+    from strainstream.devices.cycler import cycler
+    from strainstream.devices.detectors import ioc_detector
+    from strainstream.devices.motors import MOTOR_NAMES, motor
+
+    devices = [cycler(prefix), ioc_detector("xrd", prefix),
+               *(motor(prefix, m) for m in MOTOR_NAMES),
+               ioc_detector("sxdm", prefix), ioc_detector("txm", prefix), beam(prefix)]
+    table = []
+    for dev in devices:
+        try:
+            dev.wait_for_connection(timeout=timeout_s)
+            if hasattr(dev, "cam"):  # an area detector's driver and file plugin both answer
+                dev.cam.acquire.wait_for_connection(timeout=timeout_s)
+                dev.hdf1.capture.wait_for_connection(timeout=timeout_s)
+            connected = True
+        except Exception:  # any failure means "does not connect" here
+            connected = False
+        cls = type(dev)
+        table.append({"name": dev.name, "class": f"{cls.__module__}.{cls.__qualname__}",
+                      "prefix": dev.prefix, "connected": connected})
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
