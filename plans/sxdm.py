@@ -89,10 +89,11 @@ def simulated_detector_geometry(energy_eV: float, frame_shape: tuple[int, int],
 
 
 def _frame_shape(detector: Any):
-    """Rows/cols of the detector crop, read from its IOC (generator: yields plan messages)."""
-    if hasattr(detector, "rows") and hasattr(detector, "cols"):
-        rows = yield from bps.rd(detector.rows)
-        cols = yield from bps.rd(detector.cols)
+    """Rows/cols of the detector frame: an areaDetector's ``cam1:ArraySizeY_RBV/X_RBV``, or an
+    in-process detector's ``_frame_shape`` (generator: yields plan messages)."""
+    if hasattr(detector, "cam"):
+        rows = yield from bps.rd(detector.cam.array_size.array_size_y)
+        cols = yield from bps.rd(detector.cam.array_size.array_size_x)
         return int(rows), int(cols)
     shape = getattr(detector, "_frame_shape", None)
     if shape is None:
