@@ -351,7 +351,10 @@ def find_bragg(
         yield from bps.mv(es.theta, best if move else float(th0))
         return best
 
-    plan = bpp.subs_wrapper(bpp.stage_wrapper(body(), [detector]), collect)
+    # an areaDetector's Resource/Datum as StreamResource/StreamDatum (each event's own frame)
+    from strainstream.asset_docs import DatumToStream
+
+    plan = bpp.subs_wrapper(bpp.stage_wrapper(body(), [detector]), DatumToStream(collect))
     return (yield from plan)
 
 

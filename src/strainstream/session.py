@@ -299,7 +299,7 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
 
-    from strainstream.callbacks.assets import DatumToStream
+    from strainstream.asset_docs import DatumToStream
     from strainstream.callbacks.tiled_format import install_consolidators
     from strainstream.server import connect
 

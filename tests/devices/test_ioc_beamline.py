@@ -334,11 +334,11 @@ def test_a_frame_the_plugin_did_not_write_fails_the_trigger_named(devs):
 
 def test_runengine_count_documents_become_stream_documents(devs):
     """RunEngine documents of the IOC detector (Resource/Datum) become one StreamResource and
-    one StreamDatum per event (strainstream.callbacks.assets), resolving to the file's frames."""
+    one StreamDatum per event (strainstream.asset_docs), resolving to the file's frames."""
     from bluesky import RunEngine
     from bluesky.plans import count
 
-    from strainstream.callbacks.assets import DatumToStream
+    from strainstream.asset_docs import DatumToStream
     from strainstream.callbacks.base import FrameResolver
 
     det = devs["xrd"]

@@ -79,7 +79,7 @@ def test_mock_ioc_detector_is_the_stock_areadetector_layout(mock_ok, tmp_path):
 def test_datum_to_stream_pairs_events_with_their_own_frames():
     """A frame taken for an event the RunEngine dropped (suspension) is never referenced: the
     next event's StreamDatum names the next frame of the file, with the event's seq_num."""
-    from strainstream.callbacks.assets import DatumToStream
+    from strainstream.asset_docs import DatumToStream
 
     out = []
     conv = DatumToStream(lambda n, d: out.append((n, d)))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
+from strainstream.asset_docs import DatumToStream
 from strainstream.callbacks.router import make_callbacks
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.plans.sxdm import find_bragg, sxdm_map
@@ -41,7 +42,7 @@ def map_docs(sim_devices):
     energy = float(es.energy.position)
     docs = []
     RE = RunEngine({})
-    RE.subscribe(lambda n, d: docs.append((n, copy.deepcopy(d))))
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, copy.deepcopy(d)))))
     RE(sxdm_map(det, es, theta_center_deg=round(_theta_bragg(energy), 4), theta_half_range_deg=0.4,
                 n_theta=N_THETA, x_center_um=X_CENTER_UM, y_center_um=Y_CENTER_UM, nx=NX, ny=NY,
                 step_nm=50.0, beam=beam,
@@ -123,7 +124,7 @@ def test_shutter_closed_mid_map_suspends_and_retakes_the_point(sim_devices):
         if name == "event" and sum(n == "event" for n, _ in docs) == 3:
             threading.Thread(target=close_and_reopen, daemon=True).start()
 
-    RE.subscribe(record)
+    RE.subscribe(DatumToStream(record))
     RE(sxdm_map(det, es, theta_center_deg=round(_theta_bragg(energy), 4), theta_half_range_deg=0.1,
                 n_theta=2, x_center_um=X_CENTER_UM, y_center_um=Y_CENTER_UM, nx=3, ny=3, beam=beam))
     events = [d for n, d in docs if n == "event"]
@@ -142,7 +143,7 @@ def test_map_opens_a_closed_shutter_and_leaves_it_as_found(sim_devices):
     energy = float(es.energy.position)
     docs = []
     RE = RunEngine({})
-    RE.subscribe(lambda n, d: docs.append((n, d)))
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, d))))
     try:
         RE(sxdm_map(det, es, theta_center_deg=round(_theta_bragg(energy), 4), theta_half_range_deg=0.1,
                     n_theta=2, x_center_um=X_CENTER_UM, y_center_um=Y_CENTER_UM, nx=2, ny=1,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
+from strainstream.asset_docs import DatumToStream
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.xanes import XANESCallback
 from strainstream.devices.ioc.endstation import zp_focus_mm
@@ -35,7 +36,7 @@ def txm_run(sim_devices):
     shutter_before = beam.shutter.status.get(use_monitor=False)
     docs = []
     RE = RunEngine({})
-    RE.subscribe(lambda n, d: docs.append((n, copy.deepcopy(d))))
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, copy.deepcopy(d)))))
     RE(txm_xanes(cam, es, energies_eV=ENERGIES_EV, n_darks=3, sample_out_mm=1.0, beam=beam,
                  md={"analysis_parameters": {"txm_xanes": PARAMS}}))
     return docs, shutter_before, beam.shutter.status.get(use_monitor=False)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 
+from strainstream.asset_docs import DatumToStream
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.xrd import OperandoXRDCallback
 from strainstream.plans.xrd import operando_xrd
@@ -30,7 +31,7 @@ def charge_docs(sim_devices):
     cyc.accel.put(300.0, wait=True)  # a 2.7 -> 4.5 V charge at 200 mA/g in ~15 s
     docs = [("limit_hits_before", {"n": cyc.limit_hits.get()})]
     RE = RunEngine({})
-    RE.subscribe(lambda n, d: docs.append((n, copy.deepcopy(d))))
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, copy.deepcopy(d)))))
     shape = int(det.cam.array_size.array_size_y.get())
     RE(operando_xrd(det, cyc, calibration=_calibration(shape), rate_mA_g=200.0,
                     frame_interval_s=0.4, max_frames=80, beam=beam, md={"sample": "test cell"}))
