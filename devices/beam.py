@@ -15,16 +15,21 @@ from ophyd.status import Status
 
 from ._ioc import PUT_TIMEOUT_S, IOCDevice, ioc_guard, mock_device
 
-__all__ = ["Beam", "Shutter", "beam"]
+__all__ = ["Beam", "BeamStatus", "Shutter", "beam"]
 
 _OPEN = {"open", "1", "true"}
 _CLOSE = {"close", "closed", "0", "false"}
 
 
 class Shutter(IOCDevice):
-    """Photon shutter: ``set("open")`` / ``set("close")`` finish when the shutter has moved."""
+    """Photon shutter: ``set("open")`` / ``set("close")`` finish when the shutter has moved.
+
+    A real beamline's shutter is a subclass naming its own records and values
+    (``command``/``status`` components, ``open_value``, ``close_value``, ``open_status``).
+    """
 
     ioc_default_name = "beam"
+    open_value, close_value, open_status = "Open", "Close", "Open"
 
     command = Cpt(EpicsSignal, "BEAM:shutter", string=True, put_complete=True, kind="omitted",
                   write_timeout=PUT_TIMEOUT_S)
@@ -33,9 +38,9 @@ class Shutter(IOCDevice):
     def set(self, value: Any) -> Status:
         v = str(value).strip().lower()
         if v in _OPEN:
-            target = "Open"
+            target = self.open_value
         elif v in _CLOSE:
-            target = "Close"
+            target = self.close_value
         else:
             raise ValueError(f"{self.name}: shutter value must be 'open' or 'close', got {value!r}")
         with ioc_guard(self):
@@ -50,25 +55,32 @@ class Shutter(IOCDevice):
     @property
     def is_open(self) -> bool:
         with ioc_guard(self):
-            return self.status.get(use_monitor=False) == "Open"
+            return self.status.get(use_monitor=False) == self.open_status
 
 
-class Beam(IOCDevice):
-    """Storage-ring current (mA), beam-dump trigger (for suspender tests) and the shutter."""
+class BeamStatus(IOCDevice):
+    """What the plans need of the beam: the storage-ring current (mA, monitored: suspenders)
+    and the photon shutter. A real beamline subclasses it with its own records."""
 
     ioc_default_name = "beam"
 
     ring_current_mA = Cpt(EpicsSignalRO, "BEAM:ring_current_mA", kind="hinted", auto_monitor=True)
-    ring_nominal_mA = Cpt(EpicsSignal, "BEAM:ring_nominal_mA", kind="config")
-    dump_duration_s = Cpt(EpicsSignal, "BEAM:dump_duration_s", kind="config")
-    dump_cmd = Cpt(EpicsSignal, "BEAM:dump", put_complete=True, kind="omitted",
-                  write_timeout=PUT_TIMEOUT_S)
     shutter = Cpt(Shutter, "")
 
     def __init__(self, prefix: str = "", *, name: str, ioc_name=None, ioc_address=None,
                  **kwargs: Any) -> None:
         super().__init__(prefix, name=name, ioc_name=ioc_name, ioc_address=ioc_address, **kwargs)
         self.shutter.ioc_name, self.shutter.ioc_address = self.ioc_name, self.ioc_address
+
+
+class Beam(BeamStatus):
+    """The simulated beam IOC: ring current, shutter, and the beam-dump trigger (for
+    suspender tests; a real ring has no such record)."""
+
+    ring_nominal_mA = Cpt(EpicsSignal, "BEAM:ring_nominal_mA", kind="config")
+    dump_duration_s = Cpt(EpicsSignal, "BEAM:dump_duration_s", kind="config")
+    dump_cmd = Cpt(EpicsSignal, "BEAM:dump", put_complete=True, kind="omitted",
+                  write_timeout=PUT_TIMEOUT_S)
 
     def dump(self, duration_s: float | None = None) -> Status:
         """Make the simulated beam dump (current 0 for ``duration_s``, then a 2 s ramp back)."""

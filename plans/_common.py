@@ -79,7 +79,7 @@ def beam_suspenders(beam: Any, *, min_ring_current_mA: float = 50.0,
                      tripped_message=(f"storage-ring current below {min_ring_current_mA} mA: the run "
                                       f"resumes by itself above {resume:g} mA (beam back from the "
                                       "machine); Ctrl-C then abort to stop instead")),
-        SuspendWhenChanged(beam.shutter.status, expected_value="Open", allow_resume=True,
+        SuspendWhenChanged(beam.shutter.status, expected_value=getattr(beam.shutter, "open_status", "Open"), allow_resume=True,
                            sleep=sleep_s, tripped_message=(
                                "photon shutter closed: the run resumes by itself once it is open "
                                f"again (open it: {getattr(beam.shutter, 'name', 'the shutter')}"

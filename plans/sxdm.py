@@ -254,7 +254,7 @@ def sxdm_map(
     plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
     if not open_shutter:
         return (yield from plan)
-    was_open = (yield from bps.rd(beam.shutter.status)) == "Open"
+    was_open = (yield from bps.rd(beam.shutter.status)) == getattr(beam.shutter, "open_status", "Open")
     if not was_open:  # before the suspenders watch it, or the closed shutter suspends the run
         yield from bps.mv(beam.shutter, "open")
 

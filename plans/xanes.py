@@ -258,7 +258,7 @@ def txm_xanes(
                       "shutter": shutter_key},
         )
         if beam is not None:
-            state["shutter_was_open"] = (yield from bps.rd(beam.shutter.status)) == "Open"
+            state["shutter_was_open"] = (yield from bps.rd(beam.shutter.status)) == getattr(beam.shutter, "open_status", "Open")
         yield from bps.open_run(md=_md)
         if n_darks:
             yield from darks()  # shutter closed on purpose: outside the suspenders

@@ -344,26 +344,10 @@ class Beamline:
         detector's simulation controls (sample changer, noise, seed). Detectors write to
         ``write_dir`` (default the beamline's).
         """
-        from strainstream.devices.beam import beam
-        from strainstream.devices.cycler import cycler
-        from strainstream.devices.detectors import ioc_detector, sim_controls
-        from strainstream.devices.motors import endstation
+        from strainstream.beamlines import make_devices
 
-        wd = write_dir or self.write_dir
-        a = self.addresses
-        out: dict[str, Any] = {}
-        if "cycler" in a:
-            out["cycler"] = cycler(self.prefix, ioc_address=a["cycler"])
-            out["xrd"] = ioc_detector("xrd", self.prefix, write_dir=wd, ioc_address=a["cycler"])
-            out["xrd_sim"] = sim_controls("xrd", self.prefix, ioc_address=a["cycler"])
-        if "endstation" in a:
-            out["es"] = endstation(self.prefix, ioc_address=a["endstation"])
-            for k in ("sxdm", "txm"):
-                out[k] = ioc_detector(k, self.prefix, write_dir=wd, ioc_address=a["endstation"])
-                out[f"{k}_sim"] = sim_controls(k, self.prefix, ioc_address=a["endstation"])
-        if "beam" in a:
-            out["beam"] = beam(self.prefix, ioc_address=a["beam"])
-        return out
+        return make_devices("sim", iocs=self.iocs, prefix=self.prefix,
+                            write_dir=write_dir or self.write_dir, addresses=self.addresses)
 
 
 def parse_ports(text: str | None) -> dict[str, int]:

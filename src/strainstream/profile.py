@@ -48,10 +48,10 @@ from typing import Any
 __all__ = ["DEVICE_NAMES", "PLAN_NAMES", "ProfileConfig", "build_namespace", "connect_devices",
            "make_devices", "plans", "summary"]
 
-#: devices of the profile, by the IOC serving them
+#: devices of the (simulated) profile, by the IOC serving them: strainstream.beamlines.sim
 DEVICE_NAMES: dict[str, tuple[str, ...]] = {
-    "cycler": ("cycler", "xrd"),
-    "endstation": ("es", "sxdm", "txm"),
+    "cycler": ("cycler", "xrd", "xrd_sim"),
+    "endstation": ("es", "sxdm", "txm", "sxdm_sim", "txm_sim"),
     "beam": ("beam",),
 }
 #: plans of the profile: strainstream's experiments, then bluesky basics
@@ -229,23 +229,10 @@ def make_devices(config: ProfileConfig) -> dict[str, Any]:
     Keys as in :data:`DEVICE_NAMES` for the IOCs in ``config.iocs``; the detectors write to
     ``config.detector_dir``.
     """
-    from strainstream.devices.beam import beam
-    from strainstream.devices.cycler import cycler
-    from strainstream.devices.detectors import ioc_detector
-    from strainstream.devices.motors import endstation
+    from strainstream.beamlines import make_devices as profile_devices
 
-    p, wd = config.prefix, config.detector_dir
-    out: dict[str, Any] = {}
-    if "cycler" in config.iocs:
-        out["cycler"] = cycler(p)
-        out["xrd"] = ioc_detector("xrd", p, write_dir=wd)
-    if "endstation" in config.iocs:
-        out["es"] = endstation(p)
-        out["sxdm"] = ioc_detector("sxdm", p, write_dir=wd)
-        out["txm"] = ioc_detector("txm", p, write_dir=wd)
-    if "beam" in config.iocs:
-        out["beam"] = beam(p)
-    return out
+    return profile_devices("sim", iocs=config.iocs, prefix=config.prefix,
+                           write_dir=config.detector_dir)
 
 
 def connect_devices(ns: Mapping[str, Any], timeout_s: float = 10.0) -> list[str]:

@@ -38,6 +38,9 @@ def register(commands) -> None:
     st.add_argument("--ports", help="name=port,... (default: EPICS_CA_ADDR_LIST, all IOCs)")
     st.add_argument("--timeout", type=float, default=1.0, help="seconds per PV")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--beamline", default="sim",
+                    help="profile whose devices are listed (strainstream.beamlines: sim, "
+                         "aps_11idc, nsls2_hxn_fxi, or a module path; default sim)")
     st.set_defaults(func=cmd_status, reports=(ValueError,))
 
 
@@ -100,7 +103,7 @@ def cmd_status(args) -> int:
               for n, a in targets.items()}
     ok = all(v is not None for r in result.values() for v in r.values())
     devices = _device_table(args.prefix, sorted({a for v in targets.values() for a in v}),
-                            args.timeout)
+                            args.timeout, args.beamline)
     if args.json:
         print(json.dumps({"ok": ok, "iocs": result, "devices": devices}, default=str))
     else:
@@ -116,23 +119,28 @@ def cmd_status(args) -> int:
     return 0 if ok else 1
 
 
-def _device_table(prefix: str, addresses: list[str], timeout_s: float) -> list[dict]:
-    """Every motor, area detector, cycler and beam device of the simulated beamline: name,
-    dotted (stock) class, the PV prefix a user would pass to it, and whether it connects."""
+def _device_table(prefix: str, addresses: list[str], timeout_s: float,
+                  beamline: str = "sim") -> list[dict]:
+    """Every device of the ``beamline`` profile (motors one by one): name, dotted (stock)
+    class, the PV prefix a user would pass to it, and whether it connects."""
     from strainstream.config import apply_environment
 
-    apply_environment({"EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": " ".join(addresses),
-                       "EPICS_CA_MAX_ARRAY_BYTES": "100000000"})  # before pyepics' CA context
-    from strainstream.devices.beam import beam
-    from strainstream.devices.cycler import cycler
-    from strainstream.devices.detectors import ioc_detector
-    from strainstream.devices.motors import MOTOR_NAMES, motor
+    if addresses:  # before pyepics creates its CA context
+        apply_environment({"EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": " ".join(addresses),
+                           "EPICS_CA_MAX_ARRAY_BYTES": "100000000"})
+    from ophyd import EpicsMotor
 
-    devices = [cycler(prefix), ioc_detector("xrd", prefix),
-               *(motor(prefix, m) for m in MOTOR_NAMES),
-               ioc_detector("sxdm", prefix), ioc_detector("txm", prefix), beam(prefix)]
+    from strainstream.beamlines import device_table, load, make_devices
+
+    profile = load(beamline)
+    devices = make_devices(profile, prefix=prefix if beamline == "sim" else None)
     table = []
-    for dev in devices:
+    for row in device_table(devices):
+        dev = devices.get(row["name"])
+        if dev is None:  # a motor of a stage
+            stage = next(d for d in devices.values()
+                         if not isinstance(d, EpicsMotor) and row["name"] in getattr(d, "component_names", ()))
+            dev = getattr(stage, row["name"])
         try:
             dev.wait_for_connection(timeout=timeout_s)
             if hasattr(dev, "cam"):  # an area detector's driver and file plugin both answer
@@ -141,9 +149,7 @@ def _device_table(prefix: str, addresses: list[str], timeout_s: float) -> list[d
             connected = True
         except Exception:  # any failure means "does not connect" here
             connected = False
-        cls = type(dev)
-        table.append({"name": dev.name, "class": f"{cls.__module__}.{cls.__qualname__}",
-                      "prefix": dev.prefix, "connected": connected})
+        table.append({**row, "connected": connected})
     return table
 
 

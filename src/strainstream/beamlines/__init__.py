@@ -1,0 +1,128 @@
+"""Beamline profiles: one module per beamline, one typed factory per device.
+
+A profile module (``strainstream.beamlines.<name>``) defines
+
+- ``PREFIX``: the default PV prefix that its factories put in front of their records (``""``
+  when every factory names its full PVs);
+- ``IOCS``: ``{ioc or service name: (device names...)}`` — which devices answer together (an
+  IOC, a detector server, a file); the simulated profile's names are the IOCs that
+  :class:`strainstream.beamline.Beamline` starts;
+- one factory per device, ``def xrd(ctx: Context) -> IOCAreaDetector``, registered in
+  ``DEVICES = {"xrd": xrd, ...}``. A factory only constructs (no Channel Access traffic): the
+  device connects on first use.
+
+:func:`make_devices` builds a profile's devices (all, or those of some IOCs), with
+``mock=True`` as disconnected fake-signal devices (``ophyd.sim.make_fake_device``) for
+construction and plan-validation tests. :func:`device_table` lists name, dotted class and PV
+prefix of each device. ``sim`` (the default) is the simulated beamline of this package; the
+two others are examples of real beamline layouts (PV names in their facilities' styles).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from strainstream.errors import UsageError
+
+__all__ = ["PROFILES", "Context", "device_table", "load", "make_devices", "names_by_ioc"]
+
+#: shipped profiles (module names); ``sim`` is the default
+PROFILES = ("sim", "aps_11idc", "nsls2_hxn_fxi")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a device factory may use.
+
+    Parameters
+    ----------
+    prefix : str
+        PV prefix (the profile's ``PREFIX`` unless overridden).
+    write_dir : path, optional
+        Detector data directory (shared with the detector IOC hosts).
+    addresses : mapping
+        ``{ioc name: "host:port"}`` for error messages (the simulated beamline's).
+    mock : bool
+        Disconnected fake-signal devices.
+    """
+
+    prefix: str = ""
+    write_dir: str | Path | None = None
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    mock: bool = False
+
+    def address(self, ioc: str) -> str | None:
+        return self.addresses.get(ioc)
+
+
+def load(name: str = "sim") -> ModuleType:
+    """The profile module ``strainstream.beamlines.<name>`` (a dotted path to any module that
+    follows the same layout also works)."""
+    module = name if "." in name else f"strainstream.beamlines.{name}"
+    try:
+        prof = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise UsageError(f"no beamline profile {name!r}; shipped: {', '.join(PROFILES)} "
+                         "(or give a module path, e.g. mybeamline.profile)") from None
+    for attr in ("PREFIX", "IOCS", "DEVICES"):
+        if not hasattr(prof, attr):
+            raise UsageError(f"beamline profile {module} defines no {attr}")
+    return prof
+
+
+def names_by_ioc(profile: str | ModuleType = "sim") -> dict[str, tuple[str, ...]]:
+    """``{ioc: device names}`` of a profile."""
+    prof = load(profile) if isinstance(profile, str) else profile
+    return {k: tuple(v) for k, v in prof.IOCS.items()}
+
+
+def make_devices(profile: str | ModuleType = "sim", *, iocs: Iterable[str] | None = None,
+                 prefix: str | None = None, write_dir: str | Path | None = None,
+                 addresses: Mapping[str, str] | None = None, mock: bool = False,
+                 only: Iterable[str] | None = None) -> dict[str, Any]:
+    """The devices of ``profile`` (not connected), by name.
+
+    ``iocs`` restricts to the devices of those IOCs, ``only`` to those names.
+    """
+    prof = load(profile) if isinstance(profile, str) else profile
+    ctx = Context(prefix=prof.PREFIX if prefix is None else prefix, write_dir=write_dir,
+                  addresses=dict(addresses or {}), mock=mock)
+    groups = names_by_ioc(prof)
+    unknown = set(iocs or ()) - set(groups)
+    if unknown:
+        raise UsageError(f"unknown IOC(s) {sorted(unknown)} in profile {prof.__name__}; "
+                         f"choose from {list(groups)}")
+    wanted = [n for ioc, names in groups.items() if iocs is None or ioc in set(iocs) for n in names]
+    if only is not None:
+        wanted = [n for n in wanted if n in set(only)]
+    factories: Mapping[str, Callable[[Context], Any]] = prof.DEVICES
+    return {name: factories[name](ctx) for name in wanted}
+
+
+def device_table(devices: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``[{"name", "class", "prefix"}]`` for each device (containers of motors are expanded to
+    their motors, which is what a user passes a prefix to)."""
+    rows = []
+    for dev in devices.values():
+        from ophyd import EpicsMotor
+
+        parts = [dev]
+        if not isinstance(dev, EpicsMotor) and hasattr(dev, "component_names"):
+            motors = [getattr(dev, c) for c in dev.component_names
+                      if isinstance(getattr(type(dev), c).cls, type)
+                      and issubclass(getattr(type(dev), c).cls, EpicsMotor)]
+            parts = motors or parts
+        for part in parts:
+            cls = type(part)
+            if getattr(cls, "__module__", "").startswith("ophyd.sim"):  # a mock: name the real one
+                cls = cls.__mro__[1]
+            rows.append({"name": part.attr_name if part is not dev else dev.name,
+                         "class": f"{cls.__module__}.{cls.__qualname__}", "prefix": part.prefix})
+    return rows
