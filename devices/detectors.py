@@ -26,6 +26,7 @@ import numpy as np
 from event_model import StreamRange, compose_stream_resource
 from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.areadetector import ADComponent, AreaDetector, HDF5Plugin, SingleTrigger
+from ophyd.areadetector.cam import AreaDetectorCam
 from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
 from ophyd.device import Staged
 from ophyd.status import DeviceStatus, Status
@@ -298,7 +299,18 @@ class SeriesLost(StrainstreamError, RuntimeError):
 
 class HDF5PluginWithFileStore(HDF5Plugin, FileStoreHDF5IterativeWrite):
     """ophyd's HDF5 file plugin with its file-store mixin: one Resource (spec ``AD_HDF5``) per
-    file and one Datum (``point_number``) per frame, as every ophyd beamline profile has it."""
+    file and one Datum (``point_number``) per frame, as every ophyd beamline profile has it.
+
+    Its lazy signals do not wait for their PV when first touched (the mixins touch some while
+    the device is built): a detector whose IOC is down can still be constructed."""
+
+    lazy_wait_for_connection = False
+
+
+class DetectorCam(AreaDetectorCam):
+    """ophyd's generic areaDetector driver (``cam1:``); built without waiting for the IOC."""
+
+    lazy_wait_for_connection = False
 
 
 class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
@@ -327,6 +339,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
     """
 
     _default_read_attrs = ("hdf1",)
+    cam = ADComponent(DetectorCam, "cam1:")
     hdf1 = ADComponent(HDF5PluginWithFileStore, "HDF1:", write_path_template="/")
 
     def __init__(self, prefix: str = "", *, name: str, dtype: str = "uint32",

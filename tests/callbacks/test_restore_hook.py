@@ -15,16 +15,13 @@ import copy
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
-from ophyd.sim import SynAxis
-from ophyd.status import Status
 
 from strainstream.callbacks.framestats import FrameStatsCallback
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.sxdm import SXDMCallback
 from strainstream.callbacks.xanes import XANESCallback
 from strainstream.devices.detectors import sim_frame_detector
+from strainstream.devices.testing import SimBeam, SimStage
 from strainstream.plans.frames import frame_series
 from strainstream.plans.sxdm import DETECTOR_GEOMETRY_KEYS, sxdm_map
 from strainstream.plans.xanes import txm_xanes
@@ -122,18 +119,11 @@ def _assert_resume_identical(monkeypatch, cls, docs, live, n, parameters=None):
 
 
 # -- SXDM: strain/rotation maps accumulated over raster lines and rocking angles ----------------
-class _Stage(Device):
-    theta = Cpt(SynAxis)
-    sample_x = Cpt(SynAxis)
-    sample_y = Cpt(SynAxis)
-    energy = Cpt(SynAxis)
-
-
 @pytest.fixture(scope="module")
 def sxdm_docs(tmp_path_factory):
     sim = simulate_sxdm(particle_preset("SC-NM91", "charged", ny=NY, nx=NX, seed=2), shape=(24, 24),
                         n_theta=N_THETA, theta_range_deg=1.2, seed=4)
-    es = _Stage(name="es")
+    es = SimStage(name="es")
     es.energy.set(sim.metadata["energy_keV"] * 1000.0)
     step_um = sim.metadata["step_nm"] / 1000.0
 
@@ -161,33 +151,11 @@ def test_sxdm_maps_after_a_restart_equal_the_uninterrupted_pass(monkeypatch, sxd
 
 
 # -- TXM-XANES: image stacks accumulated over energies and repeats -----------------------------
-class _Shutter(Device):
-    status = Cpt(Signal, value="Closed", kind="normal")
-
-    def set(self, value):
-        self.status.put("Open" if str(value).lower() == "open" else "Closed")
-        st = Status(obj=self)
-        st.set_finished()
-        return st
-
-
-class _Beam(Device):
-    ring_current_mA = Cpt(Signal, value=400.0, kind="hinted")
-    shutter = Cpt(_Shutter, "")
-
-
-class _Endstation(Device):
-    energy = Cpt(SynAxis, value=8350.0)
-    zp_z = Cpt(SynAxis, value=49.0)
-    det_z = Cpt(SynAxis, value=1000.0)
-    sample_inout = Cpt(SynAxis, value=0.0)
-
-
 @pytest.fixture(scope="module")
 def xanes_docs(tmp_path_factory):
     scan = T.simulate_txm_scan(sample=T.particle_sample((32, 32), voxel_size_um=0.4), seed=1,
                                drift_px_rms=0.3)
-    es, beam = _Endstation(name="es"), _Beam(name="beam")
+    es, beam = SimStage(name="es"), SimBeam(name="beam")
 
     def source(i):
         if beam.shutter.status.get() != "Open":

@@ -14,13 +14,11 @@ import copy
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from ophyd import Component as Cpt
-from ophyd import Device
-from ophyd.sim import SynAxis
 
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.sxdm import MAP_KEYS, SXDMCallback
 from strainstream.devices.detectors import sim_frame_detector
+from strainstream.devices.testing import SimStage
 from strainstream.plans.sxdm import DETECTOR_GEOMETRY_KEYS, sxdm_map
 from strainstream.sim.sxdm_frames import particle_preset, simulate_sxdm
 
@@ -29,18 +27,11 @@ STAT_KEYS = ("d_mean_A", "strain_std", "strain_range", "tilt_xy_std_deg", "tilt_
              "strain_tilt_correlation", "n_pixels")
 
 
-class _Stage(Device):
-    theta = Cpt(SynAxis)
-    sample_x = Cpt(SynAxis)
-    sample_y = Cpt(SynAxis)
-    energy = Cpt(SynAxis)
-
-
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
     sim = simulate_sxdm(particle_preset("SC-NM91", "charged", ny=NY, nx=NX, seed=2), shape=(32, 32),
                         n_theta=N_THETA, theta_range_deg=1.2, seed=4)
-    es = _Stage(name="es")
+    es = SimStage(name="es")
     es.energy.set(sim.metadata["energy_keV"] * 1000.0)
     step_um = sim.metadata["step_nm"] / 1000.0
 

@@ -9,44 +9,19 @@ import copy
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
-from ophyd.sim import SynAxis
-from ophyd.status import Status
 from scipy import ndimage
 
 from strainstream.callbacks.sinks import MemorySink
 from strainstream.callbacks.xanes import XANESCallback
 from strainstream.devices.detectors import sim_frame_detector
+from strainstream.devices.testing import SimBeam, SimStage
 from strainstream.plans.xanes import ROLES, focus_positions, txm_xanes
 from strainstream.sim import txm_images as T
 
 
-class FakeShutter(Device):
-    status = Cpt(Signal, value="Closed", kind="normal")  # as the beam IOC starts
-
-    def set(self, value):
-        self.status.put("Open" if str(value).lower() == "open" else "Closed")
-        st = Status(obj=self)
-        st.set_finished()
-        return st
-
-
-class FakeBeam(Device):
-    ring_current_mA = Cpt(Signal, value=400.0, kind="hinted")
-    shutter = Cpt(FakeShutter, "")
-
-
-class FakeES(Device):
-    energy = Cpt(SynAxis, value=8350.0)
-    zp_z = Cpt(SynAxis, value=49.0)
-    det_z = Cpt(SynAxis, value=1000.0)
-    sample_inout = Cpt(SynAxis, value=0.0)
-
-
 def _run(tmp, scan, params=None, shutter_works=True, **kw):
     """Run txm_xanes on fake devices whose camera serves ``scan``'s frames; return the docs."""
-    es, beam = FakeES(name="es"), FakeBeam(name="beam")
+    es, beam = SimStage(name="es"), SimBeam(name="beam")
     energies = scan.energies_eV
 
     def source(i):
@@ -229,7 +204,7 @@ def test_darks_that_are_not_dark_are_rejected(tmp_path):
 
 
 def test_plan_refuses_bad_arguments():
-    es = FakeES(name="es")
+    es = SimStage(name="es")
     cam = sim_frame_detector("txm", "/nonexistent", frame_shape=(8, 8))
     with pytest.raises(ValueError, match="darks need the shutter"):
         list(txm_xanes(cam, es))
@@ -254,7 +229,7 @@ def test_focus_positions_lens_equation_and_table():
 
 
 def _run_session(session, tmp, scan, params):
-    es, beam = FakeES(name="es"), FakeBeam(name="beam")
+    es, beam = SimStage(name="es"), SimBeam(name="beam")
     energies = scan.energies_eV
 
     def source(i):
@@ -297,7 +272,7 @@ def test_frame_retaken_after_a_beam_dump_is_the_one_analysed(tmp_path):
 
     scan = T.simulate_txm_scan(sample=T.particle_sample((32, 32), voxel_size_um=0.4), seed=1,
                                drift_px_rms=0.0)
-    es, beam = FakeES(name="es"), FakeBeam(name="beam")
+    es, beam = SimStage(name="es"), SimBeam(name="beam")
     energies = scan.energies_eV
 
     dumped = []

@@ -13,12 +13,10 @@ from typing import Any
 
 import numpy as np
 from bluesky import RunEngine
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
-from ophyd.sim import SynAxis
-from ophyd.status import Status
+from ophyd import Signal
 
 from strainstream.devices.detectors import sim_frame_detector
+from strainstream.devices.testing import SimBeam, SimStage
 
 Docs = list[tuple[str, dict[str, Any]]]
 
@@ -64,13 +62,6 @@ def operando_xrd_run(write_dir: Path, num: int = 3) -> Docs:
                                 md={"experiment": "operando_xrd", "calibration": calibration}))
 
 
-class _Stage(Device):
-    theta = Cpt(SynAxis)
-    sample_x = Cpt(SynAxis)
-    sample_y = Cpt(SynAxis)
-    energy = Cpt(SynAxis)
-
-
 def sxdm_run(write_dir: Path, ny: int = 4, nx: int = 4, n_theta: int = 5) -> Docs:
     """``sxdm_map`` of a simulated particle: n_theta x ny x nx frames of 16x16."""
     from strainstream.plans.sxdm import DETECTOR_GEOMETRY_KEYS, sxdm_map
@@ -78,7 +69,7 @@ def sxdm_run(write_dir: Path, ny: int = 4, nx: int = 4, n_theta: int = 5) -> Doc
 
     sim = simulate_sxdm(particle_preset("SC-NM91", "charged", ny=ny, nx=nx, seed=2), shape=(16, 16),
                         n_theta=n_theta, theta_range_deg=1.2, seed=4)
-    es = _Stage(name="es")
+    es = SimStage(name="es")
     es.energy.set(sim.metadata["energy_keV"] * 1000.0)
     step_um = sim.metadata["step_nm"] / 1000.0
 
@@ -95,28 +86,6 @@ def sxdm_run(write_dir: Path, ny: int = 4, nx: int = 4, n_theta: int = 5) -> Doc
                             geometry={k: sim.metadata[k] for k in DETECTOR_GEOMETRY_KEYS}))
 
 
-class _Shutter(Device):
-    status = Cpt(Signal, value="Closed", kind="normal")
-
-    def set(self, value):
-        self.status.put("Open" if str(value).lower() == "open" else "Closed")
-        st = Status(obj=self)
-        st.set_finished()
-        return st
-
-
-class _Beam(Device):
-    ring_current_mA = Cpt(Signal, value=400.0, kind="hinted")
-    shutter = Cpt(_Shutter, "")
-
-
-class _TXMStage(Device):
-    energy = Cpt(SynAxis, value=8350.0)
-    zp_z = Cpt(SynAxis, value=49.0)
-    det_z = Cpt(SynAxis, value=1000.0)
-    sample_inout = Cpt(SynAxis, value=0.0)
-
-
 def txm_run(write_dir: Path, n_energies: int = 7) -> Docs:
     """``txm_xanes`` over ``n_energies`` energies across the Ni K edge, 24x24 frames."""
     from strainstream.plans.xanes import txm_xanes
@@ -124,7 +93,7 @@ def txm_run(write_dir: Path, n_energies: int = 7) -> Docs:
 
     energies = np.linspace(8330.0, 8370.0, n_energies)
     scan = T.simulate_txm_scan(energies, sample=T.particle_sample((24, 24), voxel_size_um=0.2), seed=3)
-    es, beam = _TXMStage(name="es"), _Beam(name="beam")
+    es, beam = SimStage(name="es"), SimBeam(name="beam")
 
     def source(i):
         if beam.shutter.status.get() != "Open":
