@@ -103,6 +103,10 @@ def make_devices(profile: str | ModuleType = "sim", *, iocs: Iterable[str] | Non
     if only is not None:
         wanted = [n for n in wanted if n in set(only)]
     factories: Mapping[str, Callable[[Context], Any]] = prof.DEVICES
+    if not mock:  # before the first CA client context: no "caRepeater couldn't be located"
+        from strainstream.carepeater import ensure_repeater
+
+        ensure_repeater()
     return {name: factories[name](ctx) for name in wanted}
 
 
