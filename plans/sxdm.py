@@ -26,6 +26,7 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 from ophyd import Signal
 from ophyd.status import Status
@@ -114,8 +115,8 @@ def _check_geometry(geometry: Mapping[str, Any]) -> dict[str, float]:
 
 
 def sxdm_map(
-    detector: Any,
-    es: Any,
+    detector: Readable,
+    es: Readable,
     *,
     theta_center_deg: float,
     theta_half_range_deg: float = 1.0,
@@ -126,8 +127,8 @@ def sxdm_map(
     ny: int,
     step_nm: float = 50.0,
     snake: bool = True,
-    fluorescence: Any | None = None,
-    beam: Any | None = None,
+    fluorescence: Readable | None = None,
+    beam: Readable | None = None,
     open_shutter: bool = True,
     geometry: Mapping[str, Any] | None = None,
     hkl: tuple[int, int, int] = (0, 0, 3),
@@ -266,8 +267,8 @@ def sxdm_map(
 
 
 def find_bragg(
-    detector: Any,
-    es: Any,
+    detector: Readable,
+    es: Readable,
     *,
     theta_center_deg: float | None = None,
     half_range_deg: float = 1.0,

@@ -32,6 +32,7 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 from ophyd import Signal
 
@@ -111,8 +112,8 @@ def _rb(motor):
 
 
 def txm_xanes(
-    camera: Any,
-    es: Any,
+    camera: Readable,
+    es: Readable,
     *,
     energies_eV: Sequence[float] | None = None,
     n_darks: int = 5,
@@ -124,7 +125,7 @@ def txm_xanes(
     sample_out_mm: float = 5.0,
     pixel_size_um: float = 0.04,
     exposure_s: float | None = None,
-    beam: Any | None = None,
+    beam: Readable | None = None,
     min_ring_current_mA: float = 50.0,
     md: dict[str, Any] | None = None,
 ) -> MsgGenerator:

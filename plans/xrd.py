@@ -6,6 +6,7 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
+from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 
 from ._common import base_metadata, beam_suspenders, preflight
@@ -14,8 +15,8 @@ __all__ = ["operando_xrd"]
 
 
 def operando_xrd(
-    detector: Any,
-    cycler: Any,
+    detector: Readable,
+    cycler: Readable,
     *,
     calibration: dict[str, Any],
     rate_mA_g: float = 200.0,
@@ -26,7 +27,7 @@ def operando_xrd(
     max_frames: int = 500,
     material: str = "SC-NM91",
     mass_mg: float | None = None,
-    beam: Any | None = None,
+    beam: Readable | None = None,
     open_shutter: bool = True,
     min_ring_current_mA: float = 50.0,
     reserve_frames: int | None = None,

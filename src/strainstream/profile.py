@@ -28,10 +28,10 @@ Configuration comes from :class:`ProfileConfig` (arguments) or :meth:`ProfileCon
 (``EPICS_CA_ADDR_LIST`` ...; :meth:`strainstream.beamline.Beamline.client_env` gives them for
 the simulated beamline). Nothing here names a host or a port.
 
-The strainstream plans annotate their device parameters ``Any`` (and use postponed
-annotations); the queue server needs real types to validate parameters and to turn device
-names into devices, so :func:`plans` wraps each plan in a generator function with the same
-name, docstring and behaviour whose signature says ``Readable`` for those parameters (and
+The strainstream plans type their device parameters ``bluesky.protocols.Readable`` (and use
+postponed annotations); the queue server needs evaluated types to validate parameters and to
+turn device names into devices, so :func:`plans` wraps each plan in a generator function with
+the same name, docstring and behaviour whose signature holds the evaluated annotations (and
 whose queue-server annotation lists the profile's device names).
 """
 
@@ -158,34 +158,21 @@ def _config_fields() -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------- plans
-def _device_annotation(annotation: Any) -> Any:
-    """``Any`` -> ``Readable``, ``Any | None`` -> ``Readable | None``; other types unchanged."""
-    from bluesky.protocols import Readable
-
-    if annotation is Any:
-        return Readable
-    if annotation == (Any | None):
-        return Readable | None
-    return annotation
-
-
 def _queue_ready(plan: Callable[..., Any]) -> Callable[..., Any]:
     """``plan`` as a generator function whose signature holds evaluated annotations.
 
-    The queue server reads plan parameters with :func:`inspect.signature`: postponed
-    (string) annotations would become string literals, and an ``Any`` device parameter would
-    receive the device *name*. Here each annotation is evaluated, ``Any`` device parameters
-    become ``bluesky.protocols.Readable`` and, for the queue server, an enum of the profile's
-    device names (bluesky-queueserver's parameter annotation), so a queued item naming an
-    unknown device is refused when it is added and the names become the device objects
-    when it runs.
+    The plans type their device parameters ``bluesky.protocols.Readable``. The queue server
+    reads plan parameters with :func:`inspect.signature`, where postponed (string)
+    annotations would stay string literals: here each annotation is evaluated, and the
+    ``Readable`` parameters get an enum of the profile's device names (bluesky-queueserver's
+    parameter annotation), so a queued item naming an unknown device is refused when it is
+    added and the names become the device objects when it runs.
     """
     from bluesky.protocols import Readable
 
     hints = typing.get_type_hints(plan)
     sig = inspect.signature(plan)
-    params = [p.replace(annotation=_device_annotation(hints.get(p.name, p.annotation)))
-              for p in sig.parameters.values()]
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
     all_devices = [n for names in DEVICE_NAMES.values() for n in names]
     custom = {}
     for p in params:
