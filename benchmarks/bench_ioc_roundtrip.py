@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'detector IOC':<14}{'shape':>10}{'frames/s':>10}{'direct/s':>10}{'IOC/direct':>11}"
           f"{'IOC CPU s/frame':>17}")
-    for kind, r in on["frames"].items():
+    for kind, r in on.get("frames", {}).items():  # none with --frames 0
         print(f"{kind:<14}{'x'.join(map(str, r['shape'])):>10}{r['fps']:>10.2f}"
               f"{r['direct_fps']:>10.2f}{r['fps'] / r['direct_fps']:>11.2f}"
               f"{r['ioc_cpu_s_per_frame']:>17.3f}")
