@@ -323,22 +323,26 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
                     hold = self._dmov_low_since + DMOV_MIN_LOW_S - time.monotonic()
                     if hold > 0:
                         await asyncio.sleep(hold)
-                    if self._target == self._dial:
+                    if self._target != self._dial:
+                        continue  # re-aimed while DMOV was held low
+                    await f.motor_is_moving.write(0, verify_value=False)
+                    if self._homing:
+                        self._homed = True
+                        await f.at_home.write(1, verify_value=False)
+                    if self._homing or self._target_user is None:  # homed, stopped, at a limit
+                        await self.rec.write(float(f.user_readback_value.value), verify_value=False)
+                        await f.dial_desired_value.write(self._dial, verify_value=False)
+                    await self._publish_msta(moving=False)
+                    if self._target == self._dial:  # not re-aimed during these updates
                         break
-                    # re-aimed while holding DMOV low: keep going
+                    await self._publish_msta(moving=True)
             finally:
-                homed = self._homing and self._dial == self._target
+                # no await between here and DMOV=1: a put from now on starts a new motion
                 self._task = None
-                await f.motor_is_moving.write(0, verify_value=False)
-                if homed:
-                    self._homed = True
-                    await f.at_home.write(1, verify_value=False)
-                if self._homing or self._target_user is None:  # homed, stopped, at a limit
-                    await self.rec.write(float(f.user_readback_value.value), verify_value=False)
-                    await f.dial_desired_value.write(self._dial, verify_value=False)
                 self._homing = False
-                await self._publish_msta(moving=False)
                 await f.done_moving_to_value.write(1, verify_value=False)
+                if self._msta_flags & MSTA_MOVING:  # left by an error
+                    await self._publish_msta(moving=False)
                 if _enum(f.stop_pause_move_go) == "Move":
                     await f.stop_pause_move_go.write("Pause", verify_value=False)
                 # the put completes after the last monitor updates went out
@@ -383,7 +387,7 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
         async def _stop(self):
             """Stop at the current position: the motion (if any) ends at its next tick."""
             f = self.fields
-            self._target, self._target_user = self._dial, None
+            self._target, self._target_user, self._homing = self._dial, None, False
             await self.rec.write(float(f.user_readback_value.value), verify_value=False)
             await f.dial_desired_value.write(self._dial, verify_value=False)
 
