@@ -301,8 +301,9 @@ class HDF5PluginWithFileStore(HDF5Plugin, FileStoreHDF5IterativeWrite):
     """ophyd's HDF5 file plugin with its file-store mixin: one Resource (spec ``AD_HDF5``) per
     file and one Datum (``point_number``) per frame, as every ophyd beamline profile has it.
 
-    Its lazy signals do not wait for their PV when first touched (the mixins touch some while
-    the device is built): a detector whose IOC is down can still be constructed."""
+    While the detector is built its lazy signals do not wait for their PVs (the mixins touch
+    some): a detector whose IOC is down can still be constructed (see
+    :class:`IOCAreaDetector`)."""
 
     lazy_wait_for_connection = False
 
@@ -311,6 +312,14 @@ class DetectorCam(AreaDetectorCam):
     """ophyd's generic areaDetector driver (``cam1:``); built without waiting for the IOC."""
 
     lazy_wait_for_connection = False
+
+
+def _instantiated_signals(device) -> list:
+    """The signals of ``device`` and its sub-devices that exist now (lazy ones included)."""
+    out = []
+    for sig in getattr(device, "_signals", {}).values():
+        out.extend(_instantiated_signals(sig) if hasattr(sig, "_signals") else [sig])
+    return out
 
 
 class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
@@ -339,6 +348,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
     """
 
     _default_read_attrs = ("hdf1",)
+    lazy_wait_for_connection = False  # while building; see __init__
     cam = ADComponent(DetectorCam, "cam1:")
     hdf1 = ADComponent(HDF5PluginWithFileStore, "HDF1:", write_path_template="/")
 
@@ -346,6 +356,13 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
                  write_dir: str | os.PathLike | None = None, acquire_timeout_s: float = 60.0,
                  **kwargs: Any) -> None:
         super().__init__(prefix, name=name, **kwargs)
+        # built without waiting for PVs (the IOC may be down); from now on a lazy signal
+        # touched for the first time waits for its PV, as ophyd's default has it, and
+        # wait_for_connection() also waits for the ones touched while building
+        parts = (self, self.cam, self.hdf1)
+        self._built_signals = _instantiated_signals(self)
+        for part in parts:
+            part.lazy_wait_for_connection = True
         self._dtype = np.dtype(dtype)
         self._write_dir = None if write_dir is None else Path(write_dir).resolve()
         if self._write_dir is not None:
@@ -353,6 +370,14 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
         self._series_path: str | None = None
         self._frames_referenced = 0
         self.acquire_timeout_s = float(acquire_timeout_s)
+
+    def wait_for_connection(self, all_signals=False, timeout=2.0):
+        super().wait_for_connection(all_signals=all_signals, timeout=timeout)
+        try:
+            for sig in self._built_signals:
+                sig.wait_for_connection(timeout=timeout)
+        except TimeoutError as exc:
+            raise self.ioc_error(exc) from exc
 
     @property
     def write_dir(self) -> Path | None:
