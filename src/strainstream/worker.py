@@ -302,16 +302,23 @@ def websockets_use_api_key(client) -> None:
             update={"authentication": info.authentication.model_copy(update={"providers": []})})
 
 
+#: how tiled's subscription threads end when we close them (not errors): a subscription
+#: dropped while tiled's client was reconnecting it ("Cannot be restarted once stopped"), and
+#: one whose server closed the stream while we disconnected it (tiled 0.2.20 then submits the
+#: stream-closed callback to the executor its disconnect has just shut down)
+_SUBSCRIPTION_ENDINGS = ("once stopped", "cannot schedule new futures after shutdown")
+
+
 def _quiet_dropped_subscriptions() -> None:
-    """A subscription dropped while tiled's client was reconnecting it ends its thread with
-    "Cannot be restarted once stopped": expected after a re-attach, logged at debug level."""
+    """Log the expected ends of tiled's subscription threads at debug level instead of
+    printing a traceback (see :data:`_SUBSCRIPTION_ENDINGS`)."""
     previous = threading.excepthook
 
     def hook(args) -> None:
         name = getattr(args.thread, "name", "") or ""
         if name.startswith("tiled-subscription") and isinstance(args.exc_value, RuntimeError) \
-                and "once stopped" in str(args.exc_value):
-            logger.debug("dropped subscription thread %s ended", name)
+                and any(text in str(args.exc_value) for text in _SUBSCRIPTION_ENDINGS):
+            logger.debug("subscription thread %s ended: %s", name, args.exc_value)
             return
         previous(args)
 
