@@ -71,10 +71,12 @@ def test_plans_accept_the_profile_devices(name, tmp_path):
         plan.close()
 
 
-def test_the_console_and_queue_use_the_simulated_profile():
+def test_the_console_queue_and_ioc_list_use_the_simulated_profile():
+    from strainstream.config import IOC_NAMES
     from strainstream.profile import DEVICE_NAMES
 
     assert DEVICE_NAMES == names_by_ioc("sim")
+    assert tuple(IOC_NAMES) == tuple(names_by_ioc("sim"))
 
 
 def test_unknown_profile_and_ioc_are_named():
