@@ -97,3 +97,21 @@ def test_status_lists_a_real_profile_without_its_iocs():
     assert devices["theta"] == {"name": "theta", "class": "ophyd.epics_motor.EpicsMotor",
                                 "prefix": "XF:03IDC-ES{Smpl:1-Ax:Th}Mtr", "connected": False}
     assert devices["sxdm"]["prefix"] == "XF:03IDC-ES{Merlin:1}" and not devices["sxdm"]["connected"]
+
+
+def test_the_readme_profile_example_builds(tmp_path, monkeypatch):
+    """The README's profile for a real beamline, as a module of the user's own."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## On a real beamline"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "mybeamline_example.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    devices = make_devices("mybeamline_example", write_dir=tmp_path, mock=True)
+    rows = {r["name"]: r for r in device_table(devices)}
+    assert rows["theta"]["class"] == "ophyd.epics_motor.EpicsMotor" and rows["theta"]["prefix"] == "11idc:m12"
+    assert rows["sample_x"]["prefix"] == "11idc:m9"
+    assert rows["xrd"]["prefix"] == "11idcPE1:" and "AreaDetector" in rows["xrd"]["class"]
+    assert devices["beam"].shutter.open_status == "OPEN"

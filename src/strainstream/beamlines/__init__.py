@@ -61,19 +61,23 @@ class Context:
 
 
 def load(name: str = "sim") -> ModuleType:
-    """The profile module ``strainstream.beamlines.<name>`` (a dotted path to any module that
-    follows the same layout also works)."""
-    module = name if "." in name else f"strainstream.beamlines.{name}"
-    try:
-        prof = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
+    """The profile module ``strainstream.beamlines.<name>``, or else the importable module
+    ``name`` (e.g. ``mybeamline`` on ``PYTHONPATH``) that follows the same layout."""
+    candidates = [name] if "." in name else [f"strainstream.beamlines.{name}", name]
+    prof = None
+    for module in candidates:
+        try:
+            prof = importlib.import_module(module)
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    if prof is None:
         raise UsageError(f"no beamline profile {name!r}; shipped: {', '.join(PROFILES)} "
-                         "(or give a module path, e.g. mybeamline.profile)") from None
+                         "(or the name of an importable module, e.g. mybeamline)")
     for attr in ("PREFIX", "IOCS", "DEVICES"):
         if not hasattr(prof, attr):
-            raise UsageError(f"beamline profile {module} defines no {attr}")
+            raise UsageError(f"beamline profile {prof.__name__} defines no {attr}")
     return prof
 
 
