@@ -309,11 +309,29 @@ def test_stock_ophyd_area_detector_writes_n_frames_into_one_file(beamline, tmp_p
         det.unstage()
     assert path.startswith(str(tmp_path)) and path.endswith("_000000.h5")
     with h5py.File(path, "r", swmr=True, locking=False) as f:
-        data = f["/entry/data/data"]
-        assert data.shape == (n, *_shape(det)) and data.dtype == np.uint16
-        counters = f["/entry/instrument/NDAttributes/counter"][()]
-    assert np.all(np.diff(counters) == 1)
+        data = f["/entry/data/data"][()]
+        att = {k: v[()] for k, v in f["/entry/instrument/NDAttributes"].items()}
+    assert data.shape == (n, *_shape(det)) and data.dtype == np.uint16
+    assert np.all(np.diff(att["counter"]) == 1)
     assert [d["datum_kwargs"]["point_number"] for name, d in docs if name == "datum"] == list(range(n))
+    # every frame is the forward model for the cell state the IOC recorded with it
+    from strainstream.sim.cell import LatticePhase
+    from strainstream.sim.cell import preset as cell_preset
+    from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
+
+    rows = data.shape[1]
+    sim = XRDFrameSimulator(DetectorGeometry.binned(2048 // rows))
+    tm = dict(cell_preset("SC-NM91").transition_metals)
+    seed = int(beamline.devices()["xrd_sim"].seed.get())
+    noise = bool(beamline.devices()["xrd_sim"].noise.get())
+    for i in range(n):
+        phases = [LatticePhase(name=f"p{k}", **{f: float(att[f"phase{k}_{f}"][i]) for f in
+                                               ("a_A", "c_A", "fraction", "microstrain", "size_nm",
+                                                "li_occupancy")})
+                  for k in range(int(att["n_phases"][i]))]
+        expected = sim.frame(phases, seed=[seed, int(att["counter"][i])], noise=noise,
+                             transition_metals=tm).image
+        np.testing.assert_array_equal(data[i], expected)
 
 
 def test_a_frame_the_plugin_did_not_write_fails_the_trigger_named(devs):
