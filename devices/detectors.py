@@ -314,6 +314,17 @@ class DetectorCam(AreaDetectorCam):
     lazy_wait_for_connection = False
 
 
+def _force_unstaged(device) -> None:
+    """Mark ``device`` and every instantiated sub-device unstaged (their settings could not be
+    restored: the IOC is gone; the next stage() sets them again)."""
+    if hasattr(device, "_staged"):
+        device._staged = Staged.no
+        device._original_vals.clear()
+    for sub in getattr(device, "_signals", {}).values():
+        if hasattr(sub, "_signals"):
+            _force_unstaged(sub)
+
+
 def _instantiated_signals(device) -> list:
     """The signals of ``device`` and its sub-devices that exist now (lazy ones included)."""
     out = []
@@ -449,9 +460,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
         except IOCNotAnswering:
             # the IOC died: its settings cannot be restored now; the next stage() sets them
             # all again, so a run after the IOC is back must not find us "partially staged"
-            for dev in (self, self.cam, self.hdf1):
-                dev._staged = Staged.no
-                dev._original_vals.clear()
+            _force_unstaged(self)
             raise
         finally:
             self._series_path = None

@@ -571,3 +571,9 @@ def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
     assert probe([pv], [beamline.addresses["beam"]])[pv] > 0
     assert _wait_for(lambda: b.connected and cyc.connected and x.connected, 60, 0.2)
     assert b.ring_current_mA.get(use_monitor=False) > 0
+    # the detector whose unstage failed with its IOC is whole again: stage, take, unstage
+    x.stage()
+    try:
+        x.trigger().wait(30)
+    finally:
+        x.unstage()
