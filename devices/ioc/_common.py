@@ -408,6 +408,7 @@ class AreaDetectorGroup(PVGroup):
                                         max(int(self.cam_NumImages.value), 1))
         loop = asyncio.get_running_loop()
         await self.cam_Acquire_RBV.write("Acquire")
+        acquire_shown = loop.time()
         await self.cam_DetectorState_RBV.write("Acquire")
         await self.cam_NumImagesCounter_RBV.write(0)
         taken = 0
@@ -437,7 +438,7 @@ class AreaDetectorGroup(PVGroup):
         finally:
             # let Acquire_RBV = Acquire reach monitoring clients (caproto batches updates for
             # ~10 ms) before Done: ophyd's SingleTrigger finishes on the 1 -> 0 edge
-            await asyncio.sleep(MONITOR_FLUSH_S)
+            await asyncio.sleep(max(MONITOR_FLUSH_S - (loop.time() - acquire_shown), 0.0))
             self._acquiring = False
             await self.cam_DetectorState_RBV.write(state)
             await self.cam_Acquire_RBV.write("Done")
