@@ -241,7 +241,7 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     assert np.median(err) < 0.002 and np.mean(err < 0.01) >= 0.8, err
     assert np.median(err_prev) > 5 * np.median(err), (err, err_prev)
     print(f"FAULTS dump+shutter: events {n}, suspensions {out.count('Suspending....')}, "
-          f"frames cut {n_cut}, lost 0")
+          f"frames taken but not referenced (dropped events) {n_cut}, lost 0")
 
 
 # --------------------------------------------------------------- 2. IOC restart mid-run
