@@ -2,6 +2,7 @@
 
 - :func:`mock_beamline` — a profile's real device classes as disconnected fake-signal devices
   (``ophyd.sim.make_fake_device``): construction, names, PV prefixes, plan validation;
+- :func:`wait_for` — poll a condition with a deadline (IOC restarts, reconnections);
 - :class:`SimStage`, :class:`SimBeam` — in-process simulated motors (``ophyd.sim.SynAxis``,
   moves finish at once) and an always-on beam with a shutter that follows its commands,
   for running the plans end to end with the in-process detector
@@ -10,6 +11,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ophyd import Component as Cpt
@@ -17,7 +20,17 @@ from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import Status
 
-__all__ = ["SimBeam", "SimShutter", "SimStage", "mock_beamline"]
+__all__ = ["SimBeam", "SimShutter", "SimStage", "mock_beamline", "wait_for"]
+
+
+def wait_for(pred: Callable[[], Any], timeout_s: float = 30.0, period_s: float = 0.05) -> bool:
+    """Poll ``pred()`` until it is true (True) or ``timeout_s`` has passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(period_s)
+    return False
 
 
 def mock_beamline(profile: str = "sim", **kwargs: Any) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
+from strainstream.devices.testing import wait_for
+
 pytestmark = pytest.mark.system
 
 
@@ -34,14 +36,6 @@ def _shape(det):
     size = det.cam.array_size
     return int(size.array_size_y.get()), int(size.array_size_x.get())
 
-
-def _wait_for(pred, timeout_s=30.0, period_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(period_s)
-    return False
 
 
 def _acquire_one(det):
@@ -109,7 +103,7 @@ def test_motor_soft_limits_refuse_moves(devs, beamline):
     # stage's hard limit switch is at 2085 mm)
     m.high_limit_travel.put(2060.0, wait=True)
     try:
-        assert _wait_for(lambda: m.limits == (300.0, 2060.0), 5)
+        assert wait_for(lambda: m.limits == (300.0, 2060.0), 5)
         m.velocity.put(20000.0, wait=True)
         m.set(2050).wait(timeout=10)
         assert m.position == pytest.approx(2050.0)
@@ -117,7 +111,7 @@ def test_motor_soft_limits_refuse_moves(devs, beamline):
     finally:
         m.high_limit_travel.put(2000.0, wait=True)
         m.velocity.put(100.0, wait=True)
-        assert _wait_for(lambda: m.limits == (300.0, 2000.0), 5)
+        assert wait_for(lambda: m.limits == (300.0, 2000.0), 5)
 
 
 def test_motor_stop_ends_the_move_early(devs):
@@ -126,7 +120,7 @@ def test_motor_stop_ends_the_move_early(devs):
     m.velocity.put(10.0, wait=True)
     try:
         st = m.set(90.0)  # 9 s at 10 um/s
-        assert _wait_for(lambda: m.position > 1.0, 10)
+        assert wait_for(lambda: m.position > 1.0, 10)
         m.stop()
         st.wait(timeout=10)
         pos = m.position
@@ -156,7 +150,7 @@ def _check_charge(cyc, ocv_V, preset):
     v0 = cyc.voltage_V.get(use_monitor=False)
     assert cyc.soc.get(use_monitor=False) == 0.0
     cyc.start_cc(100.0, v_max_V=4.5).wait(5)  # 2.28 h at 100 mA/g -> ~3 s of wall time
-    assert _wait_for(lambda: cyc.mode_rbv.get() == "CC", 5)
+    assert wait_for(lambda: cyc.mode_rbv.get() == "CC", 5)
     samples = []
 
     def done():
@@ -165,7 +159,7 @@ def _check_charge(cyc, ocv_V, preset):
                         rb["cycler_capacity_mAh_g"]["value"], rb["cycler_mode_rbv"]["value"]))
         return samples[-1][3] == "REST"
 
-    assert _wait_for(done, timeout_s=40, period_s=0.1), "the charge did not reach 4.5 V"
+    assert wait_for(done, timeout_s=40, period_s=0.1), "the charge did not reach 4.5 V"
     soc, v, cap = (np.array([s[i] for s in samples]) for i in range(3))
     charging = np.array([s[3] == "CC" for s in samples])
     assert charging.sum() >= 5
@@ -395,8 +389,8 @@ def test_ring_current_dump_and_recovery(devs):
     b = devs["beam"]
     assert b.ring_current_mA.get(use_monitor=False) > 390
     b.dump(0.5).wait(5)
-    assert _wait_for(lambda: b.ring_current_mA.get() < 1.0, 5)
-    assert _wait_for(lambda: b.ring_current_mA.get() > 390, 10)
+    assert wait_for(lambda: b.ring_current_mA.get() < 1.0, 5)
+    assert wait_for(lambda: b.ring_current_mA.get() > 390, 10)
     b.shutter.open().wait(5)
     assert b.shutter.is_open
     assert b.read()["beam_shutter_status"]["value"] == "Open"  # monitor already updated
@@ -510,7 +504,7 @@ def test_iocs_exit_when_their_parent_dies(tmp_path):
         assert _alive(pid)
         parent.kill()  # no atexit, no cleanup: the IOC must notice by itself
         parent.wait()
-        assert _wait_for(lambda: not _alive(pid), 10), "orphaned IOC still running"
+        assert wait_for(lambda: not _alive(pid), 10), "orphaned IOC still running"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -543,7 +537,7 @@ def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
     try:
         # wait until the client has seen the circuits close: a put racing the disconnect
         # would otherwise wait for its own timeout (60 s) before failing
-        assert _wait_for(lambda: not x.cam.acquire.connected and not cyc.connected, 30)
+        assert wait_for(lambda: not x.cam.acquire.connected and not cyc.connected, 30)
         # a detector acquisition on a dead IOC: fails at once with the named error
         addr = beamline.addresses["cycler"]
         with pytest.raises(IOCNotAnswering, match=rf"cycler IOC at {addr} \(prefix SS:XRD:\) "
@@ -554,7 +548,7 @@ def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
         with pytest.raises(IOCNotAnswering):
             x.unstage()
         # a monitored value read before the client noticed would still be the cached one
-        assert _wait_for(lambda: not b.connected, 10)
+        assert wait_for(lambda: not b.connected, 10)
         addr = beamline.addresses["beam"]
         with pytest.raises(IOCNotAnswering,
                            match=rf"beam IOC at {addr} \(prefix SS:\) not answering: PV SS:BEAM:\S+"):
@@ -569,7 +563,7 @@ def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
         beamline.restart("cycler")
     pv = "SS:BEAM:ring_current_mA"
     assert probe([pv], [beamline.addresses["beam"]])[pv] > 0
-    assert _wait_for(lambda: b.connected and cyc.connected and x.connected, 60, 0.2)
+    assert wait_for(lambda: b.connected and cyc.connected and x.connected, 60, 0.2)
     assert b.ring_current_mA.get(use_monitor=False) > 0
     # the detector whose unstage failed with its IOC is whole again: stage, take, unstage
     x.stage()

@@ -15,10 +15,16 @@ import pytest
 from ophyd import EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.utils.errors import LimitError
 
+from strainstream.devices.testing import wait_for
+
 pytestmark = pytest.mark.system
 
 MSTA_DIRECTION, MSTA_DONE, MSTA_PLUS_LS, MSTA_MOVING, MSTA_MINUS_LS, MSTA_HOMED = (
     1 << 0, 1 << 1, 1 << 2, 1 << 10, 1 << 13, 1 << 14)
+
+
+def _wait_for(pred, timeout_s=10.0, period_s=0.01):
+    return wait_for(pred, timeout_s, period_s)
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +32,6 @@ def beamline(sim_beamline):
     """The session's simulated beamline (tests/conftest.py)."""
     return sim_beamline
 
-
-def _wait_for(pred, timeout_s=10.0, period_s=0.01):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(period_s)
-    return False
 
 
 def _after_failed_move():

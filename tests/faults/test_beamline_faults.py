@@ -28,18 +28,11 @@ import pytest
 from strainstream.callbacks.sinks import DERIVED
 from strainstream.datadir import detector_dir
 from strainstream.demo import wait_for_results
+from strainstream.devices.testing import wait_for
 from strainstream.session import make_session
 
 pytestmark = pytest.mark.system
 
-
-def _wait_for(pred, timeout_s=30.0, period_s=0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(period_s)
-    return False
 
 
 def _calibration(shape: int) -> dict:
@@ -121,7 +114,7 @@ def xrd_setup(sim_beamline, sim_devices, tiled_server):
     for ioc in ("beam", "cycler"):  # a failed fault test must not leave an IOC dead
         if not sim_beamline.is_running(ioc):
             sim_beamline.restart(ioc)
-    _wait_for(lambda: det.connected and cyc.connected and beam.connected, 60, 0.2)
+    wait_for(lambda: det.connected and cyc.connected and beam.connected, 60, 0.2)
     sim = sim_devices["xrd_sim"]
     sim.beam_gate.put(0, wait=True)
     det.cam.acquire_time.put(0.0, wait=True)
@@ -146,7 +139,7 @@ def test_beam_dump_and_shutter_close_mid_run_lose_and_repeat_nothing(
     beam.shutter.close().wait(10)
     sim_ctl = sim_devices["xrd_sim"]
     sim_ctl.beam_gate.put(1, wait=True)
-    assert _wait_for(lambda: sim_ctl.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
+    assert wait_for(lambda: sim_ctl.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
     det.cam.acquire_time.put(0.2, wait=True)  # most of the time a frame is in flight
     sim_ctl.seed.put(11, wait=True)
     cyc.reset_cell().wait(10)
@@ -255,7 +248,7 @@ def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
     beam.shutter.close().wait(10)
     sim_ctl = sim_devices["xrd_sim"]
     sim_ctl.beam_gate.put(1, wait=True)  # frames are dark while the restarted IOC's shutter is closed
-    assert _wait_for(lambda: sim_ctl.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
+    assert wait_for(lambda: sim_ctl.beam_on.get(use_monitor=False) == 0, 10), "beam link not up"
     cyc.reset_cell().wait(10)
     cyc.accel.put(250.0, wait=True)
     seen = _Counter()
@@ -271,7 +264,7 @@ def test_beam_ioc_killed_mid_run_suspends_until_it_is_back(
         outage["events_while_down"] = seen.events - outage["killed_at_event"]
         t0 = time.monotonic()
         sim_beamline.restart("beam")  # same port; pyepics reconnects by itself
-        _wait_for(lambda: beam.connected, 60, 0.1)
+        wait_for(lambda: beam.connected, 60, 0.1)
         outage["reconnect_s"] = time.monotonic() - t0
         time.sleep(0.5)
         outage["events_before_shutter"] = seen.events - outage["killed_at_event"]
@@ -328,7 +321,7 @@ def test_detector_ioc_killed_mid_series_fails_named_and_a_continuation_completes
     assert "cycler IOC" in seen.stop["reason"]
     # what was recorded before the fault is readable from tiled and from the file
     root = tiled_server.client()
-    assert _wait_for(lambda: root[uid].metadata.get("stop") is not None, 60, 0.2)
+    assert wait_for(lambda: root[uid].metadata.get("stop") is not None, 60, 0.2)
     primary = root[uid]["primary"]
     seq = primary["seq_num"].read().tolist()
     k = len(seq)
@@ -342,7 +335,7 @@ def test_detector_ioc_killed_mid_series_fails_named_and_a_continuation_completes
 
     # the IOC is back (same port): the rest of the series in a new run that names the first
     sim_beamline.restart("cycler")
-    assert _wait_for(lambda: det.connected and cyc.connected, 60, 0.2)
+    assert wait_for(lambda: det.connected and cyc.connected, 60, 0.2)
     seen2 = _Counter()
     session.RE.subscribe(seen2)
     (uid2,) = session.RE(frame_series([det], num=total - k, delay_s=0.1, md={"continues": uid}))
@@ -367,7 +360,7 @@ def test_restarted_detector_ioc_is_not_silently_written_to_a_new_file(xrd_setup,
         det.trigger().wait(60)
         list(det.collect_asset_docs())
         sim_beamline.restart("cycler")  # SIGTERM + start: the series file is closed
-        assert _wait_for(lambda: det.connected, 60, 0.2)
+        assert wait_for(lambda: det.connected, 60, 0.2)
         with pytest.raises(SeriesLost, match=r"xrd: the cycler IOC at .* no longer writes .*\.h5"):
             det.trigger()
     finally:
