@@ -1,14 +1,15 @@
-"""Area detectors whose frames go to HDF5 and are referenced by StreamResource/StreamDatum.
+"""Area detectors whose frames go to HDF5 files that the documents reference.
 
-:class:`SimFrameDetector` is an in-process simulated area detector: on every trigger it asks
-a frame source for the next image, appends it to the series' HDF5 file and, when read,
-emits one StreamDatum per frame (after a StreamResource for the file). The frame data never
-travels through Channel Access or inside event documents.
+:class:`IOCAreaDetector` is an areaDetector IOC (real, or the simulated ones of
+:mod:`strainstream.devices.ioc`) driven through ophyd's stock classes: the detector's HDF5
+plugin writes the file, the run records a Resource and one Datum per frame
+(:mod:`strainstream.asset_docs` turns them into StreamResource/StreamDatum for tiled).
+Factories: :func:`ioc_detector`, :func:`sim_controls` (the simulated IOCs' extra controls).
 
-:class:`IOCAreaDetector` does the same for the caproto detector IOCs
-(:mod:`strainstream.devices.ioc`): the IOC writes the file, the device stages a new series
-(``Capture``), triggers ``Acquire`` (put completion = frame written) and emits the same
-documents through the shared :class:`StreamedFrames` mixin. Factory: :func:`ioc_detector`.
+:class:`SimFrameDetector` is an in-process simulated area detector (no IOC): on every trigger
+it asks a frame source for the next image, appends it to the series' HDF5 file and emits one
+StreamDatum per frame (after a StreamResource for the file), through :class:`StreamedFrames`.
+The frame data never travels through Channel Access or inside event documents.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ FrameSource = Callable[[int], np.ndarray]
 class StreamedFrames:
     """Mixin: StreamResource/StreamDatum bookkeeping for frames written to one HDF5 file.
 
-    Shared by the in-process :class:`SimFrameDetector` and the IOC-backed
-    :class:`IOCAreaDetector`: one StreamResource per file (emitted with the first frame),
-    one StreamDatum per frame, ``describe()`` entry ``<name>_image`` marked ``external``.
+    Used by the in-process :class:`SimFrameDetector`: one StreamResource per file (emitted
+    with the first frame), one StreamDatum per frame, ``describe()`` entry ``<name>_image``
+    marked ``external``.
 
     Frames that end up in no event are cut from the file before the next frame, so event k
     stays frame k-1 for every reader (tiled included). A frame is "abandoned" when the

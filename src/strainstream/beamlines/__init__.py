@@ -29,7 +29,8 @@ from typing import Any
 
 from strainstream.errors import UsageError
 
-__all__ = ["PROFILES", "Context", "device_table", "load", "make_devices", "names_by_ioc"]
+__all__ = ["PROFILES", "Context", "device_parts", "device_table", "load", "make_devices",
+           "names_by_ioc"]
 
 #: shipped profiles (module names); ``sim`` is the default
 PROFILES = ("sim", "aps_11idc", "nsls2_hxn_fxi")
@@ -114,23 +115,30 @@ def make_devices(profile: str | ModuleType = "sim", *, iocs: Iterable[str] | Non
     return {name: factories[name](ctx) for name in wanted}
 
 
-def device_table(devices: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``[{"name", "class", "prefix"}]`` for each device (containers of motors are expanded to
-    their motors, which is what a user passes a prefix to)."""
-    rows = []
-    for dev in devices.values():
-        from ophyd import EpicsMotor
+def device_parts(devices: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``(name, device)`` for each device, containers of motors expanded to their motors (what
+    a user passes a prefix to)."""
+    from ophyd import EpicsMotor
 
-        parts = [dev]
+    parts = []
+    for name, dev in devices.items():
+        motors = []
         if not isinstance(dev, EpicsMotor) and hasattr(dev, "component_names"):
-            motors = [getattr(dev, c) for c in dev.component_names
+            motors = [c for c in dev.component_names
                       if isinstance(getattr(type(dev), c).cls, type)
                       and issubclass(getattr(type(dev), c).cls, EpicsMotor)]
-            parts = motors or parts
-        for part in parts:
-            cls = type(part)
-            if getattr(cls, "__module__", "").startswith("ophyd.sim"):  # a mock: name the real one
-                cls = cls.__mro__[1]
-            rows.append({"name": part.attr_name if part is not dev else dev.name,
-                         "class": f"{cls.__module__}.{cls.__qualname__}", "prefix": part.prefix})
+        parts.extend([(m, getattr(dev, m)) for m in motors] or [(name, dev)])
+    return parts
+
+
+def device_table(devices: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``[{"name", "class", "prefix"}]`` for :func:`device_parts` of ``devices``; a mock
+    device is named by the class it fakes."""
+    rows = []
+    for name, part in device_parts(devices):
+        cls = type(part)
+        if getattr(cls, "__module__", "").startswith("ophyd.sim"):
+            cls = cls.__mro__[1]
+        rows.append({"name": name, "class": f"{cls.__module__}.{cls.__qualname__}",
+                     "prefix": part.prefix})
     return rows

@@ -128,19 +128,12 @@ def _device_table(prefix: str, addresses: list[str], timeout_s: float,
     if addresses:  # before pyepics creates its CA context
         apply_environment({"EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": " ".join(addresses),
                            "EPICS_CA_MAX_ARRAY_BYTES": "100000000"})
-    from ophyd import EpicsMotor
-
-    from strainstream.beamlines import device_table, load, make_devices
+    from strainstream.beamlines import device_parts, device_table, load, make_devices
 
     profile = load(beamline)
     devices = make_devices(profile, prefix=prefix if beamline == "sim" else None)
     table = []
-    for row in device_table(devices):
-        dev = devices.get(row["name"])
-        if dev is None:  # a motor of a stage
-            stage = next(d for d in devices.values()
-                         if not isinstance(d, EpicsMotor) and row["name"] in getattr(d, "component_names", ()))
-            dev = getattr(stage, row["name"])
+    for row, (_, dev) in zip(device_table(devices), device_parts(devices), strict=True):
         try:
             dev.wait_for_connection(timeout=timeout_s)
             if hasattr(dev, "cam"):  # an area detector's driver and file plugin both answer
