@@ -91,6 +91,21 @@ def beam_suspenders(beam: Any, *, min_ring_current_mA: float = 50.0,
     return out
 
 
+def ad_frame_shape(detector: Any) -> MsgGenerator:
+    """Rows/cols of an areaDetector's frames (``cam1:ArraySizeY_RBV``/``X_RBV``; generator)."""
+    rows = yield from bps.rd(detector.cam.array_size.array_size_y)
+    cols = yield from bps.rd(detector.cam.array_size.array_size_x)
+    return int(rows), int(cols)
+
+
+def _free_bytes(where: str, path: Any) -> int:
+    """Free bytes of the (created, probed) data directory; its problem named after ``where``."""
+    try:
+        return writable_dir_free_bytes(path)
+    except DataDirError as exc:
+        raise DataDirError(f"{where}: data directory {exc}") from None
+
+
 def preflight(detectors: Sequence[Any], n_frames: int, *, margin: float = SPACE_MARGIN) -> MsgGenerator:
     """Refuse a run whose detectors cannot write ``n_frames`` frames; use before ``open_run``.
 
@@ -126,24 +141,17 @@ def preflight(detectors: Sequence[Any], n_frames: int, *, margin: float = SPACE_
                 path = str(det.write_dir).rstrip("/") + "/"
             else:
                 path = str((yield from bps.rd(plugin.file_path)))
-            try:  # shared directory: created, probed and its free space read here
-                free = writable_dir_free_bytes(path)
-            except DataDirError as exc:
-                raise DataDirError(f"{where}: data directory {exc}") from None
+            free = _free_bytes(where, path)  # shared directory: created and probed here
             # ... and the IOC must see it too (another host may mount it elsewhere, or not)
             yield from bps.abs_set(plugin.file_path, path, wait=True)
             exists = (yield from bps.rd(plugin.file_path_exists))
             if exists in (0, "No"):
                 raise DataDirError(f"{where}: data directory {path} does not exist on the IOC host "
                                    f"({det.prefix}HDF1:FilePathExists_RBV = No)")
-            shape = (int((yield from bps.rd(det.cam.array_size.array_size_y))),
-                     int((yield from bps.rd(det.cam.array_size.array_size_x))))
+            shape = yield from ad_frame_shape(det)
         else:
             where, path = det.name, str(det.write_dir)
-            try:
-                free = writable_dir_free_bytes(det.write_dir)
-            except DataDirError as exc:
-                raise DataDirError(f"{where}: data directory {exc}") from None
+            free = _free_bytes(where, det.write_dir)
             shape = tuple(det.frame_shape)
         frame_bytes = int(np.prod(shape)) * np.dtype(det.dtype).itemsize
         need = float(n_frames) * frame_bytes * margin

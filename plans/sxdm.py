@@ -31,7 +31,7 @@ from bluesky.utils import MsgGenerator
 from ophyd import Signal
 from ophyd.status import Status
 
-from ._common import base_metadata, beam_suspenders, preflight
+from ._common import ad_frame_shape, base_metadata, beam_suspenders, preflight
 
 __all__ = ["DETECTOR_GEOMETRY_KEYS", "find_bragg", "raster_positions", "simulated_detector_geometry",
            "sxdm_map"]
@@ -93,9 +93,7 @@ def _frame_shape(detector: Any):
     """Rows/cols of the detector frame: an areaDetector's ``cam1:ArraySizeY_RBV/X_RBV``, or an
     in-process detector's ``_frame_shape`` (generator: yields plan messages)."""
     if hasattr(detector, "cam"):
-        rows = yield from bps.rd(detector.cam.array_size.array_size_y)
-        cols = yield from bps.rd(detector.cam.array_size.array_size_x)
-        return int(rows), int(cols)
+        return (yield from ad_frame_shape(detector))
     shape = getattr(detector, "_frame_shape", None)
     if shape is None:
         raise ValueError(f"{detector.name}: frame shape unknown; pass geometry= with the detector "
