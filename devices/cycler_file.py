@@ -57,11 +57,9 @@ from the start.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -73,7 +71,17 @@ from ophyd import Device, Kind
 from ophyd.signal import Signal, SignalRO
 from ophyd.status import DeviceStatus
 
-from strainstream.errors import StrainstreamError
+# the pure parsing pieces are shared with the whole-log reader of archived measurements
+from strainstream.archives.cyclerlog import (
+    _MPR_MAGIC,
+    _MPT_MAGIC,
+    _NB_HEADER_RE,
+    PotentiostatFileError,
+    _Column,
+    _HalfCycleSum,
+    _load_mpr,
+    _resolve_columns,
+)
 
 __all__ = [
     "CyclerFileFollower",
@@ -85,48 +93,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MPT_MAGIC = ("EC-Lab ASCII FILE", "BT-Lab ASCII FILE")
-_MPR_MAGIC = b"BIO-LOGIC MODULAR FILE"
-_NB_HEADER_RE = re.compile(r"Nb header lines\s*:\s*(\d+)\s*$")
-_UNIT_RE = re.compile(r"^(?P<q>.+?)\s*(?:/\s*(?P<u1>[^/()]+)|\(\s*(?P<u2>[^()]+?)\s*\))\s*$")
 _BLOCK_BYTES = 8 << 20  # text read per chunk while catching up with a long file
-
-#: quantity -> normalised column names (without the unit), the first found in this order wins
-_NAMES: dict[str, tuple[str, ...]] = {
-    "time": ("time", "test time", "total time", "elapsed time"),
-    "voltage": ("ewe", "<ewe>", "ecell", "<ecell>", "voltage", "cell voltage", "potential"),
-    "current": ("i", "<i>", "current"),
-    "capacity_net": ("(q-qo)", "q-qo"),
-    "capacity_half": ("q charge/discharge",),
-    # CSV only (EC-Lab's Capacity/mA.h is |Q| of the half cycle, not the net charge)
-    "capacity_csv": ("capacity", "net capacity", "specific capacity"),
-    "cycle": ("cycle number", "cycle", "cycle index", "cycle no", "cycle id"),
-    "half_cycle": ("half cycle",),
-}
-#: the data keys' own column names (a CSV written by hand or by our tools)
-_OWN_NAMES = {"time_s": ("time", "s"), "voltage_v": ("voltage", "v"), "current_ma": ("current", "ma"),
-              "capacity_mah": ("capacity_csv", "mah"), "capacity_mah_g": ("capacity_csv", "mah/g"),
-              "cycle": ("cycle", "")}
-#: quantity kind -> unit -> factor to the canonical unit (s, V, mA, mA·h); "mah/g" is specific
-_UNITS = {
-    "time": {"s": 1.0, "min": 60.0, "h": 3600.0},
-    "voltage": {"v": 1.0, "mv": 1e-3},
-    "current": {"ma": 1.0, "a": 1e3, "ua": 1e-3},
-    "capacity": {"mah": 1.0, "ma.h": 1.0, "ah": 1e3, "a.h": 1e3, "c": 1.0 / 3.6, "mah/g": 1.0},
-    "cycle": {"": 1.0},
-}
-_REQUIRED = ("time", "voltage", "current", "capacity", "cycle")
-
-
-class PotentiostatFileError(StrainstreamError, OSError):
-    """A potentiostat export file cannot be used: unknown format, missing column, bad row.
-
-    ``path`` is the file, ``column`` the missing/bad quantity or column when there is one.
-    """
-
-    def __init__(self, path: str | os.PathLike, message: str, *, column: str | None = None) -> None:
-        self.path, self.column, self.detail = str(path), column, message
-        super().__init__(f"potentiostat file {self.path}: {message}")
 
 
 class PotentiostatFileNotReady(PotentiostatFileError):
@@ -146,134 +113,6 @@ class CyclerRow:
     capacity_mAh_g: float
     cycle: int
     seen_at: float
-
-
-@dataclass(frozen=True)
-class _Column:
-    index: int | str  # text: field index; mpr: galvani field name
-    header: str
-    factor: float
-
-
-class _HalfCycleSum:
-    """Net charge from EC-Lab's ``Q charge/discharge`` (reset to 0 at every half cycle)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self.prev: tuple[float, float | None] | None = None
-
-    def feed(self, q: float, half_cycle: float | None) -> float:
-        if self.prev is not None:
-            prev_q, prev_hc = self.prev
-            new = half_cycle != prev_hc if half_cycle is not None else abs(q) < abs(prev_q)
-            if new:
-                self.offset += prev_q
-        self.prev = (q, half_cycle)
-        return self.offset + q
-
-
-def _normalise(name: str) -> str:
-    return " ".join(name.strip().strip('"').lower().replace("µ", "u").replace("μ", "u")
-                    .replace("_", " ").split())
-
-
-def _split_unit(header: str) -> tuple[str, str | None]:
-    """``"Ewe/V"`` -> ``("ewe", "v")``; ``"cycle number"`` -> ``("cycle number", None)``."""
-    raw = header.strip().strip('"')
-    own = raw.lower()
-    if own in _OWN_NAMES:
-        return own, None
-    m = _UNIT_RE.match(raw)
-    if m is None:
-        return _normalise(raw), None
-    unit = (m.group("u1") or m.group("u2")).strip().lower().replace("µ", "u").replace("μ", "u")
-    return _normalise(m.group("q")), unit.replace(" ", "")
-
-
-def _kind(quantity: str) -> str:
-    return "capacity" if quantity.startswith("capacity") else quantity
-
-
-def _resolve_columns(path: str | os.PathLike, headers: list[str], fmt: str,
-                    overrides: dict[str, str] | None = None) -> tuple[dict[str, _Column], dict]:
-    """Map the file's column headers to the quantities the device reads.
-
-    Returns ``(columns, info)``: ``columns`` has ``time, voltage, current, capacity, cycle``
-    and optionally ``half_cycle``; ``info`` says how capacity and cycle are interpreted
-    (``capacity_from`` = ``net`` | ``half`` | ``specific``, ``cycle_offset``).
-
-    Raises
-    ------
-    PotentiostatFileError
-        Naming the file, the quantity without a usable column, the accepted names and the
-        columns the file has.
-    """
-    found: dict[str, tuple[int, int, _Column, str]] = {}  # quantity -> (priority, idx, col, unit)
-    for idx, header in enumerate(headers):
-        name, unit = _split_unit(header)
-        if name in _OWN_NAMES:
-            quantity, own_unit = _OWN_NAMES[name]
-            cands = [(quantity, -1, own_unit)]
-        else:
-            cands = [(q, names.index(name), unit) for q, names in _NAMES.items() if name in names]
-        for quantity, prio, u in cands:
-            if quantity == "capacity_csv" and fmt != "csv":
-                continue
-            kind = _kind(quantity)
-            units = _UNITS.get(kind)
-            if units is not None and (u or "") not in units:
-                continue  # e.g. "Ewe/kV", "time/date": not a unit we convert
-            factor = units[u or ""] if units is not None else 1.0
-            best = found.get(quantity)
-            if best is None or prio < best[0]:
-                found[quantity] = (prio, idx, _Column(idx, header.strip(), factor), u or "")
-    for quantity, header in (overrides or {}).items():
-        if quantity not in _REQUIRED:
-            raise ValueError(f"columns: unknown quantity {quantity!r}; choose from {', '.join(_REQUIRED)}")
-        if header not in [h.strip() for h in headers]:
-            raise PotentiostatFileError(path, f"column {header!r} given for {quantity} is not in the "
-                                        f"file (columns: {', '.join(headers)})", column=header)
-        idx = [h.strip() for h in headers].index(header)
-        _, unit = _split_unit(header)
-        units = _UNITS[quantity]
-        if (unit or "") not in units:
-            raise PotentiostatFileError(path, f"column {header!r} given for {quantity}: unit "
-                                        f"{unit!r} not understood (use one of "
-                                        f"{', '.join(u for u in units if u)})", column=header)
-        key = "capacity_net" if quantity == "capacity" else quantity
-        if quantity == "capacity":
-            for q in ("capacity_half", "capacity_csv"):
-                found.pop(q, None)
-        found[key] = (-2, idx, _Column(idx, header, units[unit or ""]), unit or "")
-
-    cols: dict[str, _Column] = {}
-    info: dict[str, Any] = {}
-    for quantity in ("time", "voltage", "current", "cycle", "half_cycle"):
-        if quantity in found:
-            cols[quantity] = found[quantity][2]
-    for quantity, how in (("capacity_net", "net"), ("capacity_csv", "net"), ("capacity_half", "half")):
-        if quantity in found:
-            cols["capacity"] = found[quantity][2]
-            info["capacity_from"] = "specific" if found[quantity][3] == "mah/g" else how
-            break
-    if "cycle" not in cols and "half_cycle" in cols:  # EC-Lab: 2 half cycles (charge, discharge)
-        cols["cycle"] = cols["half_cycle"]
-        info["cycle_from_half_cycle"] = True
-    missing = [q for q in _REQUIRED if q not in cols]
-    if missing:
-        q = missing[0]
-        accepted = {"time": "time/s", "voltage": "Ewe/V, <Ewe>/V, Ecell/V, Voltage (V)",
-                    "current": "I/mA, <I>/mA, Current (mA)",
-                    "capacity": "(Q-Qo)/mA.h, (Q-Qo)/C, Q charge/discharge/mA.h"
-                                + (", Capacity (mAh), capacity_mAh_g" if fmt == "csv" else ""),
-                    "cycle": "cycle number, half cycle, cycle, Cycle_Index"}[q]
-        raise PotentiostatFileError(
-            path, f"no {q} column (accepted: {accepted}; or columns={{{q!r}: HEADER}}); the file "
-            f"has: {', '.join(h.strip() for h in headers)}", column=q)
-    cycle_name, _ = _split_unit(cols["cycle"].header)
-    # EC-Lab's names (also in a CSV saved by EC-Lab) count from 0; the IOC's cycle from 1
-    info["cycle_offset"] = 1 if cycle_name in ("cycle number", "half cycle") else 0
-    return cols, info
 
 
 class _RowSignal(SignalRO):
@@ -645,25 +484,18 @@ class CyclerFileFollower(Device):
         seen = (st.st_size, st.st_mtime_ns)
         if seen == self._mpr_seen:
             return
-        try:
-            from galvani.BioLogic import MPRfile
-        except ImportError:
-            raise PotentiostatFileError(
-                self.path, "reading EC-Lab .mpr files needs galvani (pip install "
-                "'strainstream[biologic]'), or follow EC-Lab's text export (.mpt) instead") from None
         with open(self.path, "rb") as f:
             content = f.read()
         try:
-            data = MPRfile(io.BytesIO(content)).data
+            data = _load_mpr(self.path, content).data
+        except PotentiostatFileError:
+            raise  # galvani missing, or a column it does not know
         except (ValueError, OSError, AssertionError, IndexError) as exc:
             # EC-Lab writes the file while we read it: an incomplete module is usual
             if self.row is None:
                 raise PotentiostatFileNotReady(self.path, f"galvani cannot read it yet: {exc}") from None
             log.debug("%s: galvani cannot read it now (%s); keeping the newest row", self.path, exc)
             return
-        except NotImplementedError as exc:  # a column ID galvani does not know
-            raise PotentiostatFileError(self.path, f"galvani cannot read this .mpr: {exc}; follow "
-                                        "EC-Lab's text export (.mpt) instead") from None
         self._mpr_seen = seen
         if self._cols is None:
             self._set_columns(list(data.dtype.names or ()))
