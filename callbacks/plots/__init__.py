@@ -1,15 +1,18 @@
 """Figures of derived results (matplotlib), as the papers show them.
 
 Each analysis has one figure function taking its results entry (see
-:func:`strainstream.callbacks.sinks.read_results`), optionally the stored arrays, and
-returning a Figure.
+:func:`strainstream.callbacks.sinks.read_results`), optionally the stored arrays and the run's
+start document (sample, material, rate and pixel size for titles and scale bars), and
+returning a Figure. :func:`save_figure` writes one as a PNG without ever leaving a half-written
+file under the real name. Use a non-interactive backend (Agg) in servers and the CLI.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-__all__ = ["FIGURES", "figure_for"]
+__all__ = ["FIGURES", "figure_for", "save_figure"]
 
 
 #: analysis name -> "module:function" (relative to this package), imported when used
@@ -21,16 +24,33 @@ FIGURES: dict[str, str] = {
 }
 
 
-def figure_for(name: str, entry: dict[str, Any], fig=None, arrays: dict[str, Any] | None = None):
+def figure_for(name: str, entry: dict[str, Any], fig=None, arrays: dict[str, Any] | None = None,
+               start: dict[str, Any] | None = None):
     """The figure of analysis ``name`` for its results entry; KeyError if it has none.
 
     ``arrays`` are the analysis' stored maps (:func:`strainstream.callbacks.sinks.read_arrays`),
-    used by the figures that show maps (SXDM, TXM-XANES).
+    used by the figures that show maps (SXDM, TXM-XANES); ``start`` is the run's start
+    document (title: material/sample, rate; map scale bars: step or pixel size).
     """
     import importlib
 
     module, _, func = FIGURES[name].partition(":")
     function = getattr(importlib.import_module(f"{__name__}.{module}"), func)
+    kwargs: dict[str, Any] = {"start": start}
     if arrays:
-        return function(entry, fig, arrays=arrays)
-    return function(entry, fig)
+        kwargs["arrays"] = arrays
+    return function(entry, fig, **kwargs)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> str:
+    """Write ``fig`` as a PNG at ``path`` (directories created), atomically; return the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    part = f"{path}.part-{os.getpid()}.png"  # never a half-written PNG under the real name
+    try:
+        fig.savefig(part, dpi=dpi, format="png")
+        os.replace(part, path)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+    return path

@@ -1,10 +1,14 @@
-"""The SXDM figure: intensity, strain Δd/d and rotation (θxy, θxz) maps with scale bars in µm,
-beside the strain histogram inside the particle — the panels of the study's SXDM figures.
+"""The SXDM figure: intensity, strain Δd/d and rotation (θxy, θxz) maps with scale bars in µm
+and colour bars, beside the histograms inside the particle, the strain–rotation correlation
+and the rocking curve — the panels of the study's SXDM figures.
+
+Strain and rotations are drawn with diverging colour maps centred on 0 (symmetric limits at
+the 99th percentile of |value|); raster points outside the particle mask are grey.
 
 The maps are arrays next to the results table (``derived/<uid>/sxdm_arrays`` in tiled), not
 in the results entry (which holds their digests only): pass them as ``arrays`` (e.g. from
-:func:`strainstream.callbacks.sinks.read_arrays`). Without them the figure shows the rocking curve from the per-frame
-table.
+:func:`strainstream.callbacks.sinks.read_arrays`). Without them the figure shows the rocking
+curve from the per-frame table.
 """
 
 from __future__ import annotations
@@ -13,106 +17,140 @@ from typing import Any
 
 import numpy as np
 
+from ._common import column, run_title, scale_bar, spread, symmetric_limit
+
 __all__ = ["sxdm_figure"]
 
-
-def _vals(cols: dict[str, list], key: str) -> np.ndarray:
-    return np.asarray([np.nan if v is None else v for v in cols.get(key, [])], dtype=float)
-
-
-def _scale_bar(ax, nx: int, ny: int, step_nm: float, color: str = "w") -> None:
-    """A bar of a round length (µm) in the lower left corner of a map."""
-    width_um = nx * step_nm / 1000.0
-    target = width_um / 4
-    length = max((v for v in (0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 20, 50) if v <= target), default=target)
-    px = length * 1000.0 / step_nm
-    x0, y0 = -0.5 + 0.05 * nx, ny - 0.5 - 0.08 * ny
-    ax.plot([x0, x0 + px], [y0, y0], "-", color=color, lw=3, solid_capstyle="butt")
-    label = f"{length * 1000:.0f} nm" if length < 1 else f"{length:g} µm"
-    ax.text(x0 + px / 2, y0 - 0.04 * ny, label, color=color, ha="center", va="bottom", fontsize=8,
-            fontweight="bold")
+#: (array key, title, colour-bar label, colour map, diverging, scale)
+MAP_PANELS = (
+    ("intensity", "intensity", "integrated (003) counts", "magma", False, 1.0),
+    ("strain", "strain Δd/d", "Δd/d (10$^{-3}$)", "RdBu_r", True, 1e3),
+    ("tilt_xy_deg", "rotation θxy", "θxy (deg)", "PuOr_r", True, 1.0),
+    ("tilt_xz_deg", "rotation θxz", "θxz (deg)", "PiYG", True, 1.0),
+)
 
 
-def _symmetric_limit(v: np.ndarray) -> float:
-    finite = np.abs(v[np.isfinite(v)])
-    lim = float(np.percentile(finite, 99)) if finite.size else 0.0
-    return lim if lim > 0 else 1.0
+def _map(fig, ax, v: np.ndarray, title: str, label: str, cmap: str, diverging: bool,
+         pixel_um: float) -> None:
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].copy()
+    cm.set_bad("0.85")  # outside the particle mask (NaN)
+    kw: dict[str, Any] = {"cmap": cm, "origin": "upper", "interpolation": "nearest"}
+    if diverging:
+        lim = symmetric_limit(v)
+        kw.update(vmin=-lim, vmax=lim)
+    im = ax.imshow(v, **kw)
+    fig.colorbar(im, ax=ax, shrink=0.85, label=label)
+    ny, nx = v.shape
+    scale_bar(ax, nx, ny, pixel_um, color="k" if diverging else "w")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _stats_text(v: np.ndarray, unit: str) -> str:
+    return f"mean {np.mean(v):+.3g} {unit}, σ {np.std(v):.3g} {unit}".strip()
 
 
 def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] | None = None,
-                step_nm: float | None = None):
+                step_nm: float | None = None, *, start: dict[str, Any] | None = None,
+                source: str | None = None):
     """Build the SXDM figure from a results entry of ``sxdm`` and (optionally) its maps.
 
     Parameters
     ----------
     entry : dict
-        The results entry (:func:`strainstream.callbacks.sinks.read_results` form).
+        The results entry (:func:`strainstream.callbacks.sinks.read_results` form); ``summary``
+        ``step_nm`` and ``strain_std`` are used, the ``theta_deg``/``total_counts`` columns
+        give the rocking curve.
     fig : matplotlib Figure, optional
         Reused (cleared) when given.
     arrays : dict of ndarray, optional
-        ``intensity``, ``mask``, ``strain``, ``tilt_xy_deg``, ``tilt_xz_deg`` ((ny, nx) each).
+        ``intensity``, ``mask``, ``strain`` (Δd/d), ``tilt_xy_deg``, ``tilt_xz_deg``
+        ((ny, nx) each, NaN outside the particle).
     step_nm : float, optional
-        Raster step for the scale bars; default the summary's ``step_nm`` (else 50 nm).
+        Raster step for the scale bars, nm; default the summary's (else the start document's,
+        else 50 nm).
+    start : dict, optional
+        The run's start document (material/sample for the title, ``step_nm``).
+    source : str, optional
+        Named in the title when there is no run (the analysed file).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib
     from matplotlib.figure import Figure
 
-    fig = fig or Figure(figsize=(15, 7.5), layout="constrained")
+    fig = fig or Figure(figsize=(17, 8), layout="constrained")
     fig.clear()
+    spread(fig)
     summary = entry.get("summary") or {}
-    step = float(step_nm or summary.get("step_nm") or 50.0)
+    step = float(step_nm or summary.get("step_nm") or (start or {}).get("step_nm") or 50.0)
     cols = entry.get("columns") or {}
-    gs = fig.add_gridspec(2, 3)
-    have_maps = bool(arrays) and all(k in arrays for k in ("intensity", "strain", "tilt_xy_deg", "tilt_xz_deg"))
+    gs = fig.add_gridspec(2, 4, width_ratios=[1, 1, 0.9, 0.9])
+    have_maps = bool(arrays) and all(k in arrays for k, *_ in MAP_PANELS)
     if have_maps:
-        panels = [
-            ("intensity", "intensity (counts)", "magma", False, 1.0),
-            ("strain", "strain Δd/d (10$^{-3}$)", "RdBu_r", True, 1e3),
-            ("tilt_xy_deg", "θxy (deg)", "PuOr_r", True, 1.0),
-            ("tilt_xz_deg", "θxz (deg)", "PiYG", True, 1.0),
-        ]
-        for k, (key, title, cmap, diverging, scale) in enumerate(panels):
-            ax = fig.add_subplot(gs[k // 2, k % 2])
-            v = np.asarray(arrays[key], dtype=float) * scale
-            ny, nx = v.shape
-            cm = matplotlib.colormaps[cmap].copy()
-            cm.set_bad("0.88")  # outside the particle mask (NaN)
-            kw: dict[str, Any] = {"cmap": cm, "origin": "upper", "interpolation": "nearest"}
-            if diverging:
-                lim = _symmetric_limit(v)
-                kw.update(vmin=-lim, vmax=lim)
-            im = ax.imshow(v, **kw)
-            fig.colorbar(im, ax=ax, shrink=0.85)
-            _scale_bar(ax, nx, ny, step, color="k" if diverging else "w")
-            ax.set_title(title)
-            ax.set_xticks([])
-            ax.set_yticks([])
+        vals = {key: np.asarray(arrays[key], dtype=float) * scale for key, *_, scale in MAP_PANELS}
+        mask = np.asarray(arrays.get("mask", np.isfinite(vals["strain"])), dtype=bool)
+        for k, (key, title, label, cmap, diverging, _) in enumerate(MAP_PANELS):
+            _map(fig, fig.add_subplot(gs[k // 2, k % 2]), vals[key], title, label, cmap, diverging,
+                 step / 1000.0)
+
+        inside = mask & np.isfinite(vals["strain"])
+        s = vals["strain"][inside]
         ax_h = fig.add_subplot(gs[0, 2])
-        s = np.asarray(arrays["strain"], dtype=float)
-        s = s[np.isfinite(s)] * 1e3
         if s.size:
             ax_h.hist(s, bins=max(10, min(60, s.size // 10)), color="C3", alpha=0.8)
             ax_h.axvline(0.0, color="k", lw=0.8)
-        std = summary.get("strain_std")
-        txt = f"std {std * 1e3:.2f}×10$^{{-3}}$" if isinstance(std, float) else ""
-        ax_h.set(xlabel="strain Δd/d (10$^{-3}$)", ylabel="pixels", title=f"strain histogram {txt}".strip())
+            ax_h.axvline(float(np.mean(s)), color="C3", lw=1.2, ls="--")
+            ax_h.text(0.02, 0.97, f"{inside.sum()} pixels\n{_stats_text(s, '×10$^{-3}$')}",
+                      transform=ax_h.transAxes, va="top", fontsize=8,
+                      bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+        ax_h.set(xlabel="strain Δd/d (10$^{-3}$)", ylabel="pixels", title="strain histogram")
+
+        ax_t = fig.add_subplot(gs[1, 2])
+        lines = []
+        for key, color, name in (("tilt_xy_deg", "C1", "θxy"), ("tilt_xz_deg", "C2", "θxz")):
+            t = vals[key][mask & np.isfinite(vals[key])]
+            if t.size:
+                ax_t.hist(t, bins=max(10, min(60, t.size // 10)), histtype="step", color=color,
+                          lw=1.5, label=f"{name}: σ {np.std(t):.3g}°")
+                lines.append(name)
+        ax_t.axvline(0.0, color="k", lw=0.8)
+        if lines:
+            ax_t.legend(fontsize=8, frameon=False)
+        ax_t.set(xlabel="rotation (deg)", ylabel="pixels", title="rotation histograms")
+
+        ax_x = fig.add_subplot(gs[1, 3])
+        txy = vals["tilt_xy_deg"]
+        both = inside & np.isfinite(txy)
+        if both.sum() >= 3:
+            ax_x.plot(vals["strain"][both], txy[both], "o", ms=3, color="0.3", alpha=0.6)
+            r = np.corrcoef(vals["strain"][both], txy[both])[0, 1]
+            ax_x.text(0.97, 0.97, f"r = {r:+.2f}", transform=ax_x.transAxes, ha="right", va="top")
+        ax_x.set(xlabel="strain Δd/d (10$^{-3}$)", ylabel="θxy (deg)", title="strain vs rotation")
+        for ax in (ax_h, ax_t, ax_x):
+            ax.grid(alpha=0.3)
+        ax_r = fig.add_subplot(gs[0, 3])
     else:
         ax_n = fig.add_subplot(gs[:, :2])
         ax_n.text(0.5, 0.5, "maps not loaded\n(pass arrays: sinks.read_arrays)",
                   ha="center", va="center", transform=ax_n.transAxes)
         ax_n.set_axis_off()
+        ax_r = fig.add_subplot(gs[:, 2:])
     # rocking curve from the per-frame table: summed counts per angle
-    ax_r = fig.add_subplot(gs[1, 2])
-    theta, total, flags = _vals(cols, "theta_deg"), _vals(cols, "total_counts"), cols.get("flag", [])
-    ok = np.isfinite(theta) & np.isfinite(total)
-    if flags:
-        ok &= np.array([not f for f in flags])
+    theta, total = column(cols, "theta_deg"), column(cols, "total_counts")
+    flags = cols.get("flag") or []
+    ok = np.isfinite(theta) & np.isfinite(total) if theta.size == total.size else np.zeros(0, bool)
+    if len(flags) == ok.size:
+        ok &= np.array([not f for f in flags], dtype=bool)
     if ok.any():
         th, inv = np.unique(np.round(theta[ok], 4), return_inverse=True)
         ax_r.plot(th, np.bincount(inv, weights=total[ok]), "o-", ms=3, color="C0")
     ax_r.set(xlabel="θ (deg)", ylabel="total counts", title="rocking curve (all raster points)")
+    ax_r.grid(alpha=0.3)
+    fig.suptitle(run_title("sxdm", start, entry if start else None, source) +
+                 f" — {step:g} nm raster step", x=0.02, ha="left", fontsize=13)
     return fig

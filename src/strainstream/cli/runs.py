@@ -31,14 +31,22 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout (same form as results)")
     p.set_defaults(func=cmd_replay)
 
-    p = commands.add_parser("plot", help="save the figure(s) of a run's derived results as PNG")
+    p = commands.add_parser(
+        "plot", help="save the figure(s) of a run's derived results as PNG (DATA_DIR/figures/)",
+        description="Figures of a run's analyses (operando XRD, SXDM, TXM-XANES, frame statistics) "
+                    "as PNG files, written to DATA_DIR/figures/UID8_ANALYSIS.png unless --out "
+                    "names a file or a directory; the written paths are printed.")
     p.add_argument("uid")
     add_server_options(p)
-    p.add_argument("--out", default=None, help="PNG file (default: UID8_ANALYSIS.png)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="PNG file, or an existing directory (default: DATA_DIR/figures/); with "
+                        "several analyses a file name gets _ANALYSIS before .png")
     p.add_argument("--analysis", default=None, help="only this analysis")
     p.add_argument("--live", action="store_true", help="keep updating the PNG until the run is analysed")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between live updates")
-    p.add_argument("--dpi", type=int, default=110)
+    p.add_argument("--interval", type=number(float, low=0.1, high=3600, unit="s"), default=2.0,
+                   help="seconds between live updates (default 2)")
+    p.add_argument("--dpi", type=number(int, low=30, high=1200), default=110,
+                   help="resolution of the PNG (default 110)")
     p.set_defaults(func=cmd_plot)
 
 
@@ -165,38 +173,62 @@ def cmd_replay(args) -> int:
     return 0
 
 
+#: sub-directory of the data directory that receives the figures of ``strainstream plot``
+FIGURES_DIR = "figures"
+
+
+def figure_path(out: str | None, data_dir: str | None, uid: str, analysis: str, several: bool) -> str:
+    """Where ``strainstream plot`` writes the figure of ``analysis`` of run ``uid``.
+
+    ``out`` a directory (existing, or ending in a separator): ``out/UID8_ANALYSIS.png``;
+    ``out`` a file: itself, or ``NAME_ANALYSIS.png`` when ``several`` analyses are plotted;
+    no ``out``: ``DATA_DIR/figures/UID8_ANALYSIS.png`` — never the current directory.
+    """
+    name = f"{uid[:8]}_{analysis}.png"
+    if out is None:
+        if not data_dir or not os.path.isdir(data_dir):
+            raise CommandError(f"no data directory {data_dir!r} to write the figure into; "
+                               "pass --out PATH.png (or --data-dir DIR)")
+        return os.path.join(data_dir, FIGURES_DIR, name)
+    if os.path.isdir(out) or out.endswith(os.sep):
+        return os.path.join(out, name)
+    if several:
+        root, ext = os.path.splitext(out)
+        return f"{root}_{analysis}{ext or '.png'}"
+    return out
+
+
 def cmd_plot(args) -> int:
+    """Write the figure of each analysis of a run (``--live``: until the run is analysed)."""
     import time
 
     import matplotlib
 
     matplotlib.use("Agg")
-    from strainstream.callbacks.plots import figure_for
+    from strainstream.callbacks.plots import FIGURES, figure_for, save_figure
     from strainstream.callbacks.sinks import read_arrays, read_results
 
+    from ._common import data_dir_of
+
+    data_dir = data_dir_of(args)
+    if args.out is None and not (data_dir and os.path.isdir(data_dir)):
+        figure_path(None, data_dir, "", "", False)  # raises before the catalog is opened
     root = open_catalog(args, need_server=args.live)
-    uid = get_run(root, args.uid).metadata["start"]["uid"]
+    run = get_run(root, args.uid)
+    start = dict(run.metadata["start"])
+    uid = start["uid"]
     written: list[str] = []
     while True:
         try:
             doc = read_results(root, uid)
         except KeyError:
             doc = {"analyses": {}}
-        for name, entry in doc["analyses"].items():
-            if args.analysis and name != args.analysis:
-                continue
+        names = [n for n in doc["analyses"] if n in FIGURES and (not args.analysis or n == args.analysis)]
+        for name in names:
             arrays, _ = read_arrays(root, uid, name)
-            try:
-                fig = figure_for(name, entry, arrays=arrays)
-            except KeyError:
-                continue
-            out = args.out or f"{uid[:8]}_{name}.png"
-            if len(doc["analyses"]) > 1 and args.out and not args.analysis:
-                out = args.out.replace(".png", f"_{name}.png")
-            fig.suptitle(f"{name} — run {uid[:8]} ({entry['n_rows']} events, {entry['status']})")
-            part = out + ".part.png"  # never leave a half-written PNG under the real name
-            fig.savefig(part, dpi=args.dpi)
-            os.replace(part, out)
+            fig = figure_for(name, doc["analyses"][name], arrays=arrays, start=start)
+            out = save_figure(fig, figure_path(args.out, data_dir, uid, name, len(names) > 1),
+                              dpi=args.dpi)
             if out not in written:
                 written.append(out)
         done = doc["analyses"] and all(e["status"] == "complete" for e in doc["analyses"].values())
@@ -204,7 +236,14 @@ def cmd_plot(args) -> int:
             break
         time.sleep(args.interval)
     if not written:
-        raise CommandError(f"run {uid} has no derived results to plot yet")
+        if args.analysis and args.analysis in doc["analyses"]:
+            raise CommandError(f"analysis {args.analysis!r} of run {uid} has no figure")
+        if start.get("experiment") == "calibration":
+            raise CommandError(f"run {uid} is a calibration run: it has no derived results to plot "
+                               "(`strainstream runs` shows its geometry)")
+        what = f"analysis {args.analysis!r}" if args.analysis else "derived results"
+        raise CommandError(f"run {uid} has no {what} to plot yet (is a worker running? "
+                           "`strainstream runs` shows what each run holds)")
     for out in written:
         print(out)
     return 0
