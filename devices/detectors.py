@@ -542,19 +542,27 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
 
 class SimControls(IOCDevice):
     """Simulation controls of a simulated detector IOC (``<detector prefix>SIM:``); a real
-    detector has none of them and no plan needs them."""
+    detector has none of them and no plan needs them.
+
+    ``noise`` (1: counting noise, 0: expected counts), ``seed``; the beam gate of every
+    simulated detector: ``beam_gate`` 1 makes the frames see the beam IOC's photons (none
+    while the ring current is below ``beam_min_mA`` or the shutter is not Open; the put
+    completes once the IOC follows the beam), ``beam_on`` 1 while photons reach the detector.
+    Without photons the XRD and SXDM detectors record zeros, the TXM camera its dark current.
+    """
 
     noise = Component(EpicsSignal, "Noise", kind="config")
     seed = Component(EpicsSignal, "Seed", kind="config")
+    beam_gate = Component(EpicsSignal, "BeamGate", kind="config")
+    beam_min_mA = Component(EpicsSignal, "BeamMin_mA", kind="config")
+    beam_on = Component(EpicsSignalRO, "BeamOn_RBV", kind="omitted")
 
 
 class XRDSimControls(SimControls):
-    """``sample``: what is in the beam (``cell`` | ``CeO2``); ``beam_gate`` 1: frames are dark
-    while the beam IOC reports no beam (ring current low, shutter closed)."""
+    """``sample``: what is in the beam (``cell`` | ``CeO2``), and the beam gate of
+    :class:`SimControls`."""
 
     sample = Component(EpicsSignal, "Sample", string=True, kind="config")
-    beam_gate = Component(EpicsSignal, "BeamGate", kind="config")
-    beam_on = Component(EpicsSignalRO, "BeamOn_RBV", kind="omitted")
 
 
 #: detector name -> (PV suffix after the beamline prefix, stored dtype, IOC name)

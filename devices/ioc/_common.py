@@ -12,6 +12,9 @@
   FileWriteMode, Capture, NumCapture, NumCaptured_RBV, FullFileName_RBV,
   FilePathExists_RBV, EnableCallbacks, ArrayCounter_RBV, SWMRMode, WriteStatus/Message),
   writing ``/entry/data/data`` like the real plugin; simulation controls under ``SIM:``.
+* :class:`BeamGateMixin` — simulation controls ``SIM:BeamGate``, ``SIM:BeamMin_mA``,
+  ``SIM:BeamOn_RBV`` of a detector that sees the beam IOC's photons (ring current and
+  shutter, followed over Channel Access); each detector decides what a beam-off frame is.
 * :func:`serve` — run one IOC on 127.0.0.1 and a given port, print one ``READY {json}`` line
   on stdout once the server listens, close detector files on exit.
 """
@@ -37,7 +40,7 @@ from strainstream.config import apply_environment, load_config
 
 from .._hdf5 import H5FrameWriter
 
-__all__ = ["AreaDetectorGroup", "MONITOR_FLUSH_S", "add_common_args", "long_string", "patch_caproto_tcp", "serve"]
+__all__ = ["AreaDetectorGroup", "BEAM_LINK_TIMEOUT_S", "BeamGateMixin", "MONITOR_FLUSH_S", "add_common_args", "long_string", "patch_caproto_tcp", "serve"]
 
 _PATCHED: dict[str, Any] = {}
 LONG_STRING = 1024
@@ -45,6 +48,8 @@ LONG_STRING = 1024
 #: update (caproto batches subscription updates for up to 10 ms) reaches monitoring clients
 #: before the completion (ophyd devices here read these readbacks fresh anyway)
 MONITOR_FLUSH_S = load_config().ioc_monitor_flush_s
+#: longest a ``SIM:BeamGate`` = 1 put waits for the first ring-current and shutter values
+BEAM_LINK_TIMEOUT_S = 5.0
 
 
 def patch_caproto_tcp(port: int | None = None, nodelay: bool | None = None) -> None:
@@ -443,6 +448,102 @@ class AreaDetectorGroup(PVGroup):
             await self.cam_DetectorState_RBV.write(state)
             await self.cam_Acquire_RBV.write("Done")
         return "Done"
+
+
+# ------------------------------------------------------------------------- beam gate
+class _BeamWatch:
+    """Ring current and shutter of the beam IOC, followed with caproto's threading client.
+
+    The client reconnects by itself when the beam IOC restarts; while it is away the last
+    known state is kept (the photons do not stop because a monitoring IOC died).
+    """
+
+    def __init__(self, beam_prefix: str) -> None:
+        from caproto.threading.client import Context
+
+        self.current_mA: float | None = None
+        self.shutter_open: bool | None = None
+        self._ctx = Context()
+        cur, sh = self._ctx.get_pvs(beam_prefix + "ring_current_mA", beam_prefix + "shutter_status")
+        self._subs = [cur.subscribe(), sh.subscribe(data_type=ChannelType.STRING)]
+        # caproto holds subscription callbacks weakly: keep the bound methods alive here
+        self._callbacks = [self._on_current, self._on_shutter]
+        for sub, cb in zip(self._subs, self._callbacks, strict=True):
+            sub.add_callback(cb)
+
+    def _on_current(self, sub, response) -> None:
+        self.current_mA = float(response.data[0])
+
+    def _on_shutter(self, sub, response) -> None:
+        value = response.data[0]
+        self.shutter_open = (value.decode() if isinstance(value, bytes) else str(value)) == "Open"
+
+    @property
+    def heard(self) -> bool:
+        """Whether both the ring current and the shutter status have arrived."""
+        return self.current_mA is not None and self.shutter_open is not None
+
+    def on(self, min_current_mA: float) -> bool:
+        if not self.heard:
+            return True  # not heard from the beam IOC yet: assume the beam is there
+        return self.shutter_open and self.current_mA >= min_current_mA
+
+
+class BeamGateMixin(PVGroup):
+    """Mixin for a simulated detector (an :class:`AreaDetectorGroup` subclass) whose frames
+    depend on the beam: ``SIM:`` controls no real detector has.
+
+    - ``SIM:BeamGate`` (default 0): 1 makes the detector see the beam IOC's photons
+      (``<parent prefix>BEAM:ring_current_mA`` and ``BEAM:shutter_status``, followed over
+      Channel Access from the first put of 1 on). The put completes once both values have
+      arrived (at most :data:`BEAM_LINK_TIMEOUT_S`; until then the beam counts as on).
+    - ``SIM:BeamMin_mA`` (mA, default 1): ring current below which no photons arrive.
+    - ``SIM:BeamOn_RBV``: 1 while photons reach the detector (updated at 10 Hz): the gate is
+      0, or the ring current is at least ``BeamMin_mA`` and the shutter is ``Open`` (a moving
+      shutter counts as closed).
+
+    :meth:`beam_on` is what ``make_frame`` asks; what a beam-off frame holds is the
+    detector's business (no photons: zeros for a photon counter, the dark current for an
+    integrating camera). Put it before :class:`AreaDetectorGroup` in the bases.
+    """
+
+    BeamGate = _num("SIM:BeamGate", 0, doc="1: frames see the beam IOC's photons (no photons while "
+                                           "the ring current is below BeamMin_mA or the shutter "
+                                           "is not Open)")
+    BeamMin_mA = _num("SIM:BeamMin_mA", 1.0, precision=2,
+                      doc="ring current (mA) below which no photons arrive")
+    BeamOn_RBV = _num("SIM:BeamOn_RBV", 1, read_only=True, doc="1 while photons reach the detector")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._beam_watch: _BeamWatch | None = None
+
+    def beam_prefix(self) -> str:
+        """PV prefix of the beam IOC (the beamline prefix of the IOC holding this detector)."""
+        return self.parent.prefix + "BEAM:"
+
+    @BeamGate.putter
+    async def BeamGate(self, instance, value):
+        if value and self._beam_watch is None:
+            self._beam_watch = _BeamWatch(self.beam_prefix())
+        if value:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + BEAM_LINK_TIMEOUT_S
+            while not self._beam_watch.heard and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        return 1 if value else 0
+
+    @BeamOn_RBV.scan(period=0.1, use_scan_field=False)
+    async def BeamOn_RBV(self, instance, async_lib):
+        on = int(self.beam_on())
+        if instance.value != on:
+            await instance.write(on)
+
+    def beam_on(self) -> bool:
+        """Whether photons reach the detector (always True unless ``BeamGate`` is 1)."""
+        if not self.BeamGate.value or self._beam_watch is None:
+            return True
+        return self._beam_watch.on(float(self.BeamMin_mA.value))
 
 
 # ---------------------------------------------------------------------------- serving

@@ -24,9 +24,10 @@ XRD detector (``<prefix>XRD:``, see :class:`~strainstream.devices.ioc._common.Ar
 Simulation controls (``SIM:``, no real detector has them): ``SIM:Sample`` (enum ``cell`` | ``CeO2``) says what is in the beam: with ``CeO2`` a frame of the
 calibrant is taken (:meth:`~strainstream.sim.xrd_frames.XRDFrameSimulator.ceo2_frame`, for
 geometry calibration; phase attributes NaN). With ``SIM:BeamGate`` = 1 the detector sees the
-beam IOC's photons (followed over Channel Access): while the ring current is below
-``SIM:BeamMin_mA`` or the shutter is not Open a frame is dark (all zeros); ``SIM:BeamOn_RBV`` and the
-per-frame ``beam_on`` attribute say which. Otherwise every frame (``cam1:Acquire``) snapshots the cell's current lattice (phases) and computes the frame with
+beam IOC's photons (followed over Channel Access,
+:class:`~strainstream.devices.ioc._common.BeamGateMixin`): while the ring current is below
+``SIM:BeamMin_mA`` or the shutter is not Open a frame is dark (all zeros: no dark current);
+``SIM:BeamOn_RBV`` and the per-frame ``beam_on`` attribute say which. Otherwise every frame (``cam1:Acquire``) snapshots the cell's current lattice (phases) and computes the frame with
 :meth:`strainstream.sim.xrd_frames.XRDFrameSimulator.frame` for the default geometry binned to
 the configured shape (2048² default; ``--xrd-shape 256`` → binning 8), noise seed
 ``(SIM:Seed, ArrayCounter)``. The state used is stored per frame in the HDF5 file
@@ -47,7 +48,7 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from ._common import MONITOR_FLUSH_S, AreaDetectorGroup, add_common_args, serve
+from ._common import MONITOR_FLUSH_S, AreaDetectorGroup, BeamGateMixin, add_common_args, serve
 
 __all__ = ["PHASE_FIELDS", "CyclerGroup", "CyclerIOC", "XRDDetector", "build", "main"]
 
@@ -55,7 +56,7 @@ PHASE_FIELDS = ("a_A", "c_A", "fraction", "microstrain", "size_nm", "li_occupanc
 _MODES = ["CC", "CV", "REST"]
 
 
-class XRDDetector(AreaDetectorGroup):
+class XRDDetector(BeamGateMixin, AreaDetectorGroup):
     """Operando XRD area detector: frames of the parent's coin cell in its current state."""
 
     det_name = "xrd"
@@ -65,33 +66,10 @@ class XRDDetector(AreaDetectorGroup):
 
     Sample = pvproperty(name="SIM:Sample", value="cell", dtype=ChannelType.ENUM, enum_strings=["cell", "CeO2"],
                         doc="what is in the beam: the coin cell, or the CeO2 calibrant (NIST 674b)")
-    BeamGate = pvproperty(name="SIM:BeamGate", value=0, doc="1: frames see the beam IOC's photons (dark while the ring "
-                                       "current is below BeamMin_mA or the shutter is not Open)")
-    BeamMin_mA = pvproperty(name="SIM:BeamMin_mA", value=1.0, precision=2, doc="ring current below which no photons arrive")
-    BeamOn_RBV = pvproperty(name="SIM:BeamOn_RBV", value=1, read_only=True, doc="1 while photons reach the detector")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.simulator = None
-        self._beam_watch: _BeamWatch | None = None
-
-    @BeamGate.putter
-    async def BeamGate(self, instance, value):
-        if value and self._beam_watch is None:
-            self._beam_watch = _BeamWatch(self.parent.prefix + "BEAM:")
-        return 1 if value else 0
-
-    @BeamOn_RBV.scan(period=0.1, use_scan_field=False)
-    async def BeamOn_RBV(self, instance, async_lib):
-        on = int(self.beam_on())
-        if instance.value != on:
-            await instance.write(on)
-
-    def beam_on(self) -> bool:
-        """Whether photons reach the detector (always True unless ``BeamGate`` is 1)."""
-        if not self.BeamGate.value or self._beam_watch is None:
-            return True
-        return self._beam_watch.on(float(self.BeamMin_mA.value))
 
     def configure(self, frame_shape, write_dir):
         super().configure(frame_shape, write_dir)
@@ -141,39 +119,6 @@ class XRDDetector(AreaDetectorGroup):
             return sim.frame(phases, seed=seed, noise=noise, transition_metals=tm).image
 
         return compute, scalars
-
-
-class _BeamWatch:
-    """Ring current and shutter of the beam IOC, followed with caproto's threading client.
-
-    The client reconnects by itself when the beam IOC restarts; while it is away the last
-    known state is kept (the photons do not stop because a monitoring IOC died).
-    """
-
-    def __init__(self, beam_prefix: str) -> None:
-        from caproto.threading.client import Context
-
-        self.current_mA: float | None = None
-        self.shutter_open: bool | None = None
-        self._ctx = Context()
-        cur, sh = self._ctx.get_pvs(beam_prefix + "ring_current_mA", beam_prefix + "shutter_status")
-        self._subs = [cur.subscribe(), sh.subscribe(data_type=ChannelType.STRING)]
-        # caproto holds subscription callbacks weakly: keep the bound methods alive here
-        self._callbacks = [self._on_current, self._on_shutter]
-        for sub, cb in zip(self._subs, self._callbacks, strict=True):
-            sub.add_callback(cb)
-
-    def _on_current(self, sub, response) -> None:
-        self.current_mA = float(response.data[0])
-
-    def _on_shutter(self, sub, response) -> None:
-        value = response.data[0]
-        self.shutter_open = (value.decode() if isinstance(value, bytes) else str(value)) == "Open"
-
-    def on(self, min_current_mA: float) -> bool:
-        if self.current_mA is None or self.shutter_open is None:
-            return True  # not heard from the beam IOC yet: assume the beam is there
-        return self.shutter_open and self.current_mA >= min_current_mA
 
 
 class CyclerGroup(PVGroup):

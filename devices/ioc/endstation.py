@@ -28,7 +28,9 @@ the ``theta`` readback, the photon energy the ``energy`` readback; the detector 
 at 2θ_B of the mean d-spacing for that energy (as :func:`simulate_sxdm` does). Expected counts
 are the forward model's 3-D Gaussian around the local Q (evaluated for this one raster point:
 same formula as :meth:`SXDMSimulation.expected_frames`), then Poisson noise (``Noise=1``) or
-rounding. There is no sample drift in the IOC (drift comes from moving the motors).
+rounding. There is no sample drift in the IOC (drift comes from moving the motors). While no
+photons arrive (``SIM:BeamGate`` = 1, see below) a frame is all zeros: a photon-counting
+detector has no dark current.
 
 TXM camera (``<prefix>TXM:``): :func:`strainstream.sim.txm_images.simulate_txm_scan` for one
 energy (the ``energy`` readback), the zone plate fixed at the ``zp_z`` readback (defocus blur
@@ -36,10 +38,20 @@ when it is not at the focus of that energy), no drift; the image is the sample i
 sample is in, the flat field when it is out. Default 128² (``--txm-shape``). The model is
 evaluated noise-free with the fixed seed ``Seed`` (its flat-field beam structure depends on
 the seed, and flats must match sample images); with ``Noise=1`` the IOC then draws the
-model's noise itself per frame: Poisson(expected − dark) + dark + N(0, 2 counts).
+model's noise itself per frame: Poisson(expected − dark) + dark + N(0, 2 counts). While no
+photons arrive (``SIM:BeamGate`` = 1, see below) a frame is the model's dark current
+(``darks``, ≈100 counts) plus, with ``Noise=1``, the read noise N(0, 2 counts): what the camera
+records with the shutter closed.
+
+Both detectors have the beam gate of
+:class:`~strainstream.devices.ioc._common.BeamGateMixin` (simulation controls, no real detector
+has them): ``SIM:BeamGate`` (default 0: the detectors ignore the beam), ``SIM:BeamMin_mA``,
+``SIM:BeamOn_RBV``. With ``BeamGate`` = 1 no photons arrive while the beam IOC's ring current is
+below ``BeamMin_mA`` or its shutter is not Open.
 
 Per-frame state in each HDF5 file (``/entry/instrument/NDAttributes``): SXDM sample_x_um,
-sample_y_um, theta_deg, energy_eV, counter; TXM energy_eV, zp_z_mm, sample_in, counter.
+sample_y_um, theta_deg, energy_eV, counter, beam_on; TXM energy_eV, zp_z_mm, sample_in,
+counter, beam_on (1: photons reached the detector, 0: a beam-off frame).
 
 Run: ``python -m strainstream.devices.ioc endstation --prefix SS: --port 5071 --write-dir DIR``.
 """
@@ -52,7 +64,7 @@ import math
 import numpy as np
 from caproto.server import PVGroup, SubGroup
 
-from ._common import AreaDetectorGroup, add_common_args, serve
+from ._common import AreaDetectorGroup, BeamGateMixin, add_common_args, serve
 from ._motor import motor_group
 
 __all__ = ["EndstationIOC", "MOTORS", "SXDMDetector", "TXMCamera", "build", "main",
@@ -117,12 +129,12 @@ def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float) -> np.n
     return lam.reshape(sim.shape)
 
 
-class SXDMDetector(AreaDetectorGroup):
+class SXDMDetector(BeamGateMixin, AreaDetectorGroup):
     """SXDM pixel detector looking at the (003) reflection of one particle."""
 
     det_name = "sxdm"
     dtype = "uint32"
-    scalar_keys = ("sample_x_um", "sample_y_um", "theta_deg", "energy_eV", "counter")
+    scalar_keys = ("sample_x_um", "sample_y_um", "theta_deg", "energy_eV", "counter", "beam_on")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -155,8 +167,12 @@ class SXDMDetector(AreaDetectorGroup):
         sim = self.simulation(e)
         step = sim.particle.step_nm
         noise, seed = bool(self.Noise.value), [int(self.Seed.value), int(index)]
+        beam_on = self.beam_on()
         scalars = {"sample_x_um": x, "sample_y_um": y, "theta_deg": th, "energy_eV": e,
-                   "counter": float(index)}
+                   "counter": float(index), "beam_on": float(beam_on)}
+        if not beam_on:  # no photons: zeros (a photon counter has no dark current)
+            shape = self.frame_shape
+            return (lambda: np.zeros(shape, np.uint32)), scalars
 
         def compute():
             lam = sxdm_point_expected(sim, y * 1000.0 / step, x * 1000.0 / step, th)
@@ -167,12 +183,12 @@ class SXDMDetector(AreaDetectorGroup):
         return compute, scalars
 
 
-class TXMCamera(AreaDetectorGroup):
+class TXMCamera(BeamGateMixin, AreaDetectorGroup):
     """Full-field TXM camera behind the zone plate."""
 
     det_name = "txm"
     dtype = "float32"
-    scalar_keys = ("energy_eV", "zp_z_mm", "sample_in", "counter")
+    scalar_keys = ("energy_eV", "zp_z_mm", "sample_in", "counter", "beam_on")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -192,8 +208,9 @@ class TXMCamera(AreaDetectorGroup):
         sample_in = abs(es.sample_inout.position) < 0.5
         noise, seed, rng_seed = bool(self.Noise.value), int(self.Seed.value), [int(self.Seed.value), int(index)]
         sample = self.sample
+        beam_on = self.beam_on()
         scalars = {"energy_eV": e, "zp_z_mm": zp, "sample_in": float(sample_in),
-                   "counter": float(index)}
+                   "counter": float(index), "beam_on": float(beam_on)}
 
         def compute():
             # the beam structure of the flat depends on the model's seed: keep it fixed (Seed)
@@ -201,8 +218,11 @@ class TXMCamera(AreaDetectorGroup):
             scan = simulate_txm_scan(np.array([e]), sample=sample, zp_follows_focus=False,
                                      zp_position_m=zp / 1000.0, drift_px_rms=0.0, noise=False,
                                      seed=seed)
-            img = scan.stack[0] if sample_in else scan.flats[0]
-            if noise:
+            if not beam_on:  # no photons: the camera's dark current only
+                img = scan.darks
+            else:
+                img = scan.stack[0] if sample_in else scan.flats[0]
+            if noise:  # (no photons: Poisson(0) = 0, dark + read noise remain)
                 rng = np.random.default_rng(rng_seed)
                 dark = scan.darks
                 img = rng.poisson(np.clip(img - dark, 0, None)) + dark + rng.normal(
