@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["FIGURES", "figure_for", "save_figure"]
+__all__ = ["FIGURES", "figure_for", "png_argument", "png_path", "save_figure"]
 
 
 #: analysis name -> "module:function" (relative to this package), imported when used
@@ -54,3 +54,30 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> str:
         if os.path.exists(part):
             os.unlink(part)
     return path
+
+
+def png_path(requested: str | None, beside: str | os.PathLike, tag: str) -> str:
+    """The PNG path of a file command's ``--plot [PNG]``.
+
+    ``requested`` a path: itself (an existing directory: ``DIR/STEM_TAG.png`` in it); none
+    (``--plot`` alone): ``STEM_TAG.png`` next to ``beside`` (the output or input data file),
+    so a figure lands with its data, never in the current directory by default.
+    """
+    beside = os.fspath(beside)
+    name = f"{os.path.splitext(os.path.basename(beside))[0]}_{tag}.png"
+    if requested and os.path.isdir(requested):
+        return os.path.join(requested, name)
+    if requested:
+        return requested
+    return os.path.join(os.path.dirname(os.path.abspath(beside)), name)
+
+
+def png_argument(text: str) -> str:
+    """An argparse ``type`` for ``--plot PNG``: a ``.png`` path or an existing directory (so
+    ``--plot FILE.h5`` is an error, not a figure named FILE.h5)."""
+    import argparse
+
+    if not text or text.lower().endswith(".png") or os.path.isdir(text):  # "": --plot alone
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a .png path or a directory (put --plot "
+                                     "after the input file, or give it a PNG path)")

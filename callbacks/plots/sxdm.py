@@ -50,7 +50,8 @@ def _map(fig, ax, v: np.ndarray, title: str, label: str, cmap: str, diverging: b
 
 
 def _stats_text(v: np.ndarray, unit: str) -> str:
-    return f"mean {np.mean(v):+.3g} {unit}, σ {np.std(v):.3g} {unit}".strip()
+    """``mean ±M unit, σ S unit`` of strain in units of 10⁻³ (two decimals)."""
+    return f"mean {np.mean(v):+.2f} {unit}, σ {np.std(v):.2f} {unit}"
 
 
 def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] | None = None,
@@ -68,7 +69,9 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
         Reused (cleared) when given.
     arrays : dict of ndarray, optional
         ``intensity``, ``mask``, ``strain`` (Δd/d), ``tilt_xy_deg``, ``tilt_xz_deg``
-        ((ny, nx) each, NaN outside the particle).
+        ((ny, nx) each, NaN outside the particle); optional ``shifts_px`` (n_theta, 2; drift
+        in raster steps) with ``theta_deg`` (n_theta,), drawn when the entry has no per-frame
+        rocking curve.
     step_nm : float, optional
         Raster step for the scale bars, nm; default the summary's (else the start document's,
         else 50 nm).
@@ -108,6 +111,7 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
             ax_h.text(0.02, 0.97, f"{inside.sum()} pixels\n{_stats_text(s, '×10$^{-3}$')}",
                       transform=ax_h.transAxes, va="top", fontsize=8,
                       bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+            ax_h.set_ylim(top=ax_h.get_ylim()[1] * 1.25)  # room for the numbers above the bars
         ax_h.set(xlabel="strain Δd/d (10$^{-3}$)", ylabel="pixels", title="strain histogram")
 
         ax_t = fig.add_subplot(gs[1, 2])
@@ -146,10 +150,20 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
     ok = np.isfinite(theta) & np.isfinite(total) if theta.size == total.size else np.zeros(0, bool)
     if len(flags) == ok.size:
         ok &= np.array([not f for f in flags], dtype=bool)
+    shifts = np.asarray((arrays or {}).get("shifts_px", np.empty((0, 2))), dtype=float)
+    theta_all = np.asarray((arrays or {}).get("theta_deg", []), dtype=float)
     if ok.any():
         th, inv = np.unique(np.round(theta[ok], 4), return_inverse=True)
         ax_r.plot(th, np.bincount(inv, weights=total[ok]), "o-", ms=3, color="C0")
-    ax_r.set(xlabel="θ (deg)", ylabel="total counts", title="rocking curve (all raster points)")
+        ax_r.set(xlabel="θ (deg)", ylabel="total counts", title="rocking curve (all raster points)")
+    elif shifts.ndim == 2 and shifts.shape[1] == 2 and theta_all.size == shifts.shape[0] > 0:
+        # no per-frame table (a file analysed by `strainstream sxdm map`): the registration
+        ax_r.plot(theta_all, shifts[:, 0] * step, "o-", ms=3, label="y")
+        ax_r.plot(theta_all, shifts[:, 1] * step, "s-", ms=3, label="x")
+        ax_r.legend(fontsize=8, frameon=False)
+        ax_r.set(xlabel="θ (deg)", ylabel="drift (nm)", title="sample drift per rocking angle")
+    else:
+        ax_r.set(xlabel="θ (deg)", ylabel="total counts", title="rocking curve (all raster points)")
     ax_r.grid(alpha=0.3)
     fig.suptitle(run_title("sxdm", start, entry if start else None, source) +
                  f" — {step:g} nm raster step", x=0.02, ha="left", fontsize=13)

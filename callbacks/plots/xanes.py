@@ -54,8 +54,12 @@ def particle_mask(valid: np.ndarray) -> np.ndarray:
 
 def _pixel_size_um(start: dict[str, Any] | None, summary: dict[str, Any], pixel_size_um):
     for v in (pixel_size_um, summary.get("pixel_size_um"), (start or {}).get("pixel_size_um")):
-        if isinstance(v, int | float) and np.isfinite(v) and v > 0:
-            return float(v)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(v) and v > 0:
+            return v
     return None
 
 
@@ -70,7 +74,8 @@ def _map_axes(ax, image: np.ndarray, pixel_um: float | None, color: str) -> None
 
 
 def txm_xanes_figure(entry, fig=None, arrays=None, *, start: dict[str, Any] | None = None,
-                     pixel_size_um: float | None = None, source: str | None = None):
+                     pixel_size_um: float | None = None, source: str | None = None,
+                     spectrum: tuple[Any, Any] | None = None):
     """Build the figure from a results entry of ``txm_xanes``.
 
     Parameters
@@ -91,6 +96,8 @@ def txm_xanes_figure(entry, fig=None, arrays=None, *, start: dict[str, Any] | No
         summary's or the start document's. Without it the maps have pixel axes.
     source : str, optional
         Named in the title when there is no run (the analysed file).
+    spectrum : (energies_eV, absorbance), optional
+        Mean spectrum of the particles, drawn when the entry has no per-frame table.
 
     Returns
     -------
@@ -136,9 +143,16 @@ def txm_xanes_figure(entry, fig=None, arrays=None, *, start: dict[str, Any] | No
     counts, edges = summ.get("histogram_counts"), summ.get("histogram_edges_eV")
     if values is not None and values.size:
         mean, std, n = float(values.mean()), float(values.std()), int(values.size)
+        # every pixel counted; the view zooms on the central 99 % (bad fits aside) with ~50 bins
         lo, hi = np.percentile(values, [0.5, 99.5])
-        bins = np.linspace(lo, hi, 51) if hi > lo else 50
-        ax_h.hist(values, bins=bins, color="C0")
+        if hi > lo:
+            width = (hi - lo) / 50
+            n_bins = int(min(5000, np.ceil((values.max() - values.min()) / width) + 1))
+            ax_h.hist(values, bins=np.linspace(values.min(), values.min() + n_bins * width, n_bins + 1),
+                      color="C0")
+            ax_h.set_xlim(lo - width, hi + width)
+        else:
+            ax_h.hist(values, bins=50, color="C0")
         note = f" ({n_outliers} outside excluded)" if n_outliers else ""
         label = f"{n} pixels{note}"
     elif counts and edges:
@@ -174,14 +188,26 @@ def txm_xanes_figure(entry, fig=None, arrays=None, *, start: dict[str, Any] | No
 
     energy, mean_counts = column(cols, "energy_eV"), column(cols, "image_mean")
     roles = np.asarray(cols.get("role") or [], dtype=object)
-    if roles.size == energy.size == mean_counts.size:
+    if roles.size and roles.size == energy.size == mean_counts.size:
         for role, marker in (("sample", "o"), ("flat", "s"), ("dark", "v")):
             sel = roles == role
             if sel.any():
                 ax_s.plot(energy[sel], mean_counts[sel], marker, ms=4, label=role)
-        if roles.size:
+        ax_s.legend(fontsize="small")
+        ax_s.set(title="frames (image mean per energy)", xlabel="energy (eV)",
+                 ylabel="image mean (counts)")
+    elif spectrum is not None:
+        # no per-frame table (a file analysed by `strainstream xanes whiteline`)
+        e_s, mu = (np.asarray(v, dtype=float) for v in spectrum)
+        ax_s.plot(e_s, mu, "o-", ms=3, color="k")
+        if isinstance(mean, float) and np.isfinite(mean):
+            ax_s.axvline(mean, color="C0", lw=1, ls="--", label=f"mean white line {mean:.2f} eV")
             ax_s.legend(fontsize="small")
-    ax_s.set(title="frames (image mean per energy)", xlabel="energy (eV)", ylabel="image mean (counts)")
+        ax_s.set(title="mean spectrum of the particles", xlabel="energy (eV)",
+                 ylabel="absorbance (μt)")
+    else:
+        ax_s.set(title="frames (image mean per energy)", xlabel="energy (eV)",
+                 ylabel="image mean (counts)")
     ax_s.grid(alpha=0.3)
     title = run_title("txm_xanes", start, entry if start else None, source)
     if pixel_um:

@@ -1,6 +1,6 @@
 """``strainstream sxdm``: SXDM strain/rotation maps from 5-D rocking-curve data.
 
-    strainstream sxdm map FILE.h5 [--out MAPS.h5] [--json] [--refine] [--d-ref Å]
+    strainstream sxdm map FILE.h5 [--out MAPS.h5] [--plot [PNG]] [--json] [--refine] [--d-ref Å]
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def register(commands) -> None:
     m.add_argument("file", metavar="FILE.h5", help="SXDM file: frames (n_theta, ny, nx, rows, cols), theta_deg")
     m.add_argument("--out", metavar="MAPS.h5", help="write the maps (intensity, mask, d_spacing_A, strain, tilts)")
     m.add_argument("--json", action="store_true", help="print the particle statistics as one JSON object")
+    m.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG", type=_png,
+                   help="write a figure of the maps (strain, θxy, θxz, histograms) to PNG (default: "
+                        "STEM_sxdm_map.png beside MAPS.h5, else beside FILE.h5)")
     m.add_argument("--d-ref", type=float, metavar="ANGSTROM", help="reference d-spacing for strain_ref, Å")
     m.add_argument("--background", default="auto", help="'auto' (frame border) or counts per pixel per frame")
     m.add_argument("--threshold", default="auto", help="'auto' (Poisson) or counts above background")
@@ -40,6 +43,15 @@ def register(commands) -> None:
     m.add_argument("--refine", action="store_true", help="finish with Gaussian fits of the peak projections")
     m.add_argument("--max-chunk-mb", type=float, default=256.0, help="memory bound of one read chunk, MB")
     m.set_defaults(func=_map, reports=(ValueError, OSError))
+
+
+def _png(text: str) -> str:
+    from strainstream.callbacks.plots import png_argument
+
+    return png_argument(text)
+
+
+_png.__name__ = "PNG"
 
 
 def _number_or_auto(text: str, name: str) -> str | float:
@@ -90,8 +102,9 @@ def _map(args: argparse.Namespace) -> int:
     if not maps.mask.any():
         raise SXDMError("no raster point inside the particle mask" + (f": {maps.messages[0]}" if maps.messages else ""))
     stats = compute_statistics(maps)
+    figure = _write_figure(args, maps, stats) if args.plot is not None else None
     if args.json:
-        print(json.dumps(stats.to_dict()))
+        print(json.dumps(stats.to_dict() | ({"plot": figure} if figure else {})))
     else:
         print(f"particle: {stats.n_pixels} raster points, d_mean {stats.d_mean_A:.5f} Å")
         print(f"strain  : std {stats.strain_std:.3e}, range {stats.strain_range:.3e}")
@@ -99,4 +112,40 @@ def _map(args: argparse.Namespace) -> int:
         print(f"strain–θxy correlation {stats.strain_tilt_correlation:+.3f}")
         if args.out:
             print(f"maps written to {args.out}")
+        if figure:
+            print(f"figure written to {figure}")
     return 0
+
+
+def _file_metadata(path: str) -> dict:
+    """``material``, ``sample`` and ``step_nm`` attributes of the SXDM file, for the figure."""
+    import h5py
+
+    from strainstream.sxdm._io import read_sxdm_info
+
+    md: dict = {"step_nm": float(read_sxdm_info(path).geometry.step_nm)}
+    with h5py.File(path, "r") as f:
+        for key in ("material", "sample"):
+            value = f.attrs.get(key)
+            if value is not None:
+                md[key] = value.decode() if isinstance(value, bytes) else str(value)
+    return md
+
+
+def _write_figure(args: argparse.Namespace, maps, stats) -> str:
+    """The SXDM figure of ``maps`` as a PNG (``--plot``); returns its path."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from strainstream.callbacks.plots import png_path, save_figure
+    from strainstream.callbacks.plots.sxdm import sxdm_figure
+
+    md = _file_metadata(args.file)
+    arrays = {k: getattr(maps, k) for k in ("intensity", "mask", "strain", "tilt_xy_deg", "tilt_xz_deg")}
+    arrays.update(shifts_px=maps.shifts_px, theta_deg=maps.theta_deg)
+    entry = {"summary": {**stats.to_dict(), "step_nm": md["step_nm"]}, "columns": {}}
+    fig = sxdm_figure(entry, arrays=arrays, start={k: md[k] for k in ("material", "sample") if k in md},
+                      source=os.path.basename(args.file))
+    return save_figure(fig, png_path(args.plot, args.out or args.file, "sxdm_map"))

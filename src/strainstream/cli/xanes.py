@@ -1,12 +1,15 @@
 """``strainstream xanes`` — TXM-XANES white-line maps from an HDF5 energy stack.
 
-    strainstream xanes whiteline FILE.h5 [--out OUT.h5] [--json]
+    strainstream xanes whiteline FILE.h5 [--out OUT.h5] [--plot [PNG]] [--json]
 
 FILE.h5 holds ``energies_eV`` (n,) and ``stack`` (n, ny, nx). If ``flats`` (n, ny, nx) and
 ``darks`` (ny, nx) are present, ``stack`` is raw counts (normalised with the flat of the same
 energy, corrected for an optional ``magnification`` (n,) dataset and registered), otherwise
 it is absorbance. OUT.h5 receives ``whiteline_eV`` (ny, nx; NaN outside the mask), ``mask``
-(bool), ``flags``, ``edge_jump`` and the histogram.
+(bool), ``flags``, ``edge_jump`` and the histogram. ``--plot`` writes a figure (white-line
+map with a µm scale bar when the pixel size is known — ``--pixel-size-um`` or a
+``pixel_size_um`` (or ``voxel_size_um``) attribute of FILE.h5 —, histogram with mean and σ, edge-jump map, mean
+spectrum) to PNG, by default STEM_whiteline.png beside OUT.h5 (else beside FILE.h5).
 """
 
 from __future__ import annotations
@@ -52,7 +55,22 @@ def register(commands) -> None:
     p.add_argument("--edge-energy", action="store_true",
                    help="also compute the half-jump edge energy map")
     p.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG", type=_png,
+                   help="write a figure of the maps and histogram to PNG (default: "
+                        "STEM_whiteline.png beside OUT.h5, else beside FILE.h5)")
+    p.add_argument("--pixel-size-um", type=float, default=None, metavar="UM",
+                   help="pixel size in the sample plane, µm, for the figure's scale bar "
+                        "(default: the file's pixel_size_um or voxel_size_um attribute, else pixel axes)")
     p.set_defaults(func=_whiteline, reports=(ValueError, OSError))
+
+
+def _png(text: str) -> str:
+    from strainstream.callbacks.plots import png_argument
+
+    return png_argument(text)
+
+
+_png.__name__ = "PNG"
 
 
 def _read_input(path: str) -> dict:
@@ -86,6 +104,12 @@ def _read_input(path: str) -> dict:
             data["darks"] = np.asarray(f["darks"][()], dtype=np.float64)
         if "magnification" in f:
             data["magnification"] = np.asarray(f["magnification"][()], dtype=np.float64)
+        attrs = data["attrs"] = {}  # for the figure's title and scale bar
+        for key, name in (("pixel_size_um", "pixel_size_um"), ("voxel_size_um", "pixel_size_um"),
+                          ("material", "material"), ("sample", "sample")):
+            value = f.attrs.get(key)
+            if value is not None and name not in attrs:
+                attrs[name] = value.decode() if isinstance(value, bytes) else value
     return data
 
 
@@ -176,9 +200,13 @@ def _whiteline(args: argparse.Namespace) -> int:
         ee = res.edge_energy_eV[res.mask]
         ee = ee[np.isfinite(ee)]
         summary["edge_energy_mean_eV"] = float(ee.mean()) if ee.size else float("nan")
+    if args.pixel_size_um is not None and not (np.isfinite(args.pixel_size_um) and args.pixel_size_um > 0):
+        raise UsageError(f"--pixel-size-um must be a positive size in µm, got {args.pixel_size_um}")
     if args.out:
         _write_atomic(args.out, lambda tmp: _write_output(tmp, res, st, shifts, summary))
         summary["out"] = args.out
+    if args.plot is not None:
+        summary["plot"] = _write_figure(args, data.get("attrs") or {}, e, absorb, res, st, summary)
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and v != v else v)
                           for k, v in summary.items()}))
@@ -190,7 +218,42 @@ def _whiteline(args: argparse.Namespace) -> int:
               f"{res.counts['n_bad_fit']} bad fits")
         if args.out:
             print(f"wrote {args.out}")
+        if args.plot is not None:
+            print(f"figure written to {summary['plot']}")
     return 0
+
+
+def _write_figure(args: argparse.Namespace, attrs: dict, energies, absorb, res, st, summary: dict) -> str:
+    """The white-line figure of one analysed stack as a PNG (``--plot``); returns its path.
+
+    Parameters
+    ----------
+    attrs : dict
+        ``pixel_size_um``, ``material``, ``sample`` attributes of the input file (any).
+    energies : ndarray, shape (n,)
+        eV.
+    absorb : ndarray, shape (n, ny, nx)
+        Absorbance stack as analysed; its mean over the mask is the spectrum panel.
+    """
+    import os
+
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from strainstream.callbacks.plots import png_path, save_figure
+    from strainstream.callbacks.plots.xanes import txm_xanes_figure
+
+    mask = np.asarray(res.mask, dtype=bool)
+    spectrum = np.nanmean(absorb[:, mask], axis=1) if mask.any() else np.full(energies.size, np.nan)
+    entry = {"columns": {}, "summary": {**summary, "histogram_counts": np.asarray(st.histogram_counts).tolist(),
+                                         "histogram_edges_eV": np.asarray(st.bin_edges_eV).tolist()}}
+    arrays = {"whiteline_eV": res.whiteline_eV, "mask": mask, "edge_jump": res.edge_jump}
+    pixel = args.pixel_size_um if args.pixel_size_um is not None else attrs.get("pixel_size_um")
+    fig = txm_xanes_figure(entry, arrays=arrays, pixel_size_um=pixel,
+                           start={k: attrs[k] for k in ("material", "sample") if k in attrs},
+                           source=os.path.basename(args.file), spectrum=(energies, spectrum))
+    return save_figure(fig, png_path(args.plot, args.out or args.file, "whiteline"))
 
 
 def _write_output(path: str, res, st, shifts, summary: dict) -> None:
