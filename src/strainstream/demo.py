@@ -17,7 +17,11 @@ from typing import Any
 
 from strainstream.workerproc import WorkerProcess
 
-__all__ = ["run_demo", "wait_for_results"]
+__all__ = ["EXPERIMENTS", "run_demo", "wait_for_results"]
+
+#: demo experiments; those in IOC_EXPERIMENTS run on the simulated beamline's IOCs
+IOC_EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes")
+EXPERIMENTS = (*IOC_EXPERIMENTS, "frame_series")
 
 
 
@@ -70,17 +74,27 @@ def run_plan(session, plan) -> tuple[str, ...]:
         raise Interrupted("the run in progress was aborted (exit_status abort) and stored") from None
 
 
+class _Received:
+    """Which stop signal arrived (``signum``; SIGINT unless SIGTERM/SIGHUP came first)."""
+
+    signum: int = 2
+
+
 @contextlib.contextmanager
 def signals_interrupt():
-    """SIGTERM and SIGHUP (a closed terminal, a supervisor) stop the demo as Ctrl-C does."""
+    """SIGTERM and SIGHUP (a closed terminal, a supervisor) stop the demo as Ctrl-C does;
+    yields a record whose ``signum`` says which signal stopped it (exit code 128 + signum)."""
     import signal
 
+    received = _Received()
+
     def _as_sigint(signum, frame):
+        received.signum = signum
         os.kill(os.getpid(), signal.SIGINT)  # the RunEngine (or Python) handles it as Ctrl-C
 
     previous = {s: signal.signal(s, _as_sigint) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        yield received
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -148,6 +162,44 @@ def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, 
     return uid
 
 
+def _sxdm(session, devices, *, raster: int, angles: int, say) -> str:
+    """A raster x rocking map of the endstation IOC's whole particle (``raster`` points a side)."""
+    from strainstream.devices.ioc.endstation import theta_bragg_deg
+    from strainstream.plans.sxdm import sxdm_map
+
+    det, es, beam = devices["sxdm"], devices["es"], devices["beam"]
+    step_nm = 50.0  # the IOC's particle raster: point (iy, ix) sits at (iy, ix) x 50 nm
+    centre_um = (raster - 1) / 2 * step_nm / 1000.0
+    theta = round(theta_bragg_deg(float(es.energy.position)), 4)
+    say(f"SXDM map of one simulated particle: {raster} x {raster} raster (50 nm step) x {angles} "
+        f"rocking angles around θ = {theta:.3f}° ({raster * raster * angles} frames) ...")
+    (uid,) = run_plan(session, sxdm_map(det, es, theta_center_deg=theta, theta_half_range_deg=0.6,
+                                        n_theta=angles, x_center_um=centre_um, y_center_um=centre_um,
+                                        nx=raster, ny=raster, step_nm=step_nm, beam=beam,
+                                        md={"sample": "SC-NM91 charged particle (simulated)"}))
+    return uid
+
+
+def _txm(session, devices, *, energies: int, say) -> str:
+    """A TXM energy scan across the Ni K edge (8.30 to 8.40 keV, ``energies`` points)."""
+    import numpy as np
+
+    from strainstream.plans.xanes import txm_xanes
+
+    cam, es, beam = devices["txm"], devices["es"], devices["beam"]
+    grid = np.round(np.linspace(8300.0, 8400.0, energies), 1).tolist()
+    say(f"TXM-XANES scan of a simulated particle set: {energies} energies {grid[0]:.0f} to "
+        f"{grid[-1]:.0f} eV, zone plate refocused at each ...")
+    (uid,) = run_plan(session, txm_xanes(cam, es, energies_eV=grid, n_darks=3, sample_out_mm=1.0,
+                                         beam=beam, md={"sample": "NM91 particles (simulated)"}))
+    return uid
+
+
+def _fmt(value: Any) -> str:
+    """A summary value for people: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _close_channel_access() -> None:
     import epics
 
@@ -157,12 +209,16 @@ def _close_channel_access() -> None:
 def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", frames: int = 20,
              delay_s: float = 0.2, frame_size: int = 1024, rate_mA_g: float = 200.0,
              duration_s: float = 60.0, frame_interval_s: float = 1.0,
+             raster: int = 6, angles: int = 7, energies: int = 41,
              quiet: bool = False) -> dict[str, Any]:
     """Run the demo; return the summary dict (also printed unless ``quiet``).
 
     ``experiment="operando_xrd"`` (default): the IOC-backed beamline (cycler + XRD detector
     + beam IOCs on loopback), a CeO2 calibration run, then a constant-current charge of the
     simulated SC-NM91 cell with XRD frames analysed live by the worker.
+    ``experiment="sxdm"``: the endstation IOC's particle mapped (``raster`` x ``raster`` x
+    ``angles`` frames), strain and rotation maps live; ``experiment="txm_xanes"``: an energy
+    scan (``energies`` points across the Ni K edge), white-line map.
     ``experiment="frame_series"``: an in-process detector, frame statistics (no IOCs).
     """
     from strainstream.datadir import detector_dir
@@ -176,12 +232,13 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
         server = stack.enter_context(TiledServer(data_dir))
         say(f"tiled server at {server.uri}")
         devices = None
-        if experiment == "operando_xrd":
+        if experiment in IOC_EXPERIMENTS:
             from strainstream.beamline import Beamline
 
+            iocs = ("cycler", "beam") if experiment == "operando_xrd" else ("endstation", "beam")
             beamline = stack.enter_context(Beamline(
-                detector_dir(data_dir), iocs=("cycler", "beam"), xrd_shape=frame_size,
-                log_dir=data_dir / "logs"))
+                detector_dir(data_dir), iocs=iocs, xrd_shape=frame_size, log_dir=data_dir / "logs",
+                extra_args={"endstation": ["--sxdm-raster", str(raster)]}))
             say("simulated beamline IOCs up: " + ", ".join(f"{k} {v}" for k, v in beamline.addresses.items()))
             devices = beamline.devices()
             for dev in devices.values():
@@ -193,10 +250,14 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
         if experiment == "operando_xrd":
             uid = _operando(session, devices, data_dir, frame_size=frame_size, rate_mA_g=rate_mA_g,
                             duration_s=duration_s, frame_interval_s=frame_interval_s, say=say)
+        elif experiment == "sxdm":
+            uid = _sxdm(session, devices, raster=raster, angles=angles, say=say)
+        elif experiment == "txm_xanes":
+            uid = _txm(session, devices, energies=energies, say=say)
         elif experiment == "frame_series":
             uid = _frame_series(session, data_dir, frames, delay_s, say)
         else:
-            raise ValueError(f"unknown demo experiment {experiment!r}: operando_xrd or frame_series")
+            raise ValueError(f"unknown demo experiment {experiment!r}: one of {', '.join(EXPERIMENTS)}")
         root = server.client()
         # unique seq_nums: TiledWriter may store a row twice when it retries an append whose
         # answer was lost under load (it warns); the worker analyses each event once
@@ -226,7 +287,9 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
             f"max microstrain {xrd['max_microstrain']:.2e}")
     else:
         for name, s in summary["results"].items():
-            say(f"{name}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+            scalars = {k: v for k, v in s.items()
+                       if isinstance(v, (int, float, str)) and v not in ("", None)}
+            say(f"{name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in scalars.items()))
     say(f"next: strainstream results {uid[:8]} --data-dir {data_dir}\n"
         f"      strainstream plot {uid[:8]} --data-dir {data_dir}")
     return summary

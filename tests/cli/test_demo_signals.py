@@ -1,7 +1,7 @@
 """Ctrl-C, SIGTERM and SIGHUP stop ``strainstream demo`` cleanly (#21 point 1).
 
 The run in progress is closed with ``exit_status="abort"`` (and analysed as far as it got),
-the command exits 130 with one line, no process of its tree survives, and what earlier
+the command exits 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP) with one line, no process of its tree survives, and what earlier
 runs stored is unchanged.
 """
 
@@ -93,6 +93,18 @@ def test_ctrl_c_during_the_charge_aborts_the_run_and_stops_everything(data_dir):
     assert calibration["status"] == "complete"
 
 
+def test_ctrl_c_during_an_sxdm_map_aborts_the_map_and_stops_everything(data_dir):
+    d, uid, before = data_dir
+    known = set(_runs(d))
+    rc, elapsed, err = _interrupt_when(
+        ["--experiment", "sxdm", "--raster", "8", "--angles", "9"], d, signal.SIGINT,
+        lambda line: "[sxdm" in line and " 10/576 " in line)
+    _check_clean_stop(d, rc, elapsed, err, 130, (uid, before))
+    (new,) = [r for u, r in _runs(d).items() if u not in known]
+    assert new["experiment"] == "sxdm"
+    assert new["status"] == "aborted" and 10 <= new["events_recorded"] < 576
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_stop_the_demo_like_ctrl_c(data_dir, sig):
     d, uid, before = data_dir
@@ -100,6 +112,6 @@ def test_sigterm_and_sighup_stop_the_demo_like_ctrl_c(data_dir, sig):
     rc, elapsed, err = _interrupt_when(
         ["--experiment", "frame_series", "--frames", "1000", "--delay", "0.1"], d, sig,
         lambda line: "[frame_series" in line and " 3/1000 " in line)
-    _check_clean_stop(d, rc, elapsed, err, 130, (uid, before))
+    _check_clean_stop(d, rc, elapsed, err, 128 + sig, (uid, before))
     (new,) = [r for u, r in _runs(d).items() if u not in known]
     assert new["status"] == "aborted" and 3 <= new["events_recorded"] < 1000

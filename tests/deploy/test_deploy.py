@@ -69,9 +69,9 @@ class Launcher:
             raise AssertionError(f"deploy up exited {self.proc.wait()}: {self.proc.stderr.read()}")
         return json.loads(line)
 
-    def terminate(self, timeout_s: float = 120) -> int:
+    def terminate(self, timeout_s: float = 120, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -144,7 +144,9 @@ def test_scaleout_up_runs_a_run_restarts_a_dead_worker_and_stops_everything(reac
     # no secret in anything written or printed
     password = (data / "services" / "postgres" / ".pg_password").read_text().strip()
     final = json.loads(_cli("status", "--data-dir", str(data), "--json").stdout)
-    assert launcher.terminate() == 0
+    t0 = time.monotonic()
+    assert launcher.terminate() == 143  # 128 + SIGTERM, after stopping every service
+    assert time.monotonic() - t0 < 15
     out = launcher.proc.stdout.read() + launcher.proc.stderr.read()
     texts = [out, (data / "tiled.yml").read_text(), json.dumps(info)]
     texts += [p.read_text(errors="replace") for p in data.rglob("*.log")]
@@ -176,8 +178,17 @@ def test_embedded_up_and_status_and_a_second_up_is_refused(reachable_dir, launch
     assert again.stderr.strip() == (
         f"strainstream deploy: error: a deployment (pid {launcher.proc.pid}) already runs on "
         f"{data}; stop it first (kill -TERM {launcher.proc.pid})")
-    assert launcher.terminate() == 0
+    t0 = time.monotonic()
+    assert launcher.terminate(sig=signal.SIGINT) == 130  # Ctrl-C: 128 + SIGINT
+    assert time.monotonic() - t0 < 15
+    assert "strainstream deploy up: stopped (SIGINT)" in launcher.proc.stderr.read()
     assert not _alive(info["tiled_pid"]) and not _alive(info["workers"][0]["pid"])
+    assert _cli_runs(data).returncode == 0  # the data directory stays readable
+
+
+def _cli_runs(data: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "strainstream.cli", "runs", "--data-dir", str(data)],
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_usage_errors_are_one_line(tmp_path):

@@ -231,5 +231,5 @@ def test_serve_command_runs_and_stops(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
-    assert proc.returncode == 0
+    assert proc.returncode == 130  # 128 + SIGINT, server stopped
     assert running_server(d) is None

@@ -68,7 +68,8 @@ def run_command(command: str, handler: Callable[[], int], reports: tuple[type[Ba
     """Run a sub-command's handler; user-fixable errors become one line on stderr.
 
     Returns the handler's exit code; 2 (or the error's ``exit_code``) for a
-    :class:`StrainstreamError` or one of ``reports``; 130 on Ctrl-C.
+    :class:`StrainstreamError` or one of ``reports``; 130 on Ctrl-C (128 + the
+    signal a command turned into one: 143 SIGTERM, 129 SIGHUP).
     """
     try:
         return int(handler() or 0)
@@ -79,9 +80,10 @@ def run_command(command: str, handler: Callable[[], int], reports: tuple[type[Ba
         print(f"strainstream {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C (or a signal a command turned into one)
+        signum = int(getattr(exc, "signum", 2))  # SIGINT unless the command says otherwise
         detail = f": {_one_line(exc)}" if str(exc) else ""
         print(f"strainstream {command}: interrupted{detail}", file=sys.stderr)
-        return 130
+        return 128 + signum
 
 
 def main(argv: Sequence[str] | None = None) -> int:

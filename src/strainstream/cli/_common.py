@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,16 +85,39 @@ def number(kind: type = float, *, low: float | None = None, high: float | None =
     return convert
 
 
+class StopRequest(threading.Event):
+    """Set by a stop signal; :attr:`signum` says which (``None`` until one arrived)."""
+
+    signum: int | None = None
+
+    def exit_code(self, command: str) -> int:
+        """Say in one line that ``command`` stopped on the signal; ``128 + signum`` (130 for
+        Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), or 0 when no signal stopped it."""
+        import signal
+
+        if self.signum is None:
+            return 0
+        print(f"strainstream {command}: stopped ({signal.Signals(self.signum).name}); "
+              "every service it started is stopped", file=sys.stderr, flush=True)
+        return 128 + self.signum
+
+
 @contextlib.contextmanager
-def stop_requested(signals: tuple[int, ...] | None = None) -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT (or ``signals``) while the block runs; the previous
-    handlers come back afterwards. Long-running commands (``serve``, ``queue up``,
-    ``deploy up``) loop until it is set, then shut their services down cleanly."""
+def stop_requested(signals: tuple[int, ...] | None = None) -> Iterator[StopRequest]:
+    """A :class:`StopRequest` set by SIGTERM, SIGINT or SIGHUP (or ``signals``) while the
+    block runs; the previous handlers come back afterwards. Long-running commands (``serve``,
+    ``queue up``, ``deploy up``, ``beamline up``) loop until it is set, shut their services
+    down cleanly and exit with :meth:`StopRequest.exit_code`."""
     import signal
 
-    done = threading.Event()
-    signals = signals or (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.signal(s, lambda *a: done.set()) for s in signals}
+    done = StopRequest()
+    signals = signals or (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def _handler(signum, frame):
+        done.signum = signum
+        done.set()
+
+    previous = {s: signal.signal(s, _handler) for s in signals}
     try:
         yield done
     finally:

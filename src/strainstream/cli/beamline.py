@@ -6,7 +6,7 @@ import json
 
 from strainstream.config import IOC_NAMES
 
-from ._common import CommandError, Parser
+from ._common import CommandError, Parser, stop_requested
 
 __all__ = ["main", "register", "status", "up"]
 
@@ -46,44 +46,35 @@ def register(commands) -> None:
 
 def cmd_up(args) -> int:
     """Start the IOCs, print prefixes/ports, run until Ctrl-C or SIGTERM."""
-    import signal
-    import time
-
     from strainstream.beamline import Beamline, parse_ports
 
     bl = Beamline(args.write_dir, prefix=args.prefix, ports=parse_ports(args.ports),
                   iocs=[s for s in args.iocs.split(",") if s], xrd_shape=args.xrd_shape,
                   sxdm_shape=args.sxdm_shape, txm_shape=args.txm_shape, preset=args.preset,
                   log_dir=args.log_dir)
-    bl.start()
-
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)  # a supervisor's SIGTERM stops the IOCs too
-    try:
-        env = bl.client_env()
-        if args.json:
-            print(json.dumps({"addresses": bl.addresses, "prefixes": bl.pv_prefixes(),
-                              "env": env, "write_dir": str(bl.write_dir),
-                              "log_dir": str(bl.log_dir)}), flush=True)
-        else:
-            for name, addr in bl.addresses.items():
-                print(f"{name:<11} {addr:<16} {' '.join(bl.pv_prefixes()[name])}")
-            print(f"detector files: {bl.write_dir}   IOC logs: {bl.log_dir}")
-            print("client environment:")
-            for k, v in env.items():
-                print(f"  export {k}='{v}'")
-            print("Ctrl-C stops the IOCs.", flush=True)
-        while all(bl.is_running(n) for n in bl.iocs):
-            time.sleep(0.5)
-        dead = [n for n in bl.iocs if not bl.is_running(n)]
-        raise CommandError(f"IOC(s) {dead} exited; see {bl.log_dir}")
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        bl.__exit__(None, None, None)
-        signal.signal(signal.SIGTERM, previous)
+    with stop_requested() as done:  # Ctrl-C, SIGTERM (a supervisor) and SIGHUP stop the IOCs
+        bl.start()
+        try:
+            env = bl.client_env()
+            if args.json:
+                print(json.dumps({"addresses": bl.addresses, "prefixes": bl.pv_prefixes(),
+                                  "env": env, "write_dir": str(bl.write_dir),
+                                  "log_dir": str(bl.log_dir)}), flush=True)
+            else:
+                for name, addr in bl.addresses.items():
+                    print(f"{name:<11} {addr:<16} {' '.join(bl.pv_prefixes()[name])}")
+                print(f"detector files: {bl.write_dir}   IOC logs: {bl.log_dir}")
+                print("client environment:")
+                for k, v in env.items():
+                    print(f"  export {k}='{v}'")
+                print("Ctrl-C stops the IOCs.", flush=True)
+            while not done.wait(0.5):
+                dead = [n for n in bl.iocs if not bl.is_running(n)]
+                if dead:
+                    raise CommandError(f"IOC(s) {dead} exited; see {bl.log_dir}")
+        finally:
+            bl.__exit__(None, None, None)
+    return done.exit_code("beamline up")
 
 
 def cmd_status(args) -> int:

@@ -9,6 +9,9 @@ from ._common import CommandError, add_server_options, data_dir_of, number, prin
 
 __all__ = ["register"]
 
+#: strainstream.demo.EXPERIMENTS (kept here: the parser is built without importing the demo)
+EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes", "frame_series")
+
 #: XRD frame sizes the simulated detector offers (the 2048² panel binned 1x to 16x)
 FRAME_SIZES = (2048, 1024, 512, 256, 128)
 
@@ -44,9 +47,11 @@ def register(commands) -> None:
     """Add ``demo`` to the sub-command parsers ``commands``."""
     p = commands.add_parser("demo", help="start server + worker, run a simulated experiment, print a summary")
     add_server_options(p, uri=False, api_key=False)
-    p.add_argument("--experiment", choices=["operando_xrd", "frame_series"], default="operando_xrd",
+    p.add_argument("--experiment", choices=EXPERIMENTS, default="operando_xrd",
                    help="operando_xrd (default: IOC beamline, CeO2 calibration, live lattice "
-                        "refinement while the cell charges) or frame_series (no IOCs)")
+                        "refinement while the cell charges), sxdm (raster x rocking map of one "
+                        "particle, live strain/rotation maps), txm_xanes (energy scan across the "
+                        "Ni K edge, white-line map) or frame_series (no IOCs)")
     p.add_argument("--frame-size", type=_frame_size, default=1024,
                    help=f"XRD frame rows=cols, one of {', '.join(map(str, FRAME_SIZES))} (default 1024)")
     p.add_argument("--rate", type=number(float, low=0, high=5000, low_open=True, unit="mA/g"),
@@ -59,6 +64,12 @@ def register(commands) -> None:
                    help="frame_series: number of frames (1 to 100000; default 20)")
     p.add_argument("--delay", type=number(float, low=0, high=3600, unit="s"), default=0.2,
                    help="frame_series: seconds between frames (0 to 3600; default 0.2)")
+    p.add_argument("--raster", type=number(int, low=2, high=32), default=6,
+                   help="sxdm: raster points per side, 50 nm apart (2 to 32; default 6)")
+    p.add_argument("--angles", type=number(int, low=3, high=101), default=7,
+                   help="sxdm: rocking angles over ±0.6° (3 to 101; default 7)")
+    p.add_argument("--energies", type=number(int, low=5, high=201), default=41,
+                   help="txm_xanes: energies from 8300 to 8400 eV (5 to 201; default 41)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
 
@@ -66,18 +77,25 @@ def register(commands) -> None:
 def cmd_demo(args) -> int:
     import contextlib
 
-    if args.interval >= args.duration:
+    if args.experiment == "operando_xrd" and args.interval >= args.duration:
         raise CommandError(f"--interval {args.interval:g} s must be shorter than --duration "
                            f"{args.duration:g} s (at least one frame during the charge)")
     data_dir = _writable_data_dir(data_dir_of(args))
     from strainstream.demo import run_demo, signals_interrupt
 
     # bluesky prints suspension notices on stdout: keep stdout for the JSON summary alone;
-    # Ctrl-C, SIGTERM and SIGHUP abort the run in progress, stop every process, exit 130
-    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout), signals_interrupt():
-        summary = run_demo(data_dir, experiment=args.experiment, frames=args.frames,
-                           delay_s=args.delay, frame_size=args.frame_size, rate_mA_g=args.rate,
-                           duration_s=args.duration, frame_interval_s=args.interval, quiet=args.json)
+    # Ctrl-C, SIGTERM and SIGHUP abort the run in progress, stop every process, exit 128 + signal
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout), \
+            signals_interrupt() as received:
+        try:
+            summary = run_demo(data_dir, experiment=args.experiment, frames=args.frames,
+                               delay_s=args.delay, frame_size=args.frame_size,
+                               rate_mA_g=args.rate, duration_s=args.duration,
+                               frame_interval_s=args.interval, raster=args.raster, angles=args.angles,
+                               energies=args.energies, quiet=args.json)
+        except KeyboardInterrupt as exc:
+            exc.signum = received.signum  # strainstream.cli.run_command exits 128 + signum
+            raise
     if args.json:
         print_json(summary)
     return 0 if summary["events_analysed"] == summary["events_recorded"] else 1

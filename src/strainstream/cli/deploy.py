@@ -73,9 +73,9 @@ def cmd_up(args) -> int:
                 print("Ctrl-C (or SIGTERM) stops everything.", flush=True)
             while not done.wait(1.0):
                 dep.supervise_once(log=lambda msg: print(msg, file=sys.stderr, flush=True))
-            return 0
         finally:
             dep.stop()
+    return done.exit_code("deploy up")
 
 
 def cmd_status(args) -> int:

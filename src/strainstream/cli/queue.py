@@ -103,9 +103,9 @@ def cmd_up(args) -> int:
                 if not qs.running:
                     print(f"{PROG}: error: RE Manager exited; see {qs.log_path}", file=sys.stderr)
                     return 1
-            return 0
         finally:
             qs.stop()
+    return done.exit_code("queue up")
 
 
 def cmd_status(args) -> int:

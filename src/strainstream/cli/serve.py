@@ -68,7 +68,7 @@ def cmd_serve(args) -> int:
                     return 1
         finally:
             server.stop()
-    return 0
+    return done.exit_code("serve")
 
 
 def cmd_worker(args) -> int:
