@@ -133,24 +133,49 @@ def _h5_times(f, n: int, timezone: str | None) -> tuple[list[float], str] | None
     return None
 
 
-def _read_file(path: Path, time_source: str, timezone: str | None) -> list[tuple[np.ndarray, float, str]]:
-    """The frames of one file with their times: [(frame, epoch s, how the time was read)]."""
+def _read_file(path: Path, time_source: str, timezone: str | None) -> Iterator[tuple[np.ndarray, float, str]]:
+    """The frames of one file with their times, one at a time: (frame, epoch s, how the time
+    was read). The times (and the frame count) are checked before the first frame is read."""
     st = path.stat()
-    frames: list[np.ndarray]
     times: list[float] | None = None
     unreadable: list[str] = []
     how = ""
+
+    def check_times(n: int) -> list[float]:
+        if time_source == "mtime":
+            if n > 1:
+                raise FolderImportError(path, f"holds {n} frames and one modification time: use "
+                                        "time_source='header' (per-frame NDArrayEpicsTSSec/TSnSec)")
+            return [st.st_mtime]
+        if times is None:
+            bad = f"; not a date/time: {', '.join(unreadable)}" if unreadable else ""
+            raise FolderImportError(path, "has no time in its header (read: TIFF DateTime tag, EDF "
+                                    "time_of_day/time/date, Pilatus CBF date line, HDF5 "
+                                    f"NDArrayEpicsTSSec+TSnSec or /entry/start_time{bad}); use "
+                                    "time_source='mtime' (the file modification time)")
+        return times
+
+    def checked(frame: np.ndarray) -> np.ndarray:
+        if frame.ndim != 2:
+            raise FolderImportError(path, f"holds an image of shape {frame.shape}, not a 2-D frame")
+        if frame.dtype.kind not in "uif":
+            raise FolderImportError(path, f"holds {frame.dtype} pixels, not detector counts")
+        return frame
+
     try:
         if path.suffix.lower() in _H5_SUFFIXES:
             import h5py
 
             with h5py.File(path, "r", locking=False) as f:
                 ds = _h5_dataset(f, path)
-                stack = ds[()]
-                frames = [stack] if stack.ndim == 2 else list(stack)
+                n = 1 if ds.ndim == 2 else int(ds.shape[0])
                 if time_source == "header":
-                    found = _h5_times(f, len(frames), timezone)
+                    found = _h5_times(f, n, timezone)
                     times, how = found if found is not None else (None, "")
+                ts = check_times(n)
+                how = "mtime" if time_source == "mtime" else how
+                for i in range(n):  # one frame in memory at a time
+                    yield checked(ds[()] if ds.ndim == 2 else ds[i]), float(ts[i]), how
         else:
             import fabio
 
@@ -158,33 +183,17 @@ def _read_file(path: Path, time_source: str, timezone: str | None) -> list[tuple
             if getattr(img, "nframes", 1) > 1:
                 raise FolderImportError(path, f"holds {img.nframes} frames; one frame per TIFF/EDF/CBF "
                                         "file is read (or give an HDF5 stack)")
-            frames = [np.asarray(img.data)]
             if time_source == "header":
                 found = _fabio_header_time(dict(img.header), timezone, unreadable)
                 if found is not None:
                     times, how = [found[0]], found[1]
+            ts = check_times(1)
+            yield checked(np.asarray(img.data)), float(ts[0]), "mtime" if time_source == "mtime" else how
     except FolderImportError:
         raise
     except Exception as exc:  # fabio/h5py raise many types for damaged or foreign files
         raise FolderImportError(path, f"cannot be read as a detector image ({type(exc).__name__}: "
                                 f"{exc}); remove it or narrow the frames pattern") from None
-    if time_source == "mtime":
-        if len(frames) > 1:
-            raise FolderImportError(path, f"holds {len(frames)} frames and one modification time: "
-                                    "use time_source='header' (per-frame NDArrayEpicsTSSec/TSnSec)")
-        times, how = [st.st_mtime], "mtime"
-    if times is None:
-        bad = f"; not a date/time: {', '.join(unreadable)}" if unreadable else ""
-        raise FolderImportError(path, "has no time in its header (read: TIFF DateTime tag, EDF "
-                                "time_of_day/time/date, Pilatus CBF date line, HDF5 "
-                                f"NDArrayEpicsTSSec+TSnSec or /entry/start_time{bad}); use "
-                                "time_source='mtime' (the file modification time)")
-    for frame in frames:
-        if frame.ndim != 2:
-            raise FolderImportError(path, f"holds an image of shape {frame.shape}, not a 2-D frame")
-        if frame.dtype.kind not in "uif":
-            raise FolderImportError(path, f"holds {frame.dtype} pixels, not detector counts")
-    return [(fr, float(t), how) for fr, t in zip(frames, times, strict=True)]
 
 
 def frame_time(path: str | os.PathLike, time_source: str = "header", timezone: str | None = None) -> float:
@@ -201,7 +210,7 @@ def frame_time(path: str | os.PathLike, time_source: str = "header", timezone: s
     FolderImportError
         Unreadable file, or no time in its header (naming the keys tried).
     """
-    return _read_file(Path(path), time_source, timezone)[0][1]
+    return next(_read_file(Path(path), time_source, timezone))[1]
 
 
 # ----------------------------------------------------------------------------------------------
