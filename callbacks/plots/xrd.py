@@ -48,24 +48,24 @@ def _two_phase(ax, x, y1, y2, color, marker="o", scale=1.0) -> None:
         ax.plot(x, y2 * scale, marker, ms=_MS, color=color, mfc="none", ls="none")
 
 
-def _contraction_text(summary: dict[str, Any], c: np.ndarray, c2: np.ndarray) -> str | None:
-    """Contraction of c from c_max and from the pristine c₀ to the last frame, labelled so."""
-    c_max, c_last = summary.get("c_max_A"), summary.get("c_last_A")
-    c0 = summary.get("c_first_A")
+def _contraction(ax, summary: dict[str, Any], c: np.ndarray, c2: np.ndarray) -> None:
+    """Mark c_max and the pristine c₀ and say how far c contracted from each (legend title)."""
     ok = np.isfinite(c)
-    if c_max is None or c_last is None:
+    c_max, c_last, c0 = summary.get("c_max_A"), summary.get("c_last_A"), summary.get("c_first_A")
+    if not all(isinstance(v, float) and np.isfinite(v) for v in (c_max, c_last, c0)):
         if not ok.any():
-            return None
+            return
         c_max = float(np.nanmax(np.fmax(c, np.where(np.isfinite(c2), c2, -np.inf))))
         c_last, c0 = float(c[ok][-1]), float(c[ok][0])
-    lines = [f"c contraction from c$_{{max}}$: {100 * (c_max - c_last) / c_max:.2f} %",
-             f"  (c$_{{max}}$ {c_max:.3f} Å → c$_{{end}}$ {c_last:.3f} Å)"]
-    if c0:
-        lines.append(f"from pristine c$_0$ {c0:.3f} Å: {100 * (c0 - c_last) / c0:.2f} %")
+    ax.axhline(c_max, color="0.45", ls="--", lw=0.9, gid="reference", label=f"c$_{{max}}$ {c_max:.3f} Å")
+    ax.axhline(c0, color="k", ls=":", lw=0.9, gid="reference", label=f"pristine c$_0$ {c0:.3f} Å")
+    title = (f"contraction to c$_{{end}}$ {c_last:.3f} Å:\n"
+             f"{100 * (c_max - c_last) / c_max:.2f} % from c$_{{max}}$, "
+             f"{100 * (c0 - c_last) / c0:.2f} % from pristine c$_0$")
     dc = summary.get("max_delta_c_A")
     if isinstance(dc, float) and dc > 0:
-        lines.append(f"max Δc (phase 1 − phase 2): {dc:.2f} Å")
-    return "\n".join(lines)
+        title += f"\nmax Δc (phase 1 − phase 2) {dc:.2f} Å"
+    ax.legend(loc="best", fontsize=7.5, title=title, title_fontsize=7.5, framealpha=0.9)
 
 
 def operando_xrd_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any] | None = None):
@@ -142,10 +142,7 @@ def operando_xrd_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any
     ax_c = fig.add_subplot(gs[1, 2], sharex=ax_a)
     _two_phase(ax_c, x, c, c2, "C3", "s")
     ax_c.set(xlabel=x_label, ylabel="c (Å)", title="lattice parameter c")
-    text = _contraction_text(summary, c, c2)
-    if text:
-        ax_c.text(0.03, 0.04, text, transform=ax_c.transAxes, fontsize=7.5, va="bottom",
-                  bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+    _contraction(ax_c, summary, c, c2)
     ax_v = fig.add_subplot(gs[0, 3], sharex=ax_a)
     _two_phase(ax_v, x, v, v2, "C2", "D")
     ax_v.set(ylabel=VOLUME_LABEL, title="unit-cell volume")

@@ -60,7 +60,7 @@ def operando_xrd_entry(n: int = 80, preset: str = "SC-NM91", rate_mA_g: float = 
     c_all = np.fmax(c, np.nan_to_num(c2, nan=-np.inf))
     c_max = float(c_all.max())
     summary = {"frames_refined": n, "frames_flagged": 0, "c_first_A": float(c[0]), "c_max_A": c_max,
-               "c_last_A": float(c[-1]), "c_contraction_pct": 100.0 * (c_max - c[-1]) / c_max,
+               "c_last_A": float(c[-1]), "c_contraction_pct": float(100.0 * (c_max - c[-1]) / c_max),
                "max_delta_c_A": float(np.nanmax(np.r_[0.0, cols["delta_c_A"]]))}
     return {"version": "1", "status": "complete", "n_rows": n, "summary": summary, "columns": cols}
 
