@@ -1,21 +1,101 @@
-"""Console progress for runs: points done out of points expected, rate and time left."""
+"""Console progress for runs: points done out of points expected, rate and time left, and
+(operando XRD) the lattice parameters the live worker has refined so far."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
+import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from event_model import DocumentRouter
 
-__all__ = ["ProgressPrinter"]
+__all__ = ["LiveLattice", "ProgressPrinter"]
+
+
+
+class LiveLattice:
+    """The latest a, c the worker has stored for a running operando XRD run.
+
+    A daemon thread reads ``derived/<uid>/operando_xrd`` (three columns) every ``period_s``
+    while a run is followed, so the RunEngine's thread never waits on tiled; a read that
+    fails (no worker yet, server busy) only leaves the previous value in place.
+
+    Parameters
+    ----------
+    client : tiled client container
+        The catalog root the worker writes its results under.
+    period_s : float
+        Seconds between reads.
+    """
+
+    COLUMNS = ("seq_num", "a_A", "c_A", "c_A_2")
+
+    def __init__(self, client, period_s: float = 1.0) -> None:
+        self.client = client
+        self.period_s = float(period_s)
+        self.latest: dict[str, Any] | None = None
+        self._uid: str | None = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def follow(self, uid: str) -> None:
+        """Start following run ``uid`` (forgetting the previous one)."""
+        self.stop()
+        self._uid, self.latest = uid, None
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(uid, self._wake),
+                                        name=f"live-lattice-{uid[:8]}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following (returns at once; the thread ends after its current read)."""
+        self._wake.set()
+        self._thread = None
+
+    def _loop(self, uid: str, wake: threading.Event) -> None:
+        while not wake.wait(self.period_s):
+            with contextlib.suppress(Exception):  # tiled down or busy, no result yet: try again
+                self._read(uid)
+
+    def _read(self, uid: str) -> None:
+        node = self.client["derived"][uid]["operando_xrd"]
+        columns = [c for c in self.COLUMNS if c in node.columns]
+        if "c_A" not in columns:
+            return
+        df = node.read(columns=columns)
+        if not len(df):
+            return
+        last = df.sort_values("seq_num").iloc[-1] if "seq_num" in df else df.iloc[-1]
+        row = {k: float(last[k]) for k in columns}
+        if self._uid == uid:
+            self.latest = row
+
+    def text(self) -> str:
+        """``", a 2.8731 Å, c 14.2100 Å (event 12)"`` (two phases: ``c 14.44 / 13.90 Å``) or ``""``."""
+        row = self.latest
+        if not row or not math.isfinite(row.get("c_A", math.nan)):
+            return ""
+        out = f", a {row['a_A']:.4f} Å, c {row['c_A']:.4f}"
+        if math.isfinite(row.get("c_A_2", math.nan)):  # two phases: both c
+            out += f" / {row['c_A_2']:.4f}"
+        out += " Å"
+        return out + f" (event {int(row['seq_num'])})" if "seq_num" in row else out
 
 
 class ProgressPrinter(DocumentRouter):
-    """Print one progress line per event (every ``every`` events) and a line at the end."""
+    """Print one progress line per event (every ``every`` events) and a line at the end.
 
-    def __init__(self, stream: TextIO | None = None, every: int = 1) -> None:
+    With ``lattice`` (a :class:`LiveLattice`), operando XRD lines also carry the latest
+    a and c the live worker refined.
+    """
+
+    def __init__(self, stream: TextIO | None = None, every: int = 1,
+                 lattice: LiveLattice | None = None) -> None:
         super().__init__()
+        self.lattice = lattice
         self.out = stream or sys.stderr
         self.every = max(1, every)
         self._t0 = 0.0
@@ -31,6 +111,11 @@ class ProgressPrinter(DocumentRouter):
         self._total = total if ok else None
         self._label = f"{doc.get('experiment') or doc.get('plan_name', 'run')} {str(doc.get('uid', '?'))[:8]}"
         print(f"[{self._label}] started ({self._total or '?'} points)", file=self.out, flush=True)
+        if self.lattice is not None:
+            if doc.get("experiment") == "operando_xrd" and isinstance(doc.get("uid"), str):
+                self.lattice.follow(doc["uid"])
+            else:
+                self.lattice.stop()
 
     def event(self, doc):
         self._n += 1
@@ -47,6 +132,8 @@ class ProgressPrinter(DocumentRouter):
                              and not isinstance(v, bool))
             if matches:  # the shortest key: cycler_capacity_mAh_g before cycler_charge_capacity_...
                 extra += f", {label} {matches[0][2]:.{prec}f}"
+        if self.lattice is not None:
+            extra += self.lattice.text()
         if self._total:
             left = (self._total - self._n) / rate if rate else float("nan")
             msg = f"{self._n}/{self._total} ({100 * self._n / self._total:.0f} %), {rate:.1f} pts/s, ~{left:.0f} s left"
@@ -55,6 +142,8 @@ class ProgressPrinter(DocumentRouter):
         print(f"[{self._label}] {msg}{extra}", file=self.out, flush=True)
 
     def stop(self, doc):
+        if self.lattice is not None:
+            self.lattice.stop()
         dt = time.monotonic() - self._t0
         print(f"[{self._label}] {doc.get('exit_status')} after {self._n} points in {dt:.1f} s",
               file=self.out, flush=True)

@@ -316,8 +316,9 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     # and tiled see them, each datum paired with the event that references it
     RE.subscribe(DatumToStream(writer))
     if progress:
-        from strainstream.callbacks.progress import ProgressPrinter
+        from strainstream.callbacks.progress import LiveLattice, ProgressPrinter
 
-        RE.subscribe(ProgressPrinter())
+        # the live a, c come from the worker's results, read by a thread of their own
+        RE.subscribe(ProgressPrinter(lattice=LiveLattice(connect(uri, api_key))))
     return Session(RE=RE, writer=writer, client=client)
 
