@@ -156,6 +156,10 @@ def append_missing_rows(stream_node, rows: Sequence[Mapping[str, Any]]) -> int:
     return len(rows)
 
 
+#: StreamResource mimetype of a folder of one TIFF per frame (areaDetector's AD_TIFF)
+TIFF_SEQUENCE = "multipart/related;type=image/tiff"
+
+
 # -- frame references ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FrameRef:
@@ -317,6 +321,13 @@ class ExternalFrames:
         ref = self.resolve(seq_num)
         if ref is None:
             raise KeyError(f"{self.data_key}: no frame registered for seq_num {seq_num}")
+        if self.mimetype == TIFF_SEQUENCE and ref.node_index < len(self.uris):
+            path = _local_file(self.uris[ref.node_index])  # one file per frame (areaDetector TIFF)
+            if path is not None:
+                import tifffile
+
+                return np.asarray(tifffile.imread(path))
+            return self.read_http(seq_num)
         path = _local_file(ref.uri) if ref.uri else None
         dataset = self.parameters.get("dataset")
         if path is not None and isinstance(dataset, str) and self.mimetype == "application/x-hdf5":

@@ -35,25 +35,44 @@ from typing import Any
 
 from event_model import unpack_datum_page, unpack_event_page
 
-__all__ = ["DatumToStream", "SPEC_MIMETYPES"]
+__all__ = ["DatumToStream", "SPEC_MIMETYPES", "TIFF_MIMETYPE", "map_root", "resource_path"]
 
-#: Resource spec -> (StreamResource mimetype, dataset inside the file)
+TIFF_MIMETYPE = "multipart/related;type=image/tiff"
+
+#: Resource spec -> (StreamResource mimetype, dataset inside the file); the specs of
+#: area-detector-handlers' AreaDetectorHDF5Handler / AreaDetectorTiffHandler family
 SPEC_MIMETYPES: dict[str, tuple[str, str | None]] = {
     "AD_HDF5": ("application/x-hdf5", "/entry/data/data"),
     "AD_HDF5_SWMR": ("application/x-hdf5", "/entry/data/data"),
     "AD_HDF5_SWMR_STREAM": ("application/x-hdf5", "/entry/data/data"),
     "HDF5": ("application/x-hdf5", "/entry/data/data"),
+    "AD_TIFF": (TIFF_MIMETYPE, None),
 }
 
 
-def _uri(resource: Mapping[str, Any]) -> str:
+def map_root(path: str, root_map: Mapping[str, str] | None) -> str:
+    """``path`` with the longest matching prefix of ``root_map`` (OLD -> NEW) replaced."""
+    for old in sorted(root_map or {}, key=len, reverse=True):
+        o = old.rstrip("/")
+        if path == o or path.startswith(o + "/"):
+            return (root_map[old].rstrip("/") or "/") + path[len(o):] if o else path
+    return path
+
+
+def resource_path(resource: Mapping[str, Any], root_map: Mapping[str, str] | None = None) -> str:
+    """The absolute path a Resource names (``root`` joined with ``resource_path``, mapped)."""
     path = resource.get("resource_path", "")
     root = resource.get("root") or ""
     if root and not path.startswith("/"):
         path = posixpath.join(root, path)
     elif root and path.startswith("/") and not path.startswith(root):
         path = posixpath.join(root, path.lstrip("/"))
-    return "file://localhost" + (path if path.startswith("/") else "/" + path)
+    path = path if path.startswith("/") else "/" + path
+    return map_root(path, root_map)
+
+
+def _uri(resource: Mapping[str, Any], root_map: Mapping[str, str] | None = None) -> str:
+    return "file://localhost" + resource_path(resource, root_map)
 
 
 class DatumToStream:
@@ -63,10 +82,15 @@ class DatumToStream:
     ----------
     callback : callable
         ``callback(name, doc)`` receiving the converted documents, in order.
+    root_map : dict, optional
+        ``{OLD: NEW}`` path prefixes: Resources (and StreamResources) recorded under OLD are
+        read under NEW (databroker's ``root_map``; an archive moved to another machine).
     """
 
-    def __init__(self, callback: Callable[[str, Mapping[str, Any]], Any]) -> None:
+    def __init__(self, callback: Callable[[str, Mapping[str, Any]], Any],
+                 root_map: Mapping[str, str] | None = None) -> None:
         self.callback = callback
+        self.root_map = dict(root_map or {})
         self._reset()
 
     def _reset(self) -> None:
@@ -91,8 +115,16 @@ class DatumToStream:
         spec = str(doc.get("spec", "")).upper()
         if spec not in SPEC_MIMETYPES:
             raise ValueError(f"Resource {doc.get('uid')}: spec {spec!r} is not one this pipeline "
-                             f"reads ({sorted(SPEC_MIMETYPES)})")
+                             f"reads ({', '.join(sorted(SPEC_MIMETYPES))})")
         self._resources[doc["uid"]] = dict(doc)
+
+    def _stream_resource(self, doc) -> None:
+        if self.root_map and str(doc.get("uri", "")).startswith("file://"):
+            from urllib.parse import urlparse
+
+            parsed = urlparse(doc["uri"])
+            doc = dict(doc, uri=f"file://{parsed.netloc}{map_root(parsed.path, self.root_map)}")
+        self.callback("stream_resource", doc)
 
     def _datum(self, doc) -> None:
         self._datums[doc["datum_id"]] = dict(doc)
@@ -154,19 +186,25 @@ class DatumToStream:
         sres_uid = f"{resource['uid']}-{desc}-{key}"
         if sres_uid not in self._emitted:
             self._emitted.add(sres_uid)
-            mimetype, dataset = SPEC_MIMETYPES[str(resource["spec"]).upper()]
+            spec = str(resource["spec"]).upper()
+            mimetype, dataset = SPEC_MIMETYPES[spec]
             shape = self._external[desc][key]
             frame_shape = shape[1:] if len(shape) == 3 else shape
             params = {k: v for k, v in (resource.get("resource_kwargs") or {}).items()
                       if k != "frame_per_point"}
-            params.setdefault("dataset", dataset)
+            uri = _uri(resource, self.root_map)
+            if mimetype == TIFF_MIMETYPE:  # a folder of one file per frame (template, filename)
+                uri = uri.rstrip("/") + "/"
+                params["spec"] = spec
+            else:
+                params.setdefault("dataset", dataset)
+                params.setdefault("swmr", True)
             if frame_shape:
                 params.setdefault("chunk_shape", [1, *frame_shape])
-            params.setdefault("swmr", True)
             if per != 1:
                 params["multiplier"] = per
             self.callback("stream_resource", {
-                "uid": sres_uid, "data_key": key, "mimetype": mimetype, "uri": _uri(resource),
+                "uid": sres_uid, "data_key": key, "mimetype": mimetype, "uri": uri,
                 "parameters": params, "run_start": resource.get("run_start", ""),
             })
         seq = int(event["seq_num"])

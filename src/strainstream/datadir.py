@@ -96,6 +96,33 @@ def admin_key_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / ADMIN_KEY_FILE
 
 
+def archive_roots_path(data_dir: str | os.PathLike) -> Path:
+    """``DIR/archive_roots.json``: folders outside ``DIR`` holding frames of imported runs."""
+    return _root(data_dir) / "archive_roots.json"
+
+
+def archive_roots(data_dir: str | os.PathLike) -> list[str]:
+    """The folders imported runs reference frames in (tiled may read them)."""
+    import json
+
+    path = archive_roots_path(data_dir)
+    if not path.is_file():
+        return []
+    return [str(p) for p in json.loads(path.read_text())]
+
+
+def add_archive_roots(data_dir: str | os.PathLike, folders) -> list[str]:
+    """Remember ``folders`` as :func:`archive_roots` (the server serving ``DIR`` must be
+    restarted to read frames in a folder it did not know); returns the new ones."""
+    import json
+
+    known = archive_roots(data_dir)
+    new = sorted({str(Path(f).resolve()) for f in folders} - set(known))
+    if new:
+        archive_roots_path(data_dir).write_text(json.dumps(known + new, indent=1))
+    return new
+
+
 def make_layout(data_dir: str | os.PathLike) -> Path:
     """Create the data directory and its ``data/``, ``detectors/`` and ``logs/``; return it resolved."""
     root = _root(data_dir)

@@ -108,10 +108,10 @@ def catalog(uri_or_client: Any, api_key: str | None = None) -> CatalogOfBlueskyR
         Key for a URI (a read-only key is enough); default ``$STRAINSTREAM_API_KEY``.
     """
     if isinstance(uri_or_client, str | os.PathLike):
-        from strainstream.auth import API_KEY_ENV
         from strainstream.client import connect
+        from strainstream.config import load_config
 
-        client = connect(os.fspath(uri_or_client), api_key or os.environ.get(API_KEY_ENV))
+        client = connect(os.fspath(uri_or_client), api_key or load_config().api_key)
     else:
         client = uri_or_client
     if isinstance(client, CatalogOfBlueskyRuns) and client.is_sql:

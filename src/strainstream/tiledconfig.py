@@ -15,6 +15,7 @@ from pathlib import Path
 
 from strainstream.auth import AUTH_PROVIDER, auth_db_uri_for
 from strainstream.datadir import (
+    archive_roots,
     catalog_path,
     detector_dir,
     make_layout,
@@ -73,7 +74,9 @@ def write_config(
     if not api_key:
         raise ServerError("an API key is required: writes to the server must be authenticated")
     root = make_layout(data_dir)
-    readable = [str(detector_dir(root))] + [str(Path(p).resolve()) for p in readable_storage or []]
+    # detector files, folders of imported archives (strainstream import), and what was asked
+    readable = [str(detector_dir(root)), *archive_roots(root)]
+    readable += [str(Path(p).resolve()) for p in readable_storage or [] if str(Path(p).resolve()) not in readable]
     config = {
         "authentication": {
             # multi-user mode: API keys with scopes, kept hashed in the database below.

@@ -42,7 +42,7 @@ from ._common import Parser
 __all__ = ["COMMAND_MODULES", "build_parser", "main", "run_command"]
 
 #: the modules of this package that register sub-commands, in ``--help`` order
-COMMAND_MODULES = ("demo", "serve", "runs", "beamline", "console", "queue", "deploy", "keys",
+COMMAND_MODULES = ("demo", "serve", "runs", "import_", "beamline", "console", "queue", "deploy", "keys",
                    "reprocess", "config", "xrd", "sxdm", "xanes")
 #: sub-commands that log at INFO by default (long-running services)
 _SERVICES = ("serve", "worker")
