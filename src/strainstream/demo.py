@@ -188,6 +188,7 @@ def _txm(session, devices, *, energies: int, say) -> str:
 
     cam, es, beam = devices["txm"], devices["es"], devices["beam"]
     grid = np.round(np.linspace(8300.0, 8400.0, energies), 1).tolist()
+    devices["txm_sim"].beam_gate.put(1, wait=True)  # darks (shutter closed) see no photons
     say(f"TXM-XANES scan of a simulated particle set: {energies} energies {grid[0]:.0f} to "
         f"{grid[-1]:.0f} eV, zone plate refocused at each ...")
     (uid,) = run_plan(session, txm_xanes(cam, es, energies_eV=grid, n_darks=3, sample_out_mm=1.0,
@@ -281,7 +282,7 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
     if xrd and xrd.get("frames_refined"):
         say(f"lattice: a {xrd['a_first_A']:.4f} -> {xrd['a_last_A']:.4f} Å, c {xrd['c_first_A']:.4f} -> "
             f"max {xrd['c_max_A']:.4f} -> {xrd['c_last_A']:.4f} Å\n"
-            f"max c contraction {xrd['c_contraction_pct']:.2f} %, volume change "
+            f"c contraction from c_max {xrd['c_contraction_pct']:.2f} %, volume change "
             f"{xrd['volume_change_pct']:.2f} %, max Δc between coexisting H2/H3 "
             f"{xrd['max_delta_c_A']:.3f} Å ({xrd['two_phase_frames']} two-phase frames), "
             f"max microstrain {xrd['max_microstrain']:.2e}")

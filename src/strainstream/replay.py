@@ -14,12 +14,29 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["frame_fallback", "replay_documents", "replay_into", "replay_run"]
+__all__ = ["frame_fallback", "replay_documents", "replay_into", "replay_run", "stream_documents"]
+
+
+def stream_documents(documents: Iterable[tuple[str, Any]], root_map: dict[str, str] | None = None):
+    """``(name, doc)`` pairs with classic Resource/Datum (ophyd v1 area detectors, databroker
+    archives: ``AD_HDF5``, ``AD_TIFF``) turned into StreamResource/StreamDatum per event
+    (:class:`strainstream.asset_docs.DatumToStream`), ``root_map`` (OLD -> NEW path prefixes)
+    applied; StreamResource/StreamDatum runs pass through."""
+    from strainstream.asset_docs import DatumToStream
+
+    out: list[tuple[str, dict]] = []
+    convert = DatumToStream(lambda n, d: out.append((n, d)), root_map=root_map)
+    for name, doc in documents:
+        doc = doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)
+        convert(name, doc)
+        yield from out
+        out.clear()
 
 
 def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, Any], frame_fallback=None,
                      progress: bool = False, sink_factory: Callable[[str], Any] | None = None,
-                     only: Collection[str] | None = None, commit_every: int | None = None):
+                     only: Collection[str] | None = None, commit_every: int | None = None,
+                     root_map: dict[str, str] | None = None):
     """Feed ``(name, doc)`` pairs to the run's analyses.
 
     Parameters
@@ -39,6 +56,8 @@ def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, 
     commit_every : int, optional
         Commit result rows in batches of this many events (one append each, as the live
         worker does for back-filled events) instead of one append per event.
+    root_map : dict, optional
+        ``{OLD: NEW}``: detector files recorded under OLD are read under NEW.
 
     Returns
     -------
@@ -56,8 +75,7 @@ def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, 
     n = 0
     batch = contextlib.ExitStack()
     try:
-        for name, doc in documents:
-            doc = doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)
+        for name, doc in stream_documents(documents, root_map):
             if name == "stop":
                 batch.close()  # commit what is pending before the analyses finish
             for cb in callbacks:
@@ -106,7 +124,8 @@ def frame_fallback(run) -> Callable[[str, int], np.ndarray]:
 
 
 def replay_into(run, sink_factory: Callable[[str], Any] | None = None, only: Collection[str] | None = None,
-                commit_every: int | None = None, progress: bool = False):
+                commit_every: int | None = None, progress: bool = False,
+                root_map: dict[str, str] | None = None):
     """Replay a tiled/databroker run into sinks; return the callbacks (see :func:`replay_documents`).
 
     Raises
@@ -116,7 +135,8 @@ def replay_into(run, sink_factory: Callable[[str], Any] | None = None, only: Col
     """
     start_doc = dict(run.metadata["start"])
     callbacks = replay_documents(run.documents(), start_doc, frame_fallback(run), progress=progress,
-                                 sink_factory=sink_factory, only=only, commit_every=commit_every)
+                                 sink_factory=sink_factory, only=only, commit_every=commit_every,
+                                 root_map=root_map)
     if not callbacks and only is None:
         raise ValueError(
             f"run {start_doc['uid']} (experiment={start_doc.get('experiment')!r}) has no strainstream analysis"
@@ -124,10 +144,10 @@ def replay_into(run, sink_factory: Callable[[str], Any] | None = None, only: Col
     return callbacks
 
 
-def replay_run(run, progress: bool = False) -> dict[str, Any]:
+def replay_run(run, progress: bool = False, root_map: dict[str, str] | None = None) -> dict[str, Any]:
     """Replay a tiled/databroker run; return results in the form of ``strainstream results``."""
     from strainstream.callbacks.sinks import results_document
 
-    callbacks = replay_into(run, progress=progress)
+    callbacks = replay_into(run, progress=progress, root_map=root_map)
     uid = run.metadata["start"]["uid"]
     return results_document(uid, {cb.name: cb.sink.as_dict() for cb in callbacks})

@@ -253,3 +253,20 @@ def test_bad_exports_get_one_line_and_leave_nothing(charge, tmp_path):
     if (data / "catalog.db").exists():
         listed = _cli("runs", "--data-dir", data, "--json")
         assert json.loads(listed.stdout) == []
+
+
+def test_replay_reads_classic_resource_datum_documents_with_a_root_map(charge, tmp_path):
+    """A databroker archive's document stream (Resource/Datum, as ``run.documents()`` of a
+    databroker catalog yields it) goes through the same analysis as a live run."""
+    from strainstream.replay import replay_documents
+
+    copy_root = tmp_path / "moved"
+    for spec in ("AD_HDF5", "AD_TIFF"):
+        docs = _classic_run(charge, spec, copy_root / spec)
+        (cb,) = replay_documents(docs, docs[0][1], root_map={OLD_ROOT: str(copy_root / spec)})
+        rows = sorted(cb.sink.rows, key=lambda r: r["seq_num"])
+        columns = {k: [r[k] for r in rows] for k in ("flag", "n_phases", "a_A", "c_A", "c_A_2")}
+        _check_lattice(columns, charge["frames"])
+        # without the map the frames are not there: every row flagged, none refined
+        (cb,) = replay_documents(docs, docs[0][1])
+        assert {r["flag"] for r in cb.sink.rows} == {"frame_unavailable"}
