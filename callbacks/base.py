@@ -383,6 +383,9 @@ class AnalysisCallback(DocumentRouter):
             "parameters": self.parameters,
             "experiment": doc.get("experiment"),
         }
+        imported = doc.get("strainstream_import")
+        if isinstance(imported, Mapping):  # what the user supplied on import, kept with the results
+            meta["parameters"] = {**self.parameters, "import": dict(imported)}
         self.rows = sorted(self.sink.begin(meta, self.all_columns()), key=lambda r: r["seq_num"])
         self.committed = {int(r["seq_num"]): r for r in self.rows}
         self.done = set(self.committed)

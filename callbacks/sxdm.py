@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from strainstream.errors import StrainstreamError
+from strainstream.rundesc import SXDMKeys
 
 from .base import AnalysisCallback, RunDocumentError, _single_thread, checked_number
 
@@ -115,15 +116,10 @@ class SXDMCallback(AnalysisCallback):
         self.theta_planned = theta
         self.raster = dict(raster)
         self.step_nm = checked_number(doc["step_nm"], f"run {uid}: step_nm", positive=True)
-        self.keys = {"frames": None, "theta": "es_theta", "x": "es_sample_x", "y": "es_sample_y",
-                     "itheta": "sxdm_itheta", "iy": "sxdm_iy", "ix": "sxdm_ix", "fluorescence": None}
-        given = doc.get("sxdm_keys") or {}
-        if not isinstance(given, dict):
-            raise RunDocumentError(f"run {uid}: 'sxdm_keys' must map roles to event keys, got {given!r}")
-        for k, v in given.items():
-            if k in self.keys and v is not None and not isinstance(v, str):
-                raise RunDocumentError(f"run {uid}: sxdm_keys.{k} must be an event key name, got {v!r}")
-        self.keys.update({k: v for k, v in given.items() if k in self.keys})
+        try:
+            self.keys = SXDMKeys.from_start(doc).to_start()
+        except ValueError as exc:
+            raise RunDocumentError(f"run {uid}: {exc}") from None
         if self.keys["frames"]:
             self.frame_keys = (self.keys["frames"],)
         p = self.parameters

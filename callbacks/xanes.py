@@ -53,13 +53,12 @@ from typing import Any
 
 import numpy as np
 
+from strainstream.rundesc import TXMKeys
+
 from .base import AnalysisCallback, RunDocumentError, _single_thread, checked_number, checked_range
 
 __all__ = ["XANESCallback"]
 
-_DEFAULT_KEYS = {"frames": "txm_image", "energy": "es_energy", "zp_z": "es_zp_z", "det_z": "es_det_z",
-                 "sample_inout": "es_sample_inout", "role": "txm_role", "ienergy": "txm_ienergy",
-                 "repeat": "txm_repeat", "shutter": None}
 _DEFAULT_ROLES = {"dark": 0, "sample": 1, "flat": 2}
 
 
@@ -113,13 +112,10 @@ class XANESCallback(AnalysisCallback):
     # -- set-up --------------------------------------------------------------------------
     def on_start(self, doc) -> None:
         uid = doc["uid"]
-        keys = doc.get("txm_keys") or {}
-        if not isinstance(keys, dict):
-            raise RunDocumentError(f"run {uid}: 'txm_keys' must map roles to event keys, got {keys!r}")
-        self.keys = {**_DEFAULT_KEYS, **keys}
-        for k, v in self.keys.items():
-            if not (isinstance(v, str) or (v is None and k != "frames")):
-                raise RunDocumentError(f"run {uid}: txm_keys.{k} must be an event key name, got {v!r}")
+        try:
+            self.keys = TXMKeys.from_start(doc).to_start()
+        except ValueError as exc:
+            raise RunDocumentError(f"run {uid}: {exc}") from None
         self.frame_keys = (self.keys["frames"],)
         roles = doc.get("roles") or _DEFAULT_ROLES
         if not isinstance(roles, dict):

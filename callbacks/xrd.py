@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from strainstream.framestats import FrameError
+from strainstream.rundesc import XRDKeys
 
 from .base import AnalysisCallback, RunDocumentError, checked_number, checked_range
 from .tiled_format import is_timestamp_column
@@ -33,7 +34,6 @@ Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
 _PHASE_COLS = ("a_A", "a_err_A", "c_A", "c_err_A", "volume_A3", "volume_err_A3", "microstrain",
                "microstrain_err", "size_nm", "fraction")
 _MAX_NPT = 100_000  # Q bins of the integration
-_ECHEM = ("voltage_V", "current_mA", "capacity_mAh_g", "time_s")  # cycler readings (suffixes)
 
 
 def i003_matrix(columns: dict[str, list]) -> np.ndarray:
@@ -97,6 +97,11 @@ class OperandoXRDCallback(AnalysisCallback):
 
         geometry = doc.get("calibration")
         uid = doc["uid"]
+        try:
+            self.keys = XRDKeys.from_start(doc)
+        except ValueError as exc:
+            raise RunDocumentError(f"run {uid}: {exc}") from None
+        self.frame_keys = (self.keys.image,) if self.keys.image else ()
         if not geometry:
             raise RunDocumentError(
                 f"run {uid} has no 'calibration' geometry in its start document; "
@@ -128,11 +133,13 @@ class OperandoXRDCallback(AnalysisCallback):
         self.refiner = SequentialRefiner(self.geometry["wavelength_A"], phases=phases, **kwargs)
 
     def _echem(self, data: dict[str, Any]) -> dict[str, float]:
-        """Cycler readings of the event, by data-key suffix (e.g. ``cycler_voltage_V``)."""
+        """Cycler readings of the event: the keys the run description (``xrd_keys``) names,
+        else by data-key suffix (e.g. ``cycler_voltage_V``)."""
         out = {}
-        for suffix in _ECHEM:
-            keys = [k for k in data if k.endswith(suffix) and not is_timestamp_column(k)]
-            value = data[keys[0]] if keys else None
+        keys = [k for k in data if not is_timestamp_column(k)]
+        for name, suffix in XRDKeys.SUFFIXES.items():
+            key = self.keys.reading_key(name, keys)
+            value = data[key] if key is not None else None
             ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
             out[_ECHEM_COLUMN[suffix]] = float(value) if ok and math.isfinite(value) else math.nan
         return out

@@ -9,6 +9,8 @@ import bluesky.preprocessors as bpp
 from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 
+from strainstream.rundesc import XRDKeys
+
 from ._common import base_metadata, beam_suspenders, preflight
 
 __all__ = ["operando_xrd"]
@@ -112,6 +114,10 @@ def operando_xrd(
         wavelength_A=calibration["wavelength_A"], calibration=dict(calibration),
         detectors=[detector.name], motors=[],
         plan_name="operando_xrd",
+        # what the analysis reads (strainstream.rundesc.XRDKeys)
+        # (image: the run's one detector; readings the cycler has, by their event keys)
+        xrd_keys=XRDKeys(**{name: f"{cycler.name}_{suffix}" for name, suffix in XRDKeys.SUFFIXES.items()
+                            if hasattr(cycler, suffix)}).to_start(),
     )
 
     def body():

@@ -106,6 +106,7 @@ def frame_fallback(run) -> Callable[[str, int], np.ndarray]:
     )
 
     frames: dict[str, ExternalFrames] = {}
+    run = getattr(run, "base", run)  # the plain container, whichever run client tiled chose
 
     def fallback(data_key: str, seq_num: int) -> np.ndarray:
         found = frames.get(data_key)

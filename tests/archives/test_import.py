@@ -270,3 +270,42 @@ def test_replay_reads_classic_resource_datum_documents_with_a_root_map(charge, t
         # without the map the frames are not there: every row flagged, none refined
         (cb,) = replay_documents(docs, docs[0][1])
         assert {r["flag"] for r in cb.sink.rows} == {"frame_unavailable"}
+
+
+def test_field_maps_another_beamlines_keys_onto_the_analysis_inputs(charge, tmp_path):
+    """A beamline that calls its cycler readings ``Ewe`` and ``Q``: --field maps them."""
+    copy_root = tmp_path / "moved"
+    rename = {"cycler_voltage_V": "Ewe", "cycler_capacity_mAh_g": "Q", "cycler_current_mA": "I"}
+    docs = []
+    for name, doc in _classic_run(charge, "AD_HDF5", copy_root):
+        if name == "descriptor":
+            doc = dict(doc, data_keys={rename.get(k, k): v for k, v in doc["data_keys"].items()})
+            doc["object_keys"] = {k: [rename.get(x, x) for x in v] for k, v in doc["object_keys"].items()}
+        elif name == "event":
+            doc = dict(doc, data={rename.get(k, k): v for k, v in doc["data"].items()},
+                       timestamps={rename.get(k, k): v for k, v in doc["timestamps"].items()})
+        docs.append((name, doc))
+    export = _export(docs, tmp_path / "export", "jsonl")
+    volts = [f["rb"]["voltage_V"] for f in charge["frames"]]
+
+    bad = _cli("import", export, "--data-dir", tmp_path / "d0", "--root-map", f"{OLD_ROOT}={copy_root}",
+               "--field", "voltage=Ewe,potential=E")
+    assert bad.returncode == 2
+    assert "--field potential: not an input of operando_xrd (its inputs: image, voltage, current, " \
+           "capacity, time)" in bad.stderr
+
+    data = tmp_path / "data"
+    r = _cli("import", export, "--data-dir", data, "--root-map", f"{OLD_ROOT}={copy_root}",
+             "--field", "voltage=Ewe,capacity=Q", "--field", "current=I,image=xrd_image", "--analyse", "--json")
+    assert r.returncode == 0, r.stderr
+    uid = json.loads(r.stdout)["runs"][0]["uid"]
+    res = json.loads(_cli("results", uid, "--data-dir", data, "--json").stdout)["analyses"]["operando_xrd"]
+    assert res["columns"]["voltage_V"] == pytest.approx(volts)
+    assert res["columns"]["capacity_mAh_g"] == pytest.approx([f["rb"]["capacity_mAh_g"] for f in charge["frames"]])
+    _check_lattice(res["columns"], charge["frames"])
+    # what was supplied is kept with the run and its results: replay reproduces the analysis
+    supplied = res["parameters"]["import"]
+    assert supplied["root_map"] == [[OLD_ROOT, str(copy_root)]] and supplied["source"] == str(export.resolve())
+    assert supplied["fields"] == {"voltage": "Ewe", "capacity": "Q", "current": "I", "image": "xrd_image"}
+    rep = _cli("replay", uid, "--data-dir", data, "--json")
+    assert rep.stdout == _cli("results", uid, "--data-dir", data, "--json").stdout

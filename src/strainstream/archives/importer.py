@@ -200,6 +200,14 @@ def prepare_run(documents: Iterable[tuple[str, Mapping[str, Any]]], options: Imp
     if options.calibration:
         start["calibration"] = {**(start.get("calibration") or {}), **options.calibration}
         start.setdefault("wavelength_A", start["calibration"].get("wavelength_A"))
+    if options.fields:
+        from strainstream.rundesc import apply_fields
+
+        try:
+            start = apply_fields(start, options.fields)
+        except ValueError as exc:
+            raise ArchiveError(f"{options.source}: {exc}") from None
+        raw[0] = ("start", start)
     start["strainstream_import"] = options.record()
     if raw[-1][0] != "stop":
         events = sum(1 for n, _ in raw if n == "event")

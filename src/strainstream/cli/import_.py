@@ -9,8 +9,8 @@ from ._common import CommandError, add_server_options, number, print_json
 __all__ = ["register"]
 
 EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes")
-#: --field names: analysis inputs (operando XRD) and the potentiostat log's columns
-FIELD_NAMES = ("image", "voltage", "capacity", "current", "time", "datetime")
+#: --field names of a beamtime folder's potentiostat log (columns of the file)
+LOG_FIELDS = ("voltage", "current", "capacity", "time", "datetime")
 
 
 def _pairs(text: str, what: str, names: tuple[str, ...] | None = None) -> dict[str, str]:
@@ -46,8 +46,10 @@ def register(commands) -> None:
     p.add_argument("--root-map", action="append", default=[], metavar="OLD=NEW",
                    help="read files recorded under OLD from NEW (repeatable), like databroker's root_map")
     p.add_argument("--field", action="append", default=[], metavar="NAME=KEY,...",
-                   help="map analysis inputs to the run's data keys or the log's columns: "
-                        f"{', '.join(FIELD_NAMES)} (repeatable)")
+                   help="map the analysis' inputs to the run's data keys (operando_xrd: image, "
+                        "voltage, current, capacity, time; sxdm: frames, theta, x, y, ...; "
+                        "txm_xanes: frames, energy, ...: strainstream.rundesc), or for a beamtime "
+                        f"folder the log's columns ({', '.join(LOG_FIELDS)}) (repeatable)")
     p.add_argument("--frames", default=None, metavar="GLOB",
                    help="beamtime folder: the detector images (TIFF/EDF/CBF/HDF5), e.g. '*.tif'")
     p.add_argument("--cycler", default=None, metavar="LOG",
@@ -102,13 +104,16 @@ def _runs(args, options, say):
         if not options.calibration or "wavelength_A" not in options.calibration:
             raise CommandError("a beamtime folder needs the detector geometry: --poni FILE "
                                "(and --wavelength if the file has none)")
-        columns = {k: v for k, v in options.fields.items() if k != "image"}
+        unknown = sorted(set(options.fields) - set(LOG_FIELDS))
+        if unknown:
+            raise CommandError(f"--field {', '.join(unknown)}: a beamtime folder maps the log's "
+                               f"columns {', '.join(LOG_FIELDS)}")
+        columns = dict(options.fields)
         docs = folder_run(path, frames_glob=args.frames, geometry=options.calibration,
                           out_dir=detector_dir(args.data_dir) / "imports", cycler_log=args.cycler,
                           columns=columns or None, time_source=args.time_source,
                           material=args.material, mass_mg=args.mass_mg)
-        folder_options = type(options)(root_map=options.root_map, fields=options.fields,
-                                       source=str(path.resolve()))
+        folder_options = type(options)(root_map=options.root_map, source=str(path.resolve()))
         return [(str(path), prepare_run(docs, folder_options, say))]
     if args.cycler is not None:
         raise CommandError("--cycler belongs to a beamtime folder import (with --frames)")
@@ -142,7 +147,7 @@ def cmd_import(args) -> int:
         root_map.update(_pairs(item, "--root-map"))
     fields = {}
     for item in args.field:
-        fields.update(_pairs(item, "--field", FIELD_NAMES))
+        fields.update(_pairs(item, "--field"))
     options = ImportOptions(root_map=root_map, experiment=args.experiment,
                             calibration=_calibration(args), fields=fields)
     try:
