@@ -400,3 +400,46 @@ def test_bad_frames_are_named(tmp_path):
         _run(tmp_path / "shape", geometry={k: v for k, v in GEOM.items() if k != "wavelength_A"})
     with pytest.raises(ValueError, match="time_source must be 'header' or 'mtime'"):
         _run(tmp_path / "shape", time_source="exif")
+
+
+# ----------------------------------------------------------------------------- the command
+@pytest.mark.system
+@pytest.mark.timeout(600)
+def test_import_command_builds_and_analyses_the_folder_run(tif_folder, charge, tmp_path):
+    """``strainstream import FOLDER --frames --poni --cycler --analyse``: one operando run,
+    its lattice as the simulator's, the same uid (a no-op) when imported again."""
+    import json
+    import subprocess
+    import sys
+
+    root, geometry = tif_folder
+    data = tmp_path / "data"
+    cli = [sys.executable, "-m", "strainstream.cli", "import", str(root), "--frames", "frames/*.tif",
+           "--poni", str(root / "calib.poni"), "--cycler", str(root / "cell7_C03.mpt"),
+           "--mass-mg", str(MASS_MG), "--material", "SC-NM91", "--timezone", TZ,
+           "--data-dir", str(data), "--json"]
+    r = subprocess.run([*cli, "--analyse"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (run,) = json.loads(r.stdout)["runs"]
+    assert run["events"] == len(charge["frames"]) and run["status"] == "imported"
+    assert run["analyses"]["operando_xrd"]["status"] == "done"
+    res = subprocess.run([sys.executable, "-m", "strainstream.cli", "results", run["uid"], "--data-dir",
+                          str(data), "--json"], capture_output=True, text=True, timeout=120)
+    cols = json.loads(res.stdout)["analyses"]["operando_xrd"]["columns"]
+    # the PONI file holds no instrumental width: microstrain is not checked, a and c are
+    for k, fr in enumerate(charge["frames"]):
+        phases = fr["phases"]
+        if len(phases) == 1:
+            assert cols["a_A"][k] == pytest.approx(phases[0].a_A, abs=5e-4)
+            assert cols["c_A"][k] == pytest.approx(phases[0].c_A, abs=5e-3)
+        assert cols["voltage_V"][k] == pytest.approx(fr["readbacks"]["voltage_V"], rel=1e-9)
+    again = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    (run2,) = json.loads(again.stdout)["runs"]
+    assert (run2["uid"], run2["status"]) == (run["uid"], "present")
+    # options of a folder import refused without --frames; a folder without frames: one line
+    bad = subprocess.run([*cli[:5], "--cycler", "x.mpt", "--data-dir", str(data)], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("strainstream import: error: --cycler belongs to a beamtime folder "
+                                  "import (with --frames)")

@@ -56,6 +56,9 @@ def register(commands) -> None:
                    help="beamtime folder: potentiostat log (.mpr, .mpt, .csv)")
     p.add_argument("--time-source", choices=("header", "mtime"), default="header",
                    help="beamtime folder: frame times from the image header (default) or the file mtime")
+    p.add_argument("--timezone", default=None, metavar="ZONE",
+                   help="beamtime folder: time zone of times written without one (image headers, "
+                        "the log), e.g. Europe/Berlin (default: this machine's)")
     p.add_argument("--material", default=None, help="beamtime folder: the sample material")
     p.add_argument("--mass-mg", type=number(float, low=0, low_open=True, unit="mg"), default=None,
                    help="beamtime folder: active mass (mg), for capacities in mAh/g")
@@ -112,11 +115,12 @@ def _runs(args, options, say):
         docs = folder_run(path, frames_glob=args.frames, geometry=options.calibration,
                           out_dir=detector_dir(args.data_dir) / "imports", cycler_log=args.cycler,
                           columns=columns or None, time_source=args.time_source,
-                          material=args.material, mass_mg=args.mass_mg)
+                          material=args.material, mass_mg=args.mass_mg, timezone=args.timezone)
         folder_options = type(options)(root_map=options.root_map, source=str(path.resolve()))
         return [(str(path), prepare_run(docs, folder_options, say))]
-    if args.cycler is not None:
-        raise CommandError("--cycler belongs to a beamtime folder import (with --frames)")
+    for name in ("cycler", "material", "mass_mg", "timezone"):
+        if getattr(args, name) is not None:
+            raise CommandError(f"--{name.replace('_', '-')} belongs to a beamtime folder import (with --frames)")
     files = find_exports(path)
     if not files:
         raise CommandError(f"{args.path}: no document exports (.jsonl, .msgpack) in it; for a folder "
