@@ -113,11 +113,17 @@ def archive_roots(data_dir: str | os.PathLike) -> list[str]:
 
 def add_archive_roots(data_dir: str | os.PathLike, folders) -> list[str]:
     """Remember ``folders`` as :func:`archive_roots` (the server serving ``DIR`` must be
-    restarted to read frames in a folder it did not know); returns the new ones."""
+    restarted to read frames in a folder it did not know); returns the new ones (folders
+    under a known root or inside ``DIR`` are not new)."""
     import json
 
     known = archive_roots(data_dir)
-    new = sorted({str(Path(f).resolve()) for f in folders} - set(known))
+    inside = _root(data_dir).resolve()
+
+    def covered(path: Path) -> bool:  # under a known root or the data directory (detectors/)
+        return any(path == Path(k) or Path(k) in path.parents for k in known) or inside in path.parents
+
+    new = sorted({str(p) for p in (Path(f).resolve() for f in folders) if not covered(p)})
     if new:
         archive_roots_path(data_dir).write_text(json.dumps(known + new, indent=1))
     return new

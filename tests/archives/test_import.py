@@ -309,3 +309,32 @@ def test_field_maps_another_beamlines_keys_onto_the_analysis_inputs(charge, tmp_
     assert supplied["fields"] == {"voltage": "Ewe", "capacity": "Q", "current": "I", "image": "xrd_image"}
     rep = _cli("replay", uid, "--data-dir", data, "--json")
     assert rep.stdout == _cli("results", uid, "--data-dir", data, "--json").stdout
+
+
+def test_the_live_worker_analyses_an_imported_run_like_a_live_one(charge, tmp_path):
+    """No --analyse: a running worker picks the imported run up from tiled's stream; its
+    results equal a replay bit for bit."""
+    from strainstream.datadir import add_archive_roots
+    from strainstream.demo import wait_for_results
+    from strainstream.server import TiledServer
+    from strainstream.workerproc import WorkerProcess
+
+    copy_root = tmp_path / "moved"
+    docs = _classic_run(charge, "AD_TIFF", copy_root)
+    uid = docs[0][1]["uid"]
+    export = _export(docs, tmp_path / "export", "msgpack")
+    data = tmp_path / "data"
+    data.mkdir()
+    add_archive_roots(data, [copy_root])  # known before the server starts: it may read them
+    with TiledServer(data) as server, \
+            WorkerProcess(server.uri, server.api_key, server.data_dir).start(timeout_s=180):
+        r = _cli("import", export, "--data-dir", data, "--root-map", f"{OLD_ROOT}={copy_root}", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["runs"][0]["analyses"] == {}
+        results = wait_for_results(server.client(), uid, N_FRAMES, timeout_s=180)
+        assert results["analyses"]["operando_xrd"]["n_rows"] == N_FRAMES
+        res = _cli("results", uid, "--data-dir", data, "--json")
+        rep = _cli("replay", uid, "--data-dir", data, "--json")
+    assert res.returncode == 0 and rep.returncode == 0, res.stderr + rep.stderr
+    assert rep.stdout == res.stdout
+    _check_lattice(json.loads(res.stdout)["analyses"]["operando_xrd"]["columns"], charge["frames"])
