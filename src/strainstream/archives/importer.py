@@ -241,8 +241,11 @@ def import_run(client, documents: Iterable[tuple[str, Mapping[str, Any]]], optio
     return write_run(client, prepare_run(documents, options, say), say)
 
 
-def write_run(client, run: PreparedRun, say: Callable[[str], Any] = lambda msg: None) -> ImportResult:
-    """Write a :class:`PreparedRun` into the catalog ``client`` (or complete it there)."""
+def write_run(client, run: PreparedRun, say: Callable[[str], Any] = lambda msg: None,
+              batch_size: int = 1) -> ImportResult:
+    """Write a :class:`PreparedRun` into the catalog ``client`` (or complete it there).
+
+    ``batch_size``: events per table append (TiledWriter's own batching)."""
     from bluesky_tiled_plugins import TiledWriter
 
     from strainstream.callbacks.tiled_format import install_consolidators
@@ -256,7 +259,7 @@ def write_run(client, run: PreparedRun, say: Callable[[str], Any] = lambda msg: 
                                  [(i, n, d) for i, (n, d) in enumerate(docs)], say)
         return ImportResult(uid, "resumed", run.events, n, run.notes, run.folders)
     install_consolidators()
-    writer = TiledWriter(client, batch_size=1)
+    writer = TiledWriter(client, batch_size=batch_size)
     for i, (name, doc) in enumerate(docs):
         try:
             writer(name, doc)
