@@ -26,6 +26,10 @@ BAD = [
     (["--frames", "2.5"], "--frames", "not an integer"),
     (["--delay", "-0.1"], "--delay", "[0, 3600] s"),
     (["--experiment", "sxdm_map"], "--experiment", "invalid choice"),
+    (["--experiment", "sxdm", "--raster", "1"], "--raster", "[2, 32]"),
+    (["--experiment", "sxdm", "--raster", "64"], "--raster", "[2, 32]"),
+    (["--experiment", "sxdm", "--angles", "2"], "--angles", "[3, 101]"),
+    (["--experiment", "txm_xanes", "--energies", "4"], "--energies", "[5, 201]"),
     (["--data-dir", "/proc/nope"], "--data-dir /proc/nope: cannot create it", ""),
 ]
 
@@ -47,3 +51,10 @@ def test_out_of_range_demo_option_is_one_line_and_starts_nothing(tmp_path, argv,
     assert not data.exists(), "the data directory was created although an option was wrong"
     # nothing was started: refused while parsing, far below the seconds a server start takes
     assert elapsed < 10, f"{elapsed:.1f} s to refuse an option"
+
+
+def test_the_parser_offers_exactly_the_demo_experiments():
+    from strainstream.cli.demo import EXPERIMENTS as offered
+    from strainstream.demo import EXPERIMENTS
+
+    assert offered == EXPERIMENTS
