@@ -17,17 +17,22 @@ import numpy as np
 __all__ = ["frame_fallback", "replay_documents", "replay_into", "replay_run", "stream_documents"]
 
 
-def stream_documents(documents: Iterable[tuple[str, Any]], root_map: dict[str, str] | None = None):
+def stream_documents(documents: Iterable[tuple[str, Any]], root_map: dict[str, str] | None = None,
+                     overrides: dict[str, Any] | None = None):
     """``(name, doc)`` pairs with classic Resource/Datum (ophyd v1 area detectors, databroker
     archives: ``AD_HDF5``, ``AD_TIFF``) turned into StreamResource/StreamDatum per event
     (:class:`strainstream.asset_docs.DatumToStream`), ``root_map`` (OLD -> NEW path prefixes)
-    applied; StreamResource/StreamDatum runs pass through."""
+    applied, and the start document as ``overrides`` say
+    (:func:`strainstream.rundesc.apply_overrides`); StreamResource/StreamDatum runs pass through."""
     from strainstream.asset_docs import DatumToStream
+    from strainstream.rundesc import apply_overrides
 
     out: list[tuple[str, dict]] = []
     convert = DatumToStream(lambda n, d: out.append((n, d)), root_map=root_map)
     for name, doc in documents:
         doc = doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)
+        if name == "start":
+            doc = apply_overrides(doc, overrides)
         convert(name, doc)
         yield from out
         out.clear()
@@ -36,7 +41,7 @@ def stream_documents(documents: Iterable[tuple[str, Any]], root_map: dict[str, s
 def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, Any], frame_fallback=None,
                      progress: bool = False, sink_factory: Callable[[str], Any] | None = None,
                      only: Collection[str] | None = None, commit_every: int | None = None,
-                     root_map: dict[str, str] | None = None):
+                     root_map: dict[str, str] | None = None, overrides: dict[str, Any] | None = None):
     """Feed ``(name, doc)`` pairs to the run's analyses.
 
     Parameters
@@ -58,6 +63,9 @@ def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, 
         worker does for back-filled events) instead of one append per event.
     root_map : dict, optional
         ``{OLD: NEW}``: detector files recorded under OLD are read under NEW.
+    overrides : dict, optional
+        ``experiment``, ``calibration``, ``fields``: analyse the run as the user says
+        (a run from another beamline; :func:`strainstream.rundesc.apply_overrides`).
 
     Returns
     -------
@@ -69,13 +77,16 @@ def replay_documents(documents: Iterable[tuple[str, Any]], start_doc: dict[str, 
 
     if sink_factory is None:
         sink_factory = lambda name: MemorySink()  # noqa: E731
+    from strainstream.rundesc import apply_overrides
+
+    start_doc = apply_overrides(start_doc, overrides)
     callbacks = make_callbacks(start_doc, sink_factory, frame_fallback)
     if only is not None:
         callbacks = [cb for cb in callbacks if cb.name in only]
     n = 0
     batch = contextlib.ExitStack()
     try:
-        for name, doc in stream_documents(documents, root_map):
+        for name, doc in stream_documents(documents, root_map, overrides):
             if name == "stop":
                 batch.close()  # commit what is pending before the analyses finish
             for cb in callbacks:
@@ -126,7 +137,7 @@ def frame_fallback(run) -> Callable[[str, int], np.ndarray]:
 
 def replay_into(run, sink_factory: Callable[[str], Any] | None = None, only: Collection[str] | None = None,
                 commit_every: int | None = None, progress: bool = False,
-                root_map: dict[str, str] | None = None):
+                root_map: dict[str, str] | None = None, overrides: dict[str, Any] | None = None):
     """Replay a tiled/databroker run into sinks; return the callbacks (see :func:`replay_documents`).
 
     Raises
@@ -137,18 +148,21 @@ def replay_into(run, sink_factory: Callable[[str], Any] | None = None, only: Col
     start_doc = dict(run.metadata["start"])
     callbacks = replay_documents(run.documents(), start_doc, frame_fallback(run), progress=progress,
                                  sink_factory=sink_factory, only=only, commit_every=commit_every,
-                                 root_map=root_map)
+                                 root_map=root_map, overrides=overrides)
     if not callbacks and only is None:
+        start_doc = dict(start_doc, **({"experiment": overrides["experiment"]}
+                                       if overrides and overrides.get("experiment") else {}))
         raise ValueError(
             f"run {start_doc['uid']} (experiment={start_doc.get('experiment')!r}) has no strainstream analysis"
         )
     return callbacks
 
 
-def replay_run(run, progress: bool = False, root_map: dict[str, str] | None = None) -> dict[str, Any]:
+def replay_run(run, progress: bool = False, root_map: dict[str, str] | None = None,
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replay a tiled/databroker run; return results in the form of ``strainstream results``."""
     from strainstream.callbacks.sinks import results_document
 
-    callbacks = replay_into(run, progress=progress, root_map=root_map)
+    callbacks = replay_into(run, progress=progress, root_map=root_map, overrides=overrides)
     uid = run.metadata["start"]["uid"]
     return results_document(uid, {cb.name: cb.sink.as_dict() for cb in callbacks})

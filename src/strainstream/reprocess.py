@@ -275,8 +275,13 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"
 
 
-def reprocess_run(root, uid: str, force: bool = False, commit_every: int = COMMIT_EVERY) -> list[Outcome]:
+def reprocess_run(root, uid: str, force: bool = False, commit_every: int = COMMIT_EVERY,
+                  overrides: dict[str, Any] | None = None, root_map: dict[str, str] | None = None
+                  ) -> list[Outcome]:
     """Reprocess one archived run in this process; never raises for a broken run.
+
+    ``overrides`` (``experiment``, ``calibration``, ``fields``) and ``root_map`` analyse a
+    run recorded elsewhere (:func:`strainstream.replay.replay_documents`).
 
     Returns one :class:`Outcome` per analysis of the run (see the module docstring for
     what is skipped, continued or replaced).
@@ -289,7 +294,9 @@ def reprocess_run(root, uid: str, force: bool = False, commit_every: int = COMMI
     try:
         run = root[uid]
         md = run.metadata
-        start = dict(md["start"])
+        from strainstream.rundesc import apply_overrides
+
+        start = apply_overrides(dict(md["start"]), overrides)
         classes = analyses_for(start)
     except Exception as exc:
         return [Outcome(uid, "-", "failed", _reason(exc), seconds=time.perf_counter() - t0)]
@@ -320,7 +327,7 @@ def reprocess_run(root, uid: str, force: bool = False, commit_every: int = COMMI
         try:
             callbacks = replay_into(
                 run, lambda name: TiledSink(root, uid, name, extra_metadata=todo.get(name)),
-                only=set(todo), commit_every=commit_every)
+                only=set(todo), commit_every=commit_every, overrides=overrides, root_map=root_map)
             for cb in callbacks:
                 outcomes[cb.name].n_rows = len(cb.rows)
         except Exception as exc:
@@ -408,7 +415,8 @@ def _client(uri: str, api_key: _Secret):
 
 
 def reprocess_task(uri: str, api_key: _Secret, uid: str, force: bool = False,
-                   commit_every: int = COMMIT_EVERY) -> list[dict[str, Any]]:
+                   commit_every: int = COMMIT_EVERY, overrides: dict[str, Any] | None = None,
+                   root_map: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The Dask task: reprocess run ``uid`` of the tiled server at ``uri`` (outcomes as dicts).
 
     tiled's array client computes with dask: inside a Dask worker that would send each frame
@@ -422,7 +430,8 @@ def reprocess_task(uri: str, api_key: _Secret, uid: str, force: bool = False,
             root = _client(uri, api_key)
         except Exception as exc:
             return [asdict(Outcome(uid, "-", "failed", _reason(exc), seconds=time.perf_counter() - t0))]
-        return [asdict(o) for o in reprocess_run(root, uid, force=force, commit_every=commit_every)]
+        return [asdict(o) for o in reprocess_run(root, uid, force=force, commit_every=commit_every,
+                                                 overrides=overrides, root_map=root_map)]
 
 
 # -- the batch -------------------------------------------------------------------------------
@@ -447,8 +456,11 @@ def dask_client(workers: int = 2, scheduler: str | None = None):
 def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: int = 2,
               scheduler: str | None = None, force: bool = False, commit_every: int = COMMIT_EVERY,
               on_done: Callable[[int, int, list[Outcome]], None] | None = None,
-              client=None, run_timeout_s: float | None = 1800.0) -> list[Outcome]:
-    """Reprocess runs ``uids`` of the tiled server at ``uri``, one Dask task per run.
+              client=None, run_timeout_s: float | None = 1800.0,
+              overrides: dict[str, Any] | None = None, root_map: dict[str, str] | None = None
+              ) -> list[Outcome]:
+    """Reprocess runs ``uids`` of the tiled server at ``uri``, one Dask task per run
+    (``overrides``, ``root_map``: see :func:`reprocess_run`).
 
     Parameters
     ----------
@@ -504,17 +516,20 @@ def reprocess(uri: str, api_key: str | None, uids: Sequence[str], *, workers: in
         pass
     elif client is None and scheduler is None and workers == 0:
         for uid in todo:
-            record(uid, reprocess_run(root, uid, force=force, commit_every=commit_every))
+            record(uid, reprocess_run(root, uid, force=force, commit_every=commit_every,
+                                      overrides=overrides, root_map=root_map))
     else:
         with contextlib.ExitStack() as stack:
             if client is None:
                 client = stack.enter_context(dask_client(workers, scheduler))
-            _run_on(client, uri, _Secret(api_key), todo, force, commit_every, record, run_timeout_s)
+            _run_on(client, uri, _Secret(api_key), todo, force, commit_every, record, run_timeout_s,
+                    overrides=overrides, root_map=root_map)
     return [o for uid in uids for o in by_uid[uid]]
 
 
 def _run_on(client, uri: str, key: _Secret, uids: Sequence[str], force: bool, commit_every: int,
-            record: Callable[[str, list[Outcome]], None], run_timeout_s: float | None = None) -> None:
+            record: Callable[[str, list[Outcome]], None], run_timeout_s: float | None = None, *,
+            overrides: dict[str, Any] | None = None, root_map: dict[str, str] | None = None) -> None:
     """Submit one task per run; record each as it completes.
 
     A task that runs longer than ``run_timeout_s`` (counted from when a worker took it) is
@@ -525,7 +540,7 @@ def _run_on(client, uri: str, key: _Secret, uids: Sequence[str], force: bool, co
 
     futures = {}
     for uid in uids:
-        fut = client.submit(reprocess_task, uri, key, uid, force, commit_every,
+        fut = client.submit(reprocess_task, uri, key, uid, force, commit_every, overrides, root_map,
                             key=f"strainstream-reprocess-{uid}-{time.time_ns()}", pure=False)
         futures[fut] = uid
     pending = set(futures)

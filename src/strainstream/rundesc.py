@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-__all__ = ["DESCRIPTIONS", "SXDMKeys", "TXMKeys", "XRDKeys", "apply_fields", "field_names",
-           "keys_from_start"]
+__all__ = ["DESCRIPTIONS", "SXDMKeys", "TXMKeys", "XRDKeys", "apply_fields", "apply_overrides",
+           "field_names", "keys_from_start"]
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,24 @@ def apply_fields(start: dict[str, Any], fields_map: dict[str, str]) -> dict[str,
                          f"(its inputs: {', '.join(cls.names())})")
     current = cls.from_start(start).to_start()
     return {**start, cls.START_KEY: {**current, **fields_map}}
+
+
+def apply_overrides(start: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``start`` as the user says to analyse it: ``overrides`` may hold ``experiment``,
+    ``calibration`` (a geometry dict merged over the recorded one) and ``fields`` (see
+    :func:`apply_fields`); what was supplied is kept under ``strainstream_overrides``.
+    ValueError for an unknown field."""
+    if not overrides:
+        return start
+    out = dict(start)
+    if overrides.get("experiment"):
+        if out.get("experiment") not in (None, overrides["experiment"]):
+            out.setdefault("experiment_recorded", out["experiment"])
+        out["experiment"] = overrides["experiment"]
+    if overrides.get("calibration"):
+        out["calibration"] = {**(out.get("calibration") or {}), **overrides["calibration"]}
+        if out["calibration"].get("wavelength_A") is not None:
+            out["wavelength_A"] = out["calibration"]["wavelength_A"]
+    out = apply_fields(out, dict(overrides.get("fields") or {}))
+    out["strainstream_overrides"] = {k: v for k, v in overrides.items() if v}
+    return out

@@ -272,9 +272,8 @@ def test_replay_reads_classic_resource_datum_documents_with_a_root_map(charge, t
         assert {r["flag"] for r in cb.sink.rows} == {"frame_unavailable"}
 
 
-def test_field_maps_another_beamlines_keys_onto_the_analysis_inputs(charge, tmp_path):
-    """A beamline that calls its cycler readings ``Ewe`` and ``Q``: --field maps them."""
-    copy_root = tmp_path / "moved"
+def _renamed_run(charge, copy_root):
+    """The classic run of a beamline that calls its cycler readings ``Ewe``, ``Q`` and ``I``."""
     rename = {"cycler_voltage_V": "Ewe", "cycler_capacity_mAh_g": "Q", "cycler_current_mA": "I"}
     docs = []
     for name, doc in _classic_run(charge, "AD_HDF5", copy_root):
@@ -285,6 +284,13 @@ def test_field_maps_another_beamlines_keys_onto_the_analysis_inputs(charge, tmp_
             doc = dict(doc, data={rename.get(k, k): v for k, v in doc["data"].items()},
                        timestamps={rename.get(k, k): v for k, v in doc["timestamps"].items()})
         docs.append((name, doc))
+    return docs
+
+
+def test_field_maps_another_beamlines_keys_onto_the_analysis_inputs(charge, tmp_path):
+    """A beamline that calls its cycler readings ``Ewe`` and ``Q``: --field maps them."""
+    copy_root = tmp_path / "moved"
+    docs = _renamed_run(charge, copy_root)
     export = _export(docs, tmp_path / "export", "jsonl")
     volts = [f["rb"]["voltage_V"] for f in charge["frames"]]
 
@@ -338,3 +344,35 @@ def test_the_live_worker_analyses_an_imported_run_like_a_live_one(charge, tmp_pa
     assert res.returncode == 0 and rep.returncode == 0, res.stderr + rep.stderr
     assert rep.stdout == res.stdout
     _check_lattice(json.loads(res.stdout)["analyses"]["operando_xrd"]["columns"], charge["frames"])
+
+
+def test_replay_and_reprocess_take_the_same_description_options(charge, tmp_path):
+    """Imported without --field: no voltages. replay/reprocess --field map them afterwards."""
+    copy_root = tmp_path / "moved"
+    export = _export(_renamed_run(charge, copy_root), tmp_path / "export", "jsonl")
+    data = tmp_path / "data"
+    r = _cli("import", export, "--data-dir", data, "--root-map", f"{OLD_ROOT}={copy_root}", "--analyse",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    uid = json.loads(r.stdout)["runs"][0]["uid"]
+    volts = [f["rb"]["voltage_V"] for f in charge["frames"]]
+
+    def columns(text):
+        return json.loads(text)["analyses"]["operando_xrd"]["columns"]
+
+    assert columns(_cli("results", uid, "--data-dir", data, "--json").stdout)["voltage_V"] == [None] * N_FRAMES
+    rep = _cli("replay", uid, "--data-dir", data, "--field", "voltage=Ewe", "--json")
+    assert rep.returncode == 0, rep.stderr
+    assert columns(rep.stdout)["voltage_V"] == pytest.approx(volts)
+    bad = _cli("replay", uid, "--data-dir", data, "--field", "volts=Ewe")
+    assert bad.returncode == 2 and "--field volts: not an input of operando_xrd" in bad.stderr
+
+    from strainstream.server import TiledServer
+
+    with TiledServer(data) as server:  # reprocess writes through a server
+        rp = _cli("reprocess", "--uid", uid, "--workers", "0", "--force", "--field", "voltage=Ewe",
+                  "--uri", server.uri, "--api-key", server.api_key, "--data-dir", data, "--json")
+        assert rp.returncode == 0, rp.stderr
+    stored = columns(_cli("results", uid, "--data-dir", data, "--json").stdout)
+    assert stored["voltage_V"] == pytest.approx(volts)
+    _check_lattice(stored, charge["frames"])

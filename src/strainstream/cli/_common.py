@@ -125,6 +125,63 @@ def stop_requested(signals: tuple[int, ...] | None = None) -> Iterator[StopReque
             signal.signal(s, handler)
 
 
+def _name_value_pairs(text: str, what: str) -> dict[str, str]:
+    out = {}
+    for item in (p for p in text.split(",") if p.strip()):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise CommandError(f"{what} {text!r}: expected NAME=VALUE[,NAME=VALUE...]")
+        out[key] = value
+    return out
+
+
+def add_description_options(p: argparse.ArgumentParser, experiment_help: str) -> None:
+    """``--experiment``, ``--poni``, ``--wavelength``, ``--field``, ``--root-map``: how to analyse
+    a run recorded elsewhere (import, replay, reprocess); see :func:`run_overrides`."""
+    p.add_argument("--experiment", choices=("operando_xrd", "sxdm", "txm_xanes"), default=None,
+                   help=experiment_help)
+    p.add_argument("--poni", default=None, metavar="FILE", help="pyFAI geometry of the XRD detector")
+    p.add_argument("--wavelength", type=number(float, low=0.01, high=10, low_open=True, unit="Å"),
+                   default=None, help="X-ray wavelength in Å (overrides the PONI file's)")
+    p.add_argument("--field", action="append", default=[], metavar="NAME=KEY,...",
+                   help="map the analysis' inputs to the run's data keys (operando_xrd: image, "
+                        "voltage, current, capacity, time; sxdm: frames, theta, x, y, itheta, iy, "
+                        "ix, fluorescence; txm_xanes: frames, energy, zp_z, det_z, sample_inout, "
+                        "role, ienergy, repeat, shutter) (repeatable)")
+    p.add_argument("--root-map", action="append", default=[], metavar="OLD=NEW",
+                   help="read detector files recorded under OLD from NEW (repeatable), like "
+                        "databroker's root_map")
+
+
+def root_map_of(args: argparse.Namespace) -> dict[str, str]:
+    """``--root-map OLD=NEW ...`` as a dict."""
+    out: dict[str, str] = {}
+    for item in args.root_map:
+        out.update(_name_value_pairs(item, "--root-map"))
+    return out
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"experiment", "calibration", "fields"}`` from :func:`add_description_options`
+    (empty values left out; the PONI file read, the wavelength merged into it)."""
+    fields: dict[str, str] = {}
+    for item in args.field:
+        fields.update(_name_value_pairs(item, "--field"))
+    calibration: dict[str, Any] = {}
+    if args.poni is not None:
+        from strainstream.xrd import load_poni
+
+        try:
+            calibration = load_poni(args.poni)
+        except ValueError as exc:
+            raise CommandError(f"--poni {args.poni}: {exc}") from None
+    if args.wavelength is not None:
+        calibration["wavelength_A"] = args.wavelength
+    out = {"experiment": args.experiment, "calibration": calibration, "fields": fields}
+    return {k: v for k, v in out.items() if v}
+
+
 def add_server_options(p: argparse.ArgumentParser, *, data_dir_default: str | None = DEFAULT_DATA_DIR,
                        data_dir_help: str | None = None, data_dir_required: bool = False,
                        uri: bool = True, api_key: bool = True, api_key_help: str | None = None) -> None:

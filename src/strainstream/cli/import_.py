@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import sys
 
-from ._common import CommandError, add_server_options, number, print_json
+from ._common import (
+    CommandError,
+    add_description_options,
+    add_server_options,
+    number,
+    print_json,
+    root_map_of,
+    run_overrides,
+)
 
 __all__ = ["register"]
 
-EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes")
 #: events per table append on import (TiledWriter's batching: 4-10x the throughput of one
 #: request per event, benchmarks/bench_import_export.py)
 IMPORT_BATCH = 100
 
 #: --field names of a beamtime folder's potentiostat log (columns of the file)
 LOG_FIELDS = ("voltage", "current", "capacity", "time", "datetime")
-
-
-def _pairs(text: str, what: str, names: tuple[str, ...] | None = None) -> dict[str, str]:
-    out = {}
-    for item in (p for p in text.split(",") if p.strip()):
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise CommandError(f"{what} {text!r}: expected NAME=VALUE[,NAME=VALUE...]")
-        if names is not None and key not in names:
-            raise CommandError(f"{what} {key!r}: not one of {', '.join(names)}")
-        out[key] = value
-    return out
 
 
 def register(commands) -> None:
@@ -41,19 +35,8 @@ def register(commands) -> None:
                     "their uid; importing twice is a no-op and a half-imported run resumes.")
     p.add_argument("path", metavar="PATH")
     add_server_options(p, api_key=True)
-    p.add_argument("--experiment", choices=EXPERIMENTS, default=None,
-                   help="analyse the runs as this experiment (default: as recorded; a beamtime "
-                        "folder is operando_xrd)")
-    p.add_argument("--poni", default=None, metavar="FILE", help="pyFAI geometry of the XRD detector")
-    p.add_argument("--wavelength", type=number(float, low=0.01, high=10, low_open=True, unit="Å"),
-                   default=None, help="X-ray wavelength in Å (overrides the PONI file's)")
-    p.add_argument("--root-map", action="append", default=[], metavar="OLD=NEW",
-                   help="read files recorded under OLD from NEW (repeatable), like databroker's root_map")
-    p.add_argument("--field", action="append", default=[], metavar="NAME=KEY,...",
-                   help="map the analysis' inputs to the run's data keys (operando_xrd: image, "
-                        "voltage, current, capacity, time; sxdm: frames, theta, x, y, ...; "
-                        "txm_xanes: frames, energy, ...: strainstream.rundesc), or for a beamtime "
-                        f"folder the log's columns ({', '.join(LOG_FIELDS)}) (repeatable)")
+    add_description_options(p, "analyse the runs as this experiment (default: as recorded; a "
+                               "beamtime folder is operando_xrd)")
     p.add_argument("--frames", default=None, metavar="GLOB",
                    help="beamtime folder: the detector images (TIFF/EDF/CBF/HDF5), e.g. '*.tif'")
     p.add_argument("--cycler", default=None, metavar="LOG",
@@ -71,22 +54,6 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true",
                    help='stdout: one JSON object {"runs": [{"uid", "events", "analyses"}]}')
     p.set_defaults(func=cmd_import)
-
-
-def _calibration(args) -> dict | None:
-    if args.poni is None and args.wavelength is None:
-        return None
-    geometry = {}
-    if args.poni is not None:
-        from strainstream.xrd import load_poni
-
-        try:
-            geometry = load_poni(args.poni)
-        except ValueError as exc:
-            raise CommandError(f"--poni {args.poni}: {exc}") from None
-    if args.wavelength is not None:
-        geometry["wavelength_A"] = args.wavelength
-    return geometry
 
 
 def _runs(args, options, say):
@@ -150,14 +117,9 @@ def cmd_import(args) -> int:
         print(f"strainstream import: {msg}", file=sys.stderr, flush=True)
 
     args.data_dir = data_dir_of(args)
-    root_map = {}
-    for item in args.root_map:
-        root_map.update(_pairs(item, "--root-map"))
-    fields = {}
-    for item in args.field:
-        fields.update(_pairs(item, "--field"))
-    options = ImportOptions(root_map=root_map, experiment=args.experiment,
-                            calibration=_calibration(args), fields=fields)
+    overrides = run_overrides(args)
+    options = ImportOptions(root_map=root_map_of(args), experiment=overrides.get("experiment"),
+                            calibration=overrides.get("calibration"), fields=overrides.get("fields", {}))
     try:
         prepared = _runs(args, options, say)
     except (ArchiveError, ExportError) as exc:

@@ -9,7 +9,14 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from ._common import add_server_options, config_from_args, resolve_server
+from ._common import (
+    add_description_options,
+    add_server_options,
+    config_from_args,
+    resolve_server,
+    root_map_of,
+    run_overrides,
+)
 
 if TYPE_CHECKING:
     from strainstream.reprocess import Outcome
@@ -46,6 +53,7 @@ def register(commands) -> None:
                         "its worker restarted (default 1800)")
     p.add_argument("--force", action="store_true", help="replace results even when they are up to date")
     p.add_argument("--dry-run", action="store_true", help="list the matching runs and stop")
+    add_description_options(p, "analyse the runs as this experiment (default: as recorded)")
     p.add_argument("--json", action="store_true", help="print the outcomes as one JSON list on stdout")
     add_server_options(p, data_dir_help="data directory of the running `strainstream serve` "
                                          "(default: ./strainstream-data)",
@@ -110,6 +118,7 @@ def cmd_reprocess(args) -> int:
     if args.workers < 0:
         raise ReprocessError(f"--workers must be 0 or more, got {args.workers}")
     build_queries(args.query, args.since, args.until)  # malformed terms fail before connecting
+    overrides, root_map = run_overrides(args), root_map_of(args)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     target = resolve_server(args, need_server=True, why=" (the Dask workers write through the server)")
     uri, key = target.uri, target.api_key
@@ -141,7 +150,8 @@ def cmd_reprocess(args) -> int:
     t0 = time.perf_counter()
     with _Progress(len(uids)) as progress:
         outcomes = reprocess(uri, key, uids, workers=args.workers, scheduler=scheduler,
-                             force=args.force, on_done=progress, run_timeout_s=args.run_timeout)
+                             force=args.force, on_done=progress, run_timeout_s=args.run_timeout,
+                             overrides=overrides or None, root_map=root_map or None)
     elapsed = time.perf_counter() - t0
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     if args.json:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import os
 
-from ._common import CommandError, add_server_options, get_run, number, open_catalog, print_json
+from ._common import (
+    CommandError,
+    add_description_options,
+    add_server_options,
+    get_run,
+    number,
+    open_catalog,
+    print_json,
+    root_map_of,
+    run_overrides,
+)
 
 __all__ = ["register"]
 
@@ -28,9 +38,7 @@ def register(commands) -> None:
     p = commands.add_parser("replay", help="re-run an archived run through the live analysis callbacks")
     p.add_argument("uid")
     add_server_options(p)
-    p.add_argument("--root-map", action="append", default=[], metavar="OLD=NEW",
-                   help="read detector files recorded under OLD from NEW (repeatable; classic "
-                        "Resource/Datum archives moved to this machine)")
+    add_description_options(p, "analyse the run as this experiment (default: as recorded)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout (same form as results)")
     p.set_defaults(func=cmd_replay)
 
@@ -163,16 +171,11 @@ def cmd_results(args) -> int:
 def cmd_replay(args) -> int:
     from strainstream.replay import replay_run
 
-    root_map = {}
-    for item in args.root_map:
-        old, sep, new = item.partition("=")
-        if not sep or not old or not new:
-            raise CommandError(f"--root-map {item!r}: expected OLD=NEW")
-        root_map[old] = new
+    root_map, overrides = root_map_of(args), run_overrides(args)
     root = open_catalog(args)
     run = get_run(root, args.uid)
     try:
-        doc = replay_run(run, progress=not args.json, root_map=root_map)
+        doc = replay_run(run, progress=not args.json, root_map=root_map, overrides=overrides)
     except ValueError as exc:  # e.g. a run no analysis knows
         raise CommandError(str(exc)) from None
     if args.json:
