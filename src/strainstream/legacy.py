@@ -114,11 +114,20 @@ def catalog(uri_or_client: Any, api_key: str | None = None) -> CatalogOfBlueskyR
         client = connect(os.fspath(uri_or_client), api_key or load_config().api_key)
     else:
         client = uri_or_client
-    if isinstance(client, CatalogOfBlueskyRuns) and client.is_sql:
-        return client
+    # a private registry of client classes: databroker's v1 layer asks for the v2 run class
+    # through bluesky-tiled-plugins' ``.v2``, which sets it on a shallow copy of the registry
+    # (copy.copy shares the mapping) and so switched every run client of the process to
+    # BlueskyRunV2SQL (seen as KeyErrors in unrelated code after a Broker was used)
     return _SQLCatalogOfBlueskyRuns(
-        client.context, item=client.item, structure_clients=client.structure_clients
+        client.context, item=client.item, structure_clients=_private(client.structure_clients)
     )
+
+
+def _private(structure_clients):
+    """A registry with the same client classes whose ``set`` changes only itself."""
+    from tiled.utils import OneShotCachedMap
+
+    return OneShotCachedMap({key: (lambda key=key: structure_clients[key]) for key in structure_clients})
 
 
 class Frames(Sequence):

@@ -231,10 +231,27 @@ def test_plain_broker_on_the_root_needs_the_adapter(recorded):
     """
     from databroker import Broker
 
+    from strainstream.legacy import _private
+
     server = recorded["server"]
-    plain = Broker(server.client())
+    root = server.client()  # the user's plain client, with a registry of its own: databroker
+    # switches the registry it is given to v2 run clients (see the next test)
+    plain = Broker(type(root)(root.context, item=root.item,
+                              structure_clients=_private(root.structure_clients)))
     assert plain[recorded["frames"]].start["uid"] == recorded["frames"]  # full uid: fine
     with pytest.raises(TypeError):
         plain[-1]
     with pytest.raises(AttributeError, match="v1"):
         list(plain(experiment="operando_xrd"))
+
+
+def test_using_the_broker_leaves_other_clients_of_the_process_alone(db, recorded):
+    """databroker's v1 layer switches run clients to v2 through bluesky-tiled-plugins' ``.v2``
+    (a shallow copy of the client registry): strainstream.legacy keeps that switch private."""
+    from bluesky_tiled_plugins.clients.bluesky_run import BlueskyRunV3
+
+    header = db[recorded["frames"]]
+    header.table()
+    list(header.documents())
+    run = recorded["server"].client()[recorded["frames"]]
+    assert type(run) is BlueskyRunV3 and "primary" in list(run)

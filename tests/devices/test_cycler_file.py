@@ -447,9 +447,15 @@ def test_operando_plan_follows_the_file_and_stops_at_the_voltage_limit(tmp_path)
     assert "xrd_image" in desc["data_keys"] and docs[-1][1]["exit_status"] == "success"
     assert sum(n == "stream_datum" for n, _ in docs) == len(events)
     # the cycler readings reach the analysis exactly as the IOC's do
-    from strainstream.callbacks.xrd import OperandoXRDCallback
+    from types import SimpleNamespace
 
-    row = OperandoXRDCallback._echem(None, events[2]["data"])
+    from strainstream.callbacks.xrd import OperandoXRDCallback
+    from strainstream.rundesc import XRDKeys
+
+    start = docs[0][1]  # the plan names the follower's keys in its run description
+    assert start["xrd_keys"] == {"image": None, "voltage": "cycler_voltage_V", "current": "cycler_current_mA",
+                                 "capacity": "cycler_capacity_mAh_g", "time": "cycler_time_s"}
+    row = OperandoXRDCallback._echem(SimpleNamespace(keys=XRDKeys.from_start(start)), events[2]["data"])
     assert row == {"voltage_V": 4.0, "current_mA": 1.6, "capacity_mAh_g": pytest.approx(6.675),
                    "cell_time_s": 120.0}
 

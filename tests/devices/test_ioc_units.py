@@ -101,8 +101,8 @@ def test_datum_to_stream_pairs_events_with_their_own_frames():
         ({"start": 3, "stop": 4}, {"start": 3, "stop": 4})]
     (sres,) = [d for n, d in out if n == "stream_resource"]
     assert sres["uri"] == "file://localhost/data/f.h5"
-    with pytest.raises(ValueError, match="spec 'AD_TIFF' is not one this pipeline reads"):
-        conv("resource", {"uid": "T", "spec": "AD_TIFF", "root": "/", "resource_path": "x",
+    with pytest.raises(ValueError, match="spec 'XSP3' is not one this pipeline reads"):
+        conv("resource", {"uid": "T", "spec": "XSP3", "root": "/", "resource_path": "x",
                           "resource_kwargs": {}})
     with pytest.raises(KeyError, match="references datum nope"):
         conv("event", {"uid": "e9", "descriptor": "d", "seq_num": 9, "time": 0.0,
