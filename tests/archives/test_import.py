@@ -376,3 +376,24 @@ def test_replay_and_reprocess_take_the_same_description_options(charge, tmp_path
     stored = columns(_cli("results", uid, "--data-dir", data, "--json").stdout)
     assert stored["voltage_V"] == pytest.approx(volts)
     _check_lattice(stored, charge["frames"])
+
+
+def test_a_databroker_pack_folder_imports_every_run(charge, tmp_path):
+    """databroker-pack's layout: ``documents/<uid>.jsonl`` per run, the detector files copied
+    under ``external_files/`` (their recorded root mapped there)."""
+    pack = tmp_path / "pack"
+    files = pack / "external_files"
+    uids = []
+    for spec in ("AD_HDF5", "AD_TIFF"):
+        docs = _classic_run(charge, spec, files / spec)
+        docs[2][1]["root"] = f"{OLD_ROOT}/{spec}"  # each run's resource under its own root
+        uids.append(docs[0][1]["uid"])
+        _export(docs, pack / "documents" / spec, "jsonl")
+    data = tmp_path / "data"
+    r = _cli("import", pack, "--data-dir", data, "--json", "--root-map", f"{OLD_ROOT}={files}")
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout)["runs"]
+    assert sorted(x["uid"] for x in runs) == sorted(uids)
+    assert [x["status"] for x in runs] == ["imported", "imported"] and {x["events"] for x in runs} == {N_FRAMES}
+    listed = json.loads(_cli("runs", "--data-dir", data, "--json").stdout)
+    assert sorted(x["uid"] for x in listed) == sorted(uids)

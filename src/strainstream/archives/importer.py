@@ -190,24 +190,19 @@ def prepare_run(documents: Iterable[tuple[str, Mapping[str, Any]]], options: Imp
             folders.update(str(Path(f).parent) for f in files)
             if not datums.get(d["uid"]):
                 notes.append(f"Resource {d['uid']} ({resource_path(d, options.root_map)}) has no datum")
-    # the start document: overrides, and what was supplied
-    start = raw[0][1]
-    if options.experiment:
-        if start.get("experiment") not in (None, options.experiment):
-            notes.append(f"experiment {start['experiment']!r} analysed as {options.experiment!r}")
-            start.setdefault("experiment_recorded", start["experiment"])
-        start["experiment"] = options.experiment
-    if options.calibration:
-        start["calibration"] = {**(start.get("calibration") or {}), **options.calibration}
-        start.setdefault("wavelength_A", start["calibration"].get("wavelength_A"))
-    if options.fields:
-        from strainstream.rundesc import apply_fields
+    # the start document: overrides, and what was supplied (in the import record)
+    from strainstream.rundesc import apply_overrides
 
-        try:
-            start = apply_fields(start, options.fields)
-        except ValueError as exc:
-            raise ArchiveError(f"{options.source}: {exc}") from None
-        raw[0] = ("start", start)
+    start = raw[0][1]
+    if options.experiment and start.get("experiment") not in (None, options.experiment):
+        notes.append(f"experiment {start['experiment']!r} analysed as {options.experiment!r}")
+    try:
+        start = apply_overrides(start, {"experiment": options.experiment,
+                                        "calibration": options.calibration, "fields": options.fields})
+    except ValueError as exc:
+        raise ArchiveError(f"{options.source}: {exc}") from None
+    start.pop("strainstream_overrides", None)
+    raw[0] = ("start", start)
     start["strainstream_import"] = options.record()
     if raw[-1][0] != "stop":
         events = sum(1 for n, _ in raw if n == "event")
