@@ -70,14 +70,15 @@ class XRDKeys(_Keys):
                                           "capacity": "capacity_mAh_g", "time": "time_s"}
 
     def reading_key(self, name: str, data_keys) -> str | None:
-        """The data key of reading ``name``: the named one, else the first key ending in its
-        suffix (``cycler_voltage_V``); None when the run has none."""
+        """The data key of reading ``name`` among ``data_keys`` (timestamp columns already
+        left out by the caller): the named one, else the shortest key ending in its suffix
+        (``cycler_voltage_V``); None when the run has none."""
         named = getattr(self, name)
         if named is not None:
             return named if named in data_keys else None
         suffix = self.SUFFIXES[name]
         found = sorted((len(k), k) for k in data_keys
-                       if isinstance(k, str) and k.endswith(suffix) and not k.startswith("ts_"))
+                       if isinstance(k, str) and k.endswith(suffix))
         return found[0][1] if found else None
 
 

@@ -127,7 +127,8 @@ def cmd_import(args) -> int:
     make_layout(args.data_dir)
     new_roots = add_archive_roots(args.data_dir, [f for _, run in prepared for f in run.folders])
     config = config_from_args(args)
-    uri = config.uri or (running_server(args.data_dir).uri if running_server(args.data_dir) else None)
+    running = None if config.uri else running_server(args.data_dir)
+    uri = config.uri or (running.uri if running else None)
     with contextlib.ExitStack() as stack:
         if uri is None:  # no server on the data directory: one for the import
             from strainstream.server import TiledServer
