@@ -440,6 +440,12 @@ def dask_client(workers: int = 2, scheduler: str | None = None):
     """A ``distributed.Client``: on ``scheduler``, else on a new loopback LocalCluster."""
     from distributed import Client, LocalCluster
 
+    # distributed's import sets its logger to INFO (its config's ``logging: distributed: info``)
+    # and, when the root logger already has a handler (the CLI's), adds none of its own: every
+    # INFO line, and the traceback it logs at INFO when a worker's comm closes at shutdown,
+    # would reach the CLI's stderr. Level set here, after that import.
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")

@@ -43,6 +43,7 @@ def _reprocess(server, *args):
     r = _cli(server, "reprocess", *args, "--json")
     assert server.api_key not in r.stdout + r.stderr  # the key is never printed or logged
     assert "Traceback" not in r.stderr, r.stderr
+    assert "distributed." not in r.stderr, r.stderr  # no Dask INFO chatter (nor its shutdown traces)
     return r, {(o["uid"], o["analysis"]): o for o in json.loads(r.stdout or "[]")}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from dataclasses import asdict
@@ -119,7 +118,6 @@ def cmd_reprocess(args) -> int:
         raise ReprocessError(f"--workers must be 0 or more, got {args.workers}")
     build_queries(args.query, args.since, args.until)  # malformed terms fail before connecting
     overrides, root_map = run_overrides(args), root_map_of(args)
-    logging.getLogger("distributed").setLevel(logging.ERROR)
     target = resolve_server(args, need_server=True, why=" (the Dask workers write through the server)")
     uri, key = target.uri, target.api_key
     root = connect(uri, key)
