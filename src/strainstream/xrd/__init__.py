@@ -19,6 +19,7 @@ from ._geometry import (
     geometry_to_poni,
     load_poni,
     make_azimuthal_integrator,
+    make_detector,
     save_poni,
     validate_geometry,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "instrument_fwhm",
     "load_poni",
     "make_azimuthal_integrator",
+    "make_detector",
     "pixel_two_theta_rad",
     "r3m_reflections",
     "refine_pattern",

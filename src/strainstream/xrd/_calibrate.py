@@ -46,7 +46,7 @@ def pixel_two_theta_rad(d1, d2, geometry):
     return np.arctan2(np.sqrt(t1 * t1 + t2 * t2), t3)
 
 
-def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33):
+def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33, bad=None):
     """Move control points to the intensity centroid of their ring along the 2θ gradient.
 
     Returns refined (d1, d2) and a boolean array of points with a clear ring profile.
@@ -62,6 +62,11 @@ def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33):
     r2 = d2[:, None] + s[None, :] * u2[:, None]
     v = ndimage.map_coordinates(frame, [r1.ravel(), r2.ravel()], order=1, mode="nearest")
     v = v.reshape(r1.shape)
+    near_bad = np.zeros(d1.shape, bool)
+    if bad is not None:
+        mb = ndimage.map_coordinates(bad.astype(float), [r1.ravel(), r2.ravel()], order=1,
+                                     mode="constant", cval=1.0)
+        near_bad = mb.reshape(r1.shape).max(axis=1) > 0
     k = max(2, n_samples // 8)
     left, right = v[:, :k].mean(axis=1), v[:, -k:].mean(axis=1)
     base = left[:, None] + (right - left)[:, None] * (s[None, :] + half_px) / (2 * half_px)
@@ -72,11 +77,106 @@ def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33):
     tot = w.sum(axis=1)
     ok = tot > 0
     shift = np.where(ok, (w * s[None, :]).sum(axis=1) / np.where(ok, tot, 1.0), 0.0)
-    ok &= np.abs(shift) < 0.75 * half_px
+    ok &= (np.abs(shift) < 0.75 * half_px) & ~near_bad
     return d1 + shift * u1, d2 + shift * u2, ok
 
 
-def _coarse_distance(ai, frame, tth_rings_rad):
+#: flips that bring an image of pyFAI orientation 1, 2, 4 to the default orientation 3
+_TO_ORIENTATION_3 = {1: (0, 1), 2: (0,), 3: (), 4: (1,)}
+
+
+def _bad_pixel_mask(frame, geometry, mask, saturation_level):
+    """True where a pixel must not be used: user mask, detector gaps/dead pixels (named pyFAI
+    detector), negative (Pilatus/Eiger gap and bad-pixel markers), non-finite and saturated."""
+    from ._geometry import make_detector
+
+    bad = ~np.isfinite(frame) | (frame < 0)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != frame.shape:
+            raise FrameError("shape", f"mask shape {mask.shape} does not match the frame shape "
+                                      f"{frame.shape}")
+        bad |= mask.astype(bool)
+    det_mask = make_detector(geometry).mask if geometry.get("detector") else None
+    if det_mask is not None:
+        bad |= np.asarray(det_mask).astype(bool)
+    if saturation_level is not None:
+        bad |= frame >= saturation_level
+    return bad
+
+
+def _sharpness(rows, cols, vals, c1, c2, scale, r_min_px):
+    """Sharpness of the radial profile around centre (c1, c2): mean square of the profile
+    minus its running median (rings are sharp only around the true centre)."""
+    rb = (np.hypot(rows - c1, cols - c2) / scale).astype(np.intp)
+    n = np.bincount(rb)
+    s = np.bincount(rb, vals, n.size)
+    good = n > 3
+    good[: int(r_min_px / scale)] = False
+    if np.count_nonzero(good) < 20:
+        return 0.0
+    p = s[good] / n[good]
+    hp = p - ndimage.median_filter(p, 9, mode="nearest")
+    return float(np.sum(hp * hp * n[good]) / n[good].sum())
+
+
+def find_beam_centre(frame, bad, centre_px, half_width_px, r_min_px=0.0):
+    """Direct-beam position that makes the rings sharpest, by a coarse-to-fine grid search.
+
+    The radial profile about a trial centre (flat-detector circles, log intensity) is sharp
+    only near the true centre; tilt makes rings slightly elliptical, which the geometry
+    refinement handles afterwards. Binned images (about 60 000 super-pixels) are searched
+    first over ±``half_width_px``, then the full-resolution image at 0.25 px.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (rows, cols)
+        Calibrant image.
+    bad : ndarray of bool, shape (rows, cols)
+        Pixels to ignore.
+    centre_px : (float, float)
+        Starting direct-beam position (row, column) in pixels (pixel centres at +0.5).
+    half_width_px : float
+        Half width of the searched square, pixels.
+    r_min_px : float
+        Radii below this (beam stop, its shadow) are ignored, pixels.
+
+    Returns
+    -------
+    (float, float)
+        Direct-beam position (row, column), pixels.
+    """
+    good = ~bad
+    floor = np.percentile(frame[good], 1.0) if np.any(good) else 0.0
+    logv = np.where(good, np.log1p(np.clip(frame - floor, 0.0, None)), 0.0)
+    c1, c2 = map(float, centre_px)
+    b = max(1, int(np.sqrt(frame.size / 60000.0)))
+    levels = []
+    while b > 1:
+        levels.append(b)
+        b //= 2
+    levels.append(1)
+    half = float(half_width_px)
+    for k, b in enumerate(levels):
+        h, w = (frame.shape[0] // b) * b, (frame.shape[1] // b) * b
+        vs = logv[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3))
+        ns = good[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3))
+        ok = ns >= 0.75 * b * b
+        rows, cols = np.nonzero(ok)
+        vals = vs[ok] / ns[ok]
+        rows = (rows + 0.5) * b
+        cols = (cols + 0.5) * b
+        step = b if k < len(levels) - 1 else 0.25
+        offs = np.arange(-half, half + 1e-9, step)
+        scores = np.array([[_sharpness(rows, cols, vals, c1 + o1, c2 + o2, b, r_min_px)
+                            for o2 in offs] for o1 in offs])
+        i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        c1, c2 = c1 + offs[i], c2 + offs[j]
+        half = 1.5 * b if k + 1 < len(levels) - 1 else 1.0
+    return c1, c2
+
+
+def _coarse_distance(ai, frame, tth_rings_rad, mask=None):
     """Scale the distance so that the azimuthally averaged ring positions match the calibrant.
 
     Returns (scale, rings matched, rings expected on the detector, rings matched by a
@@ -86,7 +186,8 @@ def _coarse_distance(ai, frame, tth_rings_rad):
     scale only; background structure "matches" about as many at any scale.
     """
     npt = int(0.5 * np.hypot(*frame.shape))  # about one bin per pixel of radius
-    res = ai.integrate1d(frame, npt, unit="2th_rad", method=("bbox", "histogram", "cython"))
+    res = ai.integrate1d(frame, npt, unit="2th_rad", method=("bbox", "histogram", "cython"),
+                         mask=mask)
     tth, prof = np.asarray(res.radial), np.asarray(res.intensity)
     ok = np.isfinite(prof)
     tth, prof = tth[ok], prof[ok]
@@ -105,11 +206,13 @@ def _coarse_distance(ai, frame, tth_rings_rad):
 
 def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
               fix_rot3=True, max_rings=None, n_iter=3, mask=None, return_diagnostics=False,
-              measure_width=False, width_options=None):
+              measure_width=False, width_options=None, find_centre=True, centre_search_mm=5.0,
+              saturation_level="auto", max_rms_px=1.0):
     """Refine the detector geometry from a calibrant powder frame.
 
-    Coarse step: the distance is rescaled so the azimuthal average matches the calibrant ring
-    angles. Then, ``n_iter`` times: control points are extracted on the rings with pyFAI
+    Coarse steps: the direct-beam position is searched so the rings are sharpest
+    (:func:`find_beam_centre`), then the distance is rescaled so the azimuthal average matches
+    the calibrant ring angles. Then, ``n_iter`` times: control points are extracted on the rings with pyFAI
     (``SingleGeometry.extract_cp``, massif peak search guided by the current geometry) and
     the geometry is refined by ``scipy.optimize.least_squares`` on the 2θ residuals of all
     control points. With ``measure_width=True`` the instrumental FWHM is then measured on
@@ -123,7 +226,9 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
         Calibrant image (counts).
     approx_geometry : dict
         Starting geometry (see :func:`validate_geometry`), e.g. the nominal set-up; distance
-        within ~10 % and beam centre within a few pixels.
+        within ~10 % and beam centre within a few mm (``centre_search_mm``). Optional
+        ``detector`` (pyFAI name: module gaps masked) and ``orientation`` are kept in the
+        result.
     calibrant : str
         pyFAI calibrant name (``"CeO2"`` = NIST SRM 674b lattice).
     fix_wavelength : bool
@@ -137,10 +242,24 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
         Number of extract/refine cycles on all rings (after a first cycle on the 8 inner
         rings).
     mask : ndarray of bool, shape (rows, cols), optional
-        Pixels to ignore (True = masked).
+        Pixels to ignore (True = masked), e.g. a user mask file. Negative pixels (the gap
+        and bad-pixel markers of Pilatus/Eiger images), non-finite and saturated pixels,
+        and the module gaps of a named detector (geometry ``"detector"``) are masked too.
+    find_centre : bool
+        Search the direct-beam position first (:func:`find_beam_centre`, default True):
+        a start beam centre a few mm off is then enough.
+    centre_search_mm : float
+        Half width of the beam-centre search, mm (default 5).
+    saturation_level : float, None or "auto"
+        Counts at or above which pixels are masked; "auto" (default): the maximum of an
+        integer frame's dtype, none for a float frame.
+    max_rms_px : float
+        Largest accepted rms radial ring residual of the control points, pixels (default 1);
+        a poorer fit raises ``FrameError``.
     return_diagnostics : bool
         Also return a dict with ``"calibrant"``, ``"n_control_points"`` and
-        ``"rms_2theta_deg"`` (rms 2θ residual of the control points, degrees), and with
+        ``"rms_2theta_deg"`` (rms 2θ residual of the control points, degrees),
+        ``"rms_px"`` (rms radial residual, pixels), ``"n_rings"``, ``"n_masked_px"``, and with
         ``measure_width=True`` ``"instrument_width"`` (:meth:`InstrumentWidth.to_dict`).
     measure_width : bool
         Also measure the instrumental FWHM on the calibrant (default False).
@@ -152,14 +271,15 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     Returns
     -------
     dict
-        Geometry dict (exactly :data:`GEOMETRY_KEYS`, plus ``instrument_fwhm_A_inv`` with
+        Geometry dict (:data:`GEOMETRY_KEYS`, ``detector``/``orientation`` if given, plus ``instrument_fwhm_A_inv`` with
         ``measure_width=True``; JSON-able, see :func:`save_poni`).
         With ``return_diagnostics=True``: (geometry, diagnostics).
 
     Raises
     ------
     FrameError
-        Wrong frame shape, or too few control points (no rings found).
+        Wrong frame shape, too few control points (no rings found), or a ring residual
+        above ``max_rms_px``.
     PatternError
         ``measure_width=True`` and too few resolved calibrant reflections to fit widths.
     """
@@ -168,18 +288,43 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
 
     g = validate_geometry(approx_geometry)
     raw_frame = frame
-    frame = np.asarray(frame, dtype=float)
+    frame = np.asarray(frame)
     if frame.shape != tuple(g["shape"]):
         raise FrameError("shape", f"calibrant frame shape {frame.shape} does not match the "
                                   f"geometry shape {tuple(g['shape'])}")
-    if mask is not None:
-        frame = np.where(mask, 0.0, frame)
-    frame = np.where(np.isfinite(frame), frame, 0.0)
+    if isinstance(saturation_level, str):
+        if saturation_level != "auto":
+            raise ValueError(f"saturation_level must be a number, None or 'auto', got "
+                             f"{saturation_level!r}")
+        saturation_level = (float(np.iinfo(frame.dtype).max) if frame.dtype.kind in "iu"
+                            else None)
+    frame = frame.astype(float)
+    bad = _bad_pixel_mask(frame, g, mask, saturation_level)
+    if np.count_nonzero(~bad) < 0.1 * frame.size:
+        raise FrameError("masked", f"{np.count_nonzero(bad)} of {frame.size} pixels are masked "
+                                   "(negative, saturated, gaps or the mask): nothing to calibrate")
+    # work in pyFAI's default orientation 3 on a generic detector: flip the image
+    kept = {k: g[k] for k in ("detector", "orientation") if k in g}
+    flips = _TO_ORIENTATION_3[g.get("orientation", 3)]
+    if flips:
+        frame, bad = np.flip(frame, flips), np.flip(bad, flips)
+    g = {k: v for k, v in g.items() if k not in ("detector", "orientation")}
+    frame = np.where(bad, 0.0, frame)
     cal = get_calibrant(calibrant)
     cal.wavelength = g["wavelength_A"] * 1e-10
     tth_rings = np.asarray(cal.get_2th(), dtype=float)
+    px1, px2 = (v * 1e-6 for v in g["pixel_size_um"])
     ai = make_azimuthal_integrator(g)
-    scale, n_rings, n_expected, n_typical = _coarse_distance(ai, frame, tth_rings)
+    if find_centre:
+        f2d = ai.getFit2D()
+        r_first = g["distance_m"] * np.tan(tth_rings[0]) / max(px1, px2)
+        half = max(centre_search_mm * 1e-3 / min(px1, px2), 3.0)
+        c1, c2 = find_beam_centre(frame, bad, (f2d["centerY"], f2d["centerX"]), half,
+                                  r_min_px=0.6 * r_first)
+        g["poni1_m"] += (c1 - f2d["centerY"]) * px1
+        g["poni2_m"] += (c2 - f2d["centerX"]) * px2
+        ai = make_azimuthal_integrator(g)
+    scale, n_rings, n_expected, n_typical = _coarse_distance(ai, frame, tth_rings, bad)
     if n_rings < max(4.0, 0.4 * n_expected) or n_rings - n_typical < 0.25 * n_expected:
         raise FrameError("blank", f"no {calibrant} rings found in the azimuthal average (matched "
                                   f"{n_rings:.0f} of {n_expected}): check the frame, the wavelength and the "
@@ -196,6 +341,7 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     try:
         for it in range(n_iter + 1):
             ai = make_azimuthal_integrator(g)
+            ai.detector.mask = bad.astype(np.int8)
             sg = SingleGeometry("calibrant", frame, calibrant=cal, detector=ai.detector,
                                 geometry=ai)
             # first cycle on the inner rings only: the outer rings lie a few pixels apart, so
@@ -208,7 +354,7 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
                                           f"points found on the {calibrant} rings: check the "
                                           "frame and the approximate geometry")
             d1, d2, ring = pts[:, 0], pts[:, 1], pts[:, 2].astype(int)
-            d1, d2, ok = _subpixel_points(frame, d1, d2, g)
+            d1, d2, ok = _subpixel_points(frame, d1, d2, g, bad=bad)
             d1, d2, ring = d1[ok], d2[ok], ring[ok]
 
             def resid(xv, d1=d1, d2=d2, ring=ring):
@@ -244,9 +390,23 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
             g.update(zip(free, (float(v) for v in x), strict=True))
     finally:
         pyfai_logger.setLevel(old_level)
-    out = validate_geometry({k: g[k] for k in GEOMETRY_KEYS})
+    # radial residual in pixels: Δr = L·Δ(2θ)/cos²(2θ) on a detector normal to the beam
+    tth_pts = pixel_two_theta_rad(d1, d2, g)
+    r_px = res.fun * 1e-3 * g["distance_m"] / np.cos(tth_pts) ** 2 / np.sqrt(px1 * px2)
+    rms_px = float(np.sqrt(np.mean(r_px**2)))
+    rings_used = np.unique(ring)
+    out = validate_geometry({**{k: g[k] for k in GEOMETRY_KEYS}, **kept})
     diag = {"calibrant": calibrant, "n_control_points": int(d1.size),
-            "rms_2theta_deg": float(np.degrees(np.sqrt(np.mean(res.fun**2)) * 1e-3))}
+            "n_rings": int(rings_used.size),
+            "rms_2theta_deg": float(np.degrees(np.sqrt(np.mean(res.fun**2)) * 1e-3)),
+            "rms_px": rms_px, "n_masked_px": int(np.count_nonzero(bad))}
+    if not rms_px <= max_rms_px or rings_used.size < 3:
+        raise FrameError("blank", f"calibration failed: ring residual {rms_px:.2f} px rms over "
+                                  f"{d1.size} control points on {rings_used.size} {calibrant} rings "
+                                  f"(limit {max_rms_px:g} px, at least 3 rings): check the "
+                                  "calibrant, the wavelength, the detector (pixel size, name, "
+                                  "orientation) and the mask; a start closer than ~10 % in "
+                                  "distance and a few mm in beam centre")
     if measure_width:
         from ._instrument import instrument_fwhm
 

@@ -5,6 +5,12 @@ A geometry is a plain JSON-able dict (pyFAI conventions, SI units named in the k
     {"distance_m": 1.0, "poni1_m": 0.2048, "poni2_m": 0.2048,
      "rot1": 0.0, "rot2": 0.0, "rot3": 0.0,            # radians, pyFAI convention
      "wavelength_A": 0.1665, "pixel_size_um": [200.0, 200.0], "shape": [2048, 2048]}
+
+Two optional keys describe real detectors: ``"detector"``, a pyFAI detector name
+(``"Pilatus1M"``, ``"Eiger2_4M"``, ``"Perkin"``...; its module gaps and dead pixels are then
+masked), and ``"orientation"``, pyFAI's detector orientation (1–4, default 3 = origin at the
+bottom right seen from the sample; 2 = top right, the convention of Dioptas: a PONI file
+Dioptas wrote without an orientation describes the image flipped up-down, i.e. orientation 2).
 """
 
 from __future__ import annotations
@@ -85,7 +91,56 @@ def validate_geometry(geometry: dict) -> dict:
         raise ValueError("geometry contains NaN/inf")
     g["pixel_size_um"] = px
     g["shape"] = shape
+    if "orientation" in g:
+        o = g["orientation"]
+        if isinstance(o, bool) or not isinstance(o, int | np.integer) or int(o) not in (1, 2, 3, 4):
+            raise ValueError(f"geometry orientation must be pyFAI's 1, 2, 3 or 4, got {o!r}")
+        g["orientation"] = int(o)
+    if "detector" in g and g["detector"] is not None and not isinstance(g["detector"], str):
+        raise ValueError(f"geometry detector must be a pyFAI detector name, got {g['detector']!r}")
     return g
+
+
+def make_detector(geometry: dict):
+    """The pyFAI detector of a geometry dict: named (with its module-gap mask) or generic.
+
+    Parameters
+    ----------
+    geometry : dict
+        Geometry dict (see :func:`validate_geometry`); optional ``detector`` (pyFAI name) and
+        ``orientation`` (1–4).
+
+    Returns
+    -------
+    pyFAI.detectors.Detector
+
+    Raises
+    ------
+    ValueError
+        Unknown detector name, or a named detector whose pixel size or shape differs from
+        the geometry's.
+    """
+    from pyFAI.detectors import Detector, detector_factory
+
+    g = validate_geometry(geometry)
+    config = {"orientation": g.get("orientation", 3)}
+    name = g.get("detector")
+    if name:
+        try:
+            det = detector_factory(name, config)
+        except Exception as exc:  # pyFAI raises RuntimeError/KeyError for unknown names
+            raise ValueError(f"unknown pyFAI detector {name!r} ({exc}); use a name of "
+                             "pyFAI.detectors.ALL_DETECTORS such as 'Pilatus1M' or 'Perkin'") from None
+        px = [det.pixel1 * 1e6, det.pixel2 * 1e6]
+        if (det.max_shape is not None and list(det.max_shape) != g["shape"]) or any(
+                abs(a - b) > 1e-3 * b for a, b in zip(px, g["pixel_size_um"], strict=True)):
+            raise ValueError(f"detector {name!r} has {det.max_shape} pixels of "
+                             f"{px[0]:g}×{px[1]:g} µm but the geometry declares {g['shape']} "
+                             f"pixels of {g['pixel_size_um'][0]:g}×{g['pixel_size_um'][1]:g} µm "
+                             "(binned image? then use a generic detector: drop 'detector')")
+        return det
+    return Detector(g["pixel_size_um"][0] * 1e-6, g["pixel_size_um"][1] * 1e-6,
+                    max_shape=tuple(g["shape"]), orientation=config["orientation"])
 
 
 def make_azimuthal_integrator(geometry: dict):
@@ -99,45 +154,62 @@ def make_azimuthal_integrator(geometry: dict):
     Returns
     -------
     pyFAI.integrator.azimuthal.AzimuthalIntegrator
-        Flat detector of ``shape`` pixels of ``pixel_size_um``; SI units inside pyFAI.
+        Flat detector of ``shape`` pixels of ``pixel_size_um`` (the named pyFAI detector
+        when ``detector`` is given, see :func:`make_detector`); SI units inside pyFAI.
     """
-    from pyFAI.detectors import Detector
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
     g = validate_geometry(geometry)
-    det = Detector(g["pixel_size_um"][0] * 1e-6, g["pixel_size_um"][1] * 1e-6,
-                   max_shape=tuple(g["shape"]))
+    det = make_detector(g)
     return AzimuthalIntegrator(dist=g["distance_m"], poni1=g["poni1_m"], poni2=g["poni2_m"],
                                rot1=g["rot1"], rot2=g["rot2"], rot3=g["rot3"], detector=det,
                                wavelength=g["wavelength_A"] * 1e-10)
 
 
-def geometry_from_pyfai(ai) -> dict:
+def geometry_from_pyfai(ai, shape=None) -> dict:
     """Geometry dict from a pyFAI geometry / integrator object.
 
     Parameters
     ----------
     ai : pyFAI.geometry.Geometry
-        Any pyFAI geometry with a wavelength and a detector of known ``max_shape``.
+        Any pyFAI geometry with a wavelength (and a detector of known ``max_shape`` unless
+        ``shape`` is given).
+    shape : (int, int), optional
+        Detector shape (rows, cols) when the detector does not define one (generic detector
+        of a PONI file), e.g. the shape of the calibrant image.
 
     Returns
     -------
     dict
         Geometry dict (distance_m, poni1_m, poni2_m, rot1–3 in rad, wavelength_A,
-        pixel_size_um [rows, cols], shape [rows, cols]).
+        pixel_size_um [rows, cols], shape [rows, cols]; ``detector`` for a named pyFAI
+        detector, ``orientation`` when not pyFAI's default 3).
     """
     det = ai.detector
+    det_shape = det.max_shape if det.max_shape is not None else shape
+    if det_shape is None:
+        raise ValueError("the detector has no shape: give the image shape")
+    extra = {}
+    if type(det).__name__ != "Detector":
+        extra["detector"] = type(det).__name__
+    orientation = int(getattr(det, "orientation", 3) or 3)
+    if orientation != 3:
+        extra["orientation"] = orientation
     return validate_geometry({
         "distance_m": ai.dist, "poni1_m": ai.poni1, "poni2_m": ai.poni2,
         "rot1": ai.rot1, "rot2": ai.rot2, "rot3": ai.rot3,
         "wavelength_A": ai.wavelength * 1e10,
         "pixel_size_um": [round(det.pixel1 * 1e6, 6), round(det.pixel2 * 1e6, 6)],
-        "shape": list(det.max_shape),
+        "shape": [int(v) for v in det_shape],
+        **extra,
     })
 
 
 def geometry_to_poni(geometry: dict) -> str:
-    """PONI (version 2) text for a geometry dict, readable by ``pyFAI.load``.
+    """PONI text for a geometry dict, readable by ``pyFAI.load`` (and Dioptas).
+
+    Version 2 with a generic detector; version 2.1 (with the orientation) when the geometry
+    names a pyFAI detector or an orientation other than 3.
 
     Parameters
     ----------
@@ -147,16 +219,23 @@ def geometry_to_poni(geometry: dict) -> str:
     Returns
     -------
     str
-        PONI file content (SI units, generic ``Detector`` with pixel sizes and shape).
+        PONI file content (SI units).
     """
     g = validate_geometry(geometry)
     det_config = {"pixel1": g["pixel_size_um"][0] * 1e-6, "pixel2": g["pixel_size_um"][1] * 1e-6,
                   "max_shape": g["shape"]}
+    version, det_name = "2", "Detector"
+    if g.get("detector") or g.get("orientation", 3) != 3:
+        version = "2.1"
+        det_config["orientation"] = g.get("orientation", 3)
+        if g.get("detector"):
+            det_name = g["detector"]
+            det_config = {"orientation": det_config["orientation"]}
     lines = [
         "# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis",
         "# Written by strainstream.xrd",
-        "poni_version: 2",
-        "Detector: Detector",
+        f"poni_version: {version}",
+        f"Detector: {det_name}",
         f"Detector_config: {json.dumps(det_config)}",
         f"Distance: {g['distance_m']!r}",
         f"Poni1: {g['poni1_m']!r}",
@@ -189,13 +268,22 @@ def save_poni(geometry: dict, path: str | Path) -> Path:
     return path
 
 
-def load_poni(path: str | Path) -> dict:
-    """Read a PONI file (any version pyFAI reads) into a geometry dict.
+def load_poni(path: str | Path, shape=None, *, orientation=None) -> dict:
+    """Read a PONI file (any version pyFAI or Dioptas writes) into a geometry dict.
+
+    Version 1 files (``PixelSize1/2``, no detector) and version 2 files with a generic
+    detector hold no detector shape: give ``shape`` (the calibrant image's), or the
+    file is refused. A named detector (``Detector: Pilatus1M``) brings its own shape.
 
     Parameters
     ----------
     path : str or Path
         PONI file.
+    shape : (int, int), optional
+        Detector shape (rows, cols) used when the file has none.
+    orientation : int, optional
+        pyFAI detector orientation (1–4) overriding the file's, e.g. 2 for a PONI file
+        that Dioptas wrote without an orientation (Dioptas flips images up-down).
 
     Returns
     -------
@@ -205,7 +293,8 @@ def load_poni(path: str | Path) -> dict:
     Raises
     ------
     ValueError
-        If the file is missing or not a PONI file with a wavelength and detector shape.
+        If the file is missing, is not a PONI file, has no wavelength, or has no detector
+        shape and ``shape`` is not given.
     """
     import pyFAI
 
@@ -216,6 +305,14 @@ def load_poni(path: str | Path) -> dict:
         ai = pyFAI.load(str(path))
     except Exception as exc:  # pyFAI raises several types for malformed files
         raise ValueError(f"cannot read PONI file {path}: {exc}") from exc
-    if not ai.wavelength or ai.detector.max_shape is None:
-        raise ValueError(f"PONI file {path} lacks the wavelength or the detector shape")
-    return geometry_from_pyfai(ai)
+    if not ai.wavelength:
+        raise ValueError(f"PONI file {path} has no wavelength (add a 'Wavelength:' line in m)")
+    if ai.detector.max_shape is None and shape is None:
+        raise ValueError(f"PONI file {path} holds no detector shape (a version-1 file or a "
+                         "generic detector): give the image shape (the calibrant image's)")
+    g = geometry_from_pyfai(ai, shape=shape)
+    if orientation is not None:
+        g["orientation"] = orientation
+        if g["orientation"] == 3:
+            g.pop("orientation")
+    return validate_geometry(g)
