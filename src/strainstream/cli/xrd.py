@@ -48,10 +48,26 @@ def register(commands) -> None:
     c = sub.add_parser("calibrate", help="refine the detector geometry and measure the "
                                          "instrumental FWHM on a calibrant (CeO2) frame")
     c.add_argument("frame", metavar="FRAME.h5",
-                   help="calibrant frame: HDF5 file (dataset --dataset) or .npy array")
+                   help="calibrant frame: HDF5 file (dataset --dataset), .npy array, or an "
+                        "image file fabio reads (TIFF, CBF, EDF..., also gzipped)")
     c.add_argument("--approx", required=True, metavar="GEOM.json",
                    help="approximate geometry: JSON geometry dict (distance_m, poni1_m, "
-                        "poni2_m, rot1..3, wavelength_A, pixel_size_um, shape) or a PONI file")
+                        "poni2_m, rot1..3, wavelength_A, pixel_size_um, shape) or a PONI file "
+                        "of any version (a file without detector shape takes the frame's); "
+                        "distance within ~10 %%, beam centre within a few mm")
+    c.add_argument("--detector", default=None, metavar="NAME",
+                   help="pyFAI detector name (Pilatus1M, Eiger2_4M, Perkin, ...): its module "
+                        "gaps are masked and it is kept in the output geometry")
+    c.add_argument("--orientation", type=int, choices=(1, 2, 3, 4), default=None,
+                   help="pyFAI detector orientation (default: the geometry's, else 3); 2 for "
+                        "a PONI file Dioptas wrote without one (Dioptas flips images up-down)")
+    c.add_argument("--mask", default=None, metavar="MASK",
+                   help="user mask (non-zero = masked): .npy, or an image file fabio reads "
+                        "(e.g. a Dioptas .mask); negative, saturated and gap pixels are "
+                        "masked anyway")
+    c.add_argument("--max-rms-px", type=float, default=1.0,
+                   help="refuse a calibration whose rms ring residual exceeds this, pixels "
+                        "(default 1)")
     c.add_argument("--dataset", default="/entry/data/data",
                    help="HDF5 dataset holding the frame(s) (default /entry/data/data)")
     c.add_argument("--index", type=int, default=0,
@@ -175,6 +191,11 @@ def _read_frame(path, dataset, index):
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"cannot read {path}: no such file")
+    if p.suffix.lower() not in (".npy", ".h5", ".hdf5", ".hdf", ".nxs"):
+        import h5py
+
+        if not h5py.is_hdf5(p):
+            return _read_image(p, index)
     if p.suffix.lower() == ".npy":
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
@@ -198,6 +219,27 @@ def _read_frame(path, dataset, index):
                 raise UsageError(f"{path} has no dataset {dataset}{hint} (use --dataset)")
             return np.asarray(_select_frame(obj, index, f"{path}:{dataset}"))
     return np.asarray(_select_frame(arr, index, where))
+
+
+def _read_image(p, index=0):
+    """One frame of an image file fabio reads (TIFF, CBF, EDF, Dioptas .mask...)."""
+    import contextlib
+    import io
+
+    import fabio
+    import numpy as np
+
+    try:  # fabio prints a debugging line on stdout for gzipped files
+        with contextlib.redirect_stdout(io.StringIO()):
+            img = fabio.open(str(p))
+    except Exception as exc:  # fabio raises many types for unknown formats
+        raise UsageError(f"cannot read {p} as an HDF5 file, a .npy array or an image file "
+                         f"fabio knows: {exc}") from None
+    with img:
+        if index not in (0, -1) and not 0 <= index < img.nframes:
+            raise UsageError(f"{p} holds {img.nframes} frame(s); --index {index} is out of range")
+        data = img.getframe(index).data if index not in (0, -1) else img.data
+        return np.asarray(_select_frame(np.asarray(data), 0, str(p)))
 
 
 #: largest calibrant frame read (bytes as float64)
@@ -224,7 +266,7 @@ def _select_frame(arr, index, where):
                     "stack (frames, rows, cols)")
 
 
-def _read_geometry(path):
+def _read_geometry(path, shape=None, orientation=None):
     from pathlib import Path
 
     from strainstream.xrd import load_poni, validate_geometry
@@ -234,7 +276,7 @@ def _read_geometry(path):
         raise UsageError(f"cannot read {path}: no such file")
     if p.suffix.lower() == ".poni":
         try:
-            return load_poni(p)
+            return load_poni(p, shape=shape, orientation=orientation)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:
@@ -250,13 +292,44 @@ def _read_geometry(path):
 def _calibrate(args) -> int:
     from strainstream.xrd import calibrate
 
-    approx = _read_geometry(args.approx)
+    import numpy as np
+
+    from strainstream.xrd import validate_geometry
+
     frame = _read_frame(args.frame, args.dataset, args.index)
+    approx = _read_geometry(args.approx, shape=frame.shape, orientation=args.orientation)
+    if args.orientation is not None:
+        approx["orientation"] = args.orientation
+    if args.detector:
+        approx["detector"] = args.detector
+    try:
+        approx = validate_geometry(approx)
+    except ValueError as exc:
+        raise UsageError(f"{args.approx}: {exc}") from None
+    mask = None
+    if args.mask:
+        from pathlib import Path
+
+        mp = Path(args.mask)
+        if not mp.is_file():
+            raise UsageError(f"cannot read {args.mask}: no such file")
+        if mp.suffix.lower() == ".npy":
+            try:
+                mask = np.load(mp, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise UsageError(f"cannot read {args.mask} as a .npy array: {exc}") from None
+        else:
+            mask = _read_image(mp)
+        if mask.shape != frame.shape:
+            raise UsageError(f"mask {args.mask} has shape {mask.shape}, the frame {frame.shape}")
+        mask = mask != 0
     if args.npt < 10:
         raise UsageError(f"--npt must be ≥ 10, got {args.npt}")
+    if not args.max_rms_px > 0:
+        raise UsageError(f"--max-rms-px must be > 0 px, got {args.max_rms_px}")
     try:
-        geometry, diag = calibrate(frame, approx, args.calibrant,
-                                   measure_width=not args.no_width,
+        geometry, diag = calibrate(frame, approx, args.calibrant, mask=mask,
+                                   measure_width=not args.no_width, max_rms_px=args.max_rms_px,
                                    width_options={"npt": args.npt}, return_diagnostics=True)
     except ValueError as exc:  # FrameError, PatternError, unknown calibrant...
         raise UsageError(str(exc)) from None
@@ -277,8 +350,9 @@ def _calibrate(args) -> int:
     if args.json:
         print(json.dumps(geometry))
         return 0
-    print(f"{diag['calibrant']}: {diag['n_control_points']} control points, rms 2θ residual "
-          f"{diag['rms_2theta_deg']:.4f}°")
+    print(f"{diag['calibrant']}: {diag['n_control_points']} control points on "
+          f"{diag['n_rings']} rings, rms residual {diag['rms_px']:.2f} px "
+          f"(2θ {diag['rms_2theta_deg']:.4f}°)")
     for key, value in geometry.items():
         print(f"  {key} = {value}")
     width = diag.get("instrument_width")
