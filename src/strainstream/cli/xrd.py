@@ -191,11 +191,8 @@ def _read_frame(path, dataset, index):
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"cannot read {path}: no such file")
-    if p.suffix.lower() not in (".npy", ".h5", ".hdf5", ".hdf", ".nxs"):
-        import h5py
-
-        if not h5py.is_hdf5(p):
-            return _read_image(p, index)
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_image(p, index)
     if p.suffix.lower() == ".npy":
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
@@ -208,7 +205,8 @@ def _read_frame(path, dataset, index):
         try:
             fh = h5py.File(p, "r")
         except OSError as exc:
-            raise UsageError(f"cannot read {path} as HDF5 (or give a .npy file): {exc}") from None
+            raise UsageError(f"cannot read {path} as HDF5 (or give a .npy file or an image file: "
+                             f"{', '.join(IMAGE_SUFFIXES)}): {exc}") from None
         with fh:
             obj = fh.get(dataset)
             if not isinstance(obj, h5py.Dataset):
@@ -219,6 +217,11 @@ def _read_frame(path, dataset, index):
                 raise UsageError(f"{path} has no dataset {dataset}{hint} (use --dataset)")
             return np.asarray(_select_frame(obj, index, f"{path}:{dataset}"))
     return np.asarray(_select_frame(arr, index, where))
+
+
+#: file name endings read as detector images with fabio (anything else: .npy or HDF5)
+IMAGE_SUFFIXES = (".tif", ".tiff", ".cbf", ".edf", ".gz", ".bz2", ".mccd", ".img", ".mar3450",
+                  ".mar2300", ".sfrm", ".spe", ".mask")
 
 
 def _read_image(p, index=0):
