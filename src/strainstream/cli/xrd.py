@@ -43,6 +43,9 @@ def register(commands) -> None:
                        help="instrumental FWHM in Q, Å⁻¹ (the instrument_fwhm_A_inv of "
                             "strainstream xrd calibrate); without it or --calibration the peak "
                             "widths are taken as all sample (size and microstrain come out wrong)")
+    r.add_argument("--calibrant", default=None, metavar="NAME",
+                   help="the pattern is a cubic calibrant (CeO2, LaB6, Si): refine its lattice "
+                        "parameter instead of a layered oxide and compare with the certified one")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     c = sub.add_parser("calibrate", help="refine the detector geometry and measure the "
@@ -148,7 +151,7 @@ def _refine(args) -> int:
 
     wavelength, instrument_fwhm = _instrument(args)
     x, y = _read_xy(args.file)
-    if args.calibration is None and args.instrument_fwhm is None:
+    if args.calibration is None and args.instrument_fwhm is None and not args.calibrant:
         print("strainstream xrd: warning: no instrumental width (--calibration GEOM.json or "
               "--instrument-fwhm): the whole peak width is taken as sample broadening, so size "
               "comes out small and microstrain large", file=sys.stderr)
@@ -163,6 +166,8 @@ def _refine(args) -> int:
     if args.q_min is not None or args.q_max is not None:
         q_range = (args.q_min if args.q_min is not None else -np.inf,
                    args.q_max if args.q_max is not None else np.inf)
+    if args.calibrant:
+        return _refine_calibrant(args, q, y, wavelength, q_range)
     phases = "auto" if args.phases == "auto" else int(args.phases)
     try:
         res = refine_pattern(q, y, wavelength, phases=phases, al=args.al,
@@ -179,6 +184,25 @@ def _refine(args) -> int:
             print(f"phase {i}: a = {p.a_A:.5f}({p.a_err_A:.1e}) Å  c = {p.c_A:.4f}"
                   f"({p.c_err_A:.1e}) Å  V = {p.volume_A3:.3f} Å³  ε = {p.microstrain:.2e}  "
                   f"D = {size} nm  fraction = {p.fraction:.3f}")
+    return 0
+
+
+def _refine_calibrant(args, q, y, wavelength, q_range) -> int:
+    from strainstream.xrd import refine_calibrant_lattice
+
+    try:
+        res = refine_calibrant_lattice(q, y, wavelength, args.calibrant, q_range_A_inv=q_range)
+    except ValueError as exc:  # PatternError, unknown or non-cubic calibrant
+        raise UsageError(str(exc)) from None
+    out = {"calibrant": res.calibrant, "a_A": res.a_A, "a_err_A": res.a_err_A,
+           "reference_a_A": res.reference_a_A, "relative_deviation": res.relative_deviation,
+           "n_peaks": res.n_peaks, "wavelength_A": wavelength}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{res.calibrant}: a = {res.a_A:.5f}({res.a_err_A:.1e}) Å from {res.n_peaks} "
+              f"reflections; reference {res.reference_a_A:.6f} Å, deviation "
+              f"{res.relative_deviation:+.1e}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Operando XRD analysis core: calibration, integration, layered-oxide refinement.
 
 - :func:`calibrate` — CeO2 (pyFAI calibrant) geometry calibration → geometry dict / PONI
+- :func:`refine_calibrant_lattice` — cubic calibrant (CeO2, LaB6, Si) lattice parameter from I(Q)
 - :func:`instrument_fwhm` — instrumental FWHM(Q) from the calibrant frame → InstrumentWidth
 - :class:`Integrator` — pinned pyFAI azimuthal integration of frames to I(Q), built once
 - :func:`refine_pattern` — Pawley-style whole-pattern refinement of R-3m phase(s)
@@ -11,7 +12,8 @@ Conventions: Q in Å⁻¹, Williamson–Hall microstrain ε with FWHM and K = 0.
 ε is reported, not GSAS-II "mustrain" (= 4ε·10⁶).
 """
 
-from ._calibrate import calibrate, pixel_two_theta_rad
+from ._calibrant_lattice import CalibrantLattice, refine_calibrant_lattice
+from ._calibrate import calibrate, find_beam_centre, pixel_two_theta_rad
 from ._errors import FrameError, PatternError
 from ._geometry import (
     GEOMETRY_KEYS,
@@ -32,6 +34,7 @@ from ._sequential import SequentialRefiner
 
 __all__ = [
     "AL_A_A",
+    "CalibrantLattice",
     "DEFAULT_METHOD",
     "GEOMETRY_KEYS",
     "SCHERRER_K",
@@ -49,6 +52,7 @@ __all__ = [
     "Split003",
     "calibrate",
     "detect_003_split",
+    "find_beam_centre",
     "geometry_from_pyfai",
     "geometry_to_poni",
     "hex_volume_A3",
@@ -58,6 +62,7 @@ __all__ = [
     "make_detector",
     "pixel_two_theta_rad",
     "r3m_reflections",
+    "refine_calibrant_lattice",
     "refine_pattern",
     "save_poni",
     "seed_lattice",

@@ -1,0 +1,75 @@
+"""Lattice refinement of measured calibrant patterns (tests/data/measured/SOURCES.md).
+
+Reference: NIST SRM 674b CeO2, certified a = 5.411651 Å (pyFAI's CeO2 calibrant). The
+acceptance is 2e-4 relative.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strainstream.cli.xrd import _read_image, main
+from strainstream.xrd import (
+    Integrator,
+    PatternError,
+    load_poni,
+    refine_calibrant_lattice,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "measured"
+CERTIFIED_CEO2_A = 5.411651
+LAMBDA_A = 0.4066
+
+
+@pytest.fixture(scope="module")
+def dioptas_pattern():
+    tth, y = np.loadtxt(DATA / "CeO2_Pilatus1M.xy").T
+    return 4 * np.pi * np.sin(np.radians(tth) / 2) / LAMBDA_A, y
+
+
+def test_ceo2_pattern_integrated_by_dioptas(dioptas_pattern):
+    q, y = dioptas_pattern
+    res = refine_calibrant_lattice(q, y, LAMBDA_A, "CeO2")
+    assert res.reference_a_A == pytest.approx(CERTIFIED_CEO2_A, abs=1e-6)
+    assert abs(res.a_A / CERTIFIED_CEO2_A - 1) < 2e-4  # measured −1.2e-4
+    assert res.n_peaks >= 12
+    assert 0 < res.a_err_A < 2e-4
+
+
+def test_ceo2_image_integrated_here_with_the_published_geometry():
+    img = _read_image(DATA / "CeO2_Pilatus1M.tif.gz")
+    g = load_poni(DATA / "CeO2_Pilatus1M.poni", shape=img.shape, orientation=2)
+    q, y, s = Integrator(dict(g, detector="Pilatus1M"), npt=2500)(img)
+    res = refine_calibrant_lattice(q, y, LAMBDA_A, "CeO2", sigma=s)
+    assert abs(res.a_A / CERTIFIED_CEO2_A - 1) < 2e-4  # measured −1.1e-4
+    assert res.n_peaks >= 10
+
+
+def test_wrong_calibrant_or_units_are_refused(dioptas_pattern):
+    q, y = dioptas_pattern
+    with pytest.raises(ValueError, match="not cubic"):
+        refine_calibrant_lattice(q, y, LAMBDA_A, "alpha_Al2O3")
+    with pytest.raises(PatternError, match="reflections"):
+        # 2θ values taken for Q: no CeO2 reflection where it should be
+        refine_calibrant_lattice(np.linspace(1, 8, q.size),
+                                 np.random.default_rng(0).poisson(50, q.size), LAMBDA_A)
+    # a wrong wavelength for the 2θ → Q conversion: the reflections are missed, or a comes
+    # out wrong by the wavelength error (never silently right)
+    try:
+        res = refine_calibrant_lattice(0.93 * q, y, LAMBDA_A)
+    except PatternError:
+        pass
+    else:
+        assert abs(res.a_A / CERTIFIED_CEO2_A - 1) > 0.05
+
+
+def test_cli_refines_the_calibrant(capsys):
+    rc = main(["refine", str(DATA / "CeO2_Pilatus1M.xy"), "--x", "two_theta_deg",
+               "--wavelength", str(LAMBDA_A), "--calibrant", "CeO2", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    out = json.loads(captured.out)
+    assert abs(out["relative_deviation"]) < 2e-4
+    assert captured.err == ""
