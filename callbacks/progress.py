@@ -51,9 +51,11 @@ class LiveLattice:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop following (returns at once; the thread ends after its current read)."""
+        """Stop following and forget the values (returns at once; the thread ends after its
+        current read, whose result is dropped): the next run's lines carry none of them."""
         self._wake.set()
         self._thread = None
+        self._uid, self.latest = None, None
 
     def _loop(self, uid: str, wake: threading.Event) -> None:
         while not wake.wait(self.period_s):

@@ -70,6 +70,10 @@ def test_progress_line_carries_the_latest_refined_a_and_c():
     n = len(table.reads)
     time.sleep(0.1)
     assert len(table.reads) <= n + 1  # stopped following
+    # the next run (another experiment) carries none of this run's lattice
+    printer("start", {"uid": "w" * 16, "experiment": "txm_xanes", "num_points": 2})
+    printer("event", {"seq_num": 1, "data": {"es_energy": 8350.0}})
+    assert out.getvalue().splitlines()[-1].endswith("eV 8350.0")
 
 
 def test_other_experiments_and_a_missing_table_leave_the_line_alone():
