@@ -204,13 +204,16 @@ def _uniform_step(e: np.ndarray) -> float | None:
     return None
 
 
-def _local_rows(u_over_h: np.ndarray, support: float) -> np.ndarray:
+def _local_rows(u_over_h: np.ndarray, support: float, *, strict: bool = True) -> np.ndarray:
     """Rows 0, 1 and 2 of the Gaussian-weighted least-squares pseudo-inverse.
 
     ``u_over_h`` (..., w): window energies minus the centre, in bandwidth units. The Gaussian
     is lowered so that it reaches zero at ``|t| = support`` (continuity when the window is
     re-centred). Returns (..., 3, w) such that ``rows @ y`` gives the constant, linear and
     quadratic coefficients (in bandwidth units) of the local cubic fit at the centre.
+    With ``strict=False`` a window with too few energies (a voxel whose maximum sits where the
+    scan's steps are coarse) gets NaN rows instead of failing the whole map, unless every
+    window is that coarse.
     """
     t = u_over_h
     wgt = np.maximum(np.exp(-0.5 * t * t) - np.exp(-0.5 * support * support), 0.0)
@@ -218,7 +221,10 @@ def _local_rows(u_over_h: np.ndarray, support: float) -> np.ndarray:
     vw = v * wgt[..., :, None]
     a = np.swapaxes(vw, -1, -2) @ v  # (..., p, p)
     n_used = (wgt > 0).sum(axis=-1)
-    if np.any(n_used < _ORDER + 1):
+    coarse = n_used < _ORDER + 1
+    if np.any(coarse) and not (strict or np.all(coarse)):
+        a = np.where(coarse[..., None, None], np.eye(_ORDER + 1), a)  # solvable; NaN below
+    elif np.any(coarse):
         raise XanesInputError(
             f"energy steps too coarse for the white-line fit: the local cubic needs at least "
             f"{_ORDER + 1} energies within ±{support:g} bandwidths of the maximum, but only "
@@ -232,7 +238,10 @@ def _local_rows(u_over_h: np.ndarray, support: float) -> np.ndarray:
             "the white-line fit is singular for this energy list (energies too sparse or "
             "repeated near the maximum); measure ≤ 1 eV steps across the white line"
         ) from None
-    return pinv[..., 0:3, :]
+    rows = pinv[..., 0:3, :]
+    if np.any(coarse):
+        rows = np.where(coarse[..., None, None], np.nan, rows)
+    return rows
 
 
 class _Lut:
@@ -433,7 +442,7 @@ def _refine_maxima(
         ka = k0[active] if it == 0 else _nearest_index(e, xa, kmin, kmax)
         idx = ka[:, None] + offs
         win = np.take(spectra.reshape(-1), (active * n)[:, None] + idx)
-        r = _local_rows((e[idx] - xa[:, None]) / bandwidth_eV, support)
+        r = _local_rows((e[idx] - xa[:, None]) / bandwidth_eV, support, strict=False)
         c1 = np.einsum("nw,nw->n", r[:, 1, :], win)
         c2 = np.einsum("nw,nw->n", r[:, 2, :], win)
         d1 = c1 / bandwidth_eV  # fitted slope at x, absorbance per eV
@@ -498,6 +507,7 @@ def analyse_whiteline(
     edge_energy: bool = False,
     bins: int = 50,
     chunk_voxels: int = 16384,
+    search_eV: float | None = 6.0,
 ) -> WhitelineResult:
     """White-line energy per voxel with masks, edge jump and statistics.
 
@@ -523,6 +533,12 @@ def analyse_whiteline(
         Histogram bins for the statistics.
     chunk_voxels : int
         Voxels processed at a time (bounds memory; ~a few MB per chunk).
+    search_eV : float or None
+        Each voxel's maximum is searched within ± this many eV of the white line of the
+        material's mean spectrum (the state of charge moves the Ni K white line by a few eV
+        at most); a voxel whose maximum is not found there (a noisy post-edge bump of a thin
+        voxel, a coarse scan region) is masked as a bad fit instead of entering the
+        statistics. ``None``: the whole range.
 
     Returns
     -------
@@ -628,6 +644,12 @@ def analyse_whiteline(
         )
 
     # ---- pass 2: white line over material voxels, chunked ----
+    s_lo, s_hi = kmin, kmax
+    if search_eV is not None:
+        if not search_eV > 0:
+            raise XanesInputError(f"search_eV must be > 0 (or None), got {search_eV}")
+        s_lo = max(kmin, int(np.searchsorted(e, e[k_mean] - search_eV, side="left")))
+        s_hi = min(kmax, int(np.searchsorted(e, e[k_mean] + search_eV, side="right")) - 1)
     step = _uniform_step(e)
     lut = _Lut(step, bandwidth_eV, half) if step is not None else None
     wl = np.full(nvox, np.nan)
@@ -638,11 +660,14 @@ def analyse_whiteline(
         if not mat.any():
             continue
         spec = a2[:, sl].T[mat]  # (m, n), C-contiguous copy
-        k0 = kmin + np.argmax(_smoothed(spec, kmin, kmax), axis=1)
+        k0 = s_lo + np.argmax(_smoothed(spec, s_lo, s_hi), axis=1)
         if lut is not None:
             x, ok = _refine_uniform(e, spec, k0, half, lut)
         else:
             x, ok = _refine_maxima(e, spec, k0, bandwidth_eV, half)
+        if search_eV is not None:
+            with np.errstate(invalid="ignore"):
+                ok &= np.abs(x - e[k_mean]) <= search_eV
         sub = np.flatnonzero(mat) + sl.start
         wl[sub] = np.where(ok, x, np.nan)
         ok_all[sub] = ok
