@@ -32,6 +32,9 @@ def register(commands) -> None:
                    help="first column: Q in Å⁻¹ (default) or 2θ in degrees")
     r.add_argument("--al", choices=("model", "exclude", "none"), default="model",
                    help="Al current-collector peaks: model (default), exclude or none")
+    r.add_argument("--cell", default=None, metavar="A,C",
+                   help="starting lattice a,c in Å (e.g. 2.87,14.2): (003) is searched within "
+                        "c ± 4 %% and a within ± 3 %% (weak or spotty patterns)")
     r.add_argument("--q-min", type=float, default=None, help="lowest Q to fit, Å⁻¹")
     r.add_argument("--q-max", type=float, default=None, help="highest Q to fit, Å⁻¹")
     width = r.add_mutually_exclusive_group()
@@ -169,8 +172,16 @@ def _refine(args) -> int:
     if args.calibrant:
         return _refine_calibrant(args, q, y, wavelength, q_range)
     phases = "auto" if args.phases == "auto" else int(args.phases)
+    cell = None
+    if args.cell:
+        try:
+            cell = tuple(float(v) for v in args.cell.split(","))
+        except ValueError:
+            cell = ()
+        if len(cell) != 2:
+            raise UsageError(f"--cell must be A,C in Å (e.g. 2.87,14.2), got {args.cell!r}")
     try:
-        res = refine_pattern(q, y, wavelength, phases=phases, al=args.al,
+        res = refine_pattern(q, y, wavelength, phases=phases, al=args.al, cell=cell,
                              q_range_A_inv=q_range, instrument_fwhm_A_inv=instrument_fwhm)
     except PatternError as exc:
         raise UsageError(str(exc)) from None

@@ -234,6 +234,96 @@ def detect_003_split(q_A_inv, intensity, sigma=None, window_A_inv=_SEARCH_003):
     return Split003(1, (p1[0],), (6 * np.pi / p1[0],), (float(c1[0]),), (p1[1],), float(dbic))
 
 
+def _window_003(cell):
+    """(003) search window, Å⁻¹: c = 12.8–15.2 Å, or c within ±4 % of a starting cell's."""
+    if cell is None:
+        return _SEARCH_003
+    c0 = float(cell[1])
+    return (6.0 * np.pi / (1.04 * c0), 6.0 * np.pi / (0.96 * c0))
+
+
+def _prominent_peaks(q, y, noise):
+    """Peaks of the lightly smoothed pattern with their prominence over the local background.
+
+    Returns (indices, prominences, left base level, FWHM in points)."""
+    ys = ndimage.uniform_filter1d(y, 3, mode="nearest")
+    idx, props = signal.find_peaks(ys, prominence=3.0 * noise, width=0.5, rel_height=0.5)
+    base = np.maximum(ys[props["left_bases"]], ys[props["right_bases"]]) if idx.size else ys[:0]
+    return idx, props["prominences"] if idx.size else ys[:0], base, \
+        props["widths"] if idx.size else ys[:0]
+
+
+def find_003(q_A_inv, intensity, sigma=None, cell=None, min_prominence=6.0):
+    """Position of the layered (003) reflection: the most prominent peak of its window.
+
+    Prominence is the height of a peak over the higher of the two minima that separate it
+    from higher neighbours (the local background), so a peak standing 30 % over a high,
+    sloping background is found and a background slope is not. With a starting cell
+    ``(a, c)`` the window is c ± 4 %; otherwise c = 12.8–15.2 Å.
+
+    Parameters
+    ----------
+    q_A_inv, intensity : ndarray, shape (n,)
+        Increasing Q (Å⁻¹) and intensity.
+    sigma : ndarray, shape (n,), optional
+        Standard deviations (default: noise from the data).
+    cell : (float, float), optional
+        Starting lattice (a, c), Å.
+    min_prominence : float
+        Minimum prominence in noise standard deviations.
+
+    Returns
+    -------
+    q003 : float
+        Peak position, Å⁻¹.
+    prominence : float
+        In noise standard deviations.
+
+    Raises
+    ------
+    PatternError
+        No prominent peak in the window; the message names the strongest peak seen there
+        and in the whole pattern (position, prominence).
+    """
+    q = np.asarray(q_A_inv, dtype=float)
+    y = np.asarray(intensity, dtype=float)
+    lo, hi = _window_003(cell)
+    region = (q > lo - 0.3) & (q < hi + 0.3)
+    if np.count_nonzero((q >= lo) & (q <= hi)) < 12:
+        raise PatternError("no_layered_peaks",
+                           f"the pattern has fewer than 12 points in the (003) window "
+                           f"Q {lo:.2f}–{hi:.2f} Å⁻¹; check the Q range and the x units")
+    if sigma is None:
+        noise = _noise(y[region])
+    else:
+        noise = float(np.median(np.asarray(sigma, dtype=float)[region]))
+    qr, yr = q[region], y[region]
+    idx, prom, base, _ = _prominent_peaks(qr, yr, noise)
+    inside = (qr[idx] >= lo) & (qr[idx] <= hi)
+    if np.any(inside) and np.max(prom[inside]) > min_prominence * noise:
+        j = np.flatnonzero(inside)[int(np.argmax(prom[inside]))]
+        return float(qr[idx[j]]), float(prom[j] / noise)
+    if np.any(inside):
+        j = np.flatnonzero(inside)[int(np.argmax(prom[inside]))]
+        seen = (f"the most prominent peak there is at Q = {qr[idx[j]]:.3f} Å⁻¹, "
+                f"{prom[j] / noise:.1f} σ ({100 * prom[j] / max(abs(base[j]), 1e-300):.0f} %) over "
+                "its local background")
+    else:
+        seen = "no peak stands out there"
+    gi, gprom, gbase, _ = _prominent_peaks(q, y, _noise(y) if sigma is None else
+                                           float(np.median(sigma)))
+    if gi.size:
+        k = int(np.argmax(gprom))
+        seen += (f"; the most prominent peak of the pattern is at Q = {q[gi[k]]:.3f} Å⁻¹ "
+                 f"(2π/Q = {2 * np.pi / q[gi[k]]:.3f} Å, {100 * gprom[k] / max(abs(gbase[k]), 1e-300):.0f} % "
+                 "over its background)")
+    raise PatternError(
+        "no_layered_peaks",
+        f"no layered-oxide (003) peak in Q {lo:.3f}–{hi:.3f} Å⁻¹ (c = {6 * np.pi / hi:.2f}–"
+        f"{6 * np.pi / lo:.2f} Å): {seen}. Check the wavelength, the x units (Q in Å⁻¹ or "
+        "2θ), that the sample is a layered oxide, or give a starting cell (--cell A,C)")
+
+
 def _score_positions(q, yd, noise, qpos):
     """Detrended intensity (in noise units) at positions qpos (any shape)."""
     return np.interp(qpos, q, yd, left=0.0, right=0.0) / noise
@@ -255,7 +345,7 @@ def find_a(q, yd, noise, c_A, a_range=(2.70, 3.00), step=0.0004):
     return float(a[i]), n_sig, n_in
 
 
-def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
+def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None, cell=None):
     """Starting lattice from a peak search: c from (003), a from strong (hkl) reflections.
 
     Parameters
@@ -268,6 +358,8 @@ def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
         Standard deviations.
     n_phases : {None, 1, 2}
         Force one or two layered phases; None follows :func:`detect_003_split`.
+    cell : (float, float), optional
+        Starting lattice (a, c), Å: (003) is searched within c ± 4 % and a within ± 3 %.
 
     Returns
     -------
@@ -281,20 +373,32 @@ def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
     """
     q = np.asarray(q_A_inv, dtype=float)
     y = np.asarray(intensity, dtype=float)
-    split = detect_003_split(q, y, sigma)
+    lo, hi = _window_003(cell)
+    q003, _ = find_003(q, y, sigma, cell)
+    # the (003) window of the split test is centred on the most prominent peak: H2/H3 lie
+    # within ≈0.08 Å⁻¹ of each other
+    split = detect_003_split(q, y, sigma, window_A_inv=(max(q003 - 0.1, lo - 0.03),
+                                                         min(q003 + 0.1, hi + 0.03)))
     base = _baseline(q, y)
     yd = ndimage.uniform_filter1d(y - base, 3)
     noise = _noise(y) if sigma is None else float(np.median(sigma))
-    low = q < _SEARCH_003[0] - 0.02
+    low = q < min(lo, q003 - 0.1) - 0.02
     if np.count_nonzero(low) >= 20:
-        win = (q >= _SEARCH_003[0]) & (q <= _SEARCH_003[1])
-        h003 = float(np.max(yd[win]))
-        i_low = int(np.argmax(np.where(low, yd, -np.inf)))
-        if yd[i_low] > max(0.25 * h003, 10.0 * noise):
+        # a peak below (003) (by prominence over its local background, so that a rising
+        # low-angle background or a beam-stop edge does not count)
+        idx, prom, _, widths = _prominent_peaks(q, y, noise)
+        near = np.abs(q[idx] - q003) < 0.02
+        p003 = float(np.max(prom[near])) if np.any(near) else 0.0
+        w003 = float(np.max(widths[near])) if np.any(near) else 3.0
+        strong = (q[idx] < q[low][-1]) & (prom > max(0.25 * p003, 10.0 * noise)) & \
+                 (widths < 4.0 * w003 + 3.0)
+        if np.any(strong):
+            i_low = idx[np.flatnonzero(strong)[int(np.argmax(prom[strong]))]]
             raise PatternError(
                 "not_indexed",
-                f"strong peak at Q = {q[i_low]:.3f} Å⁻¹, below the (003) reflection, where an "
-                "R-3m layered oxide has none: wrong wavelength or x units (Q vs 2θ)?")
+                f"strong peak at Q = {q[i_low]:.3f} Å⁻¹, below the (003) reflection at "
+                f"{q003:.3f} Å⁻¹, where an R-3m layered oxide has none: wrong wavelength or x "
+                "units (Q vs 2θ)?")
     if n_phases == 2 and split.n_peaks == 1:
         q0, w0 = split.q_A_inv[0], split.fwhm_A_inv[0]
         cs = (6 * np.pi / (q0 - 0.3 * w0), 6 * np.pi / (q0 + 0.3 * w0))
@@ -307,9 +411,11 @@ def seed_lattice(q_A_inv, intensity, sigma=None, n_phases=None):
         cs = split.c_A  # increasing Q → decreasing c
         frac = float(split.areas[1] / np.sum(split.areas))
     a_vals = []
+    a_range = (2.70, 3.00) if cell is None else (0.97 * cell[0], 1.03 * cell[0])
+    need = 3 if cell is None else 1  # a starting cell vouches for the indexing
     for c in cs:
-        a, n_sig, n_in = find_a(q, yd, noise, c)
-        if n_in >= 3 and n_sig < min(3, n_in):
+        a, n_sig, n_in = find_a(q, yd, noise, c, a_range=a_range)
+        if n_in >= 3 and n_sig < min(need, n_in):
             raise PatternError(
                 "not_indexed",
                 f"a (003)-like peak at c = {c:.3f} Å was found but the other strong layered "

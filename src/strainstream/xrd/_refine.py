@@ -152,6 +152,10 @@ def _prepare(q_A_inv, intensity, wavelength_A, sigma, q_range_A_inv):
     else:
         s = None
     keep = np.isfinite(y)
+    # missing data: exact zeros in a pattern of counts are pixels nobody saw (beam-stop
+    # shadow, zeros written at low angle, detector gaps), not measured intensity
+    if np.count_nonzero(y > 0) > 0.5 * y.size and np.median(y[np.isfinite(y)]) > 1.0:
+        keep &= y != 0
     if s is not None:
         keep &= np.isfinite(s) & (s > 0)
     if q_range_A_inv is not None:
@@ -313,7 +317,8 @@ def _start_from(start):
 
 
 def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, sigma=None,
-                   al="model", q_range_A_inv=None, instrument_fwhm_A_inv=0.0, max_nfev=100):
+                   al="model", q_range_A_inv=None, instrument_fwhm_A_inv=0.0, max_nfev=100,
+                   cell=None):
     """Refine layered R-3m phase(s) against a 1-D powder pattern I(Q).
 
     Whole-pattern Pawley-style fit: reflections of R-3m at the hexagonal d-spacings of
@@ -347,6 +352,10 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
         Instrumental FWHM in Q (Å⁻¹), added in quadrature to the sample broadening.
     max_nfev : int
         Maximum number of residual evaluations per fit.
+    cell : (float, float), optional
+        Starting lattice (a, c), Å, for the peak search when ``start`` is None: (003) is
+        searched within c ± 4 % (most prominent peak over its local background), a within
+        ± 3 %.
 
     Returns
     -------
@@ -360,6 +369,14 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
     """
     if phases not in ("auto", 1, 2):
         raise PatternError("input", f"phases must be 'auto', 1 or 2, got {phases!r}")
+    if cell is not None:
+        try:
+            cell = (float(cell[0]), float(cell[1]))
+        except (TypeError, ValueError, IndexError):
+            raise PatternError("input", f"cell must be (a, c) in Å, got {cell!r}") from None
+        if not (2.0 < cell[0] < 4.0 and 10.0 < cell[1] < 20.0):
+            raise PatternError("input", f"cell (a, c) = {cell} Å is not a layered-oxide cell "
+                                        "(a 2–4 Å, c 10–20 Å)")
     if al not in ("model", "exclude", "none"):
         raise PatternError("input", f"al must be 'model', 'exclude' or 'none', got {al!r}")
     q, y, s = _prepare(q_A_inv, intensity, wavelength_A, sigma, q_range_A_inv)
@@ -370,7 +387,7 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
     flags = []
     split = None
     if start is None:
-        seed, split = seed_lattice(q, y, s, None if phases == "auto" else phases)
+        seed, split = seed_lattice(q, y, s, None if phases == "auto" else phases, cell=cell)
         fwhm = seed.fwhm_003_A_inv
         eps0, invd0 = _width_start(fwhm, 6 * np.pi / seed.c_A[0], w_inst)
         lat_seed = [(a, c, eps0, invd0) for a, c in zip(seed.a_A, seed.c_A, strict=True)]
