@@ -89,3 +89,32 @@ def test_failure_says_what_was_seen():
         refine_pattern(q, y.astype(float), 0.5, phases=1)
     with pytest.raises(PatternError, match="not a layered-oxide cell"):
         refine_pattern(q, y.astype(float), 0.5, cell=(14.2, 2.87))
+
+
+def test_copper_kalpha_doublet_is_stripped(tmp_path, capsys):
+    from strainstream.xrd import CU_KALPHA1_A, CU_KALPHA2_A, strip_kalpha2
+
+    truth = dict(TRUTH, microstrain=5e-4, size_nm=300.0)
+    tth = np.linspace(10, 120, 5500)
+
+    def one_line(lam):
+        q = 4 * np.pi * np.sin(np.radians(tth) / 2) / lam
+        return synth_pattern([truth], q=q, wavelength_A=lam, noise=False, al_scale=0,
+                             background=0.0, w_inst=0.003)[1]
+
+    y = np.random.default_rng(0).poisson(one_line(CU_KALPHA1_A) + 0.5 * one_line(CU_KALPHA2_A)
+                                         + 300.0).astype(float)
+    q = 4 * np.pi * np.sin(np.radians(tth) / 2) / CU_KALPHA1_A
+    raw = refine_pattern(q, y, CU_KALPHA1_A, phases=1, al="none").phases[0]
+    assert abs(raw.a_A - truth["a_A"]) > 1e-3  # the doublet ignored: biased (−2.3e-3 Å)
+    p = refine_pattern(q, strip_kalpha2(tth, y), CU_KALPHA1_A, phases=1, al="none",
+                       sigma=np.sqrt(np.maximum(y, 1.0))).phases[0]
+    assert abs(p.a_A - truth["a_A"]) < 5e-5 and abs(p.c_A - truth["c_A"]) < 3e-4
+    np.savetxt(tmp_path / "cu.xy", np.column_stack([tth, y]))
+    rc = main(["refine", str(tmp_path / "cu.xy"), "--x", "two_theta_deg", "--kalpha2",
+               "--al", "none", "--phases", "1", "--instrument-fwhm", "0", "--json"])
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["wavelength_A"] == CU_KALPHA1_A
+    assert abs(out["phases"][0]["a_A"] - truth["a_A"]) < 5e-5

@@ -32,6 +32,13 @@ def register(commands) -> None:
                    help="first column: Q in Å⁻¹ (default) or 2θ in degrees")
     r.add_argument("--al", choices=("model", "exclude", "none"), default="model",
                    help="Al current-collector peaks: model (default), exclude or none")
+    r.add_argument("--kalpha2", nargs="?", type=float, const=1.544414, default=None,
+                   metavar="LAMBDA2",
+                   help="laboratory Kα1/Kα2 doublet (2θ input): strip the Kα2 component of "
+                        "wavelength LAMBDA2 Å (default Cu, 1.544414) before refining with "
+                        "--wavelength as Kα1 (default Cu Kα1 1.540593)")
+    r.add_argument("--kalpha2-ratio", type=float, default=0.5,
+                   help="I(Kα2)/I(Kα1) for --kalpha2 (default 0.5)")
     r.add_argument("--cell", default=None, metavar="A,C",
                    help="starting lattice a,c in Å (e.g. 2.87,14.2): (003) is searched within "
                         "c ± 4 %% and a within ± 3 %% (weak or spotty patterns)")
@@ -152,6 +159,13 @@ def _refine(args) -> int:
 
     from strainstream.xrd import PatternError, refine_pattern
 
+    if args.kalpha2 is not None:
+        from strainstream.xrd import CU_KALPHA1_A
+
+        if args.x != "two_theta_deg":
+            raise UsageError("--kalpha2 needs a 2θ pattern (--x two_theta_deg)")
+        if args.wavelength is None and args.calibration is None:
+            args.wavelength = CU_KALPHA1_A
     wavelength, instrument_fwhm = _instrument(args)
     x, y = _read_xy(args.file)
     if args.calibration is None and args.instrument_fwhm is None and not args.calibrant:
@@ -162,6 +176,13 @@ def _refine(args) -> int:
         if np.any(x <= 0) or np.any(x >= 180):
             raise UsageError("2θ values must lie in (0, 180) degrees; is the first column Q? "
                             "(use --x q)")
+        if args.kalpha2 is not None:
+            from strainstream.xrd import strip_kalpha2
+
+            try:
+                y = strip_kalpha2(x, y, wavelength, args.kalpha2, args.kalpha2_ratio)
+            except ValueError as exc:
+                raise UsageError(f"--kalpha2: {exc}") from None
         q = 4 * np.pi * np.sin(np.radians(x) / 2) / wavelength
     else:
         q = x

@@ -27,13 +27,30 @@ from ._geometry import (
 )
 from ._instrument import WIDTH_MODELS, InstrumentWidth, instrument_fwhm
 from ._integrate import DEFAULT_METHOD, Integrator, MaskReport
-from ._lattice import AL_A_A, SCHERRER_K, hex_volume_A3, r3m_reflections
-from ._phases import WINDOW_003_A_INV, Seed, Split003, detect_003_split, seed_lattice
+from ._lattice import (
+    AL_A_A,
+    CU_KALPHA1_A,
+    CU_KALPHA2_A,
+    SCHERRER_K,
+    hex_volume_A3,
+    r3m_reflections,
+    strip_kalpha2,
+)
+from ._phases import (
+    WINDOW_003_A_INV,
+    Seed,
+    Split003,
+    detect_003_split,
+    find_003,
+    seed_lattice,
+)
 from ._refine import PhaseResult, RefinementResult, refine_pattern
 from ._sequential import SequentialRefiner
 
 __all__ = [
     "AL_A_A",
+    "CU_KALPHA1_A",
+    "CU_KALPHA2_A",
     "CalibrantLattice",
     "DEFAULT_METHOD",
     "GEOMETRY_KEYS",
@@ -52,6 +69,7 @@ __all__ = [
     "Split003",
     "calibrate",
     "detect_003_split",
+    "find_003",
     "find_beam_centre",
     "geometry_from_pyfai",
     "geometry_to_poni",
@@ -66,5 +84,6 @@ __all__ = [
     "refine_pattern",
     "save_poni",
     "seed_lattice",
+    "strip_kalpha2",
     "validate_geometry",
 ]

@@ -172,3 +172,56 @@ def lorentz_polarisation(q_A_inv: np.ndarray, wavelength_A: float) -> np.ndarray
     cos_t = np.sqrt(1.0 - s * s)
     cos_2t = 1.0 - 2.0 * s * s
     return (1.0 + cos_2t**2) / (s * s * cos_t)
+
+
+#: laboratory Cu Kα1 and Kα2 wavelengths, Å (Hölzer et al. 1997), and the Kα2/Kα1 ratio
+CU_KALPHA1_A = 1.540593
+CU_KALPHA2_A = 1.544414
+KALPHA2_RATIO = 0.5
+
+
+def strip_kalpha2(two_theta_deg, intensity, wavelength1_A=CU_KALPHA1_A,
+                  wavelength2_A=CU_KALPHA2_A, ratio=KALPHA2_RATIO):
+    """Remove the Kα2 component of a laboratory pattern (Rachinger correction).
+
+    A Kα1 line at 2θ' puts its Kα2 replica at 2θ with sin θ = (λ2/λ1) sin θ'; walking up in
+    2θ, I1(2θ) = I(2θ) − ratio·I1(2θ'), with I1 interpolated at the already corrected 2θ'.
+    The result is the pattern of the single wavelength λ1, to be refined with λ1.
+
+    Parameters
+    ----------
+    two_theta_deg : ndarray, shape (n,)
+        Increasing 2θ, degrees.
+    intensity : ndarray, shape (n,)
+        Measured intensity (Kα1 + Kα2).
+    wavelength1_A, wavelength2_A : float
+        Kα1 and Kα2 wavelengths, Å (default Cu).
+    ratio : float
+        I(Kα2)/I(Kα1) (default 0.5).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        Kα1-only intensity.
+    """
+    tth = np.asarray(two_theta_deg, dtype=float)
+    y = np.asarray(intensity, dtype=float)
+    if tth.shape != y.shape or tth.ndim != 1 or not np.all(np.diff(tth) > 0):
+        raise ValueError("two_theta_deg and intensity must be 1-D of equal length, 2θ increasing")
+    if not (0 < wavelength1_A < wavelength2_A and 0 <= ratio < 1):
+        raise ValueError("need 0 < wavelength1_A < wavelength2_A and 0 ≤ ratio < 1")
+    s = np.sin(np.radians(tth) / 2) * (wavelength1_A / wavelength2_A)
+    src = 2 * np.degrees(np.arcsin(np.clip(s, 0, 1)))  # 2θ' whose Kα2 falls at each 2θ
+    out = y.copy()
+    j = np.searchsorted(tth, src) - 1  # src[i] lies in [tth[j], tth[j+1]), j + 1 <= i
+    for i in range(tth.size):
+        k = j[i]
+        if k < 0:
+            continue
+        if k + 1 >= i:  # shift below one step: interpolate with the uncorrected point
+            t = (src[i] - tth[k]) / (tth[k + 1] - tth[k])
+            out[i] = (y[i] - ratio * (1 - t) * out[k]) / (1 + ratio * t)
+        else:
+            t = (src[i] - tth[k]) / (tth[k + 1] - tth[k])
+            out[i] = y[i] - ratio * ((1 - t) * out[k] + t * out[k + 1])
+    return out
