@@ -349,11 +349,9 @@ def _read_geometry(path, shape=None, orientation=None):
 
 
 def _calibrate(args) -> int:
-    from strainstream.xrd import calibrate
-
     import numpy as np
 
-    from strainstream.xrd import validate_geometry
+    from strainstream.xrd import calibrate, validate_geometry
 
     frame = _read_frame(args.frame, args.dataset, args.index)
     approx = _read_geometry(args.approx, shape=frame.shape, orientation=args.orientation)
