@@ -309,9 +309,19 @@ class Beamline:
         if ioc.supervisor is not None:
             ioc.supervisor.kill()
 
-    def restart(self, name: str) -> None:
-        """(Re)start one IOC on its port and wait until it answers."""
+    def restart(self, name: str, options: Mapping[str, str] | None = None) -> None:
+        """(Re)start one IOC on its port and wait until it answers.
+
+        ``options`` replace (or add) command-line options of the IOC from now on, e.g.
+        ``{"--preset": "PC-NC91"}``: another coin cell on the cycler (clients reconnect to the
+        same address, as after a real IOC reboot).
+        """
         ioc = self.iocs[name]
+        for opt, value in (options or {}).items():
+            if opt in ioc.args:
+                ioc.args[ioc.args.index(opt) + 1] = str(value)
+            else:
+                ioc.args += [opt, str(value)]
         if ioc.supervisor is not None:
             ioc.supervisor.stop(5.0)
         self._spawn(ioc)

@@ -20,7 +20,7 @@ from strainstream.workerproc import WorkerProcess
 __all__ = ["EXPERIMENTS", "run_demo", "wait_for_results"]
 
 #: demo experiments; those in IOC_EXPERIMENTS run on the simulated beamline's IOCs
-IOC_EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes")
+IOC_EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes", "study")
 EXPERIMENTS = (*IOC_EXPERIMENTS, "frame_series")
 
 
@@ -144,7 +144,8 @@ def calibrate_from_ceo2(session, det, frame_size: int, say, sim=None) -> dict[st
 
 
 def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, frame_interval_s,
-              say) -> str:
+              say, geometry: dict[str, Any] | None = None) -> str:
+    """Charge the cycler's cell with XRD frames; a CeO2 calibration first unless ``geometry``."""
     from strainstream.plans.xrd import operando_xrd
 
     cycler, det, beam = devices["cycler"], devices["xrd"], devices["beam"]
@@ -152,7 +153,8 @@ def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, 
     # simulated seconds per wall second so that the charge (~240 mAh/g) takes duration_s
     charge_s = 240.0 / rate_mA_g * 3600.0
     cycler.accel.put(charge_s / duration_s, wait=True)
-    geometry = calibrate_from_ceo2(session, det, frame_size, say, sim=devices["xrd_sim"])
+    if geometry is None:
+        geometry = calibrate_from_ceo2(session, det, frame_size, say, sim=devices["xrd_sim"])
     preset = cycler.preset.get()
     say(f"charging the simulated {preset} cell at {rate_mA_g:g} mA/g "
         f"(time x{charge_s / duration_s:.0f}), one frame every {frame_interval_s:g} s ...")
@@ -162,7 +164,7 @@ def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, 
     return uid
 
 
-def _sxdm(session, devices, *, raster: int, angles: int, say) -> str:
+def _sxdm(session, devices, *, raster: int, angles: int, say, material: str = "SC-NM91") -> str:
     """A raster x rocking map of the endstation IOC's whole particle (``raster`` points a side)."""
     from strainstream.devices.ioc.endstation import theta_bragg_deg
     from strainstream.plans.sxdm import sxdm_map
@@ -176,29 +178,89 @@ def _sxdm(session, devices, *, raster: int, angles: int, say) -> str:
     (uid,) = run_plan(session, sxdm_map(det, es, theta_center_deg=theta, theta_half_range_deg=0.6,
                                         n_theta=angles, x_center_um=centre_um, y_center_um=centre_um,
                                         nx=raster, ny=raster, step_nm=step_nm, beam=beam,
-                                        md={"sample": "SC-NM91 charged particle (simulated)"}))
+                                        md={"material": material,
+                                            "sample": f"{material} charged particle (simulated)"}))
     return uid
 
 
-def _txm(session, devices, *, energies: int, say) -> str:
-    """A TXM energy scan across the Ni K edge (8.30 to 8.40 keV, ``energies`` points)."""
+def txm_energy_grid(n: int) -> list[float]:
+    """``n`` energies from 8300 to 8400 eV as a TXM-XANES scan takes them (eV, rounded to 0.1).
+
+    From 20 points on: 8 pre-edge points 5 eV apart (8300-8335), 4 post-edge points 10 eV
+    apart (8370-8400) and the other ``n - 12`` evenly across the edge and white line
+    (8336-8365 eV: 1 eV steps at ``n = 42``, the default). Fewer points: evenly spaced.
+    """
+    import numpy as np
+
+    if n < 20:
+        return np.round(np.linspace(8300.0, 8400.0, n), 1).tolist()
+    fine = np.linspace(8336.0, 8365.0, n - 12)
+    return np.round(np.r_[np.arange(8300.0, 8336.0, 5.0), fine, np.arange(8370.0, 8401.0, 10.0)], 1).tolist()
+
+
+def _txm(session, devices, *, energies: int, say, material: str = "NM91") -> str:
+    """A TXM energy scan across the Ni K edge (8.30 to 8.40 keV, :func:`txm_energy_grid`)."""
     import numpy as np
 
     from strainstream.plans.xanes import txm_xanes
 
     cam, es, beam = devices["txm"], devices["es"], devices["beam"]
-    grid = np.round(np.linspace(8300.0, 8400.0, energies), 1).tolist()
+    grid = txm_energy_grid(energies)
     devices["txm_sim"].beam_gate.put(1, wait=True)  # darks (shutter closed) see no photons
+    fine = min(np.diff(grid)) if len(grid) > 1 else 0.0
     say(f"TXM-XANES scan of a simulated particle set: {energies} energies {grid[0]:.0f} to "
-        f"{grid[-1]:.0f} eV, zone plate refocused at each ...")
+        f"{grid[-1]:.0f} eV ({fine:.3g} eV steps across the edge), zone plate refocused at each ...")
     (uid,) = run_plan(session, txm_xanes(cam, es, energies_eV=grid, n_darks=3, sample_out_mm=1.0,
-                                         beam=beam, md={"sample": "NM91 particles (simulated)"}))
+                                         beam=beam, md={"material": material,
+                                                        "sample": f"{material} particles (simulated)"}))
     return uid
 
 
+def finish_run(root, uid: str, say, timeout_s: float = 120.0) -> tuple[int, int, dict[str, Any]]:
+    """Wait until the worker has analysed run ``uid``: (events recorded, analysed, results)."""
+    # unique seq_nums: TiledWriter may store a row twice when it retries an append whose
+    # answer was lost under load (it warns); the worker analyses each event once
+    recorded = len(set(root[uid]["primary"]["seq_num"].read().tolist()))
+    say(f"run {uid} recorded {recorded} events; waiting for the worker ...")
+    results = wait_for_results(root, uid, recorded, timeout_s=timeout_s)
+    return recorded, min(a["n_rows"] for a in results["analyses"].values()), results
+
+
+def _dashboard_hint(data_dir: Path, say) -> None:
+    """Say where the dashboard is when one runs for this data directory."""
+    try:
+        from strainstream.dashboard import running_dashboard
+    except ImportError:  # pragma: no cover - the dashboard is part of the package
+        return
+    url = running_dashboard(data_dir)
+    if url:
+        say(f"dashboard: {url} (follows this run live)")
+
+
+def _study_summary(study: dict[str, Any], uri: str, data_dir: Path, say) -> dict[str, Any]:
+    from strainstream.study import format_comparisons
+
+    runs = study["runs"]
+    summary = {"experiment": "study", "tiled_uri": uri, "data_dir": str(data_dir),
+               "events_recorded": sum(r["events_recorded"] for r in runs),
+               "events_analysed": sum(min(r["events_analysed"], r["events_recorded"]) for r in runs),
+               "runs": runs, "comparisons": study["comparisons"]}
+    say("study runs:")
+    for r in runs:
+        say(f"  {r['uid'][:8]}  {r['experiment']:12} {r['material']:8} events recorded "
+            f"{r['events_recorded']:4d}, analysed {r['events_analysed']:4d}")
+    say(format_comparisons(study["comparisons"]))
+    say(f"next: strainstream runs --data-dir {data_dir}\n"
+        f"      strainstream plot UID --data-dir {data_dir}")
+    return summary
+
+
 def _fmt(value: Any) -> str:
-    """A summary value for people: floats to 4 significant digits."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A summary value for people: floats to 4 significant digits (energies in eV keep two
+    decimals: 8350.77, not 8351)."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.2f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _close_channel_access() -> None:
@@ -210,7 +272,7 @@ def _close_channel_access() -> None:
 def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", frames: int = 20,
              delay_s: float = 0.2, frame_size: int = 1024, rate_mA_g: float = 200.0,
              duration_s: float = 60.0, frame_interval_s: float = 1.0,
-             raster: int = 6, angles: int = 7, energies: int = 41,
+             raster: int = 6, angles: int = 7, energies: int = 42,
              quiet: bool = False) -> dict[str, Any]:
     """Run the demo; return the summary dict (also printed unless ``quiet``).
 
@@ -221,6 +283,8 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
     ``angles`` frames), strain and rotation maps live; ``experiment="txm_xanes"``: an energy
     scan (``energies`` points across the Ni K edge), white-line map.
     ``experiment="frame_series"``: an in-process detector, frame statistics (no IOCs).
+    ``experiment="study"``: :mod:`strainstream.study` (the four cells' charges, two SXDM maps,
+    a TXM scan, the study's comparisons); the summary then has ``runs`` and ``comparisons``.
     """
     from strainstream.datadir import detector_dir
     from strainstream.server import TiledServer
@@ -236,7 +300,8 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
         if experiment in IOC_EXPERIMENTS:
             from strainstream.beamline import Beamline
 
-            iocs = ("cycler", "beam") if experiment == "operando_xrd" else ("endstation", "beam")
+            iocs = {"operando_xrd": ("cycler", "beam"),
+                    "study": ("cycler", "endstation", "beam")}.get(experiment, ("endstation", "beam"))
             beamline = stack.enter_context(Beamline(
                 detector_dir(data_dir), iocs=iocs, xrd_shape=frame_size, log_dir=data_dir / "logs",
                 extra_args={"endstation": ["--sxdm-raster", str(raster)]}))
@@ -248,6 +313,15 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
         stack.enter_context(WorkerProcess(server.uri, server.api_key, data_dir))
         say("analysis worker running")
         session = make_session(server.uri, server.api_key, progress=not quiet, spool_dir=data_dir / "spool")
+        _dashboard_hint(data_dir, say)
+        if experiment == "study":
+            from strainstream.study import run_study
+
+            study = run_study(session, beamline, devices, server.client(), data_dir,
+                              frame_size=frame_size, rate_mA_g=rate_mA_g, duration_s=duration_s,
+                              frame_interval_s=frame_interval_s, raster=raster, angles=angles,
+                              energies=energies, say=say)
+            return _study_summary(study, server.uri, data_dir, say)
         if experiment == "operando_xrd":
             uid = _operando(session, devices, data_dir, frame_size=frame_size, rate_mA_g=rate_mA_g,
                             duration_s=duration_s, frame_interval_s=frame_interval_s, say=say)
@@ -259,13 +333,7 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
             uid = _frame_series(session, data_dir, frames, delay_s, say)
         else:
             raise ValueError(f"unknown demo experiment {experiment!r}: one of {', '.join(EXPERIMENTS)}")
-        root = server.client()
-        # unique seq_nums: TiledWriter may store a row twice when it retries an append whose
-        # answer was lost under load (it warns); the worker analyses each event once
-        recorded = len(set(root[uid]["primary"]["seq_num"].read().tolist()))
-        say(f"run {uid} recorded {recorded} events; waiting for the worker ...")
-        results = wait_for_results(root, uid, recorded, timeout_s=120)
-    analysed = min(a["n_rows"] for a in results["analyses"].values())
+        recorded, analysed, results = finish_run(server.client(), uid, say)
     summary = {
         "uid": uid,
         "experiment": experiment,

@@ -571,3 +571,25 @@ def test_killed_iocs_give_named_errors_and_come_back(beamline, devs):
         x.trigger().wait(30)
     finally:
         x.unstage()
+
+
+def _reads(signal, value) -> bool:
+    try:
+        return signal.get(use_monitor=False) == value
+    except Exception:  # not reconnected yet
+        return False
+
+
+def test_restart_with_options_swaps_the_coin_cell(beamline, devs):
+    """``Beamline.restart(name, options)``: the cycler IOC comes back with another cell preset
+    on the same address (the study demo's cell swap); clients reconnect by themselves."""
+    cyc = devs["cycler"]
+    before = cyc.preset.get(use_monitor=False)
+    other = "PC-NC91" if before != "PC-NC91" else "SC-NC91"
+    try:
+        beamline.restart("cycler", {"--preset": other})
+        assert wait_for(lambda: _reads(cyc.preset, other), 60, 0.2)
+        assert beamline.iocs["cycler"].args.count("--preset") == 1  # replaced, not appended
+    finally:
+        beamline.restart("cycler", {"--preset": before})
+    assert wait_for(lambda: _reads(cyc.preset, before) and devs["xrd"].connected, 60, 0.2)

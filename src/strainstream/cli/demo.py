@@ -10,7 +10,7 @@ from ._common import CommandError, add_server_options, data_dir_of, number, prin
 __all__ = ["register"]
 
 #: strainstream.demo.EXPERIMENTS (kept here: the parser is built without importing the demo)
-EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes", "frame_series")
+EXPERIMENTS = ("operando_xrd", "sxdm", "txm_xanes", "study", "frame_series")
 
 #: XRD frame sizes the simulated detector offers (the 2048² panel binned 1x to 16x)
 FRAME_SIZES = (2048, 1024, 512, 256, 128)
@@ -51,13 +51,16 @@ def register(commands) -> None:
                    help="operando_xrd (default: IOC beamline, CeO2 calibration, live lattice "
                         "refinement while the cell charges), sxdm (raster x rocking map of one "
                         "particle, live strain/rotation maps), txm_xanes (energy scan across the "
-                        "Ni K edge, white-line map) or frame_series (no IOCs)")
-    p.add_argument("--frame-size", type=_frame_size, default=1024,
-                   help=f"XRD frame rows=cols, one of {', '.join(map(str, FRAME_SIZES))} (default 1024)")
+                        "Ni K edge, white-line map), study (the four cells SC/PC x NC91/NM91 "
+                        "charged with XRD, SXDM of the two SC particles, a TXM scan, the study's "
+                        "comparisons) or frame_series (no IOCs)")
+    p.add_argument("--frame-size", type=_frame_size, default=None,
+                   help=f"XRD frame rows=cols, one of {', '.join(map(str, FRAME_SIZES))} "
+                        "(default 1024; study 512)")
     p.add_argument("--rate", type=number(float, low=0, high=5000, low_open=True, unit="mA/g"),
                    default=200.0, help="charge rate, mA/g (0 < RATE <= 5000; default 200)")
-    p.add_argument("--duration", type=number(float, low=5, high=86400, unit="s"), default=60.0,
-                   help="wall seconds the charge takes (5 to 86400; default 60)")
+    p.add_argument("--duration", type=number(float, low=5, high=86400, unit="s"), default=None,
+                   help="wall seconds each charge takes (5 to 86400; default 60; study 30)")
     p.add_argument("--interval", type=number(float, low=0.05, high=3600, unit="s"), default=1.0,
                    help="seconds between XRD frames (0.05 to 3600, less than --duration; default 1)")
     p.add_argument("--frames", type=number(int, low=1, high=100_000), default=20,
@@ -68,8 +71,9 @@ def register(commands) -> None:
                    help="sxdm: raster points per side, 50 nm apart (2 to 32; default 6)")
     p.add_argument("--angles", type=number(int, low=3, high=101), default=7,
                    help="sxdm: rocking angles over ±0.6° (3 to 101; default 7)")
-    p.add_argument("--energies", type=number(int, low=5, high=201), default=41,
-                   help="txm_xanes: energies from 8300 to 8400 eV (5 to 201; default 41)")
+    p.add_argument("--energies", type=number(int, low=5, high=201), default=42,
+                   help="txm_xanes: energies from 8300 to 8400 eV, coarse below and above the "
+                        "edge and fine across it (1 eV steps at the default 42; 5 to 201)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
 
@@ -77,7 +81,12 @@ def register(commands) -> None:
 def cmd_demo(args) -> int:
     import contextlib
 
-    if args.experiment == "operando_xrd" and args.interval >= args.duration:
+    study = args.experiment == "study"
+    if args.frame_size is None:
+        args.frame_size = 512 if study else 1024
+    if args.duration is None:
+        args.duration = 30.0 if study else 60.0
+    if args.experiment in ("operando_xrd", "study") and args.interval >= args.duration:
         raise CommandError(f"--interval {args.interval:g} s must be shorter than --duration "
                            f"{args.duration:g} s (at least one frame during the charge)")
     data_dir = _writable_data_dir(data_dir_of(args))
