@@ -73,3 +73,16 @@ def test_cli_refines_the_calibrant(capsys):
     out = json.loads(captured.out)
     assert abs(out["relative_deviation"]) < 2e-4
     assert captured.err == ""
+
+
+def test_lab6_srm660a_from_11bm():
+    """APS 11-BM high-resolution scan of NIST SRM 660a (GSAS-II LaB6 exercise), λ from the
+    beamline's own calibration (0.413128 Å, 11bmb_3844.prm); certified a = 4.1569162 Å."""
+    tth, y, s = np.loadtxt(DATA / "LaB6_11BM_SRM660a.xye.gz").T
+    lam = 0.413128
+    q = 4 * np.pi * np.sin(np.radians(tth) / 2) / lam
+    res = refine_calibrant_lattice(q, y, lam, "LaB6_SRM660a", sigma=s)
+    assert res.reference_a_A == pytest.approx(4.1569162, abs=1e-7)
+    assert abs(res.relative_deviation) < 2e-4  # measured −8.7e-6
+    assert abs(res.relative_deviation) < 3e-5  # and much better on this instrument
+    assert res.n_peaks >= 60
