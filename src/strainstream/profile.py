@@ -88,6 +88,10 @@ class ProfileConfig:
         (``STRAINSTREAM_SPOOL_DIR``; default :func:`strainstream.session.default_spool_dir`).
     metadata : mapping
         Added to ``RE.md`` (every start document).
+    figures : bool
+        Subscribe :class:`strainstream.callbacks.plots.live.LiveFigures`: a matplotlib window
+        per analysis of the running run, redrawn as the worker stores results (the console
+        turns it on when there is a display; needs ``uri``).
     """
 
     uri: str | None = None
@@ -99,6 +103,7 @@ class ProfileConfig:
     progress: bool = True
     spool_dir: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    figures: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ProfileConfig:
@@ -294,6 +299,10 @@ def build_namespace(config: ProfileConfig | None = None) -> dict[str, Any]:
         bec = BestEffortCallback()
         bec.disable_plots()
         RE.subscribe(bec)
+    if config.figures and session.client is not None:
+        from strainstream.callbacks.plots.live import LiveFigures
+
+        RE.subscribe(LiveFigures(session.client))
     devices = make_devices(config)
     ns: dict[str, Any] = {"RE": RE, "db": session.client, "session": session, "bec": bec,
                           "bp": bp, "bps": bps}

@@ -72,3 +72,5 @@ def test_console_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr
     r = _console("--uri", "http://127.0.0.1:9/api/v1", "-c", "1", env=env, timeout=60)
     assert r.returncode == 2 and "no API key" in r.stderr
+    r = _console("--offline", "--figures", "-c", "1", env=env, timeout=60)
+    assert r.returncode == 2 and "--figures needs a tiled server" in r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ._common import CommandError
@@ -22,6 +23,10 @@ def register(commands) -> None:
                     help="seconds to wait for the devices to connect (default 10)")
     ap.add_argument("--offline", action="store_true",
                     help="no tiled server: runs are not stored (tests of devices and plans)")
+    ap.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
+                    help="a live matplotlib window per analysis of the running run, the figures of "
+                         "`strainstream plot` (default: on when there is a display, $DISPLAY or "
+                         "$MPLBACKEND)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("-c", dest="code", default=None, help="run CODE in the namespace and exit")
     mode.add_argument("--execute", default=None, metavar="FILE",
@@ -39,5 +44,18 @@ def cmd_console(args) -> int:
     if config.uri is None and not args.offline:
         raise CommandError("no tiled server to store the runs: pass --data-dir of a running "
                            "`strainstream serve`, --uri (or $STRAINSTREAM_URI), or --offline")
+    figures = args.figures
+    if figures is None:
+        from strainstream.config import environment_value
+
+        figures = bool(environment_value("DISPLAY") or environment_value("MPLBACKEND"))
+    if figures and config.uri is None:
+        if args.figures:
+            raise CommandError("--figures needs a tiled server (the figures show what the worker stores)")
+        figures = False
+    if figures:
+        import dataclasses
+
+        config = dataclasses.replace(config, figures=True)
     return run_console(config, epics, connect_timeout_s=args.connect_timeout, code=args.code,
                        execute=args.execute)
