@@ -149,3 +149,55 @@ def test_poni_written_by_pyfai_and_by_us_round_trip(tmp_path, published):
     tth = make_azimuthal_integrator(again).center_array((1043, 981), unit="2th_rad")
     row, col = np.unravel_index(np.argmin(tth), tth.shape)
     assert abs(row - (1043 - REF_Y_PX)) < 1.5 and abs(col - REF_X_PX) < 1.5
+
+
+# ------------------------------------------------------------------ detectors and masks
+def test_detectors_by_name():
+    from strainstream.xrd import make_detector
+
+    flat = dict(distance_m=1.0, poni1_m=0.2, poni2_m=0.2, rot1=0.0, rot2=0.0, rot3=0.0,
+                wavelength_A=0.1665, pixel_size_um=200.0, shape=[2048, 2048])
+    perkin = make_detector(dict(flat, detector="Perkin"))  # 2×2-binned read-out
+    assert perkin.shape == (2048, 2048) and perkin.pixel1 == pytest.approx(200e-6)
+    eiger = make_detector(dict(flat, detector="Eiger2_4M", pixel_size_um=75.0,
+                               shape=[2162, 2068], orientation=2))
+    assert eiger.mask.sum() > 200_000  # module gaps
+    assert int(eiger.orientation) == 2
+    with pytest.raises(ValueError, match=r"'Pilatus1M' has \(1043, 981\) pixels"):
+        make_detector(dict(flat, detector="Pilatus1M"))
+    with pytest.raises(ValueError, match="unknown pyFAI detector 'NoSuch'"):
+        make_detector(dict(flat, detector="NoSuch"))
+    with pytest.raises(ValueError, match="orientation must be"):
+        make_detector(dict(flat, orientation=5))
+
+
+def test_masks_negative_saturated_gap_and_user_pixels(image, published):
+    user = np.zeros(image.shape, bool)
+    user[:100, :200] = True  # e.g. a shadowed corner from a user mask file
+    _, diag = calibrate(image, published, "CeO2", find_centre=False, n_iter=0, mask=user,
+                        saturation_level=2000, return_diagnostics=True)
+    from strainstream.xrd import make_detector
+
+    gaps = make_detector(published).mask.astype(bool)
+    expected = gaps | (image < 0) | (image >= 2000) | user
+    assert diag["n_masked_px"] == np.count_nonzero(expected)
+    assert np.count_nonzero(image >= 2000) > 1000  # the saturation level did mask ring pixels
+    with pytest.raises(FrameError, match="mask shape"):
+        calibrate(image, published, "CeO2", mask=user[:10])
+
+
+def test_cli_reads_a_user_mask_file(tmp_path, capsys):
+    user = np.zeros((1043, 981), np.uint8)
+    user[:40] = 1
+    np.save(tmp_path / "mask.npy", user)
+    rc = main(["calibrate", str(IMAGE), "--approx", str(DATA / "CeO2_Pilatus1M.poni"),
+               "--detector", "Pilatus1M", "--orientation", "2", "--no-width", "--json",
+               "--mask", str(tmp_path / "mask.npy"), "--max-rms-px", "0.5"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    g = json.loads(captured.out)
+    assert abs(g["distance_m"] - 0.208651380603) < 0.5e-3
+    np.save(tmp_path / "small.npy", user[:10])
+    rc = main(["calibrate", str(IMAGE), "--approx", str(DATA / "CeO2_Pilatus1M.poni"),
+               "--mask", str(tmp_path / "small.npy")])
+    assert rc == 2 and "has shape (10, 981)" in capsys.readouterr().err

@@ -126,15 +126,26 @@ def make_detector(geometry: dict):
     config = {"orientation": g.get("orientation", 3)}
     name = g.get("detector")
     if name:
+        import logging
+
+        quiet = logging.getLogger("pyFAI.detectors")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # pyFAI logs the whole detector list / binning tries
         try:
             det = detector_factory(name, config)
+            if det.shape is not None and list(det.shape) != g["shape"]:
+                det.guess_binning(tuple(g["shape"]))  # a binned read-out (e.g. flat panels)
         except Exception as exc:  # pyFAI raises RuntimeError/KeyError for unknown names
-            raise ValueError(f"unknown pyFAI detector {name!r} ({exc}); use a name of "
-                             "pyFAI.detectors.ALL_DETECTORS such as 'Pilatus1M' or 'Perkin'") from None
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"unknown pyFAI detector {name!r} ({first}); use a name of "
+                             "pyFAI.detectors.ALL_DETECTORS such as 'Pilatus1M', 'Eiger2_4M' or "
+                             "'Perkin'") from None
+        finally:
+            quiet.setLevel(level)
         px = [det.pixel1 * 1e6, det.pixel2 * 1e6]
-        if (det.max_shape is not None and list(det.max_shape) != g["shape"]) or any(
+        if (det.shape is not None and list(det.shape) != g["shape"]) or any(
                 abs(a - b) > 1e-3 * b for a, b in zip(px, g["pixel_size_um"], strict=True)):
-            raise ValueError(f"detector {name!r} has {det.max_shape} pixels of "
+            raise ValueError(f"detector {name!r} has {det.shape} pixels of "
                              f"{px[0]:g}×{px[1]:g} µm but the geometry declares {g['shape']} "
                              f"pixels of {g['pixel_size_um'][0]:g}×{g['pixel_size_um'][1]:g} µm "
                              "(binned image? then use a generic detector: drop 'detector')")
@@ -186,7 +197,9 @@ def geometry_from_pyfai(ai, shape=None) -> dict:
         detector, ``orientation`` when not pyFAI's default 3).
     """
     det = ai.detector
-    det_shape = det.max_shape if det.max_shape is not None else shape
+    det_shape = det.shape if det.shape is not None else det.max_shape
+    if det_shape is None:
+        det_shape = shape
     if det_shape is None:
         raise ValueError("the detector has no shape: give the image shape")
     extra = {}
