@@ -15,6 +15,7 @@ module         sub-commands
 ``console``    console
 ``queue``      queue up | status | plans
 ``deploy``     deploy up | status
+``dashboard``  dashboard
 ``keys``       keys create | list | revoke
 ``reprocess``  reprocess
 ``config``     config show | schema
@@ -42,8 +43,8 @@ from ._common import Parser
 __all__ = ["COMMAND_MODULES", "build_parser", "main", "run_command"]
 
 #: the modules of this package that register sub-commands, in ``--help`` order
-COMMAND_MODULES = ("demo", "serve", "runs", "import_", "beamline", "console", "queue", "deploy", "keys",
-                   "reprocess", "config", "xrd", "sxdm", "xanes")
+COMMAND_MODULES = ("demo", "serve", "runs", "import_", "beamline", "console", "queue", "deploy",
+                   "dashboard", "keys", "reprocess", "config", "xrd", "sxdm", "xanes")
 #: sub-commands that log at INFO by default (long-running services)
 _SERVICES = ("serve", "worker")
 

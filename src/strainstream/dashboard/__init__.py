@@ -1,0 +1,59 @@
+"""``strainstream dashboard``: the live web page of the catalog (run list, operando XRD, SXDM,
+TXM-XANES, compare), following tiled with a read-only key.
+
+Why Bokeh (a Bokeh server embedded in our process):
+
+- mature and self-contained: the server serves BokehJS itself (resources mode ``server``), so
+  the page loads no asset from a CDN and works offline at a beamline;
+- interactive out of the box: zoom, pan, hover tooltips with values and units, tap events on
+  images (a pixel's rocking curve, a voxel's spectrum), data tables with sorting;
+- live: the Python side updates ``ColumnDataSource`` objects and Bokeh pushes only the new
+  rows (``stream``) over its own websocket; the browser reconnects by reloading the session;
+- no JavaScript build step and no second server process: one Python process, one port.
+
+The page polls the derived tables of tiled (every :data:`~strainstream.dashboard._app.POLL_S`
+seconds, reads in a worker thread so the server loop never blocks) and streams only the rows
+it has not drawn yet. An unreachable tiled shows "tiled unreachable, retrying" in the status
+line; a key tiled refuses shows a login error with a key field, never a blank page.
+
+This module stays light (no Bokeh, no tiled import): :func:`running_dashboard` tells other
+commands (``demo``) where a running dashboard is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["DASHBOARD_JSON", "DEFAULT_PORT", "dashboard_json_path", "running_dashboard"]
+
+#: the file a running ``strainstream dashboard`` writes in its data directory
+DASHBOARD_JSON = "dashboard.json"
+#: Bokeh's usual port
+DEFAULT_PORT = 5006
+
+
+def dashboard_json_path(data_dir: str | os.PathLike | None = None) -> Path:
+    """``DATA_DIR/dashboard.json`` (``data_dir`` default: ``$STRAINSTREAM_DATA_DIR``, else
+    ``./strainstream-data``)."""
+    if data_dir is None:
+        data_dir = os.environ.get("STRAINSTREAM_DATA_DIR") or "strainstream-data"
+    return Path(data_dir) / DASHBOARD_JSON
+
+
+def running_dashboard(data_dir: str | os.PathLike | None = None) -> str | None:
+    """The URL of the dashboard running for ``data_dir``, or None (no file, or its process died)."""
+    path = dashboard_json_path(data_dir)
+    try:
+        info = json.loads(path.read_text())
+        url, pid = info["url"], int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return str(url)

@@ -1,0 +1,239 @@
+"""What the dashboard reads from tiled: the run list, the new rows of a results table, the
+maps, a pixel's rocking curve and a voxel's spectrum.
+
+Everything here blocks (HTTP to tiled) and runs in a worker thread of the page, never on the
+Bokeh server's loop. The readers reuse the CLI's and the figures' code: the run list is
+``strainstream runs``' :func:`~strainstream.cli.runs.run_summary`, the results tables are the
+sink's (:mod:`strainstream.callbacks.sinks`), the (003) window is
+:func:`strainstream.callbacks.xrd.i003_matrix`, dQ/dV is :func:`strainstream.electrochem.dqdv`
+and the spectra are normalised with :func:`strainstream.xanes.edge_normalise`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ArraysFollower", "TableFollower", "analyses_of", "list_runs", "pixel_rocking_curve",
+           "voxel_spectrum"]
+
+
+def _base(node):
+    return getattr(node, "base", node)
+
+
+def list_runs(root) -> list[dict[str, Any]]:
+    """Every run of the catalog, newest first, as ``strainstream runs --json`` lists them
+    (``uid``, ``time``, ``experiment``, ``material``, ``status``, ``events_recorded``,
+    ``events_analysed``, ``analyses``)."""
+    from strainstream.cli.runs import run_summary
+
+    out = []
+    for uid in reversed([k for k in root if k != "derived"]):
+        try:
+            if not (root[uid].metadata or {}).get("start"):
+                continue
+            out.append(run_summary(root, uid))
+        except KeyError:  # deleted meanwhile
+            continue
+    return out
+
+
+def analyses_of(root, uid: str) -> list[str]:
+    """Names of the results tables of run ``uid`` (no ``_arrays`` boxes)."""
+    from strainstream.callbacks.sinks import ARRAYS_SUFFIX, DERIVED
+
+    try:
+        node = _base(root[DERIVED][uid])
+    except KeyError:
+        return []
+    return [k for k in node if not k.endswith(ARRAYS_SUFFIX)]
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    return v
+
+
+class TableFollower:
+    """The rows of ``derived/<uid>/<analysis>`` not handed out yet, in ``seq_num`` order.
+
+    :meth:`new_rows` reads the table (one request), drops rows already returned (a retried
+    append's duplicate collapses on its ``seq_num``) and returns the rest as columns.
+    """
+
+    def __init__(self, root, uid: str, analysis: str) -> None:
+        self.root, self.uid, self.analysis = root, uid, analysis
+        self.node = None
+        self.seen: set[int] = set()
+        self.metadata: dict[str, Any] = {}
+
+    def _node(self):
+        from strainstream.callbacks.sinks import DERIVED
+
+        if self.node is None:
+            self.node = _base(self.root[DERIVED][self.uid])[self.analysis]
+        return self.node
+
+    def new_rows(self) -> dict[str, list]:
+        """Columns of the new rows (empty dict when there are none or the table is not there yet)."""
+        try:
+            node = self._node()
+        except KeyError:
+            return {}
+        try:
+            df = node.read()
+        except Exception as exc:  # no partition yet, or a 4xx for a table being created
+            if "404" in str(exc) or "partition" in str(exc).lower():
+                return {}
+            raise
+        if not len(df):
+            return {}
+        df = df.drop_duplicates("seq_num").sort_values("seq_num")
+        df = df[~df["seq_num"].isin(self.seen)]
+        if not len(df):
+            return {}
+        self.seen.update(int(s) for s in df["seq_num"])
+        return {c: [_clean(v) for v in df[c].tolist()] for c in df.columns}
+
+    def refresh_metadata(self) -> dict[str, Any]:
+        """The table's metadata (status, summary), read again."""
+        try:
+            node = self._node()
+            node.refresh()
+            self.metadata = dict(node.metadata)
+        except KeyError:
+            pass
+        return self.metadata
+
+
+class ArraysFollower:
+    """The maps of ``derived/<uid>/<analysis>_arrays``, read again only when their metadata
+    changed (the worker rewrites them after each rocking angle / energy)."""
+
+    def __init__(self, root, uid: str, analysis: str) -> None:
+        self.root, self.uid, self.analysis = root, uid, analysis
+        self.box = None
+        self.last: dict[str, Any] | None = None
+
+    def poll(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """``(arrays, metadata)`` when they changed since the last call, else None."""
+        from strainstream.callbacks.sinks import ARRAYS_SUFFIX, DERIVED
+
+        if self.box is None:
+            try:
+                self.box = _base(_base(self.root[DERIVED][self.uid])[f"{self.analysis}{ARRAYS_SUFFIX}"])
+            except KeyError:
+                return None
+        else:
+            self.box.refresh()
+        md = dict(self.box.metadata)
+        if md == self.last:
+            return None
+        arrays = {k: np.asarray(self.box[k].read()) for k in self.box}
+        self.last = md
+        return arrays, md
+
+
+def _frames_node(run, key: str | None):
+    """The raw frames array of a run's primary stream (``key``, else the first 3-D array)."""
+    primary = _base(run["primary"])
+    if key and key in primary:
+        return primary[key]
+    for k in primary:
+        if k == "internal":
+            continue
+        node = primary[k]
+        if len(getattr(node, "shape", ())) == 3:
+            return node
+    raise KeyError("no detector frames in the run's primary stream")
+
+
+def pixel_rocking_curve(root, uid: str, iy: int, ix: int, rows: dict[str, list]) -> dict[str, list]:
+    """Rocking curve of raster point ``(iy, ix)``: summed detector counts against θ.
+
+    Parameters
+    ----------
+    rows : dict of lists
+        The ``sxdm`` results columns drawn so far (``seq_num``, ``theta_deg``, ``iy``, ``ix``):
+        they say which events (frames) belong to the pixel.
+
+    Returns
+    -------
+    dict
+        ``theta_deg`` (deg, sorted) and ``counts`` (detector counts summed over the frame).
+    """
+    seq = np.asarray(rows.get("seq_num", []), dtype=np.int64)
+    theta = np.asarray(rows.get("theta_deg", []), dtype=float)
+    pick = (np.asarray(rows.get("iy", []), dtype=np.int64) == iy) & (np.asarray(rows.get("ix", []), dtype=np.int64) == ix)
+    if not pick.any():
+        return {"theta_deg": [], "counts": []}
+    run = root[uid]
+    start = run.metadata.get("start") or {}
+    node = _frames_node(run, (start.get("sxdm_keys") or {}).get("frames"))
+    order = np.argsort(theta[pick], kind="stable")
+    counts = []
+    for s in seq[pick][order]:
+        counts.append(float(np.nansum(node[int(s) - 1])))  # event seq_num 1 is frame 0
+    return {"theta_deg": theta[pick][order].tolist(), "counts": counts}
+
+
+def voxel_spectrum(root, uid: str, iy: int, ix: int, rows: dict[str, list],
+                   whiteline_eV: float | None = None) -> dict[str, Any]:
+    """Normalised XANES spectrum of voxel ``(iy, ix)`` from the raw sample/flat/dark frames.
+
+    Parameters
+    ----------
+    rows : dict of lists
+        The ``txm_xanes`` results columns (``seq_num``, ``role``, ``energy_eV``, ``flag``).
+    whiteline_eV : float, optional
+        The fitted white-line energy of the voxel (from the map), eV; returned as is.
+
+    Returns
+    -------
+    dict
+        ``energy_eV``, ``mu`` (edge-normalised absorbance), ``whiteline_eV`` and ``mu_wl``
+        (the normalised absorbance interpolated at the white line, for the marker).
+    """
+    from strainstream.xanes import absorbance_from_counts, edge_normalise
+
+    seq = np.asarray(rows.get("seq_num", []), dtype=np.int64)
+    role = np.asarray(rows.get("role", []), dtype=object)
+    energy = np.asarray(rows.get("energy_eV", []), dtype=float)
+    flags = rows.get("flag") or [""] * seq.size
+    ok = np.array([not f for f in flags], dtype=bool) if len(flags) == seq.size else np.ones(seq.size, bool)
+    run = root[uid]
+    start = run.metadata.get("start") or {}
+    node = _frames_node(run, (start.get("txm_keys") or {}).get("frames"))
+    column = np.asarray(node[:, int(iy), int(ix)], dtype=float)  # one request: every frame's voxel
+
+    def value(s: int) -> float:
+        return float(column[s - 1]) if 0 < s <= column.size else math.nan
+
+    darks = [value(s) for s, r, k in zip(seq, role, ok, strict=True) if r == "dark" and k]
+    dark = float(np.nanmean(darks)) if darks else 0.0
+    energies, sample, flat = [], [], []
+    for e in np.unique(energy[np.isfinite(energy)]):
+        at = ok & (energy == e)
+        s = [value(q) for q in seq[at & (role == "sample")]]
+        f = [value(q) for q in seq[at & (role == "flat")]]
+        if s and f:
+            energies.append(float(e))
+            sample.append(np.nanmean(s))
+            flat.append(np.nanmean(f))
+    out: dict[str, Any] = {"energy_eV": energies, "mu": [], "whiteline_eV": whiteline_eV, "mu_wl": None}
+    if len(energies) < 4:
+        return out
+    mu = absorbance_from_counts(np.array(sample)[:, None, None], np.array(flat)[:, None, None],
+                                np.full((1, 1), dark))[:, 0, 0]
+    try:
+        mu = edge_normalise(np.array(energies), mu[:, None]).normalised[:, 0]
+    except Exception:  # too few energies for the edge windows: raw absorbance
+        pass
+    out["mu"] = [float(v) for v in mu]
+    if whiteline_eV is not None and math.isfinite(whiteline_eV):
+        out["mu_wl"] = float(np.interp(whiteline_eV, energies, mu))
+    return out
