@@ -126,7 +126,8 @@ def find_beam_centre(frame, bad, centre_px, half_width_px, r_min_px=0.0):
     The radial profile about a trial centre (flat-detector circles, log intensity) is sharp
     only near the true centre; tilt makes rings slightly elliptical, which the geometry
     refinement handles afterwards. Binned images (about 60 000 super-pixels) are searched
-    first over ±``half_width_px``, then the full-resolution image at 0.25 px.
+    first over ±``half_width_px``, then finer images around the best point, down to about
+    1 px (0.5 px on images of ≤ 1.2 Mpixel); the geometry refinement takes over from there.
 
     Parameters
     ----------
@@ -151,11 +152,11 @@ def find_beam_centre(frame, bad, centre_px, half_width_px, r_min_px=0.0):
     logv = np.where(good, np.log1p(np.clip(frame - floor, 0.0, None)), 0.0)
     c1, c2 = map(float, centre_px)
     b = max(1, int(np.sqrt(frame.size / 60000.0)))
+    b_last = max(1, b // 4)  # the geometry refinement takes over from ≈1 px
     levels = []
-    while b > 1:
+    while b >= b_last:
         levels.append(b)
         b //= 2
-    levels.append(1)
     half = float(half_width_px)
     for k, b in enumerate(levels):
         h, w = (frame.shape[0] // b) * b, (frame.shape[1] // b) * b
@@ -166,13 +167,15 @@ def find_beam_centre(frame, bad, centre_px, half_width_px, r_min_px=0.0):
         vals = vs[ok] / ns[ok]
         rows = (rows + 0.5) * b
         cols = (cols + 0.5) * b
-        step = b if k < len(levels) - 1 else 0.25
+        last = k == len(levels) - 1
+        step = max(0.5, b / 2) if last else float(b)
+        if k:  # the previous level's best point lies within ± half its step of the optimum
+            half = float(b) if last else float(levels[k - 1])
         offs = np.arange(-half, half + 1e-9, step)
         scores = np.array([[_sharpness(rows, cols, vals, c1 + o1, c2 + o2, b, r_min_px)
                             for o2 in offs] for o1 in offs])
         i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
         c1, c2 = c1 + offs[i], c2 + offs[j]
-        half = 1.5 * b if k + 1 < len(levels) - 1 else 1.0
     return c1, c2
 
 
