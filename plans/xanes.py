@@ -266,6 +266,10 @@ def txm_xanes(
         plan = scan()
         if beam is not None:
             yield from bps.mv(beam.shutter, "open")
+            # a fresh read before the shutter suspender subscribes: its first callback gets the
+            # signal's cached value, which may still be the darks' "Closed" (seen as a spurious
+            # one-second suspension on a loaded machine)
+            yield from bps.rd(beam.shutter.status)
             plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
         yield from plan
         yield from bps.close_run()

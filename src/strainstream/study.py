@@ -19,6 +19,8 @@ strain heterogeneity ratio SC-NM91 / SC-NC91 (> 3) and the white-line spread.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from typing import Any
 
@@ -55,6 +57,21 @@ def _int(value: Any) -> int:
     return 0 if math.isnan(v) else int(v)
 
 
+@contextlib.contextmanager
+def _ca_messages_to_log():
+    """Channel Access library messages go to the log (debug) while the study restarts IOCs on
+    purpose: each cell or particle swap would print a "Virtual circuit disconnect" block."""
+    import epics.ca
+
+    log = logging.getLogger(__name__)
+    epics.ca.replace_printf_handler(lambda *parts: log.debug("CA: %s", " ".join(map(str, parts))))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            epics.ca.libca.ca_replace_printf_handler(None)  # libca's own printer again
+
+
 def run_study(session, beamline, devices: dict[str, Any], root, data_dir, *, frame_size: int,
               rate_mA_g: float, duration_s: float, frame_interval_s: float, raster: int,
               angles: int, energies: int, say) -> dict[str, Any]:
@@ -63,7 +80,7 @@ def run_study(session, beamline, devices: dict[str, Any], root, data_dir, *, fra
 
     Each run entry: ``uid, experiment, material, events_recorded, events_analysed, results``.
     """
-    from strainstream.demo import _operando, _sxdm, _txm, calibrate_from_ceo2, finish_run
+    from strainstream.demo import finish_run
 
     runs: list[dict[str, Any]] = []
 
@@ -74,6 +91,17 @@ def run_study(session, beamline, devices: dict[str, Any], root, data_dir, *, fra
                  "results": {k: v["summary"] for k, v in results["analyses"].items()}}
         runs.append(entry)
         return entry
+
+    with _ca_messages_to_log():
+        _measure(session, beamline, devices, data_dir, record, frame_size=frame_size,
+                 rate_mA_g=rate_mA_g, duration_s=duration_s, frame_interval_s=frame_interval_s,
+                 raster=raster, angles=angles, energies=energies, say=say)
+    return {"runs": runs, "comparisons": comparisons(runs)}
+
+
+def _measure(session, beamline, devices, data_dir, record, *, frame_size, rate_mA_g, duration_s,
+             frame_interval_s, raster, angles, energies, say) -> None:
+    from strainstream.demo import _operando, _sxdm, _txm, calibrate_from_ceo2
 
     geometry = None
     for i, material in enumerate(MATERIALS):
@@ -102,7 +130,6 @@ def run_study(session, beamline, devices: dict[str, Any], root, data_dir, *, fra
     say(f"[study {n}/{n}] TXM-XANES energy scan of the particle set")
     uid = _txm(session, devices, energies=energies, say=say, material="NM91")
     record(uid, "txm_xanes", "NM91")
-    return {"runs": runs, "comparisons": comparisons(runs)}
 
 
 def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
