@@ -78,6 +78,9 @@ def register(commands) -> None:
                    help="user mask (non-zero = masked): .npy, or an image file fabio reads "
                         "(e.g. a Dioptas .mask); negative, saturated and gap pixels are "
                         "masked anyway")
+    c.add_argument("--no-centre-search", action="store_true",
+                   help="start from the --approx beam centre as it is (no search for the "
+                        "sharpest rings; use it when that centre is known within a pixel)")
     c.add_argument("--max-rms-px", type=float, default=1.0,
                    help="refuse a calibration whose rms ring residual exceeds this, pixels "
                         "(default 1)")
@@ -386,6 +389,7 @@ def _calibrate(args) -> int:
         raise UsageError(f"--max-rms-px must be > 0 px, got {args.max_rms_px}")
     try:
         geometry, diag = calibrate(frame, approx, args.calibrant, mask=mask,
+                                   find_centre=not args.no_centre_search,
                                    measure_width=not args.no_width, max_rms_px=args.max_rms_px,
                                    width_options={"npt": args.npt}, return_diagnostics=True)
     except ValueError as exc:  # FrameError, PatternError, unknown calibrant...

@@ -13,6 +13,8 @@ from ._geometry import GEOMETRY_KEYS, make_azimuthal_integrator, validate_geomet
 
 _PARAMS = ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3")
 _FIRST_RINGS = 8
+#: the beam-centre search assumes circular rings: skipped when the start tilt is larger
+_MAX_CENTRE_SEARCH_TILT_RAD = 0.1
 
 
 def pixel_two_theta_rad(d1, d2, geometry):
@@ -250,7 +252,8 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
         and the module gaps of a named detector (geometry ``"detector"``) are masked too.
     find_centre : bool
         Search the direct-beam position first (:func:`find_beam_centre`, default True):
-        a start beam centre a few mm off is then enough.
+        a start beam centre a few mm off is then enough. Skipped when the start geometry
+        is tilted by more than 0.1 rad (rot1 or rot2): rings are then far from circles.
     centre_search_mm : float
         Half width of the beam-centre search, mm (default 5).
     saturation_level : float, None or "auto"
@@ -318,7 +321,8 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     tth_rings = np.asarray(cal.get_2th(), dtype=float)
     px1, px2 = (v * 1e-6 for v in g["pixel_size_um"])
     ai = make_azimuthal_integrator(g)
-    if find_centre:
+    # rings are near-circles only on a detector roughly normal to the beam
+    if find_centre and max(abs(g["rot1"]), abs(g["rot2"])) < _MAX_CENTRE_SEARCH_TILT_RAD:
         f2d = ai.getFit2D()
         r_first = g["distance_m"] * np.tan(tth_rings[0]) / max(px1, px2)
         half = max(centre_search_mm * 1e-3 / min(px1, px2), 3.0)
