@@ -19,6 +19,7 @@ import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from strainstream.auth import API_KEY_ENV
 from strainstream.datadir import server_json_path, tiled_config_path
@@ -97,6 +98,14 @@ def connect(uri: str, api_key: str | None):
         raise ServerError(f"the tiled server at {uri} answered HTTP {exc.response.status_code}") from None
 
 
+def _sqlite_exists(uri: Any) -> bool:
+    """Whether ``uri`` is a ``sqlite:///PATH`` database whose file exists."""
+    if not isinstance(uri, str) or not uri.startswith("sqlite"):
+        return False
+    path = uri.split(":///", 1)[-1]
+    return bool(path) and Path(path).is_file()
+
+
 def open_offline(data_dir: str | os.PathLike):
     """Open the catalog in ``DIR`` in-process, without a running server (read-only use).
 
@@ -130,6 +139,10 @@ def open_offline(data_dir: str | os.PathLike):
             config.authentication = Authentication(single_user_api_key=api_key,
                                                    allow_anonymous_access=False)
             config.database = None
+            for tree in config.trees:  # an existing SQLite catalog: no `tiled catalog init` subprocess
+                args = getattr(tree, "args", None)
+                if isinstance(args, dict) and args.get("init_if_not_exists") and _sqlite_exists(args.get("uri")):
+                    args["init_if_not_exists"] = False
             app = build_app_from_config(config)
             context = Context.from_app(app, api_key=api_key)
             return from_context(context)
