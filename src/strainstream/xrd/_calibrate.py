@@ -67,7 +67,7 @@ def _subpixel_points(frame, d1, d2, geometry, half_px=4.0, n_samples=33, bad=Non
     near_bad = np.zeros(d1.shape, bool)
     if bad is not None:
         mb = ndimage.map_coordinates(bad.astype(float), [r1.ravel(), r2.ravel()], order=1,
-                                     mode="constant", cval=1.0)
+                                     mode="nearest")
         near_bad = mb.reshape(r1.shape).max(axis=1) > 0
     k = max(2, n_samples // 8)
     left, right = v[:, :k].mean(axis=1), v[:, -k:].mean(axis=1)
