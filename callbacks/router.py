@@ -1,8 +1,8 @@
 """Route a run to its analyses by the ``experiment`` key of its start document.
 
-Plans record ``experiment`` (``frame_series``, ``operando_xrd``, ``sxdm``, ``txm_xanes``) in
-the start document; this table names the analysis callbacks that consume each kind. It is
-the one place live workers, replays and tests learn which analyses a run gets.
+Plans record ``experiment`` (``frame_series``, ``operando_xrd``, ``operando_cycling``, ``sxdm``,
+``txm_xanes``) in the start document; this table names the analysis callbacks that consume
+each kind. It is the one place live workers, replays and tests learn which analyses a run gets.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ __all__ = ["ANALYSES", "analyses_for", "make_callbacks"]
 ANALYSES: dict[str, list[str]] = {
     "frame_series": ["strainstream.callbacks.framestats:FrameStatsCallback"],
     "operando_xrd": ["strainstream.callbacks.xrd:OperandoXRDCallback"],
+    "operando_cycling": ["strainstream.callbacks.xrd:OperandoXRDCallback",
+                         "strainstream.callbacks.electrochem:CyclingCallback"],
     "sxdm": ["strainstream.callbacks.sxdm:SXDMCallback"],
     "txm_xanes": ["strainstream.callbacks.xanes:XANESCallback"],
 }

@@ -20,10 +20,12 @@ __all__ = [
     "GITTResult",
     "HalfCycle",
     "cumulative_capacity_mAh_g",
+    "cycling_metrics",
     "dqdv",
     "gitt_diffusivity",
     "gitt_diffusivity_cm2_s",
     "half_cycles",
+    "mean_voltage_V",
     "split_gitt_pulses",
     "state_of_charge",
 ]
@@ -483,3 +485,53 @@ def gitt_diffusivity(
                 out["d_cm2_s"][k] = gitt_diffusivity_cm2_s(r, tau, out["delta_es_V"][k], slope)
         reasons.append(reason)
     return GITTResult(pulses=pulses, n_fit=n_fit, reason=reasons, **out)
+
+
+def cycling_metrics(charge_capacity_mAh_g, discharge_capacity_mAh_g) -> dict[str, np.ndarray]:
+    """Coulombic efficiency and capacity retention of a sequence of cycles.
+
+    Parameters
+    ----------
+    charge_capacity_mAh_g, discharge_capacity_mAh_g : array_like, shape (n_cycles,)
+        Charge passed on charge and on discharge in each cycle (mAh/g, > 0), cycle 1 first.
+
+    Returns
+    -------
+    dict of ndarray, shape (n_cycles,)
+        ``coulombic_efficiency`` = Q_discharge / Q_charge of the same cycle (fraction) and
+        ``retention`` = Q_discharge / Q_discharge of cycle 1 (fraction; the study's
+        "capacity retention after 100 cycles" is ``retention[99]``).
+
+    Raises
+    ------
+    ElectrochemInputError
+        Shapes differ, or a capacity is not finite and > 0.
+    """
+    chg = _as_1d("charge_capacity_mAh_g", charge_capacity_mAh_g)
+    dis = _as_1d("discharge_capacity_mAh_g", discharge_capacity_mAh_g, chg.size)
+    if not (np.all(np.isfinite(chg)) and np.all(np.isfinite(dis)) and np.all(chg > 0) and np.all(dis > 0)):
+        raise ElectrochemInputError("capacities must be finite and > 0 mAh/g (a cycle without charge "
+                                    "or discharge?)")
+    return {"coulombic_efficiency": dis / chg, "retention": dis / dis[0]}
+
+
+def mean_voltage_V(capacity_mAh_g, voltage_V) -> float:
+    """Capacity-weighted mean voltage of one charge or discharge, ∫V dQ / ∫dQ (V).
+
+    Parameters
+    ----------
+    capacity_mAh_g, voltage_V : array_like, shape (n,)
+        Samples of the half cycle (net capacity, mAh/g, monotonic; voltage, V), n ≥ 2.
+
+    Returns
+    -------
+    float
+        The mean voltage (trapezoidal), NaN when no charge passed.
+    """
+    q = _as_1d("capacity_mAh_g", capacity_mAh_g)
+    v = _as_1d("voltage_V", voltage_V, q.size)
+    dq = np.abs(np.diff(q))
+    total = float(dq.sum())
+    if q.size < 2 or total <= 0:
+        return math.nan
+    return float(np.sum(0.5 * (v[1:] + v[:-1]) * dq) / total)
