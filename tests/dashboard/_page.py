@@ -80,7 +80,9 @@ def click_data_point(driver, figure: str, x: float, y: float) -> None:
 
     where = js(driver, _WHERE, figure, x, y)
     assert where, f"figure {figure} not found on the page"
+    print(f"click {figure} at data ({x:.4g}, {y:.4g}) = page ({where[0]:.0f}, {where[1]:.0f}) px")
     actions = ActionBuilder(driver)
-    actions.pointer_action.move_to_location(int(round(where[0])), int(round(where[1]))).click()
+    (actions.pointer_action.move_to_location(int(round(where[0])), int(round(where[1])))
+     .pause(0.3).pointer_down().pause(0.05).pointer_up())
     actions.perform()
     del ActionChains

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from ._common import CommandError, add_server_options, data_dir_of, number, resolve_server, stop_requested
+from ._common import (
+    CommandError,
+    add_server_options,
+    data_dir_of,
+    number,
+    resolve_server,
+    stop_requested,
+)
 
 __all__ = ["register"]
 

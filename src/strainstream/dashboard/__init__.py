@@ -35,10 +35,12 @@ DEFAULT_PORT = 5006
 
 
 def dashboard_json_path(data_dir: str | os.PathLike | None = None) -> Path:
-    """``DATA_DIR/dashboard.json`` (``data_dir`` default: ``$STRAINSTREAM_DATA_DIR``, else
-    ``./strainstream-data``)."""
+    """``DATA_DIR/dashboard.json`` (``data_dir`` default: the configured one,
+    ``$STRAINSTREAM_DATA_DIR`` or the configuration file's, else ``./strainstream-data``)."""
     if data_dir is None:
-        data_dir = os.environ.get("STRAINSTREAM_DATA_DIR") or "strainstream-data"
+        from strainstream.config import load_config
+
+        data_dir = load_config().data_dir
     return Path(data_dir) / DASHBOARD_JSON
 
 

@@ -15,6 +15,8 @@ import datetime
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,11 @@ logger = logging.getLogger(__name__)
 #: seconds between two polls of the followed results tables
 POLL_S = 0.3
 #: seconds between two reads of the run list (it costs a few requests per run)
-RUNS_EVERY_S = 2.0
+RUNS_EVERY_S = 3.0
+#: seconds between two full reads of a subscribed results table (the safety net)
+BACKSTOP_S = 1.0
+#: seconds between two redraws of the whole-run panels ((003) contour, dQ/dV)
+HEAVY_S = 1.0
 #: panel sizes, px
 W, H = 420, 300
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
@@ -56,12 +62,17 @@ def _fig(title: str, x_label: str, y_label: str, tooltips=None, **kw):
     from bokeh.plotting import figure
 
     kw.setdefault("width", W)
+    kw.setdefault("tools", TOOLS)
     kw.setdefault("height", H)
-    p = figure(title=title, x_axis_label=x_label, y_axis_label=y_label, tools=TOOLS, **kw)
+    p = figure(title=title, x_axis_label=x_label, y_axis_label=y_label, **kw)
     if tooltips:
         p.add_tools(HoverTool(tooltips=tooltips))
     p.toolbar.logo = None
     return p
+
+
+#: threads for the clicks' reads (frames of one pixel / voxel)
+_EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard-click")
 
 
 def _key_error(exc: BaseException) -> bool:
@@ -94,7 +105,11 @@ class Page:
         self.compare_at = 0.0
         self.xrd_ref: dict[str, float] = {}
         self.meta_at: dict[str, float] = {}
+        self.read_at: dict[str, float] = {}
         self.runs_busy = False
+        self.runs_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.executor = _EXECUTOR
+        self.heavy_at, self.heavy_pending = 0.0, False
         self._build()
 
     # ------------------------------------------------------------------ layout
@@ -161,7 +176,7 @@ class Page:
         self.xrd_info = Div(text="", width=900)
         keys = ["x", "t_h", "volt", "a", "a_lo", "a_hi", "a2", "a2_lo", "a2_hi", "c", "c_lo", "c_hi", "c2",
                 "c2_lo", "c2_hi", "v", "v_lo", "v_hi", "v2", "v2_lo", "v2_hi", "eps", "eps_lo", "eps_hi",
-                "eps2", "eps2_lo", "eps2_hi", "ra", "rc", "ra2", "rc2", "seq_num"]
+                "eps2", "eps2_lo", "eps2_hi", "ra", "rc", "ra2", "rc2", "seq_num", "served_at"]
         self.xrd_src = ColumnDataSource(data={k: [] for k in keys}, name="xrd_points")
         s = self.xrd_src
         self.xrd_img = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []})
@@ -220,6 +235,7 @@ class Page:
         src = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []}, name=f"{name}_image")
         cm = LinearColorMapper(palette=palette, nan_color="#d9d9d9")
         p = _fig(title, "x (µm)", "y (µm)", width=330, height=300, match_aspect=True, name=name,
+                 tools=TOOLS + ",tap",
                  tooltips=[("x", "$x{0.000} µm"), ("y", "$y{0.000} µm"), (label, "@image{0.0000}")])
         p.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=cm)
         p.add_layout(ColorBar(color_mapper=cm, title=label, width=10), "right")
@@ -351,8 +367,12 @@ class Page:
                         return
                     raise
                 self._logged_in()
+            t0 = time.perf_counter()
             update = await loop.run_in_executor(None, self._fetch)
+            t1 = time.perf_counter()
             self._apply(update)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("poll: read %.0f ms, drawn %.0f ms", 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1))
             self.status.text = (f"following tiled — last update {datetime.datetime.now():%H:%M:%S}; "
                                 f"{len(self.runs)} runs")
             self.status.styles = {"font-family": "monospace", "color": "#2a7d2a"}
@@ -372,13 +392,28 @@ class Page:
             return
         self.runs_busy = True
         try:
-            runs = await asyncio.get_running_loop().run_in_executor(None, _data.list_runs, self.root)
+            runs = await asyncio.get_running_loop().run_in_executor(None, _data.list_runs, self.root,
+                                                                     self.runs_cache)
             self.runs_at = time.monotonic()
             self._apply({"runs": runs})
         except Exception as exc:  # the table poll reports tiled's state in the status line
             logger.info("dashboard run list failed: %s", exc)
         finally:
             self.runs_busy = False
+
+    def _pushed(self, view: str, table: _data.TableFollower, rows: dict[str, list]) -> None:
+        """New rows from tiled's websocket (tiled's thread): drawn on the server loop at once."""
+        self.doc.add_next_tick_callback(partial(self._draw_pushed, view, table, rows))
+
+    def _draw_pushed(self, view: str, table: _data.TableFollower, rows: dict[str, list]) -> None:
+        if self.tables[view] is table:  # not a run the page no longer follows
+            self._apply({"rows": {view: rows}})
+
+    def close(self) -> None:
+        """The browser session ended: drop the subscriptions."""
+        for table in [*self.tables.values(), *self.compare.values()]:
+            if table is not None:
+                table.close()
 
     def _show_login_error(self, exc: BaseException) -> None:
         self.login_failed = True
@@ -403,7 +438,7 @@ class Page:
         out: dict[str, Any] = {}
         now = time.monotonic()
         if not self.runs_at:  # the first poll: the run list at once (later: poll_runs)
-            out["runs"] = _data.list_runs(self.root)
+            out["runs"] = _data.list_runs(self.root, self.runs_cache)
             self.runs_at = now
         runs = out.get("runs", self.runs)
         for view in VIEWS:
@@ -411,11 +446,20 @@ class Page:
             if uid is None:
                 continue
             if uid != self.followed[view]:
+                if self.tables[view] is not None:
+                    self.tables[view].close()
                 self.tables[view] = _data.TableFollower(self.root, uid, view)
                 self.arrays[view] = _data.ArraysFollower(self.root, uid, view) if view != "operando_xrd" else None
                 out.setdefault("reset", []).append(view)
                 self.followed[view] = uid
-            rows = self.tables[view].new_rows()
+            table = self.tables[view]
+            rows = {}
+            if not table.subscribed or now - self.read_at.get(view, 0.0) >= BACKSTOP_S:
+                # the first fill, then a safety net under the subscription
+                self.read_at[view] = now
+                rows = table.new_rows()
+                if not table.subscribed:
+                    table.subscribe(partial(self._pushed, view, table))
             if rows:
                 out.setdefault("rows", {})[view] = rows
             if self.arrays[view] is not None:
@@ -473,7 +517,14 @@ class Page:
                 "analysed": ["-" if r.get("events_analysed") is None else str(r["events_analysed"]) for r in shown],
                 "analyses": [", ".join(f"{k} ({v.get('status')})" for k, v in (r.get("analyses") or {}).items())
                              for r in shown]}
-        if data != dict(self.runs_src.data):
+        current = dict(self.runs_src.data)
+        if list(current.get("uid", [])) == data["uid"]:  # same runs: patch the changed cells only
+            patches = {k: [(i, v) for i, (old, v) in enumerate(zip(current[k], vals, strict=True)) if old != v]
+                       for k, vals in data.items()}
+            patches = {k: v for k, v in patches.items() if v}
+            if patches:
+                self.runs_src.patch(patches)
+        else:
             self.runs_src.data = data
         for view, sel in (("operando_xrd", self.xrd_sel), ("sxdm", self.sxdm_sel), ("txm_xanes", self.txm_sel)):
             opts = ["newest"] + [(r["uid"], self._label(r)) for r in runs if view in (r.get("analyses") or {})]
@@ -538,7 +589,6 @@ class Page:
 
     # -- operando XRD
     def _xrd_rows(self, rows: dict[str, list]) -> None:
-        from strainstream.callbacks.xrd import Q003_GRID_A_INV, i003_matrix
 
         n = len(rows.get("seq_num", []))
         t = _col(rows, "cell_time_s", n)
@@ -551,7 +601,8 @@ class Page:
         cap = _col(rows, "capacity_mAh_g", n)
         x = cap if np.isfinite(cap).any() else t_h
         new: dict[str, Any] = {"x": x, "t_h": t_h, "volt": _col(rows, "voltage_V", n),
-                               "seq_num": [int(s) for s in rows["seq_num"]]}
+                               "seq_num": [int(s) for s in rows["seq_num"]],
+                               "served_at": np.full(n, time.time())}  # when the page sent the row (s)
         for key, col, err, scale in (("a", "a_A", "a_err_A", 1.0), ("c", "c_A", "c_err_A", 1.0),
                                      ("v", "volume_A3", "volume_err_A3", 1.0),
                                      ("eps", "microstrain", "microstrain_err", 1e3)):
@@ -568,7 +619,23 @@ class Page:
         new["ra"], new["rc"] = (new["a"] / a0) ** 2, new["c"] / c0
         new["ra2"], new["rc2"] = (new["a2"] / a0) ** 2, new["c2"] / c0
         self.xrd_src.stream({k: np.asarray(v) for k, v in new.items()})
-        # the (003) window and dQ/dV are redrawn whole from every row so far
+        xs = np.asarray(self.xrd_src.data["x"], dtype=float)
+        if np.isfinite(xs).any():
+            self.xrd_cmap.low, self.xrd_cmap.high = float(np.nanmin(xs)), float(np.nanmax(xs)) or 1.0
+        # the (003) window and dQ/dV are redrawn whole: at most every HEAVY_S (the points stream at once)
+        now = time.monotonic()
+        if now - self.heavy_at < HEAVY_S:
+            if not self.heavy_pending:
+                self.heavy_pending = True
+                self.doc.add_timeout_callback(self._xrd_heavy, int(1000 * (HEAVY_S - (now - self.heavy_at))))
+            return
+        self._xrd_heavy()
+
+    def _xrd_heavy(self) -> None:
+        """Redraw the (003) contour and dQ/dV from every row so far."""
+        from strainstream.callbacks.xrd import Q003_GRID_A_INV, i003_matrix
+
+        self.heavy_pending, self.heavy_at = False, time.monotonic()
         acc = self.rows["operando_xrd"]
         na = len(acc.get("seq_num", []))
         t_all = np.asarray(self.xrd_src.data["t_h"], dtype=float)
@@ -589,9 +656,6 @@ class Page:
                 self.xrd_dq.data = {"dq": np.asarray(dq).tolist(), "v": np.asarray(v_bins).tolist()}
             except ValueError:
                 pass
-        xs = np.asarray(self.xrd_src.data["x"], dtype=float)
-        if np.isfinite(xs).any():
-            self.xrd_cmap.low, self.xrd_cmap.high = float(np.nanmin(xs)), float(np.nanmax(xs)) or 1.0
 
     # -- maps
     def _image(self, src, cm, v: np.ndarray, step_um: float, diverging: bool) -> None:
@@ -661,7 +725,21 @@ class Page:
             return iy, ix
         return None
 
-    async def _sxdm_tap(self, event) -> None:
+    def _read_then(self, read, draw, fail) -> None:
+        """Run the blocking ``read()`` in a worker thread, then ``draw(result)`` (or
+        ``fail(exc)``) on the server loop: the documented way to update a Bokeh document from a
+        thread (``add_next_tick_callback``)."""
+        def work() -> None:
+            try:
+                result = read()
+            except Exception as exc:
+                self.doc.add_next_tick_callback(partial(fail, exc))
+                return
+            self.doc.add_next_tick_callback(partial(draw, result))
+
+        self.executor.submit(work)
+
+    def _sxdm_tap(self, event) -> None:
         maps, md = self.maps["sxdm"], self.map_md["sxdm"]
         if "strain" not in maps or self.root is None:
             return
@@ -672,17 +750,20 @@ class Page:
         iy, ix = hit
         ny = np.shape(maps["strain"])[0]
         self.sxdm_mark.data = {"x": [(ix + 0.5) * step_um], "y": [(ny - 1 - iy + 0.5) * step_um]}
+        self.p_rc.title.text = f"rocking curve of pixel y={iy}, x={ix}: reading the frames ..."
         uid, rows = self.followed["sxdm"], dict(self.rows["sxdm"])
-        try:
-            rc = await asyncio.get_running_loop().run_in_executor(
-                None, _data.pixel_rocking_curve, self.root, uid, iy, ix, rows)
-        except Exception as exc:
-            self.p_rc.title.text = f"rocking curve of pixel ({iy}, {ix}): {type(exc).__name__}: {exc}"[:120]
-            return
-        self.sxdm_rc.data = rc
-        self.p_rc.title.text = f"rocking curve of pixel y={iy}, x={ix} ({len(rc['counts'])} angles)"
 
-    async def _txm_tap(self, event) -> None:
+        def draw(rc) -> None:
+            self.sxdm_rc.data = rc
+            self.p_rc.title.text = f"rocking curve of pixel y={iy}, x={ix} ({len(rc['counts'])} angles)"
+
+        def fail(exc) -> None:
+            logger.warning("rocking curve of pixel (%d, %d) of %s: %s", iy, ix, uid, exc)
+            self.p_rc.title.text = f"rocking curve of pixel ({iy}, {ix}): {type(exc).__name__}: {exc}"[:120]
+
+        self._read_then(partial(_data.pixel_rocking_curve, self.root, uid, iy, ix, rows), draw, fail)
+
+    def _txm_tap(self, event) -> None:
         maps = self.maps["txm_xanes"]
         if "whiteline_eV" not in maps or self.root is None:
             return
@@ -693,22 +774,25 @@ class Page:
         iy, ix = hit
         s = self.txm_step_um
         self.txm_mark.data = {"x": [(ix + 0.5) * s], "y": [(wl.shape[0] - 1 - iy + 0.5) * s]}
+        self.p_spec.title.text = f"voxel y={iy}, x={ix}: reading the frames ..."
         uid, rows = self.followed["txm_xanes"], dict(self.rows["txm_xanes"])
-        try:
-            spec = await asyncio.get_running_loop().run_in_executor(
-                None, _data.voxel_spectrum, self.root, uid, iy, ix, rows, _nan(wl[iy, ix]))
-        except Exception as exc:
+
+        def draw(spec) -> None:
+            self.txm_spec.data = {"energy_eV": spec["energy_eV"], "mu": spec["mu"]}
+            wl_e = spec["whiteline_eV"]
+            if spec["mu_wl"] is not None:
+                self.txm_wlpt.data = {"e": [wl_e], "mu": [spec["mu_wl"]]}
+                self.txm_span.location = wl_e
+                self.p_spec.title.text = f"voxel y={iy}, x={ix}: white line {wl_e:.2f} eV"
+            else:
+                self.txm_wlpt.data = {"e": [], "mu": []}
+                self.p_spec.title.text = f"voxel y={iy}, x={ix}: outside the particle (no white line)"
+
+        def fail(exc) -> None:
+            logger.warning("spectrum of voxel (%d, %d) of %s: %s", iy, ix, uid, exc)
             self.p_spec.title.text = f"spectrum of voxel ({iy}, {ix}): {type(exc).__name__}: {exc}"[:120]
-            return
-        self.txm_spec.data = {"energy_eV": spec["energy_eV"], "mu": spec["mu"]}
-        wl_e = spec["whiteline_eV"]
-        if spec["mu_wl"] is not None:
-            self.txm_wlpt.data = {"e": [wl_e], "mu": [spec["mu_wl"]]}
-            self.txm_span.location = wl_e
-            self.p_spec.title.text = f"voxel y={iy}, x={ix}: white line {wl_e:.2f} eV"
-        else:
-            self.txm_wlpt.data = {"e": [], "mu": []}
-            self.p_spec.title.text = f"voxel y={iy}, x={ix}: outside the particle (no white line)"
+
+        self._read_then(partial(_data.voxel_spectrum, self.root, uid, iy, ix, rows, _nan(wl[iy, ix])), draw, fail)
 
     # -- compare
     def _compare_changed(self) -> None:
@@ -749,4 +833,5 @@ class Page:
 def make_document(doc, uri: str, api_key: str | None) -> None:
     """Fill the Bokeh document ``doc`` of one browser session (the application's handler)."""
     page = Page(doc, uri, api_key)
+    doc.on_session_destroyed(lambda context: page.close())
     page.start()

@@ -11,10 +11,15 @@ and the spectra are normalised with :func:`strainstream.xanes.edge_normalise`.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ArraysFollower", "TableFollower", "analyses_of", "list_runs", "pixel_rocking_curve",
            "voxel_spectrum"]
@@ -24,20 +29,45 @@ def _base(node):
     return getattr(node, "base", node)
 
 
-def list_runs(root) -> list[dict[str, Any]]:
+#: seconds a finished run's line of the run list is reused before it is read again
+SETTLED_S = 30.0
+_SETTLED = ("complete", "failed", "aborted")
+
+
+def list_runs(root, cache: dict[str, tuple[float, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Every run of the catalog, newest first, as ``strainstream runs --json`` lists them
     (``uid``, ``time``, ``experiment``, ``material``, ``status``, ``events_recorded``,
-    ``events_analysed``, ``analyses``)."""
+    ``events_analysed``, ``analyses``).
+
+    ``cache`` (uid → (monotonic time, line)), kept by the caller, spares most requests for
+    runs whose run and analyses all finished: their line is read again every
+    :data:`SETTLED_S` s only, or at once when an analysis appears (one request a run).
+    """
+    import time
+
     from strainstream.cli.runs import run_summary
 
+    now = time.monotonic()
     out = []
     for uid in reversed([k for k in root if k != "derived"]):
+        if cache is not None and uid in cache and now - cache[uid][0] < SETTLED_S \
+                and sorted(analyses_of(root, uid)) == sorted(cache[uid][1]["analyses"]):  # no new analysis
+            out.append(cache[uid][1])
+            continue
         try:
             if not (root[uid].metadata or {}).get("start"):
                 continue
-            out.append(run_summary(root, uid))
+            line = run_summary(root, uid)
         except KeyError:  # deleted meanwhile
             continue
+        out.append(line)
+        settled = line["status"] in _SETTLED and line["analyses"] and all(
+            a.get("status") in _SETTLED for a in line["analyses"].values())
+        if cache is not None:
+            if settled:
+                cache[uid] = (now, line)
+            else:
+                cache.pop(uid, None)
     return out
 
 
@@ -61,8 +91,14 @@ def _clean(v: Any) -> Any:
 class TableFollower:
     """The rows of ``derived/<uid>/<analysis>`` not handed out yet, in ``seq_num`` order.
 
-    :meth:`new_rows` reads the table (one request), drops rows already returned (a retried
-    append's duplicate collapses on its ``seq_num``) and returns the rest as columns.
+    Two ways in, both deduplicated on ``seq_num`` (a retried append's duplicate, or a row
+    that came both ways, is handed out once):
+
+    - :meth:`subscribe`: tiled's websocket subscription of the table (the project's
+      streaming path, as :mod:`strainstream.callbacks.tiled_source` follows the raw runs):
+      appended rows arrive within tens of ms and go to ``on_rows`` from tiled's thread;
+    - :meth:`new_rows`: read the table (one request) — the first fill and the safety net
+      for whatever a subscription missed (tiled restarted, cache evicted).
     """
 
     def __init__(self, root, uid: str, analysis: str) -> None:
@@ -70,6 +106,9 @@ class TableFollower:
         self.node = None
         self.seen: set[int] = set()
         self.metadata: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._sub = None
+        self._handler = None
 
     def _node(self):
         from strainstream.callbacks.sinks import DERIVED
@@ -77,6 +116,18 @@ class TableFollower:
         if self.node is None:
             self.node = _base(self.root[DERIVED][self.uid])[self.analysis]
         return self.node
+
+    def _take(self, df) -> dict[str, list]:
+        """The rows of ``df`` not handed out yet, as columns."""
+        if df is None or not len(df):
+            return {}
+        df = df.drop_duplicates("seq_num").sort_values("seq_num")
+        with self._lock:
+            df = df[~df["seq_num"].isin(self.seen)]
+            self.seen.update(int(s) for s in df["seq_num"])
+        if not len(df):
+            return {}
+        return {c: [_clean(v) for v in df[c].tolist()] for c in df.columns}
 
     def new_rows(self) -> dict[str, list]:
         """Columns of the new rows (empty dict when there are none or the table is not there yet)."""
@@ -90,14 +141,46 @@ class TableFollower:
             if "404" in str(exc) or "partition" in str(exc).lower():
                 return {}
             raise
-        if not len(df):
-            return {}
-        df = df.drop_duplicates("seq_num").sort_values("seq_num")
-        df = df[~df["seq_num"].isin(self.seen)]
-        if not len(df):
-            return {}
-        self.seen.update(int(s) for s in df["seq_num"])
-        return {c: [_clean(v) for v in df[c].tolist()] for c in df.columns}
+        return self._take(df)
+
+    @property
+    def subscribed(self) -> bool:
+        return self._sub is not None
+
+    def subscribe(self, on_rows: Callable[[dict[str, list]], None]) -> bool:
+        """Follow the table's appends over tiled's websocket; ``on_rows(columns)`` gets the new
+        rows (from tiled's thread). False when the table does not exist yet."""
+        try:
+            node = self._node()
+        except KeyError:
+            return False
+        follower = self
+
+        class _Handler:  # a strong object: tiled holds callbacks by weak reference
+            def __call__(self, update) -> None:
+                try:
+                    rows = follower._take(update.data())
+                except Exception:  # a malformed update: the next read fills it in
+                    logger.debug("table update of %s not decoded", follower.uid, exc_info=True)
+                    return
+                if rows:
+                    on_rows(rows)
+
+        sub = node.subscribe()
+        self._handler = _Handler()
+        sub.new_data.add_callback(self._handler)
+        sub.start_in_thread(0)
+        self._sub = sub
+        return True
+
+    def close(self) -> None:
+        """Drop the subscription."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                sub.disconnect(wait=False)
+            except Exception:  # already closed by the server
+                logger.debug("disconnect failed", exc_info=True)
 
     def refresh_metadata(self) -> dict[str, Any]:
         """The table's metadata (status, summary), read again."""

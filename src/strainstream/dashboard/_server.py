@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 class DashboardServer:
     """Serve the dashboard at ``http://HOST:PORT/`` following the tiled server ``uri``.
 
-    BokehJS is served by this server itself (resources mode ``server``): the page needs no
-    internet. ``data_dir``, when given, receives ``dashboard.json`` (``url``, ``pid``) while
+    BokehJS is served by this server itself (a Bokeh server's pages use resources mode
+    ``server``, ``/static/js/bokeh.min.js``): the page needs no internet. ``data_dir``, when given, receives ``dashboard.json`` (``url``, ``pid``) while
     the server runs, for :func:`strainstream.dashboard.running_dashboard`.
 
     Use as a context manager, or :meth:`start` / :meth:`stop`.
@@ -71,7 +71,6 @@ class DashboardServer:
         self._loop.close(all_fds=True)
 
     def start(self) -> DashboardServer:
-        os.environ.setdefault("BOKEH_RESOURCES", "server")  # BokehJS from this server, no CDN
         self._thread = threading.Thread(target=self._run, name="dashboard", daemon=True)
         self._thread.start()
         self._ready.wait(30)
