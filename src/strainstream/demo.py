@@ -238,7 +238,7 @@ def _dashboard_hint(data_dir: Path, say) -> None:
 
 
 def _study_summary(study: dict[str, Any], uri: str, data_dir: Path, say) -> dict[str, Any]:
-    from strainstream.study import format_comparisons
+    from strainstream.study import format_comparisons, json_safe
 
     runs = study["runs"]
     summary = {"experiment": "study", "tiled_uri": uri, "data_dir": str(data_dir),
@@ -252,7 +252,7 @@ def _study_summary(study: dict[str, Any], uri: str, data_dir: Path, say) -> dict
     say(format_comparisons(study["comparisons"]))
     say(f"next: strainstream runs --data-dir {data_dir}\n"
         f"      strainstream plot UID --data-dir {data_dir}")
-    return summary
+    return json_safe(summary)  # NaN (a figure a run could not give) -> null in --json
 
 
 def _fmt(value: Any) -> str:

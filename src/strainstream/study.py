@@ -24,7 +24,8 @@ import logging
 import math
 from typing import Any
 
-__all__ = ["MATERIALS", "SXDM_MATERIALS", "XRD_REFERENCE", "run_study", "format_comparisons"]
+__all__ = ["MATERIALS", "SXDM_MATERIALS", "XRD_REFERENCE", "comparisons", "format_comparisons",
+           "json_safe", "run_study"]
 
 #: the study's four cathodes, in the order they are measured
 MATERIALS = ("SC-NC91", "PC-NC91", "SC-NM91", "PC-NM91")
@@ -170,6 +171,17 @@ def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["sc_nm91_h2_h3_coexist"] = bool(nm.get("two_phase_frames"))
     out["max_delta_c_reference_A"] = MAX_DELTA_C_REFERENCE_A
     return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by ``None`` (strict JSON, e.g. ``--json``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def format_comparisons(comp: dict[str, Any]) -> str:

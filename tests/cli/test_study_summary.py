@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from strainstream.study import XRD_REFERENCE, comparisons, format_comparisons
+from strainstream.study import XRD_REFERENCE, comparisons, format_comparisons, json_safe
 
 
 def _xrd(material, c_max, c_last, v_change, two_phase=0, dc=0.0):
@@ -45,3 +45,11 @@ def test_missing_results_give_nan_not_a_crash():
     assert math.isnan(comp["sxdm_strain_std_ratio_NM91_NC91"])
     assert comp["sc_nm91_h2_h3_coexist"] is False
     assert "nan" in format_comparisons(comp)
+
+
+def test_json_safe_replaces_nan_with_null():
+    import json
+
+    comp = comparisons([{"experiment": "sxdm", "material": "SC-NM91", "results": {}}])
+    text = json.dumps(json_safe(comp), allow_nan=False)  # strict JSON: no NaN
+    assert json.loads(text)["sxdm"]["SC-NM91"]["strain_std"] is None

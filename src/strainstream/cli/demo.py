@@ -67,8 +67,9 @@ def register(commands) -> None:
                    help="frame_series: number of frames (1 to 100000; default 20)")
     p.add_argument("--delay", type=number(float, low=0, high=3600, unit="s"), default=0.2,
                    help="frame_series: seconds between frames (0 to 3600; default 0.2)")
-    p.add_argument("--raster", type=number(int, low=2, high=32), default=6,
-                   help="sxdm: raster points per side, 50 nm apart (2 to 32; default 6)")
+    p.add_argument("--raster", type=number(int, low=4, high=32), default=6,
+                   help="sxdm: raster points per side, 50 nm apart (4 to 32: the simulated "
+                        "particle needs 4 x 4; default 6)")
     p.add_argument("--angles", type=number(int, low=3, high=101), default=7,
                    help="sxdm: rocking angles over ±0.6° (3 to 101; default 7)")
     p.add_argument("--energies", type=number(int, low=5, high=201), default=42,
