@@ -235,6 +235,8 @@ def _dashboard_hint(data_dir: Path, say) -> None:
     url = running_dashboard(data_dir)
     if url:
         say(f"dashboard: {url} (follows this run live)")
+    else:
+        say(f"live view in a browser: strainstream dashboard --data-dir {data_dir} (another terminal)")
 
 
 def _study_summary(study: dict[str, Any], uri: str, data_dir: Path, say) -> dict[str, Any]:
