@@ -1,8 +1,9 @@
 """Route a run to its analyses by the ``experiment`` key of its start document.
 
-Plans record ``experiment`` (``frame_series``, ``operando_xrd``, ``operando_cycling``, ``sxdm``,
-``txm_xanes``) in the start document; this table names the analysis callbacks that consume
-each kind. It is the one place live workers, replays and tests learn which analyses a run gets.
+Plans record ``experiment`` (``frame_series``, ``operando_xrd``, ``operando_cycling``,
+``operando_gitt``, ``sxdm``, ``txm_xanes``) in the start document; this table names the
+analysis callbacks that consume each kind. It is the one place live workers, replays and
+tests learn which analyses a run gets.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ ANALYSES: dict[str, list[str]] = {
     "operando_xrd": ["strainstream.callbacks.xrd:OperandoXRDCallback"],
     "operando_cycling": ["strainstream.callbacks.xrd:OperandoXRDCallback",
                          "strainstream.callbacks.electrochem:CyclingCallback"],
+    "operando_gitt": ["strainstream.callbacks.xrd:OperandoXRDCallback",
+                      "strainstream.callbacks.electrochem:GITTCallback"],
     "sxdm": ["strainstream.callbacks.sxdm:SXDMCallback"],
     "txm_xanes": ["strainstream.callbacks.xanes:XANESCallback"],
 }

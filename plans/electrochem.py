@@ -1,4 +1,4 @@
-"""The study's electrochemical protocols with operando XRD: long cycling (and a rate series).
+"""The study's electrochemical protocols with operando XRD: cycling, GITT, a rate series.
 
 Every XRD event (``primary`` stream) holds the detector frame and the cycler readings of the
 same moment, as in :func:`strainstream.plans.xrd.operando_xrd`; the cycling run adds one
@@ -27,7 +27,7 @@ from strainstream.rundesc import XRDKeys
 from ._common import base_metadata, beam_suspenders, preflight
 from .xrd import operando_xrd
 
-__all__ = ["CycleSummary", "operando_cycling", "rate_series"]
+__all__ = ["CycleSummary", "operando_cycling", "operando_gitt", "rate_series"]
 
 #: data keys of the ``cycle_summary`` stream (besides the cycler's readings)
 SUMMARY_FIELDS = ("number", "charge_capacity_mAh_g", "discharge_capacity_mAh_g", "coulombic_efficiency",
@@ -243,6 +243,150 @@ def operando_cycling(
                               summary.mean_discharge_voltage_V, mean_voltage_V(q_d, v_d))
             yield from bps.trigger_and_read([cycler, summary], name="cycle_summary")
             yield from bps.checkpoint()
+        yield from bps.close_run()
+
+    def finish():
+        yield from bps.mv(cycler.stop_cmd, 1)
+
+    plan = bpp.stage_wrapper(body(), [detector])
+    plan = bpp.finalize_wrapper(plan, finish())
+    if beam is not None:
+        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
+        if open_shutter:
+            yield from bps.mv(beam.shutter, "open")
+    return (yield from plan)
+
+
+def operando_gitt(
+    detector: Readable,
+    cycler: Readable,
+    *,
+    calibration: dict[str, Any],
+    particle_radius_um: float,
+    current_mA_g: float = 20.0,
+    pulse_s: float = 600.0,
+    rest_s: float = 1800.0,
+    n_pulses: int = 5,
+    v_max_V: float = 4.5,
+    v_min_V: float = 2.7,
+    poll_s: float = 0.1,
+    material: str = "SC-NM91",
+    mass_mg: float | None = None,
+    beam: Readable | None = None,
+    open_shutter: bool = True,
+    min_ring_current_mA: float = 50.0,
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator:
+    """Galvanostatic intermittent titration with an XRD frame at each relaxed point.
+
+    ``n_pulses`` times: a constant-current pulse of ``current_mA_g`` (+ = charge) for
+    ``pulse_s`` s of cell time (it ends earlier at the voltage limit), then open circuit for
+    ``rest_s`` s of cell time. The cycler is read at every poll (``poll_s`` wall seconds)
+    and right after each command into the ``cycler`` stream: the record the live analysis
+    (:class:`strainstream.callbacks.electrochem.GITTCallback`) fits the study's
+    D = 4/(9π)·(r_p/τ · ΔE_s/(dE/d√t))² to (10 < √t < 20 s^½, so ``pulse_s`` ≥ 400); τ is
+    the cycler's own time between the start and the stop command, exact whatever the poll
+    rate. An XRD frame (``primary``: detector + cycler) is taken before the first pulse and
+    at the end of every rest. With ``beam`` the plan pauses while the beam is unusable.
+
+    Parameters
+    ----------
+    detector : area detector
+        The XRD detector.
+    cycler : Cycler
+        The commanded cycler (``follow_only`` is refused).
+    calibration : dict
+        Detector geometry with ``wavelength_A``.
+    particle_radius_um : float
+        Particle radius r_p (µm), recorded in the start document for the analysis.
+    current_mA_g : float
+        Pulse current (mA/g, + = charge, ≠ 0).
+    pulse_s, rest_s : float
+        Pulse and rest durations, s of cell time (> 0).
+    n_pulses : int
+        Number of pulses (≥ 1).
+    v_max_V, v_min_V : float
+        Voltage limits of the pulses (V).
+    poll_s : float
+        Wall time between cycler polls (s); a reading is recorded when the cycler has
+        updated since the last one. Keep the cell time between updates ≤ 40 s (with the
+        simulated cycler: ``accel`` × 0.1 s) for ≥ 5 points in the fit window.
+    material, mass_mg, beam, open_shutter, min_ring_current_mA, md
+        As in :func:`operando_cycling`.
+    """
+    if n_pulses < 1 or not current_mA_g or not pulse_s > 0 or not rest_s > 0 or not poll_s > 0:
+        raise ValueError("operando_gitt needs n_pulses >= 1, current_mA_g != 0 and pulse_s, rest_s, "
+                         f"poll_s > 0 (got {n_pulses}, {current_mA_g}, {pulse_s}, {rest_s}, {poll_s})")
+    if not (particle_radius_um > 0 and math.isfinite(particle_radius_um)):
+        raise ValueError(f"particle_radius_um must be the particle radius in µm (> 0), got {particle_radius_um}")
+    if not calibration or "wavelength_A" not in calibration:
+        raise ValueError("calibration must be a geometry dict with wavelength_A (strainstream.xrd.calibrate)")
+    if getattr(cycler, "follow_only", False):
+        raise ValueError(f"{cycler.name} can only be read (follow_only): operando_gitt commands the cycler")
+    yield from preflight([detector], n_pulses + 1)
+    if mass_mg is None and hasattr(cycler, "mass_mg"):
+        mass_mg = yield from bps.rd(cycler.mass_mg)
+    _md = base_metadata(
+        "operando_gitt", md,
+        material=material, mass_mg=mass_mg, particle_radius_um=float(particle_radius_um),
+        current_mA_g=current_mA_g, pulse_s=pulse_s, rest_s=rest_s, n_pulses=n_pulses,
+        v_window_V=[v_min_V, v_max_V], cycler_control="command",
+        wavelength_A=calibration["wavelength_A"], calibration=dict(calibration),
+        detectors=[detector.name], motors=[], plan_name="operando_gitt", xrd_keys=_xrd_keys(cycler),
+    )
+
+    def record(n: int = 1):
+        # n > 1 right after a command: the same update read again, so that one reading torn
+        # by a concurrent update (left out by the analysis) does not lose the step's edge
+        for _ in range(n):
+            yield from bps.trigger_and_read([cycler], name="cycler")
+
+    def frame():
+        yield from bps.checkpoint()
+        yield from bps.trigger_and_read([detector, cycler])
+        yield from bps.checkpoint()
+
+    def wait_cell(duration_s: float, t0: float, *, pulse: bool):
+        """Record every poll until ``duration_s`` of cell time after ``t0`` (or the limit)."""
+        hits0 = yield from bps.rd(cycler.limit_hits)
+        t_last = t0
+        while True:
+            yield from bps.checkpoint()
+            yield from bps.sleep(poll_s)
+            t = yield from bps.rd(cycler.time_s)
+            if t == t_last:
+                continue  # no new cycler update since the last reading: nothing to record
+            yield from record()
+            t_last = t = yield from bps.rd(cycler.time_s)
+            if t - t0 >= duration_s:
+                return True
+            if pulse and (yield from bps.rd(cycler.limit_hits)) > hits0:
+                return False  # the voltage limit ended the pulse: the cycler rests
+
+    def body():
+        yield from bps.open_run(md=_md)
+        yield from bps.checkpoint()
+        yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, current_mA_g,
+                          cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V, cycler.then_cv, 0)
+        # the relaxed state before the first pulse: a few readings of the rest
+        t_rest = yield from bps.rd(cycler.time_s)
+        yield from record()
+        yield from wait_cell(min(rest_s, 60.0), t_rest, pulse=False)
+        yield from frame()
+        for _ in range(n_pulses):
+            yield from bps.mv(cycler.start_cmd, 1)  # published at the cell time it took effect
+            yield from bps.checkpoint()
+            yield from record(2)
+            t_on = yield from bps.rd(cycler.time_s)
+            full = yield from wait_cell(pulse_s, t_on, pulse=True)
+            yield from bps.mv(cycler.stop_cmd, 1)
+            yield from bps.checkpoint()
+            yield from record(2)
+            t_off = yield from bps.rd(cycler.time_s)
+            yield from wait_cell(rest_s, t_off, pulse=False)
+            yield from frame()  # the relaxed point
+            if not full:
+                break
         yield from bps.close_run()
 
     def finish():

@@ -14,7 +14,8 @@ PVs (``<prefix>CYC:``):
                                charge at 20 mA/g in about 70 s)
 ``voltage_V`` ...       float  readbacks: voltage_V, current_mA, current_mA_g, capacity_mAh_g,
                                charge_capacity_mAh_g, soc, time_s; cycle, limit_hits (int);
-                               mode_RBV, preset (str); running (0/1)
+                               mode_RBV, preset (str); running (0/1). The readbacks of one
+                               update carry one EPICS timestamp.
 ======================  =====  ==================================================================
 
 The cell (:class:`strainstream.sim.cell.CoinCell`) is advanced every 0.1 s of wall time by
@@ -165,11 +166,14 @@ class CyclerGroup(PVGroup):
 
     async def _publish(self):
         rb = self.cell.readbacks()
+        # one acquisition, one EPICS timestamp on every readback: a client can tell readings
+        # of the same moment from a read that straddled two updates (GITT transients)
+        stamp = time.time()
         for key in ("voltage_V", "current_mA", "current_mA_g", "capacity_mAh_g", "soc", "time_s"):
-            await getattr(self, key).write(float(rb[key]))
-        await self.charge_capacity_mAh_g.write(float(self.cell.charge_capacity_mAh_g))
-        await self.cycle.write(int(rb["cycle"]))
-        await self.limit_hits.write(int(self.cell.limit_hits))
+            await getattr(self, key).write(float(rb[key]), timestamp=stamp)
+        await self.charge_capacity_mAh_g.write(float(self.cell.charge_capacity_mAh_g), timestamp=stamp)
+        await self.cycle.write(int(rb["cycle"]), timestamp=stamp)
+        await self.limit_hits.write(int(self.cell.limit_hits), timestamp=stamp)
         if self.mode_RBV.value != rb["mode"]:
             await self.mode_RBV.write(rb["mode"])
         running = 0 if rb["mode"] == "REST" else 1

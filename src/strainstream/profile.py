@@ -55,8 +55,8 @@ DEVICE_NAMES: dict[str, tuple[str, ...]] = {
     "beam": ("beam",),
 }
 #: plans of the profile: strainstream's experiments, then bluesky basics
-PLAN_NAMES = ("operando_xrd", "operando_cycling", "rate_series", "sxdm_map", "find_bragg", "txm_xanes",
-              "frame_series", "count", "scan", "rel_scan", "list_scan", "mv")
+PLAN_NAMES = ("operando_xrd", "operando_cycling", "operando_gitt", "rate_series", "sxdm_map",
+              "find_bragg", "txm_xanes", "frame_series", "count", "scan", "rel_scan", "list_scan", "mv")
 
 
 
@@ -202,15 +202,15 @@ def plans() -> dict[str, Callable[..., Any]]:
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
 
-    from strainstream.plans.electrochem import operando_cycling, rate_series
+    from strainstream.plans.electrochem import operando_cycling, operando_gitt, rate_series
     from strainstream.plans.frames import frame_series
     from strainstream.plans.sxdm import find_bragg, sxdm_map
     from strainstream.plans.xanes import txm_xanes
     from strainstream.plans.xrd import operando_xrd
 
     ours = {f.__name__: _queue_ready(f)
-            for f in (operando_xrd, operando_cycling, rate_series, sxdm_map, find_bragg, txm_xanes,
-                      frame_series)}
+            for f in (operando_xrd, operando_cycling, operando_gitt, rate_series, sxdm_map, find_bragg,
+                      txm_xanes, frame_series)}
     basics = {"count": bp.count, "scan": bp.scan, "rel_scan": bp.rel_scan,
               "list_scan": bp.list_scan, "mv": bps.mv}
     return {**ours, **basics}

@@ -66,3 +66,32 @@ def test_simulated_100_cycles_reproduce_the_study_retention(name, study_pct):
     np.testing.assert_allclose(m["coulombic_efficiency"][1:], 1.0, atol=0.001)
     assert m["coulombic_efficiency"][0] < 0.997  # the pristine cell's first charge is the longest
     assert np.all(np.diff(m["retention"]) < 0)  # fades every cycle
+
+
+def test_gitt_known_answer_of_the_simulated_cell_matches_the_core_fit():
+    """sim.cell.gitt_formula_diffusivity_cm2_s (the known answer the GITT plan tests use) equals
+    the study's formula applied to a finely sampled transient of the simulated cell (≈0.17·D)."""
+    from strainstream.electrochem import gitt_diffusivity
+    from strainstream.sim.cell import gitt_formula_diffusivity_cm2_s
+
+    cell = CoinCell("SC-NC91", 10.0, soc=0.3)
+    cell.set_mode("rest")
+    rec = []
+    for _ in range(2):
+        cell.step(300.0)
+        rec.append((cell.time_s, cell.voltage_V, 0.0))
+    for _ in range(2):
+        cell.set_mode("CC", current_mA_g=20.0)
+        for k in range(300):
+            cell.step(2.0)
+            rec.append((cell.time_s, cell.voltage_V, cell.current_mA if k < 299 else 0.0))
+        cell.set_mode("rest")
+        for _ in range(40):
+            cell.step(60.0)
+            rec.append((cell.time_s, cell.voltage_V, 0.0))
+    t, v, i = np.array(rec).T
+    i = np.r_[i[1:], 0.0]  # sample k's current is the one applied from t[k] on
+    res = gitt_diffusivity(t, v, i, cell.preset.particle_radius_um * 1e-4)
+    expected = gitt_formula_diffusivity_cm2_s("SC-NC91")
+    assert expected == pytest.approx(0.166 * cell.preset.diffusivity_cm2_s, rel=0.01)
+    np.testing.assert_allclose(res.d_cm2_s, expected, rtol=0.03)

@@ -18,7 +18,7 @@ from strainstream.queue import DEPLOY_DIR
 
 PERMISSIONS = DEPLOY_DIR / "user_group_permissions.yaml"
 EXISTING = DEPLOY_DIR / "existing_plans_and_devices.yaml"
-OURS = ("operando_xrd", "operando_cycling", "rate_series", "sxdm_map", "find_bragg", "txm_xanes",
+OURS = ("operando_xrd", "operando_cycling", "operando_gitt", "rate_series", "sxdm_map", "find_bragg", "txm_xanes",
         "frame_series")
 
 

@@ -18,11 +18,11 @@ import pytest
 from bluesky import RunEngine
 
 from strainstream.asset_docs import DatumToStream
-from strainstream.callbacks.electrochem import CyclingCallback
+from strainstream.callbacks.electrochem import CyclingCallback, GITTCallback
 from strainstream.callbacks.router import analyses_for
 from strainstream.callbacks.sinks import MemorySink
-from strainstream.plans.electrochem import operando_cycling, rate_series
-from strainstream.sim.cell import preset
+from strainstream.plans.electrochem import operando_cycling, operando_gitt, rate_series
+from strainstream.sim.cell import gitt_formula_diffusivity_cm2_s, preset
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 
 pytestmark = pytest.mark.system
@@ -189,3 +189,74 @@ def test_100_cycles_through_the_ioc_reproduce_the_study_retention(sim_devices):
     assert len(cycles) == 100 and cycles[-1]["cycle_number"] == 100
     assert 100 * ret == pytest.approx(100 * preset("SC-NM91").retention_100_cycles, abs=1.0)
     np.testing.assert_allclose(ce[1:], 1.0, atol=0.002)
+
+
+@pytest.fixture(scope="module")
+def gitt_docs(sim_devices):
+    cyc, det = sim_devices["cycler"], sim_devices["xrd"]
+    cyc.reset_cell().wait(10)
+    cyc.accel.put(3000.0, wait=True)
+    cyc.start_cc(100.0, v_max_V=4.5).wait(10)  # to soc ≈ 0.3, then relax
+    assert _wait(lambda: cyc.soc.get() > 0.3, 20)
+    cyc.rest().wait(10)
+    time.sleep(1.0)  # 3000 s of rest
+    cyc.accel.put(150.0, wait=True)  # cycler updates 15 s of cell time apart
+    docs = []
+    RE = RunEngine({})
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, copy.deepcopy(d)))))
+    shape = int(det.cam.array_size.array_size_y.get())
+    p = preset("SC-NM91")
+    try:
+        RE(operando_gitt(det, cyc, calibration=_calibration(shape), particle_radius_um=p.particle_radius_um,
+                         current_mA_g=20.0, pulse_s=600.0, rest_s=1200.0, n_pulses=3, poll_s=0.02))
+    finally:
+        cyc.accel.put(600.0, wait=True)
+    return docs
+
+
+def _wait(pred, timeout_s):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_gitt_documents_and_diffusivity_of_the_simulated_cell(gitt_docs):
+    start = gitt_docs[0][1]
+    assert start["experiment"] == "operando_gitt" and start["particle_radius_um"] == 1.5
+    descs = {d["uid"]: d["name"] for n, d in gitt_docs if n == "descriptor"}
+    streams = [descs[d["descriptor"]] for n, d in gitt_docs if n == "event"]
+    assert streams.count("primary") == 4  # before the first pulse and after each rest
+    assert 3 * 60 < streams.count("cycler") < 3 * 130  # ~ one per cycler update
+    assert GITTCallback in analyses_for(start)
+    passes = []
+    for _ in range(2):
+        sink = MemorySink()
+        cb = GITTCallback(sink)
+        for n, d in gitt_docs:
+            cb(n, copy.deepcopy(d))
+        passes.append(sink)
+    sink = passes[0]
+    flags = [r["flag"] for r in sink.rows if r["flag"]]
+    assert set(flags) <= {"torn_reading"} and len(flags) < 0.25 * len(sink.rows)
+    p = preset("SC-NM91")
+    expected = gitt_formula_diffusivity_cm2_s("SC-NM91")
+    d = np.array(sink.summary["d_cm2_s"])
+    print(f"GITT: D fitted {d} cm2/s, simulator {expected:.3e} (D {p.diffusivity_cm2_s:.1e} x finite-sphere "
+          f"factor), soc {sink.summary['pulse_soc']}, {len(flags)} torn readings left out, "
+          f"of {len(sink.rows)}, median spacing "
+          f"{np.nanmedian(np.diff([r['cell_time_s'] for r in sink.rows if not r['flag']])):.0f} s, "
+          f"{[(r['pulse'], r['pulse_reason']) for r in sink.rows if r['pulse'] >= 0]} "
+          f"{[r['message'] for r in sink.rows if r['flag']][:3]}")
+    assert d.size == 3
+    np.testing.assert_allclose(d, expected, rtol=0.05)
+    # pulses 1 and 2 reported live (when the next pulse started), all three in the arrays
+    live = [r for r in sink.rows if r["pulse"] >= 0]
+    assert [r["pulse"] for r in live] == [0, 1]
+    np.testing.assert_array_equal([r["d_cm2_s"] for r in live], d[:2])
+    np.testing.assert_array_equal(sink.arrays["d_cm2_s"], d)
+    assert np.all(np.diff(sink.arrays["pulse_soc"]) > 0)
+    # bit for bit on a second pass
+    assert passes[1].rows == passes[0].rows and passes[1].summary == passes[0].summary
