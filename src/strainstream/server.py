@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from strainstream import auth
-from strainstream.client import ServerInfo, connect, forget_server, record_server
+from strainstream.client import ServerInfo, connect, forget_server, record_server, running_server
 from strainstream.config import process_environment
 from strainstream.datadir import logs_dir
 from strainstream.errors import ServerError
@@ -92,7 +92,17 @@ class TiledServer:
         return r.status_code == 200
 
     def start(self, timeout_s: float = 60.0) -> TiledServer:
-        """Start the server and wait until it answers ``/healthz``."""
+        """Start the server and wait until it answers ``/healthz``.
+
+        Refuses when another live server already serves this data directory (two servers on
+        one SQLite catalog and one table store would corrupt them).
+        """
+        other = running_server(self.data_dir)
+        if other is not None and other.pid != os.getpid() and other.port and port_open(other.port):
+            raise ServerError(
+                f"a tiled server already serves {self.data_dir} at {other.uri} (pid {other.pid}); "
+                "use it (commands given --data-dir find it) or stop it first"
+            )
         if port_open(self.port):
             raise ServerError(
                 f"port {self.port} on 127.0.0.1 is already in use; choose another with --port"

@@ -176,6 +176,16 @@ def test_writes_need_the_api_key(tiled_server):
     assert wrong.status_code == 401
 
 
+def test_a_second_server_on_the_same_data_directory_is_refused(tiled_server):
+    """Two servers on one catalog would corrupt it: `serve` (and the demo) refuse, naming the first."""
+    config = (tiled_server.data_dir / "tiled.yml").read_text()
+    r = _cli("serve", "--data-dir", str(tiled_server.data_dir), timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"already serves {tiled_server.data_dir} at {tiled_server.uri}" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert (tiled_server.data_dir / "tiled.yml").read_text() == config  # nothing rewritten
+
+
 def _cli(*args, env=None, timeout=120):
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **(env or {})))
