@@ -371,7 +371,7 @@ def operando_gitt(
         # the relaxed state before the first pulse: a few readings of the rest
         t_rest = yield from bps.rd(cycler.time_s)
         yield from record()
-        yield from wait_cell(min(rest_s, 60.0), t_rest, pulse=False)
+        yield from wait_cell(min(rest_s, 120.0), t_rest, pulse=False)
         yield from frame()
         for _ in range(n_pulses):
             yield from bps.mv(cycler.start_cmd, 1)  # published at the cell time it took effect

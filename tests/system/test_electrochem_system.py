@@ -16,10 +16,10 @@ import pytest
 
 from strainstream.datadir import detector_dir
 from strainstream.demo import wait_for_results
-from strainstream.plans.electrochem import operando_cycling
+from strainstream.plans.electrochem import operando_cycling, operando_gitt
 from strainstream.replay import replay_run
 from strainstream.session import make_session
-from strainstream.sim.cell import preset
+from strainstream.sim.cell import gitt_formula_diffusivity_cm2_s, preset
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
 
 pytestmark = pytest.mark.system
@@ -75,3 +75,57 @@ def test_cycling_live_analysis_and_replay(sim_beamline, sim_devices, tiled_serve
     assert replay_run(root[uid]) == live
     print(f"cycling system test: {xrd_entry['n_rows']} frames, run {t1 - t0:.1f} s, worker done "
           f"{t2 - t1:.1f} s later, replay {time.monotonic() - t2:.1f} s")
+
+
+def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory, tmp_path):
+    """operando_gitt with the worker: D per pulse in derived/<uid>/gitt(_arrays), a and c of the
+    relaxed points in derived/<uid>/operando_xrd; replay bit for bit."""
+    worker_factory()
+    det = sim_beamline.devices(write_dir=detector_dir(tiled_server.data_dir))["xrd"]
+    det.wait_for_connection(timeout=30)
+    cyc, beam = sim_devices["cycler"], sim_devices["beam"]
+    cyc.reset_cell().wait(10)
+    cyc.accel.put(3000.0, wait=True)
+    cyc.start_cc(100.0, v_max_V=4.5).wait(10)  # to soc ≈ 0.3 outside the run, then relax
+    deadline = time.monotonic() + 20
+    while cyc.soc.get() < 0.3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cyc.rest().wait(10)
+    time.sleep(1.0)
+    # cycler updates 10 s of cell time apart: ≥ 20 readings in the 100–400 s fit window even
+    # when the RunEngine (one tiled write per event), worker and IOCs share 2 cores
+    cyc.accel.put(100.0, wait=True)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
+                           spool_dir=tmp_path / "spool")
+    shape = int(det.cam.array_size.array_size_y.get())
+    p = preset("SC-NM91")
+    t0 = time.monotonic()
+    try:
+        (uid,) = session.RE(operando_gitt(
+            det, cyc, calibration=_calibration(shape), particle_radius_um=p.particle_radius_um,
+            current_mA_g=20.0, pulse_s=600.0, rest_s=1200.0, n_pulses=2, poll_s=0.02, beam=beam))
+    finally:
+        cyc.accel.put(600.0, wait=True)
+        session.close(30.0)
+    root = tiled_server.client()
+    t1 = time.monotonic()
+    live = wait_for_results(root, uid, 0, timeout_s=90)
+    t2 = time.monotonic()
+    assert set(live["analyses"]) == {"operando_xrd", "gitt"}
+    gitt = live["analyses"]["gitt"]
+    assert gitt["status"] == "complete" and gitt["summary"]["pulses"] == 2
+    d = np.array(gitt["summary"]["d_cm2_s"], dtype=float)
+    cols = gitt["columns"]
+    reasons = [(k, r) for k, r in zip(cols["pulse"], cols["pulse_reason"], strict=True) if k >= 0]
+    flags = [f for f in cols["flag"] if f]
+    # 10 %: under this load (RE + tiled + worker + IOCs on 2 cores) D scatters by up to ≈7 %
+    # pulse to pulse (cause not yet found); the 5 % known answer is checked without the server
+    # in tests/plans/test_electrochem_plans.py (≈ −2 % there)
+    np.testing.assert_allclose(d, gitt_formula_diffusivity_cm2_s("SC-NM91"), rtol=0.10,
+                               err_msg=f"{reasons} {flags} {cols['cell_time_s'][:6]} {cols['current_mA'][:6]}")
+    arrays = root["derived"][uid]["gitt_arrays"]
+    np.testing.assert_array_equal(arrays["d_cm2_s"].read(), d)
+    assert live["analyses"]["operando_xrd"]["n_rows"] == 3  # before the pulses and after each rest
+    assert replay_run(root[uid]) == live
+    print(f"GITT system test: D {d}, run {t1 - t0:.1f} s, worker done {t2 - t1:.1f} s later, "
+          f"replay {time.monotonic() - t2:.1f} s")
