@@ -13,7 +13,8 @@ from bluesky.utils import MsgGenerator
 import strainstream
 from strainstream.devices._hdf5 import DataDirError, format_bytes, writable_dir_free_bytes
 
-__all__ = ["DataDirError", "SuspendWhenDisconnected", "base_metadata", "beam_suspenders", "preflight"]
+__all__ = ["DataDirError", "SuspendWhenDisconnected", "base_metadata", "beam_suspenders", "cell_run",
+           "preflight"]
 
 #: room the data directory must have beyond the frames themselves (HDF5 overhead, metadata)
 SPACE_MARGIN = 1.2
@@ -173,3 +174,23 @@ def base_metadata(experiment: str, md: dict[str, Any] | None = None, **fields: A
     out.update(md or {})
     out["experiment"] = experiment
     return out
+
+
+def cell_run(body: MsgGenerator, detector: Any, cycler: Any, *, beam: Any = None,
+             open_shutter: bool = True, min_ring_current_mA: float = 50.0,
+             stop_cell: bool = True) -> MsgGenerator:
+    """Run ``body`` (a run on the cycler's cell) with ``detector`` staged, the cell set to rest
+    whatever ends it (unless ``stop_cell`` is False: a follow-only cycler) and, with ``beam``,
+    the beam suspenders (the shutter opened first unless ``open_shutter`` is False)."""
+    import bluesky.preprocessors as bpp
+
+    def finish():
+        if stop_cell:
+            yield from bps.mv(cycler.stop_cmd, 1)  # the cell rests whatever ended the run
+
+    plan = bpp.finalize_wrapper(bpp.stage_wrapper(body, [detector]), finish())
+    if beam is not None:
+        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
+        if open_shutter:  # before the suspenders watch it, or the closed shutter suspends the run
+            yield from bps.mv(beam.shutter, "open")
+    return (yield from plan)

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
@@ -24,7 +23,7 @@ from ophyd import Device, Signal
 from strainstream.electrochem import cycling_metrics, mean_voltage_V
 from strainstream.rundesc import XRDKeys
 
-from ._common import base_metadata, beam_suspenders, preflight
+from ._common import base_metadata, cell_run, preflight
 from .xrd import operando_xrd
 
 __all__ = ["CycleSummary", "operando_cycling", "operando_gitt", "rate_series"]
@@ -245,16 +244,8 @@ def operando_cycling(
             yield from bps.checkpoint()
         yield from bps.close_run()
 
-    def finish():
-        yield from bps.mv(cycler.stop_cmd, 1)
-
-    plan = bpp.stage_wrapper(body(), [detector])
-    plan = bpp.finalize_wrapper(plan, finish())
-    if beam is not None:
-        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
-        if open_shutter:
-            yield from bps.mv(beam.shutter, "open")
-    return (yield from plan)
+    return (yield from cell_run(body(), detector, cycler, beam=beam, open_shutter=open_shutter,
+                                min_ring_current_mA=min_ring_current_mA))
 
 
 def operando_gitt(
@@ -389,16 +380,8 @@ def operando_gitt(
                 break
         yield from bps.close_run()
 
-    def finish():
-        yield from bps.mv(cycler.stop_cmd, 1)
-
-    plan = bpp.stage_wrapper(body(), [detector])
-    plan = bpp.finalize_wrapper(plan, finish())
-    if beam is not None:
-        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
-        if open_shutter:
-            yield from bps.mv(beam.shutter, "open")
-    return (yield from plan)
+    return (yield from cell_run(body(), detector, cycler, beam=beam, open_shutter=open_shutter,
+                                min_ring_current_mA=min_ring_current_mA))
 
 
 def rate_series(

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 
 from strainstream.rundesc import XRDKeys
 
-from ._common import base_metadata, beam_suspenders, preflight
+from ._common import base_metadata, cell_run, preflight
 
 __all__ = ["operando_xrd"]
 
@@ -146,14 +145,5 @@ def operando_xrd(
                 yield from bps.sleep(frame_interval_s)
         yield from bps.close_run()
 
-    def finish():
-        if not follow_only:
-            yield from bps.mv(cycler.stop_cmd, 1)  # the cell rests whatever ended the run
-
-    plan = bpp.stage_wrapper(body(), [detector])
-    plan = bpp.finalize_wrapper(plan, finish())
-    if beam is not None:
-        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
-        if open_shutter:  # before the suspenders watch it, or the closed shutter suspends the run
-            yield from bps.mv(beam.shutter, "open")
-    return (yield from plan)
+    return (yield from cell_run(body(), detector, cycler, beam=beam, open_shutter=open_shutter,
+                                min_ring_current_mA=min_ring_current_mA, stop_cell=not follow_only))
