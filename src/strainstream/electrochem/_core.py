@@ -391,6 +391,24 @@ def _relaxed_mean(t: np.ndarray, v: np.ndarray, first: int, last: int, window_s:
     return float(np.mean(v[min(lo, last):last + 1]))
 
 
+def _sqrt_t_slope(dt: np.ndarray, v: np.ndarray, w0: float, w1: float, step_s: float | None) -> float:
+    """Least-squares dE/d√t over w0 < √dt < w1 (V s^-½) of the pulse samples (dt, v).
+
+    With ``step_s`` the voltage is first interpolated linearly onto a uniform time grid of
+    that step over the sampled part of the window (a cycler logging at a fixed interval);
+    otherwise the samples in the window are fitted as they are.
+    """
+    sq = np.sqrt(dt)
+    sel = (sq > w0) & (sq < w1)
+    if step_s is None:
+        return float(np.polyfit(sq[sel], v[sel], 1)[0])
+    # interpolated linearly in √t: exact for a √t transient, whatever the sample spacing
+    lo, hi = max(w0 * w0, float(dt[0])), min(w1 * w1, float(dt[-1]))
+    n = max(int(round((hi - lo) / step_s)) + 1, 2)
+    grid = np.linspace(lo, hi, n)
+    return float(np.polyfit(np.sqrt(grid), np.interp(np.sqrt(grid), sq, v), 1)[0])
+
+
 def gitt_diffusivity(
     time_s,
     voltage_V,
@@ -401,6 +419,7 @@ def gitt_diffusivity(
     threshold_mA: float | None = None,
     min_fit_points: int = 5,
     relaxed_average_s: float = 30.0,
+    fit_step_s: float | None = 1.0,
 ) -> GITTResult:
     """GITT diffusivity for every pulse of a record.
 
@@ -412,9 +431,18 @@ def gitt_diffusivity(
     at the end of the following rest and at the end of the preceding rest, each the mean of
     the rest samples in the last ``relaxed_average_s`` seconds (at least one sample; this
     averages out voltage noise); dE/d√t is the
-    least-squares slope of V against √(t − t[start]) over the pulse samples with
+    least-squares slope of V against √(t − t[start]) in the window
     ``fit_window_sqrt_s[0] < √(t − t_start) < fit_window_sqrt_s[1]`` (default 10–20 s^½,
     i.e. 100–400 s into the pulse); D from :func:`gitt_diffusivity_cm2_s`.
+
+    The pulse voltage of a finite particle is not exactly linear in √t (the bulk term grows
+    as t), so a fit to the raw samples depends on where they fall in the window: readings
+    polled at uneven times (a cycler read when the control loop is free, readings torn
+    by a concurrent update left out) move D by several per cent from pulse to pulse. With
+    ``fit_step_s`` (default 1 s) the pulse voltage is interpolated linearly onto a uniform
+    time grid of that step over the sampled part of the window — the log of a cycler
+    recording at a fixed interval — and the slope is fitted to that, so it depends on the
+    transient, not on the sampling. ``fit_step_s=None`` fits the raw samples.
 
     Parameters
     ----------
@@ -430,6 +458,9 @@ def gitt_diffusivity(
         Fewer samples in the window → D = NaN with a reason.
     relaxed_average_s : float
         Length (s) of the end-of-rest interval averaged for the relaxed voltages.
+    fit_step_s : float or None
+        Time step (s, > 0) of the uniform grid the slope is fitted on, or None for the raw
+        samples (see above).
 
     Returns
     -------
@@ -444,6 +475,8 @@ def gitt_diffusivity(
     w0, w1 = map(float, fit_window_sqrt_s)
     if not (0 <= w0 < w1):
         raise ElectrochemInputError("fit_window_sqrt_s must be (low, high) with 0 <= low < high")
+    if fit_step_s is not None and not (math.isfinite(fit_step_s) and fit_step_s > 0):
+        raise ElectrochemInputError(f"fit_step_s must be a positive number of seconds or None, got {fit_step_s!r}")
     pulses = split_gitt_pulses(t, i, threshold_mA=threshold_mA)
     n = len(pulses)
     out = {k: np.full(n, np.nan) for k in (
@@ -475,9 +508,7 @@ def gitt_diffusivity(
             reason = (f"only {n_fit[k]} samples in the fit window {w0}–{w1} s^1/2 "
                       f"(pulse is {tau:.0f} s long)")
         if not reason:
-            x = sq[sel]
-            y = v[p.start:p.stop][sel]
-            slope = np.polyfit(x, y, 1)[0]
+            slope = _sqrt_t_slope(t[p.start:p.stop] - t0, v[p.start:p.stop], w0, w1, fit_step_s)
             out["slope_V_per_sqrt_s"][k] = slope
             if slope == 0 or np.sign(slope) != np.sign(out["current_mA"][k]):
                 reason = "voltage does not move with the current during the pulse"
