@@ -9,6 +9,7 @@ plan is exercised in tests/plans/test_electrochem_plans.py.)
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -32,6 +33,32 @@ def _calibration(shape):
     sim = XRDFrameSimulator(geo)
     inst = 2 * np.pi / geo.wavelength_A * np.radians(sim.instrument_fwhm_2theta_deg)
     return dict(geo.to_dict(), instrument_fwhm_A_inv=inst)
+
+
+class BeamDumpAfter:
+    """RunEngine subscriber: a beam dump (``duration_s`` at 0 mA, then the ramp back) from a
+    thread once ``when(stream_name, event)`` is true for an event (once per instance)."""
+
+    def __init__(self, beam, when, duration_s: float = 1.0) -> None:
+        self.beam, self.when, self.duration_s = beam, when, duration_s
+        self.streams: dict[str, str] = {}
+        self.dumped: list[float] = []
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, name, doc) -> None:
+        if name == "descriptor":
+            self.streams[doc["uid"]] = doc["name"]
+        elif name == "event" and self.thread is None and self.when(self.streams.get(doc["descriptor"]), doc):
+            self.thread = threading.Thread(target=self._dump, daemon=True)
+            self.thread.start()
+
+    def _dump(self) -> None:
+        self.beam.dump(self.duration_s).wait(10)
+        self.dumped.append(time.monotonic())
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join(30)
 
 
 def test_cycling_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory, tmp_path):
@@ -77,9 +104,11 @@ def test_cycling_live_analysis_and_replay(sim_beamline, sim_devices, tiled_serve
           f"{t2 - t1:.1f} s later, replay {time.monotonic() - t2:.1f} s")
 
 
-def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory, tmp_path):
+def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory, tmp_path,
+                                      capsys):
     """operando_gitt with the worker: D per pulse in derived/<uid>/gitt(_arrays), a and c of the
-    relaxed points in derived/<uid>/operando_xrd; replay bit for bit."""
+    relaxed points in derived/<uid>/operando_xrd; a beam dump in the first rest suspends the
+    run (the cell rests on); replay bit for bit."""
     worker_factory()
     det = sim_beamline.devices(write_dir=detector_dir(tiled_server.data_dir))["xrd"]
     det.wait_for_connection(timeout=30)
@@ -97,6 +126,16 @@ def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, 
     cyc.accel.put(100.0, wait=True)
     session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
                            spool_dir=tmp_path / "spool")
+    currents = [0.0]
+
+    def pulse_stopped(stream, doc):  # the first pulse stopped: a dump in its rest
+        if stream != "cycler":
+            return False
+        currents.append(doc["data"]["cycler_current_mA"])
+        return currents[-2] != 0.0 and currents[-1] == 0.0
+
+    dump = BeamDumpAfter(beam, pulse_stopped)
+    session.RE.subscribe(dump)
     shape = int(det.cam.array_size.array_size_y.get())
     p = preset("SC-NM91")
     t0 = time.monotonic()
@@ -105,8 +144,11 @@ def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, 
             det, cyc, calibration=_calibration(shape), particle_radius_um=p.particle_radius_um,
             current_mA_g=20.0, pulse_s=600.0, rest_s=1200.0, n_pulses=2, poll_s=0.02, beam=beam))
     finally:
+        dump.join()
         cyc.accel.put(600.0, wait=True)
         session.close(30.0)
+    assert dump.dumped, "the beam dump was not injected"
+    assert "storage-ring current below" in capsys.readouterr().out
     root = tiled_server.client()
     t1 = time.monotonic()
     live = wait_for_results(root, uid, 0, timeout_s=90)
@@ -118,11 +160,14 @@ def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, 
     cols = gitt["columns"]
     reasons = [(k, r) for k, r in zip(cols["pulse"], cols["pulse_reason"], strict=True) if k >= 0]
     flags = [f for f in cols["flag"] if f]
-    # 10 %: under this load (RE + tiled + worker + IOCs on 2 cores) D scatters by up to ≈7 %
-    # pulse to pulse (cause not yet found); the 5 % known answer is checked without the server
-    # in tests/plans/test_electrochem_plans.py (≈ −2 % there)
-    np.testing.assert_allclose(d, gitt_formula_diffusivity_cm2_s("SC-NM91"), rtol=0.10,
+    # issue #18: within 5 % of the simulator's for every pulse, under the load of RE + tiled
+    # + worker + IOCs on 2 cores and across a beam-loss suspension in the first rest
+    np.testing.assert_allclose(d, gitt_formula_diffusivity_cm2_s("SC-NM91"), rtol=0.05,
                                err_msg=f"{reasons} {flags} {cols['cell_time_s'][:6]} {cols['current_mA'][:6]}")
+    # the suspension: the plan stopped reading the (resting) cycler for the dump, ≥ 2 s of wall
+    # time = ≥ 200 s of cell time, and took the relaxed frame after the beam came back
+    t_cell = np.array([t for t, f in zip(cols["cell_time_s"], cols["flag"], strict=True) if not f])
+    assert np.diff(t_cell).max() > 200.0, np.diff(t_cell).max()
     arrays = root["derived"][uid]["gitt_arrays"]
     np.testing.assert_array_equal(arrays["d_cm2_s"].read(), d)
     assert live["analyses"]["operando_xrd"]["n_rows"] == 3  # before the pulses and after each rest
