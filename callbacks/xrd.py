@@ -9,8 +9,16 @@ phase fractions (second phase: columns suffixed ``_2``), Rwp and the (003) windo
 
 Start-document metadata used (written by the ``operando_xrd`` plan):
 ``calibration`` (geometry dict, see :func:`strainstream.xrd.validate_geometry`; its
-``wavelength_A`` is the wavelength), optional ``analysis_parameters.operando_xrd``:
-``phases`` ("auto" | 1 | 2), ``npt``, ``q_range_A_inv``, ``saturation_level``.
+``wavelength_A`` is the wavelength; its ``instrument_function`` — Caglioti U, V, W and η
+from the CeO2 frame — gives every peak its own instrumental width, else its one
+``instrument_fwhm_A_inv`` is used), optional ``analysis_parameters.operando_xrd``:
+``phases`` ("auto" | 1 | 2), ``npt``, ``q_range_A_inv``, ``saturation_level``,
+``instrument_fwhm_A_inv`` / ``instrument_function`` (override the calibration's), and
+``sectors``: a number n of equal azimuthal sectors (e.g. 8 → 8 × 45° from χ = −180°) or a
+list of ``[χ_lo, χ_hi]`` sectors in degrees (pyFAI's χ); each sector's pattern is refined
+too (one phase, the largest-c phase of the full pattern) and its ``a_A_sNN``, ``c_A_sNN``,
+``c_err_A_sNN`` are stored (texture or strain-anisotropy check; ``c_spread_A`` is the
+largest minus the smallest sector c).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from strainstream.rundesc import XRDKeys
 from .base import AnalysisCallback, RunDocumentError, checked_number, checked_range
 from .tiled_format import is_timestamp_column
 
-__all__ = ["OperandoXRDCallback", "Q003_GRID_A_INV", "i003_matrix", "start_from_row"]
+__all__ = ["OperandoXRDCallback", "Q003_GRID_A_INV", "i003_matrix", "sector_ranges", "start_from_row"]
 
 #: Q grid (Å⁻¹) of the stored (003) window, REFERENCE.md's 1.27–1.42 Å⁻¹
 Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
@@ -34,6 +42,56 @@ Q003_GRID_A_INV = np.round(np.linspace(1.27, 1.42, 61), 10)
 _PHASE_COLS = ("a_A", "a_err_A", "c_A", "c_err_A", "volume_A3", "volume_err_A3", "microstrain",
                "microstrain_err", "size_nm", "fraction")
 _MAX_NPT = 100_000  # Q bins of the integration
+_MAX_SECTORS = 36
+
+
+def sector_ranges(sectors: Any) -> list[tuple[float, float]]:
+    """Azimuthal sectors (χ_lo, χ_hi) in degrees from ``analysis_parameters.operando_xrd.sectors``.
+
+    Parameters
+    ----------
+    sectors : int or list of (float, float)
+        n equal sectors covering χ = −180°…180° (sector k: −180 + k·360/n to
+        −180 + (k+1)·360/n), or explicit ``[χ_lo, χ_hi]`` pairs in degrees.
+
+    Returns
+    -------
+    list of (float, float)
+
+    Raises
+    ------
+    RunDocumentError
+        Not a count 2…36 nor a list of increasing pairs within −360…360°.
+    """
+    if isinstance(sectors, int | np.integer) and not isinstance(sectors, bool):
+        n = int(sectors)
+        if not 2 <= n <= _MAX_SECTORS:
+            raise RunDocumentError(f"analysis_parameters.operando_xrd.sectors must be 2–{_MAX_SECTORS} "
+                                   f"sectors, got {n}")
+        edges = np.linspace(-180.0, 180.0, n + 1)
+        return [(float(lo), float(hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    msg = (f"analysis_parameters.operando_xrd.sectors must be a number of sectors (e.g. 8) or a list "
+           f"of [chi_lo, chi_hi] pairs in degrees, got {sectors!r}")
+    if not isinstance(sectors, list | tuple) or not 1 <= len(sectors) <= _MAX_SECTORS:
+        raise RunDocumentError(msg)
+    out = []
+    for pair in sectors:
+        try:
+            lo, hi = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise RunDocumentError(msg) from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and -360.0 <= lo < hi <= 360.0):
+            raise RunDocumentError(msg)
+        out.append((lo, hi))
+    return out
+
+
+def _sector_columns(n: int) -> dict[str, str]:
+    cols = {"c_spread_A": "float64"}
+    for k in range(n):
+        cols.update({f"a_A_s{k:02d}": "float64", f"c_A_s{k:02d}": "float64",
+                     f"c_err_A_s{k:02d}": "float64"})
+    return cols
 
 
 def i003_matrix(columns: dict[str, list]) -> np.ndarray:
@@ -92,6 +150,13 @@ class OperandoXRDCallback(AnalysisCallback):
         **{f"i003_{k:02d}": "float64" for k in range(Q003_GRID_A_INV.size)},
     }
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sectors = self.parameters.get("sectors")
+        self.sectors = [] if sectors is None else sector_ranges(sectors)
+        if self.sectors:  # per-sector columns, declared before the result table is made
+            self.columns = {**type(self).columns, **_sector_columns(len(self.sectors))}
+
     def on_start(self, doc) -> None:
         from strainstream.xrd import Integrator, SequentialRefiner, validate_geometry
 
@@ -123,6 +188,20 @@ class OperandoXRDCallback(AnalysisCallback):
         fwhm = p.get("instrument_fwhm_A_inv", self.geometry.get("instrument_fwhm_A_inv", 0.0))
         kwargs = {"instrument_fwhm_A_inv": checked_number(
             fwhm, f"run {uid}: instrument_fwhm_A_inv (calibration or analysis_parameters)", minimum=0.0)}
+        # per-peak instrumental widths (Caglioti U, V, W and η of the CeO2 frame); an explicit
+        # analysis parameter wins over the calibration's, and an explicit one-width override
+        # without a function means one width
+        function = p.get("instrument_function",
+                         None if "instrument_fwhm_A_inv" in p else self.geometry.get("instrument_function"))
+        if function is not None:
+            from strainstream.xrd._instrument import instrument_width_function
+
+            try:
+                instrument_width_function(function, self.geometry["wavelength_A"])
+            except (TypeError, ValueError) as exc:
+                raise RunDocumentError(f"run {uid}: instrument_function (calibration or "
+                                       f"analysis_parameters) is unusable: {exc}") from None
+            kwargs["instrument"] = dict(function)
         q_range = checked_range(p.get("q_range_A_inv"), "analysis_parameters.operando_xrd.q_range_A_inv")
         if q_range is not None:
             kwargs["q_range_A_inv"] = q_range
@@ -131,6 +210,7 @@ class OperandoXRDCallback(AnalysisCallback):
             raise RunDocumentError(f"analysis_parameters.operando_xrd.phases must be 'auto', 1 or 2, "
                                    f"got {phases!r}")
         self.refiner = SequentialRefiner(self.geometry["wavelength_A"], phases=phases, **kwargs)
+        self.refine_kwargs = kwargs
 
     def _echem(self, data: dict[str, Any]) -> dict[str, float]:
         """Cycler readings of the event: the keys the run description (``xrd_keys``) names,
@@ -172,7 +252,35 @@ class OperandoXRDCallback(AnalysisCallback):
                 row[f"{col}{sfx}"] = math.nan if value is None else value
         if res.n_phases == 2:
             row["delta_c_A"] = abs(res.phases[0].c_A - res.phases[1].c_A)
+        if self.sectors:
+            row.update(self._sector_rows(frame, res))
         return row
+
+    def _sector_rows(self, frame, res) -> dict[str, float]:
+        """a, c of the largest-c phase refined on every azimuthal sector's pattern."""
+        from strainstream.xrd import PatternError, refine_pattern
+
+        main = res.phases[0]
+        start = {"phases": [{"a_A": main.a_A, "c_A": main.c_A, "microstrain": main.microstrain,
+                             "size_nm": main.size_nm, "fraction": 1.0}],
+                 "eta": res.eta, "al_a_A": res.al_a_A, "rwp": res.rwp}
+        out: dict[str, float] = {}
+        cs = []
+        for k, (lo, hi) in enumerate(self.sectors):
+            q, y, s = self.integrator(frame, azimuth_range=(lo, hi))
+            ok = np.isfinite(y) & np.isfinite(s)
+            a = c = c_err = math.nan
+            if np.count_nonzero(ok) > 200:
+                try:
+                    r = refine_pattern(q[ok], y[ok], self.geometry["wavelength_A"], sigma=s[ok],
+                                       start=start, phases=1, **self.refine_kwargs)
+                    a, c, c_err = r.phases[0].a_A, r.phases[0].c_A, r.phases[0].c_err_A
+                    cs.append(c)
+                except PatternError:
+                    pass  # a sector without enough signal stays NaN
+            out.update({f"a_A_s{k:02d}": a, f"c_A_s{k:02d}": c, f"c_err_A_s{k:02d}": c_err})
+        out["c_spread_A"] = max(cs) - min(cs) if len(cs) >= 2 else math.nan
+        return out
 
     def summary(self) -> dict[str, Any]:
         good = [r for r in self.rows if not r["flag"] and math.isfinite(r["c_A"])]

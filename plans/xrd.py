@@ -32,6 +32,7 @@ def operando_xrd(
     open_shutter: bool = True,
     min_ring_current_mA: float = 50.0,
     reserve_frames: int | None = None,
+    sectors: int | list[tuple[float, float]] | None = None,
     md: dict[str, Any] | None = None,
 ) -> MsgGenerator:
     """Charge the cell at constant current and take an XRD frame every ``frame_interval_s``.
@@ -81,6 +82,12 @@ def operando_xrd(
     reserve_frames : int, optional
         Frames the detector's data directory must have room for before the run starts
         (default ``max_frames``, at most 1000: the charge usually ends well before).
+    sectors : int or list of (float, float), optional
+        Also refine azimuthal sectors live: n equal sectors (e.g. 8 → 8 × 45°) or
+        ``[χ_lo, χ_hi]`` pairs in degrees; recorded as
+        ``analysis_parameters.operando_xrd.sectors`` and giving a per-sector c (texture or
+        strain anisotropy). The calibration's ``instrument_function`` (CeO2 Caglioti U, V,
+        W and η) is recorded with it and used per peak.
     md : dict, optional
         Extra start-document metadata.
 
@@ -98,6 +105,18 @@ def operando_xrd(
         raise ValueError("frame_interval_s must be >= 0 and max_frames >= 1")
     if not calibration or "wavelength_A" not in calibration:
         raise ValueError("calibration must be a geometry dict with wavelength_A (strainstream.xrd.calibrate)")
+    if sectors is not None:
+        n_ok = isinstance(sectors, int) and not isinstance(sectors, bool) and 2 <= sectors <= 36
+        pairs_ok = isinstance(sectors, list | tuple) and 1 <= len(sectors) <= 36 and all(
+            isinstance(p, list | tuple) and len(p) == 2 and -360 <= p[0] < p[1] <= 360 for p in sectors)
+        if not (n_ok or pairs_ok):
+            raise ValueError(f"sectors must be a number of sectors 2–36 (e.g. 8) or a list of "
+                             f"(chi_lo, chi_hi) pairs in degrees, got {sectors!r}")
+        md = dict(md or {})
+        params = {k: dict(v) for k, v in (md.get("analysis_parameters") or {}).items()}
+        params.setdefault("operando_xrd", {})["sectors"] = (
+            sectors if isinstance(sectors, int) else [[float(a), float(b)] for a, b in sectors])
+        md["analysis_parameters"] = params
     follow_only = bool(getattr(cycler, "follow_only", False))  # read only, never commanded
     if follow_only and cv_hold:
         raise ValueError(f"cv_hold commands the cycler, and {cycler.name} can only be read "

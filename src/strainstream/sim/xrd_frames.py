@@ -14,10 +14,11 @@ The 1-D model I(Q) (the "truth" a frame is drawn from) is
 * A_hkl = scale · fraction · Σ|F_hkl|² · L(θ) / V_cell with structure factors from the atomic
   positions (Cromer–Mann form factors, overall B), Lorentz factor L = 1/(sin²θ cosθ); the
   multiplicity is included by summing |F|² over all (hkl) with the same d.
-* pV is a unit-area pseudo-Voigt with mixing η = 0.4 and full width at half maximum (Å⁻¹)
+* pV is a unit-area pseudo-Voigt with mixing η (``peak_eta``, default 0.4) and full width at half maximum (Å⁻¹)
 
       w = sqrt(w_sample² + w_inst²),   w_sample = 2πK/D + 2εQ  (K = 0.9),
-      w_inst = (2π/λ)·cosθ·Δ2θ_inst   (Δ2θ_inst in radians, default 0.02°)
+      w_inst = (2π/λ)·cosθ·Δ2θ_inst   (Δ2θ_inst in radians, default 0.02°, or Caglioti's
+                                     Δ2θ_inst² = U tan²θ + V tanθ + W)
 
   w_sample is the Williamson–Hall FWHM of DESIGN.md written in Q (β_2θ cosθ/(Kλ) = 1/D +
   4ε sinθ/(Kλ) with ΔQ = (2π/λ)cosθ·β_2θ), i.e. β is the FWHM and the instrumental breadth
@@ -276,7 +277,13 @@ class XRDFrameSimulator:
     q_step_A_inv : float
         Step of the 1-D model grid (Å⁻¹).
     instrument_fwhm_2theta_deg : float
-        Instrumental (Gaussian-added-in-quadrature) FWHM in 2θ (degrees).
+        Instrumental (Gaussian-added-in-quadrature) FWHM in 2θ (degrees), the same at all
+        angles (ignored when ``instrument_caglioti_deg2`` is given).
+    instrument_caglioti_deg2 : (float, float, float), optional
+        Caglioti (U, V, W) in deg²: instrumental FWHM Δ2θ² = U tan²θ + V tanθ + W (a broad,
+        angle-dependent instrument such as a 17-BM-like set-up).
+    peak_eta : float
+        Pseudo-Voigt mixing η of every peak (default 0.4).
     polarization_factor : float or None
         pyFAI polarisation factor applied to frames (None: no polarisation effect).
     dead_pixel_fraction, hot_pixel_fraction : float
@@ -293,6 +300,8 @@ class XRDFrameSimulator:
         *,
         q_step_A_inv: float = 5e-4,
         instrument_fwhm_2theta_deg: float = 0.02,
+        instrument_caglioti_deg2: tuple[float, float, float] | None = None,
+        peak_eta: float = PV_ETA,
         polarization_factor: float | None = None,
         dead_pixel_fraction: float = 0.0,
         hot_pixel_fraction: float = 0.0,
@@ -309,6 +318,15 @@ class XRDFrameSimulator:
             raise ValueError("q_step_A_inv must be in (0, 0.01) Å⁻¹")
         if not (instrument_fwhm_2theta_deg > 0):
             raise ValueError("instrument_fwhm_2theta_deg must be > 0 degrees")
+        if instrument_caglioti_deg2 is not None:
+            u, v, w = (float(x) for x in instrument_caglioti_deg2)
+            t = np.linspace(0.0, 1.0, 201)  # tanθ up to 45°
+            if not (w > 0 and np.all(u * t * t + v * t + w > 0)):
+                raise ValueError(f"instrument_caglioti_deg2 (U, V, W) = {instrument_caglioti_deg2!r}"
+                                 " gives a non-positive FWHM² for 2θ ≤ 90°")
+            instrument_caglioti_deg2 = (u, v, w)
+        if not (0.0 <= peak_eta <= 1.0):
+            raise ValueError(f"peak_eta must be in [0, 1], got {peak_eta!r}")
         for name, v in (("dead_pixel_fraction", dead_pixel_fraction),
                         ("hot_pixel_fraction", hot_pixel_fraction)):
             if not (0.0 <= v < 0.5):
@@ -318,6 +336,8 @@ class XRDFrameSimulator:
         self.geometry = geometry
         self.wavelength_A = geometry.wavelength_A
         self.instrument_fwhm_2theta_deg = float(instrument_fwhm_2theta_deg)
+        self.instrument_caglioti_deg2 = instrument_caglioti_deg2
+        self.peak_eta = float(peak_eta)
         self.saturation_counts = int(saturation_counts)
         self.ai = geometry.integrator()
         q_pix = self.ai.array_from_unit(shape=geometry.shape, typ="center", unit="q_A^-1",
@@ -351,9 +371,24 @@ class XRDFrameSimulator:
     # ------------------------------------------------------------------ 1-D model
     def _width(self, q: np.ndarray, size_nm: float, microstrain: float) -> np.ndarray:
         sample = 2 * np.pi * K_SCHERRER / (size_nm * 10.0) + 2.0 * microstrain * q
-        cos_t = np.sqrt(1.0 - (q * self.wavelength_A / (4 * np.pi)) ** 2)
-        inst = (2 * np.pi / self.wavelength_A) * cos_t * np.radians(self.instrument_fwhm_2theta_deg)
+        inst = self.instrument_fwhm_A_inv(q)
         return np.sqrt(sample**2 + inst**2)
+
+    def instrument_fwhm_2theta_deg_at(self, q: np.ndarray) -> np.ndarray:
+        """Instrumental FWHM in 2θ (degrees) at Q (Å⁻¹): constant or Caglioti's law."""
+        q = np.asarray(q, dtype=float)
+        if self.instrument_caglioti_deg2 is None:
+            return np.full(q.shape, self.instrument_fwhm_2theta_deg)
+        u, v, w = self.instrument_caglioti_deg2
+        t = np.tan(np.arcsin(q * self.wavelength_A / (4 * np.pi)))
+        return np.sqrt(u * t * t + v * t + w)
+
+    def instrument_fwhm_A_inv(self, q: np.ndarray) -> np.ndarray:
+        """Instrumental FWHM in Q (Å⁻¹) at Q: (2π/λ)·cosθ·Δ2θ (Δ2θ in radians)."""
+        q = np.asarray(q, dtype=float)
+        cos_t = np.sqrt(1.0 - (q * self.wavelength_A / (4 * np.pi)) ** 2)
+        return (2 * np.pi / self.wavelength_A) * cos_t * np.radians(
+            self.instrument_fwhm_2theta_deg_at(q))
 
     def _lorentz(self, q: np.ndarray) -> np.ndarray:
         sin_t = q * self.wavelength_A / (4 * np.pi)
@@ -414,7 +449,7 @@ class XRDFrameSimulator:
             lor = (hwhm / np.pi) / (x * x + hwhm * hwhm)
             sig = ww / (2 * math.sqrt(2 * math.log(2)))
             gau = np.exp(-0.5 * (x / sig) ** 2) / (sig * math.sqrt(2 * math.pi))
-            val = area[sel][:, None] * (PV_ETA * lor + (1 - PV_ETA) * gau)
+            val = area[sel][:, None] * (self.peak_eta * lor + (1 - self.peak_eta) * gau)
             out += np.bincount(idxc[valid], weights=val[valid], minlength=grid.size)
         return out
 
@@ -545,7 +580,13 @@ class XRDFrameSimulator:
         -------
         ndarray, shape geometry.shape, uint16 (uint32 if saturation_counts > 65535)
         """
-        mu = self.expected_image(intensity).ravel()
+        return self._draw_expected(self.expected_image(intensity), seed=seed, noise=noise,
+                                   exact_poisson=exact_poisson)
+
+    def _draw_expected(self, mu: np.ndarray, *, seed: int | None = 0, noise: bool = True,
+                       exact_poisson: bool = False) -> np.ndarray:
+        """Counts image from expected counts ``mu`` (geometry.shape); see :meth:`draw`."""
+        mu = np.asarray(mu, dtype=np.float64).ravel()
         if noise:
             rng = np.random.default_rng(seed)
             if exact_poisson:
@@ -611,6 +652,51 @@ class XRDFrameSimulator:
         fr.metadata.update(cell.readbacks())
         fr.metadata["preset"] = cell.preset.name
         return fr
+
+    def sector_frame(self, phases_per_sector: Sequence[Sequence[LatticePhase | dict]], *,
+                     seed: int | None = 0, noise: bool = True,
+                     **profile_kwargs) -> SimulatedFrame:
+        """Frame whose lattice differs by azimuthal sector (strain anisotropy, texture check).
+
+        The azimuth χ (pyFAI's χ of every pixel centre, −180° to 180°) is cut into
+        ``n = len(phases_per_sector)`` equal sectors, sector k covering
+        [−180° + k·360°/n, −180° + (k+1)·360°/n); the pixels of sector k are drawn from the
+        profile of ``phases_per_sector[k]``.
+
+        Parameters
+        ----------
+        phases_per_sector : sequence (n,) of sequences of LatticePhase or dict
+            Layered phase(s) seen in each sector.
+        seed, noise
+            See :meth:`draw`.
+        **profile_kwargs
+            Passed to :meth:`profile`.
+
+        Returns
+        -------
+        SimulatedFrame
+            ``phases`` and ``intensity`` are the first sector's; ``metadata["sector_phases"]``
+            holds every sector's phases.
+        """
+        n = len(phases_per_sector)
+        if n < 1:
+            raise ValueError("phases_per_sector is empty: give the phases of every sector")
+        chi = np.asarray(self.ai.center_array(self.geometry.shape, unit="chi_deg", scale=True),
+                         dtype=float)
+        sector = np.clip(((chi + 180.0) * n / 360.0).astype(np.intp), 0, n - 1)
+        mu = np.zeros(self.geometry.shape)
+        first = None
+        for k, phases in enumerate(phases_per_sector):
+            _, inten = self.profile(phases, **profile_kwargs)
+            first = inten if first is None else first
+            sel = sector == k
+            mu[sel] = self.expected_image(inten)[sel]
+        img = self._draw_expected(mu, seed=seed, noise=noise)
+        return SimulatedFrame(img, self.q_A_inv, first, self.geometry.to_dict(),
+                              [_phase_dict(p) for p in phases_per_sector[0]], self.defect_mask,
+                              {"kind": "cell_sectors", "seed": seed, "noise": noise,
+                               "sector_phases": [[_phase_dict(p) for p in ph]
+                                                 for ph in phases_per_sector]})
 
     def ceo2_frame(self, *, seed: int | None = 0, noise: bool = True, **kwargs) -> SimulatedFrame:
         """Simulated CeO2 (NIST SRM 674b) calibrant frame; kwargs go to :meth:`ceo2_profile`.

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage, signal
 from scipy.optimize import least_squares
 
-from ._errors import FrameError
+from ._errors import FrameError, PatternError
 from ._geometry import GEOMETRY_KEYS, make_azimuthal_integrator, validate_geometry
 
 _PARAMS = ("distance_m", "poni1_m", "poni2_m", "rot1", "rot2", "rot3")
@@ -222,8 +222,11 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     the geometry is refined by ``scipy.optimize.least_squares`` on the 2θ residuals of all
     control points. With ``measure_width=True`` the instrumental FWHM is then measured on
     the same frame with the refined geometry (:func:`instrument_fwhm`) and added to the
-    geometry as ``instrument_fwhm_A_inv`` (Å⁻¹), the value :func:`refine_pattern` and the
-    operando XRD callback use.
+    geometry as ``instrument_fwhm_A_inv`` (Å⁻¹, one width averaged over Q) and as
+    ``instrument_function`` (:meth:`InstrumentWidth.instrument_function`: Caglioti U, V, W in
+    deg² and the pseudo-Voigt η; a constant Δ2θ when fewer than 4 reflections are resolved),
+    which :func:`refine_pattern` (``instrument=``) and the operando XRD callback evaluate
+    at every peak's own Q.
 
     Parameters
     ----------
@@ -270,15 +273,15 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
     measure_width : bool
         Also measure the instrumental FWHM on the calibrant (default False).
     width_options : dict, optional
-        Keyword arguments for :func:`instrument_fwhm` (``npt``, ``model``,
-        ``calibrant_size_nm``, ``average_range_A_inv``...); ``mask`` and ``calibrant``
-        are those of this call.
+        Keyword arguments for :func:`instrument_fwhm` (``npt``, ``model`` (default
+        ``"caglioti"``, falling back to ``"constant_2theta"``), ``calibrant_size_nm``,
+        ``average_range_A_inv``...); ``mask`` and ``calibrant`` are those of this call.
 
     Returns
     -------
     dict
-        Geometry dict (:data:`GEOMETRY_KEYS`, ``detector``/``orientation`` if given, plus ``instrument_fwhm_A_inv`` with
-        ``measure_width=True``; JSON-able, see :func:`save_poni`).
+        Geometry dict (:data:`GEOMETRY_KEYS`, ``detector``/``orientation`` if given, plus ``instrument_fwhm_A_inv`` and
+        ``instrument_function`` with ``measure_width=True``; JSON-able, see :func:`save_poni`).
         With ``return_diagnostics=True``: (geometry, diagnostics).
 
     Raises
@@ -421,9 +424,18 @@ def calibrate(frame, approx_geometry, calibrant="CeO2", *, fix_wavelength=True,
         for key in ("mask", "calibrant", "geometry", "integrator"):
             if key in opts:
                 raise ValueError(f"width_options must not set {key!r} (given by calibrate)")
-        width = instrument_fwhm(raw_frame, geometry=out, calibrant=calibrant, mask=mask,
-                                **opts)
+        if "model" in opts:
+            width = instrument_fwhm(raw_frame, geometry=out, calibrant=calibrant, mask=mask,
+                                    **opts)
+        else:  # Caglioti U, V, W when enough reflections are resolved, else a constant Δ2θ
+            try:
+                width = instrument_fwhm(raw_frame, geometry=out, calibrant=calibrant,
+                                        mask=mask, model="caglioti", **opts)
+            except PatternError:
+                width = instrument_fwhm(raw_frame, geometry=out, calibrant=calibrant,
+                                        mask=mask, model="constant_2theta", **opts)
         out["instrument_fwhm_A_inv"] = width.instrument_fwhm_A_inv
+        out["instrument_function"] = width.instrument_function()
         diag["instrument_width"] = width.to_dict()
     if not return_diagnostics:
         return out

@@ -44,7 +44,9 @@ def validate_geometry(geometry: dict) -> dict:
     geometry : dict
         Keys of :data:`GEOMETRY_KEYS` (``rot1_rad``... accepted for ``rot1``...);
         ``pixel_size_um`` may be a number (square pixels) or ``[pixel1, pixel2]`` (rows,
-        columns); ``shape`` is ``[rows, cols]``. Extra keys are kept.
+        columns); ``shape`` is ``[rows, cols]``; optional ``instrument_function``
+        (the CeO2 instrument function, :meth:`InstrumentWidth.instrument_function`).
+        Extra keys are kept.
 
     Returns
     -------
@@ -98,6 +100,15 @@ def validate_geometry(geometry: dict) -> dict:
         g["orientation"] = int(o)
     if "detector" in g and g["detector"] is not None and not isinstance(g["detector"], str):
         raise ValueError(f"geometry detector must be a pyFAI detector name, got {g['detector']!r}")
+    if g.get("instrument_function") is not None:
+        from ._instrument import instrument_width_function
+
+        if not isinstance(g["instrument_function"], dict):
+            raise ValueError("geometry instrument_function must be a dict such as "
+                             "{'model': 'caglioti', 'U_deg2': U, 'V_deg2': V, 'W_deg2': W, "
+                             f"'eta': η}}, got {g['instrument_function']!r}")
+        instrument_width_function(g["instrument_function"], g["wavelength_A"])
+        g["instrument_function"] = dict(g["instrument_function"])
     return g
 
 

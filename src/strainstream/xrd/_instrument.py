@@ -66,6 +66,9 @@ class InstrumentWidth:
         Reflections used by the width model (False: rejected as > 4σ outliers).
     rel_scatter : float
         Robust relative scatter of the used per-peak FWHM about the model (e.g. 0.01 = 1 %).
+    eta, eta_err : float
+        Pseudo-Voigt mixing η of the instrument (inverse-variance mean of the used
+        reflections' η) and its standard uncertainty; the refinement starts from it.
     """
 
     instrument_fwhm_A_inv: float
@@ -82,6 +85,8 @@ class InstrumentWidth:
     peak_eta: np.ndarray = field(repr=False)
     peak_used: np.ndarray = field(repr=False)
     rel_scatter: float = 0.0
+    eta: float = float("nan")
+    eta_err: float = float("nan")
 
     def fwhm_A_inv(self, q_A_inv):
         """Instrumental FWHM in Q of the width model at ``q_A_inv``.
@@ -99,6 +104,22 @@ class InstrumentWidth:
         return _model_fwhm_q(self.model, self.params, np.asarray(q_A_inv, dtype=float),
                              self.wavelength_A)
 
+    def instrument_function(self) -> dict:
+        """The instrument function as carried in the calibration (geometry dict key
+        ``"instrument_function"``) and taken by :func:`refine_pattern` (``instrument=``).
+
+        Returns
+        -------
+        dict
+            ``{"model": ..., **params, "eta": η}``, e.g. ``{"model": "caglioti",
+            "U_deg2": U, "V_deg2": V, "W_deg2": W, "eta": 0.4}`` (deg², Δ2θ² = U tan²θ +
+            V tanθ + W) or ``{"model": "constant_2theta", "fwhm_2theta_deg": Δ2θ, ...}``.
+        """
+        out = {"model": self.model, **{k: float(v) for k, v in self.params.items()}}
+        if math.isfinite(self.eta):
+            out["eta"] = float(self.eta)
+        return out
+
     def to_dict(self) -> dict:
         """JSON-able summary (scalars, model parameters and the per-peak lists)."""
         return {
@@ -111,6 +132,9 @@ class InstrumentWidth:
             "average_range_A_inv": list(self.average_range_A_inv),
             "bin_width_A_inv": self.bin_width_A_inv,
             "rel_scatter": self.rel_scatter,
+            "eta": self.eta,
+            "eta_err": self.eta_err,
+            "instrument_function": self.instrument_function(),
             "peaks": {
                 "q_A_inv": self.peak_q_A_inv.tolist(),
                 "fwhm_A_inv": self.peak_fwhm_A_inv.tolist(),
@@ -455,7 +479,7 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
     p, e, ok = _fit_peaks(q, y, wt, refl[use], half[use])
     ok &= p[:, 0] > min_snr * e[:, 0]
     ok &= (p[:, 2] > 0.5 * w_exp[use]) & (p[:, 2] < 2.0 * w_exp[use])
-    pq, pw, pe, peta = p[ok, 1], p[ok, 2], e[ok, 2], p[ok, 3]
+    pq, pw, pe, peta, peta_err = p[ok, 1], p[ok, 2], e[ok, 2], p[ok, 3], e[ok, 3]
     if calibrant_size_nm is not None:
         w_size = 2.0 * np.pi * SCHERRER_K / (10.0 * float(calibrant_size_nm))
         corrected = np.sqrt(np.maximum(pw**2 - w_size**2, (0.1 * pw) ** 2))
@@ -490,8 +514,85 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
                              f"{average_range_A_inv!r}")
     grid = np.linspace(avg[0], avg[1], 201)
     w_mean = float(np.mean(_model_fwhm_q(model, params, grid, wavelength_A)))
+    # instrument η: inverse-variance mean of the used reflections (errors floored at 0.01 so
+    # that a few very strong peaks do not decide alone), uncertainty from the scatter
+    e_eta = np.maximum(peta_err[used], 0.01)
+    w_eta = 1.0 / e_eta**2
+    eta = float(np.sum(w_eta * peta[used]) / np.sum(w_eta))
+    chi2_eta = float(np.sum(w_eta * (peta[used] - eta) ** 2)) / max(int(np.sum(used)) - 1, 1)
+    eta_err = math.sqrt(max(chi2_eta, 1.0) / float(np.sum(w_eta)))
     return InstrumentWidth(
         instrument_fwhm_A_inv=w_mean, model=model, params=params, params_err=params_err,
         wavelength_A=float(wavelength_A), calibrant=calibrant, average_range_A_inv=avg,
         bin_width_A_inv=bin_width, peak_q_A_inv=pq, peak_fwhm_A_inv=pw,
-        peak_fwhm_err_A_inv=pe, peak_eta=peta, peak_used=used, rel_scatter=rel_scatter)
+        peak_fwhm_err_A_inv=pe, peak_eta=peta, peak_used=used, rel_scatter=rel_scatter,
+        eta=eta, eta_err=eta_err)
+
+
+# --------------------------------------------------------------------------- refinement side
+def instrument_width_function(instrument, wavelength_A):
+    """Instrumental FWHM in Q as a function of Q, from any form the refinement accepts.
+
+    Parameters
+    ----------
+    instrument : float or InstrumentWidth or dict
+        A constant FWHM in Q (Å⁻¹); an :class:`InstrumentWidth`; or an instrument-function
+        dict (:meth:`InstrumentWidth.instrument_function`, the calibration's
+        ``"instrument_function"``): ``{"model": "caglioti", "U_deg2", "V_deg2", "W_deg2"}``
+        or ``{"model": "constant_2theta", "fwhm_2theta_deg"}``, optional ``"eta"``.
+    wavelength_A : float
+        Wavelength of the patterns to refine, Å.
+
+    Returns
+    -------
+    fwhm : callable
+        ``fwhm(q)`` → (w_inst (m,), dw_inst/dQ (m,)) in Å⁻¹ and Å⁻¹ per Å⁻¹ for Q (m,).
+    eta : float or None
+        The instrument's pseudo-Voigt mixing, when known.
+
+    Raises
+    ------
+    ValueError
+        Unknown model, missing or non-finite parameters, or a negative width.
+    """
+    if isinstance(instrument, InstrumentWidth):
+        instrument = instrument.instrument_function()
+    if isinstance(instrument, dict):
+        model = instrument.get("model")
+        if model not in WIDTH_MODELS:
+            raise ValueError(f"instrument function model must be one of {WIDTH_MODELS}, got "
+                             f"{model!r}")
+        keys = ("fwhm_2theta_deg",) if model == "constant_2theta" else \
+            ("U_deg2", "V_deg2", "W_deg2")
+        try:
+            params = {k: float(instrument[k]) for k in keys}
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"the '{model}' instrument function needs {keys} (deg/deg²), got "
+                             f"{sorted(instrument)}") from None
+        if not all(math.isfinite(v) for v in params.values()):
+            raise ValueError(f"instrument function parameters must be finite, got {params}")
+        eta = instrument.get("eta")
+        eta = None if eta is None else float(eta)
+        if eta is not None and not (0.0 <= eta <= 1.0):
+            raise ValueError(f"instrument function eta must be in [0, 1], got {eta!r}")
+        lam = float(wavelength_A)
+        h = 1e-5
+
+        def fwhm(q):
+            q = np.asarray(q, dtype=float)
+            w = _model_fwhm_q(model, params, q, lam)
+            dw = (_model_fwhm_q(model, params, q + h, lam)
+                  - _model_fwhm_q(model, params, q - h, lam)) / (2.0 * h)
+            return w, dw
+
+        return fwhm, eta
+    w0 = float(instrument)
+    if not (math.isfinite(w0) and w0 >= 0):
+        raise ValueError(f"instrument_fwhm_A_inv must be a finite width ≥ 0 Å⁻¹, got "
+                         f"{instrument!r}")
+
+    def constant(q):
+        q = np.asarray(q, dtype=float)
+        return np.full(q.shape, w0), np.zeros(q.shape)
+
+    return constant, None

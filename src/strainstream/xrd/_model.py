@@ -9,7 +9,7 @@ Model of a 1-D pattern I(Q):
 * Q_kj from a_j, c_j (hexagonal d-spacings); r_kj = LP(Q_kj)/LP(Q_k0) is the powder
   Lorentz-polarisation factor relative to the starting position (so that two phases share
   one set of structure intensities J_k and differ by the fractions φ_1 = 1 − f, φ_2 = f).
-* FWHM (in Q, Å⁻¹) w = sqrt(w_inst² + s²), s = 2πK/D + 2εQ — the Williamson–Hall law of
+* FWHM (in Q, Å⁻¹) w = sqrt(w_inst(Q)² + s²), s = 2πK/D + 2εQ — the Williamson–Hall law of
   DESIGN.md written in Q (β = FWHM in 2θ radians ⇒ ΔQ = (2π/λ)cosθ·β = 2πK/D + 2εQ).
 * pV is an area-normalised pseudo-Voigt with one mixing parameter η.
 
@@ -118,8 +118,10 @@ class PatternModel:
         1 or 2 layered phases.
     model_al : bool
         Whether fcc Al peaks are part of the model.
-    instrument_fwhm_A_inv : float
-        Instrumental FWHM in Q, added in quadrature, Å⁻¹.
+    instrument_fwhm_A_inv : float or callable
+        Instrumental FWHM in Q, added in quadrature, Å⁻¹: one value for all Q, or a
+        function ``q → (w_inst(q), dw_inst/dq)`` (per-peak widths, e.g. Caglioti's law;
+        see :func:`strainstream.xrd._instrument.instrument_width_function`).
     q_ref : ndarray, shape (n_refl,)
         Reference positions for the Lorentz-polarisation normalisation.
     """
@@ -136,7 +138,11 @@ class PatternModel:
         self.layout = ParamLayout(n_phases, model_al)
         self.n_phases = n_phases
         self.model_al = model_al
-        self.w_inst = float(instrument_fwhm_A_inv)
+        if callable(instrument_fwhm_A_inv):
+            self._inst = instrument_fwhm_A_inv
+        else:
+            w0 = float(instrument_fwhm_A_inv)
+            self._inst = lambda q: (np.full(np.shape(q), w0), np.zeros(np.shape(q)))
         self.lp_ref = lorentz_polarisation(q_ref, self.lam)
         self.ridge = ridge
         qmin, qmax = self.q[0], self.q[-1]
@@ -192,21 +198,25 @@ class PatternModel:
             a, c, eps, invd = (x[lay.index(f"{p}{j}")] for p in ("a", "c", "eps", "invD"))
             qk = self.refl.q_A_inv(a, c)
             s = _SIZE_K * invd + 2.0 * eps * qk
-            w = np.sqrt(self.w_inst**2 + s * s)
+            wi, dwi = self._inst(qk)
+            w = np.sqrt(wi * wi + s * s)
             w = np.maximum(w, 0.5 * self.dq_min)
             r = lorentz_polarisation(qk, self.lam) / self.lp_ref
             dr = r * _dlnlp_dq(qk, self.lam)
             idx, pv, d0, dw, dl_g = self._peaks(qk, w, eta)
             parts.append(dict(a=a, c=c, eps=eps, invd=invd, qk=qk, s=s, w=w, r=r, dr=dr,
+                              widwi=wi * dwi,
                               idx=idx, pv=pv, d0=d0, dw=dw, dl_g=dl_g))
         al = None
         if self.model_al:
             a_al, w_al, eps_al = (x[lay.index(n)] for n in ("a_al", "w_al", "eps_al"))
             qm = 2.0 * np.pi * np.sqrt(self.al_n2) / a_al
             s = w_al + 2.0 * eps_al * qm
-            w = np.maximum(np.sqrt(self.w_inst**2 + s * s), 0.5 * self.dq_min)
+            wi, dwi = self._inst(qm)
+            w = np.maximum(np.sqrt(wi * wi + s * s), 0.5 * self.dq_min)
             idx, pv, d0, dw, dl_g = self._peaks(qm, w, eta)
-            al = dict(a=a_al, qk=qm, s=s, w=w, idx=idx, pv=pv, d0=d0, dw=dw, dl_g=dl_g)
+            al = dict(a=a_al, qk=qm, s=s, w=w, widwi=wi * dwi, idx=idx, pv=pv, d0=d0, dw=dw,
+                      dl_g=dl_g)
         return parts, al
 
     def fractions(self, x):
@@ -260,10 +270,11 @@ class PatternModel:
         for j, p in enumerate(st["parts"]):
             phi = st["phi"][j]
             cj = (phi * jl * p["r"])[:, None]
-            # dw/ds = s/w; w depends on Q_k via s (2εQ)
+            # dw/ds = s/w; w depends on Q_k via s (2εQ) and the instrumental width w_inst(Q)
             dw_ds = (p["s"] / p["w"])[:, None]
+            dw_dq = ((p["s"] * 2.0 * p["eps"] + p["widwi"]) / p["w"])[:, None]
             # total derivative wrt peak position Q_k (centre shift + width + LP factor)
-            dcol_dq = cj * (p["d0"] + p["dw"] * dw_ds * 2.0 * p["eps"]) + \
+            dcol_dq = cj * (p["d0"] + p["dw"] * dw_dq) + \
                 (phi * jl * p["dr"])[:, None] * p["pv"]
             dq_da, dq_dc = self.refl.dq_dac(p["a"], p["c"])
             idx = p["idx"]
@@ -279,7 +290,8 @@ class PatternModel:
             al = st["al"]
             ca = coef[self.n_refl: self.n_refl + self.n_al][:, None]
             dw_ds = (al["s"] / al["w"])[:, None]
-            dcol_dq = ca * (al["d0"] + al["dw"] * dw_ds * 2.0 * x[lay.index("eps_al")])
+            dw_dq = ((al["s"] * 2.0 * x[lay.index("eps_al")] + al["widwi"]) / al["w"])[:, None]
+            dcol_dq = ca * (al["d0"] + al["dw"] * dw_dq)
             dq_da = -al["qk"] / al["a"]
             idx = al["idx"]
             out[:, lay.index("a_al")] = self._scatter(idx, dcol_dq * dq_da[:, None])

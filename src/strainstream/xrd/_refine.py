@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ._errors import PatternError
+from ._instrument import instrument_width_function
 from ._lattice import AL_A_A, fcc_q_A_inv, hex_volume_A3, r3m_reflections
 from ._model import _SIZE_K, PatternModel
 from ._phases import WINDOW_003_A_INV, detect_003_split, seed_lattice
@@ -318,12 +319,12 @@ def _start_from(start):
 
 def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, sigma=None,
                    al="model", q_range_A_inv=None, instrument_fwhm_A_inv=0.0, max_nfev=100,
-                   cell=None):
+                   cell=None, instrument=None):
     """Refine layered R-3m phase(s) against a 1-D powder pattern I(Q).
 
     Whole-pattern Pawley-style fit: reflections of R-3m at the hexagonal d-spacings of
     DESIGN.md, one free intensity per distinct d shared by the layered phases, pseudo-Voigt
-    peaks whose FWHM in Q is sqrt(w_inst² + (2πK/D + 2εQ)²) (Williamson–Hall with FWHM,
+    peaks whose FWHM in Q is sqrt(w_inst(Q)² + (2πK/D + 2εQ)²) (Williamson–Hall with FWHM,
     K = 0.9), a 6-term Chebyshev background and fcc Al current-collector peaks with free
     intensities. Linear parameters are solved inside the nonlinear loop (variable
     projection); lattice, ε, 1/D, η and the phase fraction are refined with
@@ -349,13 +350,20 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
     q_range_A_inv : (float, float), optional
         Restrict the fit to this Q range, Å⁻¹.
     instrument_fwhm_A_inv : float
-        Instrumental FWHM in Q (Å⁻¹), added in quadrature to the sample broadening.
+        Instrumental FWHM in Q (Å⁻¹), added in quadrature to the sample broadening, the
+        same for every peak (ignored when ``instrument`` is given).
     max_nfev : int
         Maximum number of residual evaluations per fit.
     cell : (float, float), optional
         Starting lattice (a, c), Å, for the peak search when ``start`` is None: (003) is
         searched within c ± 4 % (most prominent peak over its local background), a within
         ± 3 %.
+    instrument : InstrumentWidth or dict, optional
+        Instrument function calibrated on the CeO2 frame (:func:`instrument_fwhm`, or the
+        calibration's ``"instrument_function"`` dict, e.g. ``{"model": "caglioti",
+        "U_deg2": U, "V_deg2": V, "W_deg2": W, "eta": η}``): the instrumental FWHM is
+        evaluated at every reflection's own Q (per-peak widths), and its η is the start
+        of the refined pseudo-Voigt mixing when ``start`` is None.
 
     Returns
     -------
@@ -380,24 +388,29 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
     if al not in ("model", "exclude", "none"):
         raise PatternError("input", f"al must be 'model', 'exclude' or 'none', got {al!r}")
     q, y, s = _prepare(q_A_inv, intensity, wavelength_A, sigma, q_range_A_inv)
-    w_inst = float(instrument_fwhm_A_inv)
-    if not (math.isfinite(w_inst) and w_inst >= 0):
-        raise PatternError("input", f"instrument_fwhm_A_inv must be a finite width ≥ 0 Å⁻¹, "
-                                    f"got {instrument_fwhm_A_inv!r}")
+    try:
+        inst_fn, eta_inst = instrument_width_function(
+            instrument_fwhm_A_inv if instrument is None else instrument, wavelength_A)
+    except (TypeError, ValueError) as exc:
+        raise PatternError("input", str(exc)) from None
     flags = []
     split = None
     if start is None:
         seed, split = seed_lattice(q, y, s, None if phases == "auto" else phases, cell=cell)
         fwhm = seed.fwhm_003_A_inv
-        eps0, invd0 = _width_start(fwhm, 6 * np.pi / seed.c_A[0], w_inst)
+        q003 = 6 * np.pi / seed.c_A[0]
+        eps0, invd0 = _width_start(fwhm, q003, float(inst_fn(np.array([q003]))[0][0]))
         lat_seed = [(a, c, eps0, invd0) for a, c in zip(seed.a_A, seed.c_A, strict=True)]
         # Al starts at its nominal lattice parameter; whether it is present is decided by
         # the significance of its peaks in the first fit (below), not by the peak search
-        frac0, eta0, al_a = seed.fraction, 0.5, AL_A_A
+        frac0, al_a = seed.fraction, AL_A_A
+        eta0 = 0.5 if eta_inst is None else min(max(eta_inst, 0.02), 0.98)
     else:
         lat_seed, frac0, eta0, al_a = _start_from(start)
         p0 = lat_seed[0]
-        fwhm = math.hypot(w_inst, _SIZE_K * p0[3] + 2 * p0[2] * 6 * np.pi / p0[1])
+        q003 = 6 * np.pi / p0[1]
+        fwhm = math.hypot(float(inst_fn(np.array([q003]))[0][0]),
+                          _SIZE_K * p0[3] + 2 * p0[2] * q003)
     model_al = al == "model" and al_a is not None
     al_a = AL_A_A if al_a is None else float(al_a)
     w_al = 0.5 * fwhm
@@ -407,7 +420,7 @@ def refine_pattern(q_A_inv, intensity, wavelength_A, phases="auto", start=None, 
         q, y, s = q[keep], y[keep], s[keep]
 
     def fit(lat, frac):
-        return _fit(q, y, s, wavelength_A, lat, eta0, frac, al_a, w_al, model_al, w_inst,
+        return _fit(q, y, s, wavelength_A, lat, eta0, frac, al_a, w_al, model_al, inst_fn,
                     max_nfev, staged=start is None)
 
     if len(lat_seed) == 2:
