@@ -21,6 +21,8 @@ FIGURES: dict[str, str] = {
     "operando_xrd": "xrd:operando_xrd_figure",
     "sxdm": "sxdm:sxdm_figure",
     "txm_xanes": "xanes:txm_xanes_figure",
+    "cycling": "electrochem:cycling_figure",
+    "gitt": "electrochem:gitt_figure",
 }
 
 

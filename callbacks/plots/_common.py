@@ -14,6 +14,9 @@ EXPERIMENT_LABEL = {
     "sxdm": "SXDM",
     "txm_xanes": "TXM-XANES",
     "frame_series": "frame series",
+    "operando_cycling": "operando cycling",
+    "operando_gitt": "GITT",
+    "rate_series": "rate series (operando XRD)",
 }
 
 

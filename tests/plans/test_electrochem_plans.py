@@ -251,11 +251,10 @@ def test_gitt_documents_and_diffusivity_of_the_simulated_cell(gitt_docs):
           f"{[(r['pulse'], r['pulse_reason']) for r in sink.rows if r['pulse'] >= 0]} "
           f"{[r['message'] for r in sink.rows if r['flag']][:3]}")
     assert d.size == 3
-    # issue #18 asks 5 %; polled cycler readings scatter the first pulse's fit by up to ~6 %
-    # on a loaded machine (3.198e-12 vs 3.045e-12 seen): 10 % here, as in the system test,
-    # until the cycler logs at fixed cell-time steps
-    np.testing.assert_allclose(d, expected, rtol=0.10)
-    assert abs(np.median(d) / expected - 1) < 0.05  # the pulses together: within 5 %
+    # issue #18: within 5 % of the simulator's, every pulse (the slope is fitted on a uniform
+    # grid, so the polling under load no longer moves it: ≈ −2 % from the finite sphere's
+    # curved OCV path, the same for every pulse)
+    np.testing.assert_allclose(d, expected, rtol=0.05)
     # pulses 1 and 2 reported live (when the next pulse started), all three in the arrays
     live = [r for r in sink.rows if r["pulse"] >= 0]
     assert [r["pulse"] for r in live] == [0, 1]

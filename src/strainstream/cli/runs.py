@@ -44,7 +44,8 @@ def register(commands) -> None:
 
     p = commands.add_parser(
         "plot", help="save the figure(s) of a run's derived results as PNG (DATA_DIR/figures/)",
-        description="Figures of a run's analyses (operando XRD, SXDM, TXM-XANES, frame statistics) "
+        description="Figures of a run's analyses (operando XRD, cycling, GITT, SXDM, TXM-XANES, frame "
+                    "statistics; for a run of a rate_series also microstrain vs rate over the series) "
                     "as PNG files, written to DATA_DIR/figures/UID8_ANALYSIS.png unless --out "
                     "names a file or a directory; the written paths are printed.")
     p.add_argument("uid")
@@ -236,10 +237,21 @@ def cmd_plot(args) -> int:
         except KeyError:
             doc = {"analyses": {}}
         names = [n for n in doc["analyses"] if n in FIGURES and (not args.analysis or n == args.analysis)]
+        # a run of a rate_series: also microstrain vs rate over the series' runs
+        series = start.get("series") and "operando_xrd" in doc["analyses"] and \
+            args.analysis in (None, "rate_series")
         for name in names:
             arrays, _ = read_arrays(root, uid, name)
             fig = figure_for(name, doc["analyses"][name], arrays=arrays, start=start)
-            out = save_figure(fig, figure_path(args.out, data_dir, uid, name, len(names) > 1),
+            out = save_figure(fig, figure_path(args.out, data_dir, uid, name, len(names) + bool(series) > 1),
+                              dpi=args.dpi)
+            if out not in written:
+                written.append(out)
+        if series:
+            from strainstream.callbacks.plots.electrochem import rate_series_figure, series_entries
+
+            fig = rate_series_figure(series_entries(root, start))
+            out = save_figure(fig, figure_path(args.out, data_dir, uid, "rate_series", len(names) + 1 > 1),
                               dpi=args.dpi)
             if out not in written:
                 written.append(out)
