@@ -23,7 +23,10 @@ A deterministic, cheap single-particle model of a LiNi0.9Co0.1O2 (NC91) or LiNi0
   two-phase window (lever rule, Δc up to 0.68 Å); the others are solid solutions.
   Microstrain ε (Williamson–Hall, dimensionless, FWHM convention of DESIGN.md; GSAS-II
   mustrain = 4ε·10⁶) rises at high soc, more for NM91, and with the concentration gradient
-  (hence with rate).
+  (hence with rate): ε = ε_oc(soc) + κ·(|dln c/dsoc| + |dln a/dsoc|)·|soc_surface − soc|, and
+  under a constant current I (mA/g) the gradient settles (after ≈ r_p²/(20 D)) at Fick's
+  u·r_p²/(15·D), u = I/(3600·Q_practical) — so the rate term grows linearly with the rate
+  and is largest where the lattice moves fastest with soc (the H2→H3 collapse of NM91).
 
 Contraction definitions reproduced by the presets (open-circuit path, soc 0 → 1):
 
@@ -710,8 +713,11 @@ class CoinCell:
 
     @property
     def surface_soc(self) -> float:
-        """State of charge at the particle surface (bulk + diffusion gradient)."""
-        return self._s + float(self._z.sum())
+        """State of charge at the particle surface (bulk + diffusion gradient), the same surface
+        the voltage sees: the 60 modes plus the quasi-static tail of the higher ones, so that
+        under a constant current the gradient tends to Fick's exact u·r_p²/(15·D)."""
+        i = 0.0 if self._mode == "REST" else (self._i_set if self._mode == "CC" else self._i)
+        return self._s + float(self._z.sum()) + self._g_tail * i / (3600.0 * self._cap)
 
     @property
     def cycle(self) -> int:
