@@ -420,6 +420,7 @@ def gitt_diffusivity(
     min_fit_points: int = 5,
     relaxed_average_s: float = 30.0,
     fit_step_s: float | None = 1.0,
+    charge_mAh=None,
 ) -> GITTResult:
     """GITT diffusivity for every pulse of a record.
 
@@ -444,6 +445,12 @@ def gitt_diffusivity(
     recording at a fixed interval — and the slope is fitted to that, so it depends on the
     transient, not on the sampling. ``fit_step_s=None`` fits the raw samples.
 
+    With ``charge_mAh`` (the cycler's charge counter) the pulse edges come from the charge
+    passed, not from the first and last readings under current: the pulse started at
+    t_on = t[start] − (q[start] − q[before])·3600/I and lasted τ = (q[stop] − q[before])·3600/I
+    (I the pulse current, mA), so a reading taken one cycler update after the current step
+    (late, or the one at the step left out as torn) shifts neither τ nor the √t axis.
+
     Parameters
     ----------
     time_s, voltage_V, current_mA : array_like, shape (n,)
@@ -461,6 +468,8 @@ def gitt_diffusivity(
     fit_step_s : float or None
         Time step (s, > 0) of the uniform grid the slope is fitted on, or None for the raw
         samples (see above).
+    charge_mAh : array_like, shape (n,), optional
+        Cumulative charge passed (mAh, + on charge) at each sample; NaN-free to be used.
 
     Returns
     -------
@@ -477,6 +486,9 @@ def gitt_diffusivity(
         raise ElectrochemInputError("fit_window_sqrt_s must be (low, high) with 0 <= low < high")
     if fit_step_s is not None and not (math.isfinite(fit_step_s) and fit_step_s > 0):
         raise ElectrochemInputError(f"fit_step_s must be a positive number of seconds or None, got {fit_step_s!r}")
+    q = None if charge_mAh is None else _as_1d("charge_mAh", charge_mAh, t.size)
+    if q is not None and not np.isfinite(q).all():
+        q = None
     pulses = split_gitt_pulses(t, i, threshold_mA=threshold_mA)
     n = len(pulses)
     out = {k: np.full(n, np.nan) for k in (
@@ -485,18 +497,21 @@ def gitt_diffusivity(
     n_fit = np.zeros(n, dtype=int)
     reasons: list[str] = []
     for k, p in enumerate(pulses):
-        t0 = t[p.start]
-        tau = t[p.stop] - t0
+        out["current_mA"][k] = current = float(np.mean(i[p.start:p.stop]))
+        t0, tau = t[p.start], t[p.stop] - t[p.start]
+        if q is not None and current != 0 and p.start > 0:  # edges from the charge counter
+            t0 = t[p.start] - (q[p.start] - q[p.before]) * 3600.0 / current
+            tau = (q[p.stop] - q[p.before]) * 3600.0 / current
         out["t_start_s"][k] = t0
         out["tau_s"][k] = tau
-        out["current_mA"][k] = float(np.mean(i[p.start:p.stop]))
         prev_stop = pulses[k - 1].stop if k > 0 else 0
         e_before = _relaxed_mean(t, v, prev_stop, p.before, relaxed_average_s)
         e_after = _relaxed_mean(t, v, p.stop, p.rest_end, relaxed_average_s)
         out["e_before_V"][k] = e_before
         out["e_after_V"][k] = e_after
         out["delta_es_V"][k] = e_after - e_before
-        sq = np.sqrt(t[p.start:p.stop] - t0)
+        dt = np.maximum(t[p.start:p.stop] - t0, 0.0)
+        sq = np.sqrt(dt)
         sel = (sq > w0) & (sq < w1)
         n_fit[k] = int(np.count_nonzero(sel))
         reason = ""
@@ -508,7 +523,7 @@ def gitt_diffusivity(
             reason = (f"only {n_fit[k]} samples in the fit window {w0}–{w1} s^1/2 "
                       f"(pulse is {tau:.0f} s long)")
         if not reason:
-            slope = _sqrt_t_slope(t[p.start:p.stop] - t0, v[p.start:p.stop], w0, w1, fit_step_s)
+            slope = _sqrt_t_slope(dt, v[p.start:p.stop], w0, w1, fit_step_s)
             out["slope_V_per_sqrt_s"][k] = slope
             if slope == 0 or np.sign(slope) != np.sign(out["current_mA"][k]):
                 reason = "voltage does not move with the current during the pulse"
