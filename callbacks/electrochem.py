@@ -10,8 +10,9 @@ voltage (V). The XRD frames of the same run go to :class:`~strainstream.callback
 
 :class:`GITTCallback` reads the ``cycler`` stream of an ``operando_gitt`` run (the cycler
 at every poll) and fits the study's D = 4/(9π)·(r_p/τ · ΔE_s/(dE/d√t))² for each pulse
-(:func:`strainstream.electrochem.gitt_diffusivity`, 10 < √t < 20 s^½, r_p from the start
-document's ``particle_radius_um``) as soon as the next pulse starts (the last one at the
+(:func:`strainstream.electrochem.gitt_diffusivity`, 10 < √t < 20 s^½ on a uniform 1 s grid,
+r_p from the start document's ``particle_radius_um``; with ``mass_mg`` there and the cycler's
+capacity in the readings, the pulse start and τ come from the charge counter) as soon as the next pulse starts (the last one at the
 stop); the pulse's D, τ, ΔE_s, slope and the state of charge after it go into the row of
 the event that completed it, and all pulses into ``derived/<uid>/gitt_arrays`` (D vs soc),
 next to the XRD table (a, c at each relaxed point) of the same run.
@@ -109,7 +110,7 @@ class GITTCallback(AnalysisCallback):
     """The cycler record of a GITT run, one row per reading; D per pulse when it is complete."""
 
     name = "gitt"
-    version = "2"  # 2: dE/d√t on the uniform 1 s grid (gitt_diffusivity fit_step_s)
+    version = "2"  # 2: dE/d√t on the uniform 1 s grid, pulse edges from the charge counter
     columns = {
         "cell_time_s": "float64",
         "voltage_V": "float64",
@@ -128,7 +129,7 @@ class GITTCallback(AnalysisCallback):
         params = {"stream": "cycler", **(parameters or {})} if parameters is None or isinstance(
             parameters, dict) else parameters
         super().__init__(sink, parameters=params, frame_fallback=frame_fallback)
-        self._record: list[tuple[float, float, float, float]] = []  # (t, V, I, soc), good readings
+        self._record: list[tuple[float, ...]] = []  # (t, V, I, soc, capacity), good readings
         self._reported = 0  # pulses whose D has been written
 
     def on_start(self, doc) -> None:
@@ -136,6 +137,8 @@ class GITTCallback(AnalysisCallback):
         r_um = checked_number(doc.get("particle_radius_um"), f"run {uid}: start document particle_radius_um",
                               positive=True)
         self.radius_cm = r_um * 1e-4
+        mass = doc.get("mass_mg")  # with the capacity readings: the pulse edges from the charge counter
+        self.mass_mg = float(mass) if isinstance(mass, int | float) and math.isfinite(mass) and mass > 0 else None
         try:
             self.keys = XRDKeys.from_start(doc)
         except ValueError as exc:
@@ -153,6 +156,13 @@ class GITTCallback(AnalysisCallback):
                     or not math.isfinite(value):
                 raise FrameError("bad_event", f"cycler reading {name!r} missing or not a number ({value!r})")
             out[name] = float(value)
+        out["capacity"] = math.nan
+        key = self.keys.reading_key("capacity", keys)
+        value = data.get(key) if key is not None else None
+        if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            out["capacity"] = float(value)
+            when.append(stamps.get(key))
         # the cycler stamps the readings of one update alike: different stamps mean the read
         # straddled two updates (time of one moment, voltage of the next) — not a sample
         if all(isinstance(w, int | float) for w in when) and max(when) - min(when) > _SAME_UPDATE_S:
@@ -166,14 +176,15 @@ class GITTCallback(AnalysisCallback):
         r = self._readings(event)
         if self._record and r["time"] < self._record[-1][0]:
             raise FrameError("bad_event", f"cycler time goes back ({r['time']} s after {self._record[-1][0]} s)")
-        self._record.append((r["time"], r["voltage"], r["current"], r["soc"]))
+        self._record.append((r["time"], r["voltage"], r["current"], r["soc"], r["capacity"]))
 
     def _fit(self):
         if len(self._record) < 3:
             return None
-        t, v, i, soc = (np.array(c) for c in zip(*self._record, strict=True))
+        t, v, i, soc, cap = (np.array(c) for c in zip(*self._record, strict=True))
+        charge = cap * self.mass_mg / 1000.0 if self.mass_mg is not None and np.isfinite(cap).all() else None
         try:
-            return gitt_diffusivity(t, v, i, self.radius_cm, fit_step_s=1.0), soc
+            return gitt_diffusivity(t, v, i, self.radius_cm, fit_step_s=1.0, charge_mAh=charge), soc
         except ElectrochemInputError as exc:
             raise FrameError("bad_record", f"GITT record unusable: {exc}") from None
 
@@ -185,7 +196,7 @@ class GITTCallback(AnalysisCallback):
 
     def analyse(self, event, frames) -> dict[str, Any]:
         self._append(event)
-        t, v, i, soc = self._record[-1]
+        t, v, i, soc, _ = self._record[-1]
         row: dict[str, Any] = {"cell_time_s": t, "voltage_V": v, "current_mA": i, "soc": soc, "pulse": -1}
         # a pulse is complete (its rest ended) when the next one starts
         prev_i = self._record[-2][2] if len(self._record) > 1 else 0.0
@@ -215,7 +226,8 @@ class GITTCallback(AnalysisCallback):
         soc_after = np.array([soc[p.rest_end] for p in res.pulses])
         self.publish_arrays({"pulse_soc": soc_after, "d_cm2_s": np.asarray(res.d_cm2_s),
                              "tau_s": np.asarray(res.tau_s), "delta_es_V": np.asarray(res.delta_es_V)},
-                            {"radius_cm": self.radius_cm, "fit_window_sqrt_s": [10.0, 20.0], "fit_step_s": 1.0})
+                            {"radius_cm": self.radius_cm, "fit_window_sqrt_s": [10.0, 20.0], "fit_step_s": 1.0,
+                             "edges_from_charge": self.mass_mg is not None})
         good = np.isfinite(res.d_cm2_s)
         return {"pulses": len(res.pulses), "pulses_fitted": int(good.sum()),
                 "d_median_cm2_s": float(np.median(res.d_cm2_s[good])) if good.any() else math.nan,
