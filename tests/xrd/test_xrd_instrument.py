@@ -132,6 +132,12 @@ def test_calibrate_adds_the_width():
     assert g["instrument_fwhm_A_inv"] == pytest.approx(_inst_q(5.0, 0.02), rel=0.06)
     assert diag["instrument_width"]["instrument_fwhm_A_inv"] == g["instrument_fwhm_A_inv"]
     assert validate_geometry(g)["instrument_fwhm_A_inv"] == g["instrument_fwhm_A_inv"]
+    # the instrument function (Caglioti by default) rides with the geometry: the simulated
+    # instrument is a constant 0.02° (U = V = 0, W = 4e-4 deg²) plus the 2500-bin binning
+    fn = g["instrument_function"]
+    assert fn["model"] == "caglioti" and fn["eta"] == pytest.approx(0.4, abs=0.03)
+    assert make_azimuthal_integrator(g) is not None and validate_geometry(g)["instrument_function"] == fn
+    assert np.sqrt(fn["W_deg2"]) == pytest.approx(0.02, rel=0.1)
     assert "instrument_fwhm_A_inv" not in calibrate(frame.image, approx)
     # a background-only frame is rejected by the geometry step itself
     blank = sim.draw(sim.background(sim.q_A_inv), seed=2)

@@ -3,6 +3,8 @@
 - :func:`calibrate` — CeO2 (pyFAI calibrant) geometry calibration → geometry dict / PONI
 - :func:`refine_calibrant_lattice` — cubic calibrant (CeO2, LaB6, Si) lattice parameter from I(Q)
 - :func:`instrument_fwhm` — instrumental FWHM(Q) from the calibrant frame → InstrumentWidth
+  (Caglioti U, V, W and η; :meth:`InstrumentWidth.instrument_function` is what the
+  calibration carries and :func:`refine_pattern` evaluates per peak, ``instrument=``)
 - :class:`Integrator` — pinned pyFAI azimuthal integration of frames to I(Q), built once
 - :func:`refine_pattern` — Pawley-style whole-pattern refinement of R-3m phase(s)
 - :class:`SequentialRefiner` — frame-to-frame refinement with automatic re-seeding
