@@ -24,7 +24,7 @@ from typing import Any
 
 from strainstream.errors import StrainstreamError
 from strainstream.spool import Spool, complete_partial_run, default_spool_dir
-from strainstream.transport import OutageTolerantTransport, tolerate_outages
+from strainstream.transport import OutageTolerantTransport, TiledUnreachable, tolerate_outages
 
 __all__ = ["BufferedWriter", "Session", "WriterDrainTimeout", "make_session"]
 
@@ -244,9 +244,11 @@ class BufferedWriter:
         # re-sending an event or a stop is safe (a row stored twice is skipped by readers);
         # other documents change the writer's state before their request and are not re-sent
         attempts = 3 if name in ("event", "stop") else 1
+        stored = False
         for attempt in range(attempts):
             try:
                 self.writer(name, doc)
+                stored = True
                 break
             except Exception as exc:
                 if attempt + 1 < attempts and isinstance(exc, httpx.HTTPError):
@@ -255,10 +257,26 @@ class BufferedWriter:
                     continue
                 where = f"; kept in {self.spool.path(uid)}" if self.spool is not None and uid else ""
                 msg = f"tiled refused the {name} document #{index} of run {uid}: {exc}{where}"
-                logger.error(msg)
-                self.say(msg)
+                # one line per run for an outage longer than the writer waits, not one per document
+                quiet = isinstance(exc, TiledUnreachable) and any(
+                    f[0] == uid and f[3].startswith("TiledUnreachable") for f in self.failed)
+                if quiet:
+                    logger.debug(msg)
+                else:
+                    logger.error(msg)
+                    self.say(msg)
                 self.failed.append((uid, name, index, repr(exc)))
-                return
+                break
+        refused = [f for f in self.failed if f[0] == uid] if name == "stop" else []
+        if refused:
+            where = (f"every document of it is kept in {self.spool.path(uid)}; send them with "
+                     f"`strainstream spool --flush --spool-dir {self.spool.dir}` once tiled is back"
+                     if self.spool is not None else "no spool was configured: they are lost")
+            msg = f"run {uid}: {len(refused)} documents are not in tiled; {where}"
+            logger.error(msg)
+            self.say(msg)
+        if not stored:
+            return
         if self.spool is not None and uid and index >= 0:
             if name == "stop" and not any(f[0] == uid for f in self.failed):
                 self.spool.done(uid)

@@ -11,10 +11,19 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["OutageTolerantTransport", "tolerate_outages"]
+__all__ = ["OutageTolerantTransport", "TiledUnreachable", "tolerate_outages"]
 
 #: HTTP statuses meaning "the server did not process the request; try again later"
 _UNAVAILABLE = {503}
+
+
+class TiledUnreachable(ConnectionError):
+    """The tiled server has been unreachable for longer than the transport waits.
+
+    Deliberately not an ``httpx.HTTPError``: tiled's client retries those (10 attempts within
+    45 s) and the writer would retry them again, so each document of a long outage would
+    wait minutes before going to the spool. This error is final for the request.
+    """
 
 
 class OutageTolerantTransport:
@@ -22,8 +31,10 @@ class OutageTolerantTransport:
 
     Only failures that prove the server did not process the request are retried here:
     connection errors (refused, reset before sending) and HTTP 503. They are retried with
-    exponential backoff (0.1 s doubling to ``max_backoff_s``) for up to ``max_outage_s``,
-    then the last error is raised. Failures after the request was sent (read errors and
+    exponential backoff (0.1 s doubling to ``max_backoff_s``) until the *outage* (not the
+    request) has lasted ``max_outage_s``; then :class:`TiledUnreachable` is raised, and every
+    later request of the same outage is tried once and fails at once (the documents of a
+    run during a long outage go to the spool one after another, not ``max_outage_s`` each). Failures after the request was sent (read errors and
     timeouts, other 5xx) go up to tiled's client, which retries idempotent requests and
     adopts nodes whose creation answer was lost (it never appends the same rows twice on
     its own; bluesky's TiledWriter may, with a warning — readers skip duplicate seq_nums).
@@ -58,7 +69,6 @@ class OutageTolerantTransport:
         import httpx
 
         backoff = 0.1
-        started: float | None = None
         while True:
             try:
                 response = self.inner.handle_request(request)
@@ -71,14 +81,15 @@ class OutageTolerantTransport:
                 response.read()
                 response.close()
                 error = None
-            now = time.monotonic()
-            started = started if started is not None else now
             self._down()
-            if now - started > self.max_outage_s:
-                if error is not None:
-                    raise error
-                return response
-            time.sleep(backoff)
+            down_since = self.down_since
+            outage = time.monotonic() - down_since if down_since is not None else 0.0
+            if outage >= self.max_outage_s:
+                why = f"{error}" if error is not None else f"HTTP {response.status_code}"
+                raise TiledUnreachable(
+                    f"tiled server unreachable for {outage:.1f} s (waits at most {self.max_outage_s:g} s): "
+                    f"{request.method} {request.url} not sent ({why})") from error
+            time.sleep(min(backoff, max(self.max_outage_s - outage, 0.01)))
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _down(self) -> None:

@@ -167,8 +167,12 @@ def test_documents_spooled_while_server_down_are_flushed_later(tiled_server, tmp
     server.stop()
     (uid,) = session.RE(frame_series([det], num=n, delay_s=0.05))
     assert session.writer.wait_drained(120)  # every document attempted (and refused)
-    assert any("still buffered" in m for m in said), said
     assert session.writer.failed, "documents refused while the server was down must be reported"
+    # past max_outage_s each document is tried once (not max_outage_s each); one line per run
+    refused = [m for m in said if m.startswith("tiled refused")]
+    assert len(refused) == 1 and "unreachable" in refused[0], said
+    (summary,) = [m for m in said if "documents are not in tiled" in m]
+    assert f"{uid}.jsonl" in summary and "strainstream spool --flush" in summary, summary
     assert (spool / f"{uid}.jsonl").exists()
     server.start(timeout_s=120)
     root = server.client()
@@ -279,14 +283,26 @@ def test_transport_waits_out_refused_connections_and_503():
 def test_transport_gives_up_after_max_outage_and_passes_sent_errors_on():
     import httpx
 
-    from strainstream.transport import OutageTolerantTransport
+    from strainstream.transport import OutageTolerantTransport, TiledUnreachable
+
+    calls = []
 
     def refused(request):
+        calls.append(time.monotonic())
         raise httpx.ConnectError("refused", request=request)
 
     transport = OutageTolerantTransport(httpx.MockTransport(refused), max_outage_s=0.3, max_backoff_s=0.05)
-    with httpx.Client(transport=transport) as client, pytest.raises(httpx.ConnectError):
-        client.get("http://x/")
+    with httpx.Client(transport=transport) as client:
+        t0 = time.monotonic()
+        with pytest.raises(TiledUnreachable, match=r"unreachable for 0\.\d s .*GET http://x/ not sent \(refused\)"):
+            client.get("http://x/")
+        assert 0.3 <= time.monotonic() - t0 < 5 and len(calls) > 2
+        # the same outage goes on: the next request is tried once and fails at once
+        calls.clear()
+        with pytest.raises(TiledUnreachable):
+            client.get("http://x/")
+        assert len(calls) == 1
+        assert not isinstance(TiledUnreachable("x"), httpx.HTTPError)  # tiled's client must not retry it
     n = []
 
     def lost_answer(request):  # sent: the server may have processed it; not retried here
