@@ -48,9 +48,11 @@ def committed(root, uid) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.profiles
 @pytest.mark.timeout(1500)
 def test_worker_killed_20_times_during_one_run_every_event_analysed_once(tiled_server, tmp_path, new_session):
+    """20 SIGKILLs of the worker during one run (embedded profile: each kill costs a worker
+    start-up, ≈ 10 s; the scale-out profile's kills are covered by
+    tests/system/test_data_path.py::test_worker_killed_repeatedly_analyses_every_event_exactly_once)."""
     server = tiled_server
     kills_wanted = 20
     rng = random.Random(20)
