@@ -1,9 +1,11 @@
-"""operando_cycling end to end: simulated beamline → RunEngine → tiled → worker → results, replay.
+"""The electrochemical protocols end to end: simulated beamline → RunEngine → tiled → worker →
+results, replay — operando_cycling and rate_series in one test, operando_gitt in another.
 
-Time-compressed (the cycler's ``accel``), 256² frames. The worker gives the run both
-analyses (router): ``operando_xrd`` per frame and ``cycling`` per cycle; a replay through
-the same callbacks equals the stored results bit for bit. (The beam-loss suspension of this
-plan is exercised in tests/plans/test_electrochem_plans.py.)
+Time-compressed (the cycler's ``accel``), 256² frames. The worker gives a cycling run both
+analyses (router): ``operando_xrd`` per frame and ``cycling`` per cycle; a GITT run
+``operando_xrd`` and ``gitt``; each run of a rate series ``operando_xrd``. Every plan is
+suspended once by a beam dump (the cell goes on) and a replay through the same callbacks
+equals the stored results bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 
 from strainstream.datadir import detector_dir
 from strainstream.demo import wait_for_results
-from strainstream.plans.electrochem import operando_cycling, operando_gitt
+from strainstream.plans.electrochem import operando_cycling, operando_gitt, rate_series
 from strainstream.replay import replay_run
 from strainstream.session import make_session
 from strainstream.sim.cell import gitt_formula_diffusivity_cm2_s, preset
@@ -44,6 +46,7 @@ class BeamDumpAfter:
         self.streams: dict[str, str] = {}
         self.dumped: list[float] = []
         self.thread: threading.Thread | None = None
+        self.error: str | None = None
 
     def __call__(self, name, doc) -> None:
         if name == "descriptor":
@@ -53,15 +56,23 @@ class BeamDumpAfter:
             self.thread.start()
 
     def _dump(self) -> None:
-        self.beam.dump(self.duration_s).wait(10)
-        self.dumped.append(time.monotonic())
+        try:
+            self.beam.dump(self.duration_s).wait(10)
+        except Exception as exc:  # reported by the test
+            self.error = repr(exc)
+        else:
+            self.dumped.append(time.monotonic())
 
     def join(self) -> None:
         if self.thread is not None:
             self.thread.join(30)
 
 
-def test_cycling_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory, tmp_path):
+def test_cycling_and_rate_series_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory,
+                                                          tmp_path, capsys):
+    """operando_cycling, then a rate_series, on one server and worker: a beam dump in each
+    (after the second frame of the cycling run and of the series' first run) suspends the
+    plan while the cell goes on; the worker's results are complete and replay bit for bit."""
     worker_factory()
     det = sim_beamline.devices(write_dir=detector_dir(tiled_server.data_dir))["xrd"]
     det.wait_for_connection(timeout=30)
@@ -70,15 +81,38 @@ def test_cycling_live_analysis_and_replay(sim_beamline, sim_devices, tiled_serve
     cyc.accel.put(5000.0, wait=True)  # a 100 mA/g half cycle in ~2 s
     session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
                            spool_dir=tmp_path / "spool")
+    starts = []
+    session.RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+    seen = []
+
+    def second_frame_of(n_start):
+        def when(stream, doc):
+            seen.append((len(starts), stream, doc["seq_num"]))
+            return stream == "primary" and doc["seq_num"] == 2 and len(starts) == n_start
+        return when
+
+    dumps = [BeamDumpAfter(beam, second_frame_of(n)) for n in (1, 2)]
+    for dump in dumps:
+        session.RE.subscribe(dump)
     shape = int(det.cam.array_size.array_size_y.get())
     t0 = time.monotonic()
     try:
         (uid,) = session.RE(operando_cycling(
             det, cyc, calibration=_calibration(shape), n_cycles=N_CYCLES, rate_mA_g=100.0,
             xrd_interval_s=6000.0, poll_s=0.1, beam=beam, md={"sample": "system cycling"}))
+        dumps[0].join()
+        t_series = time.monotonic()
+        cyc.accel.put(1000.0, wait=True)  # a 100 mA/g charge in ~8 s, 200 mA/g in ~4 s
+        series_uids = session.RE(rate_series(det, cyc, calibration=_calibration(shape), rates_mA_g=(100.0, 200.0),
+                                             frame_interval_s=0.5, max_frames=40, beam=beam,
+                                             series="system-series"))
+        dumps[1].join()
     finally:
         cyc.accel.put(600.0, wait=True)
         session.close(30.0)
+    assert all(d.dumped for d in dumps), ("a beam dump was not injected", [d.error for d in dumps],
+                                          sorted(set(seen)))
+    assert capsys.readouterr().out.count("storage-ring current below") >= 2  # both runs suspended
     root = tiled_server.client()
     t1 = time.monotonic()
     live = wait_for_results(root, uid, 0, timeout_s=60)
@@ -100,8 +134,26 @@ def test_cycling_live_analysis_and_replay(sim_beamline, sim_devices, tiled_serve
     assert all(v is not None for v in xrd_entry["columns"]["voltage_V"])
     # replay through the same callbacks: bit for bit
     assert replay_run(root[uid]) == live
-    print(f"cycling system test: {xrd_entry['n_rows']} frames, run {t1 - t0:.1f} s, worker done "
-          f"{t2 - t1:.1f} s later, replay {time.monotonic() - t2:.1f} s")
+    t3 = time.monotonic()
+    # the rate series: two runs linked by the series id, each analysed live and replayed
+    assert len(series_uids) == 2
+    eps_end = []
+    for k, (s_uid, rate) in enumerate(zip(series_uids, (100.0, 200.0), strict=True)):
+        start = dict(root[s_uid].metadata["start"])
+        assert (start["series"], start["series_index"], start["rate_mA_g"]) == ("system-series", k, rate)
+        res = wait_for_results(root, s_uid, 0, timeout_s=60)
+        entry = res["analyses"]["operando_xrd"]
+        assert set(res["analyses"]) == {"operando_xrd"} and entry["status"] == "complete"
+        cols = entry["columns"]
+        good = [not f for f in cols["flag"]]
+        assert entry["n_rows"] >= 3 and sum(good) >= entry["n_rows"] - 1, cols["flag"]
+        eps = [e for e, g in zip(cols["microstrain"], good, strict=True) if g]
+        assert all(e is not None and 0 < e < 0.01 for e in eps)
+        eps_end.append(eps[-1])
+        assert replay_run(root[s_uid]) == res
+    print(f"cycling system test: {xrd_entry['n_rows']} frames, run {t_series - t0:.1f} s, worker done "
+          f"{t2 - t1:.1f} s later, replay {t3 - t2:.1f} s; rate series (2 runs) {t1 - t_series:.1f} s, "
+          f"results + replays {time.monotonic() - t3:.1f} s, ε at the end of charge {eps_end}")
 
 
 def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory, tmp_path,
