@@ -275,9 +275,9 @@ def operando_gitt(
     ``rest_s`` s of cell time. The cycler is read at every poll (``poll_s`` wall seconds)
     and right after each command into the ``cycler`` stream: the record the live analysis
     (:class:`strainstream.callbacks.electrochem.GITTCallback`) fits the study's
-    D = 4/(9π)·(r_p/τ · ΔE_s/(dE/d√t))² to (10 < √t < 20 s^½, so ``pulse_s`` ≥ 400); τ is
-    the cycler's own time between the start and the stop command, exact whatever the poll
-    rate. An XRD frame (``primary``: detector + cycler) is taken before the first pulse and
+    D = 4/(9π)·(r_p/τ · ΔE_s/(dE/d√t))² to (10 < √t < 20 s^½, so ``pulse_s`` ≥ 400); the
+    pulse start and τ come from the cycler's charge counter (``capacity_mAh_g`` in every
+    reading, ``mass_mg`` in the start document), exact whatever the poll rate. An XRD frame (``primary``: detector + cycler) is taken before the first pulse and
     at the end of every rest. With ``beam`` the plan pauses while the beam is unusable.
 
     Parameters
@@ -405,7 +405,8 @@ def rate_series(
     Between the charges the cell is discharged to ``v_min_V`` at ``discharge_rate_mA_g``
     (default the lowest rate) outside any run. The runs share ``series`` (a fresh uuid by
     default) and record ``series_index`` and ``series_rates_mA_g`` in their start documents,
-    so the microstrain vs rate can be gathered afterwards.
+    so the microstrain vs rate can be gathered afterwards (``strainstream plot`` of any run
+    of the series draws it: :func:`strainstream.callbacks.plots.electrochem.rate_series_figure`).
 
     Parameters
     ----------
