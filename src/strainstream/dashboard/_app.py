@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from bokeh.document import without_document_lock
 
 from . import _data
 
@@ -33,6 +34,8 @@ POLL_S = 0.3
 RUNS_EVERY_S = 3.0
 #: seconds between two full reads of a subscribed results table (the safety net)
 BACKSTOP_S = 1.0
+#: seconds a read of tiled may take before the status line says tiled does not answer
+STALLED_S = 3.0
 #: seconds between two redraws of the whole-run panels ((003) contour, dQ/dV)
 HEAVY_S = 1.0
 #: panel sizes, px
@@ -90,11 +93,13 @@ class Page:
         self.doc, self.uri, self.api_key = doc, uri, api_key
         self.root = None
         self.login_failed = False
-        self.busy = False
+        self.busy, self.busy_since = False, 0.0
         self.runs: list[dict[str, Any]] = []
         self.runs_at = 0.0
         self.chosen: dict[str, str | None] = {v: None for v in VIEWS}  # None: follow the newest
         self.followed: dict[str, str | None] = {v: None for v in VIEWS}
+        #: the table whose rows the view's sources hold (its reset was applied)
+        self.shown: dict[str, _data.TableFollower | None] = {v: None for v in VIEWS}
         self.tables: dict[str, _data.TableFollower | None] = {v: None for v in VIEWS}
         self.arrays: dict[str, _data.ArraysFollower | None] = {v: None for v in VIEWS}
         self.rows: dict[str, dict[str, list]] = {v: {} for v in VIEWS}
@@ -338,6 +343,7 @@ class Page:
     def start(self) -> None:
         self.doc.add_periodic_callback(self.poll, int(POLL_S * 1000))
         self.doc.add_periodic_callback(self.poll_runs, int(RUNS_EVERY_S * 1000))
+        self.doc.add_periodic_callback(self._watch, int(STALLED_S * 1000))
         self.doc.add_next_tick_callback(self.poll)
 
     def _relogin(self) -> None:
@@ -351,41 +357,70 @@ class Page:
 
         return from_uri(self.uri, api_key=self.api_key)
 
+    def _locked(self, func, *args) -> None:
+        """Run ``func(*args)`` on the server loop with the document lock (a next-tick callback)."""
+        self.doc.add_next_tick_callback(partial(func, *args))
+
+    @without_document_lock
     async def poll(self) -> None:
-        """One poll: read tiled in a thread, then update the page; errors go to the status line."""
+        """One poll: read tiled in a thread, then update the page; errors go to the status line.
+
+        Runs without the document lock: Bokeh holds a locked callback's lock across its
+        ``await``, so a locked poll kept the rows pushed by tiled's websocket waiting for the
+        whole read (hundreds of ms). The page is changed in next-tick callbacks only."""
         if self.busy or self.login_failed:
             return
-        self.busy = True
+        self.busy, self.busy_since = True, time.monotonic()
         loop = asyncio.get_running_loop()
         try:
             if self.root is None:
                 try:
-                    self.root = await loop.run_in_executor(None, self._connect)
+                    root = await loop.run_in_executor(None, self._connect)
                 except Exception as exc:
                     if _key_error(exc):
-                        self._show_login_error(exc)
+                        self.login_failed = True
+                        self._locked(self._show_login_error, exc)
                         return
                     raise
-                self._logged_in()
+                self.root = root
+                self._locked(self._logged_in)
             t0 = time.perf_counter()
             update = await loop.run_in_executor(None, self._fetch)
-            t1 = time.perf_counter()
-            self._apply(update)
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("poll: read %.0f ms, drawn %.0f ms", 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1))
-            self.status.text = (f"following tiled — last update {datetime.datetime.now():%H:%M:%S}; "
-                                f"{len(self.runs)} runs")
-            self.status.styles = {"font-family": "monospace", "color": "#2a7d2a"}
+                logger.debug("poll: read %.0f ms", 1e3 * (time.perf_counter() - t0))
+            self._locked(self._apply_poll, update)
         except Exception as exc:  # tiled restarting, network, a node deleted meanwhile
             if _key_error(exc):
-                self._show_login_error(exc)
+                self.login_failed = True
+                self._locked(self._show_login_error, exc)
                 return
             logger.info("dashboard poll failed: %s", exc)
-            self.status.text = f"tiled unreachable, retrying ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
-            self.status.styles = {"font-family": "monospace", "color": "#b00020"}
+            self._locked(self._show_unreachable, exc)
         finally:
             self.busy = False
 
+    def _watch(self) -> None:
+        """tiled's client retries a refused connection for up to ~45 s inside one read (and
+        Bokeh runs the next poll only when one is done): say so in the status line meanwhile."""
+        waited = time.monotonic() - self.busy_since
+        if self.busy and waited >= STALLED_S:
+            self._show_unreachable(TimeoutError(f"no answer for {waited:.0f} s"))
+
+    def _apply_poll(self, update: dict[str, Any]) -> None:
+        self._apply(update)
+        # changed only when its words change (minutes): every DOM change makes the browser
+        # recompute the page's styles at the next paint of every plot (BokehJS reads its
+        # visuals through getComputedStyle), which cost ~0.1 s per update while rows streamed
+        text = f"following tiled — {len(self.runs)} runs; checked {datetime.datetime.now():%H:%M}"
+        if self.status.text != text:
+            self.status.text = text
+            self.status.styles = {"font-family": "monospace", "color": "#2a7d2a"}
+
+    def _show_unreachable(self, exc: BaseException) -> None:
+        self.status.text = f"tiled unreachable, retrying ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+        self.status.styles = {"font-family": "monospace", "color": "#b00020"}
+
+    @without_document_lock
     async def poll_runs(self) -> None:
         """Read the run list (a few requests per run) apart from the fast table poll."""
         if self.runs_busy or self.root is None or self.login_failed:
@@ -395,7 +430,7 @@ class Page:
             runs = await asyncio.get_running_loop().run_in_executor(None, _data.list_runs, self.root,
                                                                      self.runs_cache)
             self.runs_at = time.monotonic()
-            self._apply({"runs": runs})
+            self._locked(self._apply, {"runs": runs})
         except Exception as exc:  # the table poll reports tiled's state in the status line
             logger.info("dashboard run list failed: %s", exc)
         finally:
@@ -406,7 +441,7 @@ class Page:
         self.doc.add_next_tick_callback(partial(self._draw_pushed, view, table, rows))
 
     def _draw_pushed(self, view: str, table: _data.TableFollower, rows: dict[str, list]) -> None:
-        if self.tables[view] is table:  # not a run the page no longer follows
+        if self.shown[view] is table:  # not a run the page no longer follows
             self._apply({"rows": {view: rows}})
 
     def close(self) -> None:
@@ -450,7 +485,7 @@ class Page:
                     self.tables[view].close()
                 self.tables[view] = _data.TableFollower(self.root, uid, view)
                 self.arrays[view] = _data.ArraysFollower(self.root, uid, view) if view != "operando_xrd" else None
-                out.setdefault("reset", []).append(view)
+                out.setdefault("reset", {})[view] = self.tables[view]
                 self.followed[view] = uid
             table = self.tables[view]
             rows = {}
@@ -458,15 +493,21 @@ class Page:
                 # the first fill, then a safety net under the subscription
                 self.read_at[view] = now
                 rows = table.new_rows()
-                if not table.subscribed:
-                    table.subscribe(partial(self._pushed, view, table))
+                if table.stale:
+                    logger.info("the subscription of %s/%s missed rows (tiled restarted?): subscribing again",
+                                uid, view)
+                    table.close()
+            if not table.subscribed and self.shown[view] is table:
+                # subscribe once the first fill is drawn (a pushed row never lands before the
+                # view's reset); the subscription replays the cache, the seen rows are dropped
+                table.subscribe(partial(self._pushed, view, table))
             if rows:
                 out.setdefault("rows", {})[view] = rows
             if self.arrays[view] is not None:
                 got = self.arrays[view].poll()
                 if got is not None:
                     out.setdefault("arrays", {})[view] = got
-            if rows or "reset" in out or now - self.meta_at.get(view, 0.0) >= RUNS_EVERY_S:
+            if "reset" in out or now - self.meta_at.get(view, 0.0) >= RUNS_EVERY_S:
                 self.meta_at[view] = now
                 out.setdefault("meta", {})[view] = self.tables[view].refresh_metadata()
         if self.cmp_choice.value and now - self.compare_at >= RUNS_EVERY_S:
@@ -483,8 +524,9 @@ class Page:
         if "runs" in up:
             self.runs = up["runs"]
             self._show_runs()
-        for view in up.get("reset", []):
+        for view, table in up.get("reset", {}).items():
             self._reset(view)
+            self.shown[view] = table
         for view, rows in up.get("rows", {}).items():
             acc = self.rows[view]
             for k, v in rows.items():
@@ -621,7 +663,11 @@ class Page:
         self.xrd_src.stream({k: np.asarray(v) for k, v in new.items()})
         xs = np.asarray(self.xrd_src.data["x"], dtype=float)
         if np.isfinite(xs).any():
-            self.xrd_cmap.low, self.xrd_cmap.high = float(np.nanmin(xs)), float(np.nanmax(xs)) or 1.0
+            # the colour scale grows in steps of a tenth of its span (not at every row: see _apply_poll)
+            low, high = float(np.nanmin(xs)), float(np.nanmax(xs))
+            if not (self.xrd_cmap.low == low and high <= (self.xrd_cmap.high or -math.inf)):
+                step = max(0.1 * (high - low), 1e-9)
+                self.xrd_cmap.low, self.xrd_cmap.high = low, low + step * math.ceil((high - low) / step + 1)
         # the (003) window and dQ/dV are redrawn whole: at most every HEAVY_S (the points stream at once)
         now = time.monotonic()
         if now - self.heavy_at < HEAVY_S:

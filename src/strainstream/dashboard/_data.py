@@ -29,6 +29,12 @@ def _base(node):
     return getattr(node, "base", node)
 
 
+#: backstop reads in a row that found rows the subscription had not pushed, after which the
+#: subscription is made anew: a tiled restart resets the memory streaming cache's sequence
+#: numbers, so tiled's own reconnect (resuming after the last number it saw) stays silent
+#: until the new numbers catch up; a reconnect that failed leaves no subscription thread
+STALE_AFTER = 2
+
 #: seconds a finished run's line of the run list is reused before it is read again
 SETTLED_S = 30.0
 _SETTLED = ("complete", "failed", "aborted")
@@ -98,7 +104,8 @@ class TableFollower:
       streaming path, as :mod:`strainstream.callbacks.tiled_source` follows the raw runs):
       appended rows arrive within tens of ms and go to ``on_rows`` from tiled's thread;
     - :meth:`new_rows`: read the table (one request) — the first fill and the safety net
-      for whatever a subscription missed (tiled restarted, cache evicted).
+      for whatever a subscription missed (tiled restarted, cache evicted). When it finds
+      unpushed rows :data:`STALE_AFTER` times in a row, :attr:`stale` says to subscribe again.
     """
 
     def __init__(self, root, uid: str, analysis: str) -> None:
@@ -109,6 +116,7 @@ class TableFollower:
         self._lock = threading.Lock()
         self._sub = None
         self._handler = None
+        self.missed = 0
 
     def _node(self):
         from strainstream.callbacks.sinks import DERIVED
@@ -141,11 +149,24 @@ class TableFollower:
             if "404" in str(exc) or "partition" in str(exc).lower():
                 return {}
             raise
-        return self._take(df)
+        rows = self._take(df)
+        if self._sub is not None:
+            self.missed = self.missed + 1 if rows else 0
+        return rows
 
     @property
     def subscribed(self) -> bool:
         return self._sub is not None
+
+    @property
+    def stale(self) -> bool:
+        """The subscription missed rows :data:`STALE_AFTER` reads in a row, or its thread died:
+        close it and subscribe again."""
+        if self._sub is None:
+            return False
+        thread = getattr(self._sub, "_thread", None)  # tiled's receiving thread
+        # it dies when tiled is down as it reconnects (an httpx error tiled does not retry)
+        return self.missed >= STALE_AFTER or (thread is not None and not thread.is_alive())
 
     def subscribe(self, on_rows: Callable[[dict[str, list]], None]) -> bool:
         """Follow the table's appends over tiled's websocket; ``on_rows(columns)`` gets the new
@@ -169,8 +190,11 @@ class TableFollower:
         sub = node.subscribe()
         self._handler = _Handler()
         sub.new_data.add_callback(self._handler)
-        sub.start_in_thread(0)
-        self._sub = sub
+        # tiled's start_in_thread waits, without a timeout, until the websocket is connected
+        # (forever when its thread died on the way): wait in a thread of our own instead
+        threading.Thread(target=sub.start_in_thread, args=(0,), daemon=True,
+                         name=f"dashboard-subscribe-{self.uid[:8]}").start()
+        self._sub, self.missed = sub, 0
         return True
 
     def close(self) -> None:
