@@ -266,8 +266,8 @@ class OperandoXRDCallback(AnalysisCallback):
                  "eta": res.eta, "al_a_A": res.al_a_A, "rwp": res.rwp}
         out: dict[str, float] = {}
         cs = []
-        for k, (lo, hi) in enumerate(self.sectors):
-            q, y, s = self.integrator(frame, azimuth_range=(lo, hi))
+        patterns = self.integrator.sectors(frame, self.sectors)
+        for k, (q, y, s) in enumerate(patterns):
             ok = np.isfinite(y) & np.isfinite(s)
             a = c = c_err = math.nan
             if np.count_nonzero(ok) > 200:

@@ -86,3 +86,22 @@ def test_sector_parameters():
     cal = DetectorGeometry.binned(4).to_dict()
     with pytest.raises(ValueError, match="sectors"):
         next(operando_xrd(None, None, calibration=cal, sectors=1))
+
+
+def test_equal_sectors_in_one_pass_equal_the_sector_integrations():
+    """Integrator.sectors: 8 equal sectors from one 2-D integration, bin for bin the same
+    as 8 azimuth_range integrations (explicit unequal sectors go one by one)."""
+    from strainstream.xrd import Integrator
+
+    geo = DetectorGeometry.binned(4)
+    img = XRDFrameSimulator(geo).cell_frame(CoinCell("SC-NM91", 10.0, soc=0.05), seed=2).image
+    integ = Integrator(geo.to_dict(), npt=1500)
+    ranges = sector_ranges(8)
+    for rngs in (ranges, [(-30.0, 30.0), (60.0, 150.0)]):
+        out = integ.sectors(img, rngs)
+        assert len(out) == len(rngs)
+        for (q, y, s), rng in zip(out, rngs, strict=True):
+            q1, y1, s1 = integ(img, azimuth_range=rng)
+            np.testing.assert_array_equal(q, q1)
+            np.testing.assert_allclose(y, y1, rtol=1e-6, equal_nan=True)
+            np.testing.assert_allclose(s, s1, rtol=1e-6, equal_nan=True)
