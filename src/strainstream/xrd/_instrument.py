@@ -4,7 +4,9 @@ The calibrant's own (sample) broadening is negligible, so the FWHM of its reflec
 integrated pattern is the instrumental FWHM of that pattern: beam divergence and energy
 spread, detector point spread and the Q binning of the integration. This is the
 ``instrument_fwhm_A_inv`` that :func:`strainstream.xrd.refine_pattern` adds in quadrature
-to the Williamson–Hall sample width.
+to the Williamson–Hall sample width; the width model and the pseudo-Voigt η
+(:meth:`InstrumentWidth.instrument_function`) give every peak its own instrumental width
+(``refine_pattern(..., instrument=...)``).
 
 Every resolved reflection is fitted on its own window (area-normalised pseudo-Voigt of
 :mod:`._model` + linear background, all windows in one batched Levenberg–Marquardt loop);
@@ -338,11 +340,14 @@ def instrument_fwhm(frame_or_q, intensity=None, *, geometry=None, sigma=None,
     from every per-peak FWHM in quadrature, as :func:`refine_pattern` combines the sample
     and instrumental widths (a 300 nm calibrant adds ≈1 % at 0.013 Å⁻¹).
 
-    ``instrument_fwhm_A_inv`` is one number because :func:`refine_pattern` takes one, while
-    a constant-Δ2θ width in Q falls by (1 − cosθ): 0.6 % from Q = 1 to 8 Å⁻¹ at
-    λ = 0.1665 Å. With a 0.02° instrument that is negligible (simulated cells: ε within
-    3–12 %); with 0.04° and ε ≈ 4·10⁻⁴ the constant width biases ε low by up to ≈15 %
-    (use :meth:`InstrumentWidth.fwhm_A_inv` where a Q-dependent width can be used).
+    ``instrument_fwhm_A_inv`` is one number (the model averaged over Q). A constant-Δ2θ
+    width in Q falls by (1 − cosθ): 0.6 % from Q = 1 to 8 Å⁻¹ at λ = 0.1665 Å, and a
+    Caglioti instrument changes far more; one width then biases ε by tens of per cent on a
+    broad instrument (17-BM-like, λ = 0.452 Å: +37 % at ε = 5·10⁻⁴). Pass the
+    instrument function instead (``refine_pattern(..., instrument=width)`` or its
+    :meth:`InstrumentWidth.instrument_function` dict, as the calibration carries it):
+    each peak then gets the width of the model at its own Q (ε within 5 % on both
+    simulated instruments).
 
     Parameters
     ----------
