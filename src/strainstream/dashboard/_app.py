@@ -36,8 +36,9 @@ RUNS_EVERY_S = 3.0
 BACKSTOP_S = 1.0
 #: seconds a read of tiled may take before the status line says tiled does not answer
 STALLED_S = 3.0
-#: seconds between two redraws of the whole-run panels ((003) contour, dQ/dV)
-HEAVY_S = 1.0
+#: seconds between two redraws of the whole-run panels ((003) contour, dQ/dV): each redraw sends
+#: and paints the whole image, which delays the next points' paint in a busy browser
+HEAVY_S = 2.0
 #: panel sizes, px
 W, H = 420, 300
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
@@ -61,6 +62,9 @@ def _col(cols: dict[str, list], key: str, n: int) -> np.ndarray:
 
 
 def _fig(title: str, x_label: str, y_label: str, tooltips=None, **kw):
+    """A figure with the dashboard's tools; ``tooltips`` (label, value with its unit) on hover.
+    A renderer whose source lacks a field the tooltips show would show "???": limit the hover
+    tool to the renderers that have them (``p.select_one(HoverTool).renderers = [...]``)."""
     from bokeh.models import HoverTool
     from bokeh.plotting import figure
 
@@ -179,9 +183,9 @@ class Page:
 
         self.xrd_sel = self._run_select("operando_xrd")
         self.xrd_info = Div(text="", width=900)
-        keys = ["x", "t_h", "volt", "a", "a_lo", "a_hi", "a2", "a2_lo", "a2_hi", "c", "c_lo", "c_hi", "c2",
-                "c2_lo", "c2_hi", "v", "v_lo", "v_hi", "v2", "v2_lo", "v2_hi", "eps", "eps_lo", "eps_hi",
-                "eps2", "eps2_lo", "eps2_hi", "ra", "rc", "ra2", "rc2", "seq_num", "served_at"]
+        keys = ["x", "t_h", "volt", *(f"{k}{p}{s}" for k in ("a", "c", "v", "eps") for p in ("", "2")
+                                      for s in ("", "_lo", "_hi", "_err")),
+                "ra", "rc", "ra2", "rc2", "seq_num", "served_at"]
         self.xrd_src = ColumnDataSource(data={k: [] for k in keys}, name="xrd_points")
         s = self.xrd_src
         self.xrd_img = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []})
@@ -198,17 +202,17 @@ class Page:
         x_label = "capacity (mAh g⁻¹)"
         self.xrd_xlabel = x_label
         figs = {}
-        for name, title, ylab, key, color, marker in (
-                ("a", "lattice parameter a", "a (Å)", "a", "#1f77b4", "circle"),
-                ("c", "lattice parameter c", "c (Å)", "c", "#d62728", "square"),
-                ("v", "unit-cell volume", "cell volume (Å³)", "v", "#2ca02c", "diamond"),
-                ("eps", "microstrain (Williamson–Hall)", "microstrain ε (10⁻³)", "eps", "#9467bd", "triangle")):
-            p = _fig(title, x_label, ylab, x_range=figs["a"].x_range if figs else None,
-                     tooltips=[("capacity", "@x{0.0} mAh/g"), (ylab, f"@{key}{{0.0000}} ± ..."),
-                               ("phase 2", f"@{key}2{{0.0000}}"), ("event", "@seq_num")]) \
-                if figs else _fig(title, x_label, ylab,
-                                  tooltips=[("capacity", "@x{0.0} mAh/g"), (ylab, f"@{key}{{0.0000}}"),
-                                            ("phase 2", f"@{key}2{{0.0000}}"), ("event", "@seq_num")])
+        for name, title, ylab, key, color, marker, sym, unit in (
+                ("a", "lattice parameter a", "a (Å)", "a", "#1f77b4", "circle", "a", "Å"),
+                ("c", "lattice parameter c", "c (Å)", "c", "#d62728", "square", "c", "Å"),
+                ("v", "unit-cell volume", "cell volume (Å³)", "v", "#2ca02c", "diamond", "V", "Å³"),
+                ("eps", "microstrain (Williamson–Hall)", "microstrain ε (10⁻³)", "eps", "#9467bd", "triangle",
+                 "ε", "×10⁻³")):
+            p = _fig(title, x_label, ylab, **({"x_range": figs["a"].x_range} if figs else {}),
+                     tooltips=[("capacity", "@x{0.0} mAh/g"), ("voltage", "@volt{0.000} V"),
+                               (sym, f"@{key}{{0.0000}} ± @{key}_err{{0.0000}} {unit}"),
+                               (f"{sym} phase 2", f"@{key}2{{0.0000}} ± @{key}2_err{{0.0000}} {unit}"),
+                               ("event", "@seq_num")])
             p.scatter("x", key, source=s, color=color, marker=marker, size=6)
             p.scatter("x", f"{key}2", source=s, line_color=color, fill_alpha=0, marker=marker, size=6)
             for k in (key, f"{key}2"):
@@ -220,11 +224,11 @@ class Page:
                    tooltips=[("capacity", "@x{0.0} mAh/g"), ("voltage", "@volt{0.000} V")])
         p_p.line("x", "volt", source=s, color="black", line_width=1.5)
         p_dq = _fig("dQ/dV", "dQ/dV (mAh g⁻¹ V⁻¹)", "voltage (V vs Li/Li⁺)", width=220,
-                    y_range=p_p.y_range, tooltips=[("V", "@v{0.000} V"), ("dQ/dV", "@dq{0.0}")])
+                    y_range=p_p.y_range, tooltips=[("voltage", "@v{0.000} V"), ("dQ/dV", "@dq{0.0} mAh g⁻¹ V⁻¹")])
         p_dq.line("dq", "v", source=self.xrd_dq, color="black", line_width=1.5)
         self.xrd_cmap = LinearColorMapper(palette="Viridis256")
         p_r = _fig("c/c₀ vs (a/a₀)² (a₀, c₀: pristine)", "(a/a₀)²", "c/c₀",
-                   tooltips=[("(a/a₀)²", "@ra{0.00000}"), ("c/c₀", "@rc{0.00000}"), ("capacity", "@x{0.0}")])
+                   tooltips=[("(a/a₀)²", "@ra{0.00000}"), ("c/c₀", "@rc{0.00000}"), ("capacity", "@x{0.0} mAh/g")])
         p_r.scatter("ra", "rc", source=s, size=6, fill_color={"field": "x", "transform": self.xrd_cmap},
                     line_color=None)
         p_r.scatter("ra2", "rc2", source=s, size=6, fill_alpha=0,
@@ -235,14 +239,15 @@ class Page:
         return column(row(self.xrd_sel, self.xrd_info), Div(text=PHASE_NOTE), row(p_q, p_vt, grid))
 
     def _map_fig(self, title: str, label: str, palette: str, name: str):
-        from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper
+        from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
 
         src = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []}, name=f"{name}_image")
         cm = LinearColorMapper(palette=palette, nan_color="#d9d9d9")
         p = _fig(title, "x (µm)", "y (µm)", width=330, height=300, match_aspect=True, name=name,
                  tools=TOOLS + ",tap",
                  tooltips=[("x", "$x{0.000} µm"), ("y", "$y{0.000} µm"), (label, "@image{0.0000}")])
-        p.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=cm)
+        img = p.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=cm)
+        p.select_one(HoverTool).renderers = [img]  # not the click marker (no image value there)
         p.add_layout(ColorBar(color_mapper=cm, title=label, width=10), "right")
         return p, src, cm
 
@@ -269,19 +274,20 @@ class Page:
             figs.append(p)
         self.sxdm_hist = ColumnDataSource(data={"left": [], "right": [], "top": []})
         p_h = _fig("strain histogram", "strain Δd/d (10⁻³)", "pixels", width=330, height=300,
-                   tooltips=[("Δd/d", "@left{0.00}…@right{0.00}"), ("pixels", "@top")])
+                   tooltips=[("Δd/d", "@left{0.00}…@right{0.00} ×10⁻³"), ("pixels", "@top")])
         p_h.quad(left="left", right="right", top="top", bottom=0, source=self.sxdm_hist, color="#d62728",
                  alpha=0.8)
         self.sxdm_thist = {k: ColumnDataSource(data={"left": [], "right": [], "top": []})
                            for k in ("tilt_xy_deg", "tilt_xz_deg")}
-        p_t = _fig("rotation histograms", "rotation (deg)", "pixels", width=330, height=300)
+        p_t = _fig("rotation histograms", "rotation (deg)", "pixels", width=330, height=300,
+                   tooltips=[("rotation", "@left{0.0000}°…@right{0.0000}°"), ("pixels", "@top")])
         for src, color, name in zip(self.sxdm_thist.values(), ("#ff7f0e", "#2ca02c"), ("θxy", "θxz"),
                                          strict=True):
             p_t.quad(left="left", right="right", top="top", bottom=0, source=src, fill_alpha=0,
                      line_color=color, line_width=2, legend_label=name)
         self.sxdm_corr = ColumnDataSource(data={"strain": [], "txy": []})
         self.p_corr = _fig("strain vs rotation", "strain Δd/d (10⁻³)", "θxy (deg)", width=330, height=300,
-                           tooltips=[("Δd/d", "@strain{0.000}"), ("θxy", "@txy{0.0000}°")])
+                           tooltips=[("Δd/d", "@strain{0.000} ×10⁻³"), ("θxy", "@txy{0.0000}°")])
         self.p_corr.scatter("strain", "txy", source=self.sxdm_corr, size=4, color="#555", alpha=0.6)
         self.sxdm_rc = ColumnDataSource(data={"theta_deg": [], "counts": []}, name="sxdm_rocking_curve")
         self.p_rc = _fig("rocking curve: click a pixel", "θ (deg)", "detector counts", width=330, height=300,
@@ -314,12 +320,12 @@ class Page:
         self.p_txm_h.quad(left="left", right="right", top="top", bottom=0, source=self.txm_hist,
                           color="#440154", alpha=0.7)
         self.txm_spec = ColumnDataSource(data={"energy_eV": [], "mu": []}, name="txm_spectrum")
-        self.txm_wlpt = ColumnDataSource(data={"e": [], "mu": []})
+        self.txm_wlpt = ColumnDataSource(data={"energy_eV": [], "mu": []})
         self.p_spec = _fig("spectrum: click a voxel", "energy (eV)", "normalised absorbance", width=380,
-                           height=360, tooltips=[("E", "@energy_eV{0.0} eV"), ("μ", "@mu{0.000}")])
+                           height=360, tooltips=[("E", "@energy_eV{0.0} eV"), ("μ", "@mu{0.000} (edge-normalised)")])
         self.p_spec.line("energy_eV", "mu", source=self.txm_spec, color="black")
         self.p_spec.scatter("energy_eV", "mu", source=self.txm_spec, color="black", size=4)
-        self.p_spec.scatter("e", "mu", source=self.txm_wlpt, color="red", size=12, marker="inverted_triangle",
+        self.p_spec.scatter("energy_eV", "mu", source=self.txm_wlpt, color="red", size=12, marker="inverted_triangle",
                             legend_label="fitted white line")
         self.txm_span = Span(location=float("nan"), dimension="height", line_color="red", line_dash="dashed")
         self.p_spec.add_layout(self.txm_span)
@@ -610,7 +616,7 @@ class Page:
             for src in (self.txm_wl, self.txm_jump):
                 src.data = {k: [] for k in src.data}
             self.txm_spec.data = {"energy_eV": [], "mu": []}
-            self.txm_wlpt.data = {"e": [], "mu": []}
+            self.txm_wlpt.data = {"energy_eV": [], "mu": []}
             self.txm_mark.data = {"x": [], "y": []}
 
     def _info(self, view: str, md: dict[str, Any]) -> None:
@@ -652,7 +658,7 @@ class Page:
                 val = _col(rows, col + sfx, n) * scale
                 e = _col(rows, err + sfx, n) * scale
                 e = np.where(np.isfinite(e), e, 0.0)
-                new[name], new[f"{name}_lo"], new[f"{name}_hi"] = val, val - e, val + e
+                new[name], new[f"{name}_lo"], new[f"{name}_hi"], new[f"{name}_err"] = val, val - e, val + e, e
         if "a0" not in ref:
             good = np.isfinite(new["a"]) & np.isfinite(new["c"])
             if good.any():
@@ -827,11 +833,11 @@ class Page:
             self.txm_spec.data = {"energy_eV": spec["energy_eV"], "mu": spec["mu"]}
             wl_e = spec["whiteline_eV"]
             if spec["mu_wl"] is not None:
-                self.txm_wlpt.data = {"e": [wl_e], "mu": [spec["mu_wl"]]}
+                self.txm_wlpt.data = {"energy_eV": [wl_e], "mu": [spec["mu_wl"]]}
                 self.txm_span.location = wl_e
                 self.p_spec.title.text = f"voxel y={iy}, x={ix}: white line {wl_e:.2f} eV"
             else:
-                self.txm_wlpt.data = {"e": [], "mu": []}
+                self.txm_wlpt.data = {"energy_eV": [], "mu": []}
                 self.p_spec.title.text = f"voxel y={iy}, x={ix}: outside the particle (no white line)"
 
         def fail(exc) -> None:
