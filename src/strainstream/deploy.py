@@ -16,7 +16,12 @@ Everything listens on 127.0.0.1 and lives under ``DIR``::
     DIR/services/postgres/   PostgreSQL cluster, its socket dir, password file (0600), log
     DIR/services/redis/      Redis append-only file and log
     DIR/deploy.json          what runs where (pids, ports, URIs without secrets) while up
+    DIR/dashboard.json       the dashboard's URL, with ``dashboard_port`` (``--dashboard-port``)
     DIR/logs/                tiled and worker logs
+
+With ``dashboard_port`` the launcher also serves the live dashboard page
+(:mod:`strainstream.dashboard`) at ``http://localhost:PORT/``, in its own process; the page
+follows tiled through its restarts.
 
 ``up`` runs until Ctrl-C or SIGTERM, restarts a worker or service that dies (at most
 :data:`MAX_RESTARTS` times each), then stops everything. The catalog URI in ``DIR/tiled.yml``
@@ -88,6 +93,8 @@ class Deployment:
         tiled's port on 127.0.0.1 (free one when omitted).
     api_key : str, optional
         The writer key (else ``$STRAINSTREAM_API_KEY`` or ``DIR/.api_key``).
+    dashboard_port : int, optional
+        Also serve the dashboard on 127.0.0.1 at this port (none when omitted).
     """
 
     data_dir: Path
@@ -95,6 +102,8 @@ class Deployment:
     workers: int = 1
     port: int | None = None
     api_key: str | None = None
+    dashboard_port: int | None = None
+    dashboard: Any = None
     redis: Any = None
     postgres: Any = None
     server: Any = None
@@ -131,11 +140,24 @@ class Deployment:
             self.server.start(timeout_s=120)
             for i in range(self.workers):
                 self.worker_procs.append(self._start_worker(i))
+            if self.dashboard_port:
+                self._start_dashboard()
         except BaseException:
             self.stop()
             raise
         self.write_state()
         return self
+
+    def _start_dashboard(self) -> None:
+        from strainstream.dashboard._server import DashboardServer
+
+        server = DashboardServer(self.server.uri, self.server.api_key, port=self.dashboard_port,
+                                 data_dir=self.data_dir)
+        try:
+            self.dashboard = server.start()
+        except OSError as exc:
+            raise DeployError(f"cannot serve the dashboard on 127.0.0.1:{self.dashboard_port}: "
+                              f"{exc.strerror or exc}; choose another --dashboard-port") from None
 
     def _start_scaleout_services(self) -> dict[str, Any]:
         from strainstream.services import Postgres, Redis
@@ -206,7 +228,10 @@ class Deployment:
 
     # -- stop -------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop workers, tiled, Redis and PostgreSQL (in that order); forget the state file."""
+        """Stop the dashboard, workers, tiled, Redis and PostgreSQL (in that order); forget the state file."""
+        if self.dashboard is not None:
+            with contextlib.suppress(Exception):
+                self.dashboard.stop()
         for w in self.worker_procs:
             with contextlib.suppress(Exception):
                 w.stop()
@@ -242,6 +267,7 @@ class Deployment:
                  "shard": list(w.shard) if getattr(w, "shard", None) else None}
                 for w in self.worker_procs
             ],
+            "dashboard_url": self.dashboard.url if self.dashboard is not None else None,
             "restarts": dict(self.restarts),
             "logs": str(self.data_dir / "logs"),
         }
@@ -289,6 +315,16 @@ def _tiled_healthy(port: int | None) -> bool:
         return False
 
 
+def _dashboard_healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        # the page itself would open a Bokeh session: ask for its (static) BokehJS instead
+        return httpx.head(url.rstrip("/") + "/static/js/bokeh.min.js", timeout=5.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _redis_healthy(port: int | None) -> bool:
     from strainstream.services import redis_ping
 
@@ -324,4 +360,6 @@ def status(data_dir: str | os.PathLike) -> dict[str, Any]:
         checks["redis"] = _redis_healthy(state.get("redis_port"))
     for i, w in enumerate(state.get("workers", [])):
         checks[f"worker {i}"] = _pid_alive(w.get("pid"))
+    if state.get("dashboard_url"):
+        checks["dashboard"] = _dashboard_healthy(state["dashboard_url"])
     return {**state, "checks": checks, "ok": all(checks.values())}

@@ -162,16 +162,34 @@ def test_scaleout_up_runs_a_run_restarts_a_dead_worker_and_stops_everything(reac
     assert st.stderr.startswith("strainstream deploy: error: no deployment runs on")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_embedded_up_and_status_and_a_second_up_is_refused(reachable_dir, launch):
+    import httpx
+
+    from strainstream.dashboard import running_dashboard
+
     data = reachable_dir / "embedded"
-    launcher = launch(data, "--profile", "embedded", "--workers", "1")
+    port = _free_port()
+    launcher = launch(data, "--profile", "embedded", "--workers", "1", "--dashboard-port", str(port))
     info = launcher.info()
     assert info["profile"] == "embedded" and info["streaming_cache"] == "memory"
     assert info["catalog"] == f"sqlite:{data / 'catalog.db'}"
     assert "postgres_port" not in info and not (data / "services").exists()
+    # the dashboard on the same machine, named where the demo looks for it
+    assert info["dashboard_url"] == f"http://localhost:{port}/" == running_dashboard(data)
+    page = httpx.get(info["dashboard_url"], timeout=30, trust_env=False)
+    assert page.status_code == 200 and "static/js/bokeh" in page.text
     st = _cli("status", "--data-dir", str(data))
     assert st.returncode == 0, st.stderr
     assert "tiled        up" in st.stdout and "worker 0     up" in st.stdout
+    assert f"dashboard    http://localhost:{port}/" in st.stdout and "\ndashboard    up" in st.stdout
 
     again = _cli("up", "--data-dir", str(data), "--profile", "embedded")
     assert again.returncode == 2
@@ -183,6 +201,9 @@ def test_embedded_up_and_status_and_a_second_up_is_refused(reachable_dir, launch
     assert time.monotonic() - t0 < 15
     assert "strainstream deploy up: stopped (SIGINT)" in launcher.proc.stderr.read()
     assert not _alive(info["tiled_pid"]) and not _alive(info["workers"][0]["pid"])
+    assert running_dashboard(data) is None and not (data / "dashboard.json").exists()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(info["dashboard_url"], timeout=5, trust_env=False)
     assert _cli_runs(data).returncode == 0  # the data directory stays readable
 
 

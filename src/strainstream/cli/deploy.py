@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ._common import Parser, add_server_options, stop_requested
+from .serve import add_dashboard_option
 
 __all__ = ["register"]
 
@@ -31,6 +32,7 @@ def register(commands) -> None:
     up.add_argument("--workers", type=int, default=1, help="analysis workers (default 1)")
     up.add_argument("--port", type=int, default=None, help="tiled port (default: a free one)")
     up.add_argument("--json", action="store_true", help="print what runs where as one JSON line")
+    add_dashboard_option(up)
     up.set_defaults(func=cmd_up, reports=(RuntimeError,))
     st = sub.add_parser("status", help="check the services of a running deployment",
                         description="Check the services of a running deployment.")
@@ -51,6 +53,8 @@ def _print_info(info: dict[str, Any]) -> None:
     for i, w in enumerate(info["workers"]):
         shard = f"   shard {w['shard'][0]}/{w['shard'][1]}" if w.get("shard") else ""
         lines.append(f"worker {i:<5} pid {w['pid']}{shard}")
+    if info.get("dashboard_url"):
+        lines.append(f"dashboard    {info['dashboard_url']}")
     lines.append(f"logs         {info['logs']}")
     print("\n".join(lines), flush=True)
 
@@ -63,7 +67,7 @@ def cmd_up(args) -> int:
 
     with stop_requested() as done:
         dep = Deployment(Path(args.data_dir), profile=args.profile, workers=args.workers,
-                         port=args.port, api_key=args.api_key)
+                         port=args.port, api_key=args.api_key, dashboard_port=args.dashboard_port)
         try:
             dep.start()
             if args.json:

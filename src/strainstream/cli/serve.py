@@ -11,6 +11,7 @@ from ._common import (
     add_server_options,
     config_from_args,
     data_dir_of,
+    number,
     open_catalog,
     resolve_server,
     stop_requested,
@@ -26,6 +27,7 @@ def register(commands) -> None:
                        api_key_help="default: $STRAINSTREAM_API_KEY, else DATA_DIR/.api_key (created)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--cache", default="memory", help="streaming cache: memory (default) or redis://127.0.0.1:PORT")
+    add_dashboard_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("worker", help="run the live analysis worker against a tiled server")
@@ -47,6 +49,29 @@ def register(commands) -> None:
     p.set_defaults(func=cmd_spool)
 
 
+def add_dashboard_option(p) -> None:
+    """``--dashboard-port``: serve the dashboard page beside tiled (``serve``, ``deploy up``)."""
+    from strainstream.dashboard import DEFAULT_PORT
+
+    p.add_argument("--dashboard-port", type=number(int, low=1, high=65535), default=None, metavar="PORT",
+                   help=f"also serve the live dashboard at http://localhost:PORT/ (127.0.0.1 only; "
+                        f"e.g. {DEFAULT_PORT}; default: none, run `strainstream dashboard` instead)")
+
+
+def start_dashboard(uri: str, api_key: str, port: int, data_dir):
+    """The dashboard of ``uri`` on 127.0.0.1:``port`` in this process (a thread), started; it
+    names itself in ``data_dir/dashboard.json``. The key stays in this process: the page
+    reads tiled on the server side."""
+    from strainstream.dashboard._server import DashboardServer
+
+    server = DashboardServer(uri, api_key, port=port, data_dir=data_dir)
+    try:
+        return server.start()
+    except OSError as exc:
+        raise CommandError(f"cannot serve the dashboard on 127.0.0.1:{port}: {exc.strerror or exc}; "
+                           "pass another --dashboard-port") from None
+
+
 def cmd_serve(args) -> int:
     from strainstream.server import TiledServer
 
@@ -59,14 +84,21 @@ def cmd_serve(args) -> int:
     print(f"viewers: `strainstream keys create --read-only --data-dir {data_dir}` mints a "
           f"read-only key (admin key in {os.path.join(data_dir, '.admin_key')} unless "
           "$STRAINSTREAM_ADMIN_KEY is set)", flush=True)
+    dashboard = None
     with stop_requested() as done:
         try:
+            if args.dashboard_port:
+                dashboard = start_dashboard(server.uri, server.api_key, args.dashboard_port, data_dir)
+                print(f"dashboard at {dashboard.url} (from another machine: "
+                      f"ssh -L {args.dashboard_port}:localhost:{args.dashboard_port} THIS-HOST)", flush=True)
             while not done.wait(0.5):
                 if server.process is None or server.process.poll() is not None:
                     print("strainstream serve: error: the tiled server exited; see "
                           f"{os.path.join(data_dir, 'logs', 'tiled.log')}", file=sys.stderr)
                     return 1
         finally:
+            if dashboard is not None:
+                dashboard.stop()
             server.stop()
     return done.exit_code("serve")
 
