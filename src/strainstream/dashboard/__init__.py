@@ -11,10 +11,16 @@ Why Bokeh (a Bokeh server embedded in our process):
   rows (``stream``) over its own websocket; the browser reconnects by reloading the session;
 - no JavaScript build step and no second server process: one Python process, one port.
 
-The page polls the derived tables of tiled (every :data:`~strainstream.dashboard._app.POLL_S`
-seconds, reads in a worker thread so the server loop never blocks) and streams only the rows
-it has not drawn yet. An unreachable tiled shows "tiled unreachable, retrying" in the status
-line; a key tiled refuses shows a login error with a key field, never a blank page.
+The page follows the results table of each view over tiled's websocket subscription (rows
+drawn within ~0.1–0.7 s of landing in tiled) and reads it again every
+:data:`~strainstream.dashboard._app.BACKSTOP_S` s as a safety net; it streams only the rows it
+has not drawn yet. Reads run in worker threads, without Bokeh's document lock (a locked
+callback holds the lock across its awaits, which held pushed rows back); the page is changed
+in next-tick callbacks. When the safety net finds rows the subscription missed (tiled
+restarted: the memory cache's sequence numbers start afresh) it subscribes again. An
+unreachable tiled shows "tiled unreachable, retrying" in the status line; a key tiled refuses
+shows a login error with a key field, never a blank page. ``serve --dashboard-port`` and
+``deploy up --dashboard-port`` serve the page beside tiled.
 
 This module stays light (no Bokeh, no tiled import): :func:`running_dashboard` tells other
 commands (``demo``) where a running dashboard is.
