@@ -410,7 +410,8 @@ class Page:
         Bokeh runs the next poll only when one is done): say so in the status line meanwhile."""
         waited = time.monotonic() - self.busy_since
         if self.busy and waited >= STALLED_S:
-            self._show_unreachable(TimeoutError(f"no answer for {waited:.0f} s"))
+            self.status.text = f"tiled unreachable or slow: no answer for {waited:.0f} s, retrying"
+            self.status.styles = {"font-family": "monospace", "color": "#b00020"}
 
     def _apply_poll(self, update: dict[str, Any]) -> None:
         self._apply(update)
