@@ -11,13 +11,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from strainstream.errors import StrainstreamError
+
 __all__ = ["OutageTolerantTransport", "TiledUnreachable", "tolerate_outages"]
 
 #: HTTP statuses meaning "the server did not process the request; try again later"
 _UNAVAILABLE = {503}
 
 
-class TiledUnreachable(ConnectionError):
+class TiledUnreachable(StrainstreamError, ConnectionError):
     """The tiled server has been unreachable for longer than the transport waits.
 
     Deliberately not an ``httpx.HTTPError``: tiled's client retries those (10 attempts within
