@@ -267,14 +267,7 @@ class Integrator:
                 error_model="poisson", radial_range=None if q_range is None else tuple(q_range),
                 azimuth_range=(-180.0, 180.0), polarization_factor=self.polarization_factor,
                 correctSolidAngle=True)
-            q = np.asarray(res.radial, dtype=np.float64)
-            inten = np.asarray(res.intensity, dtype=np.float64)
-            sig = np.asarray(res.sigma, dtype=np.float64)
-            count = getattr(res, "count", None)
-            if count is not None:
-                empty = np.asarray(count) <= 0
-                inten = np.where(empty, np.nan, inten)
-                sig = np.where(empty, np.nan, sig)
+            q, inten, sig = _result_arrays(res)
             out = [(q.copy(), inten[k], sig[k]) for k in range(n)]
         else:
             out = [self._integrate(data, npt, q_range, rng) for rng in ranges]
@@ -287,12 +280,17 @@ class Integrator:
             error_model="poisson", radial_range=None if q_range is None else tuple(q_range),
             azimuth_range=None if azimuth_range is None else tuple(azimuth_range),
             polarization_factor=self.polarization_factor, correctSolidAngle=True)
-        q = np.asarray(res.radial, dtype=np.float64)
-        inten = np.asarray(res.intensity, dtype=np.float64)
-        sig = np.asarray(res.sigma, dtype=np.float64)
-        count = getattr(res, "count", None)
-        if count is not None:
-            empty = np.asarray(count) <= 0
-            inten = np.where(empty, np.nan, inten)
-            sig = np.where(empty, np.nan, sig)
-        return q, inten, sig
+        return _result_arrays(res)
+
+
+def _result_arrays(res):
+    """(radial, intensity, sigma) of a pyFAI 1-D or 2-D result as float64; empty bins NaN."""
+    q = np.asarray(res.radial, dtype=np.float64)
+    inten = np.asarray(res.intensity, dtype=np.float64)
+    sig = np.asarray(res.sigma, dtype=np.float64)
+    count = getattr(res, "count", None)
+    if count is not None:
+        empty = np.asarray(count) <= 0
+        inten = np.where(empty, np.nan, inten)
+        sig = np.where(empty, np.nan, sig)
+    return q, inten, sig
