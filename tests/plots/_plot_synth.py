@@ -8,7 +8,11 @@ peaks at Q = 6π/c, laid out exactly as the ``operando_xrd`` callback stores its
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -132,3 +136,23 @@ def txm_entry(arrays: dict[str, np.ndarray]) -> dict:
                "histogram_edges_eV": edges.tolist()}
     return {"version": "1", "status": "complete", "n_rows": len(cols["seq_num"]), "summary": summary,
             "columns": cols}
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``strainstream ARGV`` in process: (exit code, stdout, stderr)."""
+    from strainstream.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue(), err.getvalue()
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG file ``path``."""
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])

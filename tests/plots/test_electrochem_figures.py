@@ -14,17 +14,12 @@ code ``strainstream plot`` uses; the tests read the plotted data back from the f
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _plot_synth import operando_xrd_entry
-
-from strainstream.cli import main
+from _plot_synth import operando_xrd_entry, png_size, run_cli
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -32,22 +27,6 @@ N_CYCLES = 30
 R100 = 0.759  # retention after 100 cycles of the synthetic cycling run
 RATES = (20.0, 100.0, 200.0)
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``strainstream ARGV`` in process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, out.getvalue(), err.getvalue()
-
-
-def _png_size(path) -> tuple[int, int]:
-    head = Path(path).read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", head[16:24])
 
 
 def _store(root, uid: str, name: str, entry: dict) -> None:
@@ -321,10 +300,10 @@ def test_plot_command_writes_the_protocol_figures(catalog, tmp_path):
         expected = [str(out / f"{uid[:8]}_{n}.png") for n in names]
         assert sorted(stdout.split()) == sorted(expected)
         written += expected
-    assert _png_size(written[0]) == (14 * 50, round(4.6 * 50))
+    assert png_size(written[0]) == (14 * 50, round(4.6 * 50))
     assert all(Path(p).stat().st_size > 10_000 for p in written)
     # only the series figure of a series run
     code, stdout, err = run_cli(["plot", catalog["series"][2], "--data-dir", str(d), "--analysis", "rate_series",
                                  "--out", str(out / "series.png"), "--dpi", "40"])
     assert code == 0 and stdout.split() == [str(out / "series.png")], err
-    assert _png_size(out / "series.png") == (13 * 40, round(4.8 * 40))
+    assert png_size(out / "series.png") == (13 * 40, round(4.8 * 40))

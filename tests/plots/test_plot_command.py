@@ -9,39 +9,18 @@ plus synthetic ``operando_xrd`` and ``sxdm`` results of known values stored with
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _plot_synth import operando_xrd_entry, sxdm_arrays, sxdm_entry
-
-from strainstream.cli import main
+from _plot_synth import operando_xrd_entry, png_size, run_cli, sxdm_arrays, sxdm_entry
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 START_MD = {"material": "SC-NM91", "sample": "coin cell 7", "rate_mA_g": 200.0}
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``strainstream ARGV`` in process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, out.getvalue(), err.getvalue()
-
-
-def _png_size(path) -> tuple[int, int]:
-    head = Path(path).read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", head[16:24])
 
 
 def _store(root, uid: str, name: str, entry: dict, arrays: dict | None = None) -> None:
@@ -99,13 +78,13 @@ def test_plot_writes_every_analysis_into_the_data_directory(data_dir, tmp_path, 
     expected = [str(d / "figures" / f"{uid[:8]}_{name}.png") for name in ("frame_stats", "operando_xrd", "sxdm")]
     assert sorted(out.split()) == sorted(expected)  # the written paths, one a line
     assert list(cwd.iterdir()) == []  # nothing in the current directory
-    assert _png_size(expected[1]) == (round(17 * 40), round(9 * 40))  # the XRD figure, 17 × 9 in
+    assert png_size(expected[1]) == (round(17 * 40), round(9 * 40))  # the XRD figure, 17 × 9 in
     assert sorted(p.name for p in (d / "figures").iterdir()) == sorted(Path(p).name for p in expected)
     # --out FILE with --analysis: that file only (--out DIR: see test_figure_path_rules)
     one = tmp_path / "xrd.png"
     code, out, err = run_cli(["plot", uid, "--data-dir", str(d), "--analysis", "operando_xrd",
                               "--out", str(one), "--dpi", "30"])
-    assert code == 0 and out.split() == [str(one)] and _png_size(one)[0] == 17 * 30, err
+    assert code == 0 and out.split() == [str(one)] and png_size(one)[0] == 17 * 30, err
     assert list(cwd.iterdir()) == []
 
 
@@ -145,7 +124,7 @@ def test_sxdm_map_plot_lands_beside_the_maps(sxdm_file, tmp_path, monkeypatch):
     assert code == 0, err
     png = out.parent / "maps_sxdm_map.png"
     assert f"figure written to {png}" in stdout.splitlines()
-    assert _png_size(png) == (17 * 110, 8 * 110)
+    assert png_size(png) == (17 * 110, 8 * 110)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
     # JSON mode: the path in the one JSON object; --plot PNG given explicitly
     code, stdout, err = run_cli(["sxdm", "map", str(sxdm_file), "--json", "--plot", str(tmp_path / "f.png")])
@@ -169,5 +148,5 @@ def test_xanes_whiteline_plot_beside_the_input(tmp_path, monkeypatch):
     assert code == 0, err
     summary = json.loads(stdout)
     png = tmp_path / "data" / "stack_whiteline.png"
-    assert summary["plot"] == str(png) and _png_size(png)[0] == 17 * 110
+    assert summary["plot"] == str(png) and png_size(png)[0] == 17 * 110
     assert list(cwd.iterdir()) == []
