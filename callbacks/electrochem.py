@@ -148,21 +148,18 @@ class GITTCallback(AnalysisCallback):
         data, stamps = event["data"], event.get("timestamps") or {}
         keys = [k for k in data if not is_timestamp_column(k)]
         out, when = {}, []
-        for name in _GITT_SOURCES:
+        for name in (*_GITT_SOURCES, "capacity"):
             key = self.keys.reading_key(name, keys)
             value = data.get(key) if key is not None else None
+            number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) \
+                and math.isfinite(value)
+            if name == "capacity" and not number:  # optional: pulse edges from the readings then
+                out[name] = math.nan
+                continue
             when.append(stamps.get(key))
-            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
-                    or not math.isfinite(value):
+            if not number:
                 raise FrameError("bad_event", f"cycler reading {name!r} missing or not a number ({value!r})")
             out[name] = float(value)
-        out["capacity"] = math.nan
-        key = self.keys.reading_key("capacity", keys)
-        value = data.get(key) if key is not None else None
-        if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) \
-                and math.isfinite(value):
-            out["capacity"] = float(value)
-            when.append(stamps.get(key))
         # the cycler stamps the readings of one update alike: different stamps mean the read
         # straddled two updates (time of one moment, voltage of the next) — not a sample
         if all(isinstance(w, int | float) for w in when) and max(when) - min(when) > _SAME_UPDATE_S:

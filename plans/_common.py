@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.suspenders import SuspenderBase, SuspendFloor, SuspendWhenChanged
 from bluesky.utils import MsgGenerator
@@ -182,8 +183,6 @@ def cell_run(body: MsgGenerator, detector: Any, cycler: Any, *, beam: Any = None
     """Run ``body`` (a run on the cycler's cell) with ``detector`` staged, the cell set to rest
     whatever ends it (unless ``stop_cell`` is False: a follow-only cycler) and, with ``beam``,
     the beam suspenders (the shutter opened first unless ``open_shutter`` is False)."""
-    import bluesky.preprocessors as bpp
-
     def finish():
         if stop_cell:
             yield from bps.mv(cycler.stop_cmd, 1)  # the cell rests whatever ended the run

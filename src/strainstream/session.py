@@ -99,6 +99,7 @@ class BufferedWriter:
         self._run_of: dict[str, str] = {}  # descriptor / resource uid -> run uid
         self._current_run: str | None = None
         self.failed: list[tuple[str, str, int, str]] = []  # (run uid, doc name, index, error)
+        self._told_unreachable: set[str] = set()  # runs whose outage refusal was already said
         self.sent_after_outage = 0
         self._outage_backlog: int | None = None
         self._thread = threading.Thread(target=self._work, name="tiled-writer", daemon=True)
@@ -258,13 +259,13 @@ class BufferedWriter:
                 where = f"; kept in {self.spool.path(uid)}" if self.spool is not None and uid else ""
                 msg = f"tiled refused the {name} document #{index} of run {uid}: {exc}{where}"
                 # one line per run for an outage longer than the writer waits, not one per document
-                quiet = isinstance(exc, TiledUnreachable) and any(
-                    f[0] == uid and f[3].startswith("TiledUnreachable") for f in self.failed)
-                if quiet:
+                if isinstance(exc, TiledUnreachable) and uid in self._told_unreachable:
                     logger.debug(msg)
                 else:
                     logger.error(msg)
                     self.say(msg)
+                    if isinstance(exc, TiledUnreachable):
+                        self._told_unreachable.add(uid)
                 self.failed.append((uid, name, index, repr(exc)))
                 break
         refused = [f for f in self.failed if f[0] == uid] if name == "stop" else []
@@ -275,10 +276,11 @@ class BufferedWriter:
             msg = f"run {uid}: {len(refused)} documents are not in tiled; {where}"
             logger.error(msg)
             self.say(msg)
+            self._told_unreachable.discard(uid)
         if not stored:
             return
         if self.spool is not None and uid and index >= 0:
-            if name == "stop" and not any(f[0] == uid for f in self.failed):
+            if name == "stop" and not refused:
                 self.spool.done(uid)
             else:
                 self.spool.sent(uid, index)

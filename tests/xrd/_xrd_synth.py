@@ -96,3 +96,16 @@ def synth_frame(phases, geometry, *, seed=0, peak_counts=3.0e4, **kw):
     img = ai.calcfrom1d(q, prof, dim1_unit="q_A^-1", correctSolidAngle=True)
     rng = np.random.default_rng(seed)
     return np.minimum(rng.poisson(np.clip(img, 0, None)), 65535).astype(np.uint16)
+
+
+def cos2chi_sector_lattices(phase, n: int = 8, amplitude: float = 0.002):
+    """Per-sector lattices of ``phase`` whose c varies as c0·(1 + amplitude·cos 2χ) over ``n``
+    equal azimuthal sectors from χ = −180° (for ``XRDFrameSimulator.sector_frame``).
+
+    Returns (c_true, sectors): c at each sector centre (Å) and one one-phase list per sector.
+    """
+    centres = -180.0 + (np.arange(n) + 0.5) * 360.0 / n
+    c_true = phase.c_A * (1 + amplitude * np.cos(2 * np.radians(centres)))
+    sectors = [[dict(a_A=phase.a_A, c_A=c, fraction=1.0, microstrain=phase.microstrain,
+                     size_nm=phase.size_nm)] for c in c_true]
+    return c_true, sectors

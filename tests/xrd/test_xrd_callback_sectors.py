@@ -10,6 +10,7 @@ import copy
 
 import numpy as np
 import pytest
+from _xrd_synth import cos2chi_sector_lattices
 from bluesky import RunEngine
 from ophyd import Signal
 
@@ -31,10 +32,7 @@ def sector_run(tmp_path_factory):
     sim = XRDFrameSimulator(geo)
     cell = CoinCell("SC-NM91", 10.0, soc=0.05)
     (ph,) = cell.lattice()
-    centres = -180.0 + (np.arange(8) + 0.5) * 45.0
-    c_true = ph.c_A * (1 + 0.002 * np.cos(2 * np.radians(centres)))
-    sectors = [[dict(a_A=ph.a_A, c_A=c, fraction=1.0, microstrain=ph.microstrain,
-                     size_nm=ph.size_nm)] for c in c_true]
+    c_true, sectors = cos2chi_sector_lattices(ph)
     volt = Signal(name="cycler_voltage_V", value=3.7)
 
     def source(i):

@@ -13,6 +13,7 @@ Both on the 2048² detector binned to 512² (the full detector's field of view).
 
 import numpy as np
 import pytest
+from _xrd_synth import cos2chi_sector_lattices
 
 from strainstream.sim.cell import CoinCell
 from strainstream.sim.xrd_frames import DetectorGeometry, XRDFrameSimulator
@@ -139,10 +140,7 @@ def test_sector_frame_gives_a_per_sector_c():
     sim = XRDFrameSimulator(geo)
     cell = CoinCell("SC-NM91", 10.0, soc=0.05)
     (ph,) = cell.lattice()
-    centres = -180.0 + (np.arange(8) + 0.5) * 45.0
-    c_true = ph.c_A * (1 + 0.002 * np.cos(2 * np.radians(centres)))
-    sectors = [[dict(a_A=ph.a_A, c_A=c, fraction=1.0, microstrain=ph.microstrain,
-                     size_nm=ph.size_nm)] for c in c_true]
+    c_true, sectors = cos2chi_sector_lattices(ph)
     frame = sim.sector_frame(sectors, seed=1, transition_metals=dict(cell.preset.transition_metals))
     integ = Integrator(geo.to_dict(), npt=2500)
     inst = {"model": "constant_2theta", "fwhm_2theta_deg": 0.02, "eta": 0.4}
