@@ -149,15 +149,10 @@ class Deployment:
         return self
 
     def _start_dashboard(self) -> None:
-        from strainstream.dashboard._server import DashboardServer
+        from strainstream.dashboard._server import serve_dashboard
 
-        server = DashboardServer(self.server.uri, self.server.api_key, port=self.dashboard_port,
-                                 data_dir=self.data_dir)
-        try:
-            self.dashboard = server.start()
-        except OSError as exc:
-            raise DeployError(f"cannot serve the dashboard on 127.0.0.1:{self.dashboard_port}: "
-                              f"{exc.strerror or exc}; choose another --dashboard-port") from None
+        self.dashboard = serve_dashboard(self.server.uri, self.server.api_key, port=self.dashboard_port,
+                                         data_dir=self.data_dir, port_option="--dashboard-port")
 
     def _start_scaleout_services(self) -> dict[str, Any]:
         from strainstream.services import Postgres, Redis

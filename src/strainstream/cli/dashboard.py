@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from ._common import (
-    CommandError,
     add_server_options,
     data_dir_of,
     number,
@@ -36,17 +35,12 @@ def register(commands) -> None:
 def cmd_dashboard(args) -> int:
     import os
 
-    from strainstream.dashboard._server import DashboardServer
+    from strainstream.dashboard._server import serve_dashboard
 
     target = resolve_server(args, need_server=True, why=" (the dashboard follows a running server)")
     data_dir = data_dir_of(args)
     keep_file = data_dir if data_dir and os.path.isdir(data_dir) else None
-    server = DashboardServer(target.uri, target.api_key, host=args.host, port=args.port, data_dir=keep_file)
-    try:
-        server.start()
-    except OSError as exc:
-        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
-                           "pass another --port") from None
+    server = serve_dashboard(target.uri, target.api_key, host=args.host, port=args.port, data_dir=keep_file)
     print(f"strainstream dashboard: {server.url} (following {target.uri}); Ctrl-C stops it", flush=True)
     with stop_requested() as done:
         try:

@@ -58,20 +58,6 @@ def add_dashboard_option(p) -> None:
                         f"e.g. {DEFAULT_PORT}; default: none, run `strainstream dashboard` instead)")
 
 
-def start_dashboard(uri: str, api_key: str, port: int, data_dir):
-    """The dashboard of ``uri`` on 127.0.0.1:``port`` in this process (a thread), started; it
-    names itself in ``data_dir/dashboard.json``. The key stays in this process: the page
-    reads tiled on the server side."""
-    from strainstream.dashboard._server import DashboardServer
-
-    server = DashboardServer(uri, api_key, port=port, data_dir=data_dir)
-    try:
-        return server.start()
-    except OSError as exc:
-        raise CommandError(f"cannot serve the dashboard on 127.0.0.1:{port}: {exc.strerror or exc}; "
-                           "pass another --dashboard-port") from None
-
-
 def cmd_serve(args) -> int:
     from strainstream.server import TiledServer
 
@@ -88,7 +74,10 @@ def cmd_serve(args) -> int:
     with stop_requested() as done:
         try:
             if args.dashboard_port:
-                dashboard = start_dashboard(server.uri, server.api_key, args.dashboard_port, data_dir)
+                from strainstream.dashboard._server import serve_dashboard
+
+                dashboard = serve_dashboard(server.uri, server.api_key, port=args.dashboard_port,
+                                            data_dir=data_dir, port_option="--dashboard-port")
                 print(f"dashboard at {dashboard.url} (from another machine: "
                       f"ssh -L {args.dashboard_port}:localhost:{args.dashboard_port} THIS-HOST)", flush=True)
             while not done.wait(0.5):

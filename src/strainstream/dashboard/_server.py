@@ -10,11 +10,17 @@ import threading
 from functools import partial
 from pathlib import Path
 
+from strainstream.errors import StrainstreamError
+
 from . import dashboard_json_path
 
 __all__ = ["DashboardServer"]
 
 logger = logging.getLogger(__name__)
+
+
+class DashboardPortError(StrainstreamError, OSError):
+    """The dashboard cannot listen on its address (port in use, no permission, ...)."""
 
 
 class DashboardServer:
@@ -101,3 +107,15 @@ class DashboardServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def serve_dashboard(uri: str, api_key: str | None, *, port: int, host: str = "127.0.0.1",
+                    data_dir: str | os.PathLike | None = None, port_option: str = "--port") -> DashboardServer:
+    """A started :class:`DashboardServer`; a port it cannot listen on is a
+    :class:`DashboardPortError` naming the address and ``port_option`` (the command's option)."""
+    server = DashboardServer(uri, api_key, host=host, port=port, data_dir=data_dir)
+    try:
+        return server.start()
+    except OSError as exc:
+        raise DashboardPortError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}; "
+                                 f"pass another {port_option}") from None
