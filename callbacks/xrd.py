@@ -133,7 +133,7 @@ class OperandoXRDCallback(AnalysisCallback):
     """Sequential refinement of the layered phase(s), one row per frame."""
 
     name = "operando_xrd"
-    version = "1"
+    version = "2"  # 2: per-peak instrumental widths from the calibration, statistical LM stop, sectors
     columns = {
         **{c: "float64" for c in _ECHEM_COLUMN.values()},
         "n_phases": "int64",
