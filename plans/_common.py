@@ -14,14 +14,57 @@ from bluesky.utils import MsgGenerator
 import strainstream
 from strainstream.devices._hdf5 import DataDirError, format_bytes, writable_dir_free_bytes
 
-__all__ = ["DataDirError", "SuspendWhenDisconnected", "base_metadata", "beam_suspenders", "cell_run",
+__all__ = ["DataDirError", "SuspendWhenDisconnected", "base_metadata", "beam_suspenders", "cell_run", "open_shutter",
            "preflight"]
 
 #: room the data directory must have beyond the frames themselves (HDF5 overhead, metadata)
 SPACE_MARGIN = 1.2
 
 
-class SuspendWhenDisconnected(SuspenderBase):
+class _PatientSuspender:
+    """Mixin: a trip seen while the RunEngine's loop is busy still suspends the plan.
+
+    bluesky's ``SuspenderBase.__call__`` (on ophyd's callback thread) gives the loop 0.1 s to
+    create its asyncio event and otherwise raises "Could not create the suspender event": the
+    trip is then lost (frames taken behind a closed shutter) and a traceback is printed. This
+    retries for up to ``_EVENT_TRIES`` × 0.1 s, and if the event appeared only after bluesky
+    gave up (its handle ran late), requests the suspension itself.
+    """
+
+    _EVENT_TRIES = 50
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        for _ in range(self._EVENT_TRIES):
+            had_event = self._ev is not None
+            try:
+                return super().__call__(*args, **kwargs)
+            except RuntimeError as exc:
+                if "suspender event" not in str(exc):
+                    raise
+            if not had_event and self._ev is not None:  # made late: bluesky skipped the request
+                self._request_late_suspend()
+                return None
+        raise RuntimeError(f"{type(self).__name__}: the RunEngine's loop did not answer for "
+                           f"{self._EVENT_TRIES * 0.1:.0f} s; the plan could not be suspended")
+
+    def _request_late_suspend(self) -> None:
+        RE = self.RE
+        if RE is None or self._ev is None or not RE.state.is_running:
+            return
+        RE._loop.call_soon_threadsafe(lambda: RE.request_suspend(
+            self._ev.wait, pre_plan=self._pre_plan, post_plan=self._post_plan,
+            justification=self._get_justification()))
+
+
+class PatientSuspendFloor(_PatientSuspender, SuspendFloor):
+    """``SuspendFloor`` that does not lose a trip to a busy RunEngine loop."""
+
+
+class PatientSuspendWhenChanged(_PatientSuspender, SuspendWhenChanged):
+    """``SuspendWhenChanged`` that does not lose a trip to a busy RunEngine loop."""
+
+
+class SuspendWhenDisconnected(_PatientSuspender, SuspenderBase):
     """Suspend while the IOC serving ``signal`` does not answer; resume once it is back.
 
     Watches the signal's connection (ophyd ``SUB_META``), not its value: a killed or
@@ -77,11 +120,11 @@ def beam_suspenders(beam: Any, *, min_ring_current_mA: float = 50.0,
     """
     resume = resume_ring_current_mA if resume_ring_current_mA is not None else 1.5 * min_ring_current_mA
     out = [
-        SuspendFloor(beam.ring_current_mA, min_ring_current_mA, resume_thresh=resume, sleep=sleep_s,
+        PatientSuspendFloor(beam.ring_current_mA, min_ring_current_mA, resume_thresh=resume, sleep=sleep_s,
                      tripped_message=(f"storage-ring current below {min_ring_current_mA} mA: the run "
                                       f"resumes by itself above {resume:g} mA (beam back from the "
                                       "machine); Ctrl-C then abort to stop instead")),
-        SuspendWhenChanged(beam.shutter.status, expected_value=getattr(beam.shutter, "open_status", "Open"), allow_resume=True,
+        PatientSuspendWhenChanged(beam.shutter.status, expected_value=getattr(beam.shutter, "open_status", "Open"), allow_resume=True,
                            sleep=sleep_s, tripped_message=(
                                "photon shutter closed: the run resumes by itself once it is open "
                                f"again (open it: {getattr(beam.shutter, 'name', 'the shutter')}"
@@ -177,6 +220,20 @@ def base_metadata(experiment: str, md: dict[str, Any] | None = None, **fields: A
     return out
 
 
+def open_shutter(beam: Any) -> MsgGenerator:
+    """Open the photon shutter, then read its status afresh (generator).
+
+    Call it before the beam suspenders subscribe: a suspender's first callback gets the
+    signal's cached value, which may still be the "Closed" read before the shutter opened
+    (a spurious suspension, or bluesky's "Could not create the suspender event" when the
+    callback thread cannot reach the busy RunEngine loop)."""
+    yield from bps.mv(beam.shutter, "open")
+    yield from bps.rd(beam.shutter.status)
+
+
+_open_shutter = open_shutter  # cell_run's argument of the same name hides the function
+
+
 def cell_run(body: MsgGenerator, detector: Any, cycler: Any, *, beam: Any = None,
              open_shutter: bool = True, min_ring_current_mA: float = 50.0,
              stop_cell: bool = True) -> MsgGenerator:
@@ -191,5 +248,5 @@ def cell_run(body: MsgGenerator, detector: Any, cycler: Any, *, beam: Any = None
     if beam is not None:
         plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
         if open_shutter:  # before the suspenders watch it, or the closed shutter suspends the run
-            yield from bps.mv(beam.shutter, "open")
+            yield from _open_shutter(beam)
     return (yield from plan)

@@ -32,6 +32,7 @@ from ophyd import Signal
 from ophyd.status import Status
 
 from ._common import ad_frame_shape, base_metadata, beam_suspenders, preflight
+from ._common import open_shutter as _open_shutter
 
 __all__ = ["DETECTOR_GEOMETRY_KEYS", "find_bragg", "raster_positions", "simulated_detector_geometry",
            "sxdm_map"]
@@ -255,7 +256,7 @@ def sxdm_map(
         return (yield from plan)
     was_open = (yield from bps.rd(beam.shutter.status)) == getattr(beam.shutter, "open_status", "Open")
     if not was_open:  # before the suspenders watch it, or the closed shutter suspends the run
-        yield from bps.mv(beam.shutter, "open")
+        yield from _open_shutter(beam)
 
     def restore_shutter():
         if not was_open:  # the shutter as it was found: no dose on the particle after the map

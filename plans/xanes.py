@@ -36,7 +36,7 @@ from bluesky.protocols import Readable
 from bluesky.utils import MsgGenerator
 from ophyd import Signal
 
-from ._common import base_metadata, beam_suspenders, preflight
+from ._common import base_metadata, beam_suspenders, open_shutter, preflight
 
 __all__ = ["DEFAULT_ZONE_PLATE", "ROLES", "focus_positions", "txm_xanes"]
 
@@ -265,11 +265,7 @@ def txm_xanes(
             yield from darks()  # shutter closed on purpose: outside the suspenders
         plan = scan()
         if beam is not None:
-            yield from bps.mv(beam.shutter, "open")
-            # a fresh read before the shutter suspender subscribes: its first callback gets the
-            # signal's cached value, which may still be the darks' "Closed" (seen as a spurious
-            # one-second suspension on a loaded machine)
-            yield from bps.rd(beam.shutter.status)
+            yield from open_shutter(beam)  # with a fresh read of its status (the darks closed it)
             plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
         yield from plan
         yield from bps.close_run()
