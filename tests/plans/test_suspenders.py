@@ -21,7 +21,7 @@ from strainstream.plans._common import PatientSuspendWhenChanged
 
 
 def _trip_while_the_loop_is_busy(cls):
-    """(bluesky 1.14's own SuspendWhenChanged, run the same way, never suspends.)"""
+    """(bluesky 1.15's own SuspendWhenChanged, run the same way, never suspends.)"""
     RE = RunEngine({})
     shutter = Signal(name="shutter", value="Open")
     suspended, docs = [], []
