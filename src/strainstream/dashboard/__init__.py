@@ -1,5 +1,6 @@
 """``strainstream dashboard``: the live web page of the catalog (run list, operando XRD, SXDM,
-TXM-XANES, compare), following tiled with a read-only key.
+TXM-XANES, compare, and the protocols: cycling, GITT, rate series), following tiled with a
+read-only key.
 
 Why Bokeh (a Bokeh server embedded in our process):
 

@@ -1,7 +1,8 @@
 """The dashboard page: one Bokeh document per browser session.
 
-Tabs: **runs** (the catalog's runs with filters), **operando XRD**, **SXDM**, **TXM-XANES**
-and **compare**. A periodic callback (:data:`POLL_S`) reads tiled in a worker thread
+Tabs: **runs** (the catalog's runs with filters), **operando XRD**, **SXDM**, **TXM-XANES**,
+**compare**, and the electrochemistry protocols' **cycling**, **GITT** and **rate series**
+(:mod:`._protocols`). A periodic callback (:data:`POLL_S`) reads tiled in a worker thread
 (:mod:`._data`) and applies what changed on the server loop: new results rows are
 ``stream``-ed into the sources (only the new rows travel to the browser), maps are replaced
 when the worker rewrote them. Any error of a poll is shown in the status line ("tiled
@@ -23,6 +24,11 @@ import numpy as np
 from bokeh.document import without_document_lock
 
 from . import _data
+from ._common import TOOLS
+from ._common import col as _col
+from ._common import fig as _fig
+from ._common import nan as _nan
+from ._protocols import PROTOCOL_VIEWS, ProtocolViews
 
 __all__ = ["POLL_S", "make_document"]
 
@@ -39,43 +45,15 @@ STALLED_S = 3.0
 #: seconds between two redraws of the whole-run panels ((003) contour, dQ/dV): each redraw sends
 #: and paints the whole image, which delays the next points' paint in a busy browser
 HEAVY_S = 2.0
-#: panel sizes, px
-W, H = 420, 300
-TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
-VIEWS = ("operando_xrd", "sxdm", "txm_xanes")
+#: the views that follow one run's results table (named as the analysis)
+VIEWS = ("operando_xrd", "sxdm", "txm_xanes", *PROTOCOL_VIEWS)
+#: the views with stored arrays beside their table (maps; GITT: every pulse at the stop)
+ARRAY_VIEWS = ("sxdm", "txm_xanes", "gitt")
+#: tab of each view (and of the rate series, which follows several runs)
+TAB = {"operando_xrd": 1, "sxdm": 2, "txm_xanes": 3, "cycling": 5, "gitt": 6, "rate_series": 7}
+#: the protocol tab a run of each experiment opens first (its other views show it too)
+EXPERIMENT_VIEW = {"operando_cycling": "cycling", "operando_gitt": "gitt"}
 PHASE_NOTE = "filled: phase 1 (larger c); hollow: phase 2 (smaller c, H3 beside H2)"
-
-
-def _nan(v: Any) -> float:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return v if math.isfinite(v) else math.nan
-
-
-def _col(cols: dict[str, list], key: str, n: int) -> np.ndarray:
-    v = cols.get(key)
-    if v is None or len(v) != n:
-        return np.full(n, np.nan)
-    return np.array([_nan(x) for x in v], dtype=float)
-
-
-def _fig(title: str, x_label: str, y_label: str, tooltips=None, **kw):
-    """A figure with the dashboard's tools; ``tooltips`` (label, value with its unit) on hover.
-    A renderer whose source lacks a field the tooltips show would show "???": limit the hover
-    tool to the renderers that have them (``p.select_one(HoverTool).renderers = [...]``)."""
-    from bokeh.models import HoverTool
-    from bokeh.plotting import figure
-
-    kw.setdefault("width", W)
-    kw.setdefault("tools", TOOLS)
-    kw.setdefault("height", H)
-    p = figure(title=title, x_axis_label=x_label, y_axis_label=y_label, **kw)
-    if tooltips:
-        p.add_tools(HoverTool(tooltips=tooltips))
-    p.toolbar.logo = None
-    return p
 
 
 #: threads for the clicks' reads (frames of one pixel / voxel)
@@ -90,7 +68,7 @@ def _key_error(exc: BaseException) -> bool:
     return getattr(resp, "status_code", None) in (401, 403)
 
 
-class Page:
+class Page(ProtocolViews):
     """The widgets, sources and follow-state of one browser session."""
 
     def __init__(self, doc, uri: str, api_key: str | None) -> None:
@@ -110,6 +88,11 @@ class Page:
         self.maps: dict[str, dict[str, np.ndarray]] = {v: {} for v in VIEWS}
         self.map_md: dict[str, dict[str, Any]] = {v: {} for v in VIEWS}
         self.compare: dict[str, _data.TableFollower] = {}
+        # the rate series: one series id followed, one table per run of it
+        self.series_chosen: str | None = None  # None: follow the newest
+        self.series_followed: str | None = None
+        self.series_tables: dict[str, _data.TableFollower] = {}
+        self.series_shown: dict[str, _data.TableFollower] = {}
         self.compare_rows: dict[str, dict[str, list]] = {}
         self.compare_at = 0.0
         self.xrd_ref: dict[str, float] = {}
@@ -137,7 +120,10 @@ class Page:
                                TabPanel(child=self._xrd_view(), title="operando XRD"),
                                TabPanel(child=self._sxdm_view(), title="SXDM"),
                                TabPanel(child=self._txm_view(), title="TXM-XANES"),
-                               TabPanel(child=self._compare_view(), title="compare")],
+                               TabPanel(child=self._compare_view(), title="compare"),
+                               TabPanel(child=self._cycling_view(), title="cycling"),
+                               TabPanel(child=self._gitt_view(), title="GITT"),
+                               TabPanel(child=self._series_view(), title="rate series")],
                          name="tabs")
         header = Div(text=f"<h2 style='margin:4px 0'>strainstream live dashboard</h2>"
                           f"<span style='color:#555'>tiled: {self.uri}</span>")
@@ -443,17 +429,22 @@ class Page:
         finally:
             self.runs_busy = False
 
-    def _pushed(self, view: str, table: _data.TableFollower, rows: dict[str, list]) -> None:
-        """New rows from tiled's websocket (tiled's thread): drawn on the server loop at once."""
-        self.doc.add_next_tick_callback(partial(self._draw_pushed, view, table, rows))
+    def _pushed(self, key: str | tuple[str, str], table: _data.TableFollower, rows: dict[str, list]) -> None:
+        """New rows from tiled's websocket (tiled's thread): drawn on the server loop at once.
+        ``key``: the view, or ``("rate_series", uid)`` for a run of the followed series."""
+        self.doc.add_next_tick_callback(partial(self._draw_pushed, key, table, rows))
 
-    def _draw_pushed(self, view: str, table: _data.TableFollower, rows: dict[str, list]) -> None:
-        if self.shown[view] is table:  # not a run the page no longer follows
-            self._apply({"rows": {view: rows}})
+    def _draw_pushed(self, key: str | tuple[str, str], table: _data.TableFollower, rows: dict[str, list]) -> None:
+        # not a run the page no longer follows
+        if isinstance(key, tuple):
+            if self.series_shown.get(key[1]) is table:
+                self._apply({"series_rows": {key[1]: rows}})
+        elif self.shown[key] is table:
+            self._apply({"rows": {key: rows}})
 
     def close(self) -> None:
         """The browser session ended: drop the subscriptions."""
-        for table in [*self.tables.values(), *self.compare.values()]:
+        for table in [*self.tables.values(), *self.compare.values(), *self.series_tables.values()]:
             if table is not None:
                 table.close()
 
@@ -491,23 +482,11 @@ class Page:
                 if self.tables[view] is not None:
                     self.tables[view].close()
                 self.tables[view] = _data.TableFollower(self.root, uid, view)
-                self.arrays[view] = _data.ArraysFollower(self.root, uid, view) if view != "operando_xrd" else None
+                self.arrays[view] = _data.ArraysFollower(self.root, uid, view) if view in ARRAY_VIEWS else None
                 out.setdefault("reset", {})[view] = self.tables[view]
                 self.followed[view] = uid
             table = self.tables[view]
-            rows = {}
-            if not table.subscribed or now - self.read_at.get(view, 0.0) >= BACKSTOP_S:
-                # the first fill, then a safety net under the subscription
-                self.read_at[view] = now
-                rows = table.new_rows()
-                if table.stale:
-                    logger.info("the subscription of %s/%s missed rows (tiled restarted?): subscribing again",
-                                uid, view)
-                    table.close()
-            if not table.subscribed and self.shown[view] is table:
-                # subscribe once the first fill is drawn (a pushed row never lands before the
-                # view's reset); the subscription replays the cache, the seen rows are dropped
-                table.subscribe(partial(self._pushed, view, table))
+            rows = self._read_table(view, table, self.shown[view] is table, now)
             if rows:
                 out.setdefault("rows", {})[view] = rows
             if self.arrays[view] is not None:
@@ -524,7 +503,50 @@ class Page:
                 rows = f.new_rows()
                 if rows:
                     out.setdefault("compare", {})[uid] = rows
+        self._fetch_series(runs, out, now)
         return out
+
+    def _read_table(self, key: str | tuple[str, str], table: _data.TableFollower, shown: bool,
+                    now: float) -> dict[str, list]:
+        """The new rows of ``table``: read at first, then pushed by tiled's subscription (made once
+        ``shown``: the view's reset is drawn) with a read every :data:`BACKSTOP_S` as a safety net."""
+        rows: dict[str, list] = {}
+        if not table.subscribed or now - self.read_at.get(key, 0.0) >= BACKSTOP_S:
+            # the first fill, then a safety net under the subscription
+            self.read_at[key] = now
+            rows = table.new_rows()
+            if table.stale:
+                logger.info("the subscription of %s/%s missed rows (tiled restarted?): subscribing again",
+                            table.uid, table.analysis)
+                table.close()
+        if not table.subscribed and shown:
+            # subscribe once the first fill is drawn (a pushed row never lands before the
+            # view's reset); the subscription replays the cache, the seen rows are dropped
+            table.subscribe(partial(self._pushed, key, table))
+        return rows
+
+    def _fetch_series(self, runs: list[dict[str, Any]], out: dict[str, Any], now: float) -> None:
+        """The rate series (chosen, else the newest): the new ``operando_xrd`` rows of each of its runs."""
+        series = self.series_chosen or next((r["start"]["series"] for r in runs if _series_run(r)), None)
+        if series is None:
+            return
+        if series != self.series_followed:
+            for table in self.series_tables.values():
+                table.close()
+            self.series_tables = {}
+            self.series_followed = series
+            out["series_reset"] = series
+        for line in runs:
+            if not _series_run(line) or line["start"]["series"] != series:
+                continue
+            uid = line["uid"]
+            if uid not in self.series_tables:
+                self.series_tables[uid] = _data.TableFollower(self.root, uid, "operando_xrd")
+                out.setdefault("series_new", {})[uid] = (self.series_tables[uid], line)
+            table = self.series_tables[uid]
+            rows = self._read_table(("rate_series", uid), table, self.series_shown.get(uid) is table, now)
+            if rows:
+                out.setdefault("series_rows", {})[uid] = rows
 
     # ------------------------------------------------------------------ drawing (server loop)
     def _apply(self, up: dict[str, Any]) -> None:
@@ -538,11 +560,21 @@ class Page:
             acc = self.rows[view]
             for k, v in rows.items():
                 acc.setdefault(k, []).extend(v)
-            if view == "operando_xrd":
-                self._xrd_rows(rows)
+            {"operando_xrd": self._xrd_rows, "cycling": self._cycling_rows,
+             "gitt": self._gitt_rows}.get(view, lambda rows: None)(rows)
         for view, (arrays, md) in up.get("arrays", {}).items():
             self.maps[view], self.map_md[view] = arrays, md
-            (self._sxdm_maps if view == "sxdm" else self._txm_maps)()
+            {"sxdm": self._sxdm_maps, "txm_xanes": self._txm_maps, "gitt": self._gitt_arrays}[view]()
+        if "series_reset" in up:
+            self._series_reset()
+            self.series_shown = {}
+        for uid, (table, line) in up.get("series_new", {}).items():
+            self._series_add_run(uid, line)
+            self.series_shown[uid] = table
+        for uid, rows in up.get("series_rows", {}).items():
+            self._series_rows(uid, rows)
+        if {"series_reset", "series_new", "series_rows", "runs"} & set(up):
+            self._series_info()
         for view, md in up.get("meta", {}).items():
             self._info(view, md)
         for uid, rows in up.get("compare", {}).items():
@@ -575,10 +607,17 @@ class Page:
                 self.runs_src.patch(patches)
         else:
             self.runs_src.data = data
-        for view, sel in (("operando_xrd", self.xrd_sel), ("sxdm", self.sxdm_sel), ("txm_xanes", self.txm_sel)):
+        for view, sel in self._selects().items():
             opts = ["newest"] + [(r["uid"], self._label(r)) for r in runs if view in (r.get("analyses") or {})]
             if opts != sel.options:
                 sel.options = opts
+        series: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            if _series_run(r):
+                series.setdefault(r["start"]["series"], []).append(r)
+        opts = ["newest"] + [(sid, _series_label(sid, members)) for sid, members in series.items()]
+        if opts != self.series_sel.options:
+            self.series_sel.options = opts
         xrd = [(r["uid"], self._label(r)) for r in runs if "operando_xrd" in (r.get("analyses") or {})]
         if xrd != self.cmp_choice.options:
             self.cmp_choice.options = xrd
@@ -592,11 +631,36 @@ class Page:
             return
         uid = self.runs_src.data["uid"][new[0]]
         run = next((r for r in self.runs if r["uid"] == uid), None)
-        for i, view in enumerate(VIEWS, start=1):
-            if run and view in (run.get("analyses") or {}):
-                {"operando_xrd": self.xrd_sel, "sxdm": self.sxdm_sel, "txm_xanes": self.txm_sel}[view].value = uid
-                self.tabs.active = i
-                break
+        if run is None:
+            return
+        views = [v for v in VIEWS if v in (run.get("analyses") or {})]
+        for view in views:  # every tab that can show the run shows it
+            self._selects()[view].value = uid
+        if _series_run(run):
+            self.series_sel.value = run["start"]["series"]
+        # the protocol's own tab first (a cycling run's XRD is in the operando XRD tab too)
+        first = EXPERIMENT_VIEW.get(run.get("experiment") or "")
+        first = first if first in views else "rate_series" if _series_run(run) else views[0] if views else None
+        if first is not None:
+            self.tabs.active = TAB[first]
+
+    def _selects(self) -> dict[str, Any]:
+        """The run choice of each view."""
+        return {"operando_xrd": self.xrd_sel, "sxdm": self.sxdm_sel, "txm_xanes": self.txm_sel,
+                "cycling": self.cyc_sel, "gitt": self.gitt_sel}
+
+    def _choose_series(self, series: str | None) -> None:
+        self.series_chosen = series
+
+    def _series_info(self) -> None:
+        sid = self.series_followed
+        if sid is None:
+            return
+        members = [r for r in self.runs if _series_run(r) and r["start"]["series"] == sid]
+        n = sum(len(rows.get("seq_num", [])) for rows in self.series_rows.values())
+        text = f"series <b>{sid[:8]}</b> {_series_label(sid, members).split(' ', 1)[1]}; {n} results rows"
+        if self.series_info.text != text:
+            self.series_info.text = text
 
     def _choose(self, view: str, uid: str | None) -> None:
         self.chosen[view] = uid
@@ -608,6 +672,8 @@ class Page:
             self.xrd_src.data = {k: [] for k in self.xrd_src.data}
             self.xrd_img.data = {k: [] for k in self.xrd_img.data}
             self.xrd_dq.data = {"dq": [], "v": []}
+        elif view in PROTOCOL_VIEWS:
+            self._protocol_reset(view)
         elif view == "sxdm":
             for src, _, _ in self.sxdm_maps.values():
                 src.data = {k: [] for k in src.data}
@@ -634,7 +700,16 @@ class Page:
                 text += f"; strain σ {summ['strain_std']:.2e}"
         if view == "txm_xanes" and isinstance(summ.get("whiteline_std_eV"), float):
             text += f"; white line {summ.get('whiteline_mean_eV', float('nan')):.2f} ± {summ['whiteline_std_eV']:.2f} eV"
-        getattr(self, {"operando_xrd": "xrd_info", "sxdm": "sxdm_info", "txm_xanes": "txm_info"}[view]).text = text
+        if view == "cycling" and isinstance(summ.get("retention_last"), float):
+            text += (f"; discharge {summ.get('first_discharge_mAh_g', math.nan):.1f} → "
+                     f"{summ.get('last_discharge_mAh_g', math.nan):.1f} mAh/g, retention "
+                     f"{100 * summ['retention_last']:.1f} % after {summ.get('cycles')} cycles")
+        if view == "gitt":
+            self._gitt_legend(run.get("start") or {})
+            if isinstance(summ.get("d_median_cm2_s"), float):
+                text += f"; {summ.get('pulses_fitted')} pulses fitted, median D {summ['d_median_cm2_s']:.2e} cm²/s"
+        getattr(self, {"operando_xrd": "xrd_info", "sxdm": "sxdm_info", "txm_xanes": "txm_info",
+                       "cycling": "cyc_info", "gitt": "gitt_info"}[view]).text = text
 
     # -- operando XRD
     def _xrd_rows(self, rows: dict[str, list]) -> None:
@@ -881,6 +956,20 @@ class Page:
         src = self.cmp_renderers[uid][0]
         src.stream({"x": cap.tolist(), "c": _col(rows, "c_A", n).tolist(), "c2": _col(rows, "c_A_2", n).tolist(),
                     "run": [uid[:8]] * n})
+
+
+def _series_run(line: dict[str, Any]) -> bool:
+    """A run of a rate series with operando XRD results."""
+    return bool((line.get("start") or {}).get("series")) and "operando_xrd" in (line.get("analyses") or {})
+
+
+def _series_label(series: str, members: list[dict[str, Any]]) -> str:
+    """``series8 material — n runs at r1, r2 mA/g``."""
+    rates = sorted({float(r["start"]["rate_mA_g"]) for r in members
+                    if isinstance(r["start"].get("rate_mA_g"), int | float)})
+    material = next((r.get("material") for r in members if r.get("material")), "") or ""
+    return (f"{series[:8]} {material} — {len(members)} runs at "
+            f"{', '.join(f'{x:g}' for x in rates) or '?'} mA/g")
 
 
 def make_document(doc, uri: str, api_key: str | None) -> None:

@@ -35,6 +35,11 @@ def _base(node):
 #: until the new numbers catch up; a reconnect that failed leaves no subscription thread
 STALE_AFTER = 2
 
+#: start-document keys kept in a run's line (``line["start"]``) for the protocol panels: the
+#: rate series a run belongs to and its rate, the GITT particle radius and pulse current
+START_KEYS = ("sample", "rate_mA_g", "series", "series_index", "series_rates_mA_g", "particle_radius_um",
+              "current_mA_g")
+
 #: seconds a finished run's line of the run list is reused before it is read again
 SETTLED_S = 30.0
 _SETTLED = ("complete", "failed", "aborted")
@@ -43,7 +48,7 @@ _SETTLED = ("complete", "failed", "aborted")
 def list_runs(root, cache: dict[str, tuple[float, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Every run of the catalog, newest first, as ``strainstream runs --json`` lists them
     (``uid``, ``time``, ``experiment``, ``material``, ``status``, ``events_recorded``,
-    ``events_analysed``, ``analyses``).
+    ``events_analysed``, ``analyses``) and ``start``: the :data:`START_KEYS` of its start document.
 
     ``cache`` (uid → (monotonic time, line)), kept by the caller, spares most requests for
     runs whose run and analyses all finished: their line is read again every
@@ -61,11 +66,13 @@ def list_runs(root, cache: dict[str, tuple[float, dict[str, Any]]] | None = None
             out.append(cache[uid][1])
             continue
         try:
-            if not (root[uid].metadata or {}).get("start"):
+            start = (root[uid].metadata or {}).get("start")
+            if not start:
                 continue
             line = run_summary(root, uid)
         except KeyError:  # deleted meanwhile
             continue
+        line["start"] = {k: start[k] for k in START_KEYS if k in start}
         out.append(line)
         settled = line["status"] in _SETTLED and line["analyses"] and all(
             a.get("status") in _SETTLED for a in line["analyses"].values())
