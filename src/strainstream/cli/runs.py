@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ._common import (
@@ -12,11 +13,14 @@ from ._common import (
     number,
     open_catalog,
     print_json,
+    resolve_server,
     root_map_of,
     run_overrides,
 )
 
-__all__ = ["register"]
+__all__ = ["read_catalog", "register"]
+
+logger = logging.getLogger(__name__)
 
 
 def register(commands) -> None:
@@ -62,14 +66,54 @@ def register(commands) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+def read_catalog(args, read, *, need_server: bool = False):
+    """``read(root)`` on the catalog of the command's server options; its result.
+
+    With a server (``--uri`` or one running on the data directory) ``root`` is a tiled
+    client. Without one the catalog files are read directly (:mod:`strainstream.offline_reader`:
+    no tiled server stack to import, DuckDB opened read-only only while ``read`` runs); when
+    that reader does not recognise the directory, or meets anything it does not know while
+    reading, ``read`` runs again on the catalog opened in-process by tiled
+    (:func:`strainstream.client.open_offline`), as before. ``read`` must not print or write:
+    it may run twice.
+    """
+    from strainstream.client import connect, open_offline
+
+    target = resolve_server(args, need_server=need_server)
+    if not target.offline:
+        return read(connect(target.uri, target.api_key))
+    from strainstream.offline_reader import Unsupported
+    from strainstream.offline_reader import open_catalog as open_direct
+
+    try:
+        with open_direct(target.data_dir) as root, root.reading():
+            try:
+                result = read(root)
+            except Exception:
+                if root.failed is None:
+                    raise
+            else:
+                if root.failed is None:
+                    return result
+            reason = root.failed
+    except Unsupported as exc:
+        reason = exc
+    logger.debug("reading %s through tiled: %s", target.data_dir, reason)
+    return read(open_offline(target.data_dir))
+
+
 #: what a stop document's exit_status means for the user
 _STATUS = {"success": "complete", "abort": "aborted", "fail": "failed"}
 
 
 def _seq_count(node) -> int | None:
     """Distinct seq_nums in a table node (a retried append may store a row twice)."""
+    from strainstream.offline_reader import Unsupported
+
     try:
         return len(set(node.read(columns=["seq_num"])["seq_num"].tolist()))
+    except Unsupported:  # the direct reader cannot: read_catalog reads through tiled
+        raise
     except Exception:  # no partition yet, or not a table
         return None
 
@@ -78,7 +122,7 @@ def run_summary(root, uid: str) -> dict:
     """One line of ``strainstream runs``: the run's identity, status and how far its analyses got."""
     import datetime
 
-    from strainstream.callbacks.sinks import ARRAYS_SUFFIX, DERIVED
+    from strainstream.results_doc import ARRAYS_SUFFIX, DERIVED
 
     md = dict(root[uid].metadata)
     start, stop = md.get("start") or {}, md.get("stop") or {}
@@ -118,19 +162,23 @@ def run_summary(root, uid: str) -> dict:
 
 def cmd_runs(args) -> int:
     """List the runs of the catalog, newest first."""
-    root = open_catalog(args)
-    uids = [k for k in root if k != "derived"]
-    rows = []
-    for uid in reversed(uids):  # the catalog keeps insertion (time) order
-        try:
-            start = (root[uid].metadata or {}).get("start") or {}
-        except KeyError:
-            continue
-        if not start or (args.experiment and start.get("experiment") != args.experiment):
-            continue
-        rows.append(run_summary(root, uid))
-        if args.limit and len(rows) >= args.limit:
-            break
+
+    def read(root) -> list[dict]:
+        uids = [k for k in root if k != "derived"]
+        rows = []
+        for uid in reversed(uids):  # the catalog keeps insertion (time) order
+            try:
+                start = (root[uid].metadata or {}).get("start") or {}
+            except KeyError:
+                continue
+            if not start or (args.experiment and start.get("experiment") != args.experiment):
+                continue
+            rows.append(run_summary(root, uid))
+            if args.limit and len(rows) >= args.limit:
+                break
+        return rows
+
+    rows = read_catalog(args, read)
     if args.json:
         print_json(rows)
         return 0
@@ -153,15 +201,17 @@ def cmd_runs(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from strainstream.callbacks.sinks import read_results
+    def read(root) -> dict:
+        from strainstream.results_doc import read_results  # sinks' reader, without the callbacks
 
-    root = open_catalog(args)
-    run = get_run(root, args.uid)
-    uid = run.metadata["start"]["uid"]
-    try:
-        doc = read_results(root, uid)
-    except KeyError:
-        raise CommandError(f"run {uid} has no derived results yet (is a worker running?)") from None
+        run = get_run(root, args.uid)
+        uid = run.metadata["start"]["uid"]
+        try:
+            return read_results(root, uid)
+        except KeyError:
+            raise CommandError(f"run {uid} has no derived results yet (is a worker running?)") from None
+
+    doc = read_catalog(args, read)
     if args.json:
         print_json(doc)
     else:
@@ -211,46 +261,70 @@ def figure_path(out: str | None, data_dir: str | None, uid: str, analysis: str, 
     return out
 
 
+def _plot_inputs(root, args) -> tuple[dict, dict, list[str], dict, list | None]:
+    """What ``strainstream plot`` draws, read from ``root``: the run's start document, its
+    results document, the analyses to draw, their stored arrays and (for a run of a
+    rate_series, else None) the series' (start, operando_xrd entry) pairs."""
+    from strainstream.callbacks.plots import FIGURES
+    from strainstream.callbacks.sinks import read_arrays, read_results
+
+    run = get_run(root, args.uid)
+    start = dict(run.metadata["start"])
+    uid = start["uid"]
+    try:
+        doc = read_results(root, uid)
+    except KeyError:
+        doc = {"analyses": {}}
+    names = [n for n in doc["analyses"] if n in FIGURES and (not args.analysis or n == args.analysis)]
+    arrays = {name: read_arrays(root, uid, name)[0] for name in names}
+    # a run of a rate_series: also microstrain vs rate over the series' runs
+    series = None
+    if start.get("series") and "operando_xrd" in doc["analyses"] and args.analysis in (None, "rate_series"):
+        from strainstream.callbacks.plots.electrochem import series_entries
+
+        series = series_entries(root, start)
+    return start, doc, names, arrays, series
+
+
 def cmd_plot(args) -> int:
     """Write the figure of each analysis of a run (``--live``: until the run is analysed)."""
     import time
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from strainstream.callbacks.plots import FIGURES, figure_for, save_figure
-    from strainstream.callbacks.sinks import read_arrays, read_results
 
     from ._common import data_dir_of
 
     data_dir = data_dir_of(args)
     if args.out is None and not (data_dir and os.path.isdir(data_dir)):
         figure_path(None, data_dir, "", "", False)  # raises before the catalog is opened
-    root = open_catalog(args, need_server=args.live)
-    run = get_run(root, args.uid)
-    start = dict(run.metadata["start"])
-    uid = start["uid"]
+    if args.live:  # one connection to the server for every update
+        root = open_catalog(args, need_server=True)
+        get_run(root, args.uid)  # an unknown run is an error before the loop
+
+        def read_inputs():
+            return _plot_inputs(root, args)
+    else:  # read everything first: the catalog's files are closed while the figures are drawn
+
+        def read_inputs():
+            return read_catalog(args, lambda root: _plot_inputs(root, args))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from strainstream.callbacks.plots import figure_for, save_figure
+
     written: list[str] = []
     while True:
-        try:
-            doc = read_results(root, uid)
-        except KeyError:
-            doc = {"analyses": {}}
-        names = [n for n in doc["analyses"] if n in FIGURES and (not args.analysis or n == args.analysis)]
-        # a run of a rate_series: also microstrain vs rate over the series' runs
-        series = start.get("series") and "operando_xrd" in doc["analyses"] and \
-            args.analysis in (None, "rate_series")
+        start, doc, names, arrays, series = read_inputs()
+        uid = start["uid"]
+        several = len(names) + (series is not None) > 1
         for name in names:
-            arrays, _ = read_arrays(root, uid, name)
-            fig = figure_for(name, doc["analyses"][name], arrays=arrays, start=start)
-            out = save_figure(fig, figure_path(args.out, data_dir, uid, name, len(names) + bool(series) > 1),
-                              dpi=args.dpi)
+            fig = figure_for(name, doc["analyses"][name], arrays=arrays[name], start=start)
+            out = save_figure(fig, figure_path(args.out, data_dir, uid, name, several), dpi=args.dpi)
             if out not in written:
                 written.append(out)
-        if series:
-            from strainstream.callbacks.plots.electrochem import rate_series_figure, series_entries
+        if series is not None:
+            from strainstream.callbacks.plots.electrochem import rate_series_figure
 
-            fig = rate_series_figure(series_entries(root, start))
+            fig = rate_series_figure(series)
             out = save_figure(fig, figure_path(args.out, data_dir, uid, "rate_series", len(names) + 1 > 1),
                               dpi=args.dpi)
             if out not in written:
