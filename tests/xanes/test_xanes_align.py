@@ -61,6 +61,12 @@ def test_register_stack_propagates_nan_instead_of_crashing():
     assert np.isnan(reg.aligned[1, 4:7, 4:7]).any()
 
 
+def test_phase_correlation_of_a_constant_image_is_zero():
+    img = _particles()
+    np.testing.assert_array_equal(xanes.phase_correlation_shift(img, np.full_like(img, 0.3)), [0.0, 0.0])
+    np.testing.assert_array_equal(xanes.phase_correlation_shift(np.full_like(img, np.nan), img), [0.0, 0.0])
+
+
 def test_zone_plate_optics_follows_the_lens_equation():
     e = np.array([8340.0, 8350.0, 8360.0])
     o = xanes.zone_plate_optics(e, zp_diameter_um=244.0, outer_zone_width_nm=30.0,

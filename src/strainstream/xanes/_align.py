@@ -167,23 +167,6 @@ def correct_magnification(
     return out
 
 
-def _upsampled_dft(
-    data: np.ndarray, region_size: int, upsample_factor: int, offsets: np.ndarray
-) -> np.ndarray:
-    """DFT of ``data`` (ny, nx) on an upsampled ``region_size``² grid by matrix multiplication.
-
-    Contracts the last axis first; each ``tensordot`` puts the new axis in front, so the
-    result is ordered (y, x).
-    """
-    out = data
-    for n_items, offset in ((data.shape[1], offsets[1]), (data.shape[0], offsets[0])):
-        kernel = (np.arange(region_size) - offset)[:, None] * np.fft.fftfreq(
-            n_items, upsample_factor
-        )
-        out = np.tensordot(np.exp(-2j * np.pi * kernel), out, axes=(1, -1))
-    return out
-
-
 def _tukey(n: int, alpha: float = 0.25) -> np.ndarray:
     """Tukey (tapered cosine) window of length n."""
     x = np.linspace(0.0, 1.0, n)
@@ -206,9 +189,10 @@ def phase_correlation_shift(
 ) -> np.ndarray:
     """Sub-pixel translation between two images by phase correlation with upsampling.
 
-    The integer peak of the phase correlation is refined on a grid of
-    ``1 / upsample_factor`` pixel in a 1.5-pixel neighbourhood by a matrix-multiply DFT
-    (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33, 156 (2008)).
+    The images are windowed and whitened here; the integer peak of the phase correlation and
+    its refinement on a grid of ``1 / upsample_factor`` pixel in a 1.5-pixel neighbourhood by
+    a matrix-multiply DFT (Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33, 156 (2008)) are
+    scikit-image's ``phase_cross_correlation``.
 
     Parameters
     ----------
@@ -229,7 +213,7 @@ def phase_correlation_shift(
     -------
     numpy.ndarray, shape (2,)
         ``(dy, dx)`` in pixels such that ``shift_image(moving, (dy, dx))`` aligns ``moving``
-        with ``reference``.
+        with ``reference``; ``(0, 0)`` if either image is constant.
     """
     r = np.asarray(reference, dtype=np.float64)
     m = np.asarray(moving, dtype=np.float64)
@@ -240,32 +224,30 @@ def phase_correlation_shift(
         )
     r = np.where(np.isfinite(r), r, np.nanmean(r) if np.isfinite(r).any() else 0.0)
     m = np.where(np.isfinite(m), m, np.nanmean(m) if np.isfinite(m).any() else 0.0)
+    if np.ptp(r) == 0 or np.ptp(m) == 0:  # a constant image: no translation to measure
+        return np.zeros(2)
     win = 1.0
     if window:
         win = _tukey(r.shape[0])[:, None] * _tukey(r.shape[1])[None, :]
     fr = np.fft.fft2((r - r.mean()) * win)
     fm = np.fft.fft2((m - m.mean()) * win)
-    prod = fr * fm.conj()
-    prod /= np.maximum(np.abs(prod), 100 * np.finfo(np.float64).eps)
+    # whitened spectra, each weighted by the square root of the low-pass transfer function G:
+    # their cross-power spectrum is G F_r F_m* / |F_r F_m|, passed to skimage in Fourier space
+    floor = 10 * np.sqrt(np.finfo(np.float64).eps)  # per factor: 100 eps for the product
+    fr /= np.maximum(np.abs(fr), floor)
+    fm /= np.maximum(np.abs(fm), floor)
     if lowpass_sigma_px:
         ky = np.fft.fftfreq(r.shape[0])[:, None]
         kx = np.fft.fftfreq(r.shape[1])[None, :]
-        prod *= np.exp(-2.0 * (np.pi * lowpass_sigma_px) ** 2 * (ky**2 + kx**2))
-    cc = np.fft.ifft2(prod)
-    peak = np.array(np.unravel_index(int(np.argmax(np.abs(cc))), cc.shape), dtype=np.float64)
-    shape = np.array(cc.shape, dtype=np.float64)
-    mid = np.fix(shape / 2)
-    peak[peak > mid] -= shape[peak > mid]
-    if upsample_factor <= 1:
-        return peak
-    up = float(upsample_factor)
-    peak = np.round(peak * up) / up
-    region = int(np.ceil(up * 1.5))
-    dftshift = np.fix(region / 2.0)
-    offsets = dftshift - peak * up
-    ccu = _upsampled_dft(prod.conj(), region, int(up), offsets).conj()
-    sub = np.array(np.unravel_index(int(np.argmax(np.abs(ccu))), ccu.shape), dtype=np.float64)
-    return peak + (sub - dftshift) / up
+        sqrt_g = np.exp(-((np.pi * lowpass_sigma_px) ** 2) * (ky**2 + kx**2))
+        fr *= sqrt_g
+        fm *= sqrt_g
+    from skimage.registration import phase_cross_correlation
+
+    shift, _, _ = phase_cross_correlation(
+        fr, fm, space="fourier", upsample_factor=max(int(upsample_factor), 1), normalization=None
+    )
+    return np.asarray(shift, dtype=np.float64)
 
 
 def shift_image(image: np.ndarray, shift_yx: np.ndarray, *, order: int = 3) -> np.ndarray:
