@@ -25,6 +25,19 @@ def test_register_translation_recovers_subpixel_shifts():
         register_translation(ref, np.zeros((3, 10, 10)))
 
 
+def test_register_translation_phase_correlation_blank_and_nan_maps():
+    ref = _blob(15.0, 16.0)
+    moving = np.stack([_blob(16.3, 15.2), np.zeros_like(ref)])
+    est = register_translation(ref, moving, normalize=True)
+    # whitening weights the blob's sharp rim: 0.06 off (as with the pre-skimage code)
+    np.testing.assert_allclose(est[0], [1.3, -0.8], atol=0.1)
+    np.testing.assert_array_equal(est[1], [0.0, 0.0])  # a blank map has no shift to find
+    bad = moving[0].copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        register_translation(ref, bad)
+
+
 def test_shift_maps_bilinear_known_values_and_alignment():
     y, x = np.mgrid[0:10, 0:12].astype(float)
     plane = 2.0 * y + 3.0 * x  # bilinear interpolation of a plane is exact

@@ -1,7 +1,8 @@
 """Sub-pixel registration of raster maps (sample drift between rocking angles).
 
-Cross-correlation peak located on the FFT grid, then refined by an upsampled matrix-DFT
-around it (Guizar-Sicairos et al., Opt. Lett. 33, 156 (2008)); numpy only.
+The translation of each map pair is scikit-image's ``phase_cross_correlation``: the
+cross-correlation peak on the FFT grid, refined by an upsampled matrix-multiply DFT around it
+(Guizar-Sicairos et al., Opt. Lett. 33, 156 (2008)).
 """
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ def register_translation(
     Returns
     -------
     ndarray, shape (2,) or (n, 2)
-        Shift (dy, dx) in raster steps such that ``moving(p) ≈ reference(p − shift)``.
+        Shift (dy, dx) in raster steps such that ``moving(p) ≈ reference(p − shift)``; zero
+        for a pair in which either map is blank (all zero).
+
+    Raises
+    ------
+    ValueError
+        If the maps do not share a shape or are not finite.
     """
+    from skimage.registration import phase_cross_correlation
+
     ref = np.asarray(reference, dtype=np.float64)
     mov = np.asarray(moving, dtype=np.float64)
     single = mov.ndim == 2
@@ -40,39 +49,22 @@ def register_translation(
         ref = ref[None]
     if ref.ndim != 3 or mov.shape[1:] != ref.shape[1:] or ref.shape[0] not in (1, mov.shape[0]):
         raise ValueError(f"maps must share the shape (ny, nx): reference {ref.shape}, moving {mov.shape}")
-    ny, nx = ref.shape[1:]
-    x = np.fft.fft2(mov) * np.conj(np.fft.fft2(ref))
-    if normalize:
-        x /= np.maximum(np.abs(x), 1e-30)
-    cc = np.fft.ifft2(x).real
-    flat = cc.reshape(len(mov), -1).argmax(1)
-    iy, ix = np.unravel_index(flat, (ny, nx))
-    s0 = np.stack([np.where(iy > ny // 2, iy - ny, iy), np.where(ix > nx // 2, ix - nx, ix)], -1).astype(float)
-    # upsampled DFT on a ±1.5 step window around the coarse peak
-    n_up = int(np.ceil(1.5 * upsample)) * 2 + 1
-    off = (np.arange(n_up) - n_up // 2) / upsample
-    fy, fx = np.fft.fftfreq(ny), np.fft.fftfreq(nx)
-    sy = s0[:, 0, None] + off[None]  # (n, n_up)
-    sx = s0[:, 1, None] + off[None]
-    ey = np.exp(2j * np.pi * sy[:, :, None] * fy[None, None, :])  # (n, n_up, ny)
-    ex = np.exp(2j * np.pi * sx[:, :, None] * fx[None, None, :])  # (n, n_up, nx)
-    # numpy's own loops: these tiny batched products are slower through a (busy) BLAS pool
-    up = np.einsum("iax,ibx->iab", np.einsum("iay,iyx->iax", ey, x), ex).real
-    k = up.reshape(len(mov), -1).argmax(1)
-    a, b = np.unravel_index(k, (n_up, n_up))
-    # parabolic refinement on the fine grid
-    shifts = np.empty((len(mov), 2))
-    idx = np.arange(len(mov))
-    for axis, (j, grid) in enumerate(((a, sy), (b, sx))):
-        jm, jp = np.clip(j - 1, 0, n_up - 1), np.clip(j + 1, 0, n_up - 1)
-        if axis == 0:
-            fm, f0, fp = up[idx, jm, b], up[idx, j, b], up[idx, jp, b]
-        else:
-            fm, f0, fp = up[idx, a, jm], up[idx, a, j], up[idx, a, jp]
-        den = fm - 2 * f0 + fp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            frac = np.where((den < 0) & (j > 0) & (j < n_up - 1), 0.5 * (fm - fp) / den, 0.0)
-        shifts[:, axis] = grid[idx, j] + frac / upsample
+    if not (np.isfinite(ref).all() and np.isfinite(mov).all()):
+        raise ValueError("maps to register must be finite: replace NaN/inf (e.g. by 0) first")
+    f_ref = np.fft.fft2(ref)  # once for a common reference
+    f_mov = np.fft.fft2(mov)
+    blank_ref = ~ref.any((1, 2))
+    blank_mov = ~mov.any((1, 2))
+    shifts = np.zeros((len(mov), 2))
+    for i in range(len(mov)):  # one call per map pair (angle): skimage registers pairs
+        j = i % len(ref)
+        if blank_ref[j] or blank_mov[i]:
+            continue
+        s, _, _ = phase_cross_correlation(
+            f_ref[j], f_mov[i], space="fourier", upsample_factor=upsample,
+            normalization="phase" if normalize else None,
+        )
+        shifts[i] = -s  # skimage returns the shift that registers moving onto reference
     return shifts[0] if single else shifts
 
 
