@@ -188,19 +188,17 @@ class _Catalog:
 
     def _as_pandas(self, values: list, kind: str, name: str) -> list:
         """The values of a column as ``DataFrame.to_dict(orient="records")`` gives them after
-        tiled's arrow -> pandas conversion: integers with a missing value become floats (NaN)."""
-        if kind in _PLAIN_TYPES:
-            if kind in _INT_TYPES and any(v is None for v in values):
-                return [math.nan if v is None else float(v) for v in values]
-            if kind in _FLOAT_TYPES:
-                return [math.nan if v is None else v for v in values]
-            return values
-        if kind.endswith("[]") and kind[:-2] in (_INT_TYPES | _FLOAT_TYPES):
-            # arrow lists -> numpy arrays -> .tolist(): the same lists unless an item is missing
-            if any(v is not None and any(x is None for x in v) for v in values):
-                raise self.fail(Unsupported(f"column {name!r}: list with missing items"))
-            return values
-        raise self.fail(Unsupported(f"column {name!r} of type {kind}"))
+        tiled's arrow -> pandas conversion: integers with a missing value become floats (NaN).
+        Booleans with a missing value come through tiled as the strings "True"/"False" and
+        other types not at all here: those go through tiled (:class:`Unsupported`)."""
+        if kind not in _PLAIN_TYPES or (kind == "BOOLEAN" and any(v is None for v in values)):
+            raise self.fail(Unsupported(f"column {name!r} of type {kind}"
+                                        + (" with missing values" if kind in _PLAIN_TYPES else "")))
+        if kind in _INT_TYPES and any(v is None for v in values):
+            return [math.nan if v is None else float(v) for v in values]
+        if kind in _FLOAT_TYPES:
+            return [math.nan if v is None else v for v in values]
+        return values
 
 
 class Frame:
@@ -408,7 +406,7 @@ class Array(_Node):
         try:
             arr = _read_zarr3(Path(path), shape)
         except _NotPlain:
-            arr = _read_with_zarr(path)
+            arr = _read_with_zarr(path, shape)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise self._catalog.fail(Unsupported(f"{self!r}: {exc}")) from None
         if arr.shape != shape:
@@ -424,10 +422,10 @@ class _NotPlain(Exception):
     """A zarr array this module does not decode itself (codecs, encodings): use zarr."""
 
 
-def _read_with_zarr(path: str):
+def _read_with_zarr(path: str, shape: tuple[int, ...]):
     import zarr
 
-    return zarr.open_array(path, mode="r")[...]
+    return zarr.open_array(path, mode="r")[tuple(slice(0, n) for n in shape)]
 
 
 def _read_zarr3(path: Path, shape: tuple[int, ...]):
@@ -463,8 +461,10 @@ def _read_zarr3(path: Path, shape: tuple[int, ...]):
             raise _NotPlain
         fill = float(fill.replace("Infinity", "inf"))
     chunk = tuple(int(n) for n in grid["configuration"]["chunk_shape"])
-    if tuple(meta["shape"]) != shape or len(chunk) != len(shape):
-        raise ValueError(f"zarr shape {meta['shape']} / chunks {chunk} vs {shape}")
+    full = tuple(int(n) for n in meta["shape"])
+    # tiled stores whole chunks (the zarr array may be larger) and reads [0:n] of each axis
+    if len(full) != len(shape) or len(chunk) != len(shape) or any(f < n for f, n in zip(full, shape, strict=True)):
+        raise ValueError(f"zarr shape {full} / chunks {chunk} vs {shape}")
     sep = (encoding.get("configuration") or {}).get("separator", "/")
     out = np.full(shape, fill, dtype=dtype)
     counts = [-(-n // c) if c else 0 for n, c in zip(shape, chunk, strict=True)]
