@@ -82,7 +82,7 @@ def _open_page(dashboard_factory, read_only_key, browser, tab: int) -> None:
     dash = dashboard_factory(read_only_key)
     browser.get(dash.url)
     wait_for(browser, "return (window.__m('status') || {}).text && window.__m('status').text.startsWith('following');",
-             30, "logged in")
+             45, "logged in")  # the first poll reads every run: slow on a busy machine
     set_active_tab(browser, tab)
 
 
@@ -110,6 +110,14 @@ def _wait_legend(driver, name: str, text: str) -> list[str]:
     """The legend labels of ``name`` once one of them contains ``text``."""
     return wait_for(driver, _LABELS + "return labels.some(s => s && s.includes(arguments[1])) && labels;", 10,
                     f"{text!r} in the legend of {name}", name, text)
+
+
+def _clicked_in_run_list(driver, uid: str, tab: int) -> None:
+    """Click the run ``uid`` in the run list: the page opens the protocol's tab ``tab``."""
+    set_active_tab(driver, 0)
+    js(driver, """const i = window.__col('runs', 'uid').indexOf(arguments[0]);
+                  window.__m('runs').selected.indices = [i];""", uid)
+    wait_for(driver, "return window.__m('tabs').active == arguments[0];", 10, f"tab {tab} opened", tab)
 
 
 # -- cycling ------------------------------------------------------------------------------------
@@ -172,8 +180,9 @@ def test_cycling_tab_capacity_efficiency_and_retention(tiled_server, read_only_k
     assert col["ret"] == pytest.approx(100 * dis / dis[0], rel=1e-12)  # % of cycle 1's discharge
     assert col["ret"][-1] == pytest.approx(100 * R100 ** 0.29, rel=1e-12)
     assert col["vc"] == pytest.approx(vc) and col["vd"] == pytest.approx(vd)
-    labels = _wait_legend(browser, "cycling_retention", f"after cycle {N_CYCLES}")
-    assert f"retention vs cycle 1 ({100 * dis[-1] / dis[0]:.1f} % after cycle {N_CYCLES})" in labels
+    assert _legend_labels(browser, "cycling_retention") == ["retention vs cycle 1"]
+    assert js(browser, "return window.__m('cycling_retention').title.text;") == \
+        f"capacity retention: {100 * dis[-1] / dis[0]:.1f} % after cycle {N_CYCLES}"
     assert _legend_labels(browser, "cycling_capacity") == ["charge", "discharge", "coulombic efficiency"]
     # the coulombic-efficiency axis (right) reaches down to the first cycle's 88 %
     ce_range = js(browser, """const f = window.__m('cycling_capacity'); const r = f.extra_y_ranges;
@@ -183,6 +192,7 @@ def test_cycling_tab_capacity_efficiency_and_retention(tiled_server, read_only_k
              "the summary in the info line", f"retention {100 * dis[-1] / dis[0]:.1f} % after {N_CYCLES} cycles")
     time.sleep(1.0)
     _shot(browser, tmp_path, "cycling")
+    _clicked_in_run_list(browser, uid, TAB_CYCLING)
 
 
 # -- GITT ---------------------------------------------------------------------------------------
@@ -379,3 +389,15 @@ def test_rate_series_tab_microstrain_against_charge_and_rate(tiled_server, read_
     assert "s-dash" in info and "3 runs at 20, 100, 200 mA/g" in info, info
     time.sleep(1.0)
     _shot(browser, tmp_path, "rate_series")
+
+    # another series chosen: its one run alone is drawn, the ε-vs-rate panel follows it
+    js(browser, "window.__m('run_rate_series').value = 's-old';")
+    _wait_rows(browser, f"series_strain_{old}", 10, "the older series' run")
+    assert _legend_labels(browser, "series_strain") == ["50 mA g⁻¹"]
+    wait_for(browser, "return (window.__col('series_vs_rate_25', 'rate') || []).join() == '50';", 10,
+             "ε vs rate of the older series")
+    # a run of the series clicked in the run list opens this tab on its series
+    js(browser, "window.__m('run_rate_series').value = 'newest';")
+    _clicked_in_run_list(browser, uids[0], TAB_SERIES)
+    assert js(browser, "return window.__m('run_rate_series').value;") == "s-dash"
+    _wait_rows(browser, f"series_strain_{uids[0]}", 30, "the series again")

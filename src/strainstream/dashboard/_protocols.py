@@ -34,9 +34,12 @@ __all__ = ["FRACTIONS", "PROTOCOL_VIEWS", "ProtocolViews"]
 PROTOCOL_VIEWS = ("cycling", "gitt")
 #: the arrays the GITT callback stores at the stop (every pulse), in the order drawn
 GITT_ARRAYS = ("pulse_soc", "d_cm2_s", "tau_s", "delta_es_V")
+#: the columns of a rate-series run's curve: charge since its first frame (mAh/g), ε (10⁻³), mA/g
+SERIES_COLUMNS = ("q", "eps", "rate", "run", "seq_num")
 #: charge levels of the microstrain-vs-rate panel, fractions of the smallest charge all runs reached
 FRACTIONS = (0.25, 0.5, 0.9)
 
+RETENTION_TITLE = "capacity retention"
 CYCLE_LABEL = "cycle number"
 CAPACITY_LABEL = "specific capacity (mAh g⁻¹)"
 CE_LABEL = "coulombic efficiency (%)"
@@ -97,13 +100,13 @@ class ProtocolViews:
         p_q.scatter("cycle", "ce", source=s, color=C[3], marker="square", size=5, y_range_name="ce",
                     legend_label="coulombic efficiency")
         p_q.legend.location = "center_right"  # the capacities run along the top, CE at its top
-        self.p_ret = fig("capacity retention", CYCLE_LABEL, RETENTION_LABEL, width=420, height=340,
+        self.p_ret = fig(RETENTION_TITLE, CYCLE_LABEL, RETENTION_LABEL, width=420, height=340,
                          name="cycling_retention",
                          tooltips=[("cycle", "@cycle"), ("retention", "@ret{0.0} %"), ("discharge", "@dis{0.0} mAh/g")])
         self.p_ret.add_layout(Span(location=100.0, dimension="width", line_color="#808080", line_dash="dotted"))
         self.p_ret.line("cycle", "ret", source=s, color=C[2])
         self.p_ret.scatter("cycle", "ret", source=s, color=C[2], size=6, legend_label="retention vs cycle 1")
-        self.p_ret.legend.location = "top_right"  # the retention falls from top left
+        self.p_ret.legend.location = "bottom_left"  # the retention falls from top left
         p_v = fig("mean voltage (hysteresis)", CYCLE_LABEL, MEAN_V_LABEL, width=420, height=340,
                   name="cycling_voltage",
                   tooltips=[("cycle", "@cycle"), ("mean charge voltage", "@vc{0.000} V"),
@@ -171,6 +174,8 @@ class ProtocolViews:
                                   ("ε", "@eps{0.000} ×10⁻³")])
         self.series_legend = Legend(title="charge rate", location="top_left")
         self.p_se.add_layout(self.series_legend)
+        # the runs' curves come with the runs; an empty one spares Bokeh's "no renderers" warning
+        self.p_se.line("q", "eps", source=ColumnDataSource(data={k: [] for k in SERIES_COLUMNS}))
         self.series_ticker = FixedTicker(ticks=[])
         self.p_sr = fig("microstrain vs rate", RATE_LABEL, STRAIN_LABEL, width=560, height=400, x_axis_type="log",
                         name="series_vs_rate",
@@ -202,6 +207,7 @@ class ProtocolViews:
         if view == "cycling":
             self.cyc_src.data = {k: [] for k in self.cyc_src.data}
             self.cyc_ce_range.start, self.cyc_ce_range.end = 95.0, 101.0
+            self.p_ret.title.text = RETENTION_TITLE
         elif view == "gitt":
             self.gitt_t0 = None
             for src in (self.gitt_v, self.gitt_on, self.gitt_d):
@@ -235,10 +241,10 @@ class ProtocolViews:
         if np.isfinite(ce).any():  # as the figure: down to 95 % at least, up to 101 %
             self.cyc_ce_range.start = min(float(np.nanmin(ce)) - 1.0, 95.0)
         ret = np.asarray(self.cyc_src.data["ret"], dtype=float)
-        label = "retention vs cycle 1"
+        title = RETENTION_TITLE
         if ret.size and math.isfinite(ret[-1]):
-            label += f" ({ret[-1]:.1f} % after cycle {int(self.cyc_src.data['cycle'][-1])})"
-        self.p_ret.legend.items[0].label = {"value": label}
+            title += f": {ret[-1]:.1f} % after cycle {int(self.cyc_src.data['cycle'][-1])}"
+        self.p_ret.title.text = title
 
     def _gitt_rows(self, rows: dict[str, list]) -> None:
         n = len(rows.get("seq_num", []))
@@ -302,8 +308,7 @@ class ProtocolViews:
         rate = start.get("rate_mA_g")
         rate = float(rate) if isinstance(rate, int | float) else math.nan
         color = _rate_color(rate, list(start.get("series_rates_mA_g") or [])) if math.isfinite(rate) else "#808080"
-        src = ColumnDataSource(data={"q": [], "eps": [], "rate": [], "run": [], "seq_num": []},
-                               name=f"series_strain_{uid}")
+        src = ColumnDataSource(data={k: [] for k in SERIES_COLUMNS}, name=f"series_strain_{uid}")
         r1 = self.p_se.line("q", "eps", source=src, color=color, line_width=1.2)
         r2 = self.p_se.scatter("q", "eps", source=src, color=color, size=5)
         item = LegendItem(label=f"{rate:g} mA g⁻¹" if math.isfinite(rate) else "rate ?", renderers=[r1, r2])
