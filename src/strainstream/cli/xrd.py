@@ -47,7 +47,8 @@ def register(commands) -> None:
     width = r.add_mutually_exclusive_group()
     width.add_argument("--calibration", metavar="GEOM.json", default=None,
                        help="geometry file of `strainstream xrd calibrate --out` (or a PONI file): "
-                            "its instrument_fwhm_A_inv is removed from the peak widths, and its "
+                            "its instrument function (a width per peak; else its one "
+                            "instrument_fwhm_A_inv) is removed from the peak widths, and its "
                             "wavelength is used unless --wavelength is given")
     width.add_argument("--instrument-fwhm", type=float, default=None,
                        help="instrumental FWHM in Q, Å⁻¹ (the instrument_fwhm_A_inv of "
@@ -133,15 +134,17 @@ def _read_xy(path):
 DEFAULT_WAVELENGTH_A = 0.1665
 
 
-def _instrument(args) -> tuple[float, float]:
-    """(wavelength Å, instrumental FWHM Å⁻¹) from --wavelength, --calibration, --instrument-fwhm.
+def _instrument(args) -> tuple[float, float | dict]:
+    """(wavelength Å, instrumental width) from --wavelength, --calibration, --instrument-fwhm.
 
-    Without either width option the FWHM is 0 (the caller warns: the refinement then
+    The width is the calibration's instrument function (Caglioti U, V, W and η: a width per
+    peak) when it carries one, else its one ``instrument_fwhm_A_inv`` or --instrument-fwhm
+    (Å⁻¹). Without either width option the FWHM is 0 (the caller warns: the refinement then
     attributes the whole peak width to the sample)."""
     wavelength = args.wavelength
     if args.calibration:
         geometry = _read_geometry(args.calibration)
-        fwhm = geometry.get("instrument_fwhm_A_inv")
+        fwhm = geometry.get("instrument_function") or geometry.get("instrument_fwhm_A_inv")
         if fwhm is None:
             raise UsageError(f"{args.calibration} holds no instrument_fwhm_A_inv; calibrate with the "
                              "width measured (`strainstream xrd calibrate` without --no-width) or "
@@ -151,7 +154,7 @@ def _instrument(args) -> tuple[float, float]:
         elif abs(wavelength - float(geometry["wavelength_A"])) > 1e-4 * wavelength:
             print(f"strainstream xrd: warning: --wavelength {wavelength:g} Å differs from the "
                   f"calibration's {geometry['wavelength_A']:g} Å; using --wavelength", file=sys.stderr)
-        return wavelength, float(fwhm)
+        return wavelength, (dict(fwhm) if isinstance(fwhm, dict) else float(fwhm))
     if args.instrument_fwhm is not None and not args.instrument_fwhm >= 0:
         raise UsageError(f"--instrument-fwhm must be >= 0 Å⁻¹, got {args.instrument_fwhm}")
     return (DEFAULT_WAVELENGTH_A if wavelength is None else wavelength), (args.instrument_fwhm or 0.0)
@@ -205,8 +208,10 @@ def _refine(args) -> int:
         if len(cell) != 2:
             raise UsageError(f"--cell must be A,C in Å (e.g. 2.87,14.2), got {args.cell!r}")
     try:
+        width = ({"instrument": instrument_fwhm} if isinstance(instrument_fwhm, dict)
+                 else {"instrument_fwhm_A_inv": instrument_fwhm})
         res = refine_pattern(q, y, wavelength, phases=phases, al=args.al, cell=cell,
-                             q_range_A_inv=q_range, instrument_fwhm_A_inv=instrument_fwhm)
+                             q_range_A_inv=q_range, **width)
     except PatternError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
