@@ -38,6 +38,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, unquote
 
+from strainstream.errors import StrainstreamError
+
 __all__ = ["KNOWN_CATALOG_REVISIONS", "Array", "Container", "Frame", "Table",
            "Unsupported", "open_catalog"]
 
@@ -53,8 +55,11 @@ _FLOAT_TYPES = frozenset({"FLOAT", "DOUBLE"})
 _PLAIN_TYPES = _INT_TYPES | _FLOAT_TYPES | {"VARCHAR", "BOOLEAN"}
 
 
-class Unsupported(Exception):
-    """The data directory is not one this reader reads (or not now): use tiled instead."""
+class Unsupported(StrainstreamError, RuntimeError):
+    """The data directory is not one this reader reads (or not now): use tiled instead.
+
+    Callers catch it and open the catalog through tiled; the message says what was not
+    recognised."""
 
 
 def _file_path(uri: str, scheme: str) -> str | None:
@@ -418,7 +423,7 @@ class Array(_Node):
         return tuple(self._data_source(_ZARR)[1]["shape"])
 
 
-class _NotPlain(Exception):
+class _NotPlain(StrainstreamError):
     """A zarr array this module does not decode itself (codecs, encodings): use zarr."""
 
 
