@@ -122,6 +122,7 @@ class GITTCallback(AnalysisCallback):
         "delta_es_V": "float64",
         "slope_V_per_sqrt_s": "float64",
         "pulse_soc": "float64",
+        "rest_end_time_s": "float64",
         "pulse_reason": "string",
     }
 
@@ -211,9 +212,10 @@ class GITTCallback(AnalysisCallback):
             return {}
         k = n_done - 1  # one pulse completes per new pulse
         self._reported = n_done
+        end = res.pulses[k].rest_end
         return {"pulse": k, "d_cm2_s": res.d_cm2_s[k], "tau_s": res.tau_s[k], "delta_es_V": res.delta_es_V[k],
-                "slope_V_per_sqrt_s": res.slope_V_per_sqrt_s[k],
-                "pulse_soc": float(soc[res.pulses[k].rest_end]), "pulse_reason": res.reason[k]}
+                "slope_V_per_sqrt_s": res.slope_V_per_sqrt_s[k], "pulse_soc": float(soc[end]),
+                "rest_end_time_s": self._record[end][0], "pulse_reason": res.reason[k]}
 
     def summary(self) -> dict[str, Any]:
         fitted = self._fit()
@@ -221,7 +223,11 @@ class GITTCallback(AnalysisCallback):
             return {"pulses": 0}
         res, soc = fitted
         soc_after = np.array([soc[p.rest_end] for p in res.pulses])
-        self.publish_arrays({"pulse_soc": soc_after, "d_cm2_s": np.asarray(res.d_cm2_s),
+        # the cell time ending each rest: the XRD frame of that relaxed point is the first one
+        # taken at or after it (strainstream.electrochem.frames_after_rests joins D to a, c)
+        rest_end_t = np.array([self._record[p.rest_end][0] for p in res.pulses], dtype=float)
+        self.publish_arrays({"pulse_soc": soc_after, "rest_end_time_s": rest_end_t,
+                             "d_cm2_s": np.asarray(res.d_cm2_s),
                              "tau_s": np.asarray(res.tau_s), "delta_es_V": np.asarray(res.delta_es_V)},
                             {"radius_cm": self.radius_cm, "fit_window_sqrt_s": [10.0, 20.0], "fit_step_s": 1.0,
                              "edges_from_charge": self.mass_mg is not None})

@@ -26,13 +26,19 @@ FIGURES: dict[str, str] = {
 }
 
 
+#: analysis -> (keyword of its figure function, the other analysis of the same run it draws)
+SIBLINGS: dict[str, tuple[str, str]] = {"gitt": ("xrd", "operando_xrd")}
+
+
 def figure_for(name: str, entry: dict[str, Any], fig=None, arrays: dict[str, Any] | None = None,
-               start: dict[str, Any] | None = None):
+               start: dict[str, Any] | None = None, analyses: dict[str, Any] | None = None):
     """The figure of analysis ``name`` for its results entry; KeyError if it has none.
 
     ``arrays`` are the analysis' stored maps (:func:`strainstream.callbacks.sinks.read_arrays`),
     used by the figures that show maps (SXDM, TXM-XANES); ``start`` is the run's start
-    document (title: material/sample, rate; map scale bars: step or pixel size).
+    document (title: material/sample, rate; map scale bars: step or pixel size);
+    ``analyses`` the run's other results entries (name → entry), for figures that join two
+    analyses (:data:`SIBLINGS`: GITT's D next to the XRD lattice of each relaxed point).
     """
     import importlib
 
@@ -41,6 +47,8 @@ def figure_for(name: str, entry: dict[str, Any], fig=None, arrays: dict[str, Any
     kwargs: dict[str, Any] = {"start": start}
     if arrays:
         kwargs["arrays"] = arrays
+    if name in SIBLINGS and analyses and SIBLINGS[name][1] in analyses:
+        kwargs[SIBLINGS[name][0]] = analyses[SIBLINGS[name][1]]
     return function(entry, fig, **kwargs)
 
 

@@ -4,8 +4,9 @@
   discharge capacity (mAh g⁻¹) with the coulombic efficiency (%) on a second axis, capacity
   retention vs cycle 1 (%), mean charge/discharge voltage (V), all against cycle number;
 - :func:`gitt_figure` (``gitt`` results of an ``operando_gitt`` run): the voltage transient
-  (V against cell time, h) with the fitted pulses marked, and the Li diffusivity D (cm² s⁻¹,
-  log scale) against the state of charge x after each pulse;
+  (V against cell time, h) with the fitted pulses marked, the Li diffusivity D (cm² s⁻¹,
+  log scale) against the state of charge x after each pulse and, with the run's XRD
+  results, a and c of the relaxed point after each pulse against the same x;
 - :func:`rate_series_figure` (the ``operando_xrd`` results of the runs of one
   ``rate_series``): microstrain ε against charge capacity, one curve per rate, and ε against
   rate at fixed charge capacities (ε rises fastest at high rate and high state of charge).
@@ -20,7 +21,8 @@ import numpy as np
 
 from ._common import column, run_title
 
-__all__ = ["cycling_figure", "gitt_figure", "rate_series_figure", "series_entries", "strain_vs_rate"]
+__all__ = ["cycling_figure", "gitt_figure", "gitt_lattice", "rate_series_figure", "series_entries",
+           "strain_vs_rate"]
 
 #: axis labels with units (the tests read them)
 CYCLE_LABEL = "cycle number"
@@ -120,22 +122,63 @@ def cycling_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any] | N
     return fig
 
 
-def _pulses(entry: dict[str, Any], arrays: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(state of charge after each pulse, D cm²/s): the stored arrays when the run is done,
-    else the pulses reported so far in the rows."""
+def _pulses(entry: dict[str, Any], arrays: dict[str, Any] | None) -> tuple[np.ndarray, ...]:
+    """(state of charge after each pulse, D cm²/s, cell time ending its rest s): the stored
+    arrays when the run is done, else the pulses reported so far in the rows."""
     if arrays and "d_cm2_s" in arrays and "pulse_soc" in arrays:
-        return np.asarray(arrays["pulse_soc"], dtype=float), np.asarray(arrays["d_cm2_s"], dtype=float)
+        soc = np.asarray(arrays["pulse_soc"], dtype=float)
+        end = np.asarray(arrays.get("rest_end_time_s", np.full(soc.size, np.nan)), dtype=float)
+        return soc, np.asarray(arrays["d_cm2_s"], dtype=float), end
     cols = entry.get("columns") or {}
     pulse = column(cols, "pulse")
     if not pulse.size:
-        return np.array([]), np.array([])
+        return np.array([]), np.array([]), np.array([])
     sel = (pulse >= 0) & _good(cols)
-    return column(cols, "pulse_soc")[sel], column(cols, "d_cm2_s")[sel]
+    end = column(cols, "rest_end_time_s")
+    return (column(cols, "pulse_soc")[sel], column(cols, "d_cm2_s")[sel],
+            end[sel] if end.size == sel.size else np.full(int(sel.sum()), np.nan))
+
+
+def gitt_lattice(entry: dict[str, Any], arrays: dict[str, Any] | None,
+                 xrd: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """D against x next to the lattice of the relaxed point after each pulse.
+
+    Parameters
+    ----------
+    entry, arrays : dict
+        The ``gitt`` results entry and its stored arrays (see :func:`gitt_figure`).
+    xrd : dict or None
+        The ``operando_xrd`` results entry of the same run (``cell_time_s``, ``a_A``,
+        ``c_A``, ``a_err_A``, ``c_err_A``, ``flag``).
+
+    Returns
+    -------
+    dict of ndarray, shape (pulses,)
+        ``pulse_soc``, ``d_cm2_s``, ``a_A``, ``c_A``, ``a_err_A``, ``c_err_A`` (NaN where the
+        relaxed point has no good frame), and ``frame`` (row of the XRD entry, −1 if none).
+    """
+    from strainstream.electrochem import frames_after_rests
+
+    soc, d, end = _pulses(entry, arrays)
+    out = {"pulse_soc": soc, "d_cm2_s": d}
+    cols = (xrd or {}).get("columns") or {}
+    t = column(cols, "cell_time_s")
+    if t.size:
+        t = np.where(_good(cols), t, np.nan)  # a flagged frame has no lattice
+    idx = frames_after_rests(end, t) if t.size else np.full(soc.size, -1)
+    out["frame"] = idx
+    for key in ("a_A", "c_A", "a_err_A", "c_err_A"):
+        v = column(cols, key)
+        out[key] = np.where(idx >= 0, v[np.maximum(idx, 0)], np.nan) if v.size == t.size and t.size \
+            else np.full(soc.size, np.nan)
+    return out
 
 
 def gitt_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any] | None = None,
-                arrays: dict[str, Any] | None = None):
-    """The GITT voltage transient and D against state of charge.
+                arrays: dict[str, Any] | None = None, xrd: dict[str, Any] | None = None):
+    """The GITT voltage transient, D against state of charge and, with the run's XRD
+    results, the lattice parameters a and c of the relaxed point after each pulse on the
+    same x axis (D next to a and c, as the study shows them).
 
     Parameters
     ----------
@@ -147,7 +190,10 @@ def gitt_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any] | None
     start : dict, optional
         The run's start document (material/sample, ``current_mA_g``, ``particle_radius_um``).
     arrays : dict, optional
-        The stored ``gitt`` arrays (``pulse_soc``, ``d_cm2_s``): all pulses once the run ended.
+        The stored ``gitt`` arrays (``pulse_soc``, ``d_cm2_s``, ``rest_end_time_s``): all
+        pulses once the run ended.
+    xrd : dict, optional
+        The ``operando_xrd`` results entry of the same run (see :func:`gitt_lattice`).
 
     Returns
     -------
@@ -162,9 +208,14 @@ def gitt_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any] | None
     i = column(cols, "current_mA")
     if t.size == ok.size:
         t, v, i = t[ok], v[ok], i[ok]
-    fig = fig or Figure(figsize=(13, 4.8), layout="constrained")
+    joined = gitt_lattice(entry, arrays, xrd)
+    with_lattice = xrd is not None and bool(np.isfinite(joined["c_A"]).any())
+    fig = fig or Figure(figsize=(18 if with_lattice else 13, 4.8), layout="constrained")
     fig.clear()
-    ax_v, ax_d = fig.subplots(1, 2, width_ratios=[1.4, 1])
+    if with_lattice:
+        ax_v, ax_d, ax_c = fig.subplots(1, 3, width_ratios=[1.4, 1, 1])
+    else:
+        ax_v, ax_d = fig.subplots(1, 2, width_ratios=[1.4, 1])
     t_h = (t - t[0]) / 3600.0 if t.size else t
     ax_v.plot(t_h, v, "k-", lw=1.0, label="cell voltage")
     on = i != 0.0
@@ -174,7 +225,7 @@ def gitt_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any] | None
     ax_v.legend(loc="lower right", fontsize=8)
     ax_v.grid(alpha=0.3)
 
-    soc, d = _pulses(entry, arrays)
+    soc, d = joined["pulse_soc"], joined["d_cm2_s"]
     good = np.isfinite(d) & np.isfinite(soc) & (d > 0)
     st = start or {}
     r = st.get("particle_radius_um")
@@ -187,12 +238,34 @@ def gitt_figure(entry: dict[str, Any], fig=None, *, start: dict[str, Any] | None
     ax_d.set(xlabel=SOC_LABEL, ylabel=D_LABEL, title=f"Li diffusivity ({int(good.sum())} pulses)")
     ax_d.legend(loc="best", fontsize=8)
     ax_d.grid(alpha=0.3, which="both")
+    if with_lattice:
+        _lattice_panel(ax_c, joined)
+        ax_c.set_xlim(ax_d.get_xlim())
     title = run_title("gitt", st, entry)
     cur = st.get("current_mA_g")
     if isinstance(cur, int | float):
         title += f" — pulses of {cur:g} mA g$^{{-1}}$"
     fig.suptitle(title, x=0.02, ha="left", fontsize=12)
     return fig
+
+
+def _lattice_panel(ax_c, joined: dict[str, np.ndarray]) -> None:
+    """c (left axis) and a (right axis) of the relaxed point after each pulse against x."""
+    soc = joined["pulse_soc"]
+    ok = np.isfinite(soc) & np.isfinite(joined["c_A"])
+    err = np.nan_to_num(joined["c_err_A"][ok])
+    ax_c.errorbar(soc[ok], joined["c_A"][ok], yerr=err, fmt="s-", ms=5, color="C2", capsize=2,
+                  label="c (relaxed point after the pulse)")
+    ax_c.set(xlabel=SOC_LABEL, ylabel="c (Å)", title=f"lattice at the relaxed points ({int(ok.sum())})")
+    ax_a = ax_c.twinx()
+    ok_a = np.isfinite(soc) & np.isfinite(joined["a_A"])
+    ax_a.errorbar(soc[ok_a], joined["a_A"][ok_a], yerr=np.nan_to_num(joined["a_err_A"][ok_a]), fmt="^--",
+                  ms=5, color="C1", capsize=2, label="a")
+    ax_a.set_ylabel("a (Å)")
+    lines = ax_c.get_legend_handles_labels()
+    more = ax_a.get_legend_handles_labels()
+    ax_c.legend(lines[0] + more[0], lines[1] + more[1], loc="best", fontsize=8)
+    ax_c.grid(alpha=0.3)
 
 
 def _charge_curve(entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -328,3 +328,16 @@ def test_gitt_pulse_edges_from_the_charge_counter():
     t, v, i, q, r_cm = _polled_gitt_record(0)
     np.testing.assert_allclose(ec.gitt_diffusivity(t, v, i, r_cm, charge_mAh=q).d_cm2_s,
                                ec.gitt_diffusivity(t, v, i, r_cm).d_cm2_s, rtol=1e-9)
+
+
+def test_frames_after_rests_joins_each_pulse_to_its_relaxed_frame():
+    from strainstream.electrochem import frames_after_rests
+
+    ends = [100.0, 200.0, 300.0, np.nan]
+    # frame 0 before the pulses, 1 at the first rest's end, 2 (NaN: no reading) and 3 after
+    # the second, none between 300 and the end
+    times = [10.0, 100.0, np.nan, 205.0]
+    np.testing.assert_array_equal(frames_after_rests(ends, times), [1, 3, -1, -1])
+    # a frame later than the next rest's end belongs to that later pulse, not this one
+    np.testing.assert_array_equal(frames_after_rests([100.0, 200.0], [250.0]), [-1, 0])
+    assert frames_after_rests([], [1.0]).size == 0

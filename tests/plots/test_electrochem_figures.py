@@ -307,3 +307,47 @@ def test_plot_command_writes_the_protocol_figures(catalog, tmp_path):
                                  "--out", str(out / "series.png"), "--dpi", "40"])
     assert code == 0 and stdout.split() == [str(out / "series.png")], err
     assert png_size(out / "series.png") == (13 * 40, round(4.8 * 40))
+
+
+def test_gitt_d_next_to_the_lattice_of_each_relaxed_point(catalog, tmp_path):
+    """D of pulse k beside a and c of the frame taken at the end of its rest (#18 item 1).
+
+    Known answer: an operando_xrd entry with a frame before the first pulse, one at the
+    end of each rest (the first at the rest's last reading, the second 5 s later) and the
+    third flagged: pulses 1 and 2 get those frames' a and c exactly, pulse 3 none."""
+    from strainstream.callbacks.plots import figure_for, save_figure
+    from strainstream.callbacks.plots.electrochem import gitt_lattice
+    from strainstream.callbacks.sinks import read_arrays, read_results
+
+    uid = catalog["gitt"]
+    entry = read_results(catalog["root"], uid)["analyses"]["gitt"]
+    arrays, _ = read_arrays(catalog["root"], uid, "gitt")
+    ends = np.asarray(arrays["rest_end_time_s"])
+    t_all = np.asarray(entry["columns"]["cell_time_s"])
+    assert ends.size == 3 and np.all(np.isin(ends, t_all))  # a reading's cell time each
+    # the rows of the pulses carry the same times (the live view joins before the stop)
+    rows = np.asarray(entry["columns"]["pulse"]) >= 0
+    np.testing.assert_array_equal(np.asarray(entry["columns"]["rest_end_time_s"])[rows], ends[:rows.sum()])
+    a = [2.8700, 2.8650, 2.8600, 2.8550]
+    c = [14.200, 14.230, 14.260, 14.290]
+    xrd = {"columns": {"cell_time_s": [t_all[0], ends[0], ends[1] + 5.0, ends[2]],
+                       "a_A": a, "c_A": c, "a_err_A": [1e-4] * 4, "c_err_A": [1e-3] * 4,
+                       "flag": ["", "", "", "fit_failed"]}}
+    joined = gitt_lattice(entry, arrays, xrd)
+    np.testing.assert_array_equal(joined["frame"], [1, 2, -1])
+    np.testing.assert_array_equal(joined["c_A"][:2], c[1:3])
+    np.testing.assert_array_equal(joined["a_A"][:2], a[1:3])
+    assert np.isnan(joined["c_A"][2]) and np.isnan(joined["a_A"][2])
+    np.testing.assert_array_equal(joined["d_cm2_s"], arrays["d_cm2_s"])
+    fig = figure_for("gitt", entry, arrays=arrays, start=dict(catalog["root"][uid].metadata["start"]))
+    assert not [ax for ax in fig.axes if ax.get_title().startswith("lattice")]  # no XRD: two panels
+    fig = figure_for("gitt", entry, arrays=arrays, analyses={"gitt": entry, "operando_xrd": xrd})
+    ax_c = _panel(fig, "lattice at the relaxed points (2)")
+    assert ax_c.get_ylabel() == "c (Å)"
+    (bars,) = [b for b in ax_c.containers if b.get_label().startswith("c (")]
+    line = bars.lines[0]
+    np.testing.assert_array_equal(line.get_ydata(), c[1:3])
+    np.testing.assert_array_equal(line.get_xdata(), np.asarray(arrays["pulse_soc"])[:2])
+    (ax_a,) = [ax for ax in fig.axes if ax.get_ylabel() == "a (Å)"]
+    assert ax_a.get_xlim() == ax_c.get_xlim() == _panel(fig, "Li diffusivity").get_xlim()
+    save_figure(fig, tmp_path / "gitt_lattice.png", dpi=60)

@@ -581,3 +581,38 @@ def mean_voltage_V(capacity_mAh_g, voltage_V) -> float:
     if q.size < 2 or total <= 0:
         return math.nan
     return float(np.sum(0.5 * (v[1:] + v[:-1]) * dq) / total)
+
+
+def frames_after_rests(rest_end_time_s, frame_time_s) -> np.ndarray:
+    """For each GITT pulse, the XRD frame taken at the relaxed point that ends its rest.
+
+    The ``operando_gitt`` plan takes a frame before the first pulse and one at the end of
+    every rest (before the next pulse starts). Pulse k's frame is the first frame at or after
+    the last reading of its rest (``rest_end_time_s[k]``) and before the end of the next
+    rest; none (−1) when the frame is missing (a bad or dropped frame, the run stopped).
+
+    Parameters
+    ----------
+    rest_end_time_s : array_like, shape (n,)
+        Cell time of the last reading of each pulse's rest, s (increasing; NaN: unknown).
+    frame_time_s : array_like, shape (m,)
+        Cell time of the cycler reading in each frame's event, s (NaN for a frame without
+        one); frames in the order they were taken.
+
+    Returns
+    -------
+    ndarray of int, shape (n,)
+        Index into the frames, −1 where no frame belongs to the pulse.
+    """
+    ends = np.asarray(rest_end_time_s, dtype=float).ravel()
+    times = np.asarray(frame_time_s, dtype=float).ravel()
+    out = np.full(ends.size, -1, dtype=np.intp)
+    ok = np.flatnonzero(np.isfinite(times))
+    for k, end in enumerate(ends):
+        if not math.isfinite(end):
+            continue
+        limit = ends[k + 1] if k + 1 < ends.size and math.isfinite(ends[k + 1]) else math.inf
+        after = ok[(times[ok] >= end) & (times[ok] < limit)]
+        if after.size:
+            out[k] = after[0]
+    return out
