@@ -287,16 +287,17 @@ def test_commands_print_the_same_as_through_tiled(demo_dirs, monkeypatch, tmp_pa
             assert filecmp.cmp(a, b, shallow=False), (a, b)
 
 
-def test_results_imports_no_server_stack(demo_dirs):
+def test_results_and_runs_import_no_server_stack(demo_dirs):
     d, summary = demo_dirs[0]
-    code = textwrap.dedent(f"""
-        import sys
-        from strainstream.cli import main
-        rc = main(["results", {summary["uid"]!r}, "--data-dir", {str(d)!r}, "--json"])
-        heavy = {{"tiled", "pandas", "bluesky", "ophyd", "matplotlib", "event_model", "dask", "zarr"}}
-        print(sorted({{m.split(".")[0] for m in sys.modules}} & heavy), file=sys.stderr)
-        sys.exit(rc)
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.strip().splitlines()[-1] == "[]"
+    for argv in (["results", summary["uid"], "--data-dir", str(d), "--json"], ["runs", "--data-dir", str(d)]):
+        code = textwrap.dedent(f"""
+            import sys
+            from strainstream.cli import main
+            rc = main({argv!r})
+            heavy = {{"tiled", "pandas", "bluesky", "ophyd", "matplotlib", "event_model", "dask", "zarr"}}
+            print(sorted({{m.split(".")[0] for m in sys.modules}} & heavy), file=sys.stderr)
+            sys.exit(rc)
+        """)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == "[]", argv
