@@ -277,6 +277,28 @@ def test_gitt_tab_transient_and_diffusivity_on_a_log_axis(tiled_server, read_onl
     assert column(browser, "gitt_d", "d") == pytest.approx([d_known] * 2, rel=0.05)
     assert column(browser, "gitt_d", "soc") == pytest.approx(soc_known[:2], abs=1e-9)
 
+    # the run's XRD frames: one before the first pulse, one at the end of each rest (the first at
+    # the rest's last reading, the second 5 s later, the third flagged): pulse k's relaxed point
+    table = root["derived"][uid]["gitt"].read()
+    ends = table["rest_end_time_s"][table["pulse"] >= 0].tolist()
+    assert len(ends) == 2
+    xrd_cols = {"seq_num": "int64", "time": "float64", "flag": "string", "message": "string",
+                "cell_time_s": "float64", "a_A": "float64", "c_A": "float64", "a_err_A": "float64",
+                "c_err_A": "float64"}
+    a, c = [2.8700, 2.8650, 2.8600, 2.8550], [14.200, 14.230, 14.260, 14.290]
+
+    def frame(k, t, flag=""):
+        return {"seq_num": k + 1, "time": 1.7e9 + t, "flag": flag, "message": "", "cell_time_s": t, "a_A": a[k],
+                "c_A": c[k], "a_err_A": 1e-4, "c_err_A": 1e-3}
+
+    xrd = TiledSink(root, uid, "operando_xrd")
+    xrd.begin({"version": "1"}, xrd_cols)
+    xrd.append([frame(0, t0), frame(1, ends[0])])
+    lattice = "return (window.__col('gitt_lattice', 'c') || []).length == arguments[0];"
+    wait_for(browser, lattice, 15, "c of the first relaxed point", 1)
+    assert column(browser, "gitt_lattice", "c") == [c[1]] and column(browser, "gitt_lattice", "a") == [a[1]]
+    assert column(browser, "gitt_lattice", "soc") == pytest.approx(soc_known[:1], abs=1e-9)
+
     for name, doc in docs[split:]:  # the rest of the run, its stop: every pulse in gitt_arrays
         cb(name, doc)
     sink.flush()
@@ -289,6 +311,16 @@ def test_gitt_tab_transient_and_diffusivity_on_a_log_axis(tiled_server, read_onl
     assert d == pytest.approx([d_known] * 3, rel=0.05)  # the simulated cell's known answer, 5 % (#18)
     assert column(browser, "gitt_d", "soc") == pytest.approx(soc_known, abs=1e-9)
     assert column(browser, "gitt_d", "tau") == pytest.approx([600.0] * 3, rel=0.05)
+    arrays_end = root["derived"][uid]["gitt_arrays"]["rest_end_time_s"].read().tolist()
+    xrd.append([frame(2, ends[1] + 5.0), frame(3, arrays_end[2], "fit_failed")])
+    xrd.finish({})
+    wait_for(browser, lattice, 15, "c of the second relaxed point", 2)
+    assert column(browser, "gitt_lattice", "c") == [c[1], c[2]]  # pulse 3's frame is flagged: no point
+    assert column(browser, "gitt_lattice", "a") == [a[1], a[2]]
+    assert column(browser, "gitt_lattice", "soc") == pytest.approx(soc_known[:2], abs=1e-9)
+    assert column(browser, "gitt_lattice", "frame") == [1, 2]
+    wait_for(browser, "return window.__m('gitt_relaxed_points').title.text == 'lattice at the relaxed points (2)';", 5,
+             "the relaxed-point count in the title")
     assert js(browser, "return window.__m('gitt_diffusivity').y_scale.type;") == "LogScale"
     wait_for(browser, "return window.__m('gitt_diffusivity').title.text == 'Li diffusivity (3 pulses)';", 5,
              "the pulse count in the title")
@@ -296,7 +328,7 @@ def test_gitt_tab_transient_and_diffusivity_on_a_log_axis(tiled_server, read_onl
                     "the GITT summary in the info line")
     assert f"3 pulses fitted, median D {summary['d_median_cm2_s']:.2e} cm²/s" in info
     (label,) = _wait_legend(browser, "gitt_diffusivity", f"r_p = {radius:g} µm")
-    assert label.startswith("D (study's equation, 10 < √t < 20 s½")
+    assert label == f"D (10 < √t < 20 s½, r_p = {radius:g} µm)"  # the study's equation's fit window
     time.sleep(1.0)
     _shot(browser, tmp_path, "gitt")
 

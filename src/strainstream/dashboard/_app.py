@@ -93,6 +93,7 @@ class Page(ProtocolViews):
         self.series_followed: str | None = None
         self.series_tables: dict[str, _data.TableFollower] = {}
         self.series_shown: dict[str, _data.TableFollower] = {}
+        self.gitt_xrd: _data.TableFollower | None = None  # the XRD frames of the followed GITT run
         self.compare_rows: dict[str, dict[str, list]] = {}
         self.compare_at = 0.0
         self.xrd_ref: dict[str, float] = {}
@@ -504,7 +505,23 @@ class Page(ProtocolViews):
                 if rows:
                     out.setdefault("compare", {})[uid] = rows
         self._fetch_series(runs, out, now)
+        self._fetch_gitt_xrd(runs, out, now)
         return out
+
+    def _fetch_gitt_xrd(self, runs: list[dict[str, Any]], out: dict[str, Any], now: float) -> None:
+        """The new ``operando_xrd`` rows of the followed GITT run (a frame at the end of each rest:
+        read every :data:`BACKSTOP_S`, no subscription)."""
+        uid = self.followed["gitt"]
+        line = next((r for r in runs if r["uid"] == uid), None)
+        if uid is None or line is None or "operando_xrd" not in (line.get("analyses") or {}):
+            return
+        if self.gitt_xrd is None or self.gitt_xrd.uid != uid:
+            self.gitt_xrd = _data.TableFollower(self.root, uid, "operando_xrd")
+        if now - self.read_at.get("gitt_xrd", 0.0) >= BACKSTOP_S:
+            self.read_at["gitt_xrd"] = now
+            rows = self.gitt_xrd.new_rows()
+            if rows:
+                out["gitt_xrd"] = (uid, rows)
 
     def _read_table(self, key: str | tuple[str, str], table: _data.TableFollower, shown: bool,
                     now: float) -> dict[str, list]:
@@ -573,6 +590,8 @@ class Page(ProtocolViews):
             self.series_shown[uid] = table
         for uid, rows in up.get("series_rows", {}).items():
             self._series_rows(uid, rows)
+        if "gitt_xrd" in up and up["gitt_xrd"][0] == self.followed["gitt"]:
+            self._gitt_xrd(up["gitt_xrd"][1])
         if {"series_reset", "series_new", "series_rows", "runs"} & set(up):
             self._series_info()
         for view, md in up.get("meta", {}).items():

@@ -138,14 +138,14 @@ class ProtocolViews:
         self.gitt_v = ColumnDataSource(data={k: [] for k in keys}, name="gitt_transient")
         self.gitt_on = ColumnDataSource(data={k: [] for k in keys}, name="gitt_pulse_points")
         self.gitt_t0: float | None = None
-        p_v = fig("GITT transient", "time (h)", "voltage (V vs Li/Li⁺)", width=700, height=360, name="gitt_voltage",
+        p_v = fig("GITT transient", "time (h)", "voltage (V vs Li/Li⁺)", width=560, height=390, name="gitt_voltage",
                   tooltips=[("time", "@t_h{0.000} h"), ("voltage", "@volt{0.0000} V"), ("current", "@cur{0.000} mA")])
         p_v.line("t_h", "volt", source=self.gitt_v, color="black", line_width=1.2, legend_label="cell voltage")
         p_v.scatter("t_h", "volt", source=self.gitt_on, color=C[3], size=3.5, legend_label="under current (pulse)")
         p_v.legend.location = "bottom_right"
         self.gitt_d = ColumnDataSource(data={k: [] for k in ("soc", "d", "tau", "des", "pulse")}, name="gitt_d")
         self.gitt_d_range = Range1d(start=1e-13, end=1e-10)  # set to lo/3 … 3·hi of the pulses (the figure's)
-        self.p_gd = fig("Li diffusivity", SOC_LABEL, D_LABEL, width=520, height=360, y_axis_type="log",
+        self.p_gd = fig("Li diffusivity", SOC_LABEL, D_LABEL, width=470, height=390, y_axis_type="log",
                         y_range=self.gitt_d_range,
                         name="gitt_diffusivity",
                         tooltips=[("pulse", "@pulse"), ("x", "@soc{0.0000}"), ("D", "@d{%.3e} cm²/s"),
@@ -156,9 +156,40 @@ class ProtocolViews:
         self.p_gd.yaxis.formatter = PrintfTickFormatter(format="%.0e")
         self.p_gd.line("soc", "d", source=self.gitt_d, color=C[0])
         self.gitt_d_points = self.p_gd.scatter("soc", "d", source=self.gitt_d, color=C[0], size=8,
-                                               legend_label="D (study's equation, 10 < √t < 20 s½)")
+                                               legend_label="D (10 < √t < 20 s½)")
         self.p_gd.legend.location = "bottom_left"
-        return column(row(self.gitt_sel, self.gitt_info), row(p_v, self.p_gd))
+        return column(row(self.gitt_sel, self.gitt_info), row(p_v, self.p_gd, self._gitt_lattice_fig()))
+
+    def _gitt_lattice_fig(self):
+        """c (left axis) and a (right axis) of the relaxed point after each pulse, on D's x axis."""
+        from bokeh.models import ColumnDataSource, Legend, LegendItem, LinearAxis, Range1d, Whisker
+
+        keys = ("soc", "pulse", "frame", *(f"{k}{s}" for k in ("a", "c") for s in ("", "_lo", "_hi", "_err")))
+        self.gitt_lat = ColumnDataSource(data={k: [] for k in keys}, name="gitt_lattice")
+        self.gitt_xrd_rows: dict[str, list] = {}
+        self.p_gl = fig("lattice at the relaxed points", SOC_LABEL, "c (Å)", width=470, height=390,
+                        x_range=self.p_gd.x_range, name="gitt_relaxed_points",
+                        tooltips=[("pulse", "@pulse"), ("x", "@soc{0.0000}"), ("c", "@c{0.0000} ± @c_err{0.0000} Å"),
+                                  ("a", "@a{0.0000} ± @a_err{0.0000} Å"), ("XRD frame", "@frame")])
+        c_line = self.p_gl.line("soc", "c", source=self.gitt_lat, color=C[2])
+        c_pts = self.p_gl.scatter("soc", "c", source=self.gitt_lat, color=C[2], marker="square", size=7)
+        self.p_gl.y_range.renderers = [c_line, c_pts]  # the left axis spans c only
+        self.p_gl.add_layout(Whisker(source=self.gitt_lat, base="soc", lower="c_lo", upper="c_hi", line_color=C[2]))
+        self.gitt_a_range = Range1d(start=2.80, end=2.90)
+        self.p_gl.extra_y_ranges = {"a": self.gitt_a_range}
+        self.p_gl.add_layout(LinearAxis(y_range_name="a", axis_label="a (Å)", axis_label_text_color=C[1],
+                                        major_label_text_color=C[1]), "right")
+        a_line = self.p_gl.line("soc", "a", source=self.gitt_lat, color=C[1], line_dash="dashed", y_range_name="a")
+        a_pts = self.p_gl.scatter("soc", "a", source=self.gitt_lat, color=C[1], marker="triangle", size=7,
+                                  y_range_name="a")
+        self.p_gl.add_layout(Whisker(source=self.gitt_lat, base="soc", lower="a_lo", upper="a_hi", line_color=C[1],
+                                     y_range_name="a"))
+        # below the plot: c and a cross while the cell charges, no corner stays free
+        self.p_gl.add_layout(Legend(items=[LegendItem(label="c (relaxed point after the pulse)",
+                                                      renderers=[c_line, c_pts]),
+                                           LegendItem(label="a", renderers=[a_line, a_pts])],
+                                    orientation="horizontal", location="center"), "below")
+        return self.p_gl
 
     def _series_view(self):
         from bokeh.layouts import column, row
@@ -210,9 +241,11 @@ class ProtocolViews:
             self.p_ret.title.text = RETENTION_TITLE
         elif view == "gitt":
             self.gitt_t0 = None
-            for src in (self.gitt_v, self.gitt_on, self.gitt_d):
+            for src in (self.gitt_v, self.gitt_on, self.gitt_d, self.gitt_lat):
                 src.data = {k: [] for k in src.data}
+            self.gitt_xrd_rows = {}
             self.p_gd.title.text = "Li diffusivity"
+            self.p_gl.title.text = "lattice at the relaxed points"
 
     def _series_reset(self) -> None:
         """Another series: drop the curves of the previous one."""
@@ -282,6 +315,36 @@ class ProtocolViews:
         d_all = np.asarray(self.gitt_d.data["d"], dtype=float)
         if d_all.size:
             self.gitt_d_range.start, self.gitt_d_range.end = float(d_all.min()) / 3.0, float(d_all.max()) * 3.0
+        self._gitt_lattice()
+
+    def _gitt_xrd(self, rows: dict[str, list]) -> None:
+        """New ``operando_xrd`` rows of the followed GITT run (its frames at the relaxed points)."""
+        for k, v in rows.items():
+            self.gitt_xrd_rows.setdefault(k, []).extend(v)
+        self._gitt_lattice()
+
+    def _gitt_lattice(self) -> None:
+        """a and c of the frame ending each pulse's rest (the figure's
+        :func:`~strainstream.callbacks.plots.electrochem.gitt_lattice` join), redrawn whole."""
+        from strainstream.callbacks.plots.electrochem import gitt_lattice
+
+        if not self.gitt_xrd_rows.get("seq_num"):
+            return
+        arrays = self.maps["gitt"] or None
+        j = gitt_lattice({"columns": self.rows["gitt"]}, arrays, {"columns": self.gitt_xrd_rows})
+        keep = np.isfinite(j["pulse_soc"]) & (np.isfinite(j["c_A"]) | np.isfinite(j["a_A"]))
+        data: dict[str, Any] = {"soc": j["pulse_soc"][keep].tolist(),
+                                "pulse": np.flatnonzero(keep).tolist(), "frame": j["frame"][keep].tolist()}
+        for k in ("a", "c"):
+            v, e = j[f"{k}_A"][keep], np.nan_to_num(j[f"{k}_err_A"][keep])
+            data.update({k: v.tolist(), f"{k}_err": e.tolist(), f"{k}_lo": (v - e).tolist(), f"{k}_hi": (v + e).tolist()})
+        self.gitt_lat.data = data
+        self.p_gl.title.text = f"lattice at the relaxed points ({int(np.isfinite(j['c_A']).sum())})"
+        a = np.asarray(data["a"], dtype=float)
+        if np.isfinite(a).any():
+            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+            pad = max(0.1 * (hi - lo), 2e-3)
+            self.gitt_a_range.start, self.gitt_a_range.end = lo - pad, hi + pad
 
     def _gitt_arrays(self) -> None:
         """The worker's ``gitt_arrays`` (every pulse, written at the stop) replace the rows' pulses."""
@@ -296,7 +359,7 @@ class ProtocolViews:
 
     def _gitt_legend(self, start: dict[str, Any]) -> None:
         r = start.get("particle_radius_um")
-        label = "D (study's equation, 10 < √t < 20 s½"
+        label = "D (10 < √t < 20 s½"
         label += f", r_p = {r:g} µm)" if isinstance(r, int | float) else ")"
         self.p_gd.legend.items[0].label = {"value": label}
 
