@@ -14,7 +14,7 @@ from bluesky.utils import MsgGenerator
 import strainstream
 from strainstream.devices._hdf5 import DataDirError, format_bytes, writable_dir_free_bytes
 
-__all__ = ["DataDirError", "SuspendWhenDisconnected", "base_metadata", "beam_suspenders", "cell_run", "open_shutter",
+__all__ = ["DataDirError", "SuspendWhenDisconnected", "base_metadata", "beam_guarded", "beam_suspenders", "cell_run", "open_shutter",
            "preflight"]
 
 #: room the data directory must have beyond the frames themselves (HDF5 overhead, metadata)
@@ -231,22 +231,36 @@ def open_shutter(beam: Any) -> MsgGenerator:
     yield from bps.rd(beam.shutter.status)
 
 
+def beam_guarded(plan: MsgGenerator, beam: Any, *, min_ring_current_mA: float = 50.0) -> MsgGenerator:
+    """``plan`` (e.g. one frame) under the beam suspenders, or as it is without ``beam``.
+
+    For runs whose beam matters only while a frame is taken (GITT: the cell's pulses and
+    rests go on whatever the beam does, and a suspension there would stop the cycler
+    record and stretch the pulse): a frame due while the beam is unusable waits for it."""
+    if beam is None:
+        return (yield from plan)
+    return (yield from bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA)))
+
+
 _open_shutter = open_shutter  # cell_run's argument of the same name hides the function
 
 
 def cell_run(body: MsgGenerator, detector: Any, cycler: Any, *, beam: Any = None,
              open_shutter: bool = True, min_ring_current_mA: float = 50.0,
-             stop_cell: bool = True) -> MsgGenerator:
+             stop_cell: bool = True, suspend: bool = True) -> MsgGenerator:
     """Run ``body`` (a run on the cycler's cell) with ``detector`` staged, the cell set to rest
     whatever ends it (unless ``stop_cell`` is False: a follow-only cycler) and, with ``beam``,
-    the beam suspenders (the shutter opened first unless ``open_shutter`` is False)."""
+    the beam suspenders over the whole run unless ``suspend`` is False (the body then guards
+    its frames itself, see :func:`beam_guarded`) — the shutter opened first unless
+    ``open_shutter`` is False."""
     def finish():
         if stop_cell:
             yield from bps.mv(cycler.stop_cmd, 1)  # the cell rests whatever ended the run
 
     plan = bpp.finalize_wrapper(bpp.stage_wrapper(body, [detector]), finish())
     if beam is not None:
-        plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
+        if suspend:
+            plan = bpp.suspend_wrapper(plan, beam_suspenders(beam, min_ring_current_mA=min_ring_current_mA))
         if open_shutter:  # before the suspenders watch it, or the closed shutter suspends the run
             yield from _open_shutter(beam)
     return (yield from plan)

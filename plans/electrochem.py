@@ -23,7 +23,7 @@ from ophyd import Device, Signal
 from strainstream.electrochem import cycling_metrics, mean_voltage_V
 from strainstream.rundesc import XRDKeys
 
-from ._common import base_metadata, cell_run, preflight
+from ._common import base_metadata, beam_guarded, cell_run, preflight
 from .xrd import operando_xrd
 
 __all__ = ["CycleSummary", "operando_cycling", "operando_gitt", "rate_series"]
@@ -278,7 +278,9 @@ def operando_gitt(
     D = 4/(9π)·(r_p/τ · ΔE_s/(dE/d√t))² to (10 < √t < 20 s^½, so ``pulse_s`` ≥ 400); the
     pulse start and τ come from the cycler's charge counter (``capacity_mAh_g`` in every
     reading, ``mass_mg`` in the start document), exact whatever the poll rate. An XRD frame (``primary``: detector + cycler) is taken before the first pulse and
-    at the end of every rest. With ``beam`` the plan pauses while the beam is unusable.
+    at the end of every rest. With ``beam`` a frame due while the beam is unusable waits for
+    it (the beam suspenders guard the frames only: a beam dump during a pulse or a rest
+    leaves the pulse length and the cycler record, hence D, alone).
 
     Parameters
     ----------
@@ -333,8 +335,11 @@ def operando_gitt(
             yield from bps.trigger_and_read([cycler], name="cycler")
 
     def frame():
+        # the beam matters only here: a dump during a pulse or rest leaves the cycler record
+        # and the pulse length alone; a frame due while the beam is down waits for it
         yield from bps.checkpoint()
-        yield from bps.trigger_and_read([detector, cycler])
+        yield from beam_guarded(bps.trigger_and_read([detector, cycler]), beam,
+                                min_ring_current_mA=min_ring_current_mA)
         yield from bps.checkpoint()
 
     def wait_cell(duration_s: float, t0: float, *, pulse: bool):
@@ -381,7 +386,7 @@ def operando_gitt(
         yield from bps.close_run()
 
     return (yield from cell_run(body(), detector, cycler, beam=beam, open_shutter=open_shutter,
-                                min_ring_current_mA=min_ring_current_mA))
+                                min_ring_current_mA=min_ring_current_mA, suspend=False))
 
 
 def rate_series(

@@ -3,9 +3,10 @@ results, replay — operando_cycling and rate_series in one test, operando_gitt 
 
 Time-compressed (the cycler's ``accel``), 256² frames. The worker gives a cycling run both
 analyses (router): ``operando_xrd`` per frame and ``cycling`` per cycle; a GITT run
-``operando_xrd`` and ``gitt``; each run of a rate series ``operando_xrd``. Every plan is
-suspended once by a beam dump (the cell goes on) and a replay through the same callbacks
-equals the stored results bit for bit.
+``operando_xrd`` and ``gitt``; each run of a rate series ``operando_xrd``. Every plan meets
+a beam dump (the cell goes on): cycling and rate series are suspended, GITT's pulse and
+cycler record go on and its relaxed frame waits for the beam; a replay through the same
+callbacks equals the stored results bit for bit.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class BeamDumpAfter:
             self.error = repr(exc)
         else:
             self.dumped.append(time.monotonic())
+            self.back_epoch = time.time()  # the beam is back (the ramp done)
 
     def join(self) -> None:
         if self.thread is not None:
@@ -159,8 +161,9 @@ def test_cycling_and_rate_series_live_analysis_and_replay(sim_beamline, sim_devi
 def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, worker_factory, tmp_path,
                                       capsys):
     """operando_gitt with the worker: D per pulse in derived/<uid>/gitt(_arrays), a and c of the
-    relaxed points in derived/<uid>/operando_xrd; a beam dump in the first rest suspends the
-    run (the cell rests on); replay bit for bit."""
+    relaxed points in derived/<uid>/operando_xrd; a beam dump from the first pulse's start
+    until after its rest (≈ 20 s wall = 2000 s of cell time) leaves the pulse and the cycler
+    record alone and makes the relaxed frame wait for the beam; replay bit for bit."""
     worker_factory()
     det = sim_beamline.devices(write_dir=detector_dir(tiled_server.data_dir))["xrd"]
     det.wait_for_connection(timeout=30)
@@ -178,15 +181,13 @@ def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, 
     cyc.accel.put(100.0, wait=True)
     session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
                            spool_dir=tmp_path / "spool")
-    currents = [0.0]
 
-    def pulse_stopped(stream, doc):  # the first pulse stopped: a dump in its rest
-        if stream != "cycler":
-            return False
-        currents.append(doc["data"]["cycler_current_mA"])
-        return currents[-2] != 0.0 and currents[-1] == 0.0
+    def pulse_started(stream, doc):  # the first reading under current: the dump starts
+        return stream == "cycler" and doc["data"]["cycler_current_mA"] != 0.0
 
-    dump = BeamDumpAfter(beam, pulse_stopped)
+    # pulse 600 s + rest 1200 s of cell time ≈ 18 s wall at accel 100: the beam is still
+    # down when the relaxed frame is due
+    dump = BeamDumpAfter(beam, pulse_started, duration_s=20.0)
     session.RE.subscribe(dump)
     shape = int(det.cam.array_size.array_size_y.get())
     p = preset("SC-NM91")
@@ -213,13 +214,23 @@ def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, 
     reasons = [(k, r) for k, r in zip(cols["pulse"], cols["pulse_reason"], strict=True) if k >= 0]
     flags = [f for f in cols["flag"] if f]
     # issue #18: within 5 % of the simulator's for every pulse, under the load of RE + tiled
-    # + worker + IOCs on 2 cores and across a beam-loss suspension in the first rest
+    # + worker + IOCs on 2 cores and across a beam dump over the first pulse and rest
     np.testing.assert_allclose(d, gitt_formula_diffusivity_cm2_s("SC-NM91"), rtol=0.05,
                                err_msg=f"{reasons} {flags} {cols['cell_time_s'][:6]} {cols['current_mA'][:6]}")
-    # the suspension: the plan stopped reading the (resting) cycler for the dump, ≥ 2 s of wall
-    # time = ≥ 200 s of cell time, and took the relaxed frame after the beam came back
-    t_cell = np.array([t for t, f in zip(cols["cell_time_s"], cols["flag"], strict=True) if not f])
-    assert np.diff(t_cell).max() > 200.0, np.diff(t_cell).max()
+    # the dump did not stop the cycler record: the readings of the first pulse (all under
+    # the dump) ≤ 3 updates apart, and it lasted its 600 s (τ from the charge counter), not
+    # the dump's 2000 s (before, the suspension left a gap of ≥ 200 s)
+    good = [not f for f in cols["flag"]]
+    t_cell = np.array(cols["cell_time_s"])[good]
+    on = np.array(cols["current_mA"])[good] != 0.0
+    end = np.flatnonzero(on[:-1] & ~on[1:])[0] + 1  # the first reading after the first pulse
+    first = t_cell[:end][on[:end]]
+    assert first.size >= 20 and np.diff(first).max() <= 30.0, np.diff(first)
+    tau = [t for k, t in zip(cols["pulse"], cols["tau_s"], strict=True) if k >= 0]
+    np.testing.assert_allclose(tau[0], 600.0, atol=15.0)
+    # the relaxed frame after the first pulse waited for the beam
+    xrd_times = live["analyses"]["operando_xrd"]["columns"]["time"]
+    assert xrd_times[1] >= dump.back_epoch - 1.0, (xrd_times, dump.back_epoch)
     arrays = root["derived"][uid]["gitt_arrays"]
     np.testing.assert_array_equal(arrays["d_cm2_s"].read(), d)
     assert live["analyses"]["operando_xrd"]["n_rows"] == 3  # before the pulses and after each rest
