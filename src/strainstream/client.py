@@ -6,7 +6,11 @@
 - :func:`connect` opens a tiled client with an API key, turning connection and
   authentication failures into one-line :class:`~strainstream.datadir.ServerError` messages;
 - :func:`open_offline` opens the catalog in-process without a server and without a key:
-  whoever can read the data directory's files can read the data anyway.
+  whoever can read the data directory's files can read the data anyway. It builds tiled's
+  server app (seconds of imports), so the read-only commands (``runs``, ``results``,
+  ``plot``) first read the files directly with :mod:`strainstream.offline_reader` and come
+  here only when that reader does not recognise the directory
+  (:func:`strainstream.cli.runs.read_catalog`).
 
 Nothing here imports tiled at module level.
 """
