@@ -10,9 +10,19 @@ reads it back and continues after the last committed event.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
+
+from strainstream.results_doc import (  # the reading side, importable without the callbacks
+    ARRAYS_SUFFIX,
+    DERIVED,
+    _analysis_entry,
+    _base,
+    _json_safe,
+    _table_rows,
+    read_results,
+    results_document,
+)
 
 from .base import ResultSink
 
@@ -20,9 +30,6 @@ __all__ = ["DERIVED", "MemorySink", "TiledSink", "delete_results", "read_arrays"
            "results_document", "stored_results_metadata"]
 
 logger = logging.getLogger(__name__)
-
-DERIVED = "derived"
-ARRAYS_SUFFIX = "_arrays"
 
 
 class MemorySink(ResultSink):
@@ -164,97 +171,6 @@ class TiledSink(ResultSink):
             self._array_nodes[name] = box.write_array(arr, key=name)
         if metadata:
             box.update_metadata(_json_safe(metadata))
-
-
-def _base(node):
-    """The plain container client behind tiled's composite/BlueskyRun wrappers."""
-    return getattr(node, "base", node)
-
-
-def _table_rows(node) -> list[dict[str, Any]]:
-    try:
-        df = node.read()
-    except Exception as exc:  # an appendable table with no partition yet
-        logger.debug("results table %s has no rows yet (%s)", node.uri, exc)
-        return []
-    rows = df.to_dict(orient="records")
-    seen: dict[int, dict] = {}
-    for r in rows:  # duplicates (a retried append) collapse onto one row per seq_num
-        r = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
-        seen.setdefault(int(r["seq_num"]), r)
-    return [seen[k] for k in sorted(seen)]
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return None if not math.isfinite(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item"):
-        return _json_safe(obj.item())
-    return obj
-
-
-def _array_digest(arr) -> dict[str, Any]:
-    import hashlib
-
-    import numpy as np
-
-    a = np.ascontiguousarray(arr)
-    finite = np.isfinite(a) if a.dtype.kind == "f" else np.ones(a.shape, bool)
-    return {
-        "shape": list(a.shape),
-        "dtype": a.dtype.str,
-        "sha256": hashlib.sha256(a.tobytes()).hexdigest(),
-        "n_finite": int(finite.sum()),
-        "mean": float(a[finite].mean()) if finite.any() else None,
-    }
-
-
-def _analysis_entry(metadata, status, summary, columns, rows, arrays=None) -> dict[str, Any]:
-    rows = sorted(rows, key=lambda r: r["seq_num"])
-    entry = {
-        "version": metadata.get("version"),
-        "parameters": metadata.get("parameters", {}),
-        "status": status,
-        "summary": summary or {},
-        "n_rows": len(rows),
-        "columns": {c: [r.get(c) for r in rows] for c in columns},
-    }
-    if arrays:
-        entry["arrays"] = {k: _array_digest(arrays[k]) for k in sorted(arrays)}
-    return _json_safe(entry)
-
-
-def results_document(raw_uid: str, analyses: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The one JSON form of derived results, shared by ``results`` and ``replay``."""
-    return {"uid": raw_uid, "analyses": {k: analyses[k] for k in sorted(analyses)}}
-
-
-def read_results(root, raw_uid: str) -> dict[str, Any]:
-    """Read the stored derived results of ``raw_uid`` as :func:`results_document`."""
-    if DERIVED not in root or raw_uid not in root[DERIVED]:
-        raise KeyError(raw_uid)
-    run_node = _base(root[DERIVED][raw_uid])
-    analyses = {}
-    names = list(run_node)
-    for name in names:
-        if name.endswith(ARRAYS_SUFFIX):
-            continue
-        node = run_node[name]
-        md = dict(node.metadata)
-        columns = list(node.columns) if hasattr(node, "columns") else []
-        rows = _table_rows(node)
-        arrays = None
-        if f"{name}{ARRAYS_SUFFIX}" in names:
-            box = run_node[f"{name}{ARRAYS_SUFFIX}"]
-            arrays = {k: box[k].read() for k in box}
-        analyses[name] = _analysis_entry(
-            md, md.get("status", "unknown"), md.get("summary"), {c: None for c in columns}, rows, arrays
-        )
-    return results_document(raw_uid, analyses)
 
 
 def stored_results_metadata(root, raw_uid: str, analysis: str) -> dict[str, Any] | None:

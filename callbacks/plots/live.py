@@ -143,7 +143,8 @@ class LiveFigures(DocumentRouter):
                 fig = self.figures[name] = plt.figure(num=f"{name} {str(uid)[:8]}", figsize=(11, 7))
             fig.clf()
             with contextlib.suppress(KeyError, ValueError):  # a partial table the figure cannot show yet
-                figure_for(name, entry, fig=fig, arrays=arrays.get(name), start=self._start)
+                figure_for(name, entry, fig=fig, arrays=arrays.get(name), start=self._start,
+                           analyses=doc["analyses"])
             fig.canvas.draw_idle()
             with contextlib.suppress(Exception):
                 fig.canvas.flush_events()  # let the GUI paint (a no-op on Agg)

@@ -1,12 +1,8 @@
 """The JSON form of a run's stored derived results, read without the analysis callbacks.
 
 ``strainstream results`` needs only this: :mod:`strainstream.callbacks.sinks` (where the
-results are written) imports the document machinery (``event_model``, numpy), a quarter of
-a second before anything is read. :func:`read_results` here is the same function as
-:func:`strainstream.callbacks.sinks.read_results` — the same code, so the same document; a
-test (``tests/cli/test_offline_reader.py``) checks that both give identical JSON for stored
-operando XRD, SXDM and TXM-XANES results. (The sinks could import these from here so there
-is one copy.)
+results are written, and which re-exports these readers) imports the document machinery
+(``event_model``, numpy), a quarter of a second before anything is read.
 
 Derived results live at ``derived/<raw_uid>/<analysis>`` (a table, one row per analysed
 event) and ``derived/<raw_uid>/<analysis>_arrays`` (maps). Imports: the standard library;

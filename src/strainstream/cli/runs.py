@@ -317,7 +317,8 @@ def cmd_plot(args) -> int:
         uid = start["uid"]
         several = len(names) + (series is not None) > 1
         for name in names:
-            fig = figure_for(name, doc["analyses"][name], arrays=arrays[name], start=start)
+            fig = figure_for(name, doc["analyses"][name], arrays=arrays[name], start=start,
+                             analyses=doc["analyses"])
             out = save_figure(fig, figure_path(args.out, data_dir, uid, name, several), dpi=args.dpi)
             if out not in written:
                 written.append(out)
