@@ -199,25 +199,10 @@ def test_cycling_tab_capacity_efficiency_and_retention(tiled_server, read_only_k
 
 def _gitt_record():
     """(t s, V, I mA, soc) of 3 pulses of 20 mA/g (600 s) and 1200 s rests, read every 20 s."""
-    from strainstream.sim.cell import CoinCell
+    from strainstream.sim.cell import gitt_readings
 
-    cell = CoinCell("SC-NM91", 10.0, soc=0.3)
-    rec = []
-
-    def read(n):
-        for _ in range(n):
-            rec.append((cell.time_s, cell.voltage_V, cell.current_mA, cell.soc))
-            cell.step(20.0)
-
-    read(6)
-    for _ in range(3):
-        cell.set_mode("CC", current_mA_g=20.0)
-        read(30)
-        cell.set_mode("rest")
-        read(60)
-    cell.set_mode("CC", current_mA_g=20.0)
-    read(1)
-    return rec
+    return gitt_readings("SC-NM91", soc=0.3, n_pulses=3, current_mA_g=20.0, pulse_s=600.0, rest_s=1200.0,
+                         step_s=20.0)
 
 
 def test_gitt_tab_transient_and_diffusivity_on_a_log_axis(tiled_server, read_only_key, dashboard_factory, browser,

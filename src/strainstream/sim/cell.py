@@ -54,6 +54,7 @@ from scipy.optimize import brentq
 
 __all__ = [
     "gitt_formula_diffusivity_cm2_s",
+    "gitt_readings",
     "PRESETS",
     "CellPreset",
     "CoinCell",
@@ -785,3 +786,34 @@ def gitt_formula_diffusivity_cm2_s(preset_name: str, fit_window_s: tuple[float, 
     planar = 2 / 3 * np.sqrt(tau_d * t / math.pi)
     ratio = (np.polyfit(np.sqrt(t), planar, 1)[0] / np.polyfit(np.sqrt(t), sphere, 1)[0]) ** 2
     return float(p.diffusivity_cm2_s * ratio)
+
+
+def gitt_readings(preset_name: str = "SC-NM91", *, soc: float = 0.3, n_pulses: int = 3,
+                  current_mA_g: float = 20.0, pulse_s: float = 600.0, rest_s: float = 1200.0,
+                  step_s: float = 20.0, mass_mg: float = 10.0) -> list[tuple[float, float, float, float]]:
+    """A GITT cycler record of the simulated cell, read every ``step_s`` of cell time.
+
+    Six readings of rest, then ``n_pulses`` × (pulse at ``current_mA_g``, rest), then the
+    first reading of the next pulse (which completes the last one for a live analysis).
+
+    Returns
+    -------
+    list of (cell time s, voltage V, current mA, state of charge)
+    """
+    cell = CoinCell(preset_name, mass_mg, soc=soc)
+    rec: list[tuple[float, float, float, float]] = []
+
+    def read(n: int) -> None:
+        for _ in range(n):
+            rec.append((cell.time_s, cell.voltage_V, cell.current_mA, cell.soc))
+            cell.step(step_s)
+
+    read(6)
+    for _ in range(n_pulses):
+        cell.set_mode("CC", current_mA_g=current_mA_g)
+        read(round(pulse_s / step_s))
+        cell.set_mode("rest")
+        read(round(rest_s / step_s))
+    cell.set_mode("CC", current_mA_g=current_mA_g)
+    read(1)
+    return rec
