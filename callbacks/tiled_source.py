@@ -95,6 +95,8 @@ class RunFollower:
         self._drainer = threading.Thread(target=self._drain, name=f"follow-{uid[:8]}", daemon=True)
         #: times the subscriptions were re-attached (server restarts) and cache resets seen
         self.reattached = 0
+        #: a subscription did not connect: the worker's watchdog re-attaches the run
+        self.needs_reattach = threading.Event()
         self.cache_resets = 0
 
     # -- public -------------------------------------------------------------------------
@@ -114,7 +116,7 @@ class RunFollower:
                     sub = self.run_node.subscribe()
                     sub.child_created.add_callback(self._on_stream_created)
                     self._subs.append(sub)
-                    sub.start_in_thread(0)
+                    self._start(sub)
                     names = list(self.run_node)
                     self.callbacks = made.result()
                 except Exception as exc:
@@ -170,6 +172,7 @@ class RunFollower:
         Safe to call at any time (also when nothing was lost): events are fed at most once
         (by seq_num) and result rows are committed at most once.
         """
+        self.needs_reattach.clear()
         with self.lock:
             if self.finished:
                 return
@@ -188,7 +191,7 @@ class RunFollower:
             sub = self.run_node.subscribe()
             sub.child_created.add_callback(self._on_stream_created)
             self._subs.append(sub)
-            sub.start_in_thread(0)
+            self._start(sub)
             fed = {name: st.fed for name, st in self.streams.items()}
             for name in list(self.run_node):
                 self._attach_stream(name)
@@ -238,6 +241,14 @@ class RunFollower:
             frames = stream.frames[key] = ExternalFrames(stream.node[key], key)
         return frames
 
+    def _start(self, sub) -> None:
+        """Start ``sub``; if it does not connect, flag the run for a re-attach and raise."""
+        try:
+            start_subscription(sub, 0)
+        except SubscriptionNotConnected:
+            self.needs_reattach.set()
+            raise
+
     def _on_stream_created(self, update) -> None:
         try:
             with self.lock:
@@ -262,7 +273,7 @@ class RunFollower:
             sub.child_created.add_callback(self._on_stream_child)
             stream.node_sub = sub
             self._subs.append(sub)
-            sub.start_in_thread(0)
+            self._start(sub)
         if subscribe and stream.table_sub is None and INTERNAL in stream.node and not self.finished:
             self._subscribe_table(stream)
 
@@ -285,7 +296,7 @@ class RunFollower:
         sub.new_data.add_callback(handler)
         stream.table_sub = (sub, handler)  # keeps the handler alive (tiled holds weak refs)
         self._subs.append(sub)
-        sub.start_in_thread(0)
+        self._start(sub)
         self._backfill(stream)
 
     def enqueue(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
@@ -406,6 +417,37 @@ class _TableHandler:
             self.follower.enqueue(self.stream, rows_of(update.data()))
         except Exception:
             logger.exception("run %s: decoding a table update failed", self.follower.uid)
+
+
+#: wait for a websocket subscription to connect, s (normally milliseconds)
+CONNECT_TIMEOUT_S = 20.0
+
+
+class SubscriptionNotConnected(RuntimeError):
+    """A tiled subscription did not connect (its thread died, or the server did not answer)."""
+
+
+def start_subscription(sub, start: int | None = 0, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """``sub.start_in_thread(start)`` that gives up after ``timeout_s``.
+
+    tiled's ``start_in_thread`` waits without a timeout until the websocket is connected —
+    forever when its thread dies on the way (e.g. HTTP 500 on the handshake while the server
+    shuts down, which its retry loop does not catch). Called under a follower's lock that
+    hung the worker for good (CI: a server restarted at the moment the worker subscribed to a
+    new stream). Here the wait runs in a thread of its own; past ``timeout_s`` this raises
+    :class:`SubscriptionNotConnected` and the caller asks for a re-attach.
+
+    Raises
+    ------
+    SubscriptionNotConnected
+    """
+    t = threading.Thread(target=sub.start_in_thread, args=(start,), daemon=True,
+                         name="tiled-subscribe-wait")
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise SubscriptionNotConnected(f"tiled subscription {getattr(sub, '_uri', sub)} not connected "
+                                       f"after {timeout_s:g} s")
 
 
 def _disconnect_all(subs: list[Any]) -> None:

@@ -100,14 +100,16 @@ class Worker:
         return self.shard is None or shard_of(uid, self.shard[1]) == self.shard[0]
 
     def _subscribe_root(self) -> None:
+        from strainstream.callbacks.tiled_source import start_subscription
+
         sub = self.root.subscribe()
         sub.child_created.add_callback(self._on_run_created)
         sub.child_metadata_updated.add_callback(self._on_run_metadata)
         sub.disconnected.add_callback(self._on_root_lost)
         sub.stream_closed.add_callback(self._on_root_lost)
         self._root_lost.clear()
-        sub.start_in_thread()
         self._root_sub = sub
+        start_subscription(sub, None)  # (a dead or unconnected one is re-attached by _watch)
 
     def _on_root_lost(self, sub) -> None:
         if sub is self._root_sub and not self.stopped.is_set():
@@ -129,7 +131,9 @@ class Worker:
         while not self.stopped.wait(self.ping_s):
             up = self._ping()
             thread = getattr(self._root_sub, "_thread", None)
-            dead = self._root_lost.is_set() or (thread is not None and not thread.is_alive())
+            with self.lock:
+                stuck = any(f.needs_reattach.is_set() for f in self.followers.values())
+            dead = self._root_lost.is_set() or (thread is not None and not thread.is_alive()) or stuck
             if not up:
                 if down_since is None:
                     down_since = time.monotonic()
