@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from strainstream.errors import StrainstreamError
+
 from .base import AnalysisCallback
 from .tiled_format import INTERNAL, ExternalFrames, events_from_rows, rows_of
 
@@ -423,7 +425,7 @@ class _TableHandler:
 CONNECT_TIMEOUT_S = 20.0
 
 
-class SubscriptionNotConnected(RuntimeError):
+class SubscriptionNotConnected(StrainstreamError, RuntimeError):
     """A tiled subscription did not connect (its thread died, or the server did not answer)."""
 
 

@@ -232,7 +232,7 @@ class Worker:
     def follow(self, uid: str) -> None:
         from strainstream.callbacks.router import make_callbacks
         from strainstream.callbacks.sinks import TiledSink
-        from strainstream.callbacks.tiled_source import RunFollower
+        from strainstream.callbacks.tiled_source import RunFollower, SubscriptionNotConnected
 
         if not self.mine(uid):
             return
@@ -252,6 +252,14 @@ class Worker:
                 with self.lock:
                     self.followers.pop(uid, None)
                     self.finished.add(uid)
+        except SubscriptionNotConnected as exc:
+            # the server is going away or overloaded: the watchdog re-attaches once it answers,
+            # and the re-attach's catch-up follows this run again (it is not in ``finished``)
+            logger.warning("run %s: %s; following it again after a re-attach", uid, exc)
+            with self.lock:
+                self.followers.pop(uid, None)
+            if not self.stopped.is_set():
+                self._root_lost.set()
         except Exception:
             logger.exception("run %s: could not be followed", uid)
             with self.lock:

@@ -68,3 +68,31 @@ def test_the_follower_flags_itself_for_a_reattach(monkeypatch):
     follower.needs_reattach.clear()
     follower._start(_Connects())
     assert not follower.needs_reattach.is_set()
+
+
+def test_a_run_whose_first_subscription_fails_is_followed_after_the_reattach(monkeypatch):
+    """Worker.follow: the run's own subscription does not connect → the run is not dropped
+    (not in ``finished``) and the watchdog is asked for a re-attach, whose catch-up follows
+    it again; any other failure still drops it with a logged traceback."""
+    import strainstream.callbacks.tiled_source as ts
+    from strainstream.worker import Worker
+
+    def fails(self):
+        raise SubscriptionNotConnected("ws://x/run not connected after 20 s")
+
+    monkeypatch.setattr(ts.RunFollower, "__init__", lambda self, root, uid, factory, on_done: None)
+    monkeypatch.setattr(ts.RunFollower, "start", fails)
+    worker = Worker(root=object(), ping_s=0)
+    worker.follow("run-a")
+    assert worker._root_lost.is_set()
+    assert "run-a" not in worker.followers and "run-a" not in worker.finished
+
+    started = []
+    monkeypatch.setattr(ts.RunFollower, "start", lambda self: started.append(1) or True)
+    worker._root_lost.clear()
+    worker.follow("run-a")  # what the re-attach's catch-up does
+    assert started == [1] and "run-a" in worker.followers and not worker._root_lost.is_set()
+
+    monkeypatch.setattr(ts.RunFollower, "start", lambda self: 1 / 0)
+    worker.follow("run-b")
+    assert not worker._root_lost.is_set() and "run-b" not in worker.followers

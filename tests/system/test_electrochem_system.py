@@ -218,14 +218,15 @@ def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, 
     np.testing.assert_allclose(d, gitt_formula_diffusivity_cm2_s("SC-NM91"), rtol=0.05,
                                err_msg=f"{reasons} {flags} {cols['cell_time_s'][:6]} {cols['current_mA'][:6]}")
     # the dump did not stop the cycler record: the readings of the first pulse (all under
-    # the dump) ≤ 3 updates apart, and it lasted its 600 s (τ from the charge counter), not
-    # the dump's 2000 s (before, the suspension left a gap of ≥ 200 s)
+    # the dump) ≤ 5 updates apart (CI saw 30.5 s once on 2 loaded cores: a 10 s IOC update
+    # lands a little late and two are coalesced), and it lasted its 600 s (τ from the charge
+    # counter), not the dump's 2000 s (before, the suspension left a gap of ≥ 200 s)
     good = [not f for f in cols["flag"]]
     t_cell = np.array(cols["cell_time_s"])[good]
     on = np.array(cols["current_mA"])[good] != 0.0
     end = np.flatnonzero(on[:-1] & ~on[1:])[0] + 1  # the first reading after the first pulse
     first = t_cell[:end][on[:end]]
-    assert first.size >= 20 and np.diff(first).max() <= 30.0, np.diff(first)
+    assert first.size >= 20 and np.diff(first).max() <= 50.0, np.diff(first)
     tau = [t for k, t in zip(cols["pulse"], cols["tau_s"], strict=True) if k >= 0]
     np.testing.assert_allclose(tau[0], 600.0, atol=15.0)
     # the relaxed frame after the first pulse waited for the beam
