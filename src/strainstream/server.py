@@ -116,6 +116,7 @@ class TiledServer:
             catalog_uri=self.catalog_uri,
             auth_db_uri=self.auth_db_uri,
             tables_uri=self.tables_uri,
+            catalog_ready=True,
         )
         auth.bootstrap_auth(self.auth_db_uri, [
             (self.api_key, auth.WRITER_IDENTITY, auth.WRITER_KEY_NOTE),

@@ -72,12 +72,77 @@ def pool_duckdb_connections() -> bool:
     return True
 
 
+async def _init_catalog(uri: str) -> bool:
+    """Create tiled's catalog tables in ``uri`` unless present; True when the database was new."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+
+    from strainstream.errors import ServerError
+
+    engine = create_async_engine(uri)
+    try:
+        await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+    except UninitializedDatabase:
+        await initialize_database(engine)
+        return True
+    except DatabaseUpgradeNeeded:
+        raise ServerError(f"the catalog database {engine.url.render_as_string(hide_password=True)} "
+                          "was made by an older tiled: back it up, then run "
+                          "`tiled catalog upgrade-database URI`") from None
+    finally:
+        await engine.dispose()
+    return False
+
+
+def init_catalogs(config_path: str) -> list[str]:
+    """Initialise the catalog database of every ``catalog`` tree of a strainstream ``tiled.yml``.
+
+    What ``init_if_not_exists: true`` makes tiled do, but in this process before the server
+    starts: tiled runs ``python -m tiled catalog init`` in a child process, which imports tiled
+    again (2–3 s of every server start). :func:`strainstream.tiledconfig.write_config` with
+    ``catalog_ready=True`` leaves that flag off for this. Returns the URIs made new.
+    """
+    import asyncio
+    import os
+
+    import yaml
+    from tiled.alembic_utils import stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.utils import ensure_specified_sql_driver
+
+    with open(config_path) as f:
+        config = yaml.safe_load(f) or {}
+    made = []
+    for tree in config.get("trees", []):
+        args = tree.get("args") or {}
+        if tree.get("tree") != "catalog" or not args.get("uri"):
+            continue
+        uri = ensure_specified_sql_driver(os.path.expandvars(args["uri"]))
+        if asyncio.run(_init_catalog(uri)):
+            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+            made.append(uri)
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``tiled`` command line (``serve config FILE`` ...) with :func:`pool_duckdb_connections`."""
+    """``tiled`` command line (``serve config FILE`` ...) with :func:`pool_duckdb_connections`.
+
+    ``serve config FILE`` first initialises the file's catalog databases (:func:`init_catalogs`).
+    """
     pool_duckdb_connections()
     from tiled.commandline.main import main as tiled_main
 
-    sys.argv = ["tiled", *(sys.argv[1:] if argv is None else argv)]
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) >= 3 and args[:2] == ["serve", "config"] and args[2].endswith((".yml", ".yaml", ".json")):
+        from strainstream.errors import ServerError
+
+        try:
+            init_catalogs(args[2])
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    sys.argv = ["tiled", *args]
     result = tiled_main()
     return int(result or 0)
 
