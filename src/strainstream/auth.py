@@ -71,7 +71,9 @@ __all__ = [
     "api_key_for",
     "auth_db_uri_for",
     "bootstrap_auth",
+    "bootstrap_request",
     "check_key",
+    "run_bootstrap",
     "write_key_file",
 ]
 
@@ -320,14 +322,29 @@ async def _init_auth_db(uri: str, keys: list[tuple[str, str, str]]) -> bool:
     return fresh
 
 
-def _auth_bootstrap_main() -> int:
-    """Child-process entry of :func:`bootstrap_auth`: a JSON request on stdin, errors on stderr."""
+def bootstrap_request(auth_db_uri: str, keys: list[tuple[str, str, str]]) -> bytes:
+    """The request :func:`run_bootstrap` takes (JSON bytes: it travels on a child's stdin)."""
+    return json.dumps({"uri": os.path.expandvars(auth_db_uri), "keys": [list(k) for k in keys]}).encode()
+
+
+def run_bootstrap(request: bytes | str) -> None:
+    """Prepare the authentication database as :func:`bootstrap_request` asks, in this process.
+
+    Call it from a process of its own with no event loop running (tiled's alembic stamping
+    wants its own loop and thread): the child of :func:`bootstrap_auth`, or the server's own
+    process before it starts (:mod:`strainstream.tiled_serve` ``--bootstrap-stdin``).
+
+    Raises
+    ------
+    ServerError
+        One line that names the database (password redacted) and the problem.
+    """
     import asyncio
 
-    request = json.loads(sys.stdin.read())
-    uri = request["uri"]
+    req = json.loads(request)
+    uri = req["uri"]
     try:
-        fresh = asyncio.run(_init_auth_db(uri, [tuple(k) for k in request["keys"]]))
+        fresh = asyncio.run(_init_auth_db(uri, [tuple(k) for k in req["keys"]]))
         if fresh:
             from tiled.alembic_utils import stamp_head
             from tiled.authn_database.alembic_constants import (
@@ -337,12 +354,23 @@ def _auth_bootstrap_main() -> int:
             from tiled.utils import ensure_specified_sql_driver
 
             stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, ensure_specified_sql_driver(uri))
+    except ServerError:
+        raise
+    except Exception as exc:
+        raise ServerError(f"cannot prepare the authentication database {_redacted(uri)}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.exists():
+            path.chmod(0o600)
+
+
+def _auth_bootstrap_main() -> int:
+    """Child-process entry of :func:`bootstrap_auth`: a JSON request on stdin, errors on stderr."""
+    try:
+        run_bootstrap(sys.stdin.read())
     except ServerError as exc:
         print(exc, file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - reported as one line to the parent
-        print(f"cannot prepare the authentication database {_redacted(uri)}: "
-              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return 2
     return 0
 
@@ -357,20 +385,14 @@ def bootstrap_auth(auth_db_uri: str, keys: list[tuple[str, str, str]], timeout_s
     thread; SQLite dislikes sharing): the keys travel on its stdin, never on a command line.
     ``${VAR}`` in the URI is expanded from the environment.
     """
-    uri = os.path.expandvars(auth_db_uri)
-    request = {"uri": uri, "keys": [list(k) for k in keys]}
     code = "import sys; from strainstream.auth import _auth_bootstrap_main as m; sys.exit(m())"
     try:
-        result = subprocess.run([sys.executable, "-c", code], input=json.dumps(request),
-                                capture_output=True, text=True, timeout=timeout_s)
+        result = subprocess.run([sys.executable, "-c", code], input=bootstrap_request(auth_db_uri, keys),
+                                capture_output=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise ServerError(f"preparing the authentication database took over {timeout_s:.0f} s") from None
     if result.returncode != 0:
-        lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+        lines = [ln for ln in result.stderr.decode(errors="replace").strip().splitlines() if ln.strip()]
         raise ServerError(lines[-1] if lines else
                           f"preparing the authentication database failed (exit {result.returncode})")
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if path.exists():
-            path.chmod(0o600)
 

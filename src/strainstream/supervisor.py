@@ -175,6 +175,7 @@ class Supervisor:
         self.popen_kwargs = popen_kwargs
         self.process: subprocess.Popen | None = None
         self._log_offset = 0
+        self._stdin_data: bytes | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -198,10 +199,14 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, command: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
-              cwd: str | os.PathLike | None = None, **popen_kwargs: Any) -> Supervisor:
+              cwd: str | os.PathLike | None = None, stdin_data: bytes | None = None,
+              **popen_kwargs: Any) -> Supervisor:
         """Spawn the child; arguments given here replace those given to the constructor.
 
-        Returns immediately (use :meth:`wait_ready`). Raises ``error`` when a child still runs.
+        ``stdin_data`` is written to the child's stdin, which is then closed (default: no
+        stdin); it is kept for :meth:`restart`. Secrets travel this way, never on a command
+        line or in the environment. Returns immediately (use :meth:`wait_ready`). Raises
+        ``error`` when a child still runs.
         """
         if self.running:
             raise self.error(f"{self.name} already runs (pid {self.process.pid})")
@@ -211,6 +216,8 @@ class Supervisor:
             self.env = dict(env)
         if cwd is not None:
             self.cwd = cwd
+        if stdin_data is not None:
+            self._stdin_data = stdin_data
         if not self.command:
             raise self.error(f"{self.name}: no command to start")
         kwargs = {**self.popen_kwargs, **popen_kwargs}
@@ -220,12 +227,19 @@ class Supervisor:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
         try:
             self._log_offset = log.tell()
+            data = self._stdin_data
             self.process = subprocess.Popen(
-                self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                self.command, env=self.env, cwd=self.cwd,
+                stdin=subprocess.DEVNULL if data is None else subprocess.PIPE, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, **kwargs,
             )
         finally:
             log.close()
+        if data is not None:
+            with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code tells
+                self.process.stdin.write(data)
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
         if self.stop_at_exit:
             _AT_EXIT.add(self)
         return self
@@ -367,6 +381,16 @@ class Supervisor:
         """:meth:`stop`, then :meth:`start` with the same command, environment and directory."""
         self.stop(timeout_s)
         return self.start()
+
+    def log_since_start(self, max_chars: int = 20000) -> str:
+        """What the child wrote to the log since the last :meth:`start` (its last ``max_chars``)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_offset, end - max_chars))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, n_chars: int = 1500) -> str:
         """The last ``n_chars`` characters of the log file ("" when there is none)."""

@@ -26,7 +26,7 @@ import functools
 import logging
 import sys
 
-__all__ = ["TESTED_TILED", "main", "pool_duckdb_connections"]
+__all__ = ["TESTED_TILED", "init_catalogs", "main", "pool_duckdb_connections"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,19 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     """``tiled`` command line (``serve config FILE`` ...) with :func:`pool_duckdb_connections`.
 
     ``serve config FILE`` first initialises the file's catalog databases (:func:`init_catalogs`).
+    A first argument ``--bootstrap-stdin`` first prepares the authentication database as the
+    request on stdin asks (:func:`strainstream.auth.run_bootstrap`; the keys never appear on
+    the command line or in the environment): one process start instead of two.
     """
+    from strainstream.errors import ServerError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args[:1] == ["--bootstrap-stdin"]:
+            from strainstream.auth import run_bootstrap
+
+            args.pop(0)
+            run_bootstrap(sys.stdin.buffer.read())
+        if len(args) >= 3 and args[:2] == ["serve", "config"] and args[2].endswith((".yml", ".yaml", ".json")):
+            init_catalogs(args[2])
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     pool_duckdb_connections()
     from tiled.commandline.main import main as tiled_main
 
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) >= 3 and args[:2] == ["serve", "config"] and args[2].endswith((".yml", ".yaml", ".json")):
-        from strainstream.errors import ServerError
-
-        try:
-            init_catalogs(args[2])
-        except ServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
     sys.argv = ["tiled", *args]
     result = tiled_main()
     return int(result or 0)

@@ -39,3 +39,34 @@ def test_init_catalogs_makes_a_new_catalog_once(tmp_path):
     # the default (a config for stock `tiled serve`) still asks tiled to initialise
     plain = write_config(tmp_path / "plain", port=find_free_port(), api_key="k" * 32)
     assert yaml.safe_load(plain.read_text())["trees"][0]["args"]["init_if_not_exists"] is True
+
+
+def test_the_server_prepares_its_databases_and_names_what_is_wrong(tmp_path):
+    """One process prepares the authentication database (keys on its stdin), the catalog and
+    serves; a damaged authentication database is refused in one line that names it, and a
+    server of stock tiled (``serve_module = "tiled"``) still gets both databases prepared."""
+    import pytest
+
+    from strainstream.errors import ServerError
+    from strainstream.server import TiledServer
+
+    d = tmp_path / "data"
+    with TiledServer(d, api_key="a" * 64, admin_key="b" * 64) as server:
+        cmd = server.process.args
+        assert "--bootstrap-stdin" in cmd and not any("a" * 64 in str(c) for c in cmd)
+        assert list(server.client()) == []
+    assert (d / "authn.db").stat().st_mode & 0o777 == 0o600
+    assert {"nodes", "alembic_version"} <= _tables(d / "catalog.db")
+
+    class Stock(TiledServer):
+        serve_module = "tiled"
+
+    with Stock(tmp_path / "stock", api_key="a" * 64, admin_key="b" * 64) as server:
+        assert "--bootstrap-stdin" not in server.process.args
+        assert list(server.client()) == []
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "authn.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(ServerError, match=r"cannot prepare the authentication database .*authn\.db"):
+        TiledServer(bad, api_key="a" * 64, admin_key="b" * 64).start(timeout_s=60)
