@@ -78,8 +78,10 @@ def _get_or_create_container(parent, key: str, metadata: dict[str, Any]):
     from tiled.client.utils import ClientError
 
     for _ in range(5):
-        if key in parent:
-            return parent[key]
+        try:
+            return parent[key]  # one request (`key in parent` and then `[key]` were two)
+        except KeyError:
+            pass
         try:
             return parent.create_container(key=key, metadata=metadata)
         except ClientError as exc:  # another worker created it first

@@ -276,8 +276,10 @@ class RunFollower:
             stream.node_sub = sub
             self._subs.append(sub)
             self._start(sub)
-        if subscribe and stream.table_sub is None and INTERNAL in stream.node and not self.finished:
-            self._subscribe_table(stream)
+        if subscribe and stream.table_sub is None and not self.finished:
+            table = _child(stream.node, INTERNAL)  # one request, not `in` then `[]`
+            if table is not None:
+                self._subscribe_table(stream, table)
 
     def _on_stream_child(self, update) -> None:
         if update.key != INTERNAL:
@@ -291,15 +293,15 @@ class RunFollower:
         except Exception:
             logger.exception("run %s: subscribing to %s failed", self.uid, update.key)
 
-    def _subscribe_table(self, stream: _Stream) -> None:
-        table = stream.node[INTERNAL]
+    def _subscribe_table(self, stream: _Stream, table=None) -> None:
+        table = stream.node[INTERNAL] if table is None else table
         sub = table.subscribe()
         handler = _TableHandler(self, stream)
         sub.new_data.add_callback(handler)
         stream.table_sub = (sub, handler)  # keeps the handler alive (tiled holds weak refs)
         self._subs.append(sub)
         self._start(sub)
-        self._backfill(stream)
+        self._backfill(stream, table=table)
 
     def enqueue(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
         """Queue rows of a live table update for the run's processing thread."""
@@ -339,12 +341,14 @@ class RunFollower:
                 self._backfill(stream, upto=int(new[0]["seq_num"]) - 1)
             self._feed(stream, [r for r in new if int(r["seq_num"]) > stream.fed])
 
-    def _backfill(self, stream: _Stream, upto: int | None = None, holes: bool = False) -> None:
+    def _backfill(self, stream: _Stream, upto: int | None = None, holes: bool = False, table=None) -> None:
         """Feed stored rows after ``stream.fed`` (up to ``upto``); with ``holes`` also every
-        stored row never fed (a row the writer appended again after the server lost it)."""
-        if INTERNAL not in stream.node:
+        stored row never fed (a row the writer appended again after the server lost it).
+        ``table``: the stream's event table node when the caller has it (saves a request)."""
+        table = _child(stream.node, INTERNAL) if table is None else table
+        if table is None:
             return
-        rows = rows_of(stream.node[INTERNAL].read())
+        rows = rows_of(table.read())
         rows = [r for r in rows if (int(r["seq_num"]) > stream.fed or (holes and int(r["seq_num"]) not in stream.seen))
                 and (upto is None or int(r["seq_num"]) <= upto)]
         if rows:
@@ -450,6 +454,14 @@ def start_subscription(sub, start: int | None = 0, timeout_s: float = CONNECT_TI
     if t.is_alive():
         raise SubscriptionNotConnected(f"tiled subscription {getattr(sub, '_uri', sub)} not connected "
                                        f"after {timeout_s:g} s")
+
+
+def _child(node, key: str):
+    """``node[key]``, or None when tiled has no such child (one request either way)."""
+    try:
+        return node[key]
+    except KeyError:
+        return None
 
 
 def _disconnect_all(subs: list[Any]) -> None:

@@ -19,12 +19,12 @@ import time
 
 import numpy as np
 import pytest
+from _cycles import N_CYCLES, R100, cycling_plan, known_cycles
 from _page import column, js, set_active_tab, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-N_CYCLES, FIRST_PART = 30, 18
-R100 = 0.759  # retention after 100 cycles of the synthetic cycling run
+FIRST_PART = 18
 RATES = (20.0, 100.0, 200.0)
 TAB_CYCLING, TAB_GITT, TAB_SERIES = 5, 6, 7
 
@@ -122,18 +122,8 @@ def _clicked_in_run_list(driver, uid: str, tab: int) -> None:
 
 # -- cycling ------------------------------------------------------------------------------------
 
-def _cycles():
-    """Known per-cycle values: discharge 210·R100^((k−1)/100) mAh/g, CE 0.88 then 0.998."""
-    k = np.arange(1, N_CYCLES + 1)
-    dis = 210.0 * R100 ** ((k - 1) / 100.0)
-    ce = np.where(k == 1, 0.88, 0.998)
-    return k, dis / ce, dis, 3.90 + 0.002 * k, 3.72 - 0.003 * k
-
-
 def test_cycling_tab_capacity_efficiency_and_retention(tiled_server, read_only_key, dashboard_factory, browser,
                                                        tmp_path):
-    import bluesky.plan_stubs as bps
-
     from strainstream.callbacks.electrochem import CyclingCallback
     from strainstream.callbacks.sinks import TiledSink
     from strainstream.plans.electrochem import CycleSummary
@@ -141,19 +131,7 @@ def test_cycling_tab_capacity_efficiency_and_retention(tiled_server, read_only_k
     root = tiled_server.client()
     RE, docs = _run_engine(root)
     summary = CycleSummary(name="cycle")
-
-    def cycling():
-        yield from bps.open_run(md={"experiment": "operando_cycling", "material": "SC-NM91",
-                                    "sample": "coin cell 3", "rate_mA_g": 100.0})
-        for row in zip(*_cycles(), strict=True):
-            k, chg, dis, vc, vd = map(float, row)
-            yield from bps.mv(summary.number, int(k), summary.charge_capacity_mAh_g, chg,
-                              summary.discharge_capacity_mAh_g, dis, summary.coulombic_efficiency, dis / chg,
-                              summary.mean_charge_voltage_V, vc, summary.mean_discharge_voltage_V, vd)
-            yield from bps.trigger_and_read([summary], name="cycle_summary")
-        yield from bps.close_run()
-
-    (uid,) = RE(cycling())
+    (uid,) = RE(cycling_plan(summary))
     sink = Batched(TiledSink(root, uid, "cycling"))
     cb = CyclingCallback(sink)
     events = [i for i, (n, _) in enumerate(docs) if n == "event"]
@@ -164,7 +142,7 @@ def test_cycling_tab_capacity_efficiency_and_retention(tiled_server, read_only_k
 
     _open_page(dashboard_factory, read_only_key, browser, TAB_CYCLING)
     _wait_rows(browser, "cycling_points", FIRST_PART, f"the first {FIRST_PART} cycles")
-    k, chg, dis, vc, vd = _cycles()
+    k, chg, dis, vc, vd = known_cycles()
     assert column(browser, "cycling_points", "cycle") == k[:FIRST_PART].tolist()
     assert column(browser, "cycling_points", "dis") == pytest.approx(dis[:FIRST_PART], rel=1e-12)
 

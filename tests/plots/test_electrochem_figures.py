@@ -19,14 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cycles import N_CYCLES, cycling_plan, known_cycles
 from _plot_synth import operando_xrd_entry, png_size, run_cli
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-N_CYCLES = 30
-R100 = 0.759  # retention after 100 cycles of the synthetic cycling run
 RATES = (20.0, 100.0, 200.0)
-
 
 
 def _store(root, uid: str, name: str, entry: dict) -> None:
@@ -65,14 +63,6 @@ class OneAppend:
         self.sink.finish(summary)
 
 
-def _cycles():
-    """Known per-cycle values: discharge 210·R100^((k−1)/100), CE 0.88 then 0.998."""
-    k = np.arange(1, N_CYCLES + 1)
-    dis = 210.0 * R100 ** ((k - 1) / 100.0)
-    ce = np.where(k == 1, 0.88, 0.998)
-    return k, dis / ce, dis, 3.90 + 0.002 * k, 3.72 - 0.003 * k
-
-
 def _gitt_record():
     """(t s, V, I mA, soc) of 3 pulses of 20 mA/g (600 s) and 1200 s rests, read every 20 s."""
     from strainstream.sim.cell import gitt_readings
@@ -108,19 +98,7 @@ def catalog(tmp_path_factory):
     RE.subscribe(lambda n, doc: docs.append((n, copy.deepcopy(doc))))
 
     summary = CycleSummary(name="cycle")
-
-    def cycling():
-        yield from bps.open_run(md={"experiment": "operando_cycling", "material": "SC-NM91",
-                                    "sample": "coin cell 3", "rate_mA_g": 100.0})
-        for row in zip(*_cycles(), strict=True):
-            k, chg, dis, vc, vd = map(float, row)
-            yield from bps.mv(summary.number, int(k), summary.charge_capacity_mAh_g, chg,
-                              summary.discharge_capacity_mAh_g, dis, summary.coulombic_efficiency, dis / chg,
-                              summary.mean_charge_voltage_V, vc, summary.mean_discharge_voltage_V, vd)
-            yield from bps.trigger_and_read([summary], name="cycle_summary")
-        yield from bps.close_run()
-
-    (cyc_uid,) = RE(cycling())
+    (cyc_uid,) = RE(cycling_plan(summary))
     cb = CyclingCallback(OneAppend(TiledSink(root, cyc_uid, "cycling")))
     for name, doc in docs:
         cb(name, doc)
@@ -195,7 +173,7 @@ def test_cycling_figure_capacity_retention_and_efficiency(catalog, tmp_path):
 
     entry, fig = _stored(catalog, catalog["cycling"], "cycling")
     assert entry["status"] == "complete" and entry["n_rows"] == N_CYCLES
-    k, chg, dis, vc, vd = _cycles()
+    k, chg, dis, vc, vd = known_cycles()
     ax_q = _panel(fig, "capacity and coulombic efficiency")
     assert ax_q.get_xlabel() == CYCLE_LABEL and ax_q.get_ylabel() == CAPACITY_LABEL
     lines = {ln.get_label(): ln for ax in fig.axes for ln in ax.get_lines()
