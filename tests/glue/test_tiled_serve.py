@@ -70,3 +70,27 @@ def test_the_server_prepares_its_databases_and_names_what_is_wrong(tmp_path):
     (bad / "authn.db").write_bytes(b"not a database" * 100)
     with pytest.raises(ServerError, match=r"cannot prepare the authentication database .*authn\.db"):
         TiledServer(bad, api_key="a" * 64, admin_key="b" * 64).start(timeout_s=60)
+
+
+def test_fastapi_dependency_graphs_are_built_once_per_argument_set():
+    """The memoized ``get_dependant`` returns the very Dependant FastAPI built for the same
+    arguments, a new one for other arguments, and the same parameters FastAPI finds."""
+    import fastapi.dependencies.utils as fdu
+
+    from strainstream.tiled_serve import memoize_fastapi_dependants
+
+    def endpoint(x: int, y: str = "a"):
+        return x
+
+    before = fdu.get_dependant
+    try:
+        fresh = before(path="/p/{x}", call=endpoint)
+        assert memoize_fastapi_dependants() and memoize_fastapi_dependants()  # idempotent
+        first = fdu.get_dependant(path="/p/{x}", call=endpoint)
+        assert fdu.get_dependant(path="/p/{x}", call=endpoint) is first
+        assert [p.name for p in first.path_params] == [p.name for p in fresh.path_params] == ["x"]
+        assert [p.name for p in first.query_params] == [p.name for p in fresh.query_params] == ["y"]
+        other = fdu.get_dependant(path="/q", call=endpoint, parent_oauth_scopes=["read:metadata"])
+        assert other is not first and [p.name for p in other.query_params] == ["x", "y"]
+    finally:
+        fdu.get_dependant = before
