@@ -161,6 +161,9 @@ def init_catalogs(config_path: str) -> list[str]:
     from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
     from tiled.utils import ensure_specified_sql_driver
 
+    from strainstream.auth import _redacted
+    from strainstream.errors import ServerError
+
     with open(config_path) as f:
         config = yaml.safe_load(f) or {}
     made = []
@@ -169,9 +172,16 @@ def init_catalogs(config_path: str) -> list[str]:
         if tree.get("tree") != "catalog" or not args.get("uri"):
             continue
         uri = ensure_specified_sql_driver(os.path.expandvars(args["uri"]))
-        if asyncio.run(_init_catalog(uri)):
-            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
-            made.append(uri)
+        try:
+            if asyncio.run(_init_catalog(uri)):
+                stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+                made.append(uri)
+        except ServerError:
+            raise
+        except Exception as exc:  # e.g. PostgreSQL not answering: one line naming the database
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ServerError(f"cannot prepare the catalog database {_redacted(uri)}: "
+                              f"{type(exc).__name__}: {first}") from None
     return made
 
 

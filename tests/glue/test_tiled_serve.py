@@ -94,3 +94,19 @@ def test_fastapi_dependency_graphs_are_built_once_per_argument_set():
         assert other is not first and [p.name for p in other.query_params] == ["x", "y"]
     finally:
         fdu.get_dependant = before
+
+
+def test_a_catalog_database_that_does_not_answer_is_named_in_one_line(tmp_path):
+    """PostgreSQL not answering (nothing listens on the port): one ServerError line naming
+    the catalog database, its password redacted, not a traceback."""
+    import pytest
+
+    from strainstream.errors import ServerError
+
+    config = write_config(tmp_path, port=find_free_port(), api_key="k" * 32, catalog_ready=True,
+                          catalog_uri=f"postgresql://user:s3cret@127.0.0.1:{find_free_port()}/cat")
+    with pytest.raises(ServerError) as info:
+        init_catalogs(str(config))
+    msg = str(info.value)
+    assert msg.startswith("cannot prepare the catalog database postgresql+asyncpg://user:***@127.0.0.1:")
+    assert "s3cret" not in msg and "\n" not in msg
