@@ -222,15 +222,12 @@ def _cli(*args, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def demo_dirs(tmp_path_factory):
-    out = []
-    for experiment, extra in (("frame_series", ["--frames", "5", "--delay", "0.05"]),
-                              ("sxdm", ["--raster", "4", "--angles", "3"])):
-        d = tmp_path_factory.mktemp(experiment) / "data"
-        r = _cli("demo", "--experiment", experiment, "--data-dir", str(d), *extra, "--json", timeout=400)
-        assert r.returncode == 0, r.stderr
-        out.append((d, json.loads(r.stdout)))
-    return out
+def demo_dirs(tmp_path_factory, frame_series_demo):
+    d = tmp_path_factory.mktemp("sxdm") / "data"
+    r = _cli("demo", "--experiment", "sxdm", "--data-dir", str(d), "--raster", "4", "--angles", "3", "--json",
+             timeout=400)
+    assert r.returncode == 0, r.stderr
+    return [frame_series_demo, (d, json.loads(r.stdout))]
 
 
 def _main(argv, direct: bool, monkeypatch) -> tuple[int, str, str]:

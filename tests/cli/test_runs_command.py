@@ -18,12 +18,8 @@ def _cli(*args, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runs") / "data"
-    r = _cli("demo", "--experiment", "frame_series", "--data-dir", str(d), "--frames", "5", "--delay",
-             "0.05", "--json", timeout=240)
-    assert r.returncode == 0, r.stderr
-    return d, json.loads(r.stdout)
+def demo_dir(frame_series_demo):
+    return frame_series_demo
 
 
 def test_runs_lists_the_demo_run_with_its_counts(demo_dir):
