@@ -219,6 +219,44 @@ def _redacted(uri: str) -> str:
         return "the authentication database"
 
 
+async def _ensure_schema(engine, uri: str, core, what: str, upgrade_command: str) -> bool:
+    """Create tiled's tables in the database of ``engine`` when it is new (True), else check
+    its schema revision (False); ``core`` is ``tiled.authn_database.core`` or
+    ``tiled.catalog.core``, ``what`` names the database in messages.
+
+    Raises
+    ------
+    ServerError
+        The database was made by an older tiled (``upgrade_command`` says what to run).
+    """
+    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
+
+    try:
+        await check_database(engine, core.REQUIRED_REVISION, core.ALL_REVISIONS)
+    except UninitializedDatabase:
+        await core.initialize_database(engine)
+        return True
+    except DatabaseUpgradeNeeded:
+        raise ServerError(f"the {what} {_redacted(uri)} was made by an older tiled: back it up, "
+                          f"then run `{upgrade_command}`") from None
+    return False
+
+
+def _stamp_head(alembic_constants, uri: str) -> None:
+    """Stamp a database made new by :func:`_ensure_schema` with tiled's current revision."""
+    from tiled.alembic_utils import stamp_head
+    from tiled.utils import ensure_specified_sql_driver
+
+    stamp_head(alembic_constants.ALEMBIC_INI_TEMPLATE_PATH, alembic_constants.ALEMBIC_DIR,
+               ensure_specified_sql_driver(uri))
+
+
+def _prepare_failed(what: str, uri: str, exc: Exception) -> ServerError:
+    """One line for a database that could not be prepared (password redacted)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return ServerError(f"cannot prepare the {what} {_redacted(uri)}: {type(exc).__name__}: {first}")
+
+
 async def _ensure_principal(db, identity: str):
     """The service principal with ``identity`` holding exactly its role of :data:`_ROLES`."""
     from sqlalchemy.future import select
@@ -265,33 +303,17 @@ async def _init_auth_db(uri: str, keys: list[tuple[str, str, str]]) -> bool:
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
     from sqlalchemy.future import select
-    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
-    from tiled.authn_database import orm
-    from tiled.authn_database.core import (
-        ALL_REVISIONS,
-        REQUIRED_REVISION,
-        initialize_database,
-        purge_expired,
-    )
+    from tiled.authn_database import core, orm
     from tiled.utils import ensure_specified_sql_driver
 
     engine = create_async_engine(ensure_specified_sql_driver(uri))
-    fresh = False
     try:
-        try:
-            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
-        except UninitializedDatabase:
-            await initialize_database(engine)
-            fresh = True
-        except DatabaseUpgradeNeeded:
-            raise ServerError(
-                f"the authentication database {_redacted(uri)} was made by an older tiled: back it "
-                "up, then run `tiled admin upgrade-database URI`"
-            ) from None
+        fresh = await _ensure_schema(engine, uri, core, "authentication database",
+                                     "tiled admin upgrade-database URI")
         async with AsyncSession(engine, autoflush=False, expire_on_commit=False) as db:
             # expired keys (e.g. the websocket client's short-lived ones left by killed
             # processes) count against tiled's limit of 100 keys per principal
-            await purge_expired(db, orm.APIKey)
+            await core.purge_expired(db, orm.APIKey)
             principals = {identity: await _ensure_principal(db, identity) for identity in _ROLES}
             for key, identity, note in keys:
                 principal, scopes = principals[identity], list(_ROLES[identity][1])
@@ -344,21 +366,14 @@ def run_bootstrap(request: bytes | str) -> None:
     req = json.loads(request)
     uri = req["uri"]
     try:
-        fresh = asyncio.run(_init_auth_db(uri, [tuple(k) for k in req["keys"]]))
-        if fresh:
-            from tiled.alembic_utils import stamp_head
-            from tiled.authn_database.alembic_constants import (
-                ALEMBIC_DIR,
-                ALEMBIC_INI_TEMPLATE_PATH,
-            )
-            from tiled.utils import ensure_specified_sql_driver
+        if asyncio.run(_init_auth_db(uri, [tuple(k) for k in req["keys"]])):
+            from tiled.authn_database import alembic_constants
 
-            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, ensure_specified_sql_driver(uri))
+            _stamp_head(alembic_constants, uri)
     except ServerError:
         raise
     except Exception as exc:
-        raise ServerError(f"cannot prepare the authentication database {_redacted(uri)}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise _prepare_failed("authentication database", uri, exc) from None
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.exists():

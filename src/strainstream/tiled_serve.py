@@ -122,29 +122,6 @@ def memoize_fastapi_dependants() -> bool:
     return True
 
 
-async def _init_catalog(uri: str) -> bool:
-    """Create tiled's catalog tables in ``uri`` unless present; True when the database was new."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from tiled.alembic_utils import DatabaseUpgradeNeeded, UninitializedDatabase, check_database
-    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
-
-    from strainstream.errors import ServerError
-
-    engine = create_async_engine(uri)
-    try:
-        await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
-    except UninitializedDatabase:
-        await initialize_database(engine)
-        return True
-    except DatabaseUpgradeNeeded:
-        raise ServerError(f"the catalog database {engine.url.render_as_string(hide_password=True)} "
-                          "was made by an older tiled: back it up, then run "
-                          "`tiled catalog upgrade-database URI`") from None
-    finally:
-        await engine.dispose()
-    return False
-
-
 def init_catalogs(config_path: str) -> list[str]:
     """Initialise the catalog database of every ``catalog`` tree of a strainstream ``tiled.yml``.
 
@@ -157,12 +134,20 @@ def init_catalogs(config_path: str) -> list[str]:
     import os
 
     import yaml
-    from tiled.alembic_utils import stamp_head
-    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.catalog import alembic_constants, core
     from tiled.utils import ensure_specified_sql_driver
 
-    from strainstream.auth import _redacted
+    from strainstream.auth import _ensure_schema, _prepare_failed, _stamp_head
     from strainstream.errors import ServerError
+
+    async def ensure(uri: str) -> bool:
+        engine = create_async_engine(uri)
+        try:
+            return await _ensure_schema(engine, uri, core, "catalog database",
+                                        "tiled catalog upgrade-database URI")
+        finally:
+            await engine.dispose()
 
     with open(config_path) as f:
         config = yaml.safe_load(f) or {}
@@ -173,15 +158,13 @@ def init_catalogs(config_path: str) -> list[str]:
             continue
         uri = ensure_specified_sql_driver(os.path.expandvars(args["uri"]))
         try:
-            if asyncio.run(_init_catalog(uri)):
-                stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+            if asyncio.run(ensure(uri)):
+                _stamp_head(alembic_constants, uri)
                 made.append(uri)
         except ServerError:
             raise
         except Exception as exc:  # e.g. PostgreSQL not answering: one line naming the database
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise ServerError(f"cannot prepare the catalog database {_redacted(uri)}: "
-                              f"{type(exc).__name__}: {first}") from None
+            raise _prepare_failed("catalog database", uri, exc) from None
     return made
 
 
