@@ -31,6 +31,8 @@ class Cycler(IOCDevice):
     v_max_V = Cpt(EpicsSignal, "CYC:v_max_V", kind="config")
     v_min_V = Cpt(EpicsSignal, "CYC:v_min_V", kind="config")
     then_cv = Cpt(EpicsSignal, "CYC:then_cv", kind="config")
+    #: a started step ends after this many s of cell time (the cycler's step timer; 0: none)
+    step_time_s = Cpt(EpicsSignal, "CYC:step_time_s", kind="config")
     accel = Cpt(EpicsSignal, "CYC:accel", kind="config")
     preset = Cpt(EpicsSignalRO, "CYC:preset", string=True, kind="config")
     mass_mg = Cpt(EpicsSignalRO, "CYC:mass_mg", kind="config")
@@ -61,19 +63,24 @@ class Cycler(IOCDevice):
             return self.start_cmd.set(1)
 
     def start_cc(self, current_mA_g: float, *, v_max_V: float | None = None,
-                 v_min_V: float | None = None, then_cv: bool = False) -> Status:
-        """Constant current (mA/g, + = charge) until v_max_V (charge) / v_min_V (discharge)."""
+                 v_min_V: float | None = None, then_cv: bool = False,
+                 step_time_s: float = 0.0) -> Status:
+        """Constant current (mA/g, + = charge) until v_max_V (charge) / v_min_V (discharge),
+        or for ``step_time_s`` s of cell time if > 0 (then rest)."""
         s: dict[str, Any] = {"mode": "CC", "current_sp_mA_g": float(current_mA_g),
-                             "then_cv": int(bool(then_cv))}
+                             "then_cv": int(bool(then_cv)), "step_time_s": float(step_time_s)}
         if v_max_V is not None:
             s["v_max_V"] = float(v_max_V)
         if v_min_V is not None:
             s["v_min_V"] = float(v_min_V)
         return self._put_and_start(s)
 
-    def start_cv(self, voltage_V: float, *, current_limit_mA_g: float | None = None) -> Status:
-        """Hold ``voltage_V`` (V) with an optional current compliance (mA/g)."""
-        s: dict[str, Any] = {"mode": "CV", "voltage_sp_V": float(voltage_V)}
+    def start_cv(self, voltage_V: float, *, current_limit_mA_g: float | None = None,
+                 step_time_s: float = 0.0) -> Status:
+        """Hold ``voltage_V`` (V) with an optional current compliance (mA/g), for
+        ``step_time_s`` s of cell time if > 0 (then rest)."""
+        s: dict[str, Any] = {"mode": "CV", "voltage_sp_V": float(voltage_V),
+                             "step_time_s": float(step_time_s)}
         if current_limit_mA_g is not None:
             s["current_sp_mA_g"] = float(current_limit_mA_g)
         return self._put_and_start(s)

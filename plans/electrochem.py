@@ -175,7 +175,8 @@ def operando_cycling(
         """One CC (± CV) step; returns the polled (capacity, voltage) samples."""
         yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, direction * rate_mA_g,
                           cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
-                          cycler.then_cv, int(bool(cv_hold and direction > 0)))
+                          cycler.then_cv, int(bool(cv_hold and direction > 0)),
+                          cycler.step_time_s, 0.0)
         q0 = yield from bps.rd(cycler.capacity_mAh_g)  # at rest: the step starts here
         hits0 = yield from bps.rd(cycler.limit_hits)
         stopped = False
@@ -271,9 +272,9 @@ def operando_gitt(
     """Galvanostatic intermittent titration with an XRD frame at each relaxed point.
 
     ``n_pulses`` times: a constant-current pulse of ``current_mA_g`` (+ = charge) for
-    ``pulse_s`` s of cell time (it ends earlier at the voltage limit), then open circuit for
-    ``rest_s`` s of cell time. The cycler is read at every poll (``poll_s`` wall seconds)
-    and right after each command into the ``cycler`` stream: the record the live analysis
+    ``pulse_s`` s of cell time (timed by the cycler itself, ``step_time_s``; it ends earlier
+    at the voltage limit), then open circuit for ``rest_s`` s of cell time. The cycler is
+    read at every poll (``poll_s`` wall seconds) and right after each command into the ``cycler`` stream: the record the live analysis
     (:class:`strainstream.callbacks.electrochem.GITTCallback`) fits the study's
     D = 4/(9π)·(r_p/τ · ΔE_s/(dE/d√t))² to (10 < √t < 20 s^½, so ``pulse_s`` ≥ 400); the
     pulse start and τ come from the cycler's charge counter (``capacity_mAh_g`` in every
@@ -358,12 +359,17 @@ def operando_gitt(
                 return True
             if pulse and (yield from bps.rd(cycler.limit_hits)) > hits0:
                 return False  # the voltage limit ended the pulse: the cycler rests
+            if pulse and not (yield from bps.rd(cycler.running)):
+                return True  # the cycler's step timer ended the pulse
 
     def body():
         yield from bps.open_run(md=_md)
         yield from bps.checkpoint()
+        # the cycler times each pulse itself (step_time_s): its length is exact to the simulated
+        # second whatever the latency of this plan's polls on a loaded machine
         yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, current_mA_g,
-                          cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V, cycler.then_cv, 0)
+                          cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V, cycler.then_cv, 0,
+                          cycler.step_time_s, float(pulse_s))
         # the relaxed state before the first pulse: a few readings of the rest
         t_rest = yield from bps.rd(cycler.time_s)
         yield from record()
@@ -383,6 +389,7 @@ def operando_gitt(
             yield from frame()  # the relaxed point
             if not full:
                 break
+        yield from bps.mv(cycler.step_time_s, 0.0)  # later steps untimed unless asked
         yield from bps.close_run()
 
     return (yield from cell_run(body(), detector, cycler, beam=beam, open_shutter=open_shutter,
@@ -441,7 +448,7 @@ def rate_series(
     for k, rate in enumerate(rates):
         if k:  # back to the discharged state, outside the runs
             yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, -dis, cycler.v_min_V, v_min_V,
-                              cycler.then_cv, 0)
+                              cycler.then_cv, 0, cycler.step_time_s, 0.0)
             yield from bps.mv(cycler.start_cmd, 1)
             while (yield from bps.rd(cycler.running)):
                 yield from bps.sleep(0.2)

@@ -146,7 +146,7 @@ def operando_xrd(
         if not follow_only:
             yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
                               cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
-                              cycler.then_cv, int(bool(cv_hold)))
+                              cycler.then_cv, int(bool(cv_hold)), cycler.step_time_s, 0.0)
             yield from bps.mv(cycler.start_cmd, 1)  # completes when the cycler has applied it
         for n in range(max_frames):
             yield from bps.checkpoint()

@@ -8,6 +8,9 @@ PVs (``<prefix>CYC:``):
 ``voltage_sp_V``        float  CV hold voltage (V)
 ``v_max_V, v_min_V``    float  CC stops at v_max on charge / v_min on discharge (then rest or CV)
 ``then_cv``             int    1: hold the limit voltage (CV) after a CC limit, 0: rest
+``step_time_s``         float  a started CC/CV step ends after this many s of cell time and the
+                               cell rests (the cycler's own step timer, exact to the simulated
+                               second whatever the client's latency; 0: no time limit)
 ``start, stop``         int    put 1: apply the mode / go to rest
 ``reset``               int    put 1: a fresh pristine cell (soc 0, cycle 1)
 ``accel``               float  simulated seconds per wall second (default 600: a 2.7→4.5 V
@@ -134,6 +137,7 @@ class CyclerGroup(PVGroup):
     v_max_V = pvproperty(value=4.5, precision=4)
     v_min_V = pvproperty(value=2.7, precision=4)
     then_cv = pvproperty(value=0)
+    step_time_s = pvproperty(value=0.0, precision=1)
     start = pvproperty(value=0)
     stop = pvproperty(value=0)
     reset = pvproperty(value=0)
@@ -156,6 +160,7 @@ class CyclerGroup(PVGroup):
         self._mass_mg = 10.0
         self.cell = None
         self._t_wall = None
+        self._step_end = None  # cell time at which the running step ends (step_time_s)
 
     def configure(self, preset_name: str, mass_mg: float) -> None:
         from strainstream.sim.cell import CoinCell
@@ -192,6 +197,13 @@ class CyclerGroup(PVGroup):
         if self._t_wall is not None:
             dt = (now - self._t_wall) * max(float(self.accel.value), 0.0)
             if dt > 0:
+                end = self._step_end
+                if end is not None and self.cell.mode != "REST" and self.cell.time_s + dt >= end:
+                    h = max(end - self.cell.time_s, 0.0)
+                    self.cell.step(h)
+                    self.cell.set_mode("REST")
+                    dt -= h
+                    self._step_end = None
                 self.cell.step(dt)
         self._t_wall = now
         await self._publish()
@@ -214,6 +226,8 @@ class CyclerGroup(PVGroup):
     async def start(self, instance, value):
         if value:
             self._apply()
+            limit = float(self.step_time_s.value)
+            self._step_end = self.cell.time_s + limit if limit > 0 else None
             await self._publish()
             await asyncio.sleep(MONITOR_FLUSH_S)
         return 0
@@ -222,6 +236,7 @@ class CyclerGroup(PVGroup):
     async def stop(self, instance, value):
         if value:
             self.cell.set_mode("REST")
+            self._step_end = None
             await self._publish()
             await asyncio.sleep(MONITOR_FLUSH_S)
         return 0
@@ -232,6 +247,7 @@ class CyclerGroup(PVGroup):
             from strainstream.sim.cell import CoinCell
 
             self.cell = CoinCell(self._preset_name, self._mass_mg)
+            self._step_end = None
             await self._publish()
             await asyncio.sleep(MONITOR_FLUSH_S)
         return 0

@@ -180,6 +180,37 @@ def _check_charge(cyc, ocv_V, preset):
     assert soc_end > 0.8
 
 
+def test_cycler_step_timer_ends_the_pulse_at_its_cell_time(devs):
+    """CYC:step_time_s: the IOC itself ends a CC step after exactly that much cell time, so a
+    GITT pulse's length does not depend on how late a loaded client polls (CI saw +23 s at
+    accel 100 with client-side timing); a later untimed start is not limited."""
+    cyc = devs["cycler"]
+    cyc.rest().wait(5)
+    cyc.reset_cell().wait(5)
+    cyc.accel.put(1000.0, wait=True)  # 10^3 s of cell time per wall second: 0.1 s ticks of 100 s
+    try:
+        t0 = cyc.time_s.get(use_monitor=False)
+        cyc.start_cc(50.0, v_max_V=4.5, step_time_s=250.0).wait(5)
+        assert cyc.step_time_s.get(use_monitor=False) == 250.0
+        assert wait_for(lambda: cyc.mode_rbv.get(use_monitor=False) == "REST", 10), \
+            "the step timer did not end the CC step"
+        time.sleep(0.3)
+        # 50 mA/g for 250 s = 3.4722 mAh/g; the start is applied at a tick boundary of the
+        # cell time, so the charge is exact to the simulator's precision, not to a 100 s tick
+        q = cyc.capacity_mAh_g.get(use_monitor=False)
+        assert q == pytest.approx(50.0 * 250.0 / 3600.0, rel=1e-9), q
+        assert cyc.limit_hits.get(use_monitor=False) == 0
+        assert cyc.time_s.get(use_monitor=False) - t0 > 250.0
+        cyc.start_cc(50.0, v_max_V=4.5).wait(5)  # untimed: step_time_s put back to 0
+        assert cyc.step_time_s.get(use_monitor=False) == 0.0
+        time.sleep(0.6)
+        assert cyc.mode_rbv.get(use_monitor=False) == "CC"
+        assert cyc.capacity_mAh_g.get(use_monitor=False) > q + 50.0 * 250.0 / 3600.0
+    finally:
+        cyc.accel.put(600.0, wait=True)
+        cyc.rest().wait(5)
+
+
 # --------------------------------------------------------------------------- detectors
 def test_xrd_frame_matches_forward_model(devs):
     from strainstream.sim.cell import LatticePhase

@@ -255,6 +255,10 @@ def test_gitt_documents_and_diffusivity_of_the_simulated_cell(gitt_docs):
     # grid, so the polling under load no longer moves it: ≈ −2 % from the finite sphere's
     # curved OCV path, the same for every pulse)
     np.testing.assert_allclose(d, expected, rtol=0.05)
+    # every pulse lasted its 600 s of cell time: the cycler's step timer ends it (CYC:step_time_s),
+    # not the plan's next poll (τ from the charge counter)
+    tau = [r["tau_s"] for r in sink.rows if r["pulse"] >= 0] + [sink.arrays["tau_s"][-1]]
+    np.testing.assert_allclose(tau, 600.0, atol=1.0)
     # pulses 1 and 2 reported live (when the next pulse started), all three in the arrays
     live = [r for r in sink.rows if r["pulse"] >= 0]
     assert [r["pulse"] for r in live] == [0, 1]

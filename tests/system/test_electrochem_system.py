@@ -228,7 +228,7 @@ def test_gitt_live_analysis_and_replay(sim_beamline, sim_devices, tiled_server, 
     first = t_cell[:end][on[:end]]
     assert first.size >= 20 and np.diff(first).max() <= 50.0, np.diff(first)
     tau = [t for k, t in zip(cols["pulse"], cols["tau_s"], strict=True) if k >= 0]
-    np.testing.assert_allclose(tau[0], 600.0, atol=15.0)
+    np.testing.assert_allclose(tau[0], 600.0, atol=1.0)  # timed by the cycler (CYC:step_time_s)
     # the relaxed frame after the first pulse waited for the beam
     xrd_times = live["analyses"]["operando_xrd"]["columns"]["time"]
     assert xrd_times[1] >= dump.back_epoch - 1.0, (xrd_times, dump.back_epoch)
