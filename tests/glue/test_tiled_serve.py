@@ -110,3 +110,55 @@ def test_a_catalog_database_that_does_not_answer_is_named_in_one_line(tmp_path):
     msg = str(info.value)
     assert msg.startswith("cannot prepare the catalog database postgresql+asyncpg://user:***@127.0.0.1:")
     assert "s3cret" not in msg and "\n" not in msg
+
+
+def test_api_key_lookups_are_kept_for_the_ttl_never_past_expiry_nor_for_unknown_keys(monkeypatch):
+    """cache_api_key_lookups: one database lookup per key per TTL; an unknown key is asked
+    again every time (a new key works at once); a key expiring sooner is kept only until its
+    expiry; deleting any API key (the ORM event a revocation fires) empties the cache."""
+    import asyncio
+    import datetime
+    import time
+    from types import SimpleNamespace
+
+    import tiled.server.authentication as ta
+    from sqlalchemy import event
+    from tiled.authn_database.orm import APIKey
+
+    from strainstream.tiled_serve import cache_api_key_lookups
+
+    now = datetime.datetime.now(datetime.UTC)
+    keys = {b"good": SimpleNamespace(expiration_time=None),
+            b"brief": SimpleNamespace(expiration_time=now + datetime.timedelta(seconds=0.3))}
+    calls: list[bytes] = []
+
+    async def lookup(db, secret):
+        calls.append(secret)
+        return keys.get(secret)
+
+    monkeypatch.setattr(ta, "lookup_valid_api_key", lookup)
+    assert cache_api_key_lookups(ttl_s=0.6) and cache_api_key_lookups()  # idempotent
+    cached = ta.lookup_valid_api_key
+    try:
+        def ask(secret):
+            return asyncio.run(cached(None, secret))
+
+        assert ask(b"good") is keys[b"good"] and ask(b"good") is keys[b"good"]
+        assert calls == [b"good"]
+        assert ask(b"nope") is None and ask(b"nope") is None
+        assert calls == [b"good", b"nope", b"nope"]
+        assert ask(b"brief") is keys[b"brief"] and ask(b"brief") is keys[b"brief"]
+        assert calls.count(b"brief") == 1
+        time.sleep(0.35)  # past the brief key's expiry, inside the TTL
+        ask(b"brief"), ask(b"good")
+        assert calls.count(b"brief") == 2 and calls.count(b"good") == 1
+        time.sleep(0.3)  # past the TTL
+        ask(b"good")
+        assert calls.count(b"good") == 2
+        # a deleted key (revocation): every key is looked up again
+        assert event.contains(APIKey, "after_delete", cached.forget)
+        cached.forget(APIKey.__mapper__, None, None)
+        ask(b"good")
+        assert calls.count(b"good") == 3
+    finally:
+        monkeypatch.undo()
