@@ -76,8 +76,32 @@ def forget_server(data_dir: str | os.PathLike, pid: int | None) -> None:
             server_json_path(data_dir).unlink()
 
 
-def connect(uri: str, api_key: str | None):
-    """Connect a tiled client; turn connection and auth failures into a :class:`ServerError`."""
+#: tiled's structure families: the node classes of a client that ignores specs (``plain``)
+STRUCTURE_FAMILIES = ("container", "composite", "array", "awkward", "bytes", "dataframe", "ragged",
+                      "sparse", "table", "xarray_dataset")
+
+
+def plain_structure_clients():
+    """tiled's client classes per structure family, without the classes libraries register for
+    specs (bluesky-tiled-plugins' ``BlueskyRun``, ``BlueskyEventStream``, ...).
+
+    A run is then a plain container whose streams, tables and arrays the worker reads
+    directly, and the process never imports the spec classes: ``BlueskyRun`` pulls in xarray,
+    dask, sparse and numba (1.9 s and ≈ 1,500 modules, measured), which a worker used to pay
+    on its first run."""
+    from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH
+    from tiled.utils import OneShotCachedMap
+
+    default = DEFAULT_STRUCTURE_CLIENT_DISPATCH["numpy"]
+    return OneShotCachedMap({family: (lambda family=family: default[family])
+                             for family in STRUCTURE_FAMILIES if family in default})
+
+
+def connect(uri: str, api_key: str | None, *, plain: bool = False):
+    """Connect a tiled client; turn connection and auth failures into a :class:`ServerError`.
+
+    ``plain``: nodes are tiled's plain classes whatever their specs (:func:`plain_structure_clients`).
+    """
     import httpx
     from tiled.client import from_uri
 
@@ -87,6 +111,8 @@ def connect(uri: str, api_key: str | None):
             "(a read-only key from `strainstream keys create --read-only` is enough to read)"
         )
     try:
+        if plain:
+            return from_uri(uri, api_key=api_key, structure_clients=plain_structure_clients())
         return from_uri(uri, api_key=api_key)
     except httpx.ConnectError:
         raise ServerError(
