@@ -182,8 +182,8 @@ def worker_factory(tiled_server):
 
     started = []
 
-    def start():
-        w = WorkerProcess(tiled_server.uri, tiled_server.api_key, tiled_server.data_dir).start()
+    def start(**kwargs):
+        w = WorkerProcess(tiled_server.uri, tiled_server.api_key, tiled_server.data_dir, **kwargs).start()
         started.append(w)
         return w
 

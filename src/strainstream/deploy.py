@@ -181,7 +181,7 @@ class Deployment:
         kwargs: dict[str, Any] = {}
         if self.workers > 1 and "shard" in inspect.signature(WorkerProcess).parameters:
             kwargs["shard"] = (i, self.workers)
-        proc = WorkerProcess(self.server.uri, self.server.api_key, self.data_dir, **kwargs)
+        proc = WorkerProcess(self.server.uri, self.server.api_key, self.data_dir, figures=True, **kwargs)
         return proc.start(timeout_s=180)
 
     # -- supervise --------------------------------------------------------------------------

@@ -42,10 +42,15 @@ class WorkerProcess:
     shard : (int, int), optional
         ``(i, n)``: follow only the runs of shard ``i`` of ``n`` (several workers sharing
         the runs; passed as ``$STRAINSTREAM_WORKER_SHARD``).
+    figures : bool
+        Draw each analysed run's figures into ``DIR/figures`` at low priority
+        (:class:`strainstream.worker.FigureRenderer`); the demo and ``deploy`` do, tests that
+        only need results do not (default False).
     """
 
     def __init__(self, uri: str, api_key: str, data_dir: str | os.PathLike, catch_up_hours: float = 24.0,
-                 shard: tuple[int, int] | None = None):
+                 shard: tuple[int, int] | None = None, figures: bool = False):
+        self.figures = figures
         self.uri, self.api_key = uri, api_key
         self.data_dir = Path(data_dir).resolve()
         self.catch_up_hours = catch_up_hours
@@ -76,7 +81,7 @@ class WorkerProcess:
         self.supervisor.start(
             [sys.executable, "-m", "strainstream.cli", "worker", "--uri", self.uri,
              "--data-dir", str(self.data_dir), "--catch-up-hours", str(self.catch_up_hours),
-             "--ready-file", str(self._ready)],
+             "--ready-file", str(self._ready), "--figures" if self.figures else "--no-figures"],
             env=env)
         if wait:
             self.wait_ready(timeout_s)

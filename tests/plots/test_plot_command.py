@@ -88,6 +88,35 @@ def test_plot_writes_every_analysis_into_the_data_directory(data_dir, tmp_path, 
     assert list(cwd.iterdir()) == []
 
 
+def test_a_figure_drawn_from_the_same_results_is_reused(data_dir, tmp_path):
+    """The PNG holds the digest of what it was drawn from (figure_key): the same results at
+    the same resolution are not drawn again; other results, another resolution, or a PNG
+    without the digest are."""
+    from strainstream.callbacks.plots import figure_key, png_key
+
+    d, uid = data_dir
+    out = tmp_path / "fs.png"
+    args = ["plot", uid, "--data-dir", str(d), "--analysis", "frame_stats", "--out", str(out), "--dpi", "30"]
+    code, printed, err = run_cli(args)
+    assert code == 0 and printed.split() == [str(out)], err
+    key, drawn = png_key(out), out.stat().st_mtime_ns
+    assert key and len(key) == 64
+    code, printed, err = run_cli(args)
+    assert code == 0 and printed.split() == [str(out)] and out.stat().st_mtime_ns == drawn, err
+    code, printed, err = run_cli(args[:-1] + ["31"])
+    assert code == 0 and png_key(out) not in (None, key), err
+    out.write_bytes(b"\x89PNG\r\n\x1a\n")  # a PNG without the digest (or a damaged one)
+    code, printed, err = run_cli(args)
+    assert code == 0 and png_key(out) == key, err
+    # the digest follows the results, the resolution and the arrays
+    entry = {"columns": {"mean": [1.0, 2.0]}, "summary": {}, "status": "complete"}
+    k = figure_key("frame_stats", entry, dpi=30)
+    assert k == figure_key("frame_stats", copy.deepcopy(entry), dpi=30)
+    assert k != figure_key("frame_stats", {**entry, "status": "running"}, dpi=30)
+    assert k != figure_key("frame_stats", entry, dpi=31)
+    assert figure_key("sxdm", entry, arrays={"m": np.zeros(3)}) != figure_key("sxdm", entry, arrays={"m": np.ones(3)})
+
+
 def test_figure_path_rules(tmp_path):
     from strainstream.cli.runs import figure_path
     from strainstream.errors import StrainstreamError

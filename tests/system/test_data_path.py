@@ -134,6 +134,36 @@ def test_worker_killed_repeatedly_analyses_every_event_exactly_once(tiled_server
     assert replay_run(root[uid]) == results
 
 
+def test_the_worker_draws_the_figures_that_plot_then_reuses(tiled_server, worker_factory):
+    """A worker with figures (as the demo and deploy start it) draws each analysed run's
+    figures into DATA_DIR/figures with the digest of the results in the PNG; `strainstream
+    plot` of the finished run prints that file without drawing it again; another resolution
+    is drawn anew."""
+    from strainstream.callbacks.plots import png_key
+
+    worker_factory(figures=True)
+    session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
+                           spool_dir=tiled_server.data_dir / "spool")
+    det = sim_frame_detector("det", detector_dir(tiled_server.data_dir), frame_shape=(64, 48))
+    (uid,) = session.RE(frame_series([det], num=4, delay_s=0.05))
+    wait_for_results(tiled_server.client(), uid, 4, timeout_s=60)
+    png = tiled_server.data_dir / "figures" / f"{uid[:8]}_frame_stats.png"
+    deadline = time.monotonic() + 60
+    while png_key(png) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    key = png_key(png)
+    assert key, "the worker drew no figure"
+    drawn = png.stat().st_mtime_ns
+    r = subprocess.run(CLI + ["plot", uid, "--data-dir", str(tiled_server.data_dir)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == [str(png)], r.stderr
+    assert png.stat().st_mtime_ns == drawn and png_key(png) == key  # reused, not redrawn
+    r = subprocess.run(CLI + ["plot", uid, "--data-dir", str(tiled_server.data_dir), "--dpi", "50"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == [str(png)], r.stderr
+    assert png_key(png) not in (None, key)
+
+
 def test_worker_started_after_the_run_catches_up(tiled_server, worker_factory):
     session = make_session(tiled_server.uri, tiled_server.api_key, progress=False,
                            spool_dir=tiled_server.data_dir / "spool")

@@ -306,10 +306,12 @@ def cmd_plot(args) -> int:
         def read_inputs():
             return read_catalog(args, lambda root: _plot_inputs(root, args))
 
-    import matplotlib
+    from strainstream.callbacks.plots import figure_for, figure_key, png_key, save_figure
 
-    matplotlib.use("Agg")
-    from strainstream.callbacks.plots import figure_for, save_figure
+    def agg() -> None:  # matplotlib only when a figure is drawn (0.5 s of imports)
+        import matplotlib
+
+        matplotlib.use("Agg")
 
     written: list[str] = []
     while True:
@@ -317,12 +319,16 @@ def cmd_plot(args) -> int:
         uid = start["uid"]
         several = len(names) + (series is not None) > 1
         for name in names:
-            fig = figure_for(name, doc["analyses"][name], arrays=arrays[name], start=start,
-                             analyses=doc["analyses"])
-            out = save_figure(fig, figure_path(args.out, data_dir, uid, name, several), dpi=args.dpi)
+            kw = dict(arrays=arrays[name], start=start, analyses=doc["analyses"])
+            out = figure_path(args.out, data_dir, uid, name, several)
+            key = figure_key(name, doc["analyses"][name], dpi=args.dpi, **kw)
+            if png_key(out) != key:  # else: drawn from these very results already (the worker)
+                agg()
+                save_figure(figure_for(name, doc["analyses"][name], **kw), out, dpi=args.dpi, key=key)
             if out not in written:
                 written.append(out)
         if series is not None:
+            agg()
             from strainstream.callbacks.plots.electrochem import rate_series_figure
 
             fig = rate_series_figure(series)

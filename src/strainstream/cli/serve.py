@@ -37,6 +37,10 @@ def register(commands) -> None:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="follow only the runs of shard I of N (0 <= I < N): N workers share the runs "
                         "(default: $STRAINSTREAM_WORKER_SHARD, else all runs)")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw each analysed run's figures into DATA_DIR/figures at low priority, so "
+                        "`strainstream plot` of a finished run answers at once (needs --data-dir; "
+                        "default on)")
     p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
@@ -112,8 +116,13 @@ def cmd_worker(args) -> int:
             shard = parse_shard(shard)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+    figures_dir = None
+    if args.figures and target.data_dir and os.path.isdir(target.data_dir):
+        from strainstream.cli.runs import FIGURES_DIR
+
+        figures_dir = os.path.join(target.data_dir, FIGURES_DIR)
     return run_worker(target.uri, key, catch_up_s=args.catch_up_hours * 3600, ready_file=args.ready_file,
-                      shard=shard)
+                      shard=shard, figures_dir=figures_dir)
 
 
 def _spool_dir(args):
