@@ -312,7 +312,7 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
             for dev in devices.values():
                 dev.wait_for_connection(timeout=30)
             stack.callback(_close_channel_access)  # before the IOCs stop: no disconnect noise
-        stack.enter_context(WorkerProcess(server.uri, server.api_key, data_dir, figures=True))
+        stack.enter_context(WorkerProcess(server.uri, server.api_key, data_dir))
         say("analysis worker running")
         session = make_session(server.uri, server.api_key, progress=not quiet, spool_dir=data_dir / "spool")
         _dashboard_hint(data_dir, say)

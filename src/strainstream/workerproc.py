@@ -44,8 +44,9 @@ class WorkerProcess:
         the runs; passed as ``$STRAINSTREAM_WORKER_SHARD``).
     figures : bool
         Draw each analysed run's figures into ``DIR/figures`` at low priority
-        (:class:`strainstream.worker.FigureRenderer`); the demo and ``deploy`` do, tests that
-        only need results do not (default False).
+        (:class:`strainstream.worker.FigureRenderer`). ``deploy`` does (its workers run for
+        days); the demo does not (it stops its worker seconds after the run, before a figure
+        would be drawn), nor do tests that only need results (default False).
     """
 
     def __init__(self, uri: str, api_key: str, data_dir: str | os.PathLike, catch_up_hours: float = 24.0,

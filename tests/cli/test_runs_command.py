@@ -50,3 +50,15 @@ def test_uid_prefixes_too_short_or_unknown_are_explained(demo_dir):
     unknown = _cli("results", "ffffffffff", "--data-dir", str(d))
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "strainstream results: error: no run with uid 'ffffffffff' in the catalog"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(demo_dir):
+    """`strainstream results UID --json | head -c 20`: the pipe closes before the document is
+    written; the command ends with 141 (as a shell tool killed by SIGPIPE) and no traceback."""
+    d, summary = demo_dir
+    p = subprocess.Popen([*CLI, "results", summary["uid"], "--data-dir", str(d), "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before anything was written
+    err = p.stderr.read().decode()
+    assert p.wait(120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -31,8 +31,10 @@ as one line ``strainstream COMMAND: error: MESSAGE`` with exit code 2; Ctrl-C gi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -85,6 +87,11 @@ def run_command(command: str, handler: Callable[[], int], reports: tuple[type[Ba
         detail = f": {_one_line(exc)}" if str(exc) else ""
         print(f"strainstream {command}: interrupted{detail}", file=sys.stderr)
         return 128 + signum
+    except BrokenPipeError:  # the reader went away (`strainstream results UID --json | head`)
+        # as a shell tool does: quietly, and without a second error when Python flushes stdout
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
