@@ -238,9 +238,10 @@ class RunFollower:
         """The frame references of ``key`` in ``stream`` (None while tiled has no node for it)."""
         frames = stream.frames.get(key)
         if frames is None:
-            if key not in stream.node:
+            node = _child(stream.node, key)  # one request, not `in` then `[]`
+            if node is None:
                 return None
-            frames = stream.frames[key] = ExternalFrames(stream.node[key], key)
+            frames = stream.frames[key] = ExternalFrames(node, key)
         return frames
 
     def _start(self, sub) -> None:
