@@ -274,7 +274,8 @@ def operando_gitt(
     ``n_pulses`` times: a constant-current pulse of ``current_mA_g`` (+ = charge) for
     ``pulse_s`` s of cell time (timed by the cycler itself, ``step_time_s``; it ends earlier
     at the voltage limit), then open circuit for ``rest_s`` s of cell time. The cycler is
-    read at every poll (``poll_s`` wall seconds) and right after each command into the ``cycler`` stream: the record the live analysis
+    read at every poll (``poll_s`` wall seconds) and right after each command into the
+    ``cycler`` stream: the record the live analysis
     (:class:`strainstream.callbacks.electrochem.GITTCallback`) fits the study's
     D = 4/(9π)·(r_p/τ · ΔE_s/(dE/d√t))² to (10 < √t < 20 s^½, so ``pulse_s`` ≥ 400); the
     pulse start and τ come from the cycler's charge counter (``capacity_mAh_g`` in every

@@ -76,11 +76,6 @@ def forget_server(data_dir: str | os.PathLike, pid: int | None) -> None:
             server_json_path(data_dir).unlink()
 
 
-#: tiled's structure families: the node classes of a client that ignores specs (``plain``)
-STRUCTURE_FAMILIES = ("container", "composite", "array", "awkward", "bytes", "dataframe", "ragged",
-                      "sparse", "table", "xarray_dataset")
-
-
 def plain_structure_clients():
     """tiled's client classes per structure family, without the classes libraries register for
     specs (bluesky-tiled-plugins' ``BlueskyRun``, ``BlueskyEventStream``, ...).
@@ -89,12 +84,14 @@ def plain_structure_clients():
     directly, and the process never imports the spec classes: ``BlueskyRun`` pulls in xarray,
     dask, sparse and numba (1.9 s and ≈ 1,500 modules, measured), which a worker used to pay
     on its first run."""
-    from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH
+    from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH, Container
     from tiled.utils import OneShotCachedMap
 
+    Container.discover_clients_from_entrypoints()  # idempotent; tells the spec names apart
+    specs = set(Container.STRUCTURE_CLIENTS_FROM_ENTRYPOINTS)
     default = DEFAULT_STRUCTURE_CLIENT_DISPATCH["numpy"]
-    return OneShotCachedMap({family: (lambda family=family: default[family])
-                             for family in STRUCTURE_FAMILIES if family in default})
+    return OneShotCachedMap({name: (lambda name=name: default[name])
+                             for name in default if name not in specs})
 
 
 def connect(uri: str, api_key: str | None, *, plain: bool = False):

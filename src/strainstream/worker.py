@@ -373,7 +373,8 @@ class FigureRenderer:
     (:func:`strainstream.callbacks.plots.figure_key`), so a user's ``strainstream plot`` of
     the finished run finds it and answers without drawing (0.45 s instead of 1.3–2.3 s,
     measured). A child still drawing 3 s after the worker is asked to stop is terminated:
-    the user's own ``plot`` then draws. Failures are the user's ``plot``'s to report (the child is silent).
+    the user's own ``plot`` then draws. Failures are the user's ``plot``'s to report (the
+    child is silent). ``plot`` creates ``DIR`` when it writes the first figure.
     """
 
     def __init__(self, uri: str, api_key: str, out_dir: str | os.PathLike) -> None:
@@ -388,7 +389,6 @@ class FigureRenderer:
 
         if not any(name in FIGURES for name in analyses):
             return None
-        os.makedirs(self.out_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "strainstream.cli", "plot", uid, "--uri", self.uri,
                "--out", os.path.join(self.out_dir, "")]
         with self._lock:

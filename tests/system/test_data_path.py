@@ -135,7 +135,7 @@ def test_worker_killed_repeatedly_analyses_every_event_exactly_once(tiled_server
 
 
 def test_the_worker_draws_the_figures_that_plot_then_reuses(tiled_server, worker_factory):
-    """A worker with figures (as the demo and deploy start it) draws each analysed run's
+    """A worker with figures (as deploy and `strainstream worker` start it) draws each analysed run's
     figures into DATA_DIR/figures with the digest of the results in the PNG; `strainstream
     plot` of the finished run prints that file without drawing it again; another resolution
     is drawn anew."""
