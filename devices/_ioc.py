@@ -22,7 +22,7 @@ from strainstream.config import environment_value
 from strainstream.errors import StrainstreamError
 
 __all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device",
-           "name_ioc_errors"]
+           "name_ioc_errors", "read_text"]
 
 _PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
 
@@ -30,6 +30,23 @@ _PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
 #: bound on a put (incl. pyepics' wait for the channel): ophyd's default is none, and a put
 #: racing an IOC's death would otherwise wait for years instead of failing with a named error
 PUT_TIMEOUT_S = 60.0
+
+
+def read_text(signal: Any) -> str:
+    """Read a CHAR-waveform string PV (a path, a message) from the IOC, whole.
+
+    pyepics remembers the element count of a PV's last monitor update and asks a later
+    ``get(use_monitor=False)`` for only that many elements: when the string has just grown
+    (a new, longer file name whose monitor update is still in flight), the read returns the
+    old length's prefix, e.g. ``'/'``. Asking for the channel's full length (``nelm``; the
+    IOC sends the string up to its NUL) gives the IOC's current value.
+    """
+    pv = getattr(signal, "_read_pv", None)
+    if pv is None:  # not a Channel Access signal (a mocked device in unit tests)
+        return str(signal.get() or "")
+    nelm = pv.nelm
+    count = nelm if isinstance(nelm, int) and nelm > 0 else None
+    return str(signal.get(use_monitor=False, as_string=True, count=count) or "")
 
 
 class IOCNotAnswering(StrainstreamError, TimeoutError):

@@ -36,7 +36,7 @@ from ophyd.utils.errors import DisconnectedError, InvalidState
 from strainstream.errors import StrainstreamError
 
 from ._hdf5 import DATASET, DataDirError, H5FrameWriter
-from ._ioc import IOCDevice, IOCNotAnswering, ioc_guard, mock_device
+from ._ioc import IOCDevice, IOCNotAnswering, ioc_guard, mock_device, read_text
 
 __all__ = [
     "DataDirError",
@@ -424,7 +424,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
     def stage(self):
         with ioc_guard(self):
             if self._write_dir is None:
-                self.hdf1.write_path_template = self.hdf1.file_path.get(use_monitor=False) or "/"
+                self.hdf1.write_path_template = read_text(self.hdf1.file_path) or "/"
             else:
                 self._write_dir.mkdir(parents=True, exist_ok=True)
             self._bound_stage_writes()
@@ -433,13 +433,13 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
             except (TimeoutError, OSError) as exc:
                 message = self._write_message()
                 if isinstance(exc, OSError) and "does not exist on IOC" in str(exc):
-                    raise DataDirError(f"{self.name}: the IOC cannot see {self.hdf1.file_path.get()} "
+                    raise DataDirError(f"{self.name}: the IOC cannot see {read_text(self.hdf1.file_path)} "
                                        f"({self.prefix}HDF1:FilePathExists_RBV = No)") from exc
                 if message:
                     raise DataDirError(f"{self.name}: the IOC could not open its HDF5 file: "
                                        f"{message} ({self.prefix}HDF1:WriteMessage)") from exc
                 raise
-            path = self.hdf1.full_file_name.get(use_monitor=False)
+            path = read_text(self.hdf1.full_file_name)
             if int(self.hdf1.capture.get(use_monitor=False)) != 1 or not path:
                 message = self._write_message()
                 self.unstage()
@@ -451,7 +451,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
 
     def _write_message(self) -> str:
         with contextlib.suppress(Exception):
-            return str(self.hdf1.write_message.get(use_monitor=False, as_string=True) or "")
+            return read_text(self.hdf1.write_message)
         return ""
 
     def unstage(self):
@@ -522,7 +522,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
         """Raise :class:`SeriesLost` when the IOC no longer writes our file (it restarted):
         a new frame would go to a file no Resource names."""
         with ioc_guard(self):
-            path = self.hdf1.full_file_name.get(use_monitor=False)
+            path = read_text(self.hdf1.full_file_name)
             capturing = int(self.hdf1.capture.get(use_monitor=False)) == 1
         if path != self._series_path or not capturing:
             raise SeriesLost(

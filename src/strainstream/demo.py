@@ -123,6 +123,7 @@ def calibrate_from_ceo2(session, det, frame_size: int, say, sim=None) -> dict[st
     import bluesky.plans as bp
     import h5py
 
+    from strainstream.devices._ioc import read_text
     from strainstream.xrd import calibrate
 
     sim.sample.put("CeO2", wait=True)  # the simulated sample changer
@@ -131,7 +132,7 @@ def calibrate_from_ceo2(session, det, frame_size: int, say, sim=None) -> dict[st
                                                  "sample": "CeO2 NIST SRM 674b"}))
     finally:
         sim.sample.put("cell", wait=True)
-    path = det.file_name.get(use_monitor=False)
+    path = read_text(det.file_name)
     with h5py.File(path, "r", swmr=True, locking=False) as f:
         frame = f["/entry/data/data"][-1]
     pixel_um = 200.0 * 2048 / frame_size

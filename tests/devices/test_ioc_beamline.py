@@ -375,6 +375,35 @@ def test_a_frame_the_plugin_did_not_write_fails_the_trigger_named(devs):
         det.unstage()
 
 
+def test_stage_reads_the_whole_file_name_when_pyepics_remembers_a_shorter_one(devs):
+    """pyepics asks a ``get(use_monitor=False)`` for as many elements as the PV's last monitor
+    update held; while the monitor for a longer, new file name is still in flight, a plain read
+    returns a prefix ('/' once in CI, and the run then failed with SeriesLost at its first
+    frame). The detector reads its CHAR-waveform PVs whole."""
+    from strainstream.devices._ioc import read_text
+
+    det = devs["xrd"]
+    pv = det.hdf1.full_file_name._read_pv
+    det.stage()
+    try:
+        path = det._series_path
+        assert path.endswith("_000000.h5") and len(path) > 20
+        pv._args["count"] = 1  # the state pyepics is in before the new name's update arrives
+        assert det.hdf1.full_file_name.get(use_monitor=False) == path[:1]  # pyepics' behaviour
+        assert read_text(det.hdf1.full_file_name) == path
+        det._check_series()  # compares the whole name: no SeriesLost
+        det.trigger().wait(timeout=30)
+    finally:
+        det.unstage()
+    pv._args["count"] = 1
+    det.stage()  # a new series: its name is read whole too
+    try:
+        assert det._series_path.endswith("_000000.h5") and det._series_path != path
+        assert read_text(det.hdf1.full_file_name) == det._series_path
+    finally:
+        det.unstage()
+
+
 def test_runengine_count_documents_become_stream_documents(devs):
     """RunEngine documents of the IOC detector (Resource/Datum) become one StreamResource and
     one StreamDatum per event (strainstream.asset_docs), resolving to the file's frames."""
