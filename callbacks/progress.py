@@ -120,15 +120,24 @@ class ProgressPrinter(DocumentRouter):
                 self.lattice.stop()
 
     def event(self, doc):
-        self._n += 1
-        if self._n % self.every:
+        self._advance(1, doc.get("data"))
+
+    def event_page(self, doc):
+        """A fly scan's line: one progress line for its points (the last point's values)."""
+        n = len(doc.get("seq_num") or ())
+        data = doc.get("data")
+        last = {k: v[-1] for k, v in data.items() if isinstance(v, list) and v} if isinstance(data, dict) else {}
+        self._advance(n, last, force=True)
+
+    def _advance(self, n: int, data, force: bool = False) -> None:
+        self._n += n
+        if n == 0 or (self._n % self.every and not force):
             return
         dt = time.monotonic() - self._t0
         rate = self._n / dt if dt > 0 else 0.0
         extra = ""
         for suffix, label, prec in (("voltage_V", "V", 3), ("capacity_mAh_g", "mAh/g", 1),
                                     ("energy", "eV", 1), ("theta", "θ", 3)):
-            data = doc.get("data")
             matches = sorted((len(k), k, v) for k, v in (data.items() if isinstance(data, dict) else ())
                              if isinstance(k, str) and k.endswith(suffix) and isinstance(v, int | float)
                              and not isinstance(v, bool))

@@ -146,6 +146,34 @@ class H5FrameWriter:
         self.count += 1
         return index
 
+    def append_many(self, frames: list[np.ndarray], scalars: list[dict[str, float]] | None = None) -> int:
+        """Write several frames (one resize and one flush per dataset, as a detector's HDF5
+        plugin flushing every N frames does); return the index of the first."""
+        n = len(frames)
+        scalars = scalars if scalars is not None else [{}] * n
+        if len(scalars) != n:
+            raise ValueError(f"{n} frames but {len(scalars)} sets of per-frame scalars")
+        for frame in frames:
+            if np.shape(frame) != self.frame_shape:
+                raise ValueError(f"frame shape {np.shape(frame)} does not match the detector's "
+                                 f"{self.frame_shape}")
+        unknown = set().union(*scalars) - set(self._scalars) if scalars else set()
+        if unknown:
+            raise ValueError(f"unknown per-frame scalars {sorted(unknown)}; declared: "
+                             f"{list(self.scalar_keys)}")
+        first = self.count
+        if n == 0:
+            return first
+        self._ds.resize(first + n, axis=0)
+        self._ds[first:first + n] = np.stack([np.asarray(f) for f in frames]).astype(self.dtype, copy=False)
+        for key, ds in self._scalars.items():
+            ds.resize(first + n, axis=0)
+            ds[first:first + n] = np.array([float(sc.get(key, np.nan)) for sc in scalars])
+            ds.flush()
+        self._ds.flush()
+        self.count += n
+        return first
+
     def rewind(self, count: int) -> None:
         """Drop the frames from index ``count`` on; the next :meth:`append` writes at ``count``.
 

@@ -35,7 +35,7 @@ from ._common import ad_frame_shape, base_metadata, beam_suspenders, preflight
 from ._common import open_shutter as _open_shutter
 
 __all__ = ["DETECTOR_GEOMETRY_KEYS", "find_bragg", "raster_positions", "simulated_detector_geometry",
-           "sxdm_map"]
+           "sxdm_fly_map", "sxdm_map"]
 
 #: detector geometry keys a caller may give in ``geometry`` (the rest come from the plan)
 DETECTOR_GEOMETRY_KEYS = ("distance_m", "pixel_size_um", "delta_deg", "gamma_deg", "cen_row",
@@ -263,6 +263,146 @@ def sxdm_map(
             yield from bps.mv(beam.shutter, "close")
 
     return (yield from bpp.finalize_wrapper(plan, restore_shutter()))
+
+
+def sxdm_fly_map(
+    detector: Readable,
+    es: Readable,
+    *,
+    theta_center_deg: float,
+    theta_half_range_deg: float = 1.0,
+    n_theta: int = 41,
+    x_center_um: float,
+    y_center_um: float,
+    nx: int,
+    ny: int,
+    step_nm: float = 50.0,
+    period_s: float = 0.002,
+    snake: bool = True,
+    geometry: Mapping[str, Any] | None = None,
+    hkl: tuple[int, int, int] = (0, 0, 3),
+    md: dict[str, Any] | None = None,
+) -> MsgGenerator:
+    """Fly-scanned SXDM map: every raster line is one triggered series of ``nx`` frames.
+
+    Same raster, rocking angles, metadata and event keys as :func:`sxdm_map` (the live
+    analysis cannot tell the two apart), but ``sample_x`` moves continuously through each
+    line at ``step_nm / period_s`` while the detector, in ``TriggerMode`` External, takes one
+    frame every ``period_s`` from the moment the move starts (the motion controller's output
+    triggers it). The move starts half a step before the first raster point, so frame ``i`` is
+    exposed over raster point ``i`` (± half a step). Each line is recorded as one StreamDatum
+    range and one event page (:class:`strainstream.devices.flyers.FlyLine`): two documents
+    per line instead of one event and one datum per frame.
+
+    Parameters
+    ----------
+    detector : area detector
+        The SXDM detector (areaDetector with an HDF5 plugin; frames written by the IOC).
+    es : Endstation
+        ``es.theta``, ``es.sample_x`` (flown), ``es.sample_y``, ``es.energy`` (read).
+    theta_center_deg, theta_half_range_deg, n_theta, x_center_um, y_center_um, nx, ny, step_nm, snake, geometry, hkl, md
+        As for :func:`sxdm_map`.
+    period_s : float
+        Frame period (= exposure), s (> 0); the line speed is ``step_nm / period_s``.
+
+    Notes
+    -----
+    The plan sets the detector's ``TriggerMode``, ``ImageMode``, ``NumImages``,
+    ``AcquirePeriod``, ``AcquireTime`` and ``sample_x``'s ``VELO``, and puts back what it
+    found when it ends, however it ends. A line whose frames did not all reach the file fails
+    the run with :class:`~strainstream.devices.flyers.FlyLineError` (the lines recorded
+    before it stay in the run). There are no beam suspenders: a line cannot be paused.
+    """
+    from strainstream.devices.flyers import FlyLine
+
+    if n_theta < 1 or nx < 1 or ny < 1:
+        raise ValueError(f"n_theta, nx and ny must be >= 1, got {n_theta}, {nx}, {ny}")
+    if not step_nm > 0:
+        raise ValueError(f"step_nm must be > 0, got {step_nm}")
+    if not (period_s > 0 and math.isfinite(period_s)):
+        raise ValueError(f"period_s must be > 0, got {period_s}")
+    if not theta_half_range_deg >= 0 or (n_theta > 1 and theta_half_range_deg == 0):
+        raise ValueError(f"theta_half_range_deg must be > 0 for {n_theta} angles, got {theta_half_range_deg}")
+    thetas = (np.linspace(theta_center_deg - theta_half_range_deg, theta_center_deg + theta_half_range_deg,
+                          n_theta) if n_theta > 1 else np.array([float(theta_center_deg)]))
+    thetas = np.round(thetas, 6)
+    xs = raster_positions(x_center_um, nx, step_nm)
+    ys = raster_positions(y_center_um, ny, step_nm)
+    half = step_nm / 2000.0  # half a step, µm: the run-up before the first point
+    for mot, pos in ((es.theta, thetas), (es.sample_x, np.array([xs[0] - half, xs[-1] + half])),
+                     (es.sample_y, ys)):
+        if hasattr(mot, "check_value"):
+            for p in (pos.min(), pos.max()):
+                mot.check_value(float(p))
+    velocity = step_nm / 1000.0 / period_s
+
+    keys = {"theta": es.theta.name, "x": es.sample_x.name, "y": es.sample_y.name,
+            "itheta": "sxdm_itheta", "iy": "sxdm_iy", "ix": "sxdm_ix"}
+    flyer = FlyLine(detector, es.sample_x, {keys["theta"]: "number", keys["x"]: "number",
+                                            keys["y"]: "number", keys["itheta"]: "integer",
+                                            keys["iy"]: "integer", keys["ix"]: "integer"},
+                    name=f"{detector.name}_fly")
+    cam = detector.cam
+    settings = [(cam.trigger_mode, "External"), (cam.image_mode, "Multiple"), (cam.num_images, int(nx)),
+                (cam.acquire_period, float(period_s)), (cam.acquire_time, float(period_s))]
+    found: list[tuple[Any, Any]] = []
+
+    def body():
+        energy_eV = float((yield from bps.rd(es.energy.readback if hasattr(es.energy, "readback") else es.energy)))
+        if geometry is None:
+            shape = yield from _frame_shape(detector)
+            geo = simulated_detector_geometry(energy_eV, shape)
+        else:
+            geo = _check_geometry(geometry)
+        _md = base_metadata(
+            "sxdm", md,
+            plan_name="sxdm_fly_map",
+            detectors=[detector.name],
+            motors=[es.theta.name, es.sample_x.name, es.sample_y.name],
+            num_points=int(n_theta * ny * nx),
+            energy_keV=energy_eV / 1000.0,
+            **geo,
+            step_nm=float(step_nm),
+            hkl=[int(h) for h in hkl],
+            theta_deg=[float(t) for t in thetas],
+            raster={"nx": int(nx), "ny": int(ny), "step_nm": float(step_nm),
+                    "x_center_um": float(x_center_um), "y_center_um": float(y_center_um),
+                    "snake": bool(snake), "order": "theta, iy, ix"},
+            sxdm_keys={"frames": f"{detector.name}_image", **keys, "fluorescence": None},
+            fly={"period_s": float(period_s), "velocity_um_s": float(velocity),
+                 "frames_per_line": int(nx), "trigger": "External (motion start)"},
+        )
+        settings.append((es.sample_x.velocity, velocity))  # the line speed, also between lines
+        for sig, _ in settings:
+            found.append((sig, (yield from bps.rd(sig))))
+        yield from bps.mv(*[x for pair in settings for x in pair])
+        yield from bps.open_run(md=_md)
+        yield from bps.declare_stream(flyer, name="primary", collect=True)
+        for it, th in enumerate(thetas):
+            yield from bps.checkpoint()
+            yield from bps.mv(es.theta, float(th))
+            theta_rbv = float((yield from bps.rd(es.theta.readback if hasattr(es.theta, "readback") else es.theta)))
+            for iy in range(ny):
+                yield from bps.checkpoint()
+                order = np.arange(nx - 1, -1, -1) if snake and iy % 2 else np.arange(nx)
+                direction = -1.0 if order[0] > order[-1] else 1.0
+                start, stop = xs[order[0]] - direction * half, xs[order[-1]] + direction * half
+                yield from bps.mv(es.sample_x, float(start), es.sample_y, float(ys[iy]))
+                flyer.prepare(stop=float(stop), n=int(nx), rows={
+                    keys["theta"]: [theta_rbv] * nx, keys["x"]: [float(xs[i]) for i in order],
+                    keys["y"]: [float(ys[iy])] * nx, keys["itheta"]: [it] * nx,
+                    keys["iy"]: [iy] * nx, keys["ix"]: [int(i) for i in order]})
+                yield from bps.kickoff(flyer, wait=True)
+                yield from bps.complete(flyer, wait=True)
+                yield from bps.collect(flyer, name="primary")
+        yield from bps.close_run()
+
+    def restore():
+        if found:  # the detector's and motor's settings as the plan found them
+            yield from bps.mv(*[x for pair in found for x in pair])
+
+    yield from preflight([detector], int(n_theta * ny * nx))
+    return (yield from bpp.finalize_wrapper(bpp.stage_wrapper(body(), [detector]), restore()))
 
 
 def find_bragg(

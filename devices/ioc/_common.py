@@ -25,9 +25,11 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,10 @@ LONG_STRING = 1024
 #: update (caproto batches subscription updates for up to 10 ms) reaches monitoring clients
 #: before the completion (ophyd devices here read these readbacks fresh anyway)
 MONITOR_FLUSH_S = load_config().ioc_monitor_flush_s
+#: how often an armed detector checks for its trigger / its next exposure's end, s
+TRIGGER_POLL_S = 0.005
+#: frames computed and written together in External trigger mode (at most)
+MAX_BATCH_FRAMES = 32
 #: longest a ``SIM:BeamGate`` = 1 put waits for the first ring-current and shutter values
 BEAM_LINK_TIMEOUT_S = 5.0
 
@@ -140,6 +146,10 @@ class AreaDetectorGroup(PVGroup):
       until stopped in Continuous); ``Acquire_RBV``/``DetectorState_RBV`` follow, and the put
       completes when the frames are taken (and written, with the plugin capturing:
       blocking callbacks). ``ArrayCounter_RBV`` counts frames.
+    - ``cam1:TriggerMode`` External: ``Acquire`` = 1 arms the detector; the series starts at
+      the pulse on its trigger input (:meth:`arm_trigger`, wired by the subclass) and
+      runs on the detector's clock (``AcquirePeriod``, ``AcquireTime``); frames are written in
+      batches of up to ``MAX_BATCH_FRAMES``.
     - ``HDF1:Capture`` = 1 (``FileWriteMode`` Stream) opens ``FileTemplate % (FilePath,
       FileName, FileNumber)`` (``FileNumber`` then increments with ``AutoIncrement``); each
       frame is appended to ``/entry/data/data`` (SWMR) with its NDAttributes (the simulated
@@ -275,7 +285,7 @@ class AreaDetectorGroup(PVGroup):
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self._initial_dir = str(Path(write_dir).resolve())
 
-    def make_frame(self, index: int) -> tuple[Callable[[], np.ndarray], dict[str, float]]:
+    def make_frame(self, index: int, t: float | None = None) -> tuple[Callable[[], np.ndarray], dict[str, float]]:
         raise NotImplementedError
 
     async def group_write(self, instance, value):
@@ -399,6 +409,80 @@ class AreaDetectorGroup(PVGroup):
                 await self.hdf_Capture_RBV.write("Done")
                 await self.hdf_Capture.write("Done", verify_value=False)
 
+    # -- external trigger -----------------------------------------------------------------------
+    def arm_trigger(self) -> asyncio.Future:
+        """Arm the trigger input: a future set to the time of the next pulse
+        (``time.monotonic()`` clock). Called before the Acquire put yields, so a pulse that
+        follows the put is never missed. Subclasses wire it (e.g. to a motion's start)."""
+        raise RuntimeError(f"{self.det_name}: nothing is wired to the external trigger input")
+
+    async def _acquire_triggered(self, n: int | None, trigger: asyncio.Future) -> int:
+        """``TriggerMode`` External: wait for the trigger, then take ``n`` frames timed by the
+        detector's clock (frame ``i`` exposed from ``t_trigger + i · AcquirePeriod`` for
+        ``AcquireTime``), each computed for the moment of its mid-exposure (``make_frame(index,
+        t)``) and written when its exposure has ended, in batches. Returns the frames taken."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not trigger.done():
+                if self._stop_requested:
+                    return 0
+                await asyncio.wait({trigger}, timeout=TRIGGER_POLL_S)
+        finally:
+            if not trigger.done():
+                trigger.cancel()
+        t0 = trigger.result()
+        exposure = float(self.cam_AcquireTime.value)
+        period = max(float(self.cam_AcquirePeriod.value), exposure)
+        if period <= 0:
+            raise ValueError("External trigger needs AcquirePeriod (or AcquireTime) > 0")
+        exposure = exposure if exposure > 0 else period
+        taken = 0
+        while (n is None or taken < n) and not self._stop_requested:
+            now = time.monotonic()
+            ended = int(math.floor((now - t0 - exposure) / period)) + 1  # exposures ended by now
+            if n is not None:
+                ended = min(ended, n)
+            if ended <= taken:
+                await asyncio.sleep(min(t0 + taken * period + exposure - now, TRIGGER_POLL_S))
+                continue
+            counter = int(self.cam_ArrayCounter_RBV.value)
+            jobs = [self.make_frame(counter + k, t0 + (taken + k) * period + exposure / 2.0)
+                    for k in range(min(ended - taken, MAX_BATCH_FRAMES))]
+            frames = await loop.run_in_executor(None, lambda jobs=jobs: [job() for job, _ in jobs])
+            await self.cam_ArrayCounter_RBV.write(counter + len(jobs))
+            await self.cam_ArrayCounter.write(counter + len(jobs), verify_value=False)
+            await self._plugin_receive_many(frames, [sc for _, sc in jobs])
+            taken += len(jobs)
+            await self.cam_NumImagesCounter_RBV.write(taken)
+        return taken
+
+    async def _plugin_receive_many(self, frames: list[np.ndarray], scalars: list[dict[str, float]]) -> None:
+        """The HDF5 plugin gets a batch of frames (one write and flush for the batch)."""
+        if self.hdf_EnableCallbacks.value != "Enable" or self.cam_ArrayCallbacks.value != "Enable":
+            return
+        counter = int(self.hdf_ArrayCounter_RBV.value) + len(frames)
+        await self.hdf_ArrayCounter_RBV.write(counter)
+        await self.hdf_ArrayCounter.write(counter, verify_value=False)
+        async with self._file_lock:
+            writer = self._writer
+            if writer is None or self.hdf_Capture_RBV.value != "Capture":
+                return
+            n_capture = int(self.hdf_NumCapture.value)
+            if n_capture > 0:
+                keep = max(n_capture - writer.count, 0)
+                frames, scalars = frames[:keep], scalars[:keep]
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: writer.append_many(frames, scalars))
+            except Exception as exc:
+                await self._write_error(f"frames not written: {exc}")
+                raise
+            await self.hdf_NumCaptured_RBV.write(writer.count)
+            if n_capture > 0 and writer.count >= n_capture:
+                self.close()
+                await self.hdf_Capture_RBV.write("Done")
+                await self.hdf_Capture.write("Done", verify_value=False)
+
     # -- driver -------------------------------------------------------------------------------
     @cam_Acquire.putter
     async def cam_Acquire(self, instance, value):
@@ -408,6 +492,14 @@ class AreaDetectorGroup(PVGroup):
         if self._acquiring:
             return "Acquire"
         self._acquiring, self._stop_requested = True, False
+        trigger = None
+        if self.cam_TriggerMode.value == "External":
+            try:  # armed before the first await: a pulse right after this put is seen
+                trigger = self.arm_trigger()
+            except Exception as exc:
+                self._acquiring = False
+                await self.cam_StatusMessage_RBV.write(f"error: {exc}"[:LONG_STRING - 1])
+                raise
         mode = self.cam_ImageMode.value
         n = 1 if mode == "Single" else (None if mode == "Continuous" else
                                         max(int(self.cam_NumImages.value), 1))
@@ -418,6 +510,8 @@ class AreaDetectorGroup(PVGroup):
         await self.cam_NumImagesCounter_RBV.write(0)
         taken = 0
         try:
+            if trigger is not None:
+                taken = await self._acquire_triggered(n, trigger)
             while (n is None or taken < n) and not self._stop_requested:
                 counter = int(self.cam_ArrayCounter_RBV.value)
                 compute, scalars = self.make_frame(counter)

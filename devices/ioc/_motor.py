@@ -12,7 +12,9 @@ fields                  behaviour
 ======================  =====================================================================
 VAL, DVAL, RLV,         a move (user value, dial value, relative, tweak by TWV); VAL shows the
 TWF, TWR                target at once and the put completes when the motion has ended
-RBV, DRBV               user and dial readback, updated every 10 ms while moving at VELO (egu/s)
+RBV, DRBV               user and dial readback, updated every 10 ms while moving at VELO (egu/s);
+                        the position is exact in time (start + VELO · elapsed, no acceleration:
+                        ACCL is served, not simulated), whatever the tick's jitter
 DMOV, MOVN              DMOV goes 0 then 1 for every move, a zero-length one too; it stays 0
                         for at least ``MONITOR_FLUSH_S`` (and one 10 ms tick) so that clients
                         monitoring it always see the 0 (caproto batches monitor updates up to
@@ -40,7 +42,10 @@ EGU, DESC, CNEN, PREC   served
 The simulated physics (the detectors' forward models) reads :attr:`position` of the group:
 the *physical* position, in the coordinates of the initial user values (dial = user = physical
 at start). A calibration (SET, OFF, DIR) changes what the record reports, not where the stage
-is.
+is. :meth:`next_motion` and :class:`Motion` give the exact physical position at any moment of
+a motion: what a motion controller's position-compare or trajectory output knows (the
+simulated endstation wires it to its detectors' external trigger input, see
+:mod:`strainstream.devices.ioc.endstation`).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from strainstream.errors import StrainstreamError
 from ._common import MONITOR_FLUSH_S
 
 __all__ = ["MSTA_DIRECTION", "MSTA_DONE", "MSTA_HOMED", "MSTA_MINUS_LS", "MSTA_MOVING",
-           "MSTA_PLUS_LS", "MotorError", "motor_group"]
+           "MSTA_PLUS_LS", "Motion", "MotorError", "motor_group"]
 
 #: motion update period, s
 TICK_S = 0.01
@@ -80,6 +85,37 @@ MSTA_HOMED = 1 << 14
 
 class MotorError(StrainstreamError, ValueError):
     """A refused motor-record put (outside the soft limits, SPMG=Stop, bad speed, not finite)."""
+
+
+class Motion:
+    """The physical trajectory of one motion of a simulated motor (monotonic clock, s).
+
+    Segments ``(t0, p0, velocity, p_end)``: from ``t0`` the stage is at ``p0 + velocity · (t -
+    t0)`` until it reaches ``p_end`` (a re-aim, a speed change or a pause starts a new segment;
+    the motion's end adds a resting one). :meth:`position` evaluates it at any time, also after
+    the motion ended (a detector computing its frames late still gets where the stage was).
+    """
+
+    def __init__(self, t0: float, p0: float) -> None:
+        self.start_time = float(t0)
+        self.segments: list[tuple[float, float, float, float]] = [(float(t0), float(p0), 0.0, float(p0))]
+
+    def add(self, t0: float, p0: float, velocity: float, p_end: float) -> None:
+        self.segments.append((float(t0), float(p0), float(velocity), float(p_end)))
+
+    def position(self, t: float) -> float:
+        """Physical position at monotonic time ``t``."""
+        seg = self.segments[0]
+        for s in self.segments:
+            if s[0] <= t:
+                seg = s
+            else:
+                break
+        t0, p0, v, p_end = seg
+        if v == 0.0 or t <= t0:
+            return p0
+        p = p0 + v * (t - t0)
+        return min(p, p_end) if v > 0 else max(p, p_end)
 
 
 def _enum(channel) -> str:
@@ -196,6 +232,8 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
             self._homing = False
             self._msta_flags = MSTA_DONE
             self._homed = False
+            self._motion: Motion | None = None
+            self._motion_waiters: list[asyncio.Future] = []
             _run_now(self._initialise())
 
         async def _initialise(self):
@@ -302,6 +340,20 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
                 on_move(self, self.position)
 
         # ----------------------------------------------------------------- motion
+        def next_motion(self) -> asyncio.Future:
+            """A future set to the :class:`Motion` of the next motion that starts (the
+            trigger a motion controller emits when the stage starts moving)."""
+            fut = asyncio.get_running_loop().create_future()
+            self._motion_waiters.append(fut)
+            return fut
+
+        def _motion_started(self, motion: Motion) -> None:
+            self._motion = motion
+            waiters, self._motion_waiters = self._motion_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(motion)
+
         def _start(self, dial_target: float, target_user: float | None = None,
                    homing: bool = False) -> asyncio.Event:
             """Aim the motion at ``dial_target``; start it if idle. Returns the event set
@@ -354,35 +406,54 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
             limit switch); holds while SPMG is Pause."""
             f = self.fields
             moving = False
-            while self._dial != self._target:
-                if _enum(f.stop_pause_move_go) == "Pause":
-                    if moving:
-                        moving = False
-                        await f.motor_is_moving.write(0, verify_value=False)
-                    await asyncio.sleep(TICK_S)
-                    continue
-                direction = 1 if self._target > self._dial else -1
-                if (direction > 0 and self.position >= hard_hi) or (direction < 0 and self.position <= hard_lo):
-                    self._target, self._target_user = self._dial, None  # on the switch: no motion
-                    break
-                if not moving:
-                    moving = True
-                    await f.motor_is_moving.write(1, verify_value=False)
-                if int(f.direction_of_travel.value) != int(direction > 0):
-                    await f.direction_of_travel.write(int(direction > 0), verify_value=False)
-                    await self._publish_msta(direction=direction)
-                speed = float((f.home_velocity if self._homing else f.velocity).value)
-                step = speed * TICK_S
-                new = self._target if abs(self._target - self._dial) <= step else self._dial + direction * step
-                # the stage ends at the hard limit switch
-                lo, hi = hard_lo - self._phys_minus_dial, hard_hi - self._phys_minus_dial
-                if new > hi or new < lo:
-                    new = min(max(new, lo), hi)
-                    self._target, self._target_user = new, None
-                arrived = new == self._target
-                await self._set_dial(new, self._target_user if arrived else None)
-                if not arrived:
-                    await asyncio.sleep(TICK_S)
+            anchor = None  # (t0, dial0, direction, speed, target): the stage is exact in time
+            motion = None
+            try:
+                while self._dial != self._target:
+                    if _enum(f.stop_pause_move_go) == "Pause":
+                        if moving:
+                            moving = False
+                            await f.motor_is_moving.write(0, verify_value=False)
+                        if anchor is not None and motion is not None:  # held where it is
+                            motion.add(time.monotonic(), self.position, 0.0, self.position)
+                        anchor = None
+                        await asyncio.sleep(TICK_S)
+                        continue
+                    direction = 1 if self._target > self._dial else -1
+                    if (direction > 0 and self.position >= hard_hi) or (direction < 0 and self.position <= hard_lo):
+                        self._target, self._target_user = self._dial, None  # on the switch: no motion
+                        break
+                    if not moving:
+                        moving = True
+                        await f.motor_is_moving.write(1, verify_value=False)
+                    if int(f.direction_of_travel.value) != int(direction > 0):
+                        await f.direction_of_travel.write(int(direction > 0), verify_value=False)
+                        await self._publish_msta(direction=direction)
+                    speed = float((f.home_velocity if self._homing else f.velocity).value)
+                    # the stage ends at the hard limit switch
+                    lo, hi = hard_lo - self._phys_minus_dial, hard_hi - self._phys_minus_dial
+                    end = min(max(self._target, lo), hi)
+                    now = time.monotonic()
+                    if anchor is None or anchor[2:] != (direction, speed, end):
+                        anchor = (now, self._dial, direction, speed, end)
+                        if motion is None:
+                            motion = Motion(now, self.position)
+                            self._motion_started(motion)
+                        motion.add(now, self.position, direction * speed,
+                                   end + self._phys_minus_dial)
+                    t0, d0 = anchor[0], anchor[1]
+                    new = d0 + direction * speed * (now - t0)
+                    if (new - end) * direction >= 0:
+                        new = end
+                    if end != self._target and new == end:
+                        self._target, self._target_user = end, None
+                    arrived = new == self._target
+                    await self._set_dial(new, self._target_user if arrived else None)
+                    if not arrived:
+                        await asyncio.sleep(TICK_S)
+            finally:
+                if motion is not None:  # at rest from now on (stopped, arrived, at a switch)
+                    motion.add(time.monotonic(), self.position, 0.0, self.position)
 
         async def _stop(self):
             """Stop at the current position: the motion (if any) ends at its next tick."""

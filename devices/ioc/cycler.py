@@ -89,7 +89,7 @@ class XRDDetector(BeamGateMixin, AreaDetectorGroup):
             self.simulator = XRDFrameSimulator(DetectorGeometry.binned(2048 // self.frame_shape[0]))
         return self.simulator
 
-    def make_frame(self, index):
+    def make_frame(self, index, t=None):
         cell = self.parent.cyc.cell
         phases = cell.lattice()
         tm = dict(cell.preset.transition_metals)

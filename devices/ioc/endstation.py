@@ -43,6 +43,16 @@ photons arrive (``SIM:BeamGate`` = 1, see below) a frame is the model's dark cur
 (``darks``, ≈100 counts) plus, with ``Noise=1``, the read noise N(0, 2 counts): what the camera
 records with the shutter closed.
 
+Fly scans: with ``SXDM:cam1:TriggerMode`` External, ``Acquire`` = 1 arms the detector and its
+trigger input is wired to the endstation controller's motion output of ``sample_x``: the series
+of ``NumImages`` frames starts when the next ``sample_x`` motion starts, frame ``i`` exposed
+from ``t_start + i · AcquirePeriod`` for ``AcquireTime`` (detector clock), and computed for
+where the stage was at mid-exposure (the motor record's motion is exact in time). A fly line at
+``VELO = step / AcquirePeriod`` starting half a step before the first raster point therefore
+puts frame ``i`` on raster point ``i``. Frames are computed as fast as the host allows and never
+before their exposure ended; the HDF5 plugin writes them in batches. The positions of every
+frame are in its NDAttributes, as with Internal triggers.
+
 Both detectors have the beam gate of
 :class:`~strainstream.devices.ioc._common.BeamGateMixin` (simulation controls, no real detector
 has them): ``SIM:BeamGate`` (default 0: the detectors ignore the beam), ``SIM:BeamMin_mA``,
@@ -59,7 +69,10 @@ Run: ``python -m strainstream.devices.ioc endstation --prefix SS: --port 5071 --
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
+import threading
+from collections import OrderedDict
 
 import numpy as np
 from caproto.server import PVGroup, SubGroup
@@ -68,7 +81,8 @@ from ._common import AreaDetectorGroup, BeamGateMixin, add_common_args, serve
 from ._motor import motor_group
 
 __all__ = ["EndstationIOC", "MOTORS", "SXDMDetector", "TXMCamera", "build", "main",
-           "sxdm_point_expected", "theta_bragg_deg", "zp_focus_mm"]
+           "pixel_q_components", "point_q", "sxdm_point_expected", "theta_bragg_deg",
+           "zp_focus_mm"]
 
 HC_EV_A = 12398.419843
 ENERGY0_EV = 8350.0
@@ -108,7 +122,9 @@ def _motor(name: str):
     return SubGroup(motor_group(name, egu, init, lo, hi, velo, desc), prefix=f"ES:{name}")
 
 
-def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float) -> np.ndarray:
+def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float, *,
+                        q: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                        point: tuple[np.ndarray, float] | None = None) -> np.ndarray:
     """Expected counts (rows, cols) of an SXDM simulation with the beam at one raster point.
 
     Parameters
@@ -118,15 +134,41 @@ def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float) -> np.n
         Raster coordinates (steps; fractional allowed).
     theta_deg : float
         Rocking angle (deg).
+    q : (qx, qy, qz), optional
+        The pixels' sample-frame Q at ``theta_deg`` (:func:`pixel_q_components`), when cached.
+    point : (mu, weight), optional
+        The particle's local Q and weight at the point (:func:`point_q`), when cached.
     """
-    f = sim.particle.fields(np.array([float(y_px)]), np.array([float(x_px)]))
-    mu = f["q_sample_A_inv"].reshape(3)
-    w = float(f["weight"][0])
-    q = sim.pixel_q_sample(float(theta_deg)).reshape(-1, 3)
+    qx, qy, qz = q if q is not None else pixel_q_components(sim, theta_deg)
+    mu, w = point if point is not None else point_q(sim, y_px, x_px)
     prec = np.array([sim.sigma_par_A_inv, sim.sigma_perp_A_inv, sim.sigma_perp_A_inv]) ** -2.0
-    d = q - mu
-    lam = sim.peak_max_counts * w * np.exp(-0.5 * (d * d * prec).sum(1)) + sim.background_counts
-    return lam.reshape(sim.shape)
+    # the forward model's Gaussian, term by term on contiguous arrays (same numbers)
+    acc = np.subtract(qx, mu[0])
+    np.multiply(acc, acc, out=acc)
+    acc *= prec[0]
+    tmp = np.empty_like(acc)
+    for comp, m, p in ((qy, mu[1], prec[1]), (qz, mu[2], prec[2])):
+        np.subtract(comp, m, out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        tmp *= p
+        acc += tmp
+    acc *= -0.5
+    np.exp(acc, out=acc)
+    acc *= sim.peak_max_counts * w
+    acc += sim.background_counts
+    return acc.reshape(sim.shape)
+
+
+def pixel_q_components(sim, theta_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The detector pixels' sample-frame Q (Å⁻¹) at ``theta_deg``: three contiguous arrays."""
+    q = sim.pixel_q_sample(float(theta_deg)).reshape(-1, 3)
+    return tuple(np.ascontiguousarray(q[:, j]) for j in range(3))
+
+
+def point_q(sim, y_px: float, x_px: float) -> tuple[np.ndarray, float]:
+    """The particle's local Q (3,) and diffracting weight at raster point (y_px, x_px)."""
+    f = sim.particle.fields(np.array([float(y_px)]), np.array([float(x_px)]))
+    return f["q_sample_A_inv"].reshape(3), float(f["weight"][0])
 
 
 class SXDMDetector(BeamGateMixin, AreaDetectorGroup):
@@ -140,10 +182,17 @@ class SXDMDetector(BeamGateMixin, AreaDetectorGroup):
         super().__init__(*args, **kwargs)
         self.material, self.state, self.raster = "SC-NM91", "charged", 32
         self._sims: dict[float, object] = {}
+        self._q_cache: OrderedDict = OrderedDict()  # (energy, theta) -> pixel Q components
+        self._point_cache: OrderedDict = OrderedDict()  # (energy, y_px, x_px) -> (mu, weight)
+        self._cache_lock = threading.Lock()  # frames are computed in executor threads
+        self._fly_motion = None  # the sample_x motion that triggered the series (External)
 
     def configure_sample(self, material: str, state: str, raster: int) -> None:
         self.material, self.state, self.raster = material, state, int(raster)
         self._sims.clear()
+        with self._cache_lock:
+            self._q_cache.clear()
+            self._point_cache.clear()
 
     def simulation(self, energy_eV: float):
         """The forward-model set-up for ``energy_eV`` (cached per energy)."""
@@ -160,10 +209,40 @@ class SXDMDetector(BeamGateMixin, AreaDetectorGroup):
             self._sims[key] = sim
         return sim
 
-    def make_frame(self, index):
+    def _cached(self, cache: OrderedDict, key: tuple, size: int, compute):
+        with self._cache_lock:
+            value = cache.get(key)
+            if value is not None:
+                cache.move_to_end(key)
+                return value
+        value = compute()
+        with self._cache_lock:
+            cache[key] = value
+            while len(cache) > size:
+                cache.popitem(last=False)
+        return value
+
+    def arm_trigger(self) -> asyncio.Future:
+        """The trigger input is wired to the endstation controller's motion output of
+        ``sample_x``: the pulse comes when its next motion starts (a fly line)."""
+        out = asyncio.get_running_loop().create_future()
+        motion = self.parent.sample_x.next_motion()
+
+        def started(fut):
+            if fut.cancelled() or out.done():
+                return
+            self._fly_motion = fut.result()
+            out.set_result(self._fly_motion.start_time)
+
+        motion.add_done_callback(started)
+        out.add_done_callback(lambda f: motion.cancel() if f.cancelled() else None)
+        return out
+
+    def make_frame(self, index, t=None):
         es = self.parent
-        x, y = es.sample_x.position, es.sample_y.position
-        th, e = es.theta.position, es.energy.position
+        motion = self._fly_motion if t is not None else None
+        x = motion.position(t) if motion is not None else es.sample_x.position
+        y, th, e = es.sample_y.position, es.theta.position, es.energy.position
         sim = self.simulation(e)
         step = sim.particle.step_nm
         noise, seed = bool(self.Noise.value), [int(self.Seed.value), int(index)]
@@ -173,9 +252,15 @@ class SXDMDetector(BeamGateMixin, AreaDetectorGroup):
         if not beam_on:  # no photons: zeros (a photon counter has no dark current)
             shape = self.frame_shape
             return (lambda: np.zeros(shape, np.uint32)), scalars
+        y_px, x_px = y * 1000.0 / step, x * 1000.0 / step
+        ekey = round(float(e), 6)
 
         def compute():
-            lam = sxdm_point_expected(sim, y * 1000.0 / step, x * 1000.0 / step, th)
+            q = self._cached(self._q_cache, (ekey, float(th)), 8,
+                             lambda: pixel_q_components(sim, th))
+            point = self._cached(self._point_cache, (ekey, y_px, x_px), 65536,
+                                 lambda: point_q(sim, y_px, x_px))
+            lam = sxdm_point_expected(sim, y_px, x_px, th, q=q, point=point)
             if noise:
                 return np.random.default_rng(seed).poisson(lam).astype(np.uint32)
             return np.rint(lam).astype(np.uint32)
@@ -200,7 +285,7 @@ class TXMCamera(BeamGateMixin, AreaDetectorGroup):
 
         self.sample = particle_sample(self.frame_shape)
 
-    def make_frame(self, index):
+    def make_frame(self, index, t=None):
         from strainstream.sim.txm_images import simulate_txm_scan
 
         es = self.parent

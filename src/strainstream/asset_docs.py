@@ -19,6 +19,8 @@ pairs each event with the datum it references, so seq_num and frame index stay e
 - a ``descriptor`` whose data key is ``external: "FILESTORE:"`` is passed on with
   ``external: "STREAM:"`` and, for one frame per point, the frame shape without the leading
   ``num_images`` axis ophyd adds;
+- an ``event_page`` referencing no datum passes through whole (a fly scan's page, whose frames
+  come in its own StreamDatum ranges);
 - an ``event`` (or ``event_page``) referencing a datum is passed on without that key, followed
   by one ``stream_resource`` (first time a resource is used by a descriptor) and one
   ``stream_datum`` (``indices`` = ``point_number`` × ``frame_per_point`` ..., ``seq_nums`` =
@@ -162,6 +164,10 @@ class DatumToStream:
             self._emit_stream(key, datum_id, doc)
 
     def _event_page(self, doc) -> None:
+        external = self._external.get(doc["descriptor"], {})
+        if not any(k in doc["data"] for k in external):  # (a fly scan's page: STREAM: frames)
+            self.callback("event_page", doc)  # nothing to convert: one document, one write
+            return
         for event in unpack_event_page(doc):
             self._event(event)
 

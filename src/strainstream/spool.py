@@ -161,6 +161,11 @@ def complete_partial_run(client, uid: str, docs: list[dict], unsent: list[tuple[
     for _, name, doc in unsent:
         if name == "event":
             rows_by_stream.setdefault(names.get(doc["descriptor"]), []).append(row_from_event(doc))
+        elif name == "event_page":  # a fly scan's line
+            from event_model import unpack_event_page
+
+            rows_by_stream.setdefault(names.get(doc["descriptor"]), []).extend(
+                row_from_event(ev) for ev in unpack_event_page(doc))
     n = register_stream_datums(run, docs, {i for i, name, _ in unsent if name == "stream_datum"},
                                names, uid, say)
     for stream, rows in rows_by_stream.items():

@@ -1,0 +1,229 @@
+"""Fly scanning with a stock areaDetector: one raster line = one triggered series of frames.
+
+:class:`FlyLine` is a bluesky *flyer* (``kickoff``/``complete``/``collect``) made of the
+detector (:class:`~strainstream.devices.detectors.IOCAreaDetector`, ophyd's stock
+areaDetector classes) and the motor the line runs along (ophyd's ``EpicsMotor``). For each line
+the plan calls :meth:`FlyLine.prepare` (where the line starts and ends, how many frames, the
+event rows), then
+
+- ``kickoff``: arms the detector (``cam1:Acquire`` = 1 with ``TriggerMode`` External and
+  ``NumImages`` frames; the put completes when the series is written), waits until it reports
+  armed (``DetectorState_RBV`` Acquire), then starts the motor's move: the motion controller's
+  output triggers the series (on a real beamline: its position-compare / trajectory output
+  wired to the detector's trigger input, set up by the beamline profile);
+- ``complete``: done when the move has ended and the detector's put has completed; then
+  ``HDF1:NumCaptured_RBV`` must have grown by the line's frames (a frame the plugin did not
+  write fails the line, naming the file and the counts);
+- ``collect``: one ``stream_resource`` per file and one ``stream_datum`` per line (the frame
+  range), one ``event_page`` per line (the rows given to :meth:`prepare`: indices,
+  positions). The frames never travel through Channel Access or inside documents.
+
+The detector settings (``TriggerMode``, ``NumImages``, ``AcquirePeriod``, ``AcquireTime``) and
+the motor's ``VELO`` are set by the plan (``strainstream.plans.sxdm.sxdm_fly_map``), which
+puts them back when it ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from event_model import compose_stream_resource
+from ophyd.status import Status
+
+from strainstream.errors import StrainstreamError
+
+from ._ioc import ioc_guard
+
+__all__ = ["FlyLine", "FlyLineError"]
+
+#: time the detector has to report armed after the Acquire put (s)
+ARM_TIMEOUT_S = 10.0
+
+
+class FlyLineError(StrainstreamError, RuntimeError):
+    """A fly line that did not record all its frames (detector, file or motor)."""
+
+
+class FlyLine:
+    """A bluesky flyer: one raster line of ``n`` frames per kickoff/complete/collect.
+
+    Parameters
+    ----------
+    detector : IOCAreaDetector
+        The area detector (staged by the plan: its HDF5 file open).
+    motor : EpicsMotor
+        The motor the line runs along.
+    row_keys : mapping
+        ``{key: dtype}`` ("number" or "integer") of the event rows given to :meth:`prepare`.
+    name : str
+        Name of the flyer (``object_name`` of its data keys).
+    """
+
+    def __init__(self, detector: Any, motor: Any, row_keys: Mapping[str, str], *,
+                 name: str = "fly") -> None:
+        self.detector = detector
+        self.motor = motor
+        self.name = name
+        self.parent = None
+        self.row_keys = dict(row_keys)
+        self._line: dict[str, Any] | None = None
+        self._complete: Status | None = None
+        self._resource = None  # (series path, ComposeStreamResource bundle)
+        self._collected: list[tuple[int, int, dict[str, list]]] = []  # (start, stop, rows)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ set-up
+    def prepare(self, *, stop: float, n: int, rows: Mapping[str, Sequence[Any]]) -> None:
+        """Define the next line: the motor moves to ``stop`` while the detector takes ``n``
+        frames; ``rows`` are the ``n`` event rows (``{key: n values}``, keys of ``row_keys``)."""
+        if n < 1:
+            raise ValueError(f"{self.name}: a line needs at least one frame, got {n}")
+        missing = set(self.row_keys) - set(rows)
+        if missing:
+            raise ValueError(f"{self.name}: rows lack {sorted(missing)}")
+        bad = {k: len(v) for k, v in rows.items() if len(v) != n}
+        if bad:
+            raise ValueError(f"{self.name}: every row key needs {n} values, got {bad}")
+        self._line = {"stop": float(stop), "n": int(n),
+                      "rows": {k: list(rows[k]) for k in self.row_keys}}
+
+    # ------------------------------------------------------------------ flyer
+    def kickoff(self) -> Status:
+        """Arm the detector, then start the line's move (in a thread: CA puts wait)."""
+        line = self._line
+        if line is None:
+            raise RuntimeError(f"{self.name}: kickoff() before prepare()")
+        det = self.detector
+        if det._series_path is None:
+            raise RuntimeError(f"{self.name}: the detector is not staged (no HDF5 file open)")
+        kicked, done = Status(obj=self), Status(obj=self)
+        self._complete = done
+        state: dict[str, Any] = {}
+
+        def finish_when_both():
+            if state.get("acquired") and state.get("moved") and not done.done:
+                self._check_written(line, state["first"])
+                if not done.done:
+                    done.set_finished()
+
+        def fail(exc: BaseException) -> None:
+            for st in (kicked, done):
+                if not st.done:
+                    st.set_exception(exc)
+
+        def acquired(*args, **kwargs):
+            state["acquired"] = True
+            threading.Thread(target=lambda: _guarded(finish_when_both, fail), daemon=True).start()
+
+        def moved(status):
+            if status.success:
+                state["moved"] = True
+                threading.Thread(target=lambda: _guarded(finish_when_both, fail), daemon=True).start()
+            else:
+                fail(FlyLineError(f"{self.name}: the {self.motor.name} move of the line failed: "
+                                  f"{status.exception()}"))
+
+        def run():
+            with ioc_guard(det):
+                state["first"] = int(det.hdf1.num_captured.get(use_monitor=False))
+                det._check_series()
+                det.cam.acquire.put(1, use_complete=True, callback=acquired)
+                t_end = time.monotonic() + ARM_TIMEOUT_S
+                while det.cam.detector_state.get(use_monitor=False, as_string=True) != "Acquire":
+                    if time.monotonic() > t_end:
+                        raise FlyLineError(f"{det.name}: not armed {ARM_TIMEOUT_S:g} s after "
+                                           f"{det.cam.acquire.pvname} = 1 (DetectorState_RBV "
+                                           f"{det.cam.detector_state.get(as_string=True)!r})")
+                    time.sleep(0.002)
+            self.motor.set(line["stop"]).add_callback(moved)
+            kicked.set_finished()
+
+        threading.Thread(target=lambda: _guarded(run, fail), daemon=True,
+                         name=f"{self.name}-kickoff").start()
+        return kicked
+
+    def complete(self) -> Status:
+        if self._complete is None:
+            raise RuntimeError(f"{self.name}: complete() before kickoff()")
+        return self._complete
+
+    def _check_written(self, line: dict[str, Any], first: int) -> None:
+        det = self.detector
+        with ioc_guard(det):
+            n_file = int(det.hdf1.num_captured.get(use_monitor=False))
+        if n_file < first + line["n"]:
+            raise FlyLineError(
+                f"{det.name}: the line wrote {n_file - first} of its {line['n']} frames to "
+                f"{det._series_path} (HDF1:NumCaptured_RBV {n_file}; WriteMessage "
+                f"{det._write_message()!r})")
+        with self._lock:
+            self._collected.append((first, first + line["n"], line["rows"]))
+        self._line = None
+
+    # ------------------------------------------------------------------ documents
+    def describe_collect(self) -> dict[str, dict]:
+        det = self.detector
+        with ioc_guard(det):
+            rows = int(det.cam.array_size.array_size_y.get())
+            cols = int(det.cam.array_size.array_size_x.get())
+        keys: dict[str, dict] = {
+            det.image_key: {"source": f"PV:{det.prefix}HDF1:FullFileName_RBV", "dtype": "array",
+                            "shape": [rows, cols], "dtype_numpy": det.dtype.str,
+                            "external": "STREAM:"},
+        }
+        for key, kind in self.row_keys.items():
+            keys[key] = {"source": f"{self.name}:{key}", "dtype": kind, "shape": [],
+                         "dtype_numpy": "<i8" if kind == "integer" else "<f8"}
+        return keys
+
+    def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
+        det = self.detector
+        with self._lock:
+            lines, self._collected = self._collected, []
+        self._pages = lines
+        path = det._series_path
+        for start, stop, _ in lines:
+            if self._resource is None or self._resource[0] != path:
+                bundle = compose_stream_resource(
+                    mimetype="application/x-hdf5", uri=f"file://localhost{path}",
+                    data_key=det.image_key,
+                    parameters={"dataset": "/entry/data/data", "swmr": True,
+                                "chunk_shape": [1, *self._frame_shape()]})
+                self._resource = (path, bundle)
+                yield "stream_resource", bundle.stream_resource_doc
+            yield "stream_datum", self._resource[1].compose_stream_datum(
+                indices={"start": start, "stop": stop})
+
+    def collect_pages(self) -> Iterator[dict]:
+        lines = getattr(self, "_pages", [])
+        self._pages = []
+        for _, _, rows in lines:
+            n = len(next(iter(rows.values())))
+            now = time.time()
+            yield {"data": {k: [_plain(v) for v in vals] for k, vals in rows.items()},
+                   "timestamps": {k: [now] * n for k in rows}}
+
+    def _frame_shape(self) -> list[int]:
+        det = self.detector
+        with ioc_guard(det):
+            return [int(det.cam.array_size.array_size_y.get()),
+                    int(det.cam.array_size.array_size_x.get())]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def _guarded(fn, fail) -> None:
+    try:
+        fn()
+    except Exception as exc:  # reported through the statuses, never lost in a thread
+        fail(exc)

@@ -1,0 +1,108 @@
+"""sxdm_fly_map against the simulated endstation IOC: the detector in TriggerMode External,
+triggered by the start of each sample_x line move; one StreamDatum range and one event page
+per line; frames on the raster points; the same live maps as the step plan."""
+
+from __future__ import annotations
+
+import copy
+
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from strainstream.asset_docs import DatumToStream
+from strainstream.callbacks.router import make_callbacks
+from strainstream.callbacks.sinks import MemorySink
+from strainstream.plans.sxdm import sxdm_fly_map
+from strainstream.sim.sxdm_frames import particle_preset
+
+pytestmark = pytest.mark.system
+
+NX, NY = 6, 4
+N_THETA = 9
+STEP_UM = 0.05
+Y0, X0 = 10, 20  # a 4×6 window of the IOC's 32×32 particle (see test_sxdm_plan.py)
+X_CENTER_UM, Y_CENTER_UM = (X0 + (NX - 1) / 2) * STEP_UM, (Y0 + (NY - 1) / 2) * STEP_UM
+PARAMS = {"register": False}
+PERIOD_S = 0.004
+
+
+@pytest.fixture(scope="module")
+def fly_docs(sim_devices):
+    from strainstream.devices.ioc.endstation import theta_bragg_deg
+
+    det, es, beam = sim_devices["sxdm"], sim_devices["es"], sim_devices["beam"]
+    beam.shutter.open().wait(10)
+    energy = float(es.energy.position)
+    velo0 = float(es.sample_x.velocity.get())
+    docs = []
+    RE = RunEngine({})
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, copy.deepcopy(d)))))
+    RE(sxdm_fly_map(det, es, theta_center_deg=round(theta_bragg_deg(energy), 4),
+                    theta_half_range_deg=0.4, n_theta=N_THETA, x_center_um=X_CENTER_UM,
+                    y_center_um=Y_CENTER_UM, nx=NX, ny=NY, step_nm=50.0, period_s=PERIOD_S,
+                    md={"sample": "SC-NM91 charged", "analysis_parameters": {"sxdm": PARAMS}}))
+    return docs, velo0
+
+
+def test_one_datum_range_and_one_event_page_per_line(fly_docs, sim_devices):
+    docs, velo0 = fly_docs
+    names = [n for n, _ in docs]
+    start = docs[0][1]
+    assert start["plan_name"] == "sxdm_fly_map" and start["experiment"] == "sxdm"
+    assert start["fly"]["velocity_um_s"] == pytest.approx(STEP_UM / PERIOD_S)
+    lines = N_THETA * NY
+    assert names.count("event_page") == lines and names.count("stream_datum") == lines
+    assert names.count("stream_resource") == 1 and "event" not in names
+    assert docs[-1][1]["exit_status"] == "success"
+    datums = [d for n, d in docs if n == "stream_datum"]
+    pages = [d for n, d in docs if n == "event_page"]
+    assert [(d["indices"]["start"], d["indices"]["stop"]) for d in datums] == \
+        [(k * NX, (k + 1) * NX) for k in range(lines)]
+    assert [(d["seq_nums"]["start"], d["seq_nums"]["stop"]) for d in datums] == \
+        [(1 + k * NX, 1 + (k + 1) * NX) for k in range(lines)]
+    assert [p["seq_num"] for p in pages] == [list(range(1 + k * NX, 1 + (k + 1) * NX)) for k in range(lines)]
+    assert pages[0]["data"]["sxdm_ix"] == list(range(NX))
+    assert pages[1]["data"]["sxdm_ix"] == list(range(NX - 1, -1, -1))  # snake
+    # the plan put back the detector's trigger mode and the motor's speed
+    det, es = sim_devices["sxdm"], sim_devices["es"]
+    assert det.cam.trigger_mode.get(as_string=True) == "Internal"
+    assert float(es.sample_x.velocity.get()) == pytest.approx(velo0)
+
+
+def test_every_frame_was_taken_on_its_raster_point(fly_docs):
+    """The IOC records where the stage was at each frame's mid-exposure: the run-up of half a
+    step and VELO = step / period put frame i of a line on raster point i (to rounding)."""
+    docs, _ = fly_docs
+    res = next(d for n, d in docs if n == "stream_resource")
+    path = res["uri"][len("file://localhost"):]
+    pages = [d for n, d in docs if n == "event_page"]
+    with h5py.File(path, "r", swmr=True, locking=False) as f:
+        att = {k: v[()] for k, v in f["/entry/instrument/NDAttributes"].items()}
+        n_frames = f["/entry/data/data"].shape[0]
+    assert n_frames == N_THETA * NY * NX
+    x_planned = np.concatenate([p["data"]["es_sample_x"] for p in pages])
+    y_planned = np.concatenate([p["data"]["es_sample_y"] for p in pages])
+    np.testing.assert_allclose(att["sample_x_um"], x_planned, atol=1e-9)
+    np.testing.assert_allclose(att["sample_y_um"], y_planned, atol=1e-9)
+
+
+def test_fly_map_gives_the_step_maps_truth(fly_docs):
+    docs, _ = fly_docs
+    sinks = {}
+    (cb,) = make_callbacks(docs[0][1], lambda name: sinks.setdefault(name, MemorySink()))
+    for n, d in docs:
+        cb(n, d)
+    sink = sinks["sxdm"]
+    assert len(sink.rows) == N_THETA * NY * NX and not any(r["flag"] for r in sink.rows)
+    a = sink.arrays
+    assert a["mask"].all(), (a["flags"], sink.summary["message"])
+    pt = particle_preset("SC-NM91", "charged", ny=32, nx=32)
+    y, x = np.meshgrid(np.arange(Y0, Y0 + NY * 1.0), np.arange(X0, X0 + NX * 1.0), indexing="ij")
+    truth = pt.fields(y, x)
+    # the step map's tolerances (tests/plans/test_sxdm_plan.py)
+    np.testing.assert_allclose(a["d_spacing_A"], truth["d_spacing_A"], rtol=1e-4)
+    np.testing.assert_allclose(a["tilt_xy_deg"], truth["tilt_xy_deg"], atol=0.005)
+    np.testing.assert_allclose(a["tilt_xz_deg"], truth["tilt_xz_deg"], atol=0.005)
+    assert sink.summary["angles_done"] == N_THETA
