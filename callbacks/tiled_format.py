@@ -423,12 +423,75 @@ def _recording(cls: type) -> type:
     return Recording
 
 
+def _normalized_event_page(self, doc) -> None:
+    """RunNormalizer.event_page: normalize each row as ``event`` does, emit one page."""
+    from event_model import DocumentNames, pack_event_page, unpack_event_page
+
+    rows: list[dict] = []
+    emit = self.emit
+
+    def collect(name, d):
+        if name == DocumentNames.event:
+            rows.append(d)
+        else:
+            emit(name, d)
+
+    self.emit = collect
+    try:
+        for event in unpack_event_page(doc):
+            self.event(event)
+    finally:
+        del self.emit  # back to the class's method
+    if rows:
+        emit(DocumentNames.event_page, pack_event_page(*rows))
+
+
+def _run_writer_event_page(self, doc) -> None:
+    """_RunWriter.event_page: the page's rows in the cache, then one table write (not one per
+    row, as ``event`` does at batch_size=1)."""
+    from event_model import unpack_event_page
+
+    desc_node = self._desc_nodes[doc["descriptor"]]
+    data_cache = self._internal_data_cache[desc_node.item["id"]]
+    for event in unpack_event_page(doc):
+        row = {"seq_num": event["seq_num"], "time": event["time"], **event["data"]}
+        row.update({f"ts_{k}": v for k, v in event["timestamps"].items()})
+        data_cache.append(row)
+    if data_cache and len(data_cache) >= self._batch_size:
+        self._write_internal_data(data_cache, desc_node=desc_node)
+        data_cache.clear()
+
+
+def _install_page_writes() -> None:
+    """bluesky-tiled-plugins (2.0.12) writes an event page row by row at batch_size=1: both
+    its RunNormalizer and its _RunWriter unpack pages into events. A fly scan's line (one
+    page of N rows) then costs N table writes and N updates for every subscriber. Patched
+    here: one normalized page, one table write (the rows, types and seq_nums are those the
+    row-by-row path writes). Skipped if the classes are not the ones this was written for."""
+    from bluesky_tiled_plugins.writing import tiled_writer as tw
+
+    writer, normalizer = tw._RunWriter, tw.RunNormalizer
+    if getattr(writer, "_strainstream_pages", False):
+        return
+    needed = ("_desc_nodes", "_internal_data_cache", "_write_internal_data", "_batch_size")
+    if not all(n in writer.__init__.__code__.co_names or hasattr(writer, n) for n in needed):
+        logger.warning("bluesky_tiled_plugins' _RunWriter is not the one strainstream knows: "
+                       "event pages are written row by row")
+        return
+    normalizer.event_page = _normalized_event_page
+    writer.event_page = _run_writer_event_page
+    writer._strainstream_pages = True
+
+
 def install_consolidators() -> None:
-    """Make TiledWriter record each HDF5 StreamDatum in its node's data source (idempotent).
+    """Make TiledWriter record each HDF5 StreamDatum in its node's data source (idempotent),
+    and write an event page in one request (:func:`_install_page_writes`).
 
     Adds the record to the data-source update the writer sends anyway (no extra request);
     readers of runs written before keep working (:class:`ExternalFrames`, case 2)."""
     from bluesky_tiled_plugins.writing.consolidators import CONSOLIDATOR_REGISTRY, HDF5Consolidator
+
+    _install_page_writes()
 
     current = CONSOLIDATOR_REGISTRY["application/x-hdf5"]
     if current in _RECORDING.values():

@@ -378,6 +378,7 @@ def sxdm_fly_map(
         yield from bps.mv(*[x for pair in settings for x in pair])
         yield from bps.open_run(md=_md)
         yield from bps.declare_stream(flyer, name="primary", collect=True)
+        x_at = None  # where the last line left sample_x (snake: the next line's start)
         for it, th in enumerate(thetas):
             yield from bps.checkpoint()
             yield from bps.mv(es.theta, float(th))
@@ -387,7 +388,10 @@ def sxdm_fly_map(
                 order = np.arange(nx - 1, -1, -1) if snake and iy % 2 else np.arange(nx)
                 direction = -1.0 if order[0] > order[-1] else 1.0
                 start, stop = xs[order[0]] - direction * half, xs[order[-1]] + direction * half
-                yield from bps.mv(es.sample_x, float(start), es.sample_y, float(ys[iy]))
+                if x_at is not None and abs(x_at - start) <= 1e-9:  # already there
+                    yield from bps.mv(es.sample_y, float(ys[iy]))
+                else:
+                    yield from bps.mv(es.sample_x, float(start), es.sample_y, float(ys[iy]))
                 flyer.prepare(stop=float(stop), n=int(nx), rows={
                     keys["theta"]: [theta_rbv] * nx, keys["x"]: [float(xs[i]) for i in order],
                     keys["y"]: [float(ys[iy])] * nx, keys["itheta"]: [it] * nx,
@@ -395,6 +399,7 @@ def sxdm_fly_map(
                 yield from bps.kickoff(flyer, wait=True)
                 yield from bps.complete(flyer, wait=True)
                 yield from bps.collect(flyer, name="primary")
+                x_at = float(stop)
         yield from bps.close_run()
 
     def restore():

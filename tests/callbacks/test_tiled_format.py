@@ -164,3 +164,65 @@ def test_rows_and_events_round_trip(catalog, monkeypatch):
     assert all(isinstance(e["seq_num"], int) for e in events)
     back = row_from_event(events[1])
     assert back == {"seq_num": 2, "time": events[1]["time"], "x": 2.0, "ts_x": 3.0}
+
+
+def test_an_event_page_is_one_table_write_with_the_rows_of_its_events(catalog, monkeypatch):
+    """A fly scan's line (one event page of N rows, its frames in one StreamDatum range) is
+    written in one table append, with exactly the rows the row-by-row path writes."""
+    from bluesky_tiled_plugins.writing import tiled_writer as tw
+    from event_model import pack_event_page
+
+    client, det = catalog
+    install_consolidators()
+    appends = []
+    original = tw._RunWriter._write_internal_data
+    monkeypatch.setattr(tw._RunWriter, "_write_internal_data",
+                        lambda self, cache, desc_node: (appends.append(len(cache)),
+                                                        original(self, cache, desc_node=desc_node)))
+    n_lines, per_line = 3, 4
+    path = det / "fly.h5"
+    with h5py.File(path, "w") as f:
+        f[DATASET] = _frames(n_lines * per_line)
+
+    def write(paged: bool) -> list[dict]:
+        writer = TiledWriter(client, batch_size=1)
+        start = {"uid": str(uuid.uuid4()), "time": time.time()}
+        writer("start", start)
+        desc = {"uid": str(uuid.uuid4()), "run_start": start["uid"], "name": "primary", "time": 1.0,
+                "data_keys": {"x": {"source": "fly", "shape": [], "dtype": "number"},
+                              "ix": {"source": "fly", "shape": [], "dtype": "integer"},
+                              "det_image": {"source": "sim", "shape": list(SHAPE), "dtype": "array",
+                                            "dtype_numpy": "<f4", "external": "STREAM:"}},
+                "object_keys": {"fly": ["x", "ix", "det_image"]}, "configuration": {}, "hints": {}}
+        writer("descriptor", desc)
+        sres = {"uid": str(uuid.uuid4()), "run_start": start["uid"], "data_key": "det_image",
+                "mimetype": "application/x-hdf5", "uri": f"file://localhost{path}",
+                "parameters": {"dataset": DATASET, "chunk_shape": [1, *SHAPE], "locking": False}}
+        writer("stream_resource", sres)
+        for line in range(n_lines):
+            first = line * per_line
+            writer("stream_datum", {"uid": str(uuid.uuid4()), "stream_resource": sres["uid"],
+                                    "descriptor": desc["uid"],
+                                    "indices": {"start": first, "stop": first + per_line},
+                                    "seq_nums": {"start": first + 1, "stop": first + per_line + 1}})
+            events = [{"uid": f"{line}-{k}", "descriptor": desc["uid"], "seq_num": first + k + 1,
+                       "time": 100.0 + first + k, "data": {"x": 0.05 * k, "ix": k},
+                       "timestamps": {"x": 7.0, "ix": 7.0}, "filled": {}} for k in range(per_line)]
+            if paged:
+                writer("event_page", pack_event_page(*events))
+            else:
+                for ev in events:
+                    writer("event", ev)
+        writer("stop", {"uid": str(uuid.uuid4()), "run_start": start["uid"], "time": time.time(),
+                        "exit_status": "success"})
+        run = client[start["uid"]].base
+        frames = stream_container(run, "primary")["det_image"].read()
+        np.testing.assert_array_equal(frames, _frames(n_lines * per_line))
+        return rows_of(stream_container(run, "primary")["internal"].read())
+
+    by_row = write(paged=False)
+    assert appends == [1] * (n_lines * per_line)
+    appends.clear()
+    by_page = write(paged=True)
+    assert appends == [per_line] * n_lines
+    assert by_page == by_row

@@ -1,0 +1,184 @@
+"""Fly-scan SXDM end to end: frames/s from the first frame written to the last map row in tiled.
+
+Starts a real tiled server (embedded default: SQLite + memory streaming cache), a worker
+process and the simulated beamline's IOCs (the endstation's SXDM detector at ``--shape``²,
+its particle ``--raster`` points a side), then runs
+:func:`strainstream.plans.sxdm.sxdm_fly_map` over the whole particle (``--raster``² points ×
+``--angles`` rocking angles, one frame every ``--period-ms``) through a RunEngine session
+into tiled while the worker maps it live.
+
+    python benchmarks/bench_sxdm_fly.py [--json] [--quick] [--shape 256] [--raster 40]
+                                        [--angles 41] [--period-ms 2] [--beside-demo]
+
+``--json`` prints one JSON object: ``frames`` (frames recorded), ``frames_per_s`` (frames /
+time from the first frame written to the last map row visible in tiled), ``max_lag_lines``
+(the most raster lines the scan had finished beyond a line when that line's last result
+row became visible in tiled), ``events_analysed`` (result rows, i.e. frames analysed),
+``map_shape`` ([ny, nx] of the published maps); and ``scan_frames_per_s`` (frames / scan
+time, RunEngine side), ``lag_s_p50``/``lag_s_max`` (line written -> its rows visible),
+``period_ms``, ``frame_shape``, ``beside_demo``.
+
+The first frame's time is the first line's trigger (its motion start), taken as the time
+the first line's StreamDatum was emitted minus the line's frames × period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_latency import demo_beside  # noqa: E402
+
+from strainstream.beamline import Beamline  # noqa: E402
+from strainstream.callbacks.sinks import DERIVED  # noqa: E402
+from strainstream.datadir import detector_dir  # noqa: E402
+from strainstream.server import TiledServer  # noqa: E402
+from strainstream.session import make_session  # noqa: E402
+from strainstream.worker import websockets_use_api_key  # noqa: E402
+from strainstream.workerproc import WorkerProcess  # noqa: E402
+
+
+class RowTimes:
+    """Subscribe to derived/<run>/<analysis> tables and note when each seq_num arrives."""
+
+    def __init__(self, root, analysis: str) -> None:
+        self.root, self.analysis = root, analysis
+        self.times: dict[int, float] = {}
+        self.subs = []
+        self.lock = threading.Lock()
+
+    def _table(self, update) -> None:
+        now = time.time()
+        df = update.data()
+        with self.lock:
+            for s in df["seq_num"].tolist():
+                self.times.setdefault(int(s), now)
+
+    def _run_child(self, update) -> None:
+        if update.key != self.analysis:
+            return
+        sub = update.child().subscribe()
+        sub.new_data.add_callback(self._table)
+        self.subs.append(sub)
+        sub.start_in_thread(0)
+
+    def _derived_child(self, update) -> None:
+        sub = update.child().subscribe()
+        sub.child_created.add_callback(self._run_child)
+        self.subs.append(sub)
+        sub.start_in_thread(0)
+
+    def start(self) -> RowTimes:
+        if DERIVED not in self.root:
+            self.root.create_container(DERIVED)
+        sub = self.root[DERIVED].subscribe()
+        sub.child_created.add_callback(self._derived_child)
+        self.subs.append(sub)
+        sub.start_in_thread()
+        return self
+
+    def close(self) -> None:
+        for s in self.subs:
+            s.disconnect(wait=False)
+
+
+def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str) -> dict:
+    from strainstream.devices.ioc.endstation import theta_bragg_deg
+    from strainstream.plans.sxdm import sxdm_fly_map
+
+    n_frames = raster * raster * angles
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(TiledServer(data_dir))
+        stack.enter_context(WorkerProcess(server.uri, server.api_key, data_dir))
+        bl = stack.enter_context(Beamline(Path(data_dir) / "iocs", sxdm_shape=shape, startup_timeout_s=120,
+                                          extra_args={"endstation": ["--sxdm-raster", str(raster)]}))
+        devices = bl.devices(write_dir=detector_dir(data_dir))
+        for name in ("sxdm", "es", "beam"):
+            devices[name].wait_for_connection(timeout=30)
+        root = server.client()
+        websockets_use_api_key(root)
+        rows = RowTimes(root, "sxdm").start()
+        session = make_session(server.uri, server.api_key, progress=False, spool_dir=f"{data_dir}/spool")
+        line_times: list[float] = []
+        session.RE.subscribe(lambda name, doc: line_times.append(time.time()) if name == "stream_datum" else None)
+        es = devices["es"]
+        step_nm = 50.0
+        centre = (raster - 1) / 2 * step_nm / 1000.0
+        theta = round(theta_bragg_deg(float(es.energy.position)), 4)
+        t_run = time.time()
+        (uid,) = session.RE(sxdm_fly_map(devices["sxdm"], es, theta_center_deg=theta,
+                                         theta_half_range_deg=0.6, n_theta=angles,
+                                         x_center_um=centre, y_center_um=centre, nx=raster,
+                                         ny=raster, step_nm=step_nm, period_s=period_ms / 1000.0,
+                                         md={"sample": "SC-NM91 charged particle (simulated)"}))
+        t_scan = time.time() - t_run
+        deadline = time.time() + max(600.0, 10 * t_scan)
+        while len(rows.times) < n_frames and time.time() < deadline:
+            time.sleep(0.2)
+        t_end = max(rows.times.values()) if rows.times else float("nan")
+        rows.close()
+        entry = root[DERIVED][uid]["sxdm"]
+        events = len(entry.read())
+        maps = root[DERIVED][uid]["sxdm_arrays"] if "sxdm_arrays" in root[DERIVED][uid] else None
+        map_shape = None
+        if maps is not None:
+            key = next((k for k in ("strain", "d_spacing_A") if k in maps), None)
+            map_shape = list(maps[key].shape) if key else None
+    t_first = line_times[0] - raster * period_ms / 1000.0
+    # lag in lines: when line k's last row became visible, how many later lines were written
+    lags_lines, lags_s = [], []
+    for k, t_written in enumerate(line_times):
+        seqs = range(k * raster + 1, (k + 1) * raster + 1)
+        if not all(s in rows.times for s in seqs):
+            continue
+        t_vis = max(rows.times[s] for s in seqs)
+        lags_s.append(t_vis - t_written)
+        lags_lines.append(sum(1 for t in line_times[k + 1:] if t < t_vis))
+    return {
+        "frames": n_frames,
+        "frames_per_s": n_frames / (t_end - t_first),
+        "max_lag_lines": int(max(lags_lines)) if lags_lines else None,
+        "events_analysed": int(events),
+        "map_shape": map_shape,
+        "scan_frames_per_s": n_frames / t_scan,
+        "lag_s_p50": float(np.percentile(lags_s, 50)) if lags_s else None,
+        "lag_s_max": float(max(lags_s)) if lags_s else None,
+        "period_ms": period_ms,
+        "frame_shape": [shape, shape],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="one JSON object")
+    ap.add_argument("--quick", action="store_true", help="16 x 16 raster x 10 angles (2,560 frames)")
+    ap.add_argument("--shape", type=int, default=256, help="SXDM frame rows = cols (default 256)")
+    ap.add_argument("--raster", type=int, default=40, help="raster points a side (default 40)")
+    ap.add_argument("--angles", type=int, default=41, help="rocking angles (default 41)")
+    ap.add_argument("--period-ms", type=float, default=2.0, help="frame period, ms (default 2: 500 Hz)")
+    ap.add_argument("--beside-demo", action="store_true", help="run a second demo beside it (load)")
+    args = ap.parse_args()
+    raster, angles = (16, 10) if args.quick else (args.raster, args.angles)
+    with demo_beside(args.beside_demo), tempfile.TemporaryDirectory() as d:
+        out = run(args.shape, raster, angles, args.period_ms, os.path.join(d, "data"))
+    out["beside_demo"] = args.beside_demo
+    if args.json:
+        print(json.dumps(out))
+        return
+    for k, v in out.items():
+        print(f"{k:>18}: {v}")
+
+
+if __name__ == "__main__":
+    main()
