@@ -104,27 +104,36 @@ class FlyLine:
         self._complete = done
         state: dict[str, Any] = {}
 
-        def finish_when_both():
-            if state.get("acquired") and state.get("moved") and not done.done:
-                self._check_written(line, state["first"])
-                if not done.done:
-                    done.set_finished()
+        once = threading.Lock()
 
-        def fail(exc: BaseException) -> None:
+        def finish_when_both():  # called by both completions; the second one finishes
+            with once:
+                if not (state.get("acquired") and state.get("moved")) or state.get("checked"):
+                    return
+                state["checked"] = True
+            self._check_written(line, state["first"])
+            if not done.done:
+                done.set_finished()
+
+        def fail(exc: BaseException) -> None:  # before the move started: both fail
             for st in (kicked, done):
                 if not st.done:
                     st.set_exception(exc)
 
+        def fail_line(exc: BaseException) -> None:  # the line itself
+            if not done.done:
+                done.set_exception(exc)
+
         def acquired(*args, **kwargs):
             state["acquired"] = True
-            threading.Thread(target=lambda: _guarded(finish_when_both, fail), daemon=True).start()
+            threading.Thread(target=lambda: _guarded(finish_when_both, fail_line), daemon=True).start()
 
         def moved(status):
             if status.success:
                 state["moved"] = True
-                threading.Thread(target=lambda: _guarded(finish_when_both, fail), daemon=True).start()
+                threading.Thread(target=lambda: _guarded(finish_when_both, fail_line), daemon=True).start()
             else:
-                fail(FlyLineError(f"{self.name}: the {self.motor.name} move of the line failed: "
+                fail_line(FlyLineError(f"{self.name}: the {self.motor.name} move of the line failed: "
                                   f"{status.exception()}"))
 
         def run():

@@ -1,0 +1,112 @@
+"""FlyLine (devices.flyers) with stand-in detector and motor: the documents of a line and
+its failure modes, without an IOC."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from ophyd.status import Status
+
+from strainstream.devices.flyers import FlyLine, FlyLineError
+
+
+class _Sig:
+    def __init__(self, value, pvname="X"):
+        self.value, self.pvname = value, pvname
+
+    def get(self, **kwargs):
+        return self.value
+
+
+class _Acquire(_Sig):
+    def __init__(self, det):
+        super().__init__(0, "SS:SXDM:cam1:Acquire")
+        self.det = det
+
+    def put(self, value, use_complete=False, callback=None):
+        self.det.cam.detector_state.value = "Acquire"
+
+        def take():  # the series: frames written, then the put completes
+            self.det.hdf1.num_captured.value += self.det.frames_per_put
+            callback()
+
+        threading.Thread(target=take).start()
+
+
+class _Det:
+    name, prefix, image_key, dtype = "sxdm", "SS:SXDM:", "sxdm_image", np.dtype("uint32")
+    ioc_name, ioc_address = "endstation", None
+
+    def __init__(self, frames_per_put):
+        self.frames_per_put = frames_per_put
+        self._series_path = "/data/sxdm_000000.h5"
+        self.hdf1 = type("H", (), {})()
+        self.hdf1.num_captured = _Sig(0)
+        self.cam = type("C", (), {})()
+        self.cam.detector_state = _Sig("Idle")
+        self.cam.acquire = _Acquire(self)
+        self.cam.array_size = type("A", (), {})()
+        self.cam.array_size.array_size_y, self.cam.array_size.array_size_x = _Sig(8), _Sig(6)
+
+    def _check_series(self):
+        pass
+
+    def _write_message(self):
+        return ""
+
+    def ioc_error(self, exc):
+        return exc
+
+
+class _Motor:
+    name = "es_sample_x"
+
+    def set(self, value):
+        st = Status()
+        threading.Thread(target=st.set_finished).start()  # ends with the frames' thread
+        return st
+
+
+def _line(fly, n, k):
+    fly.prepare(stop=1.0, n=n, rows={"ix": list(range(n)), "x": [0.05 * i for i in range(n)]})
+    fly.kickoff().wait(5)
+    fly.complete().wait(5)
+    docs = list(fly.collect_asset_docs())
+    pages = list(fly.collect_pages())
+    return docs, pages
+
+
+def test_each_line_is_collected_once_with_its_frame_range():
+    """The detector's and the motor's completions race (two threads): the line is still
+    checked and collected exactly once (it was collected twice now and then: an extra
+    StreamDatum past the file's end)."""
+    n = 5
+    fly = FlyLine(_Det(n), _Motor(), {"ix": "integer", "x": "number"}, name="sxdm_fly")
+    keys = fly.describe_collect()
+    assert keys["sxdm_image"]["external"] == "STREAM:" and keys["sxdm_image"]["shape"] == [8, 6]
+    assert keys["ix"]["dtype"] == "integer"
+    for k in range(40):
+        docs, pages = _line(fly, n, k)
+        names = [name for name, _ in docs]
+        assert names == (["stream_resource"] if k == 0 else []) + ["stream_datum"]
+        assert docs[-1][1]["indices"] == {"start": k * n, "stop": (k + 1) * n}
+        assert len(pages) == 1 and pages[0]["data"]["ix"] == list(range(n))
+
+
+def test_a_line_whose_frames_did_not_all_reach_the_file_fails_named():
+    fly = FlyLine(_Det(3), _Motor(), {"ix": "integer"}, name="sxdm_fly")
+    fly.prepare(stop=1.0, n=5, rows={"ix": list(range(5))})
+    fly.kickoff().wait(5)
+    with pytest.raises(FlyLineError, match=r"sxdm: the line wrote 3 of its 5 frames to /data/sxdm_000000.h5"):
+        fly.complete().wait(5)
+    assert list(fly.collect_asset_docs()) == []  # nothing recorded for the failed line
+
+
+def test_prepare_refuses_rows_that_do_not_match_the_line():
+    fly = FlyLine(_Det(3), _Motor(), {"ix": "integer", "x": "number"})
+    with pytest.raises(ValueError, match="rows lack"):
+        fly.prepare(stop=1.0, n=3, rows={"ix": [0, 1, 2]})
+    with pytest.raises(ValueError, match="needs 3 values"):
+        fly.prepare(stop=1.0, n=3, rows={"ix": [0, 1, 2], "x": [0.0]})
