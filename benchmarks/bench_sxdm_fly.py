@@ -101,7 +101,8 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str) -
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(TiledServer(data_dir))
         stack.enter_context(WorkerProcess(server.uri, server.api_key, data_dir))
-        bl = stack.enter_context(Beamline(Path(data_dir) / "iocs", sxdm_shape=shape, startup_timeout_s=120,
+        bl = stack.enter_context(Beamline(Path(data_dir) / "iocs", iocs=("endstation", "beam"),
+                                          sxdm_shape=shape, startup_timeout_s=120,
                                           extra_args={"endstation": ["--sxdm-raster", str(raster)]}))
         devices = bl.devices(write_dir=detector_dir(data_dir))
         for name in ("sxdm", "es", "beam"):

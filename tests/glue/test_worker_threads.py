@@ -26,3 +26,34 @@ def test_expected_subscription_endings_are_quiet_others_are_not(monkeypatch, cap
     _raise_in_thread("other-thread", RuntimeError("cannot schedule new futures after shutdown"))
     err = capsys.readouterr().err
     assert err.count("Traceback") == 2 and "something else" in err
+
+
+def test_the_watchdog_pings_through_one_http_client(monkeypatch):
+    """The worker pings the server every 0.5 s; a new httpx client per ping builds an SSL
+    context each time (a quarter of the worker's CPU during a fly scan). One client serves
+    all pings, and a server that does not answer is reported, not raised."""
+    import types
+
+    import httpx
+
+    from strainstream.worker import Worker
+
+    made, asked = [], []
+
+    class Client:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def get(self, url):
+            asked.append(url)
+            if len(asked) == 3:
+                raise httpx.ConnectError("refused")
+            return types.SimpleNamespace(status_code=200)
+
+    monkeypatch.setattr(httpx, "Client", Client)
+    worker = types.SimpleNamespace(
+        root=types.SimpleNamespace(context=types.SimpleNamespace(api_uri="http://127.0.0.1:8000/api/v1/")),
+        _ping_client=None)
+    results = [Worker._ping(worker) for _ in range(4)]
+    assert results == [True, True, False, True]
+    assert len(made) == 1 and asked == ["http://127.0.0.1:8000/healthz"] * 4
