@@ -94,3 +94,85 @@ def test_a_10k_frame_fly_map_live_matches_the_particle_and_replays(fly_beamline,
     assert r.returncode == 0, r.stderr
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_a_worker_killed_during_a_fly_map_gives_the_maps_of_an_uninterrupted_pass(fly_beamline, tiled_server):
+    """SIGKILL the worker at random moments of a fly map (mid-line included): the restarted
+    worker rebuilds the raster lines from the committed rows and the frames, so the final maps
+    and rows equal a replay of the whole run, bit for bit, every frame analysed once."""
+    import random
+    import signal
+    import threading
+
+    from strainstream.callbacks.sinks import DERIVED
+    from strainstream.datadir import detector_dir
+    from strainstream.devices.ioc.endstation import theta_bragg_deg
+    from strainstream.plans.sxdm import sxdm_fly_map
+    from strainstream.workerproc import WorkerProcess
+
+    server = tiled_server
+    raster, n_theta = 16, 12
+    n = raster * raster * n_theta
+    devices = fly_beamline.devices(write_dir=detector_dir(server.data_dir))
+    for name in ("sxdm", "es", "beam"):
+        devices[name].wait_for_connection(timeout=30)
+    es = devices["es"]
+    root = server.client()
+    uids: list[str] = []
+    kills: list[int] = []
+    done = threading.Event()
+    rng = random.Random(7)
+
+    def committed() -> int:
+        if not uids or DERIVED not in root or uids[0] not in root[DERIVED] \
+                or "sxdm" not in root[DERIVED][uids[0]]:
+            return 0
+        return len(root[DERIVED][uids[0]]["sxdm"].read())
+
+    errors: list[BaseException] = []
+
+    def killer():
+        try:
+            kill_workers()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+
+    def kill_workers():
+        while not done.is_set():
+            w = WorkerProcess(server.uri, server.api_key, server.data_dir).start(wait=False)
+            try:
+                w.wait_ready(60)
+            except RuntimeError:
+                w.kill()
+                continue
+            if done.wait(rng.uniform(0.5, 2.0)):
+                w.kill()
+                break
+            w.process.send_signal(signal.SIGKILL)
+            w.process.wait()
+            kills.append(committed())
+
+    session = make_session(server.uri, server.api_key, progress=False, spool_dir=server.data_dir / "spool")
+    session.RE.subscribe(lambda name, doc: uids.append(doc["uid"]) if name == "start" else None)
+    centre = (8 + (raster - 1) / 2) * STEP_NM / 1000.0  # a 16 × 16 window of the particle
+    theta = round(theta_bragg_deg(float(es.energy.position)), 4)
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        (uid,) = session.RE(sxdm_fly_map(devices["sxdm"], es, theta_center_deg=theta,
+                                         theta_half_range_deg=0.5, n_theta=n_theta, x_center_um=centre,
+                                         y_center_um=centre, nx=raster, ny=raster, step_nm=STEP_NM,
+                                         period_s=PERIOD_S))
+    finally:
+        done.set()
+        t.join()
+    assert not errors, errors
+    mid_run = [k for k in kills if 0 < k < n]
+    assert len(mid_run) >= 2, f"committed rows at each kill: {kills}"
+    with WorkerProcess(server.uri, server.api_key, server.data_dir).start(wait=True) as final:
+        results = wait_for_results(root, uid, n, timeout_s=300)
+    final.kill()
+    raw = root[DERIVED][uid]["sxdm"].read()
+    assert sorted(set(raw["seq_num"].tolist())) == list(range(1, n + 1))
+    assert results["analyses"]["sxdm"]["n_rows"] == n
+    assert replay_run(root[uid]) == results
