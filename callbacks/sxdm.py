@@ -10,7 +10,8 @@ are published with :meth:`~strainstream.callbacks.base.AnalysisCallback.publish_
 (``intensity``, ``mask``, ``d_spacing_A``, ``strain``, ``tilt_xy_deg``, ``tilt_xz_deg``,
 ``flags``, ``shifts_px``; NaN outside the mask) with metadata ``angles_done``,
 ``theta_deg_done``, ``n_angles``, ``n_frames``, ``final``, ``step_nm``, ``d_mean_A``,
-``messages``; the final maps and the particle statistics (the summary) at the stop document.
+``messages``, ``incomplete_lines`` (``[itheta, iy, frames]`` of every raster line mapped with
+fewer than ``nx`` frames: a fly line cut short, a point never taken); the final maps and the particle statistics (the summary) at the stop document.
 
 Resume: a restarted worker is fed the run's events again; events already committed produce
 no new row, but :meth:`SXDMCallback.restore` puts their frames (if their row was not flagged)
@@ -135,6 +136,7 @@ class SXDMCallback(AnalysisCallback):
         self._line_item: tuple | None = None
         self._frame_shape: tuple[int, ...] | None = None
         self.angles_done = 0
+        self.incomplete_lines: list[list[int]] = []  # [itheta, iy, frames] of lines mapped short
         self.final_maps = None
         self._final_error = ""
 
@@ -267,6 +269,7 @@ class SXDMCallback(AnalysisCallback):
             if 0 < len(line) < self.nx:
                 logger.warning("sxdm: raster line (θ %d, iy %d) mapped with %d of %d frames",
                                it, iy, len(line), self.nx)
+                self.incomplete_lines.append([int(it), int(iy), len(line)])
             self._lines.pop((it, iy), None)
             ixs = sorted(i for i, f in line.items() if f is not None)
             if ixs:
@@ -295,7 +298,8 @@ class SXDMCallback(AnalysisCallback):
         meta = {"angles_done": int(self.angles_done), "n_angles": int(self.theta_planned.size),
                 "theta_deg_done": [float(t) for t in done], "n_frames": int(maps.n_frames),
                 "final": bool(final), "step_nm": self.step_nm, "d_mean_A": maps.d_mean_A,
-                "n_pixels": int(maps.mask.sum()), "messages": list(maps.messages)}
+                "n_pixels": int(maps.mask.sum()), "messages": list(maps.messages),
+                "incomplete_lines": [list(x) for x in self.incomplete_lines]}
         self.publish_arrays(arrays, meta)
         if final:
             self.final_maps = maps
@@ -319,5 +323,5 @@ class SXDMCallback(AnalysisCallback):
         out.update(n_frames=int(maps.n_frames) if maps is not None else 0,
                    frames_flagged=len(self.rows) - good,
                    angles_done=int(self.angles_done), n_angles=int(self.theta_planned.size),
-                   step_nm=self.step_nm, message=message)
+                   lines_incomplete=len(self.incomplete_lines), step_nm=self.step_nm, message=message)
         return out

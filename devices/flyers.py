@@ -25,6 +25,7 @@ puts them back when it ends.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 from event_model import compose_stream_resource
 from ophyd.status import Status
+from ophyd.utils.errors import DisconnectedError
 
 from strainstream.errors import StrainstreamError
 
@@ -75,11 +77,14 @@ class FlyLine:
         self._resource = None  # (series path, ComposeStreamResource bundle)
         self._collected: list[tuple[int, int, dict[str, list]]] = []  # (start, stop, rows)
         self._lock = threading.Lock()
+        self._shape: list[int] | None = None  # frame rows, cols
 
     # ------------------------------------------------------------------ set-up
-    def prepare(self, *, stop: float, n: int, rows: Mapping[str, Sequence[Any]]) -> None:
+    def prepare(self, *, stop: float, n: int, rows: Mapping[str, Sequence[Any]],
+                period_s: float = 0.0) -> None:
         """Define the next line: the motor moves to ``stop`` while the detector takes ``n``
-        frames; ``rows`` are the ``n`` event rows (``{key: n values}``, keys of ``row_keys``)."""
+        frames ``period_s`` apart; ``rows`` are the ``n`` event rows (``{key: n values}``, keys
+        of ``row_keys``)."""
         if n < 1:
             raise ValueError(f"{self.name}: a line needs at least one frame, got {n}")
         missing = set(self.row_keys) - set(rows)
@@ -88,7 +93,7 @@ class FlyLine:
         bad = {k: len(v) for k, v in rows.items() if len(v) != n}
         if bad:
             raise ValueError(f"{self.name}: every row key needs {n} values, got {bad}")
-        self._line = {"stop": float(stop), "n": int(n),
+        self._line = {"stop": float(stop), "n": int(n), "period_s": float(period_s),
                       "rows": {k: list(rows[k]) for k in self.row_keys}}
 
     # ------------------------------------------------------------------ flyer
@@ -111,7 +116,14 @@ class FlyLine:
                 if not (state.get("acquired") and state.get("moved")) or state.get("checked"):
                     return
                 state["checked"] = True
-            self._check_written(line, state["first"])
+            try:
+                self._check_written(line, state["first"])
+            except Exception as exc:  # frames missing: keep those written, fail the line
+                state["captured"] = max(state.get("captured", 0), getattr(exc, "n_file", 0))
+                self._keep_partial(line, state)
+                if not done.done:
+                    done.set_exception(exc)
+                return
             if not done.done:
                 done.set_finished()
 
@@ -121,8 +133,33 @@ class FlyLine:
                     st.set_exception(exc)
 
         def fail_line(exc: BaseException) -> None:  # the line itself
-            if not done.done:
-                done.set_exception(exc)
+            with once:
+                if done.done or state.get("checked"):
+                    return
+                state["checked"] = True
+            self._keep_partial(line, state)  # the frames that reached the file stay recorded
+            done.set_exception(exc)
+
+        def on_captured(value=None, **kwargs):  # HDF1:NumCaptured_RBV monitor
+            if value is not None:
+                state["captured"] = max(int(value), state.get("captured", 0))
+
+        def on_meta(*, connected=None, **kwargs):  # the IOC died during the line
+            if connected is False and not done.done:
+                fail_line(det.ioc_error(DisconnectedError(
+                    f"{det.cam.acquire.pvname} disconnected during the fly line")))
+
+        def timed_out():
+            fail_line(det.ioc_error(TimeoutError(
+                f"{self.name}: the line of {line['n']} frames did not end within {limit:.0f} s")))
+
+        limit = line["n"] * line["period_s"] + det.acquire_timeout_s
+        timer = threading.Timer(limit, timed_out)
+        timer.daemon = True
+        acquire, captured = det.cam.acquire, det.hdf1.num_captured
+        subs = [(acquire, acquire.subscribe(on_meta, event_type=acquire.SUB_META, run=False)),
+                (captured, captured.subscribe(on_captured, run=False))]
+        done.add_callback(lambda st: (timer.cancel(), [sig.unsubscribe(cid) for sig, cid in subs]))
 
         def acquired(*args, **kwargs):
             state["acquired"] = True
@@ -139,6 +176,7 @@ class FlyLine:
         def run():
             with ioc_guard(det):
                 state["first"] = int(det.hdf1.num_captured.get(use_monitor=False))
+                state["captured"] = max(state["first"], state.get("captured", 0))
                 det._check_series()
                 det.cam.acquire.put(1, use_complete=True, callback=acquired)
                 t_end = time.monotonic() + ARM_TIMEOUT_S
@@ -149,6 +187,7 @@ class FlyLine:
                                            f"{det.cam.detector_state.get(as_string=True)!r})")
                     time.sleep(0.002)
             self.motor.set(line["stop"]).add_callback(moved)
+            timer.start()
             kicked.set_finished()
 
         threading.Thread(target=lambda: _guarded(run, fail), daemon=True,
@@ -160,15 +199,32 @@ class FlyLine:
             raise RuntimeError(f"{self.name}: complete() before kickoff()")
         return self._complete
 
+    def _keep_partial(self, line: dict[str, Any], state: dict[str, Any]) -> None:
+        """A line that failed (IOC died, frames missing): record the frames that reached the
+        file, the first ones of the line: as many as the file holds when it is readable here
+        (a frame written just before the IOC died may not have reached ``NumCaptured_RBV``),
+        else as many as ``NumCaptured_RBV``'s last update said."""
+        first = state.get("first")
+        if first is None:
+            return
+        written = max(int(state.get("captured", first)), _frames_in_file(self.detector._series_path))
+        k = min(written - first, line["n"])
+        if k > 0:
+            with self._lock:
+                self._collected.append((first, first + k, {key: v[:k] for key, v in line["rows"].items()}))
+        self._line = None
+
     def _check_written(self, line: dict[str, Any], first: int) -> None:
         det = self.detector
         with ioc_guard(det):
             n_file = int(det.hdf1.num_captured.get(use_monitor=False))
         if n_file < first + line["n"]:
-            raise FlyLineError(
+            exc = FlyLineError(
                 f"{det.name}: the line wrote {n_file - first} of its {line['n']} frames to "
                 f"{det._series_path} (HDF1:NumCaptured_RBV {n_file}; WriteMessage "
                 f"{det._write_message()!r})")
+            exc.n_file = n_file
+            raise exc
         with self._lock:
             self._collected.append((first, first + line["n"], line["rows"]))
         self._line = None
@@ -176,9 +232,8 @@ class FlyLine:
     # ------------------------------------------------------------------ documents
     def describe_collect(self) -> dict[str, dict]:
         det = self.detector
-        with ioc_guard(det):
-            rows = int(det.cam.array_size.array_size_y.get())
-            cols = int(det.cam.array_size.array_size_x.get())
+        self._shape = None
+        rows, cols = self._frame_shape()
         keys: dict[str, dict] = {
             det.image_key: {"source": f"PV:{det.prefix}HDF1:FullFileName_RBV", "dtype": "array",
                             "shape": [rows, cols], "dtype_numpy": det.dtype.str,
@@ -217,10 +272,25 @@ class FlyLine:
                    "timestamps": {k: [now] * n for k in rows}}
 
     def _frame_shape(self) -> list[int]:
-        det = self.detector
-        with ioc_guard(det):
-            return [int(det.cam.array_size.array_size_y.get()),
-                    int(det.cam.array_size.array_size_x.get())]
+        if self._shape is None:  # (read by describe_collect: a dead IOC is not asked again)
+            det = self.detector
+            with ioc_guard(det):
+                self._shape = [int(det.cam.array_size.array_size_y.get()),
+                               int(det.cam.array_size.array_size_x.get())]
+        return self._shape
+
+
+def _frames_in_file(path: str | None, dataset: str = "/entry/data/data") -> int:
+    """Frames in the detector's HDF5 file, when it is readable from here; else 0."""
+    if not path or not os.path.isfile(path):
+        return 0
+    try:
+        import h5py
+
+        with h5py.File(path, "r", swmr=True, locking=False) as f:
+            return int(f[dataset].shape[0])
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 def _plain(value: Any) -> Any:

@@ -19,6 +19,7 @@ event keys hold θ, the indices and the frames) and ``num_points`` for progress.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,8 @@ from ophyd.status import Status
 
 from ._common import ad_frame_shape, base_metadata, beam_suspenders, preflight
 from ._common import open_shutter as _open_shutter
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DETECTOR_GEOMETRY_KEYS", "find_bragg", "raster_positions", "simulated_detector_geometry",
            "sxdm_fly_map", "sxdm_map"]
@@ -392,19 +395,28 @@ def sxdm_fly_map(
                     yield from bps.mv(es.sample_y, float(ys[iy]))
                 else:
                     yield from bps.mv(es.sample_x, float(start), es.sample_y, float(ys[iy]))
-                flyer.prepare(stop=float(stop), n=int(nx), rows={
+                flyer.prepare(stop=float(stop), n=int(nx), period_s=float(period_s), rows={
                     keys["theta"]: [theta_rbv] * nx, keys["x"]: [float(xs[i]) for i in order],
                     keys["y"]: [float(ys[iy])] * nx, keys["itheta"]: [it] * nx,
                     keys["iy"]: [iy] * nx, keys["ix"]: [int(i) for i in order]})
-                yield from bps.kickoff(flyer, wait=True)
-                yield from bps.complete(flyer, wait=True)
+                try:
+                    yield from bps.kickoff(flyer, wait=True)
+                    yield from bps.complete(flyer, wait=True)
+                except Exception:  # a failed line's frames that reached the file are recorded too
+                    yield from bps.collect(flyer, name="primary")
+                    raise
                 yield from bps.collect(flyer, name="primary")
                 x_at = float(stop)
         yield from bps.close_run()
 
     def restore():
-        if found:  # the detector's and motor's settings as the plan found them
-            yield from bps.mv(*[x for pair in found for x in pair])
+        # the detector's and motor's settings as the plan found them; one that cannot be put
+        # back (its IOC died: the reason the run failed) does not hide that reason
+        for sig, value in found:
+            try:
+                yield from bps.mv(sig, value)
+            except Exception as exc:
+                logger.warning("sxdm_fly_map: %s not put back to %r: %s", sig.name, value, exc)
 
     yield from preflight([detector], int(n_theta * ny * nx))
     return (yield from bpp.finalize_wrapper(bpp.stage_wrapper(body(), [detector]), restore()))

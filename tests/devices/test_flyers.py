@@ -13,11 +13,33 @@ from strainstream.devices.flyers import FlyLine, FlyLineError
 
 
 class _Sig:
+    SUB_META = "meta"
+
     def __init__(self, value, pvname="X"):
         self.value, self.pvname = value, pvname
+        self.subs: dict[int, tuple] = {}
 
     def get(self, **kwargs):
         return self.value
+
+    def subscribe(self, cb, event_type=None, run=True):
+        cid = len(self.subs) + 1
+        self.subs[cid] = (event_type, cb)
+        return cid
+
+    def unsubscribe(self, cid):
+        self.subs.pop(cid, None)
+
+    def update(self, value):
+        self.value = value
+        for event_type, cb in list(self.subs.values()):
+            if event_type is None:
+                cb(value=value)
+
+    def disconnect(self):
+        for event_type, cb in list(self.subs.values()):
+            if event_type == self.SUB_META:
+                cb(connected=False)
 
 
 class _Acquire(_Sig):
@@ -29,7 +51,11 @@ class _Acquire(_Sig):
         self.det.cam.detector_state.value = "Acquire"
 
         def take():  # the series: frames written, then the put completes
-            self.det.hdf1.num_captured.value += self.det.frames_per_put
+            if self.det.dies_after is not None:  # the IOC dies mid-line
+                self.det.hdf1.num_captured.update(self.det.hdf1.num_captured.value + self.det.dies_after)
+                self.disconnect()
+                return
+            self.det.hdf1.num_captured.update(self.det.hdf1.num_captured.value + self.det.frames_per_put)
             callback()
 
         threading.Thread(target=take).start()
@@ -38,9 +64,10 @@ class _Acquire(_Sig):
 class _Det:
     name, prefix, image_key, dtype = "sxdm", "SS:SXDM:", "sxdm_image", np.dtype("uint32")
     ioc_name, ioc_address = "endstation", None
+    acquire_timeout_s = 5.0
 
-    def __init__(self, frames_per_put):
-        self.frames_per_put = frames_per_put
+    def __init__(self, frames_per_put, dies_after=None):
+        self.frames_per_put, self.dies_after = frames_per_put, dies_after
         self._series_path = "/data/sxdm_000000.h5"
         self.hdf1 = type("H", (), {})()
         self.hdf1.num_captured = _Sig(0)
@@ -63,9 +90,13 @@ class _Det:
 class _Motor:
     name = "es_sample_x"
 
+    def __init__(self, ends=True):
+        self.ends = ends
+
     def set(self, value):
         st = Status()
-        threading.Thread(target=st.set_finished).start()  # ends with the frames' thread
+        if self.ends:  # (a motor whose IOC died never ends its move)
+            threading.Thread(target=st.set_finished).start()  # ends with the frames' thread
         return st
 
 
@@ -101,7 +132,24 @@ def test_a_line_whose_frames_did_not_all_reach_the_file_fails_named():
     fly.kickoff().wait(5)
     with pytest.raises(FlyLineError, match=r"sxdm: the line wrote 3 of its 5 frames to /data/sxdm_000000.h5"):
         fly.complete().wait(5)
-    assert list(fly.collect_asset_docs()) == []  # nothing recorded for the failed line
+    # the 3 frames in the file stay recorded, with the first 3 rows of the line
+    (sr, sd) = list(fly.collect_asset_docs())
+    assert sd[1]["indices"] == {"start": 0, "stop": 3}
+    assert [p["data"]["ix"] for p in fly.collect_pages()] == [[0, 1, 2]]
+
+
+def test_an_ioc_that_dies_mid_line_fails_it_named_and_keeps_the_frames_written():
+    """The detector IOC dies after writing 4 of 10 frames: neither its Acquire put nor the
+    motor's move ever completes; the disconnection fails the line at once, naming the IOC,
+    and the 4 frames it reported written are recorded (a StreamDatum and 4 rows)."""
+    fly = FlyLine(_Det(10, dies_after=4), _Motor(ends=False), {"ix": "integer"}, name="sxdm_fly")
+    fly.prepare(stop=1.0, n=10, rows={"ix": list(range(10))}, period_s=0.002)
+    fly.kickoff().wait(5)
+    with pytest.raises(Exception, match="SS:SXDM:cam1:Acquire disconnected during the fly line"):
+        fly.complete().wait(5)
+    (sr, sd) = list(fly.collect_asset_docs())
+    assert sd[1]["indices"] == {"start": 0, "stop": 4}
+    assert [p["data"]["ix"] for p in fly.collect_pages()] == [[0, 1, 2, 3]]
 
 
 def test_prepare_refuses_rows_that_do_not_match_the_line():

@@ -106,3 +106,33 @@ def test_fly_map_gives_the_step_maps_truth(fly_docs):
     np.testing.assert_allclose(a["tilt_xy_deg"], truth["tilt_xy_deg"], atol=0.005)
     np.testing.assert_allclose(a["tilt_xz_deg"], truth["tilt_xz_deg"], atol=0.005)
     assert sink.summary["angles_done"] == N_THETA
+
+
+
+def test_a_line_cut_short_is_mapped_and_named_incomplete(fly_docs):
+    """A fly line whose series was cut short (an IOC that died mid-line: the plan records the
+    frames that reached the file) goes into the maps with the frames it has, and the published
+    maps and the summary name it."""
+    docs, _ = fly_docs
+    cut = 5  # the 6th line (θ 1, iy 1) keeps its first 2 frames
+    keep = 2
+    out, line = [], -1
+    for n, d in docs:
+        if n == "stream_datum":
+            line += 1
+            if line == cut:
+                d = dict(d, indices={"start": d["indices"]["start"], "stop": d["indices"]["start"] + keep},
+                         seq_nums={"start": d["seq_nums"]["start"], "stop": d["seq_nums"]["start"] + keep})
+        elif n == "event_page" and line == cut:
+            d = dict(d, seq_num=d["seq_num"][:keep], time=d["time"][:keep], uid=d["uid"][:keep],
+                     data={k: v[:keep] for k, v in d["data"].items()},
+                     timestamps={k: v[:keep] for k, v in d["timestamps"].items()})
+        out.append((n, d))
+    sinks = {}
+    (cb,) = make_callbacks(out[0][1], lambda name: sinks.setdefault(name, MemorySink()))
+    for n, d in out:
+        cb(n, d)
+    sink = sinks["sxdm"]
+    assert len(sink.rows) == N_THETA * NY * NX - (NX - keep)
+    assert sink.arrays_metadata["incomplete_lines"] == [[1, 1, keep]]
+    assert sink.summary["lines_incomplete"] == 1
