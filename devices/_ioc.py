@@ -66,12 +66,21 @@ class IOCNotAnswering(StrainstreamError, TimeoutError):
 _IOC_ERRORS = (TimeoutError, DisconnectedError, ChannelAccessException)
 
 
+def _existing_signals(device: Any) -> list:
+    """The signals of ``device`` and its sub-devices that exist now. Never instantiates a
+    lazy one: that would wait for its PV (ophyd's ``walk_signals`` does, for the lazy
+    signals of sub-devices), and naming a dead IOC's error must not touch the IOC."""
+    out = []
+    for sig in list(getattr(device, "_signals", {}).values()):
+        out.extend(_existing_signals(sig) if hasattr(sig, "_signals") else [sig])
+    return out
+
+
 def _pv_from(exc: BaseException, device: Device) -> str | None:
     """The PV an ophyd error is about: by PV name, or by the ophyd name of one of our signals."""
     text = str(exc)
     best, best_len = None, 0
-    for walk in device.walk_signals(include_lazy=False):
-        sig = walk.item
+    for sig in _existing_signals(device):
         for attr in ("pvname", "setpoint_pvname"):
             pv = getattr(sig, attr, None)
             if isinstance(pv, str) and pv and pv in text and len(pv) > best_len:

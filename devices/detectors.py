@@ -383,6 +383,14 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
         self._frames_referenced = 0
         self.acquire_timeout_s = float(acquire_timeout_s)
 
+    def _repr_info(self):
+        # ophyd's repr lists the read/configuration attributes, creating every lazy signal
+        # (waiting for its PV): bluesky logs each message with its object, so a log line naming
+        # the detector after its IOC died raised ophyd's TimeoutError inside the RunEngine,
+        # which then ended the run without its stop document. Prefix and name only.
+        yield ("prefix", self.prefix)
+        yield ("name", self.name)
+
     def wait_for_connection(self, all_signals=False, timeout=2.0):
         super().wait_for_connection(all_signals=all_signals, timeout=timeout)
         try:
@@ -456,6 +464,11 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
 
     def unstage(self):
         try:
+            if not self.cam.acquire.connected:  # the IOC is gone: nothing can be put back
+                # (ophyd would try, and fail in its set threads with a raw TimeoutError that
+                # replaces the run's own error and can keep the RunEngine from its stop document)
+                raise self.ioc_error(DisconnectedError(f"{self.cam.acquire.pvname} is disconnected; "
+                                                       "the detector's settings were not put back"))
             with ioc_guard(self):
                 return super().unstage()
         except IOCNotAnswering:

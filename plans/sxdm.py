@@ -413,6 +413,9 @@ def sxdm_fly_map(
         # the detector's and motor's settings as the plan found them; one that cannot be put
         # back (its IOC died: the reason the run failed) does not hide that reason
         for sig, value in found:
+            if not getattr(sig, "connected", True):  # no put to a dead IOC (its set would fail
+                logger.warning("sxdm_fly_map: %s not put back to %r: disconnected", sig.name, value)
+                continue  # in a thread, and that error would replace the run's own)
             try:
                 yield from bps.mv(sig, value)
             except Exception as exc:

@@ -136,3 +136,59 @@ def test_a_line_cut_short_is_mapped_and_named_incomplete(fly_docs):
     assert len(sink.rows) == N_THETA * NY * NX - (NX - keep)
     assert sink.arrays_metadata["incomplete_lines"] == [[1, 1, keep]]
     assert sink.summary["lines_incomplete"] == 1
+
+
+def test_a_detector_ioc_killed_mid_line_loses_no_frame_of_the_file(sim_beamline, sim_devices):
+    """SIGKILL the endstation IOC (detector and motors) in the middle of a fly line: the run
+    fails naming the IOC, every frame that reached the file is recorded (the last line's
+    StreamDatum stops where the file does), and the live map lists that line as incomplete."""
+    import threading
+
+    from strainstream.devices.ioc.endstation import theta_bragg_deg
+
+    det, es = sim_devices["sxdm"], sim_devices["es"]
+    energy = float(es.energy.position)
+    nx, period = 30, 0.02  # 0.6 s per line
+    docs = []
+    RE = RunEngine({})
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, copy.deepcopy(d)))))
+
+    def kill_mid_line():  # in the 3rd line (after 2 StreamDatums), 0.25 s into it
+        while sum(n == "stream_datum" for n, _ in docs) < 2:
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.35)
+        sim_beamline.kill("endstation")
+
+    killer = threading.Thread(target=kill_mid_line)
+    killer.start()
+    try:
+        with pytest.raises(Exception, match=r"endstation IOC at \S+ \(prefix SS:SXDM:\) not answering"):
+            RE(sxdm_fly_map(det, es, theta_center_deg=round(theta_bragg_deg(energy), 4),
+                            theta_half_range_deg=0.4, n_theta=2, x_center_um=X_CENTER_UM,
+                            y_center_um=Y_CENTER_UM, nx=nx, ny=NY, step_nm=50.0, period_s=period,
+                            md={"analysis_parameters": {"sxdm": PARAMS}}))
+    finally:
+        killer.join()
+        sim_beamline.restart("endstation")
+        for name in ("sxdm", "es"):
+            sim_devices[name].wait_for_connection(timeout=30)
+    assert docs[-1][0] == "stop" and docs[-1][1]["exit_status"] == "fail"
+    datums = [d for n, d in docs if n == "stream_datum"]
+    pages = [d for n, d in docs if n == "event_page"]
+    assert len(datums) == len(pages) == 3
+    last = datums[-1]["indices"]
+    assert last["start"] == 2 * nx and 2 * nx < last["stop"] < 3 * nx  # the cut line, in part
+    assert len(pages[-1]["seq_num"]) == last["stop"] - last["start"]
+    res = next(d for n, d in docs if n == "stream_resource")
+    with h5py.File(res["uri"][len("file://localhost"):], "r", swmr=True, locking=False) as f:
+        in_file = f["/entry/data/data"].shape[0]
+    assert last["stop"] == in_file, "every frame that reached the file is recorded"
+    # the live analysis maps the lines it has and names the cut one
+    sinks = {}
+    (cb,) = make_callbacks(docs[0][1], lambda name: sinks.setdefault(name, MemorySink()))
+    for n, d in docs:
+        cb(n, d)
+    sink = sinks["sxdm"]
+    assert len(sink.rows) == in_file
+    assert sink.arrays_metadata["incomplete_lines"] == [[0, 2, in_file - 2 * nx]]
+    assert sink.summary["lines_incomplete"] == 1
