@@ -46,10 +46,12 @@ from strainstream.workerproc import WorkerProcess
 
 
 class VisibleTimes:
-    """Subscribe to derived/<uid>/frame_stats and note when each seq_num arrives."""
+    """Subscribe to derived/<uid>/<analysis> result tables and note when each seq_num
+    arrives (``analysis`` None: every table, as frame_stats is the only one here)."""
 
-    def __init__(self, root):
+    def __init__(self, root, analysis: str | None = None):
         self.root = root
+        self.analysis = analysis
         self.times: dict[int, float] = {}
         self.subs = []
         self.lock = threading.Lock()
@@ -62,6 +64,8 @@ class VisibleTimes:
                 self.times.setdefault(int(s), now)
 
     def _run_child(self, update):
+        if self.analysis is not None and update.key != self.analysis:
+            return
         node = update.child()
         sub = node.subscribe()
         sub.new_data.add_callback(self._table)

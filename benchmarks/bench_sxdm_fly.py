@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_latency import demo_beside  # noqa: E402
+from bench_latency import VisibleTimes, demo_beside  # noqa: E402
 
 from strainstream.beamline import Beamline  # noqa: E402
 from strainstream.callbacks.sinks import DERIVED  # noqa: E402
@@ -47,50 +46,6 @@ from strainstream.server import TiledServer  # noqa: E402
 from strainstream.session import make_session  # noqa: E402
 from strainstream.worker import websockets_use_api_key  # noqa: E402
 from strainstream.workerproc import WorkerProcess  # noqa: E402
-
-
-class RowTimes:
-    """Subscribe to derived/<run>/<analysis> tables and note when each seq_num arrives."""
-
-    def __init__(self, root, analysis: str) -> None:
-        self.root, self.analysis = root, analysis
-        self.times: dict[int, float] = {}
-        self.subs = []
-        self.lock = threading.Lock()
-
-    def _table(self, update) -> None:
-        now = time.time()
-        df = update.data()
-        with self.lock:
-            for s in df["seq_num"].tolist():
-                self.times.setdefault(int(s), now)
-
-    def _run_child(self, update) -> None:
-        if update.key != self.analysis:
-            return
-        sub = update.child().subscribe()
-        sub.new_data.add_callback(self._table)
-        self.subs.append(sub)
-        sub.start_in_thread(0)
-
-    def _derived_child(self, update) -> None:
-        sub = update.child().subscribe()
-        sub.child_created.add_callback(self._run_child)
-        self.subs.append(sub)
-        sub.start_in_thread(0)
-
-    def start(self) -> RowTimes:
-        if DERIVED not in self.root:
-            self.root.create_container(DERIVED)
-        sub = self.root[DERIVED].subscribe()
-        sub.child_created.add_callback(self._derived_child)
-        self.subs.append(sub)
-        sub.start_in_thread()
-        return self
-
-    def close(self) -> None:
-        for s in self.subs:
-            s.disconnect(wait=False)
 
 
 def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, noise: bool = True) -> dict:
@@ -110,7 +65,7 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
         devices["sxdm_sim"].noise.put(int(noise), wait=True)
         root = server.client()
         websockets_use_api_key(root)
-        rows = RowTimes(root, "sxdm").start()
+        rows = VisibleTimes(root, "sxdm").start()
         session = make_session(server.uri, server.api_key, progress=False, spool_dir=f"{data_dir}/spool")
         line_times: list[float] = []
         session.RE.subscribe(lambda name, doc: line_times.append(time.time()) if name == "stream_datum" else None)

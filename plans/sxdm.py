@@ -116,6 +116,65 @@ def _check_geometry(geometry: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _raster_grid(es: Any, theta_center_deg: float, theta_half_range_deg: float, n_theta: int,
+                 x_center_um: float, y_center_um: float, nx: int, ny: int, step_nm: float,
+                 x_margin_um: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked rocking angles and raster positions (µm) of an SXDM map; every motor's soft
+    limits are checked (x with ``x_margin_um`` beyond both ends) before anything moves."""
+    if n_theta < 1 or nx < 1 or ny < 1:
+        raise ValueError(f"n_theta, nx and ny must be >= 1, got {n_theta}, {nx}, {ny}")
+    if not step_nm > 0:
+        raise ValueError(f"step_nm must be > 0, got {step_nm}")
+    if not theta_half_range_deg >= 0 or (n_theta > 1 and theta_half_range_deg == 0):
+        raise ValueError(f"theta_half_range_deg must be > 0 for {n_theta} angles, got {theta_half_range_deg}")
+    thetas = (np.linspace(theta_center_deg - theta_half_range_deg, theta_center_deg + theta_half_range_deg,
+                          n_theta) if n_theta > 1 else np.array([float(theta_center_deg)]))
+    thetas = np.round(thetas, 6)  # what the motor record holds
+    xs = raster_positions(x_center_um, nx, step_nm)
+    ys = raster_positions(y_center_um, ny, step_nm)
+    x_ends = np.array([xs.min() - x_margin_um, xs.max() + x_margin_um])
+    for mot, pos in ((es.theta, thetas), (es.sample_x, x_ends), (es.sample_y, ys)):
+        if hasattr(mot, "check_value"):  # refuse the plan before moving anything
+            for p in (pos.min(), pos.max()):
+                mot.check_value(float(p))
+    return thetas, xs, ys
+
+
+def _energy_and_geometry(detector: Any, es: Any, geometry: Mapping[str, Any] | None):
+    """The photon energy (eV, read) and the detector geometry (given, else the simulated
+    endstation's for that energy and the detector's crop). Generator: yields plan messages."""
+    energy_eV = float((yield from bps.rd(es.energy.readback if hasattr(es.energy, "readback") else es.energy)))
+    if geometry is None:
+        shape = yield from _frame_shape(detector)
+        return energy_eV, simulated_detector_geometry(energy_eV, shape)
+    return energy_eV, _check_geometry(geometry)
+
+
+def _sxdm_metadata(md: dict[str, Any] | None, plan_name: str, detector: Any, es: Any, energy_eV: float,
+                   geo: Mapping[str, float], thetas: np.ndarray, *, nx: int, ny: int, step_nm: float,
+                   x_center_um: float, y_center_um: float, snake: bool, hkl: tuple[int, int, int],
+                   keys: Mapping[str, str], fluorescence: Any = None, **extra: Any) -> dict[str, Any]:
+    """The start document of an SXDM map (the keys the live analysis reads)."""
+    return base_metadata(
+        "sxdm", md,
+        plan_name=plan_name,
+        detectors=[detector.name] + ([fluorescence.name] if fluorescence is not None else []),
+        motors=[es.theta.name, es.sample_x.name, es.sample_y.name],
+        num_points=int(len(thetas) * ny * nx),
+        energy_keV=energy_eV / 1000.0,
+        **geo,
+        step_nm=float(step_nm),
+        hkl=[int(h) for h in hkl],
+        theta_deg=[float(t) for t in thetas],
+        raster={"nx": int(nx), "ny": int(ny), "step_nm": float(step_nm),
+                "x_center_um": float(x_center_um), "y_center_um": float(y_center_um),
+                "snake": bool(snake), "order": "theta, iy, ix"},
+        sxdm_keys={"frames": f"{detector.name}_image", **keys,
+                   "fluorescence": fluorescence.name if fluorescence is not None else None},
+        **extra,
+    )
+
+
 def sxdm_map(
     detector: Readable,
     es: Readable,
@@ -184,21 +243,8 @@ def sxdm_map(
     md : dict, optional
         Extra start-document metadata.
     """
-    if n_theta < 1 or nx < 1 or ny < 1:
-        raise ValueError(f"n_theta, nx and ny must be >= 1, got {n_theta}, {nx}, {ny}")
-    if not step_nm > 0:
-        raise ValueError(f"step_nm must be > 0, got {step_nm}")
-    if not theta_half_range_deg >= 0 or (n_theta > 1 and theta_half_range_deg == 0):
-        raise ValueError(f"theta_half_range_deg must be > 0 for {n_theta} angles, got {theta_half_range_deg}")
-    thetas = (np.linspace(theta_center_deg - theta_half_range_deg, theta_center_deg + theta_half_range_deg,
-                          n_theta) if n_theta > 1 else np.array([float(theta_center_deg)]))
-    thetas = np.round(thetas, 6)  # what the motor record holds
-    xs = raster_positions(x_center_um, nx, step_nm)
-    ys = raster_positions(y_center_um, ny, step_nm)
-    for mot, pos in ((es.theta, thetas), (es.sample_x, xs), (es.sample_y, ys)):
-        if hasattr(mot, "check_value"):  # refuse the plan before moving anything
-            for p in (pos.min(), pos.max()):
-                mot.check_value(float(p))
+    thetas, xs, ys = _raster_grid(es, theta_center_deg, theta_half_range_deg, n_theta, x_center_um,
+                                  y_center_um, nx, ny, step_nm)
 
     sig_it = _IndexSignal(name="sxdm_itheta", value=0)
     sig_iy = _IndexSignal(name="sxdm_iy", value=0)
@@ -208,31 +254,13 @@ def sxdm_map(
         readables.append(fluorescence)
 
     def body():
-        energy_eV = float((yield from bps.rd(es.energy.readback if hasattr(es.energy, "readback") else es.energy)))
-        if geometry is None:
-            shape = yield from _frame_shape(detector)
-            geo = simulated_detector_geometry(energy_eV, shape)
-        else:
-            geo = _check_geometry(geometry)
-        _md = base_metadata(
-            "sxdm", md,
-            plan_name="sxdm_map",
-            detectors=[detector.name] + ([fluorescence.name] if fluorescence is not None else []),
-            motors=[es.theta.name, es.sample_x.name, es.sample_y.name],
-            num_points=int(n_theta * ny * nx),
-            energy_keV=energy_eV / 1000.0,
-            **geo,
-            step_nm=float(step_nm),
-            hkl=[int(h) for h in hkl],
-            theta_deg=[float(t) for t in thetas],
-            raster={"nx": int(nx), "ny": int(ny), "step_nm": float(step_nm),
-                    "x_center_um": float(x_center_um), "y_center_um": float(y_center_um),
-                    "snake": bool(snake), "order": "theta, iy, ix"},
-            sxdm_keys={"frames": f"{detector.name}_image", "theta": es.theta.name,
-                       "x": es.sample_x.name, "y": es.sample_y.name, "itheta": sig_it.name,
-                       "iy": sig_iy.name, "ix": sig_ix.name,
-                       "fluorescence": fluorescence.name if fluorescence is not None else None},
-        )
+        energy_eV, geo = yield from _energy_and_geometry(detector, es, geometry)
+        _md = _sxdm_metadata(
+            md, "sxdm_map", detector, es, energy_eV, geo, thetas, nx=nx, ny=ny, step_nm=step_nm,
+            x_center_um=x_center_um, y_center_um=y_center_um, snake=snake, hkl=hkl,
+            keys={"theta": es.theta.name, "x": es.sample_x.name, "y": es.sample_y.name,
+                  "itheta": sig_it.name, "iy": sig_iy.name, "ix": sig_ix.name},
+            fluorescence=fluorescence)
         yield from bps.open_run(md=_md)
         for it, th in enumerate(thetas):
             yield from bps.checkpoint()
@@ -312,31 +340,19 @@ def sxdm_fly_map(
     -----
     The plan sets the detector's ``TriggerMode``, ``ImageMode``, ``NumImages``,
     ``AcquirePeriod``, ``AcquireTime`` and ``sample_x``'s ``VELO``, and puts back what it
-    found when it ends, however it ends. A line whose frames did not all reach the file fails
-    the run with :class:`~strainstream.devices.flyers.FlyLineError` (the lines recorded
-    before it stay in the run). There are no beam suspenders: a line cannot be paused.
+    found when it ends, however it ends (a setting whose IOC died is left). A line whose frames
+    did not all reach the file (:class:`~strainstream.devices.flyers.FlyLineError`) or whose
+    detector IOC died (:class:`~strainstream.devices._ioc.IOCNotAnswering`, at once) fails the
+    run; the frames that reached the file are recorded first, and the analysis lists the line
+    as incomplete. There are no beam suspenders: a line cannot be paused.
     """
     from strainstream.devices.flyers import FlyLine
 
-    if n_theta < 1 or nx < 1 or ny < 1:
-        raise ValueError(f"n_theta, nx and ny must be >= 1, got {n_theta}, {nx}, {ny}")
-    if not step_nm > 0:
-        raise ValueError(f"step_nm must be > 0, got {step_nm}")
     if not (period_s > 0 and math.isfinite(period_s)):
         raise ValueError(f"period_s must be > 0, got {period_s}")
-    if not theta_half_range_deg >= 0 or (n_theta > 1 and theta_half_range_deg == 0):
-        raise ValueError(f"theta_half_range_deg must be > 0 for {n_theta} angles, got {theta_half_range_deg}")
-    thetas = (np.linspace(theta_center_deg - theta_half_range_deg, theta_center_deg + theta_half_range_deg,
-                          n_theta) if n_theta > 1 else np.array([float(theta_center_deg)]))
-    thetas = np.round(thetas, 6)
-    xs = raster_positions(x_center_um, nx, step_nm)
-    ys = raster_positions(y_center_um, ny, step_nm)
     half = step_nm / 2000.0  # half a step, µm: the run-up before the first point
-    for mot, pos in ((es.theta, thetas), (es.sample_x, np.array([xs[0] - half, xs[-1] + half])),
-                     (es.sample_y, ys)):
-        if hasattr(mot, "check_value"):
-            for p in (pos.min(), pos.max()):
-                mot.check_value(float(p))
+    thetas, xs, ys = _raster_grid(es, theta_center_deg, theta_half_range_deg, n_theta, x_center_um,
+                                  y_center_um, nx, ny, step_nm, x_margin_um=half)
     velocity = step_nm / 1000.0 / period_s
 
     keys = {"theta": es.theta.name, "x": es.sample_x.name, "y": es.sample_y.name,
@@ -351,30 +367,12 @@ def sxdm_fly_map(
     found: list[tuple[Any, Any]] = []
 
     def body():
-        energy_eV = float((yield from bps.rd(es.energy.readback if hasattr(es.energy, "readback") else es.energy)))
-        if geometry is None:
-            shape = yield from _frame_shape(detector)
-            geo = simulated_detector_geometry(energy_eV, shape)
-        else:
-            geo = _check_geometry(geometry)
-        _md = base_metadata(
-            "sxdm", md,
-            plan_name="sxdm_fly_map",
-            detectors=[detector.name],
-            motors=[es.theta.name, es.sample_x.name, es.sample_y.name],
-            num_points=int(n_theta * ny * nx),
-            energy_keV=energy_eV / 1000.0,
-            **geo,
-            step_nm=float(step_nm),
-            hkl=[int(h) for h in hkl],
-            theta_deg=[float(t) for t in thetas],
-            raster={"nx": int(nx), "ny": int(ny), "step_nm": float(step_nm),
-                    "x_center_um": float(x_center_um), "y_center_um": float(y_center_um),
-                    "snake": bool(snake), "order": "theta, iy, ix"},
-            sxdm_keys={"frames": f"{detector.name}_image", **keys, "fluorescence": None},
+        energy_eV, geo = yield from _energy_and_geometry(detector, es, geometry)
+        _md = _sxdm_metadata(
+            md, "sxdm_fly_map", detector, es, energy_eV, geo, thetas, nx=nx, ny=ny, step_nm=step_nm,
+            x_center_um=x_center_um, y_center_um=y_center_um, snake=snake, hkl=hkl, keys=keys,
             fly={"period_s": float(period_s), "velocity_um_s": float(velocity),
-                 "frames_per_line": int(nx), "trigger": "External (motion start)"},
-        )
+                 "frames_per_line": int(nx), "trigger": "External (motion start)"})
         settings.append((es.sample_x.velocity, velocity))  # the line speed, also between lines
         for sig, _ in settings:
             found.append((sig, (yield from bps.rd(sig))))

@@ -387,27 +387,7 @@ class AreaDetectorGroup(PVGroup):
 
     async def _plugin_receive(self, frame: np.ndarray, scalars: dict[str, float]) -> None:
         """The HDF5 plugin gets one frame (blocking callbacks: before Acquire ends)."""
-        if self.hdf_EnableCallbacks.value != "Enable" or self.cam_ArrayCallbacks.value != "Enable":
-            return
-        counter = int(self.hdf_ArrayCounter_RBV.value) + 1
-        await self.hdf_ArrayCounter_RBV.write(counter)
-        await self.hdf_ArrayCounter.write(counter, verify_value=False)
-        async with self._file_lock:
-            writer = self._writer
-            if writer is None or self.hdf_Capture_RBV.value != "Capture":
-                return
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: writer.append(frame, scalars))
-            except Exception as exc:
-                await self._write_error(f"frame not written: {exc}")
-                raise
-            await self.hdf_NumCaptured_RBV.write(writer.count)
-            n_capture = int(self.hdf_NumCapture.value)
-            if n_capture > 0 and writer.count >= n_capture:
-                self.close()
-                await self.hdf_Capture_RBV.write("Done")
-                await self.hdf_Capture.write("Done", verify_value=False)
+        await self._plugin_receive_many([frame], [scalars])
 
     # -- external trigger -----------------------------------------------------------------------
     def arm_trigger(self) -> asyncio.Future:
