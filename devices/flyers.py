@@ -174,6 +174,11 @@ class FlyLine:
                                   f"{status.exception()}"))
 
         def run():
+            # the Resource (and any Datum) ophyd's file-store mixin made at stage: the frames of
+            # a fly line are described by this flyer's StreamResource/StreamDatum, and left in
+            # the detector's cache they would come out of the next step scan's collect
+            for _ in det.collect_asset_docs():
+                pass
             with ioc_guard(det):
                 state["first"] = int(det.hdf1.num_captured.get(use_monitor=False))
                 state["captured"] = max(state["first"], state.get("captured", 0))

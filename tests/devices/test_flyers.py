@@ -80,6 +80,9 @@ class _Det:
     def _check_series(self):
         pass
 
+    def collect_asset_docs(self):
+        return iter(())
+
     def _write_message(self):
         return ""
 

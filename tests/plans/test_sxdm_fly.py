@@ -65,8 +65,10 @@ def test_one_datum_range_and_one_event_page_per_line(fly_docs, sim_devices):
     assert [p["seq_num"] for p in pages] == [list(range(1 + k * NX, 1 + (k + 1) * NX)) for k in range(lines)]
     assert pages[0]["data"]["sxdm_ix"] == list(range(NX))
     assert pages[1]["data"]["sxdm_ix"] == list(range(NX - 1, -1, -1))  # snake
-    # the plan put back the detector's trigger mode and the motor's speed
+    # the plan put back the detector's trigger mode and the motor's speed, and left no
+    # Resource of its stage in the detector's cache (it would come out of the next step scan)
     det, es = sim_devices["sxdm"], sim_devices["es"]
+    assert list(det.collect_asset_docs()) == []
     assert det.cam.trigger_mode.get(as_string=True) == "Internal"
     assert float(es.sample_x.velocity.get()) == pytest.approx(velo0)
 
