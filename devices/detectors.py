@@ -53,6 +53,8 @@ __all__ = [
     "sim_frame_detector",
 ]
 
+#: how long stage() re-reads a FullFileName_RBV that is not a file in FilePath (s)
+FILE_NAME_SETTLE_S = 1.0
 #: guards the frame bookkeeping between a trigger's completion thread and RunEngine.pause
 _FRAMES_LOCK = threading.RLock()
 
@@ -447,7 +449,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
                     raise DataDirError(f"{self.name}: the IOC could not open its HDF5 file: "
                                        f"{message} ({self.prefix}HDF1:WriteMessage)") from exc
                 raise
-            path = read_text(self.hdf1.full_file_name)
+            path = self._opened_file_name()
             if int(self.hdf1.capture.get(use_monitor=False)) != 1 or not path:
                 message = self._write_message()
                 self.unstage()
@@ -456,6 +458,19 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
         self._series_path = path
         self._frames_referenced = 0
         return staged
+
+    def _opened_file_name(self) -> str:
+        """``FullFileName_RBV`` of the file just opened, read whole. It must be a file in
+        ``FilePath``: a read that gives less (a CHAR waveform cut to the length pyepics last
+        saw, or a concurrent get of the same channel that pyepics merged with ours: ``'/'``
+        was seen) is read again, for at most ``FILE_NAME_SETTLE_S``."""
+        directory = read_text(self.hdf1.file_path)
+        deadline = time.monotonic() + FILE_NAME_SETTLE_S
+        while True:
+            path = read_text(self.hdf1.full_file_name)
+            if (path.startswith(directory) and len(path) > len(directory)) or time.monotonic() > deadline:
+                return path
+            time.sleep(0.01)
 
     def _write_message(self) -> str:
         with contextlib.suppress(Exception):
