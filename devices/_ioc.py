@@ -22,7 +22,7 @@ from strainstream.config import environment_value
 from strainstream.errors import StrainstreamError
 
 __all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device",
-           "name_ioc_errors", "read_text"]
+           "existing_signals", "name_ioc_errors", "read_text"]
 
 _PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
 
@@ -66,13 +66,14 @@ class IOCNotAnswering(StrainstreamError, TimeoutError):
 _IOC_ERRORS = (TimeoutError, DisconnectedError, ChannelAccessException)
 
 
-def _existing_signals(device: Any) -> list:
+def existing_signals(device: Any) -> list:
     """The signals of ``device`` and its sub-devices that exist now. Never instantiates a
     lazy one: that would wait for its PV (ophyd's ``walk_signals`` does, for the lazy
-    signals of sub-devices), and naming a dead IOC's error must not touch the IOC."""
+    signals of sub-devices): naming a dead IOC's error must not touch the IOC, and a device
+    built while its IOC is down lists what it made so far."""
     out = []
     for sig in list(getattr(device, "_signals", {}).values()):
-        out.extend(_existing_signals(sig) if hasattr(sig, "_signals") else [sig])
+        out.extend(existing_signals(sig) if hasattr(sig, "_signals") else [sig])
     return out
 
 
@@ -80,7 +81,7 @@ def _pv_from(exc: BaseException, device: Device) -> str | None:
     """The PV an ophyd error is about: by PV name, or by the ophyd name of one of our signals."""
     text = str(exc)
     best, best_len = None, 0
-    for sig in _existing_signals(device):
+    for sig in existing_signals(device):
         for attr in ("pvname", "setpoint_pvname"):
             pv = getattr(sig, attr, None)
             if isinstance(pv, str) and pv and pv in text and len(pv) > best_len:

@@ -36,7 +36,7 @@ from ophyd.utils.errors import DisconnectedError, InvalidState
 from strainstream.errors import StrainstreamError
 
 from ._hdf5 import DATASET, DataDirError, H5FrameWriter
-from ._ioc import IOCDevice, IOCNotAnswering, ioc_guard, mock_device, read_text
+from ._ioc import IOCDevice, IOCNotAnswering, existing_signals, ioc_guard, mock_device, read_text
 
 __all__ = [
     "DataDirError",
@@ -328,14 +328,6 @@ def _force_unstaged(device) -> None:
             _force_unstaged(sub)
 
 
-def _instantiated_signals(device) -> list:
-    """The signals of ``device`` and its sub-devices that exist now (lazy ones included)."""
-    out = []
-    for sig in getattr(device, "_signals", {}).values():
-        out.extend(_instantiated_signals(sig) if hasattr(sig, "_signals") else [sig])
-    return out
-
-
 class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
     """An areaDetector (driver ``cam1:``, HDF5 file plugin ``hdf1`` at ``HDF1:``).
 
@@ -374,7 +366,7 @@ class IOCAreaDetector(IOCDevice, SingleTrigger, AreaDetector):
         # touched for the first time waits for its PV, as ophyd's default has it, and
         # wait_for_connection() also waits for the ones touched while building
         parts = (self, self.cam, self.hdf1)
-        self._built_signals = _instantiated_signals(self)
+        self._built_signals = existing_signals(self)
         for part in parts:
             part.lazy_wait_for_connection = True
         self._dtype = np.dtype(dtype)

@@ -78,6 +78,7 @@ class FlyLine:
         self._collected: list[tuple[int, int, dict[str, list]]] = []  # (start, stop, rows)
         self._lock = threading.Lock()
         self._shape: list[int] | None = None  # frame rows, cols
+        self._pages: list[tuple[int, int, dict[str, list]]] = []  # lines collect_pages emits next
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, *, stop: float, n: int, rows: Mapping[str, Sequence[Any]],
@@ -117,10 +118,8 @@ class FlyLine:
                     return
                 state["checked"] = True
             try:
-                self._check_written(line, state["first"])
-            except Exception as exc:  # frames missing: keep those written, fail the line
-                state["captured"] = max(state.get("captured", 0), getattr(exc, "n_file", 0))
-                self._keep_partial(line, state)
+                self._check_written(line, state)
+            except Exception as exc:  # frames missing: those written are recorded
                 if not done.done:
                     done.set_exception(exc)
                 return
@@ -210,28 +209,34 @@ class FlyLine:
         (a frame written just before the IOC died may not have reached ``NumCaptured_RBV``),
         else as many as ``NumCaptured_RBV``'s last update said."""
         first = state.get("first")
-        if first is None:
-            return
-        written = max(int(state.get("captured", first)), _frames_in_file(self.detector._series_path))
-        k = min(written - first, line["n"])
-        if k > 0:
-            with self._lock:
-                self._collected.append((first, first + k, {key: v[:k] for key, v in line["rows"].items()}))
-        self._line = None
+        if first is not None:
+            written = max(int(state.get("captured", first)), _frames_in_file(self.detector._series_path))
+            self._record(line, first, written)
 
-    def _check_written(self, line: dict[str, Any], first: int) -> None:
-        det = self.detector
+    def _check_written(self, line: dict[str, Any], state: dict[str, Any]) -> None:
+        """Record the line's frames; raise :class:`FlyLineError` if the plugin's count says
+        some did not reach the file (those that did are recorded all the same)."""
+        det, first = self.detector, state["first"]
         with ioc_guard(det):
             n_file = int(det.hdf1.num_captured.get(use_monitor=False))
-        if n_file < first + line["n"]:
-            exc = FlyLineError(
+        if n_file >= first + line["n"]:
+            self._record(line, first, n_file)
+        else:
+            state["captured"] = max(int(state.get("captured", first)), n_file)
+            self._keep_partial(line, state)
+            raise FlyLineError(
                 f"{det.name}: the line wrote {n_file - first} of its {line['n']} frames to "
                 f"{det._series_path} (HDF1:NumCaptured_RBV {n_file}; WriteMessage "
                 f"{det._write_message()!r})")
-            exc.n_file = n_file
-            raise exc
-        with self._lock:
-            self._collected.append((first, first + line["n"], line["rows"]))
+
+    def _record(self, line: dict[str, Any], first: int, written: int) -> None:
+        """Queue for collect the line's first ``written - first`` frames (all ``n`` at most)
+        with their rows; the line is then done."""
+        k = min(written - first, line["n"])
+        if k > 0:
+            rows = line["rows"] if k == line["n"] else {key: v[:k] for key, v in line["rows"].items()}
+            with self._lock:
+                self._collected.append((first, first + k, rows))
         self._line = None
 
     # ------------------------------------------------------------------ documents
@@ -268,8 +273,7 @@ class FlyLine:
                 indices={"start": start, "stop": stop})
 
     def collect_pages(self) -> Iterator[dict]:
-        lines = getattr(self, "_pages", [])
-        self._pages = []
+        lines, self._pages = self._pages, []
         for _, _, rows in lines:
             n = len(next(iter(rows.values())))
             now = time.time()
