@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from strainstream.errors import StrainstreamError
+from strainstream.supervisor import http_ok
 
 __all__ = ["Deployment", "DeployError", "PROFILES", "status"]
 
@@ -299,15 +300,7 @@ def read_state(data_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _tiled_healthy(port: int | None) -> bool:
-    import httpx
-
-    if not port:
-        return False
-    try:
-        r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0, trust_env=False)
-        return r.status_code == 200
-    except httpx.HTTPError:
-        return False
+    return bool(port) and http_ok(port, "/healthz", timeout_s=2.0)
 
 
 def _dashboard_healthy(url: str) -> bool:

@@ -22,7 +22,7 @@ from strainstream.client import ServerInfo, connect, forget_server, record_serve
 from strainstream.config import process_environment
 from strainstream.datadir import logs_dir
 from strainstream.errors import ServerError
-from strainstream.supervisor import Supervisor, find_free_port, port_open
+from strainstream.supervisor import Supervisor, find_free_port, http_ok, port_open
 from strainstream.tiledconfig import write_config
 
 __all__ = ["DEFAULT_PORT", "TiledServer"]
@@ -83,13 +83,7 @@ class TiledServer:
         return f"http://127.0.0.1:{self.port}/api/v1"
 
     def _healthy(self) -> bool:
-        import httpx
-
-        try:
-            r = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1.0, trust_env=False)
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
+        return http_ok(self.port, "/healthz", timeout_s=1.0)
 
     def start(self, timeout_s: float = 60.0) -> TiledServer:
         """Start the server and wait until it answers ``/healthz``.

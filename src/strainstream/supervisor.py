@@ -87,6 +87,24 @@ def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.2) -> boo
         return s.connect_ex((host, int(port))) == 0
 
 
+def http_ok(port: int, path: str = "/healthz", host: str = "127.0.0.1", timeout_s: float = 1.0) -> bool:
+    """True when ``http://host:port/path`` answers 200 (plain HTTP, standard library).
+
+    For start-up polling: ``httpx.get`` builds a client and an SSL context per call
+    (≈ 20–50 ms of CPU), which, every 0.1 s, took CPU from the very server being waited for.
+    """
+    import http.client
+
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
 def _die_with_parent(sig: int) -> None:
     """preexec_fn body: deliver ``sig`` to the child when the thread that started it dies."""
     with contextlib.suppress(OSError, AttributeError):
