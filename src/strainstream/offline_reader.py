@@ -1,4 +1,5 @@
-"""Read the catalog of an embedded data directory straight from its files, without tiled.
+"""Read a finished run's catalog without tiled's client or server stack: from the embedded data
+directory's files, or over HTTP from a running server.
 
 ``strainstream runs | results | plot`` on a data directory with no server running used to
 open the catalog in-process through tiled's server stack (:func:`strainstream.client.open_offline`):
@@ -21,8 +22,18 @@ layout written by :func:`strainstream.tiledconfig.write_config` — tiled's cata
   :attr:`Container.failed` where the caller swallows exceptions) and the caller falls back to
   :func:`strainstream.client.open_offline`.
 
+A running server (``--uri``, or the server of ``--data-dir``) is read the same way by
+:func:`open_server`: the same node API over tiled's HTTP API (``/metadata``, ``/search``,
+``/table/partition`` as an Arrow file, ``/array/full`` as bytes) through one keep-alive
+:mod:`http.client` connection, instead of ``tiled.client`` (httpx, pandas, dask, and for a
+run the spec classes of bluesky-tiled-plugins: xarray, dask, sparse, numba — seconds of
+imports). Anything it does not know — an HTTP error, a refused key, a table of several
+partitions, a column type, a compressed answer — is :class:`Unsupported` as above, and the
+caller reads through ``tiled.client`` instead (which then words connection and key errors).
+
 Imports: the standard library; ``duckdb`` when a table is read; ``numpy`` (and ``zstandard``,
-else ``zarr``) when an array is read. Nothing from tiled.
+else ``zarr``) when an array is read; over HTTP ``msgpack`` (tables come as Arrow files,
+decoded here: flat numbers, strings and booleans). Nothing from tiled, pyarrow or pandas.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from urllib.parse import quote, unquote
 from strainstream.errors import StrainstreamError
 
 __all__ = ["KNOWN_CATALOG_REVISIONS", "Array", "Container", "Frame", "Table",
-           "Unsupported", "open_catalog"]
+           "Unsupported", "open_catalog", "open_server"]
 
 #: tiled catalog schema revisions (alembic) whose tables this reader knows; another
 #: revision (a tiled upgrade) falls back to tiled itself — a test checks tiled's current one
@@ -486,3 +497,483 @@ def _read_zarr3(path: Path, shape: tuple[int, ...]):
         where = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunk, shape, strict=True))
         out[where] = block[tuple(slice(0, s.stop - s.start) for s in where)]
     return out
+
+
+# -- a running server, over tiled's HTTP API ------------------------------------------------
+
+_MSGPACK = "application/x-msgpack"
+_ARROW_FILE = "application/vnd.apache.arrow.file"
+_OCTETS = "application/octet-stream"
+#: tiled's endianness names -> numpy's byte-order characters
+_ENDIAN = {"big": ">", "little": "<", "not_applicable": "|"}
+
+
+def open_server(uri: str, api_key: str | None, *, timeout: float = 30.0) -> ServerContainer:
+    """The root of the catalog served at ``uri`` (tiled's API URI, ``http(s)://HOST:PORT/api/v1``),
+    read over HTTP without ``tiled.client``; :class:`Unsupported` if it cannot be read here
+    (no key, not reachable, the key refused, not tiled's API): the caller connects with tiled,
+    which words the error.
+
+    Use it as a context manager to close the connection.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise Unsupported(f"not an http(s) API URI: {uri!r}")
+    if not api_key:
+        raise Unsupported("no API key")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise Unsupported(f"{uri!r}: {exc}") from None
+    http = _Http(parts, api_key, timeout)
+    try:
+        item = http.get_msgpack(f"{http.base}/metadata/")
+        if item is None or not isinstance(item.get("data"), dict):
+            raise http.fail(Unsupported(f"{uri} answered no root node"))
+        root = ServerContainer(http, item["data"])
+        if root.structure_family != "container":
+            raise http.fail(Unsupported(f"the root of {uri} is a {root.structure_family}"))
+    except BaseException:
+        http.close()
+        raise
+    return root
+
+
+class _Http:
+    """One keep-alive connection to the server; every answer not understood is :class:`Unsupported`
+    (remembered in :attr:`failed`, as :class:`_Catalog` does)."""
+
+    def __init__(self, parts, api_key: str, timeout: float) -> None:
+        import http.client
+
+        self.failed: BaseException | None = None
+        #: node items by link, absent ones as None: the reader reads a finished run, and
+        #: ``key in node`` followed by ``node[key]`` is one request
+        self.nodes: dict[str, dict | None] = {}
+        self.listings: dict[str, list[str]] = {}  # a container's keys by its search link
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.base = parts.path.rstrip("/")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self._conn = cls(parts.hostname, parts.port, timeout=timeout)
+        self._headers = {"Authorization": f"Apikey {api_key}", "Accept-Encoding": "identity",
+                         "User-Agent": "strainstream"}
+
+    fail = _Catalog.fail
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def get(self, url: str, accept: str, params: dict | None = None) -> tuple[int, bytes]:
+        """``(status, body)`` of ``GET url`` (a link the server gave, or a path on it)."""
+        import http.client
+        from urllib.parse import parse_qs, urlencode
+
+        if url.startswith(self.origin + "/"):
+            path = url[len(self.origin):]
+        elif url.startswith("/"):
+            path = url
+        else:
+            raise self.fail(Unsupported(f"a link outside {self.origin}: {url}"))
+        path, _, query = path.partition("?")
+        params = {**parse_qs(query, keep_blank_values=True), **(params or {})}  # as tiled's client
+        if params:
+            path += "?" + urlencode(params, doseq=True)
+        for attempt in (1, 2):  # once more on a fresh connection if the server closed the idle one
+            try:
+                self._conn.request("GET", path, headers={**self._headers, "Accept": accept})
+                response = self._conn.getresponse()
+                body = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                self._conn.close()
+                if attempt == 2:
+                    raise self.fail(Unsupported(f"GET {path}: {exc}")) from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._conn.close()
+                raise self.fail(Unsupported(f"GET {path}: {type(exc).__name__}: {exc}")) from None
+        if response.will_close:
+            self._conn.close()
+        encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+        if response.status == 200:
+            content_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
+            if encoding != "identity" or content_type != accept:
+                raise self.fail(Unsupported(f"GET {path}: {content_type} ({encoding}), not {accept}"))
+        return response.status, body
+
+    def get_msgpack(self, url: str, params: dict | None = None) -> dict | None:
+        """The decoded answer (as tiled's client decodes it); None for 404."""
+        status, body = self.get(url, _MSGPACK, params)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self.fail(Unsupported(f"GET {url}: HTTP {status}"))
+        try:
+            import msgpack
+
+            return msgpack.unpackb(body, timestamp=3)
+        except Exception as exc:  # ImportError, msgpack's errors
+            raise self.fail(Unsupported(f"GET {url}: {type(exc).__name__}: {exc}")) from None
+
+
+class _ServerNode:
+    """One node as the server describes it (an ``item`` of tiled's JSON:API answers)."""
+
+    def __init__(self, http: _Http, item: dict) -> None:
+        self._http, self._item = http, item
+        attributes = item.get("attributes") or {}
+        self._attributes = attributes
+        self.key = item.get("id") or ""
+        self.structure_family = attributes.get("structure_family")
+        ancestors = tuple(attributes.get("ancestors") or ())
+        self.path = (*ancestors, self.key) if self.key else ancestors
+        self._metadata: MappingProxyType | None = None
+
+    @property
+    def metadata(self) -> MappingProxyType:
+        if self._metadata is None:
+            self._metadata = MappingProxyType(self._attributes.get("metadata") or {})
+        return self._metadata
+
+    @property
+    def specs(self) -> list[dict[str, Any]]:
+        return list(self._attributes.get("specs") or [])
+
+    @property
+    def uri(self) -> str:
+        return self._link("self")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {'/'.join(self.path) or '/'}>"
+
+    def _link(self, name: str) -> str:
+        link = (self._item.get("links") or {}).get(name)
+        if not isinstance(link, str):
+            raise self._http.fail(Unsupported(f"{self!r}: no {name} link"))
+        return link
+
+    def _structure(self) -> dict:
+        structure = self._attributes.get("structure")
+        if not isinstance(structure, dict):
+            raise self._http.fail(Unsupported(f"{self!r}: no structure"))
+        return structure
+
+
+class ServerContainer(_ServerNode):
+    """A container node of a server: the :class:`Container` API over HTTP."""
+
+    def _make(self, item: dict) -> _ServerNode:
+        family = (item.get("attributes") or {}).get("structure_family")
+        cls = {"container": ServerContainer, "table": ServerTable, "array": ServerArray}.get(family)
+        if cls is None:
+            raise self._http.fail(Unsupported(f"node family {family!r}"))
+        return cls(self._http, item)
+
+    def _params(self) -> dict:
+        """tiled's client sends the container's own sorting (none: the server's default order)."""
+        if self.structure_family != "container" or self._structure().get("contents") is not None:
+            raise self._http.fail(Unsupported(f"{self!r}: inlined contents"))
+        sorting = [f"{'-' if int(s['direction']) < 0 else ''}{s['key']}"
+                   for s in (self._attributes.get("sorting") or [])] or [""]
+        return {"sort": sorting} if "".join(sorting) else {}
+
+    def _child(self, key: str) -> _ServerNode | None:
+        if "/" in key:  # tiled walks a path: leave that to it
+            raise self._http.fail(Unsupported(f"key {key!r} with '/'"))
+        link = self._link("self").rstrip("/") + "/" + quote(key, safe="")
+        cache = self._http.nodes  # `k in c`, then `c[k]`: one request (a finished run does not change)
+        if link not in cache:
+            answer = self._http.get_msgpack(link)
+            cache[link] = None if answer is None else answer["data"]
+        return None if cache[link] is None else self._make(cache[link])
+
+    def _pages(self, fields: str | None) -> Iterator[dict]:
+        link: str | None = self._link("search")
+        params = self._params()
+        if fields is not None:
+            params["fields"] = fields
+        while link is not None:
+            answer = self._http.get_msgpack(link, params)
+            if answer is None:
+                raise self._http.fail(Unsupported(f"{self!r}: search answered 404"))
+            yield answer
+            link = (answer.get("links") or {}).get("next")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._child(key) is not None
+
+    def __getitem__(self, key: str) -> _ServerNode:
+        node = self._child(key) if isinstance(key, str) else None
+        if node is None:
+            raise KeyError(key)
+        return node
+
+    def _keys(self) -> list[str]:
+        link = self._link("search")
+        listings = self._http.listings  # list(node) asks len(node) first: one request for both
+        if link not in listings:
+            listings[link] = [item["id"] for page in self._pages("") for item in page["data"]]
+        return listings[link]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._keys()))
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def keys(self) -> list[str]:
+        return list(self)
+
+    def items(self) -> Iterator[tuple[str, _ServerNode]]:
+        return iter([(item["id"], self._make(item)) for page in self._pages(None) for item in page["data"]])
+
+    def search(self, query) -> _SearchResults:
+        """Children whose metadata matches ``tiled.queries.Key(...) == value`` (only Eq)."""
+        key, value = getattr(query, "key", None), getattr(query, "value", None)
+        if type(query).__name__ != "Eq" or not isinstance(key, str):
+            raise self._http.fail(Unsupported(f"query {query!r}"))
+        out = []
+        for k, node in self.items():
+            found: Any = dict(node.metadata)
+            for part in key.split("."):
+                found = found.get(part) if isinstance(found, dict) else None
+            if found is not None and found == value:
+                out.append((k, node))
+        return _SearchResults(out)
+
+    def reading(self):
+        """A no-op: the connection stays open until :meth:`close` (the :class:`Container` API)."""
+        return contextlib.nullcontext()
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The first :class:`Unsupported` met, even if a caller swallowed it."""
+        return self._http.failed
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ServerContainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ServerTable(_ServerNode):
+    """A table node of a server: its one partition read as Arrow, columns as :class:`Table` gives them."""
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._structure().get("columns") or [])
+
+    def read(self, columns: list[str] | None = None) -> Frame:
+        structure = self._structure()
+        all_columns = list(structure.get("columns") or [])
+        if structure.get("npartitions") != 1:  # dask concatenates partitions: leave that to tiled
+            raise self._http.fail(Unsupported(f"{self!r}: {structure.get('npartitions')} partitions"))
+        wanted = [c for c in all_columns if c in set(columns)] if columns else all_columns
+        params: dict[str, Any] = {"partition": 0}
+        if columns:
+            params["column"] = wanted
+        status, body = self._http.get(self._link("partition"), _ARROW_FILE, params)
+        if status != 200:  # e.g. an appendable table without rows yet: tiled's client says what
+            raise self._http.fail(Unsupported(f"{self!r}: HTTP {status}"))
+        try:
+            table = _read_arrow_file(body)
+            out = [(name, _arrow_as_pandas(*table[name], name)) for name in wanted]
+        except Unsupported as exc:
+            raise self._http.fail(exc) from None
+        except Exception as exc:  # a damaged file, a missing column
+            raise self._http.fail(Unsupported(f"{self!r}: {type(exc).__name__}: {exc}")) from None
+        return Frame(out)
+
+
+def _arrow_as_pandas(kind: str, values: list, nulls: int, name: str) -> list:
+    """The values of an Arrow column (:func:`_read_arrow_file`) as
+    ``DataFrame.to_dict(orient="records")`` gives them after tiled's client converts the Arrow
+    file to pandas (the rules of :meth:`_Catalog._as_pandas`: integers with a missing value
+    become floats, NaN for missing numbers; booleans with a missing value are
+    :class:`Unsupported`)."""
+    if kind == "int":
+        return [math.nan if v is None else float(v) for v in values] if nulls else values
+    if kind == "float":
+        return [math.nan if v is None else v for v in values] if nulls else values
+    if kind == "string" or (kind == "bool" and not nulls):
+        return values
+    raise Unsupported(f"column {name!r} of type {kind}" + (" with missing values" if nulls else ""))
+
+
+class ServerArray(_ServerNode):
+    """An array node of a server, read whole as bytes in its stored dtype."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self._structure()["shape"])
+
+    def read(self):
+        import numpy as np
+
+        structure = self._structure()
+        data_type = structure.get("data_type") or {}
+        try:
+            if data_type.get("fields") or data_type.get("dt_units") or data_type["kind"] not in "biufc":
+                raise ValueError(f"data type {data_type}")
+            dtype = np.dtype(f"{_ENDIAN[data_type['endianness']]}{data_type['kind']}{int(data_type['itemsize'])}")
+            shape = tuple(int(n) for n in structure["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._http.fail(Unsupported(f"{self!r}: structure {structure}: {exc}")) from None
+        if 0 in shape:
+            return np.array([], dtype=dtype).reshape(shape)
+        params = {"expected_shape": ",".join(map(str, shape)) or "scalar"}
+        status, body = self._http.get(self._link("full"), _OCTETS, params)
+        if status != 200 or len(body) != math.prod(shape) * dtype.itemsize:
+            raise self._http.fail(Unsupported(f"{self!r}: HTTP {status}, {len(body)} bytes for {shape} {dtype}"))
+        return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+# -- the Arrow IPC file format, for the flat tables tiled serves ----------------------------
+# (pyarrow and the numpy it imports take ~0.3 s to import: longer than reading a run's results)
+
+class _Flat:
+    """A flatbuffers table in ``buf`` at ``pos``: scalar, offset, vector and string fields."""
+
+    __slots__ = ("buf", "pos", "_vt", "_vt_len")
+
+    def __init__(self, buf: memoryview, pos: int) -> None:
+        import struct
+
+        self.buf, self.pos = buf, pos
+        self._vt = pos - struct.unpack_from("<i", buf, pos)[0]
+        self._vt_len = struct.unpack_from("<H", buf, self._vt)[0]
+
+    def _field(self, index: int) -> int:
+        import struct
+
+        at = 4 + 2 * index
+        if at >= self._vt_len:
+            return 0
+        off = struct.unpack_from("<H", self.buf, self._vt + at)[0]
+        return self.pos + off if off else 0
+
+    def scalar(self, index: int, fmt: str, default):
+        import struct
+
+        at = self._field(index)
+        return struct.unpack_from("<" + fmt, self.buf, at)[0] if at else default
+
+    def _target(self, index: int) -> int:
+        import struct
+
+        at = self._field(index)
+        return at + struct.unpack_from("<I", self.buf, at)[0] if at else 0
+
+    def table(self, index: int) -> _Flat | None:
+        at = self._target(index)
+        return _Flat(self.buf, at) if at else None
+
+    def vector(self, index: int) -> tuple[int, int]:
+        """(start of the elements, count); (0, 0) when absent."""
+        import struct
+
+        at = self._target(index)
+        return (at + 4, struct.unpack_from("<I", self.buf, at)[0]) if at else (0, 0)
+
+    def tables(self, index: int) -> list[_Flat]:
+        import struct
+
+        start, n = self.vector(index)
+        return [_Flat(self.buf, start + 4 * i + struct.unpack_from("<I", self.buf, start + 4 * i)[0])
+                for i in range(n)]
+
+    def string(self, index: int) -> str | None:
+        start, n = self.vector(index)
+        return bytes(self.buf[start:start + n]).decode() if start else None
+
+
+#: Arrow ``Type`` union members this reader decodes
+_ARROW_INT, _ARROW_FLOAT, _ARROW_UTF8, _ARROW_BOOL, _ARROW_LARGE_UTF8 = 2, 3, 5, 6, 20
+_INT_FORMATS = {(8, True): "b", (16, True): "h", (32, True): "i", (64, True): "q",
+                (8, False): "B", (16, False): "H", (32, False): "I", (64, False): "Q"}
+
+
+def _read_arrow_file(data: bytes) -> dict[str, tuple[str, list, int]]:
+    """``{column: (kind, values, null_count)}`` of an Arrow IPC file whose columns are flat
+    integers, float32/64, (large) strings or booleans, uncompressed, without dictionaries;
+    ``kind`` is "int", "float", "string" or "bool", ``values`` as ``pyarrow``'s ``to_pylist``
+    gives them (None for a null). Anything else raises :class:`Unsupported`."""
+    import struct
+    import sys
+
+    buf = memoryview(data)
+    if (len(buf) < 22 or bytes(buf[:6]) != b"ARROW1" or bytes(buf[-6:]) != b"ARROW1"
+            or sys.byteorder != "little"):
+        raise Unsupported("not an Arrow IPC file (or not on a little-endian machine)")
+    footer_len = struct.unpack_from("<i", buf, len(buf) - 10)[0]
+    footer_at = len(buf) - 10 - footer_len
+    footer = _Flat(buf, footer_at + struct.unpack_from("<I", buf, footer_at)[0])
+    schema = footer.table(1)
+    if schema is None or schema.scalar(0, "h", 0) != 0 or footer.vector(2)[1]:
+        raise Unsupported("Arrow file: big-endian, no schema, or dictionaries")
+    fields = []
+    for f in schema.tables(1):
+        type_id, kind = f.scalar(2, "B", 0), f.table(3)
+        if f.table(4) is not None or f.vector(5)[1] or kind is None:
+            raise Unsupported(f"Arrow column {f.string(0)!r}: dictionary-encoded or nested")
+        if type_id == _ARROW_INT:
+            fmt = _INT_FORMATS.get((kind.scalar(0, "i", 0), bool(kind.scalar(1, "B", 0))))
+        elif type_id == _ARROW_FLOAT:
+            fmt = {1: "f", 2: "d"}.get(kind.scalar(0, "h", 0))
+        else:
+            fmt = {_ARROW_UTF8: "i", _ARROW_LARGE_UTF8: "q", _ARROW_BOOL: "?"}.get(type_id)
+        if fmt is None:
+            raise Unsupported(f"Arrow column {f.string(0)!r} of type {type_id}")
+        fields.append((f.string(0) or "", type_id, fmt))
+    columns: list[tuple[list, int]] = [([], 0) for _ in fields]
+    start, n_batches = footer.vector(3)
+    for b in range(n_batches):
+        offset, meta_len, body_len = struct.unpack_from("<qi4xq", buf, start + 24 * b)
+        fb = offset + (8 if struct.unpack_from("<i", buf, offset)[0] == -1 else 4)
+        message = _Flat(buf, fb + struct.unpack_from("<I", buf, fb)[0])
+        batch = message.table(2)
+        if message.scalar(1, "B", 0) != 3 or batch is None or batch.table(3) is not None:
+            raise Unsupported("Arrow file: a block that is not an uncompressed record batch")
+        body = offset + meta_len
+        if body + body_len > footer_at:
+            raise Unsupported("Arrow file: a record batch past the footer")
+        nodes_at, n_nodes = batch.vector(1)
+        buffers_at, n_buffers = batch.vector(2)
+        if n_nodes != len(fields):
+            raise Unsupported("Arrow file: nested columns")
+        next_buffer = 0
+
+        def buffer(body=body, buffers_at=buffers_at, n_buffers=n_buffers) -> memoryview:
+            nonlocal next_buffer
+            if next_buffer >= n_buffers:
+                raise Unsupported("Arrow file: fewer buffers than columns need")
+            off, length = struct.unpack_from("<qq", buf, buffers_at + 16 * next_buffer)
+            next_buffer += 1
+            return buf[body + off:body + off + length]
+
+        for i, (_name, type_id, fmt) in enumerate(fields):
+            length, nulls = struct.unpack_from("<qq", buf, nodes_at + 16 * i)
+            validity = buffer()
+            if type_id in (_ARROW_UTF8, _ARROW_LARGE_UTF8):
+                offsets, chars = buffer().cast(fmt)[:length + 1], bytes(buffer())
+                values: list = [chars[offsets[j]:offsets[j + 1]].decode() for j in range(length)]
+            elif type_id == _ARROW_BOOL:
+                bits = buffer()
+                values = [bool(bits[j >> 3] >> (j & 7) & 1) for j in range(length)]
+            else:
+                values = buffer().cast(fmt)[:length].tolist()
+            if len(values) != length:
+                raise Unsupported("Arrow file: a buffer shorter than its column")
+            if nulls:
+                values = [v if validity[j >> 3] >> (j & 7) & 1 else None for j, v in enumerate(values)]
+            done, total = columns[i]
+            done.extend(values)
+            columns[i] = (done, total + nulls)
+    kinds = {_ARROW_INT: "int", _ARROW_FLOAT: "float", _ARROW_UTF8: "string", _ARROW_LARGE_UTF8: "string",
+             _ARROW_BOOL: "bool"}
+    return {name: (kinds[type_id], *columns[i]) for i, (name, type_id, _) in enumerate(fields)}

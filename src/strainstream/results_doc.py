@@ -15,7 +15,7 @@ import logging
 import math
 from typing import Any
 
-__all__ = ["ARRAYS_SUFFIX", "DERIVED", "read_results", "results_document"]
+__all__ = ["ARRAYS_SUFFIX", "DERIVED", "read_arrays", "read_results", "results_document"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +115,17 @@ def read_results(root, raw_uid: str) -> dict[str, Any]:
             md, md.get("status", "unknown"), md.get("summary"), {c: None for c in columns}, rows, arrays
         )
     return results_document(raw_uid, analyses)
+
+
+def read_arrays(root, raw_uid: str, analysis: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored arrays (maps) of one analysis of ``raw_uid`` and their metadata.
+
+    Returns ``({}, {})`` when the analysis stored no arrays (yet). The same as
+    :func:`strainstream.callbacks.sinks.read_arrays` (``strainstream plot`` reads them through
+    this module: the sinks module imports event_model and numpy first).
+    """
+    try:
+        box = _base(_base(root[DERIVED][raw_uid])[f"{analysis}{ARRAYS_SUFFIX}"])
+    except KeyError:
+        return {}, {}
+    return {k: box[k].read() for k in box}, dict(box.metadata)

@@ -26,7 +26,7 @@ from strainstream.errors import StrainstreamError
 from strainstream.spool import Spool, complete_partial_run, default_spool_dir
 from strainstream.transport import OutageTolerantTransport, TiledUnreachable, tolerate_outages
 
-__all__ = ["BufferedWriter", "Session", "WriterDrainTimeout", "make_session"]
+__all__ = ["BufferedWriter", "Session", "WriterDrainTimeout", "coalesce", "make_session"]
 
 logger = logging.getLogger("strainstream.session")
 
@@ -78,12 +78,18 @@ class BufferedWriter:
         event tables are checked against the events sent and any missing row is appended
         again (a server that answered 200 to an append and lost it under concurrent load
         has been seen: tiled's DuckDB tables).
+    max_coalesce : int
+        At most this many queued documents are written together (:func:`coalesce`): what
+        the thread finds queued when it takes a document, never waiting for more. 1: one
+        request per document.
     """
 
     def __init__(self, writer: Callable[[str, dict], Any], *, transport: OutageTolerantTransport | None = None,
                  spool_dir: str | os.PathLike | None = None, drain_timeout_s: float = 120.0,
-                 max_lag: int = 8, say: Callable[[str], None] | None = None, client=None) -> None:
+                 max_lag: int = 8, say: Callable[[str], None] | None = None, client=None,
+                 max_coalesce: int = 64) -> None:
         self.writer = writer
+        self.max_coalesce = max(1, int(max_coalesce))
         self.client = client
         self._run_docs: dict[str, list[tuple[str, dict]]] = {}  # descriptors and events, for the audit
         self.repaired: dict[str, int] = {}  # run uid -> event rows re-appended by the audit
@@ -208,13 +214,33 @@ class BufferedWriter:
             item = self._queue.get()
             if item is None:
                 return
-            name, doc, uid, index = item
+            # what is already queued goes with it (never waiting for more: latency unchanged
+            # at low rates; at rates the server cannot take one request per document, runs of
+            # events become one event page and their StreamDatums one range per resource)
+            items, last = [item], False
+            while len(items) < self.max_coalesce:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    last = True
+                    break
+                items.append(nxt)
             try:
-                self._write(name, doc, uid, index)
-            finally:
-                with self._cond:
-                    self._pending -= 1
-                    self._cond.notify_all()
+                batches = coalesce(items)
+            except Exception:  # a document unlike the RunEngine's: each goes alone, as sent
+                logger.debug("documents not coalesced", exc_info=True)
+                batches = [(name, doc, uid, [index]) for name, doc, uid, index in items]
+            for name, doc, uid, indices in batches:
+                try:
+                    self._write(name, doc, uid, indices)
+                finally:
+                    with self._cond:
+                        self._pending -= len(indices)
+                        self._cond.notify_all()
+            if last:
+                return
 
     def _audit(self, uid: str) -> None:
         """Re-append event rows of run ``uid`` that tiled does not hold (before its stop)."""
@@ -234,17 +260,21 @@ class BufferedWriter:
             logger.warning(msg)
             self.say(msg)
 
-    def _write(self, name: str, doc: dict[str, Any], uid: str, index: int) -> None:
+    def _write(self, name: str, doc: dict[str, Any], uid: str, indices: list[int]) -> None:
+        import event_model
         import httpx
 
+        index = indices[0]
         if name in ("descriptor", "event") and uid:
             self._run_docs.setdefault(uid, []).append((name, doc))
+        elif name == "event_page" and uid:
+            self._run_docs.setdefault(uid, []).extend(("event", e) for e in event_model.unpack_event_page(doc))
         elif name == "stop" and uid:
             self._audit(uid)
 
         # re-sending an event or a stop is safe (a row stored twice is skipped by readers);
         # other documents change the writer's state before their request and are not re-sent
-        attempts = 3 if name in ("event", "stop") else 1
+        attempts = 3 if name in ("event", "event_page", "stop") else 1
         stored = False
         for attempt in range(attempts):
             try:
@@ -266,7 +296,7 @@ class BufferedWriter:
                     self.say(msg)
                     if isinstance(exc, TiledUnreachable):
                         self._told_unreachable.add(uid)
-                self.failed.append((uid, name, index, repr(exc)))
+                self.failed.extend((uid, name, i, repr(exc)) for i in indices)
                 break
         refused = [f for f in self.failed if f[0] == uid] if name == "stop" else []
         if refused:
@@ -283,7 +313,72 @@ class BufferedWriter:
             if name == "stop" and not refused:
                 self.spool.done(uid)
             else:
-                self.spool.sent(uid, index)
+                for i in indices:
+                    self.spool.sent(uid, i)
+
+
+def coalesce(items: list[tuple[str, dict[str, Any], str, int]]) -> list[tuple[str, dict[str, Any], str, list[int]]]:
+    """Merge runs of queued events into event pages and their StreamDatums into ranges.
+
+    ``items`` are ``(name, doc, run uid, spool index)`` in the order the RunEngine emitted
+    them; the result is ``(name, doc, run uid, spool indices)`` in an order tiled accepts:
+    within a run of events of one descriptor (with the StreamDatums between them), each
+    resource's StreamDatums become one StreamDatum whose ``seq_nums`` and ``indices`` span
+    theirs (only while they are contiguous) and the events one ``event_page``, written after
+    the StreamDatums (every StreamDatum still reaches tiled before the event that uses it).
+    Anything else (start, descriptors, resources, stop) ends a run and is passed on alone.
+    A run of one event is passed on unchanged.
+    """
+    import event_model
+
+    out: list[tuple[str, dict[str, Any], str, list[int]]] = []
+    group: dict[str, Any] | None = None
+
+    def close() -> None:
+        nonlocal group
+        if group is None:
+            return
+        for sd, idx in group["datums"].values():
+            out.append(("stream_datum", sd, group["uid"], idx))
+        events, idx = group["events"], group["event_indices"]
+        if len(events) == 1:
+            out.append(("event", events[0], group["uid"], idx))
+        elif events:
+            out.append(("event_page", event_model.pack_event_page(*events), group["uid"], idx))
+        group = None
+
+    for name, doc, uid, index in items:
+        if name not in ("event", "stream_datum"):
+            close()
+            out.append((name, doc, uid, [index]))
+            continue
+        descriptor = doc["descriptor"]
+        if group is not None and (group["uid"] != uid or group["descriptor"] != descriptor):
+            close()
+        if name == "stream_datum":
+            res = doc["stream_resource"]
+            prev = group["datums"].get(res) if group is not None else None
+            if prev is not None and not (prev[0]["seq_nums"]["stop"] == doc["seq_nums"]["start"]
+                                         and prev[0]["indices"]["stop"] == doc["indices"]["start"]):
+                close()  # not contiguous: a new run
+                prev = None
+        if group is None:
+            group = {"uid": uid, "descriptor": descriptor, "datums": {}, "events": [], "event_indices": []}
+        if name == "event":
+            group["events"].append(doc)
+            group["event_indices"].append(index)
+            continue
+        res = doc["stream_resource"]
+        prev = group["datums"].get(res)
+        if prev is None:
+            group["datums"][res] = (dict(doc, seq_nums=dict(doc["seq_nums"]), indices=dict(doc["indices"])),
+                                    [index])
+        else:
+            prev[0]["seq_nums"]["stop"] = doc["seq_nums"]["stop"]
+            prev[0]["indices"]["stop"] = doc["indices"]["stop"]
+            prev[1].append(index)
+    close()
+    return out
 
 
 def make_session(uri: str, api_key: str, *, progress: bool = True,

@@ -216,7 +216,8 @@ def test_run_cut_off_mid_way_is_completed_from_the_spool(tiled_server, tmp_path)
         if name == "event" and doc["seq_num"] == cut:
             dead.set()
 
-    writer = BufferedWriter(dying_writer, spool_dir=spool, drain_timeout_s=1, say=said.append)
+    # one request per document: the writer dies exactly after event ``cut``
+    writer = BufferedWriter(dying_writer, spool_dir=spool, drain_timeout_s=1, say=said.append, max_coalesce=1)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(writer)
     det = sim_frame_detector("det", detector_dir(server.data_dir), frame_shape=(32, 40))
@@ -330,7 +331,9 @@ def test_buffered_writer_keeps_order_spools_and_reports_refusals(tmp_path):
         written.append((name, doc.get("seq_num")))
 
     said = []
-    w = BufferedWriter(slow_writer, spool_dir=tmp_path, drain_timeout_s=0.2, max_lag=100, say=said.append)
+    # one request per document (pages: tests/glue/test_writer_coalesce.py)
+    w = BufferedWriter(slow_writer, spool_dir=tmp_path, drain_timeout_s=0.2, max_lag=100, say=said.append,
+                       max_coalesce=1)
     w("start", {"uid": "r1", "time": 0})
     w("descriptor", {"uid": "d1", "run_start": "r1", "name": "primary"})
     for i in range(1, 6):

@@ -42,25 +42,46 @@ from strainstream.errors import StrainstreamError
 
 from ._common import Parser
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main", "run_command"]
+__all__ = ["COMMAND_MODULES", "COMMAND_OF", "build_parser", "main", "run_command"]
 
 #: the modules of this package that register sub-commands, in ``--help`` order
 COMMAND_MODULES = ("demo", "serve", "runs", "import_", "beamline", "console", "queue", "deploy",
                    "dashboard", "keys", "reprocess", "config", "xrd", "sxdm", "xanes")
+#: the module of :data:`COMMAND_MODULES` that registers each sub-command (a test checks it):
+#: ``strainstream COMMAND ...`` imports and registers only that module
+COMMAND_OF = {
+    "demo": "demo", "serve": "serve", "worker": "serve", "spool": "serve", "runs": "runs",
+    "results": "runs", "replay": "runs", "plot": "runs", "import": "import_", "beamline": "beamline",
+    "console": "console", "queue": "queue", "deploy": "deploy", "dashboard": "dashboard", "keys": "keys",
+    "reprocess": "reprocess", "config": "config", "xrd": "xrd", "sxdm": "sxdm", "xanes": "xanes",
+}
 #: sub-commands that log at INFO by default (long-running services)
 _SERVICES = ("serve", "worker")
 
 
-def build_parser() -> Parser:
-    """The ``strainstream`` parser with every sub-command of :data:`COMMAND_MODULES`."""
+def build_parser(command: str | None = None) -> Parser:
+    """The ``strainstream`` parser with every sub-command of :data:`COMMAND_MODULES`, or (``command``
+    one of :data:`COMMAND_OF`) with only the sub-commands of the module that registers it: the
+    same parse of ``strainstream COMMAND ...`` without importing the other modules (the
+    beamline's configuration model, the deployment's supervisor, ...)."""
     parser = Parser(prog="strainstream",
                     description="Live streaming analysis for operando battery-cathode beamline studies.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name in COMMAND_MODULES:
+    modules = COMMAND_MODULES if command not in COMMAND_OF else (COMMAND_OF[command],)
+    for name in modules:
         importlib.import_module(f"{__name__}.{name}").register(sub)
-    parser.set_defaults(known_commands=frozenset(sub.choices))
+    parser.set_defaults(known_commands=frozenset(sub.choices) if len(modules) > 1 else frozenset(COMMAND_OF))
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command ``argv`` names (after the top-level ``-v``), else None (help, a typo: the
+    full parser answers)."""
+    for arg in argv:
+        if arg not in ("-v", "--verbose"):
+            return arg if arg in COMMAND_OF else None
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -97,7 +118,7 @@ def run_command(command: str, handler: Callable[[], int], reports: tuple[type[Ba
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``strainstream``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(_command_of(argv))
     command = argv[0] if argv and argv[0] in parser.get_default("known_commands") else ""
     try:
         args = parser.parse_args(argv)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from strainstream.config import IOC_NAMES
-
 from ._common import CommandError, Parser, stop_requested
 
 __all__ = ["main", "register", "status", "up"]
@@ -23,7 +21,8 @@ def register(commands) -> None:
                     help="directory for the detector HDF5 files (default ./detector-data)")
     up.add_argument("--prefix", default="SS:")
     up.add_argument("--ports", help="fixed ports, e.g. cycler=5064,endstation=5066,beam=5068")
-    up.add_argument("--iocs", default=",".join(IOC_NAMES), help="comma-separated subset")
+    # default None: every IOC (strainstream.config.IOC_NAMES; imported by the handler, not by --help)
+    up.add_argument("--iocs", default=None, help="comma-separated subset")
     up.add_argument("--xrd-shape", type=int, default=2048)
     up.add_argument("--sxdm-shape", type=int, default=64)
     up.add_argument("--txm-shape", type=int, default=128)
@@ -49,7 +48,7 @@ def cmd_up(args) -> int:
     from strainstream.beamline import Beamline, parse_ports
 
     bl = Beamline(args.write_dir, prefix=args.prefix, ports=parse_ports(args.ports),
-                  iocs=[s for s in args.iocs.split(",") if s], xrd_shape=args.xrd_shape,
+                  iocs=[s for s in _iocs(args).split(",") if s], xrd_shape=args.xrd_shape,
                   sxdm_shape=args.sxdm_shape, txm_shape=args.txm_shape, preset=args.preset,
                   log_dir=args.log_dir)
     with stop_requested() as done:  # Ctrl-C, SIGTERM (a supervisor) and SIGHUP stop the IOCs
@@ -77,10 +76,17 @@ def cmd_up(args) -> int:
     return done.exit_code("beamline up")
 
 
+def _iocs(args) -> str:
+    """``--iocs``, every IOC when not given."""
+    from strainstream.config import IOC_NAMES
+
+    return ",".join(IOC_NAMES) if args.iocs is None else args.iocs
+
+
 def cmd_status(args) -> int:
     """Which PVs answer (exit 0 if all, 1 if some don't)."""
     from strainstream.beamline import PROBE_PVS, parse_ports, probe
-    from strainstream.config import environment_value
+    from strainstream.config import IOC_NAMES, environment_value
 
     ports = parse_ports(args.ports)
     if ports:

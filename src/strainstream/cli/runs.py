@@ -69,24 +69,24 @@ def register(commands) -> None:
 def read_catalog(args, read, *, need_server: bool = False):
     """``read(root)`` on the catalog of the command's server options; its result.
 
-    With a server (``--uri`` or one running on the data directory) ``root`` is a tiled
-    client. Without one the catalog files are read directly (:mod:`strainstream.offline_reader`:
-    no tiled server stack to import, DuckDB opened read-only only while ``read`` runs); when
-    that reader does not recognise the directory, or meets anything it does not know while
-    reading, ``read`` runs again on the catalog opened in-process by tiled
-    (:func:`strainstream.client.open_offline`), as before. ``read`` must not print or write:
-    it may run twice.
+    ``root`` is first a light reader of :mod:`strainstream.offline_reader`: with a server
+    (``--uri`` or one running on the data directory) tiled's HTTP API read without
+    ``tiled.client`` (:func:`~strainstream.offline_reader.open_server`: no httpx, pandas, dask
+    or bluesky-tiled-plugins to import); without one the catalog files read directly
+    (:func:`~strainstream.offline_reader.open_catalog`: no tiled server stack, DuckDB opened
+    read-only only while ``read`` runs). When that reader does not recognise the catalog, or
+    meets anything it does not know while reading, ``read`` runs again through tiled: a tiled
+    client of the server (:func:`strainstream.client.connect`), or the catalog opened
+    in-process (:func:`strainstream.client.open_offline`), as before. ``read`` must not print
+    or write: it may run twice.
     """
-    from strainstream.client import connect, open_offline
-
-    target = resolve_server(args, need_server=need_server)
-    if not target.offline:
-        return read(connect(target.uri, target.api_key))
-    from strainstream.offline_reader import Unsupported
+    from strainstream.offline_reader import Unsupported, open_server
     from strainstream.offline_reader import open_catalog as open_direct
 
+    target = resolve_server(args, need_server=need_server)
     try:
-        with open_direct(target.data_dir) as root, root.reading():
+        light = open_direct(target.data_dir) if target.offline else open_server(target.uri, target.api_key)
+        with light as root, root.reading():
             try:
                 result = read(root)
             except Exception:
@@ -98,8 +98,11 @@ def read_catalog(args, read, *, need_server: bool = False):
             reason = root.failed
     except Unsupported as exc:
         reason = exc
-    logger.debug("reading %s through tiled: %s", target.data_dir, reason)
-    return read(open_offline(target.data_dir))
+    from strainstream.client import connect, open_offline
+
+    where = target.data_dir if target.offline else target.uri
+    logger.debug("reading %s through tiled: %s", where, reason)
+    return read(open_offline(target.data_dir) if target.offline else connect(target.uri, target.api_key))
 
 
 #: what a stop document's exit_status means for the user
@@ -266,7 +269,7 @@ def _plot_inputs(root, args) -> tuple[dict, dict, list[str], dict, list | None]:
     results document, the analyses to draw, their stored arrays and (for a run of a
     rate_series, else None) the series' (start, operando_xrd entry) pairs."""
     from strainstream.callbacks.plots import FIGURES
-    from strainstream.callbacks.sinks import read_arrays, read_results
+    from strainstream.results_doc import read_arrays, read_results  # sinks' readers, no event_model
 
     run = get_run(root, args.uid)
     start = dict(run.metadata["start"])
