@@ -6,6 +6,7 @@ result row becomes visible to a tiled websocket subscriber of the results table.
 measured from the event document's ``time`` (the moment bluesky composed the event).
 
     python benchmarks/bench_latency.py [--quick] [--json] [--beside-demo]
+                                       [--profile embedded|scaleout|both] [--max-rate]
 
 Cases: 512x512 frames at 5 Hz and 2048x2048 frames at 1 Hz (whole runs, first events
 included), and a 5-event run at 5 Hz (a calibration or alignment count: all of it is "first
@@ -17,20 +18,33 @@ beside the cases: latency under load.
 ``--json`` prints one JSON object ``{"cases": [...]}``; each case has ``frames`` (e.g.
 "512x512"), ``target_hz``, ``achieved_hz``, ``n``, ``p50_ms``, ``p95_ms``, ``first_ms``
 (the first event's latency), and ``p95_after5_ms``, ``max_ms``, ``first5_ms``,
-``beside_demo``.
+``beside_demo``, ``profile``.
+
+``--profile scaleout`` runs the same cases on the facility profile (PostgreSQL catalog and
+tables, Redis streaming cache; ``postgres`` and ``redis-server`` must be installed), ``both``
+on each profile in turn. ``--max-rate`` instead steps the rate of 512² frame-statistics runs
+up (``MAX_RATE_STEPS_HZ``, 10 s of events each) and adds ``max_rate`` entries per profile:
+``max_rate_hz``, the highest rate that was sustained (``event_hz``, events per second between
+the first and the last event, ≥ 95 % of the target) with p95
+≤ 250 ms after the run's first 5 events, and ``max_rate_whole_run_hz`` with p95 ≤ 250 ms over
+the whole run, first events included; every step is in ``cases``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -93,14 +107,55 @@ class VisibleTimes:
             s.disconnect(wait=False)
 
 
-def run_case(shape, rate_hz, n, data_dir):
+MAX_RATE_STEPS_HZ = (2, 5, 8, 10, 12, 15, 20, 25, 30, 40)
+P95_GOAL_MS = 250.0
+
+
+@contextlib.contextmanager
+def profile_servers(profile: str):
+    """Yield ``server_kwargs()``: the TiledServer options of a fresh server of ``profile``
+    (scaleout: new PostgreSQL databases and a flushed Redis db per call)."""
+    if profile == "embedded":
+        yield dict
+        return
+    from strainstream.services import Postgres, Redis
+
+    root = Path(tempfile.mkdtemp(prefix="strainstream-bench-"))
+    os.chmod(root, 0o711)  # PostgreSQL runs as "postgres" when we are root
+    dbs = itertools.count(1)
+    try:
+        with Redis(root / "redis") as redis, Postgres(root / "pg", settings={
+                "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}) as pg:
+            def server_kwargs():
+                import redis as redis_py
+
+                name = f"b_{uuid.uuid4().hex[:12]}"
+                for db in (name, f"{name}_auth", f"{name}_tables"):
+                    pg.create_database(db)
+                db = next(dbs)
+                with contextlib.closing(redis_py.Redis(port=redis.port, host="127.0.0.1", db=db)) as r:
+                    r.flushdb()
+                return {"catalog_uri": pg.passfile_uri(name), "auth_db_uri": pg.passfile_uri(f"{name}_auth"),
+                        "tables_uri": pg.tables_uri(f"{name}_tables"), "cache_uri": f"{redis.url}/{db}"}
+            yield server_kwargs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+#: documents the RunEngine's writer writes together (``--no-coalesce``: 1, one request each)
+MAX_COALESCE = 64
+
+
+def run_case(shape, rate_hz, n, data_dir, server_kwargs=None):
     rng = np.random.default_rng(0)
     frames = [rng.poisson(100, size=shape).astype(np.float32) for _ in range(4)]
-    with TiledServer(data_dir) as server, WorkerProcess(server.uri, server.api_key, data_dir):
+    with TiledServer(data_dir, **(server_kwargs or {})) as server, \
+            WorkerProcess(server.uri, server.api_key, data_dir):
         root = server.client()
         websockets_use_api_key(root)
         visible = VisibleTimes(root).start()
-        session = make_session(server.uri, server.api_key, progress=False, spool_dir=f"{data_dir}/spool")
+        session = make_session(server.uri, server.api_key, progress=False, spool_dir=f"{data_dir}/spool",
+                               max_coalesce=MAX_COALESCE)
         event_times: dict[int, float] = {}
         session.RE.subscribe(lambda name, doc: event_times.setdefault(doc["seq_num"], doc["time"])
                              if name == "event" else None)
@@ -118,6 +173,9 @@ def run_case(shape, rate_hz, n, data_dir):
         "frames": f"{shape[0]}x{shape[1]}",
         "target_hz": rate_hz,
         "achieved_hz": n / elapsed,
+        # between the first and the last event (without the run's opening and closing)
+        "event_hz": (len(event_times) - 1) / (max(event_times.values()) - min(event_times.values()))
+        if len(event_times) > 1 else None,
         "n": len(lat),
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
@@ -126,6 +184,30 @@ def run_case(shape, rate_hz, n, data_dir):
         "max_ms": float(lat.max()),
         "first5_ms": [round(float(v), 1) for v in lat[:5]],
     }
+
+
+def max_rate(profile, server_kwargs, rows, args) -> dict:
+    """Step the 512² rate up until p95 or the rate itself fails; every step goes to ``rows``."""
+    best = best_whole = None
+    misses = 0
+    for hz in MAX_RATE_STEPS_HZ:
+        n = max(20, int(hz * (4 if args.quick else 10)))
+        with tempfile.TemporaryDirectory() as d:
+            row = run_case((512, 512), float(hz), n, d, server_kwargs())
+        row.update(beside_demo=args.beside_demo, profile=profile, coalesce=MAX_COALESCE > 1)
+        rows.append(row)
+        sustained = row["event_hz"] is not None and row["event_hz"] >= 0.95 * hz
+        if sustained and row["p95_after5_ms"] is not None and row["p95_after5_ms"] <= P95_GOAL_MS:
+            best = hz
+            if row["p95_ms"] <= P95_GOAL_MS:
+                best_whole = hz
+            misses = 0
+        else:
+            misses += 1
+            if misses == 2:  # two steps in a row missed: the rates above miss as well
+                break
+    return {"profile": profile, "frames": "512x512", "max_rate_hz": best, "max_rate_whole_run_hz": best_whole,
+            "p95_goal_ms": P95_GOAL_MS, "beside_demo": args.beside_demo}
 
 
 @contextlib.contextmanager
@@ -160,18 +242,36 @@ def main():
     parser.add_argument("--json", action="store_true", help='one JSON object {"cases": [...]}')
     parser.add_argument("--beside-demo", action="store_true",
                         help="run a second demo (operando XRD) beside the cases: latency under load")
+    parser.add_argument("--profile", choices=("embedded", "scaleout", "both"), default="embedded",
+                        help="deployment profile of the tiled server (default: embedded)")
+    parser.add_argument("--max-rate", action="store_true",
+                        help="step the 512² rate up: the highest rate with p95 <= 250 ms, per profile")
+    parser.add_argument("--no-coalesce", action="store_true",
+                        help="the RunEngine's writer sends one request per document (the reference)")
     args = parser.parse_args()
+    global MAX_COALESCE
+    MAX_COALESCE = 1 if args.no_coalesce else MAX_COALESCE
     n_small, n_big = (20, 8) if args.quick else (100, 30)
-    rows = []
+    profiles = ("embedded", "scaleout") if args.profile == "both" else (args.profile,)
+    rows, limits = [], []
     with demo_beside(args.beside_demo):
-        for shape, hz, n in (((512, 512), 5.0, n_small), ((2048, 2048), 1.0, n_big), ((512, 512), 5.0, 5)):
-            with tempfile.TemporaryDirectory() as d:
-                row = run_case(shape, hz, n, d)
-                row["beside_demo"] = args.beside_demo
-                rows.append(row)
+        for profile in profiles:
+            with profile_servers(profile) as server_kwargs:
+                if args.max_rate:
+                    limits.append(max_rate(profile, server_kwargs, rows, args))
+                    continue
+                for shape, hz, n in (((512, 512), 5.0, n_small), ((2048, 2048), 1.0, n_big),
+                                     ((512, 512), 5.0, 5)):
+                    with tempfile.TemporaryDirectory() as d:
+                        row = run_case(shape, hz, n, d, server_kwargs())
+                        row.update(beside_demo=args.beside_demo, profile=profile, coalesce=MAX_COALESCE > 1)
+                        rows.append(row)
     if args.json:
-        print(json.dumps({"cases": rows}))
+        print(json.dumps({"cases": rows, **({"max_rate": limits} if args.max_rate else {})}))
         return
+    for lim in limits:
+        print(f"{lim['profile']}: highest sustained 512² rate with p95 <= {P95_GOAL_MS:.0f} ms after the "
+              f"first 5 events: {lim['max_rate_hz']} Hz; over whole runs: {lim['max_rate_whole_run_hz']} Hz")
     print(f"{'frames':>10} {'target Hz':>9} {'achieved':>9} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'first ms':>8} {'p95 after 5':>11} {'max ms':>8}  first 5 events (ms)")
     for r in rows:

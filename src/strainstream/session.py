@@ -383,7 +383,7 @@ def coalesce(items: list[tuple[str, dict[str, Any], str, int]]) -> list[tuple[st
 
 def make_session(uri: str, api_key: str, *, progress: bool = True,
                  spool_dir: str | os.PathLike | None = None, drain_timeout_s: float = 120.0,
-                 max_outage_s: float = 3600.0, max_lag: int = 8) -> Session:
+                 max_outage_s: float = 3600.0, max_lag: int = 8, max_coalesce: int = 64) -> Session:
     """Create a RunEngine that streams every document to tiled.
 
     Parameters
@@ -404,6 +404,8 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     max_lag : int
         Documents the RunEngine may run ahead of tiled while the server is reachable
         (see :class:`BufferedWriter`).
+    max_coalesce : int
+        Queued documents written together (:func:`coalesce`); 1: one request per document.
 
     Notes
     -----
@@ -426,7 +428,8 @@ def make_session(uri: str, api_key: str, *, progress: bool = True,
     RE = RunEngine({}, call_returns_result=False)
     writer = BufferedWriter(TiledWriter(write_client, batch_size=1), transport=transport,
                             spool_dir=spool_dir if spool_dir is not None else default_spool_dir(),
-                            drain_timeout_s=drain_timeout_s, max_lag=max_lag, client=write_client)
+                            drain_timeout_s=drain_timeout_s, max_lag=max_lag, client=write_client,
+                            max_coalesce=max_coalesce)
     # ophyd area detectors' Resource/Datum become StreamResource/StreamDatum before the spool
     # and tiled see them, each datum paired with the event that references it
     RE.subscribe(DatumToStream(writer))
