@@ -7,7 +7,10 @@ of a finished run without tiled's server stack) gives exactly what tiled gives.
 - ``strainstream runs | results | plot`` print (and draw) the same with the direct reader as
   with today's path (the reader disabled: tiled opened in-process) on demo data directories;
 - what the reader does not know falls back, a DuckDB file locked by a writer is never waited
-  on or held, and ``results`` imports no tiled, pandas, bluesky or matplotlib.
+  on or held, and ``results`` imports no tiled, pandas, bluesky or matplotlib;
+- with a server running on the data directory the commands read it over HTTP without
+  ``tiled.client`` (:func:`strainstream.offline_reader.open_server`) and print (and draw)
+  the same as through ``tiled.client``; its Arrow decoder reads what pyarrow reads.
 """
 
 from __future__ import annotations
@@ -236,10 +239,11 @@ def _main(argv, direct: bool, monkeypatch) -> tuple[int, str, str]:
 
     with monkeypatch.context() as m:
         if not direct:
-            def refuse(data_dir):
+            def refuse(*args, **kwargs):
                 raise offline_reader.Unsupported("disabled by the test")
 
             m.setattr(offline_reader, "open_catalog", refuse)
+            m.setattr(offline_reader, "open_server", refuse)
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = main(argv)
@@ -273,17 +277,158 @@ def test_commands_print_the_same_as_through_tiled(demo_dirs, monkeypatch, tmp_pa
             assert filecmp.cmp(a, b, shallow=False), (a, b)
 
 
+#: what ``results`` and ``runs`` of a finished run must not import (tiled's client or server
+#: stack, the data libraries it pulls in, the control layer, the figures, the other
+#: sub-commands' modules)
+_HEAVY = ("tiled", "pandas", "pyarrow", "httpx", "bluesky", "bluesky_tiled_plugins", "ophyd", "matplotlib",
+          "event_model", "dask", "zarr", "xarray", "strainstream.deploy", "strainstream.cli.beamline",
+          "strainstream.callbacks")
+
+
+def _assert_light(argv) -> None:
+    code = textwrap.dedent(f"""
+        import sys
+        from strainstream.cli import main
+        rc = main({argv!r})
+        heavy = {_HEAVY!r}
+        print(sorted(h for h in heavy if h in sys.modules), file=sys.stderr)
+        sys.exit(rc)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "[]", (argv, r.stderr)
+
+
 def test_results_and_runs_import_no_server_stack(demo_dirs):
     d, summary = demo_dirs[0]
     for argv in (["results", summary["uid"], "--data-dir", str(d), "--json"], ["runs", "--data-dir", str(d)]):
-        code = textwrap.dedent(f"""
-            import sys
-            from strainstream.cli import main
-            rc = main({argv!r})
-            heavy = {{"tiled", "pandas", "bluesky", "ophyd", "matplotlib", "event_model", "dask", "zarr"}}
-            print(sorted({{m.split(".")[0] for m in sys.modules}} & heavy), file=sys.stderr)
-            sys.exit(rc)
-        """)
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        assert r.stderr.strip().splitlines()[-1] == "[]", argv
+        _assert_light(argv)
+
+
+def test_through_a_running_server(demo_dirs, monkeypatch, tmp_path):
+    """With a server on the data directory: the same output over HTTP as through tiled.client,
+    every node read by the light reader (no fall-back), and no tiled/pandas/pyarrow imported."""
+    from strainstream.client import running_server
+    from strainstream.server import TiledServer
+
+    opened = []
+    real_open = offline_reader.open_server
+
+    def spy(*args, **kwargs):
+        root = real_open(*args, **kwargs)
+        opened.append(root)
+        return root
+
+    for d, summary in demo_dirs:
+        uid = summary["uid"]
+        with TiledServer(d):
+            assert running_server(d) is not None
+            d = str(d)
+            argvs = [["runs", "--data-dir", d, "--json"], ["runs", "--data-dir", d],
+                     ["results", uid, "--data-dir", d, "--json"], ["results", uid[:8], "--data-dir", d],
+                     ["results", "ffffffffff", "--data-dir", d], ["results", uid[:4], "--data-dir", d]]
+            for argv in argvs:
+                opened.clear()
+                with monkeypatch.context() as m:
+                    m.setattr(offline_reader, "open_server", spy)
+                    direct = _main(argv, True, monkeypatch)
+                assert opened and all(root.failed is None for root in opened), (argv, [r.failed for r in opened])
+                assert direct == _main(argv, False, monkeypatch), argv
+            rc, out, _ = _main(["results", uid, "--data-dir", d, "--json"], True, monkeypatch)
+            assert rc == 0 and json.loads(out)["analyses"]
+            if summary["experiment"] == "sxdm":
+                assert json.loads(out)["analyses"]["sxdm"]["arrays"]  # maps read as bytes over HTTP
+            pngs = {}
+            for direct in (True, False):
+                out_dir = tmp_path / f"server_{uid[:8]}_{direct}"
+                out_dir.mkdir()
+                rc, out, err = _main(["plot", uid, "--data-dir", d, "--out", f"{out_dir}/"], direct, monkeypatch)
+                assert rc == 0, err
+                pngs[direct] = out.split()
+            assert [p.split("/")[-1] for p in pngs[True]] == [p.split("/")[-1] for p in pngs[False]]
+            for a, b in zip(pngs[True], pngs[False], strict=True):
+                assert filecmp.cmp(a, b, shallow=False), (a, b)
+            if summary["experiment"] != "sxdm":
+                for argv in (["results", uid, "--data-dir", d, "--json"], ["runs", "--data-dir", d]):
+                    _assert_light(argv)
+
+
+def test_the_plot_arrays_reader_is_the_sinks_reader(demo_dirs):
+    """``plot`` reads arrays through results_doc (no event_model): the same as the sinks' reader."""
+    from strainstream.callbacks.sinks import read_arrays
+    from strainstream.results_doc import read_arrays as light
+
+    d, summary = demo_dirs[1]
+    with offline_reader.open_catalog(d) as root, root.reading():
+        arrays, md = light(root, summary["uid"], "sxdm")
+        ref_arrays, ref_md = read_arrays(root, summary["uid"], "sxdm")
+        assert arrays and md == ref_md and list(arrays) == list(ref_arrays)
+        for k in arrays:
+            assert np.array_equal(arrays[k], ref_arrays[k], equal_nan=True), k
+        assert light(root, summary["uid"], "nothing") == read_arrays(root, summary["uid"], "nothing") == ({}, {})
+
+
+def test_arrow_files_read_as_pyarrow_reads_them():
+    """The Arrow IPC decoder of the HTTP reader against pyarrow: every integer width, float32/64
+    (NaN, inf, -0.0), (large) strings, booleans, nulls, several record batches, empty tables."""
+    import math
+    import random
+
+    import pyarrow as pa
+
+    rng = random.Random(16)
+
+    def table(n, nulls):
+        def value(v):
+            return None if nulls and rng.random() < 0.3 else v
+
+        cols = {}
+        for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()):
+            lo, hi = ((0, 2 ** t.bit_width - 1) if pa.types.is_unsigned_integer(t)
+                      else (-2 ** (t.bit_width - 1), 2 ** (t.bit_width - 1) - 1))
+            cols[str(t)] = pa.array([value(rng.choice([lo, hi, 0, rng.randint(lo, hi)])) for _ in range(n)], type=t)
+        cols["f32"] = pa.array([value(rng.random() * 1e3) for _ in range(n)], type=pa.float32())
+        cols["f64"] = pa.array([value(rng.choice([rng.random(), math.nan, math.inf, -0.0, 1e-300]))
+                                for _ in range(n)], type=pa.float64())
+        cols["s"] = pa.array([value(rng.choice(["", "é", "abc", "x" * 50])) for _ in range(n)], type=pa.string())
+        cols["ls"] = pa.array([value(rng.choice(["", "Ω", "abc"])) for _ in range(n)], type=pa.large_string())
+        cols["b"] = pa.array([value(rng.random() < 0.5) for _ in range(n)], type=pa.bool_())
+        return pa.table(cols)
+
+    def same(a, b):
+        if isinstance(a, float) and isinstance(b, float):
+            return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+        return type(a) is type(b) and a == b
+
+    for n in (0, 1, 8, 9, 53):
+        for nulls in (False, True):
+            for batches in (1, 3):
+                sink = io.BytesIO()
+                parts = [table(n, nulls) for _ in range(batches)]
+                with pa.ipc.new_file(sink, parts[0].schema) as writer:
+                    for part in parts:
+                        writer.write_table(part)
+                ref = pa.ipc.open_file(sink.getvalue()).read_all()
+                got = offline_reader._read_arrow_file(sink.getvalue())
+                assert list(got) == ref.column_names
+                for name in ref.column_names:
+                    kind, values, null_count = got[name]
+                    assert null_count == ref.column(name).null_count, name
+                    expected = ref.column(name).to_pylist()
+                    assert len(values) == len(expected) and all(map(same, values, expected)), (name, n, nulls)
+    # what it does not decode is Unsupported (the reader then goes through tiled.client)
+    for unknown in (pa.table({"t": pa.array([1], type=pa.timestamp("s"))}),
+                    pa.table({"d": pa.array(["a", "b"]).dictionary_encode()}),
+                    pa.table({"l": pa.array([[1, 2]])})):
+        sink = io.BytesIO()
+        with pa.ipc.new_file(sink, unknown.schema) as writer:
+            writer.write_table(unknown)
+        with pytest.raises(offline_reader.Unsupported):
+            offline_reader._read_arrow_file(sink.getvalue())
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, parts[0].schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(parts[0])
+    with pytest.raises(offline_reader.Unsupported):
+        offline_reader._read_arrow_file(sink.getvalue())
+    with pytest.raises(offline_reader.Unsupported):
+        offline_reader._read_arrow_file(b"not arrow")

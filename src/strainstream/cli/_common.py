@@ -219,38 +219,10 @@ def config_from_args(args: argparse.Namespace, **extra: Any):
     return config
 
 
-@dataclass(frozen=True)
-class _ServerOptions:
-    """What :func:`resolve_server` reads of a :class:`~strainstream.config.Config`."""
-
-    data_dir: str | None
-    uri: str | None
-    api_key: str | None
-    admin_key: str | None
-    model_fields_set: frozenset[str]
-
-
-def _server_config(args: argparse.Namespace):
-    """:func:`config_from_args` as far as the server options go.
-
-    When neither a configuration file nor any ``STRAINSTREAM_*`` variable is set, only the
-    command line's strings can set them and validation has nothing to refuse: the options as
-    they are, without importing pydantic (a quarter of a second of ``strainstream results``).
-    Otherwise the full :class:`~strainstream.config.Config`.
-    """
-    given = {k: getattr(args, k, None) for k in ("data_dir", "uri", "api_key")}
-    given = {k: v for k, v in given.items() if v is not None}
-    if (getattr(args, "config", None) or any(k.startswith("STRAINSTREAM_") and v for k, v in os.environ.items())
-            or not all(isinstance(v, str) for v in given.values())):
-        return config_from_args(args)
-    return _ServerOptions(given.get("data_dir"), given.get("uri"), given.get("api_key"), None,
-                          frozenset(given))
-
-
 def data_dir_of(args: argparse.Namespace, config=None) -> str | None:
     """--data-dir, else $STRAINSTREAM_DATA_DIR / the file, else the command's default."""
     if config is None:
-        config = _server_config(args)
+        config = config_from_args(args)
     if getattr(args, "data_dir", None):
         return args.data_dir
     if "data_dir" in config.model_fields_set:
@@ -295,16 +267,10 @@ def resolve_server(args: argparse.Namespace, *, need_server: bool = False, key: 
     from strainstream.client import running_server
     from strainstream.errors import ServerError
 
-    config = _server_config(args)
+    config = config_from_args(args)
     data_dir = data_dir_of(args, config)
 
     def key_of(directory: str | None, required: bool) -> str | None:
-        if key != "admin" and not config.api_key and isinstance(config, _ServerOptions) and directory:
-            from strainstream.datadir import api_key_path
-
-            path = api_key_path(directory)
-            if path.exists():  # what auth.api_key_for reads when no option, variable or file names a
-                return path.read_text().strip()  # key, without importing auth (pydantic: 0.3 s)
         from strainstream.auth import admin_key_for, api_key_for
 
         if key == "admin":  # key management always needs the admin key
