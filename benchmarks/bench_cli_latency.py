@@ -8,7 +8,7 @@ on one finished run, in both modes:
                 TiledServer``, which records ``DIR/server.json``): the commands find it and
                 read over HTTP.
 
-Each command is timed twice: ``direct`` (today's path: :mod:`strainstream.offline_reader`'s
+Each command is timed twice (three times with ``--before``): ``direct`` (today's path: :mod:`strainstream.offline_reader`'s
 light readers) and ``tiled`` (those readers disabled, as before issue #16 item 5: tiled's
 in-process server app offline, ``tiled.client`` with a server). The references, timed in the
 same run and interleaved with the commands, are ``python -c pass`` and ``python -c "import
@@ -17,12 +17,21 @@ different speed or load compare. A warm-up pass runs every command once first (t
 ``plot`` draws the PNG; later ones find it drawn from the same results and reuse it).
 
     python benchmarks/bench_cli_latency.py [--data-dir DIR --uid UID] [--repeat 5] [--json]
-                                           [--experiment operando_xrd|frame_series]
+                                           [--experiment operando_xrd|frame_series] [--before TREE]
+
+``--before TREE`` also times the commands of another strainstream (reader ``before``): TREE
+holds a ``strainstream`` package laid out as installed (``src/strainstream`` with
+``callbacks``, ``plans``, ``devices`` copied into it), put first on PYTHONPATH — e.g. the
+commit before issue #16 item 5:
+
+    git archive 16073cc src callbacks plans devices | tar -x -C /tmp/before
+    mkdir /tmp/before/tree && cp -r /tmp/before/src/strainstream /tmp/before/tree/ && for p in \
+        callbacks plans devices; do cp -r /tmp/before/$p /tmp/before/tree/strainstream/$p; done
 
 Without ``--data-dir`` a small demo makes the run first (operando_xrd: 256² frames over 25 s,
 ≈40-50 analysed events, about 80 s; frame_series: 53 frames, about 30 s) in a temporary
 directory. ``--json`` prints one JSON object: ``load_avg`` (before/after), ``cpu_count``,
-``rows`` (the run's analysed events), ``repeat``, ``reference`` (median seconds of the two
+``rows`` (the run's analysed events), ``repeat``, ``before`` (TREE or null), ``reference`` (median seconds of the two
 references) and ``commands``: one entry per command, mode and reader with ``median_s``,
 ``min_s``, ``ratio_to_python`` and ``ratio_to_import_tiled_client``.
 """
@@ -84,23 +93,30 @@ def commands(uid: str, data_dir: str) -> list[tuple[str, list[str]]]:
     ]
 
 
-def measure(uid: str, data_dir: str, repeat: int, mode: str, env: dict[str, str]) -> list[dict]:
-    """Median wall times of the commands with the direct and the tiled reader, and of the
-    references, interleaved (one round = every command once)."""
+def measure(uid: str, data_dir: str, repeat: int, mode: str, env: dict[str, str],
+            before: str | None = None) -> list[dict]:
+    """Median wall times of the commands with the direct and the tiled reader (and the
+    ``before`` tree's), and of the references, interleaved (one round = every command once)."""
     refs = {"python": [sys.executable, "-c", "pass"],
             "import_tiled_client": [sys.executable, "-c", "import tiled.client"]}
-    cases = [(name, reader, ([sys.executable, "-m", "strainstream.cli", *argv] if reader == "direct"
-                             else [sys.executable, "-c", _THROUGH_TILED, *argv]))
-             for name, argv in commands(uid, data_dir) for reader in ("direct", "tiled")]
-    for _, _, cmd in cases:  # warm-up: the first plot draws the PNG, caches fill
-        _wall(cmd, env)
+    readers = ("direct", "tiled") + (("before",) if before else ())
+    cases = [(name, reader, ([sys.executable, "-c", _THROUGH_TILED, *argv] if reader == "tiled"
+                             else [sys.executable, "-m", "strainstream.cli", *argv]))
+             for name, argv in commands(uid, data_dir) for reader in readers]
+    before_env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (before, env.get("PYTHONPATH")) if p)}
+
+    def env_of(reader: str) -> dict[str, str]:
+        return before_env if reader == "before" else env
+
+    for _, reader, cmd in cases:  # warm-up: the first plot draws the PNG, caches fill
+        _wall(cmd, env_of(reader))
     times: dict[tuple[str, str], list[float]] = {(n, r): [] for n, r, _ in cases}
     ref_times: dict[str, list[float]] = {k: [] for k in refs}
     for _ in range(repeat):
         for key, cmd in refs.items():
             ref_times[key].append(_wall(cmd, env))
         for name, reader, cmd in cases:
-            times[(name, reader)].append(_wall(cmd, env))
+            times[(name, reader)].append(_wall(cmd, env_of(reader)))
     ref = {k: statistics.median(v) for k, v in ref_times.items()}
     out = [{"mode": mode, "command": "python -c pass", "reader": "-", "median_s": ref["python"],
             "min_s": min(ref_times["python"])},
@@ -123,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="the demo that makes the run without --data-dir")
     p.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--modes", default="offline,server", help="offline,server (default both)")
+    p.add_argument("--before", default=None, metavar="TREE",
+                   help="also time the strainstream package in TREE (first on PYTHONPATH)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = p.parse_args(argv)
+    if args.before:
+        args.before = os.path.abspath(args.before)
+        if not os.path.isfile(os.path.join(args.before, "strainstream", "cli", "__init__.py")):
+            raise SystemExit(f"--before {args.before}: no strainstream/cli/__init__.py in it")
 
     from strainstream.client import running_server
     from strainstream.server import TiledServer
@@ -150,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         results: list[dict] = []
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if "offline" in modes:
-            results += measure(uid, data_dir, args.repeat, "offline", env)
+            results += measure(uid, data_dir, args.repeat, "offline", env, args.before)
         if "server" in modes:
             with TiledServer(data_dir):
-                results += measure(uid, data_dir, args.repeat, "server", env)
-    doc = {"uid": uid, "rows": rows, "repeat": args.repeat, "cpu_count": os.cpu_count(),
+                results += measure(uid, data_dir, args.repeat, "server", env, args.before)
+    doc = {"uid": uid, "rows": rows, "repeat": args.repeat, "before": args.before, "cpu_count": os.cpu_count(),
            "load_avg": {"before": [round(x, 2) for x in load_before],
                         "after": [round(x, 2) for x in os.getloadavg()]},
            "reference": {e["mode"] + ":" + ("python" if "pass" in e["command"] else "import_tiled_client"):
