@@ -12,8 +12,7 @@
   here only when that reader does not recognise the directory
   (:func:`strainstream.cli.runs.read_catalog`).
 
-Nothing here imports tiled (nor :mod:`strainstream.auth`, which imports pydantic) at module
-level: ``strainstream results`` of a finished run reads ``DIR/server.json`` through it.
+Nothing here imports tiled at module level.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from strainstream.auth import API_KEY_ENV
 from strainstream.datadir import server_json_path, tiled_config_path
 from strainstream.errors import ServerError
 
@@ -101,8 +101,6 @@ def connect(uri: str, api_key: str | None, *, plain: bool = False):
     """
     import httpx
     from tiled.client import from_uri
-
-    from strainstream.auth import API_KEY_ENV  # not at import: auth imports pydantic (config)
 
     if not api_key:
         raise ServerError(

@@ -3,7 +3,8 @@
 Each sub-command lives in a module of this package with a ``register(subparsers)`` function
 that adds its parser(s) and sets ``func`` (the handler, ``args -> exit code``); handlers
 import what they need inside, so ``strainstream --help`` and the file-analysis commands start
-fast and need no server. The modules, in the order ``--help`` lists them:
+fast and need no server. ``strainstream COMMAND ...`` imports and registers only COMMAND's
+module (:data:`COMMAND_OF`; the full parser for ``--help`` and unknown commands). The modules, in the order ``--help`` lists them:
 
 =============  ======================================================================
 module         sub-commands

@@ -264,6 +264,7 @@ def resolve_server(args: argparse.Namespace, *, need_server: bool = False, key: 
     strainstream.errors.ServerError
         The data directory does not exist, or no server runs on it and one is needed.
     """
+    from strainstream.auth import admin_key_for, api_key_for
     from strainstream.client import running_server
     from strainstream.errors import ServerError
 
@@ -271,8 +272,6 @@ def resolve_server(args: argparse.Namespace, *, need_server: bool = False, key: 
     data_dir = data_dir_of(args, config)
 
     def key_of(directory: str | None, required: bool) -> str | None:
-        from strainstream.auth import admin_key_for, api_key_for
-
         if key == "admin":  # key management always needs the admin key
             given = getattr(args, "admin_key", None) or config.admin_key
             return admin_key_for(directory or ".", given, create=False)
