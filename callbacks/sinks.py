@@ -10,7 +10,9 @@ reads it back and continues after the last committed event.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from typing import Any
 
 from strainstream.results_doc import (  # the reading side, importable without the callbacks
@@ -91,6 +93,38 @@ def _get_or_create_container(parent, key: str, metadata: dict[str, Any]):
     return parent[key]
 
 
+#: id(root) -> (weak reference to root, its ``derived`` container client): looked up once
+#: per catalog client, not once per run (it is never deleted while a worker runs)
+_DERIVED_NODES: dict[int, tuple[weakref.ref, Any]] = {}
+_DERIVED_LOCK = threading.Lock()
+
+
+def _derived_node(root):
+    with _DERIVED_LOCK:
+        entry = _DERIVED_NODES.get(id(root))
+        if entry is not None and entry[0]() is root:
+            return entry[1]
+    node = _get_or_create_container(root, DERIVED, {"description": "strainstream derived results"})
+    with _DERIVED_LOCK:
+        for key in [k for k, (ref, _) in _DERIVED_NODES.items() if ref() is None]:
+            del _DERIVED_NODES[key]
+        _DERIVED_NODES[id(root)] = (weakref.ref(root), node)
+    return node
+
+
+def _create_or_get_container(parent, key: str, metadata: dict[str, Any]):
+    """``(child container key of parent, created)``: created when it is new (one request, the
+    common case for a live run), else the existing one (a restarted worker, a reprocessing)."""
+    from tiled.client.utils import ClientError
+
+    try:
+        return parent.create_container(key=key, metadata=metadata), True
+    except ClientError as exc:
+        if exc.response.status_code != 409:
+            raise
+    return _get_or_create_container(parent, key, metadata), False
+
+
 class TiledSink(ResultSink):
     """Store results in tiled at ``derived/<raw_uid>/<analysis>``.
 
@@ -120,10 +154,20 @@ class TiledSink(ResultSink):
 
     def begin(self, metadata, columns):
         self._schema = _arrow_schema(columns)
-        derived = _get_or_create_container(self.root, DERIVED, {"description": "strainstream derived results"})
-        run_node = self._run_node = _base(
-            _get_or_create_container(derived, self.raw_uid, {"raw_uid": self.raw_uid}))
-        if self.analysis in run_node:
+        # a live run's first events wait for this: as few requests as possible (the derived
+        # container once per client, the run's container created directly)
+        from tiled.client.utils import ClientError
+
+        try:
+            node, created = _create_or_get_container(_derived_node(self.root), self.raw_uid,
+                                                     {"raw_uid": self.raw_uid})
+        except ClientError:  # the cached derived container is gone (deleted behind our back)
+            with _DERIVED_LOCK:
+                _DERIVED_NODES.pop(id(self.root), None)
+            node, created = _create_or_get_container(_derived_node(self.root), self.raw_uid,
+                                                     {"raw_uid": self.raw_uid})
+        run_node = self._run_node = _base(node)
+        if not created and self.analysis in run_node:
             self.node = run_node[self.analysis]
             rows = _table_rows(self.node)
             self.node.update_metadata({"status": "running"})

@@ -60,6 +60,8 @@ class _Stream:
         self.table_sub = None
         self.node_sub = None
         self.last_sequence = 0  # streaming-cache sequence of the last table update seen
+        self.described = False  # its descriptor was emitted
+        self.table = None  # its event table node, subscribed and not back-filled yet
 
     @property
     def external_keys(self) -> list[str]:
@@ -108,11 +110,20 @@ class RunFollower:
         self.run_node = getattr(run, "base", run)
         md = self.run_node.metadata
         start_doc = dict(md["start"])
-        # the analyses open their result tables (a few requests) while the run is subscribed
+        # the analyses are made and open their result tables (several requests) in one thread
+        # while this one subscribes to the run and its streams (several more): the first
+        # events wait for the longer of the two, not for their sum
         error: Exception | None = None
         stop = None
+
+        def begin() -> list[AnalysisCallback]:
+            callbacks = self._make_callbacks(start_doc, self._fallback)
+            for cb in callbacks:
+                cb("start", start_doc)
+            return callbacks
+
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"begin-{self.uid[:8]}") as pool:
-            made = pool.submit(self._make_callbacks, start_doc, self._fallback)
+            made = pool.submit(begin)
             with self.lock:
                 try:
                     sub = self.run_node.subscribe()
@@ -120,22 +131,25 @@ class RunFollower:
                     self._subs.append(sub)
                     self._start(sub)
                     names = list(self.run_node)
-                    self.callbacks = made.result()
+                    for name in names:  # subscribed, not yet described to the analyses
+                        self._attach_stream(name, emit=False)
                 except Exception as exc:
                     error = exc
+                try:
+                    self.callbacks = made.result()
+                except Exception as exc:
+                    error = error or exc
                 if error is not None or not self.callbacks:
                     self.finished = True  # not ours (or broken): stop listening at once
                     subs, self._subs = self._subs, []
                 else:
                     try:
-                        self._emit("start", start_doc)
                         self._drainer.start()
-                        for name in names:
+                        for name in names:  # descriptors, then what the tables already hold
                             self._attach_stream(name)
                         stop = self.run_node.metadata.get("stop")
                     except Exception as exc:
-                        # e.g. the result table could not be opened: no event may reach an
-                        # analysis that never saw its start document
+                        # no event may reach an analysis that never saw its descriptor
                         error = exc
                         self.finished = True
                         subs, self._subs = self._subs, []
@@ -260,7 +274,9 @@ class RunFollower:
         except Exception:
             logger.exception("run %s: attaching stream %s failed", self.uid, update.key)
 
-    def _attach_stream(self, name: str, subscribe: bool = True) -> None:
+    def _attach_stream(self, name: str, subscribe: bool = True, emit: bool = True) -> None:
+        """Know stream ``name``, subscribe to it and its event table (``subscribe``), and
+        (``emit``) describe it to the analyses and feed them what its table holds."""
         if name in self.streams:
             stream = self.streams[name]
         else:
@@ -270,7 +286,9 @@ class RunFollower:
             desc = {k: v for k, v in md.items() if not k.startswith("_")}
             desc.update(name=name, run_start=self.uid)
             stream = self.streams[name] = _Stream(name, node, desc)
-            self._emit("descriptor", desc)
+        if emit and not stream.described:
+            self._emit("descriptor", stream.descriptor)
+            stream.described = True
         if subscribe and stream.node_sub is None and not self.finished:
             sub = stream.node.subscribe()
             sub.child_created.add_callback(self._on_stream_child)
@@ -280,7 +298,10 @@ class RunFollower:
         if subscribe and stream.table_sub is None and not self.finished:
             table = _child(stream.node, INTERNAL)  # one request, not `in` then `[]`
             if table is not None:
-                self._subscribe_table(stream, table)
+                self._subscribe_table(stream, table, backfill=emit)
+        if emit and stream.table is not None:  # subscribed before the analyses were ready
+            table, stream.table = stream.table, None
+            self._backfill(stream, table=table)
 
     def _on_stream_child(self, update) -> None:
         if update.key != INTERNAL:
@@ -294,7 +315,7 @@ class RunFollower:
         except Exception:
             logger.exception("run %s: subscribing to %s failed", self.uid, update.key)
 
-    def _subscribe_table(self, stream: _Stream, table=None) -> None:
+    def _subscribe_table(self, stream: _Stream, table=None, backfill: bool = True) -> None:
         table = stream.node[INTERNAL] if table is None else table
         sub = table.subscribe()
         handler = _TableHandler(self, stream)
@@ -302,7 +323,10 @@ class RunFollower:
         stream.table_sub = (sub, handler)  # keeps the handler alive (tiled holds weak refs)
         self._subs.append(sub)
         self._start(sub)
-        self._backfill(stream, table=table)
+        if backfill:
+            self._backfill(stream, table=table)
+        else:
+            stream.table = table  # back-filled once the stream is described
 
     def enqueue(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
         """Queue rows of a live table update for the run's processing thread."""
