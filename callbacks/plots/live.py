@@ -100,10 +100,11 @@ class LiveFigures(DocumentRouter):
     def fetch(self, uid: str, generation: int = 0) -> None:
         """Read the stored results and arrays of run ``uid`` (for the next :meth:`draw`)."""
         from strainstream.callbacks.plots import FIGURES
-        from strainstream.callbacks.sinks import read_arrays, read_results
+        from strainstream.callbacks.sinks import read_results
+        from strainstream.results_doc import figure_arrays
 
         doc = read_results(self.client, uid)
-        arrays = {name: read_arrays(self.client, uid, name)[0] for name in doc["analyses"] if name in FIGURES}
+        arrays = {name: figure_arrays(self.client, uid, name) for name in doc["analyses"] if name in FIGURES}
         with self._lock:
             if self._start is not None and self._start.get("uid") == uid:
                 self._fetched = (generation, doc, arrays)

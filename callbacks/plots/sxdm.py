@@ -31,7 +31,7 @@ MAP_PANELS = (
 
 
 def _map(fig, ax, v: np.ndarray, title: str, label: str, cmap: str, diverging: bool,
-         pixel_um: float) -> None:
+         pixel_um: float, short_rows: np.ndarray | None = None) -> None:
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].copy()
@@ -44,6 +44,10 @@ def _map(fig, ax, v: np.ndarray, title: str, label: str, cmap: str, diverging: b
     fig.colorbar(im, ax=ax, shrink=0.85, label=label)
     ny, nx = v.shape
     scale_bar(ax, nx, ny, pixel_um, color="k" if diverging else "w")
+    if short_rows is not None and short_rows.size:
+        # raster rows with a fly line mapped short: a red mark beside the row, outside the map
+        ax.plot(np.full(short_rows.size, -0.9), short_rows, ">", color="red", ms=5, clip_on=False)
+        ax.set_xlim(-0.5, nx - 0.5)
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -71,7 +75,9 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
         ``intensity``, ``mask``, ``strain`` (Δd/d), ``tilt_xy_deg``, ``tilt_xz_deg``
         ((ny, nx) each, NaN outside the particle); optional ``shifts_px`` (n_theta, 2; drift
         in raster steps) with ``theta_deg`` (n_theta,), drawn when the entry has no per-frame
-        rocking curve.
+        rocking curve; optional ``incomplete_lines`` (k, 3: itheta, iy, frames of the fly
+        lines mapped short, :func:`strainstream.results_doc.figure_arrays`): their rows are
+        marked beside the maps and counted in the title.
     step_nm : float, optional
         Raster step for the scale bars, nm; default the summary's (else the start document's,
         else 50 nm).
@@ -97,9 +103,11 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
     if have_maps:
         vals = {key: np.asarray(arrays[key], dtype=float) * scale for key, *_, scale in MAP_PANELS}
         mask = np.asarray(arrays.get("mask", np.isfinite(vals["strain"])), dtype=bool)
+        short = np.asarray(arrays.get("incomplete_lines", np.empty((0, 3))), dtype=int).reshape(-1, 3)
+        short_rows = np.unique(short[:, 1]) if short.size else None
         for k, (key, title, label, cmap, diverging, _) in enumerate(MAP_PANELS):
             _map(fig, fig.add_subplot(gs[k // 2, k % 2]), vals[key], title, label, cmap, diverging,
-                 step / 1000.0)
+                 step / 1000.0, short_rows)
 
         inside = mask & np.isfinite(vals["strain"])
         s = vals["strain"][inside]
@@ -165,6 +173,10 @@ def sxdm_figure(entry: dict[str, Any], fig=None, arrays: dict[str, np.ndarray] |
     else:
         ax_r.set(xlabel="θ (deg)", ylabel="total counts", title="rocking curve (all raster points)")
     ax_r.grid(alpha=0.3)
+    short_note = ""
+    if have_maps and short_rows is not None:
+        short_note = (f" — {len(short)} fly line{'s' if len(short) != 1 else ''} mapped short, "
+                      f"rows marked ▸ ({len(short_rows)} of {vals['strain'].shape[0]})")
     fig.suptitle(run_title("sxdm", start, entry if start else None, source) +
-                 f" — {step:g} nm raster step", x=0.02, ha="left", fontsize=13)
+                 f" — {step:g} nm raster step" + short_note, x=0.02, ha="left", fontsize=13)
     return fig

@@ -117,6 +117,19 @@ def read_results(root, raw_uid: str) -> dict[str, Any]:
     return results_document(raw_uid, analyses)
 
 
+def figure_arrays(root, raw_uid: str, analysis: str) -> dict[str, Any]:
+    """The stored arrays of one analysis as its figure draws them: with ``incomplete_lines``
+    (``[itheta, iy, frames]`` rows, an int array) from their metadata when a fly map has
+    raster lines mapped short."""
+    arrays, metadata = read_arrays(root, raw_uid, analysis)
+    short = metadata.get("incomplete_lines") if isinstance(metadata, dict) else None
+    if short:
+        import numpy as np
+
+        arrays = dict(arrays, incomplete_lines=np.asarray(short, dtype=np.int64).reshape(-1, 3))
+    return arrays
+
+
 def read_arrays(root, raw_uid: str, analysis: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stored arrays (maps) of one analysis of ``raw_uid`` and their metadata.
 

@@ -215,6 +215,31 @@ def test_sxdm_histograms_count_the_particle_pixels(sxdm):
     assert "SC-NC91" in title and "particle 3" in title and "SXDM" in title and "50 nm" in title
 
 
+def test_sxdm_rows_of_fly_lines_mapped_short_are_marked(sxdm):
+    arrays, plain = sxdm
+    short = np.array([[0, 3, 10], [4, 3, 2], [1, 17, 0]])  # [itheta, iy, frames]: rows 3 and 17
+    fig = figure_for("sxdm", sxdm_entry(arrays), arrays=dict(arrays, incomplete_lines=short),
+                     start={"uid": "feedbeef00", "experiment": "sxdm"})
+    for title in ("intensity", "strain Δd/d", "rotation θxy", "rotation θxz"):
+        marks = [ln for ln in _panel(fig, title).lines if ln.get_marker() == ">"]
+        assert len(marks) == 1 and list(marks[0].get_ydata()) == [3, 17]
+        assert all(x < -0.5 for x in marks[0].get_xdata())  # beside the map, not over it
+        assert not [ln for ln in _panel(plain, title).lines if ln.get_marker() == ">"]
+    assert "3 fly lines mapped short, rows marked ▸ (2 of" in fig.get_suptitle()
+    assert "mapped short" not in plain.get_suptitle()
+
+
+def test_figure_arrays_carry_the_incomplete_lines_of_the_maps_metadata(monkeypatch):
+    from strainstream import results_doc
+
+    maps = {"strain": np.zeros((2, 2))}
+    monkeypatch.setattr(results_doc, "read_arrays", lambda root, uid, name: (maps, {"incomplete_lines": [[1, 0, 5]]}))
+    out = results_doc.figure_arrays(None, "u", "sxdm")
+    assert out["incomplete_lines"].tolist() == [[1, 0, 5]] and out["strain"] is maps["strain"]
+    monkeypatch.setattr(results_doc, "read_arrays", lambda root, uid, name: (maps, {"incomplete_lines": []}))
+    assert results_doc.figure_arrays(None, "u", "sxdm") == maps
+
+
 # ---------------------------------------------------------------- TXM-XANES
 
 

@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from _plot_synth import XRD_START, operando_xrd_entry  # noqa: E402
 
 import strainstream.callbacks.sinks as sinks  # noqa: E402
+import strainstream.results_doc as results_doc  # noqa: E402
 from strainstream.callbacks.plots.live import LiveFigures  # noqa: E402
 from strainstream.callbacks.plots.xrd import VOLTAGE_LABEL  # noqa: E402
 
@@ -31,7 +32,7 @@ def stored(monkeypatch):
         return {"uid": uid, "analyses": {"operando_xrd": state["entry"]}}
 
     monkeypatch.setattr(sinks, "read_results", read_results)
-    monkeypatch.setattr(sinks, "read_arrays", lambda root, uid, name: ({}, {}))
+    monkeypatch.setattr(results_doc, "read_arrays", lambda root, uid, name: ({}, {}))  # figure_arrays'
     yield state
     plt.close("all")
 

@@ -269,7 +269,10 @@ def _plot_inputs(root, args) -> tuple[dict, dict, list[str], dict, list | None]:
     results document, the analyses to draw, their stored arrays and (for a run of a
     rate_series, else None) the series' (start, operando_xrd entry) pairs."""
     from strainstream.callbacks.plots import FIGURES
-    from strainstream.results_doc import read_arrays, read_results  # sinks' readers, no event_model
+    from strainstream.results_doc import (  # sinks' readers, no event_model
+        figure_arrays,
+        read_results,
+    )
 
     run = get_run(root, args.uid)
     start = dict(run.metadata["start"])
@@ -279,7 +282,7 @@ def _plot_inputs(root, args) -> tuple[dict, dict, list[str], dict, list | None]:
     except KeyError:
         doc = {"analyses": {}}
     names = [n for n in doc["analyses"] if n in FIGURES and (not args.analysis or n == args.analysis)]
-    arrays = {name: read_arrays(root, uid, name)[0] for name in names}
+    arrays = {name: figure_arrays(root, uid, name) for name in names}
     # a run of a rate_series: also microstrain vs rate over the series' runs
     series = None
     if start.get("series") and "operando_xrd" in doc["analyses"] and args.analysis in (None, "rate_series"):
