@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 COLUMN_TYPES = {"float64", "int64", "string", "bool"}
 _COMMIT_ATTEMPTS = 4
 _COMMIT_BACKOFF_S = 0.5
+#: inside a batch, rows are committed once the oldest uncommitted one waited this long: a
+#: worker catching up on a backlog shows results as it goes, not after the whole backlog
+BATCH_WINDOW_S = 0.1
 #: largest detector frame read (bytes in memory): a file declaring bigger frames is refused
 #: before anything is allocated (a 4k x 4k float64 frame is 128 MiB)
 MAX_FRAME_BYTES = 1 << 30
@@ -367,6 +370,7 @@ class AnalysisCallback(DocumentRouter):
         self._restored: set[int] = set()
         self._held: dict[int, dict] = {}  # seq_num -> event (new or committed) waiting for frames
         self._pending: list[dict[str, Any]] = []
+        self._pending_since = 0.0  # time.monotonic() when the oldest pending row was made
         self._batching = False
         self._stream = self.parameters.get("stream", "primary")
         if not isinstance(self._stream, str):
@@ -561,9 +565,16 @@ class AnalysisCallback(DocumentRouter):
                            self.start_doc and self.start_doc.get("uid"), exc)
             row.update(flag="analysis_error", message=f"{type(exc).__name__}: {exc}")
         row = self._typed_row(row)
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append(row)
         if not self._batching:
             self.flush()
+        elif time.monotonic() - self._pending_since >= BATCH_WINDOW_S:
+            try:
+                self.flush()
+            except Exception as exc:  # the rows stay pending: the batch's end commits them
+                logger.warning("%s: committing within a batch failed (%s); retried at its end", self.name, exc)
 
     def _typed_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with exactly the declared columns and types; a value that is not of its
@@ -587,7 +598,9 @@ class AnalysisCallback(DocumentRouter):
 
     @contextlib.contextmanager
     def batch(self):
-        """Commit the rows of all events processed inside the block in one append."""
+        """Commit the rows of the events processed inside the block together: in one append
+        at its end, or, in a long block, whenever the oldest uncommitted row has waited
+        :data:`BATCH_WINDOW_S`."""
         self._batching = True
         try:
             yield self

@@ -138,3 +138,29 @@ def test_failed_commit_is_reconciled_without_duplicates(tmp_path, mode, monkeypa
     assert [r["seq_num"] for r in sink.rows] == [1, 2, 3, 4, 5, 6]  # each row stored once
     assert sink.rows == clean.rows
     assert sink.summary == clean.summary
+
+
+def test_a_long_batch_commits_as_it_goes_and_a_short_one_once(tmp_path, monkeypatch):
+    """A worker catching up on a backlog feeds it as one batch: rows are committed whenever the
+    oldest uncommitted one waited BATCH_WINDOW_S, so the live view advances during the batch."""
+    import strainstream.callbacks.base as base
+
+    docs = _run(tmp_path, num=8)
+    head = [(n, d) for n, d in docs if n not in ("event", "stop")]
+    events = [d for n, d in docs if n == "event"]
+    clock = {"t": 0.0}
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock["t"])
+    for step_s, expected in ((0.04, [[1, 2, 3, 4], [5, 6, 7, 8]]), (0.0, [[1, 2, 3, 4, 5, 6, 7, 8]])):
+        sink = MemorySink()
+        commits = []
+        sink.append = lambda rows, sink=sink: (commits.append([r["seq_num"] for r in rows]),
+                                               MemorySink.append(sink, rows))
+        cb = FrameStatsCallback(sink)
+        for name, doc in head:
+            cb(name, doc)
+        with cb.batch():
+            for ev in events:
+                clock["t"] += step_s  # each event's analysis "takes" step_s
+                cb("event", ev)
+        assert commits == expected, step_s
+        assert [r["seq_num"] for r in sink.rows] == list(range(1, 9))
