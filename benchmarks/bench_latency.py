@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import itertools
 import json
 import os
@@ -154,8 +155,11 @@ def run_case(shape, rate_hz, n, data_dir, server_kwargs=None):
         root = server.client()
         websockets_use_api_key(root)
         visible = VisibleTimes(root).start()
+        # (a strainstream from before the writer coalesced has no max_coalesce: ratios against it)
+        extra = ({"max_coalesce": MAX_COALESCE}
+                 if "max_coalesce" in inspect.signature(make_session).parameters else {})
         session = make_session(server.uri, server.api_key, progress=False, spool_dir=f"{data_dir}/spool",
-                               max_coalesce=MAX_COALESCE)
+                               **extra)
         event_times: dict[int, float] = {}
         session.RE.subscribe(lambda name, doc: event_times.setdefault(doc["seq_num"], doc["time"])
                              if name == "event" else None)
