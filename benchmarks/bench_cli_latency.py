@@ -14,7 +14,8 @@ in-process server app offline, ``tiled.client`` with a server). The references, 
 same run and interleaved with the commands, are ``python -c pass`` and ``python -c "import
 tiled.client"``; every figure is also given as a ratio to them, so runs on machines of
 different speed or load compare. A warm-up pass runs every command once first (the first
-``plot`` draws the PNG; later ones find it drawn from the same results and reuse it).
+``plot`` draws the PNG; later ones find it drawn from the same results and reuse it: each
+reader has its own ``--out`` folder, as the figure code of another tree draws it again).
 
     python benchmarks/bench_cli_latency.py [--data-dir DIR --uid UID] [--repeat 5] [--json]
                                            [--experiment operando_xrd|frame_series] [--before TREE]
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,12 +85,12 @@ def make_run(experiment: str, data_dir: str) -> str:
     return json.loads(r.stdout)["uid"]
 
 
-def commands(uid: str, data_dir: str) -> list[tuple[str, list[str]]]:
-    """(name, argv) of the timed commands."""
+def commands(uid: str, data_dir: str, figures: str) -> list[tuple[str, list[str]]]:
+    """(name, argv) of the timed commands; ``plot`` writes into ``figures``."""
     return [
         ("results --json", ["results", uid, "--data-dir", data_dir, "--json"]),
         ("results", ["results", uid[:8], "--data-dir", data_dir]),
-        ("plot", ["plot", uid, "--data-dir", data_dir]),
+        ("plot", ["plot", uid, "--data-dir", data_dir, "--out", figures + os.sep]),
         ("runs", ["runs", "--data-dir", data_dir]),
     ]
 
@@ -100,9 +102,13 @@ def measure(uid: str, data_dir: str, repeat: int, mode: str, env: dict[str, str]
     refs = {"python": [sys.executable, "-c", "pass"],
             "import_tiled_client": [sys.executable, "-c", "import tiled.client"]}
     readers = ("direct", "tiled") + (("before",) if before else ())
+    figures = tempfile.mkdtemp(prefix="bench_cli_figures_")  # one PNG folder per reader: another
+    for reader in readers:                                    # tree's figure code redraws the PNG
+        os.makedirs(os.path.join(figures, reader))
     cases = [(name, reader, ([sys.executable, "-c", _THROUGH_TILED, *argv] if reader == "tiled"
                              else [sys.executable, "-m", "strainstream.cli", *argv]))
-             for name, argv in commands(uid, data_dir) for reader in readers]
+             for reader in readers
+             for name, argv in commands(uid, data_dir, os.path.join(figures, reader))]
     before_env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (before, env.get("PYTHONPATH")) if p)}
 
     def env_of(reader: str) -> dict[str, str]:
@@ -110,13 +116,15 @@ def measure(uid: str, data_dir: str, repeat: int, mode: str, env: dict[str, str]
 
     for _, reader, cmd in cases:  # warm-up: the first plot draws the PNG, caches fill
         _wall(cmd, env_of(reader))
-    times: dict[tuple[str, str], list[float]] = {(n, r): [] for n, r, _ in cases}
+    names = [name for name, _ in commands(uid, data_dir, figures)]
+    times: dict[tuple[str, str], list[float]] = {(n, r): [] for n in names for r in readers}
     ref_times: dict[str, list[float]] = {k: [] for k in refs}
     for _ in range(repeat):
         for key, cmd in refs.items():
             ref_times[key].append(_wall(cmd, env))
         for name, reader, cmd in cases:
             times[(name, reader)].append(_wall(cmd, env_of(reader)))
+    shutil.rmtree(figures, ignore_errors=True)
     ref = {k: statistics.median(v) for k, v in ref_times.items()}
     out = [{"mode": mode, "command": "python -c pass", "reader": "-", "median_s": ref["python"],
             "min_s": min(ref_times["python"])},

@@ -158,6 +158,47 @@ def test_the_direct_reader_reads_what_tiled_reads(synthetic, tmp_path):
         assert root.failed is None
 
 
+def test_the_server_reader_reads_what_the_direct_reader_reads(synthetic):
+    """The same catalog read over HTTP (:func:`offline_reader.open_server`) and from its files
+    (which the test above compares with tiled): tables with nulls, NaN, strings, several
+    appends and datasets; zarr arrays; metadata; the catalog's order; search."""
+    from strainstream.server import TiledServer
+
+    def snapshot(root):
+        run = root["run-b"]
+        tables = {key: [list(run[key].columns), _rows_json(run[key].read(columns=cols))]
+                  for key, cols in WANTED.items() if key != "empty"}
+        some = _rows_json(run["t"].read(columns=["seq_num", "n"]))
+        doc = {"root": list(root), "md": {k: dict(root[k].metadata) for k in root}, "run": list(run),
+               "tables": tables, "some": some, "box_md": dict(run["box"].metadata), "box": list(run["box"]),
+               "search": [k for k, _ in root.search(_eq("start.series", "s1")).items()],
+               "has": ["run-a" in root, "nothing" in root, "t" in run]}
+        return doc, {k: run["box"][k].read() for k in run["box"]}
+
+    with offline_reader.open_catalog(synthetic) as root, root.reading():
+        ref, ref_arrays = snapshot(root)
+        assert root.failed is None
+    with TiledServer(synthetic) as server:
+        with offline_reader.open_server(server.uri, server.api_key) as root:
+            got, arrays = snapshot(root)
+            assert root.failed is None
+            assert got == ref
+            assert list(arrays) == list(ref_arrays)
+            for key, ref_array in ref_arrays.items():
+                assert arrays[key].dtype == ref_array.dtype and arrays[key].shape == ref_array.shape, key
+                assert np.array_equal(arrays[key], ref_array, equal_nan=True), key
+            with pytest.raises(KeyError):
+                root["nothing"]
+            # an appendable table without rows: no rows, its columns (as tiled.client reads it over HTTP)
+            empty = root["run-b"]["empty"].read()
+            assert len(empty) == 0 and empty.to_dict() == [] and empty.columns == _NO_MAYBE + ["maybe"]
+            assert root.failed is None
+        with pytest.raises(offline_reader.Unsupported):  # a refused key: tiled.client words it
+            offline_reader.open_server(server.uri, "0" * 48)
+        with pytest.raises(offline_reader.Unsupported):
+            offline_reader.open_server(server.uri, None)
+
+
 def _eq(key, value):
     from tiled.queries import Key
 
