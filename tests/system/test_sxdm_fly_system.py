@@ -87,6 +87,21 @@ def test_a_10k_frame_fly_map_live_matches_the_particle_and_replays(fly_beamline,
     # replay through the same callbacks: bit-identical
     assert replay_run(root[uid]) == live
 
+    # the dashboard lists the fly run like a step run, and a pixel's rocking curve (frames
+    # found through the line-by-line StreamDatum ranges) sums the frames the worker analysed
+    from strainstream.dashboard import _data
+
+    (line,) = [r for r in _data.list_runs(root) if r["uid"] == uid]
+    assert line["experiment"] == "sxdm" and line["status"] == "complete" and "sxdm" in line["analyses"]
+    cols = entry["columns"]
+    iy, ix = RASTER // 2, RASTER // 2 + 1
+    rc = _data.pixel_rocking_curve(root, uid, iy, ix, cols)
+    at = {s: (t, c) for s, t, c, y, x in zip(cols["seq_num"], cols["theta_deg"], cols["total_counts"],
+                                              cols["iy"], cols["ix"], strict=True) if (y, x) == (iy, ix)}
+    expected = sorted(at.values())
+    assert len(rc["counts"]) == N_THETA == len(expected)
+    assert rc["theta_deg"] == [t for t, _ in expected] and rc["counts"] == [c for _, c in expected]
+
     # the figures of a fly run, as of a step run
     r = subprocess.run([sys.executable, "-m", "strainstream.cli", "plot", uid, "--uri", server.uri,
                         "--api-key", server.api_key, "--out", str(tmp_path) + "/"],

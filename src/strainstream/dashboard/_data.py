@@ -253,21 +253,26 @@ class ArraysFollower:
 
 
 def _frames_node(run, key: str | None):
-    """The raw frames array of a run's primary stream (``key``, else the first 3-D array)."""
+    """``(data key, node)``: the raw frames array of a run's primary stream (``key``, else the
+    first 3-D array)."""
     primary = _base(run["primary"])
     if key and key in primary:
-        return primary[key]
+        return key, primary[key]
     for k in primary:
         if k == "internal":
             continue
         node = primary[k]
         if len(getattr(node, "shape", ())) == 3:
-            return node
+            return k, node
     raise KeyError("no detector frames in the run's primary stream")
 
 
 def pixel_rocking_curve(root, uid: str, iy: int, ix: int, rows: dict[str, list]) -> dict[str, list]:
     """Rocking curve of raster point ``(iy, ix)``: summed detector counts against θ.
+
+    Each event's frame is found as the analyses find it (``ExternalFrames``: the StreamDatums
+    the data source recorded; a fly map's frames come in one range per raster line), and read
+    from the detector file when it is on this filesystem, else through tiled.
 
     Parameters
     ----------
@@ -280,6 +285,8 @@ def pixel_rocking_curve(root, uid: str, iy: int, ix: int, rows: dict[str, list])
     dict
         ``theta_deg`` (deg, sorted) and ``counts`` (detector counts summed over the frame).
     """
+    from strainstream.callbacks.tiled_format import ExternalFrames
+
     seq = np.asarray(rows.get("seq_num", []), dtype=np.int64)
     theta = np.asarray(rows.get("theta_deg", []), dtype=float)
     pick = (np.asarray(rows.get("iy", []), dtype=np.int64) == iy) & (np.asarray(rows.get("ix", []), dtype=np.int64) == ix)
@@ -287,11 +294,10 @@ def pixel_rocking_curve(root, uid: str, iy: int, ix: int, rows: dict[str, list])
         return {"theta_deg": [], "counts": []}
     run = root[uid]
     start = run.metadata.get("start") or {}
-    node = _frames_node(run, (start.get("sxdm_keys") or {}).get("frames"))
+    key, node = _frames_node(run, (start.get("sxdm_keys") or {}).get("frames"))
+    frames = ExternalFrames(node, key)
     order = np.argsort(theta[pick], kind="stable")
-    counts = []
-    for s in seq[pick][order]:
-        counts.append(float(np.nansum(node[int(s) - 1])))  # event seq_num 1 is frame 0
+    counts = [float(np.nansum(frames.read(int(s)), dtype=np.float64)) for s in seq[pick][order]]
     return {"theta_deg": theta[pick][order].tolist(), "counts": counts}
 
 
@@ -312,6 +318,7 @@ def voxel_spectrum(root, uid: str, iy: int, ix: int, rows: dict[str, list],
         ``energy_eV``, ``mu`` (edge-normalised absorbance), ``whiteline_eV`` and ``mu_wl``
         (the normalised absorbance interpolated at the white line, for the marker).
     """
+    from strainstream.callbacks.tiled_format import ExternalFrames
     from strainstream.xanes import absorbance_from_counts, edge_normalise
 
     seq = np.asarray(rows.get("seq_num", []), dtype=np.int64)
@@ -321,11 +328,13 @@ def voxel_spectrum(root, uid: str, iy: int, ix: int, rows: dict[str, list],
     ok = np.array([not f for f in flags], dtype=bool) if len(flags) == seq.size else np.ones(seq.size, bool)
     run = root[uid]
     start = run.metadata.get("start") or {}
-    node = _frames_node(run, (start.get("txm_keys") or {}).get("frames"))
-    column = np.asarray(node[:, int(iy), int(ix)], dtype=float)  # one request: every frame's voxel
+    key, node = _frames_node(run, (start.get("txm_keys") or {}).get("frames"))
+    frames = ExternalFrames(node, key)  # which row of the node is which event's frame
+    column = np.asarray(frames.node[:, int(iy), int(ix)], dtype=float)  # one request: every frame's voxel
 
     def value(s: int) -> float:
-        return float(column[s - 1]) if 0 < s <= column.size else math.nan
+        ref = frames.ref(int(s))
+        return float(column[ref.node_index]) if ref is not None and ref.node_index < column.size else math.nan
 
     darks = [value(s) for s, r, k in zip(seq, role, ok, strict=True) if r == "dark" and k]
     dark = float(np.nanmean(darks)) if darks else 0.0
