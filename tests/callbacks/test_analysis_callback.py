@@ -153,8 +153,8 @@ def test_a_long_batch_commits_as_it_goes_and_a_short_one_once(tmp_path, monkeypa
     for step_s, expected in ((0.04, [[1, 2, 3, 4], [5, 6, 7, 8]]), (0.0, [[1, 2, 3, 4, 5, 6, 7, 8]])):
         sink = MemorySink()
         commits = []
-        sink.append = lambda rows, sink=sink: (commits.append([r["seq_num"] for r in rows]),
-                                               MemorySink.append(sink, rows))
+        sink.append = lambda rows, sink=sink, commits=commits: (
+            commits.append([r["seq_num"] for r in rows]), MemorySink.append(sink, rows))
         cb = FrameStatsCallback(sink)
         for name, doc in head:
             cb(name, doc)
