@@ -22,6 +22,7 @@ from strainstream.results_doc import (  # the reading side, importable without t
     _base,
     _json_safe,
     _table_rows,
+    read_arrays,
     read_results,
     results_document,
 )
@@ -249,14 +250,3 @@ def delete_results(root, raw_uid: str, analysis: str) -> bool:
         run_node.delete_contents([key], recursive=True, external_only=False)
     return bool(keys)
 
-
-def read_arrays(root, raw_uid: str, analysis: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stored arrays (maps) of one analysis of ``raw_uid`` and their metadata.
-
-    Returns ``({}, {})`` when the analysis stored no arrays (yet).
-    """
-    try:
-        box = _base(_base(root[DERIVED][raw_uid])[f"{analysis}{ARRAYS_SUFFIX}"])
-    except KeyError:
-        return {}, {}
-    return {k: box[k].read() for k in box}, dict(box.metadata)

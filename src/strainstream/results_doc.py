@@ -133,9 +133,9 @@ def figure_arrays(root, raw_uid: str, analysis: str) -> dict[str, Any]:
 def read_arrays(root, raw_uid: str, analysis: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stored arrays (maps) of one analysis of ``raw_uid`` and their metadata.
 
-    Returns ``({}, {})`` when the analysis stored no arrays (yet). The same as
-    :func:`strainstream.callbacks.sinks.read_arrays` (``strainstream plot`` reads them through
-    this module: the sinks module imports event_model and numpy first).
+    Returns ``({}, {})`` when the analysis stored no arrays (yet). Also importable as
+    :func:`strainstream.callbacks.sinks.read_arrays` (``strainstream plot`` imports it from
+    here: the sinks module imports event_model and numpy first).
     """
     try:
         box = _base(_base(root[DERIVED][raw_uid])[f"{analysis}{ARRAYS_SUFFIX}"])
