@@ -35,10 +35,24 @@ SCALEOUT_MODULES = frozenset({"system/test_data_path.py", "system/test_sinks.py"
 _REDIS_DBS = itertools.cycle(range(1, 16))
 
 
+#: IOC ports of this pytest process's simulated beamline (:func:`sim_beamline`), chosen at
+#: start-up with the Channel Access client environment set for them: pyepics fixes its address
+#: list when its context is created, which any test making an EPICS device does (e.g. the mock
+#: profile devices of tests/devices/test_profiles.py), whether or not the beamline runs yet
+SIM_IOC_PORTS: dict[str, int] = {}
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "profiles: run this test's tiled_server in every deployment profile"
     )
+    from strainstream.beamline import client_env
+    from strainstream.config import IOC_NAMES, apply_environment
+    from strainstream.supervisor import find_free_port
+
+    while len(set(SIM_IOC_PORTS.values())) < len(IOC_NAMES):
+        SIM_IOC_PORTS.update({name: find_free_port(udp=True) for name in IOC_NAMES})
+    apply_environment(client_env(SIM_IOC_PORTS.values()))
 
 
 def _selected_profiles() -> list[str]:
@@ -208,7 +222,8 @@ def sim_beamline(tmp_path_factory):
     from strainstream.beamline import Beamline
 
     d = tmp_path_factory.mktemp("sim_beamline")
-    with Beamline(d / "detectors", log_dir=d / "logs", startup_timeout_s=90, **BEAMLINE_SHAPES) as bl:
+    with Beamline(d / "detectors", log_dir=d / "logs", startup_timeout_s=90, ports=SIM_IOC_PORTS,
+                  **BEAMLINE_SHAPES) as bl:
         yield bl
 
 
