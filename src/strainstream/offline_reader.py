@@ -333,17 +333,7 @@ class Container(_Node):
 
     def search(self, query) -> _SearchResults:
         """Children whose metadata matches ``tiled.queries.Key(...) == value`` (only Eq)."""
-        key, value = getattr(query, "key", None), getattr(query, "value", None)
-        if type(query).__name__ != "Eq" or not isinstance(key, str):
-            raise self._catalog.fail(Unsupported(f"query {query!r}"))
-        out = []
-        for k, node in self.items():
-            found: Any = dict(node.metadata)
-            for part in key.split("."):
-                found = found.get(part) if isinstance(found, dict) else None
-            if found is not None and found == value:
-                out.append((k, node))
-        return _SearchResults(out)
+        return _search(self.items(), query, self._catalog.fail)
 
     # -- context management: close the databases -------------------------------------------
     def reading(self):
@@ -363,6 +353,22 @@ class Container(_Node):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _search(items, query, fail) -> _SearchResults:
+    """The ``(key, node)`` of ``items`` whose metadata matches ``tiled.queries.Key(...) ==
+    value`` (only Eq; another query raises ``fail(Unsupported(...))``)."""
+    key, value = getattr(query, "key", None), getattr(query, "value", None)
+    if type(query).__name__ != "Eq" or not isinstance(key, str):
+        raise fail(Unsupported(f"query {query!r}"))
+    out = []
+    for k, node in items:
+        found: Any = dict(node.metadata)
+        for part in key.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if found is not None and found == value:
+            out.append((k, node))
+    return _SearchResults(out)
 
 
 class _SearchResults:
@@ -730,17 +736,7 @@ class ServerContainer(_ServerNode):
 
     def search(self, query) -> _SearchResults:
         """Children whose metadata matches ``tiled.queries.Key(...) == value`` (only Eq)."""
-        key, value = getattr(query, "key", None), getattr(query, "value", None)
-        if type(query).__name__ != "Eq" or not isinstance(key, str):
-            raise self._http.fail(Unsupported(f"query {query!r}"))
-        out = []
-        for k, node in self.items():
-            found: Any = dict(node.metadata)
-            for part in key.split("."):
-                found = found.get(part) if isinstance(found, dict) else None
-            if found is not None and found == value:
-                out.append((k, node))
-        return _SearchResults(out)
+        return _search(self.items(), query, self._http.fail)
 
     def reading(self):
         """A no-op: the connection stays open until :meth:`close` (the :class:`Container` API)."""

@@ -123,6 +123,20 @@ _NO_MAYBE = ["seq_num", "Voltage_V", "n", "flag", "ok"]
 WANTED = {"t": _NO_MAYBE, "other": _NO_MAYBE, "empty": _NO_MAYBE, "ints": None}
 
 
+
+def _plots_agree(uid: str, data_dir: str, prefix, monkeypatch) -> None:
+    """``plot`` through the light reader and through tiled writes the same PNGs (byte for byte)."""
+    pngs = {}
+    for direct in (True, False):
+        out_dir = prefix.parent / f"{prefix.name}_{direct}"
+        out_dir.mkdir()
+        rc, out, err = _main(["plot", uid, "--data-dir", data_dir, "--out", f"{out_dir}/"], direct, monkeypatch)
+        assert rc == 0, err
+        pngs[direct] = out.split()
+    assert [p.split("/")[-1] for p in pngs[True]] == [p.split("/")[-1] for p in pngs[False]]
+    for a, b in zip(pngs[True], pngs[False], strict=True):
+        assert filecmp.cmp(a, b, shallow=False), (a, b)
+
 def test_the_direct_reader_reads_what_tiled_reads(synthetic, tmp_path):
     # tiled in another process: in this one it would hold the DuckDB file for the other tests
     r = subprocess.run([sys.executable, "-c", _TILED_SIDE, str(synthetic), str(tmp_path / "arrays.npz")],
@@ -306,16 +320,7 @@ def test_commands_print_the_same_as_through_tiled(demo_dirs, monkeypatch, tmp_pa
         assert rc == 0 and doc["uid"] == uid and doc["analyses"]
         if summary["experiment"] == "sxdm":
             assert doc["analyses"]["sxdm"]["arrays"]  # maps read from zarr
-        pngs = {}
-        for direct in (True, False):
-            out_dir = tmp_path / f"{uid[:8]}_{direct}"
-            out_dir.mkdir()
-            rc, out, err = _main(["plot", uid, "--data-dir", d, "--out", f"{out_dir}/"], direct, monkeypatch)
-            assert rc == 0, err
-            pngs[direct] = out.split()
-        assert [p.split("/")[-1] for p in pngs[True]] == [p.split("/")[-1] for p in pngs[False]]
-        for a, b in zip(pngs[True], pngs[False], strict=True):
-            assert filecmp.cmp(a, b, shallow=False), (a, b)
+        _plots_agree(uid, d, tmp_path / uid[:8], monkeypatch)
 
 
 #: what ``results`` and ``runs`` of a finished run must not import (tiled's client or server
@@ -379,16 +384,7 @@ def test_through_a_running_server(demo_dirs, monkeypatch, tmp_path):
             assert rc == 0 and json.loads(out)["analyses"]
             if summary["experiment"] == "sxdm":
                 assert json.loads(out)["analyses"]["sxdm"]["arrays"]  # maps read as bytes over HTTP
-            pngs = {}
-            for direct in (True, False):
-                out_dir = tmp_path / f"server_{uid[:8]}_{direct}"
-                out_dir.mkdir()
-                rc, out, err = _main(["plot", uid, "--data-dir", d, "--out", f"{out_dir}/"], direct, monkeypatch)
-                assert rc == 0, err
-                pngs[direct] = out.split()
-            assert [p.split("/")[-1] for p in pngs[True]] == [p.split("/")[-1] for p in pngs[False]]
-            for a, b in zip(pngs[True], pngs[False], strict=True):
-                assert filecmp.cmp(a, b, shallow=False), (a, b)
+            _plots_agree(uid, d, tmp_path / f"server_{uid[:8]}", monkeypatch)
             if summary["experiment"] != "sxdm":
                 for argv in (["results", uid, "--data-dir", d, "--json"], ["runs", "--data-dir", d]):
                     _assert_light(argv)
