@@ -100,10 +100,12 @@ _DERIVED_NODES: dict[int, tuple[weakref.ref, Any]] = {}
 _DERIVED_LOCK = threading.Lock()
 
 
-def _derived_node(root):
+def _derived_node(root, fresh: bool = False):
+    """The ``derived`` container of ``root``, looked up (or created) once per client;
+    ``fresh``: look it up again (the cached one was deleted behind our back)."""
     with _DERIVED_LOCK:
         entry = _DERIVED_NODES.get(id(root))
-        if entry is not None and entry[0]() is root:
+        if not fresh and entry is not None and entry[0]() is root:
             return entry[1]
     node = _get_or_create_container(root, DERIVED, {"description": "strainstream derived results"})
     with _DERIVED_LOCK:
@@ -159,14 +161,11 @@ class TiledSink(ResultSink):
         # container once per client, the run's container created directly)
         from tiled.client.utils import ClientError
 
+        md = {"raw_uid": self.raw_uid}
         try:
-            node, created = _create_or_get_container(_derived_node(self.root), self.raw_uid,
-                                                     {"raw_uid": self.raw_uid})
+            node, created = _create_or_get_container(_derived_node(self.root), self.raw_uid, md)
         except ClientError:  # the cached derived container is gone (deleted behind our back)
-            with _DERIVED_LOCK:
-                _DERIVED_NODES.pop(id(self.root), None)
-            node, created = _create_or_get_container(_derived_node(self.root), self.raw_uid,
-                                                     {"raw_uid": self.raw_uid})
+            node, created = _create_or_get_container(_derived_node(self.root, fresh=True), self.raw_uid, md)
         run_node = self._run_node = _base(node)
         if not created and self.analysis in run_node:
             self.node = run_node[self.analysis]

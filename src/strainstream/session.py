@@ -355,13 +355,11 @@ def coalesce(items: list[tuple[str, dict[str, Any], str, int]]) -> list[tuple[st
         descriptor = doc["descriptor"]
         if group is not None and (group["uid"] != uid or group["descriptor"] != descriptor):
             close()
-        if name == "stream_datum":
-            res = doc["stream_resource"]
-            prev = group["datums"].get(res) if group is not None else None
+        if name == "stream_datum" and group is not None:
+            prev = group["datums"].get(doc["stream_resource"])
             if prev is not None and not (prev[0]["seq_nums"]["stop"] == doc["seq_nums"]["start"]
                                          and prev[0]["indices"]["stop"] == doc["indices"]["start"]):
                 close()  # not contiguous: a new run
-                prev = None
         if group is None:
             group = {"uid": uid, "descriptor": descriptor, "datums": {}, "events": [], "event_indices": []}
         if name == "event":
