@@ -12,7 +12,7 @@ from strainstream.rundesc import XRDKeys
 
 from ._common import base_metadata, cell_run, preflight
 
-__all__ = ["operando_xrd"]
+__all__ = ["charge_setup", "operando_xrd", "start_charge"]
 
 
 def operando_xrd(
@@ -97,11 +97,51 @@ def operando_xrd(
         Before the run starts, when the detector's data directory is missing, not writable
         or too full (checked by the detector's IOC).
     """
+    _md, follow_only = yield from charge_setup(
+        detector, cycler, calibration=calibration, rate_mA_g=rate_mA_g, v_max_V=v_max_V, v_min_V=v_min_V,
+        cv_hold=cv_hold, frame_interval_s=frame_interval_s, max_frames=max_frames, material=material,
+        mass_mg=mass_mg, reserve_frames=reserve_frames, sectors=sectors, md=md, plan_name="operando_xrd")
+
+    def body():
+        yield from bps.open_run(md=_md)
+        # checkpoints: a suspension (beam dump, shutter, IOC away) re-takes the current frame
+        # only; without them the RunEngine would rewind to the start of the run
+        yield from bps.checkpoint()
+        if not follow_only:
+            yield from start_charge(cycler, rate_mA_g=rate_mA_g, v_max_V=v_max_V, v_min_V=v_min_V,
+                                    cv_hold=cv_hold)
+        for n in range(max_frames):
+            yield from bps.checkpoint()
+            yield from bps.trigger_and_read([detector, cycler])
+            # and right after the save: a suspension during the wait must not rewind past a
+            # saved event (the RunEngine would emit its seq_num again with a new frame)
+            yield from bps.checkpoint()
+            if follow_only:  # the potentiostat's protocol: stop recording at the limit
+                running = (yield from bps.rd(cycler.voltage_V)) < v_max_V
+            else:
+                running = yield from bps.rd(cycler.running)
+            if not running:
+                break
+            if n + 1 < max_frames and frame_interval_s > 0:
+                yield from bps.sleep(frame_interval_s)
+        yield from bps.close_run()
+
+    return (yield from cell_run(body(), detector, cycler, beam=beam, open_shutter=open_shutter,
+                                min_ring_current_mA=min_ring_current_mA, stop_cell=not follow_only))
+
+
+def charge_setup(detector: Readable, cycler: Readable, *, calibration: dict[str, Any], rate_mA_g: float,
+                 v_max_V: float, v_min_V: float, cv_hold: bool, frame_interval_s: float | None,
+                 max_frames: int, material: str, mass_mg: float | None, reserve_frames: int | None,
+                 sectors: int | list[tuple[float, float]] | None, md: dict[str, Any] | None,
+                 plan_name: str) -> MsgGenerator[tuple[dict[str, Any], bool]]:
+    """Check a charge's arguments and the detector's data directory; return its start metadata
+    and whether the cycler is follow-only (the parameters as :func:`operando_xrd`'s)."""
     if not rate_mA_g > 0:
         raise ValueError(f"rate_mA_g must be > 0 for a charge, got {rate_mA_g}")
     if not v_min_V < v_max_V:
         raise ValueError(f"v_min_V ({v_min_V}) must be below v_max_V ({v_max_V})")
-    if frame_interval_s < 0 or max_frames < 1:
+    if (frame_interval_s is not None and frame_interval_s < 0) or max_frames < 1:
         raise ValueError("frame_interval_s must be >= 0 and max_frames >= 1")
     if not calibration or "wavelength_A" not in calibration:
         raise ValueError("calibration must be a geometry dict with wavelength_A (strainstream.xrd.calibrate)")
@@ -131,38 +171,20 @@ def operando_xrd(
         cycler_control="follow" if follow_only else "command",
         wavelength_A=calibration["wavelength_A"], calibration=dict(calibration),
         detectors=[detector.name], motors=[],
-        plan_name="operando_xrd",
+        plan_name=plan_name,
         # what the analysis reads (strainstream.rundesc.XRDKeys)
         # (image: the run's one detector; readings the cycler has, by their event keys)
         xrd_keys=XRDKeys(**{name: f"{cycler.name}_{suffix}" for name, suffix in XRDKeys.SUFFIXES.items()
                             if hasattr(cycler, suffix)}).to_start(),
     )
 
-    def body():
-        yield from bps.open_run(md=_md)
-        # checkpoints: a suspension (beam dump, shutter, IOC away) re-takes the current frame
-        # only; without them the RunEngine would rewind to the start of the run
-        yield from bps.checkpoint()
-        if not follow_only:
-            yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
-                              cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
-                              cycler.then_cv, int(bool(cv_hold)), cycler.step_time_s, 0.0)
-            yield from bps.mv(cycler.start_cmd, 1)  # completes when the cycler has applied it
-        for n in range(max_frames):
-            yield from bps.checkpoint()
-            yield from bps.trigger_and_read([detector, cycler])
-            # and right after the save: a suspension during the wait must not rewind past a
-            # saved event (the RunEngine would emit its seq_num again with a new frame)
-            yield from bps.checkpoint()
-            if follow_only:  # the potentiostat's protocol: stop recording at the limit
-                running = (yield from bps.rd(cycler.voltage_V)) < v_max_V
-            else:
-                running = yield from bps.rd(cycler.running)
-            if not running:
-                break
-            if n + 1 < max_frames and frame_interval_s > 0:
-                yield from bps.sleep(frame_interval_s)
-        yield from bps.close_run()
+    return _md, follow_only
 
-    return (yield from cell_run(body(), detector, cycler, beam=beam, open_shutter=open_shutter,
-                                min_ring_current_mA=min_ring_current_mA, stop_cell=not follow_only))
+
+def start_charge(cycler: Readable, *, rate_mA_g: float, v_max_V: float, v_min_V: float,
+                 cv_hold: bool) -> MsgGenerator:
+    """Start the constant-current charge (and CV hold) on a commanded cycler."""
+    yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, rate_mA_g,
+                      cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
+                      cycler.then_cv, int(bool(cv_hold)), cycler.step_time_s, 0.0)
+    yield from bps.mv(cycler.start_cmd, 1)  # completes when the cycler has applied it

@@ -54,10 +54,13 @@ from caproto.server import PVGroup, SubGroup, pvproperty
 
 from ._common import MONITOR_FLUSH_S, AreaDetectorGroup, BeamGateMixin, add_common_args, serve
 
-__all__ = ["PHASE_FIELDS", "CyclerGroup", "CyclerIOC", "XRDDetector", "build", "main"]
+__all__ = ["NOMINAL_EXPOSURE_S", "PHASE_FIELDS", "CyclerGroup", "CyclerIOC", "XRDDetector", "build", "main"]
 
 PHASE_FIELDS = ("a_A", "c_A", "fraction", "microstrain", "size_nm", "li_occupancy")
 _MODES = ["CC", "CV", "REST"]
+#: exposure (s) of the simulator's cell frame as it computes it: a frame of AcquireTime t has
+#: t / NOMINAL_EXPOSURE_S times its counts
+NOMINAL_EXPOSURE_S = 0.2
 
 
 class XRDDetector(BeamGateMixin, AreaDetectorGroup):
@@ -108,6 +111,10 @@ class XRDDetector(BeamGateMixin, AreaDetectorGroup):
         if not beam_on:  # no photons: a dark frame (this detector has no dark current)
             shape, dtype = self.frame_shape, self.dtype
             return (lambda: np.zeros(shape, dtype)), scalars
+        # counts grow with the exposure: the simulator's frame is a NOMINAL_EXPOSURE_S one
+        # (AcquireTime 0, never set, is that exposure too)
+        exposure = float(self.cam_AcquireTime.value)
+        scale = exposure / NOMINAL_EXPOSURE_S if exposure > 0 else 1.0
         if self.Sample.value == "CeO2":
             scalars["n_phases"] = 0.0
             for k in (0, 1):
@@ -115,12 +122,12 @@ class XRDDetector(BeamGateMixin, AreaDetectorGroup):
                     scalars[f"phase{k}_{f}"] = float("nan")
 
             def compute():
-                return sim.ceo2_frame(seed=seed, noise=noise).image
+                return sim.ceo2_frame(seed=seed, noise=noise, scale=scale).image
 
             return compute, scalars
 
         def compute():
-            return sim.frame(phases, seed=seed, noise=noise, transition_metals=tm).image
+            return sim.frame(phases, seed=seed, noise=noise, transition_metals=tm, scale=scale).image
 
         return compute, scalars
 
