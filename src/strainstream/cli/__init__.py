@@ -12,6 +12,7 @@ module         sub-commands
 ``demo``       demo
 ``serve``      serve, worker, spool
 ``runs``       results, replay, plot
+``report``     report
 ``beamline``   beamline up | status
 ``console``    console
 ``queue``      queue up | status | plans
@@ -46,13 +47,13 @@ from ._common import Parser
 __all__ = ["COMMAND_MODULES", "COMMAND_OF", "build_parser", "main", "run_command"]
 
 #: the modules of this package that register sub-commands, in ``--help`` order
-COMMAND_MODULES = ("demo", "serve", "runs", "import_", "beamline", "console", "queue", "deploy",
+COMMAND_MODULES = ("demo", "serve", "runs", "report", "import_", "beamline", "console", "queue", "deploy",
                    "dashboard", "keys", "reprocess", "config", "xrd", "sxdm", "xanes")
 #: the module of :data:`COMMAND_MODULES` that registers each sub-command (a test checks it):
 #: ``strainstream COMMAND ...`` imports and registers only that module
 COMMAND_OF = {
     "demo": "demo", "serve": "serve", "worker": "serve", "spool": "serve", "runs": "runs",
-    "results": "runs", "replay": "runs", "plot": "runs", "import": "import_", "beamline": "beamline",
+    "results": "runs", "replay": "runs", "plot": "runs", "report": "report", "import": "import_", "beamline": "beamline",
     "console": "console", "queue": "queue", "deploy": "deploy", "dashboard": "dashboard", "keys": "keys",
     "reprocess": "reprocess", "config": "config", "xrd": "xrd", "sxdm": "sxdm", "xanes": "xanes",
 }
