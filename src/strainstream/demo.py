@@ -159,9 +159,11 @@ def _operando(session, devices, data_dir, *, frame_size, rate_mA_g, duration_s, 
     preset = cycler.preset.get()
     say(f"charging the simulated {preset} cell at {rate_mA_g:g} mA/g "
         f"(time x{charge_s / duration_s:.0f}), one frame every {frame_interval_s:g} s ...")
+    # what was simulated, for the truth `strainstream report` states beside each figure
+    md = {"simulation": {"cell_preset": preset}}
     (uid,) = run_plan(session, operando_xrd(det, cycler, calibration=geometry, rate_mA_g=rate_mA_g,
                                      frame_interval_s=frame_interval_s, max_frames=10_000,
-                                     material=preset, beam=beam))
+                                     material=preset, beam=beam, md=md))
     return uid
 
 
@@ -180,7 +182,11 @@ def _sxdm(session, devices, *, raster: int, angles: int, say, material: str = "S
                                         n_theta=angles, x_center_um=centre_um, y_center_um=centre_um,
                                         nx=raster, ny=raster, step_nm=step_nm, beam=beam,
                                         md={"material": material,
-                                            "sample": f"{material} charged particle (simulated)"}))
+                                            "sample": f"{material} charged particle (simulated)",
+                                            # the endstation IOC's particle (its default state)
+                                            "simulation": {"sxdm_particle": {
+                                                "material": material, "state": "charged",
+                                                "ny": raster, "nx": raster}}}))
     return uid
 
 
@@ -213,7 +219,9 @@ def _txm(session, devices, *, energies: int, say, material: str = "NM91") -> str
         f"{grid[-1]:.0f} eV ({fine:.3g} eV steps across the edge), zone plate refocused at each ...")
     (uid,) = run_plan(session, txm_xanes(cam, es, energies_eV=grid, n_darks=3, sample_out_mm=1.0,
                                          beam=beam, md={"material": material,
-                                                        "sample": f"{material} particles (simulated)"}))
+                                                        "sample": f"{material} particles (simulated)",
+                                                        # particle_sample() on the camera's frame
+                                                        "simulation": {"txm_sample": {}}}))
     return uid
 
 
@@ -247,14 +255,17 @@ def _study_summary(study: dict[str, Any], uri: str, data_dir: Path, say) -> dict
     summary = {"experiment": "study", "tiled_uri": uri, "data_dir": str(data_dir),
                "events_recorded": sum(r["events_recorded"] for r in runs),
                "events_analysed": sum(min(r["events_analysed"], r["events_recorded"]) for r in runs),
-               "runs": runs, "comparisons": study["comparisons"]}
+               "runs": runs, "comparisons": study["comparisons"], "report": study.get("report")}
     say("study runs:")
     for r in runs:
         say(f"  {r['uid'][:8]}  {r['experiment']:12} {r['material']:8} events recorded "
             f"{r['events_recorded']:4d}, analysed {r['events_analysed']:4d}")
     say(format_comparisons(study["comparisons"]))
+    if study.get("report"):
+        say(f"report: {study['report']['html']}\n        {study['report']['pdf']}")
     say(f"next: strainstream runs --data-dir {data_dir}\n"
-        f"      strainstream plot UID --data-dir {data_dir}")
+        f"      strainstream plot UID --data-dir {data_dir}\n"
+        f"      strainstream report --material SC-NM91 --data-dir {data_dir}")
     return json_safe(summary)  # NaN (a figure a run could not give) -> null in --json
 
 
@@ -287,7 +298,8 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
     scan (``energies`` points across the Ni K edge), white-line map.
     ``experiment="frame_series"``: an in-process detector, frame statistics (no IOCs).
     ``experiment="study"``: :mod:`strainstream.study` (the four cells' charges, two SXDM maps,
-    a TXM scan, the study's comparisons); the summary then has ``runs`` and ``comparisons``.
+    a TXM scan, the study's comparisons, the report in ``DATA_DIR/report/``); the summary then
+    has ``runs``, ``comparisons`` and ``report`` (``{"html": PATH, "pdf": PATH}``).
     """
     from strainstream.datadir import detector_dir
     from strainstream.server import TiledServer
@@ -324,6 +336,10 @@ def run_demo(data_dir: str | os.PathLike, *, experiment: str = "operando_xrd", f
                               frame_size=frame_size, rate_mA_g=rate_mA_g, duration_s=duration_s,
                               frame_interval_s=frame_interval_s, raster=raster, angles=angles,
                               energies=energies, say=say)
+            from strainstream.study import write_study_report
+
+            study["report"] = write_study_report(server.client(), study["runs"], data_dir / "report",
+                                                 server_uri=server.uri, data_dir=data_dir, say=say)
             return _study_summary(study, server.uri, data_dir, say)
         if experiment == "operando_xrd":
             uid = _operando(session, devices, data_dir, frame_size=frame_size, rate_mA_g=rate_mA_g,

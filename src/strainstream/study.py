@@ -14,7 +14,8 @@ LiNi0.9Co0.1O2 (NC91) and LiNi0.9Mn0.1O2 (NM91). On the simulated beamline, at r
 
 Then the comparisons the study draws: c and volume contraction on charge (PC-NC91 6.0 %/7.8 %,
 PC-NM91 3.6 %/5.9 %), H2-H3 coexistence and its Δc in SC-NM91 (up to 0.68 Å), the SXDM
-strain heterogeneity ratio SC-NM91 / SC-NC91 (> 3) and the white-line spread.
+strain heterogeneity ratio SC-NM91 / SC-NC91 (> 3) and the white-line spread; and the report
+of every run (:func:`write_study_report`, :mod:`strainstream.report`): DATA_DIR/report/.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 from typing import Any
 
 __all__ = ["MATERIALS", "SXDM_MATERIALS", "XRD_REFERENCE", "comparisons", "format_comparisons",
-           "json_safe", "run_study"]
+           "json_safe", "run_study", "write_study_report"]
 
 #: the study's four cathodes, in the order they are measured
 MATERIALS = ("SC-NC91", "PC-NC91", "SC-NM91", "PC-NM91")
@@ -217,3 +218,22 @@ def format_comparisons(comp: dict[str, Any]) -> str:
             lines.append(f"TXM-XANES ({m} particle set): white line {r['whiteline_mean_eV']:.2f} eV, "
                          f"std {r['whiteline_std_eV']:.2f} eV over the particles")
     return "\n".join(lines)
+
+
+def write_study_report(root, runs: list[dict[str, Any]], out_dir, *, server_uri: str | None = None,
+                       data_dir=None, say=lambda *a: None) -> dict[str, str]:
+    """Write the report (:mod:`strainstream.report`) of the study's ``runs`` (entries of
+    :func:`run_study`, read again from the catalog ``root``) into ``out_dir``; its paths
+    ``{"html": ..., "pdf": ...}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from strainstream.report import figures_of_merit, read_runs, write_report
+
+    data, notes = read_runs(root, uids=[r["uid"] for r in runs])
+    say(f"writing the study report of {len(data)} runs ...")
+    paths = write_report(data, figures_of_merit(data), out_dir, notes=notes, server_uri=server_uri,
+                         data_dir=data_dir, title="strainstream study report — SC/PC × NC91/NM91 "
+                                              "(simulated beamline)")
+    say(f"report: {paths['html']}\n        {paths['pdf']}")
+    return paths

@@ -53,7 +53,8 @@ def register(commands) -> None:
                         "particle, live strain/rotation maps), txm_xanes (energy scan across the "
                         "Ni K edge, white-line map), study (the four cells SC/PC x NC91/NM91 "
                         "charged with XRD, SXDM of the two SC particles, a TXM scan, the study's "
-                        "comparisons) or frame_series (no IOCs)")
+                        "comparisons and its report in DATA_DIR/report/: HTML + PDF, see `strainstream "
+                        "report`) or frame_series (no IOCs)")
     p.add_argument("--frame-size", type=_frame_size, default=None,
                    help=f"XRD frame rows=cols, one of {', '.join(map(str, FRAME_SIZES))} "
                         "(default 1024; study 512)")

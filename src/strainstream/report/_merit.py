@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from strainstream.study import _num  # a summary value as float, NaN when none
+
 from ._collect import RunData
 from ._truth import simulation_of, sxdm_truth, txm_truth, xrd_truth
 
@@ -59,14 +61,6 @@ class Merit:
                 return None
             return v
         return {k: clean(v) for k, v in asdict(self).items()}
-
-
-def _num(value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return v
 
 
 def _col(cols: dict[str, list], key: str, n: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A run comes from the simulated beamline when its start document says so (``simulation``,
 recorded by ``strainstream demo``: ``cell_preset`` of the coin cell, ``sxdm_particle``
-``{material, state, ny, nx}``, ``txm_sample`` ``{shape}``), or when its detector's
+``{material, state, ny, nx}``, ``txm_sample`` ``{shape}``, the shape being the camera's frame,
+i.e. the white-line map's, when not given), or when its detector's
 configuration reads ``manufacturer "strainstream"``, ``model "simulated ..."`` (the simulated
 IOCs) — the cell preset then from the simulated cycler's ``cycler_preset``, the SXDM particle
 from the start document's material and raster (state "charged", the IOC's default), the TXM
@@ -50,7 +51,12 @@ def simulation_of(start: dict[str, Any], configuration: dict[str, Any],
     known): ``{"cell_preset": NAME}``, ``{"sxdm_particle": {...}}`` or ``{"txm_sample": {...}}``."""
     recorded = start.get("simulation")
     if isinstance(recorded, dict) and recorded:
-        return dict(recorded)
+        recorded = dict(recorded)
+        txm = recorded.get("txm_sample")
+        if isinstance(txm, dict) and "shape" not in txm:  # the camera's frame: the map's shape
+            wl = (arrays or {}).get("whiteline_eV")
+            recorded["txm_sample"] = dict(txm, shape=list(np.shape(wl))) if wl is not None else None
+        return recorded
     if not _simulated_detector(configuration):
         return None
     experiment = start.get("experiment")
