@@ -20,8 +20,9 @@ While one of them holds (and :attr:`Triggers.hold_frames` frames after), frames 
 :attr:`SamplingBudget.min_interval_s` apart with the full exposure; otherwise the frames left
 outside the share held back for dense stretches are spread over the time the charge is
 expected to last, with the shorter quiet exposure. When the analysis lags (more than
-:attr:`Triggers.max_lag_frames` frames not refined yet) or its newest frame failed, the
-frames left are spread evenly (the fixed interval) until it catches up.
+:attr:`Triggers.max_lag_frames` frames not refined yet) or its newest frame failed, its
+signals are not acted on and, unless the cycler's dQ/dV calls for dense frames, the frames
+left are spread evenly (the fixed interval) until it catches up.
 
 The agent is the optimizer of :mod:`bluesky_adaptive`'s in-run loop (it follows its
 ``Optimizer`` protocol: ``suggest``/``ingest``/``get_best_points``, plus ``should_stop``):
@@ -40,12 +41,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["OBSERVATION_FIELDS", "SUGGESTION_FIELDS", "OperandoSamplingAgent", "SamplingBudget",
-           "Triggers", "replay_decisions", "sampling_metrics"]
+           "Triggers", "same_decisions", "replay_decisions", "sampling_metrics"]
 
 #: what each outcome holds (floats; NaN when not known): the plan's observation at a decision point
 OBSERVATION_FIELDS = (
@@ -101,10 +103,10 @@ class SamplingBudget:
     exposure_s: float = 0.2
     quiet_exposure_s: float = 0.1
     min_interval_s: float = 0.5
-    max_interval_s: float = 600.0
+    max_interval_s: float = 3600.0
     watch_s: float = 0.5
     expected_capacity_mAh_g: float = 220.0
-    dense_share: float = 0.5
+    dense_share: float = 0.6
     dense_step_share: float = 0.01
 
     def __post_init__(self) -> None:
@@ -138,7 +140,7 @@ class SamplingBudget:
 class Triggers:
     """What makes a stretch dense (see the module's description)."""
 
-    dqdv_factor: float = 2.0
+    dqdv_factor: float = 2.5
     dcdq_factor: float = 4.0
     strain_rise: float = 0.5
     #: dense frames kept after the last trigger
@@ -158,7 +160,11 @@ class Triggers:
 class _State:
     """What the agent has seen; rebuilt exactly by ingesting the same outcomes."""
 
-    seen: list[dict[str, float]] = field(default_factory=list)
+    #: the last cycler readings (the capacity rate)
+    seen: deque = field(default_factory=lambda: deque(maxlen=10))
+    #: (capacity, voltage) of the first reading and of the last dQ/dV point
+    first: tuple[float, float] | None = None
+    anchor: tuple[float, float] | None = None
     frames: int = 0
     dense_frames: int = 0
     dose_s: float = 0.0
@@ -271,12 +277,12 @@ class OperandoSamplingAgent:
         # dQ/dV over the last capacity step of at least dqdv_step_mAh_g
         q, v = obs["capacity_mAh_g"], obs["voltage_V"]
         if math.isfinite(q) and math.isfinite(v):
-            for prev in reversed(st.seen):
-                dq = q - prev["capacity_mAh_g"]
-                if dq >= tr.dqdv_step_mAh_g:
-                    dv = v - prev["voltage_V"]
-                    st.dqdv.append(dq / dv if dv > 1e-6 else math.inf)
-                    break
+            if st.anchor is None:
+                st.anchor = st.first = (q, v)
+            elif q - st.anchor[0] >= tr.dqdv_step_mAh_g:  # one value per capacity step
+                dv = v - st.anchor[1]
+                st.dqdv.append((q - st.anchor[0]) / dv if dv > 1e-6 else math.inf)
+                st.anchor = (q, v)
             st.seen.append({"capacity_mAh_g": q, "voltage_V": v, "t_s": obs["t_s"]})
         # the analysis: slopes between the newest refined frame and the one seen before it
         row = {k: obs[k] for k in ("an_seq_num", "an_capacity_mAh_g", "an_c_A", "an_n_phases",
@@ -291,16 +297,17 @@ class OperandoSamplingAgent:
                     st.strain.append(row["an_microstrain"] - prev["an_microstrain"])
         self._last_obs = obs
 
-    def _trigger(self) -> str:
-        """Why the present stretch is dense ('' when it is not)."""
+    def _trigger(self, analysis: bool = True) -> str:
+        """Why the present stretch is dense ('' when it is not); the live analysis' signals
+        only with ``analysis``."""
         st, tr = self._state, self.triggers
-        span = st.seen[-1]["capacity_mAh_g"] - st.seen[0]["capacity_mAh_g"] if st.seen else 0.0
+        span = st.anchor[0] - st.first[0] if st.anchor is not None else 0.0
         if len(st.dqdv) > tr.min_history and span >= tr.dqdv_history_share * self.budget.expected_capacity_mAh_g:
             med = statistics.median(st.dqdv[:-1])
             if med > 0 and st.dqdv[-1] > tr.dqdv_factor * med:
                 return f"dQ/dV {st.dqdv[-1]:.3g} mAh/g/V = {st.dqdv[-1] / med:.1f}x the median (plateau)"
         row = st.last_row
-        if row is not None and row["an_failed"] == 0:
+        if analysis and row is not None and row["an_failed"] == 0:
             if row["an_n_phases"] >= 2:
                 return f"two phases in frame {int(row['an_seq_num'])}"
             if len(st.dcdq) > tr.min_history:
@@ -327,11 +334,13 @@ class OperandoSamplingAgent:
         if not self.adaptive:
             mode, interval, exposure, why = "fixed", fixed, b.exposure_s, "fixed interval"
         else:
-            trigger = self._trigger()
+            lagging = st.frames > 0 and lag > tr.max_lag_frames
+            # the analysis' triggers wait while it lags; the cycler's (dQ/dV) need no frame
+            trigger = self._trigger(analysis=not lagging)
             dense_left = max(0, round(b.dense_share * b.frames) - st.dense_frames)
             if trigger:
                 st.hold = tr.hold_frames
-            if st.frames > 0 and lag > tr.max_lag_frames:
+            if lagging and not trigger:
                 mode, interval, exposure = "fixed", fixed, b.exposure_s
                 why = f"analysis lags {lag:.0f} frames: fixed interval"
             elif st.last_row is not None and st.last_row["an_failed"] != 0 and not trigger:
@@ -372,7 +381,7 @@ class OperandoSamplingAgent:
 
     def _rate(self) -> float:
         """Capacity rate, mAh/g per s, over the last ~10 decision points (NaN: not known yet)."""
-        seen = self._state.seen[-10:]
+        seen = self._state.seen
         if len(seen) < 2:
             return math.nan
         dq = seen[-1]["capacity_mAh_g"] - seen[0]["capacity_mAh_g"]
@@ -404,6 +413,17 @@ def replay_decisions(config: Mapping[str, Any], records: Sequence[Mapping[str, A
         out.append({k: decision[k] for k in SUGGESTION_FIELDS})
         agent.ingest([{"_id": decision["_id"], **{k: rec.get(k) for k in OBSERVATION_FIELDS}}])
     return out
+
+
+def same_decisions(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether two decision lists are identical field by field (NaN equals NaN: a float that
+    went through the catalog must come back bit for bit)."""
+    def same(x, y):
+        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            return True
+        return type(x) is type(y) and x == y
+    return len(a) == len(b) and all(
+        set(p) == set(q) and all(same(p[k], q[k]) for k in p) for p, q in zip(a, b, strict=True))
 
 
 def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],

@@ -79,6 +79,7 @@ def compare_sampling(session, devices: dict[str, Any], root, *, calibration: dic
         SUGGESTION_FIELDS,
         OperandoSamplingAgent,
         replay_decisions,
+        same_decisions,
         sampling_metrics,
     )
 
@@ -94,7 +95,7 @@ def compare_sampling(session, devices: dict[str, Any], root, *, calibration: dic
         replayed = replay_decisions(config, records)
         recorded = [{k: r[k] for k in SUGGESTION_FIELDS} for r in records]
         runs[mode] = {"uid": uid, "rows": rows, "decisions": len(records),
-                      "replay_identical": replayed == recorded,
+                      "replay_identical": same_decisions(replayed, recorded),
                       "dose_s": sum(r["exposure_s"] for r in records if r["frame"])}
     socs = [[r["soc"] for r in run["rows"]] for run in runs.values()]
     common = (max(min(s) for s in socs), min(max(s) for s in socs))
