@@ -121,6 +121,9 @@ def _sxdm(run: RunData, entry: dict[str, Any], make) -> list[Merit]:
         return {} if truth is None else {"simulated": truth["simulated"][key], "sampled": truth["sampled"][key]}
 
     pixels = f"{int(_num(summary.get('n_pixels')) or 0)} pixels"
+    theta = np.asarray(run.start.get("theta_deg") or [], float)
+    if theta.size >= 2:  # the rocking step bounds the θxy (rocking direction) resolution
+        pixels += f", {theta.size} rocking angles {np.median(np.diff(np.sort(theta))):.2f}° apart"
     return [
         make("strain_std", "SXDM Δd/d standard deviation", "", _num(summary.get("strain_std")),
              "summary strain_std", detail=pixels, **tr("strain_std")),

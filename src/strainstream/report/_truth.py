@@ -20,7 +20,9 @@ Two truths per figure of merit:
   bulk state of charge), its cell replayed to the last frame's time for the microstrain,
   the truth maps over the pixels/voxels the analysis kept. The analysis is judged against
   this one; the difference between the two is the sampling (frames every few % of the
-  charge, a charge stopped at 4.5 V under current before soc 1, a 4 x 4 raster).
+  charge, a charge stopped at 4.5 V under current before soc 1, a 4 x 4 raster). The
+  rocking-angle sampling of an SXDM map is not modelled: rocking steps much coarser than the
+  θxy tilts (the rocking direction) show as a θxy — and strain–θxy correlation — off its truth.
 """
 
 from __future__ import annotations
