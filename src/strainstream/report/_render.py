@@ -112,11 +112,15 @@ def _table_pages(merits: list[Merit], simulated: bool, title: str, notes: list[s
     header = ["material", "figure of merit", "measured"]
     if simulated:
         header += ["simulated", "as sampled"]
-    header += ["run", "analysis"]
-    rows = [[m.material, m.label, format_value(m.value, m.unit)]
+    header += ["at", "run", "analysis"]
+
+    def short(text: str, n: int = 36) -> str:
+        return text if len(text) <= n else text[:n - 1] + "…"
+
+    rows = [[m.material, short(m.label, 62), format_value(m.value, m.unit)]
             + ([format_value(m.simulated, m.unit), format_value(m.sampled, m.unit)] if simulated else [])
-            + [m.uid[:8], f"{m.analysis} v{m.version}"] for m in merits]
-    widths = [0.09, 0.42, 0.12] + ([0.12, 0.12] if simulated else []) + [0.08, 0.12]
+            + [short(m.detail), m.uid[:8], f"{m.analysis} v{m.version}"] for m in merits]
+    widths = [0.08, 0.33, 0.11] + ([0.11, 0.11] if simulated else []) + [0.2, 0.07, 0.1]
     total = sum(widths)
     widths = [w / total for w in widths]
     pages = max(1, math.ceil(len(rows) / _ROWS_PER_PAGE))
@@ -133,7 +137,9 @@ def _table_pages(merits: list[Merit], simulated: bool, title: str, notes: list[s
             table = ax.table(cellText=chunk, colLabels=header, colWidths=widths, loc="upper left",
                              cellLoc="left")
             table.auto_set_font_size(False)
-            table.set_fontsize(7.5)
+            table.set_fontsize(7)
+            for cell in table.get_celld().values():
+                cell.PAD = 0.03  # of the cell's width (default 0.1: a wide column's text indented)
             table.scale(1.0, 1.35)
         else:
             ax.text(0, 1, "no figures of merit (no operando XRD, SXDM or TXM-XANES results)", va="top")
