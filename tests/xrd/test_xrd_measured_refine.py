@@ -86,3 +86,37 @@ def test_lab6_srm660a_from_11bm():
     assert abs(res.relative_deviation) < 2e-4  # measured −8.7e-6
     assert abs(res.relative_deviation) < 3e-5  # and much better on this instrument
     assert res.n_peaks >= 60
+
+
+def _powbase_licoo2():
+    """PowBase's LiCoO2 (Bruker, Cu Kα1/Kα2, 2θ 16-136° in 0.03° steps; SOURCES.md): the
+    FullProf format, a 'start step end' line then counts."""
+    import gzip
+
+    with gzip.open(DATA / "LiCoO2_PowBase_CuKa.dat.gz", "rt") as fh:
+        head, *rest = fh.read().split("\n")
+    start, step, _ = (float(v) for v in head.split())
+    y = np.array([float(v) for line in rest for v in line.split()])
+    return start + step * np.arange(y.size), y
+
+
+def test_licoo2_lab_pattern_needs_its_zero_shift(tmp_path, capsys):
+    """The measured LiCoO2 pattern with no refinement of its own published: with the 2θ zero
+    refined, a and c land inside the range of every published LiCoO2 cell (COD 1533825,
+    1550397, 4505482: a 2.814-2.8185 Å, c 14.048-14.066 Å); uncorrected, c is 3.6e-3 short of
+    it. An independent check (26 single-peak fits + a cell with a zero, SOURCES.md) gave
+    a = 2.8160(4), c = 14.050(3) Å, zero +0.095(15)°."""
+    tth, y = _powbase_licoo2()
+    f = tmp_path / "licoo2.xy"
+    np.savetxt(f, np.column_stack([tth, y]))
+    args = ["refine", str(f), "--x", "two_theta_deg", "--kalpha2", "1.54443", "--kalpha2-ratio", "0.514",
+            "--al", "none", "--phases", "1", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["phases"][0]["c_A"] < 14.048 - 0.04
+    assert main([*args, "--zero-shift", "refine"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a, c = out["phases"][0]["a_A"], out["phases"][0]["c_A"]
+    assert 2.814 <= a <= 2.8185 and 14.048 <= c <= 14.066, (a, c)
+    assert out["zero_shift_deg"] == pytest.approx(0.095, abs=0.03)
+    assert out["rwp"] < 0.7 * plain["rwp"]

@@ -39,6 +39,10 @@ def register(commands) -> None:
                         "--wavelength as Kα1 (default Cu Kα1 1.540593)")
     r.add_argument("--kalpha2-ratio", type=float, default=0.5,
                    help="I(Kα2)/I(Kα1) for --kalpha2 (default 0.5)")
+    r.add_argument("--zero-shift", default=None, metavar="DEG|refine",
+                   help="2θ input: the diffractometer's 2θ zero shift in degrees (observed = "
+                        "true + shift), or 'refine' to refine it within ±0.3° (laboratory "
+                        "Bragg-Brentano patterns: an uncorrected 0.1° zero moves c by ~3e-3)")
     r.add_argument("--cell", default=None, metavar="A,C",
                    help="starting lattice a,c in Å (e.g. 2.87,14.2): (003) is searched within "
                         "c ± 4 %% and a within ± 3 %% (weak or spotty patterns)")
@@ -178,6 +182,19 @@ def _refine(args) -> int:
         print("strainstream xrd: warning: no instrumental width (--calibration GEOM.json or "
               "--instrument-fwhm): the whole peak width is taken as sample broadening, so size "
               "comes out small and microstrain large", file=sys.stderr)
+    zero = None
+    if args.zero_shift is not None:
+        if args.x != "two_theta_deg":
+            raise UsageError("--zero-shift needs a 2θ pattern (--x two_theta_deg)")
+        if args.zero_shift != "refine":
+            try:
+                zero = float(args.zero_shift)
+            except ValueError:
+                raise UsageError(f"--zero-shift must be degrees or 'refine', got {args.zero_shift!r}") from None
+            if not abs(zero) < 5:
+                raise UsageError(f"--zero-shift must be below 5 degrees, got {args.zero_shift}")
+        else:
+            zero = "refine"
     if args.x == "two_theta_deg":
         if np.any(x <= 0) or np.any(x >= 180):
             raise UsageError("2θ values must lie in (0, 180) degrees; is the first column Q? "
@@ -189,7 +206,8 @@ def _refine(args) -> int:
                 y = strip_kalpha2(x, y, wavelength, args.kalpha2, args.kalpha2_ratio)
             except ValueError as exc:
                 raise UsageError(f"--kalpha2: {exc}") from None
-        q = 4 * np.pi * np.sin(np.radians(x) / 2) / wavelength
+        shift = zero if isinstance(zero, float) else 0.0
+        q = 4 * np.pi * np.sin(np.radians(x - shift) / 2) / wavelength
     else:
         q = x
     q_range = None
@@ -197,6 +215,9 @@ def _refine(args) -> int:
         q_range = (args.q_min if args.q_min is not None else -np.inf,
                    args.q_max if args.q_max is not None else np.inf)
     if args.calibrant:
+        if zero == "refine":  # a calibrant's lattice is certified: its pattern gives the zero
+            raise UsageError("--zero-shift refine is for a sample pattern; with --calibrant give the "
+                             "shift in degrees (or none)")
         return _refine_calibrant(args, q, y, wavelength, q_range)
     phases = "auto" if args.phases == "auto" else int(args.phases)
     cell = None
@@ -210,15 +231,22 @@ def _refine(args) -> int:
     try:
         width = ({"instrument": instrument_fwhm} if isinstance(instrument_fwhm, dict)
                  else {"instrument_fwhm_A_inv": instrument_fwhm})
-        res = refine_pattern(q, y, wavelength, phases=phases, al=args.al, cell=cell,
-                             q_range_A_inv=q_range, **width)
+        if zero is None:
+            res = refine_pattern(q, y, wavelength, phases=phases, al=args.al, cell=cell,
+                                 q_range_A_inv=q_range, **width)
+        else:
+            from strainstream.xrd import refine_two_theta_pattern
+
+            res = refine_two_theta_pattern(x, y, wavelength, zero_deg=zero, phases=phases, al=args.al,
+                                           cell=cell, q_range_A_inv=q_range, **width)
     except PatternError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
+        zero_text = "" if res.zero_shift_deg is None else f"   2θ zero = {res.zero_shift_deg:+.4f}°"
         print(f"Rwp = {100 * res.rwp:.2f} %   phases = {res.n_phases}   "
-              f"flags = {', '.join(res.flags) or '-'}")
+              f"flags = {', '.join(res.flags) or '-'}{zero_text}")
         for i, p in enumerate(res.phases, 1):
             size = "∞" if p.size_nm is None else f"{p.size_nm:.0f}"
             print(f"phase {i}: a = {p.a_A:.5f}({p.a_err_A:.1e}) Å  c = {p.c_A:.4f}"

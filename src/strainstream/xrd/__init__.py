@@ -48,6 +48,7 @@ from ._phases import (
 )
 from ._refine import PhaseResult, RefinementResult, refine_pattern
 from ._sequential import SequentialRefiner
+from ._twotheta import refine_two_theta_pattern
 
 __all__ = [
     "AL_A_A",
@@ -84,6 +85,7 @@ __all__ = [
     "r3m_reflections",
     "refine_calibrant_lattice",
     "refine_pattern",
+    "refine_two_theta_pattern",
     "save_poni",
     "seed_lattice",
     "strip_kalpha2",

@@ -85,6 +85,8 @@ class RefinementResult:
     flags : tuple of str
         Notes such as ``"al_not_detected"``, ``"second_phase_rejected"``, ``"reseeded"``,
         ``"at_bound:eps0"``.
+    zero_shift_deg : float or None
+        2θ zero shift the pattern was corrected by (2θ input only), degrees.
     q_A_inv, intensity, fit : ndarray, shape (n,)
         The fitted Q grid (after range cuts/exclusions), data and model (not in to_dict).
     """
@@ -99,6 +101,8 @@ class RefinementResult:
     bic: float
     converged: bool
     flags: tuple = ()
+    #: the 2θ zero shift the pattern was corrected by (:func:`refine_two_theta_pattern`), degrees
+    zero_shift_deg: float | None = None
     q_A_inv: np.ndarray = field(default=None, repr=False, compare=False)
     intensity: np.ndarray = field(default=None, repr=False, compare=False)
     fit: np.ndarray = field(default=None, repr=False, compare=False)
@@ -116,6 +120,7 @@ class RefinementResult:
             "bic": self.bic,
             "converged": self.converged,
             "flags": list(self.flags),
+            **({} if self.zero_shift_deg is None else {"zero_shift_deg": self.zero_shift_deg}),
         }
 
 
