@@ -179,10 +179,9 @@ class _State:
 
 def _num(value: Any) -> float:
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return math.nan
-    return v
 
 
 class OperandoSamplingAgent:
@@ -456,12 +455,8 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
 
     from strainstream.sim import cell as simcell
 
-    def num(v):
-        v = _num(v)
-        return v
-
     def major_c(f):
-        pairs = [(num(f.get("c_A")), num(f.get("fraction"))), (num(f.get("c_A_2")), num(f.get("fraction_2")))]
+        pairs = [(_num(f.get("c_A")), _num(f.get("fraction"))), (_num(f.get("c_A_2")), _num(f.get("fraction_2")))]
         pairs = [(c, w if math.isfinite(w) else 1.0) for c, w in pairs if math.isfinite(c)]
         return max(pairs, key=lambda p: p[1])[0] if pairs else math.nan
 
@@ -470,7 +465,7 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
 
     truth = simcell.contraction_metrics(preset_name)
     window = truth["two_phase_soc"]
-    socs = np.array([num(f.get("soc")) for f in frames])
+    socs = np.array([_num(f.get("soc")) for f in frames])
     cs = np.array([major_c(f) for f in frames])
     ok = np.isfinite(socs) & np.isfinite(cs)
     order = np.argsort(socs[ok])
@@ -481,13 +476,13 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
         grid = np.linspace(lo, hi, 2001)
         true = np.array([true_major_c(x) for x in grid])
         rms = float(np.sqrt(np.mean((np.interp(grid, s_ok, c_ok) - true) ** 2)))
-    dcs = [num(f.get("delta_c_A")) for f in frames]
+    dcs = [_num(f.get("delta_c_A")) for f in frames]
     dcs = [d for d in dcs if math.isfinite(d)]
     return {
         "frames": len(frames),
         "window_soc": list(window) if window else None,
         "frames_in_window": int(np.sum((socs >= window[0]) & (socs <= window[1]))) if window else 0,
-        "two_phase_frames": sum(num(f.get("n_phases")) == 2 for f in frames),
+        "two_phase_frames": sum(_num(f.get("n_phases")) == 2 for f in frames),
         "c_curve_rms_A": rms,
         "soc_range": [float(lo), float(hi)],
         "max_delta_c_A": max(dcs) if dcs else math.nan,
