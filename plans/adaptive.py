@@ -23,7 +23,7 @@ import bluesky.preprocessors as bpp
 from bluesky.protocols import Readable
 from bluesky.utils import Msg, MsgGenerator
 
-from strainstream.adaptive import OBSERVATION_FIELDS, OperandoSamplingAgent
+from strainstream.adaptive import OBSERVATION_FIELDS, OperandoSamplingAgent, SamplingBudget
 
 from ._common import cell_run
 from .xrd import charge_setup, start_charge
@@ -70,7 +70,16 @@ def adaptive_operando_xrd(
     cycler: Readable,
     *,
     calibration: dict[str, Any],
-    agent: OperandoSamplingAgent,
+    frames: int = 30,
+    dose_s: float | None = None,
+    exposure_s: float = 0.2,
+    quiet_exposure_s: float = 0.1,
+    min_interval_s: float = 0.5,
+    watch_s: float = 0.5,
+    expected_capacity_mAh_g: float = 220.0,
+    dense_share: float = 0.6,
+    adaptive: bool = True,
+    agent: OperandoSamplingAgent | None = None,
     results: ResultsSource | None = None,
     rate_mA_g: float = 200.0,
     v_max_V: float = 4.5,
@@ -94,9 +103,13 @@ def adaptive_operando_xrd(
     detector, cycler, calibration, rate_mA_g, v_max_V, v_min_V, material, mass_mg, beam,
     open_shutter, min_ring_current_mA, md
         As :func:`strainstream.plans.xrd.operando_xrd`.
-    agent : OperandoSamplingAgent
-        The sampling policy and its frame/dose budget (``adaptive=False``: the fixed
-        interval with the same machinery).
+    frames, dose_s, exposure_s, quiet_exposure_s, min_interval_s, watch_s, expected_capacity_mAh_g, dense_share
+        The budget and the sampling (:class:`strainstream.adaptive.SamplingBudget`): at most
+        ``frames`` frames and ``dose_s`` s of exposure (default frames × exposure_s).
+    adaptive : bool
+        False: the fixed interval with the same machinery (the reference).
+    agent : OperandoSamplingAgent, optional
+        A ready agent (its own budget and triggers) instead of the arguments above.
     results : callable, optional
         ``results(run_uid)`` → the live analysis' result rows of the run so far (e.g.
         :class:`strainstream.callbacks.live_results.LiveResults`); it must not block for long.
@@ -110,6 +123,11 @@ def adaptive_operando_xrd(
     from bluesky_adaptive.plans import optimize_in_run
     from bluesky_adaptive.protocols import OptimizationProblem
 
+    if agent is None:
+        agent = OperandoSamplingAgent(SamplingBudget(
+            frames=frames, dose_s=dose_s, exposure_s=exposure_s, quiet_exposure_s=quiet_exposure_s,
+            min_interval_s=min_interval_s, watch_s=watch_s, expected_capacity_mAh_g=expected_capacity_mAh_g,
+            dense_share=dense_share), adaptive=adaptive)
     budget = agent.budget
     _md, follow_only = yield from charge_setup(
         detector, cycler, calibration=calibration, rate_mA_g=rate_mA_g, v_max_V=v_max_V, v_min_V=v_min_V,

@@ -13,7 +13,7 @@ IPython user and a queued plan see the very same objects:
 ``bec``            the BestEffortCallback (``None`` with ``table=False``)
 devices            ``cycler``, ``xrd`` (cycler IOC); ``es``, ``sxdm``, ``txm`` (endstation
                    IOC); ``beam`` (beam IOC) — ophyd devices, connected on first use
-plans              ``operando_xrd``, ``sxdm_map``, ``find_bragg``, ``txm_xanes``,
+plans              ``operando_xrd``, ``adaptive_operando_xrd``, ``sxdm_map``, ``find_bragg``, ``txm_xanes``,
                    ``frame_series`` and the basics ``count``, ``scan``, ``rel_scan``,
                    ``list_scan``, ``mv``
 ``suspenders``     beam suspenders (ring current, shutter) for ``RE.install_suspender``;
@@ -55,8 +55,9 @@ DEVICE_NAMES: dict[str, tuple[str, ...]] = {
     "beam": ("beam",),
 }
 #: plans of the profile: strainstream's experiments, then bluesky basics
-PLAN_NAMES = ("operando_xrd", "operando_cycling", "operando_gitt", "rate_series", "sxdm_map",
-              "find_bragg", "txm_xanes", "frame_series", "count", "scan", "rel_scan", "list_scan", "mv")
+PLAN_NAMES = ("operando_xrd", "adaptive_operando_xrd", "operando_cycling", "operando_gitt", "rate_series",
+              "sxdm_map", "find_bragg", "txm_xanes", "frame_series", "count", "scan", "rel_scan", "list_scan",
+              "mv")
 
 
 
@@ -196,9 +197,21 @@ def _queue_ready(plan: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def plans(client=None) -> dict[str, Callable[..., Any]]:
+    """The plans of the profile, by name (see :data:`PLAN_NAMES`).
+
+    ``client`` (the profile's tiled client, ``db``) feeds ``adaptive_operando_xrd`` the live
+    analysis' results (:class:`strainstream.callbacks.live_results.LiveResults`); without it
+    that plan decides from the cycler alone.
+    """
+    fixed = _plans()
+    return {name: _queue_ready(_with_live_results(client)) if name == "adaptive_operando_xrd" else fixed[name]
+            for name in PLAN_NAMES}
+
+
 @functools.cache
-def plans() -> dict[str, Callable[..., Any]]:
-    """The plans of the profile, by name (see :data:`PLAN_NAMES`)."""
+def _plans() -> dict[str, Callable[..., Any]]:
+    """The profile's plans that need nothing of the session (made once)."""
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
 
@@ -214,6 +227,32 @@ def plans() -> dict[str, Callable[..., Any]]:
     basics = {"count": bp.count, "scan": bp.scan, "rel_scan": bp.rel_scan,
               "list_scan": bp.list_scan, "mv": bps.mv}
     return {**ours, **basics}
+
+
+def _with_live_results(client) -> Callable[..., Any]:
+    """``adaptive_operando_xrd`` with the live results of ``client`` bound, and without the
+    parameters a queued item cannot carry (``agent``, ``results``: objects)."""
+    from strainstream.plans.adaptive import adaptive_operando_xrd
+
+    @functools.wraps(adaptive_operando_xrd)
+    def plan(*args: Any, **kwargs: Any):
+        live = None
+        if client is not None:
+            from strainstream.callbacks.live_results import LiveResults
+
+            live = LiveResults(client)
+        try:
+            return (yield from adaptive_operando_xrd(*args, results=live, **kwargs))
+        finally:
+            if live is not None:
+                live.close()
+
+    sig = inspect.signature(adaptive_operando_xrd)
+    plan.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
+        p for name, p in sig.parameters.items() if name not in ("agent", "results")])
+    plan.__annotations__ = {k: v for k, v in adaptive_operando_xrd.__annotations__.items()
+                            if k not in ("agent", "results")}
+    return plan
 
 
 # ----------------------------------------------------------------------------- devices
@@ -309,7 +348,7 @@ def build_namespace(config: ProfileConfig | None = None) -> dict[str, Any]:
     ns: dict[str, Any] = {"RE": RE, "db": session.client, "session": session, "bec": bec,
                           "bp": bp, "bps": bps}
     ns.update(devices)
-    ns.update(plans())
+    ns.update(plans(session.client))
     ns["suspenders"] = beam_suspenders(devices["beam"]) if "beam" in devices else []
     return ns
 

@@ -43,7 +43,8 @@ def test_adaptive_beats_fixed_at_equal_budget(sim_beamline, sim_devices, tiled_s
                                   budget=budget, duration_s=60.0, say=lambda *a: None)
     finally:
         session.close(30.0)
-        det.cam.acquire_time.put(0.0, wait=True)
+        det.cam.acquire_time.put(0.0, wait=True)  # the other tests' frames: the nominal exposure
+        cyc.accel.put(600.0, wait=True)  # and the IOC's default charge speed
     print(format_table(result))
     ad, fx = result["adaptive"], result["fixed"]
     # equal budget: neither run takes more frames, nor more dose, than allowed

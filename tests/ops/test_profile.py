@@ -18,8 +18,8 @@ from strainstream.queue import DEPLOY_DIR
 
 PERMISSIONS = DEPLOY_DIR / "user_group_permissions.yaml"
 EXISTING = DEPLOY_DIR / "existing_plans_and_devices.yaml"
-OURS = ("operando_xrd", "operando_cycling", "operando_gitt", "rate_series", "sxdm_map", "find_bragg", "txm_xanes",
-        "frame_series")
+OURS = ("operando_xrd", "adaptive_operando_xrd", "operando_cycling", "operando_gitt", "rate_series", "sxdm_map",
+        "find_bragg", "txm_xanes", "frame_series")
 
 
 def test_queue_ready_plans_keep_name_doc_and_behaviour():
@@ -96,6 +96,15 @@ def test_queue_validates_plan_parameters_against_the_profile():
     ok, msg = _validate(good, "observer")
     assert not ok and "not in the list of allowed plans" in msg
     assert _validate({"name": "count", "args": [["xrd"]], "kwargs": {"num": 3}}, "beamline")[0]
+    # the adaptive charge takes its budget as plain parameters (its agent and live results are
+    # the profile's business, not a queued item's)
+    adaptive = {"name": "adaptive_operando_xrd", "args": ["xrd", "cycler"],
+                "kwargs": {"calibration": {"wavelength_A": 0.1665}, "frames": 40, "dose_s": 6.0, "beam": "beam"}}
+    assert _validate(adaptive, "beamline") == (True, "")
+    ok, msg = _validate(dict(adaptive, kwargs={**adaptive["kwargs"], "frames": "many"}), "beamline")
+    assert not ok and "frames" in msg
+    ok, msg = _validate(dict(adaptive, kwargs={**adaptive["kwargs"], "agent": "mine"}), "beamline")
+    assert not ok and "agent" in msg
     assert not _validate({"name": "grid_scan", "args": [["xrd"]]}, "beamline")[0]
 
 

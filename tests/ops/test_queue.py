@@ -83,6 +83,7 @@ def test_queue_runs_profile_plans_into_tiled(queue_up, tiled_server, sim_devices
 
     cyc = sim_devices["cycler"]
     cyc.reset_cell().wait(10)
+    cyc.accel.put(600.0, wait=True)  # the IOC's default: a charge in ~7 s
     api = REManagerAPI(zmq_control_addr=info["control_addr"], zmq_info_addr=info["info_addr"])
     try:
         api.user_group = "beamline"
@@ -94,6 +95,10 @@ def test_queue_runs_profile_plans_into_tiled(queue_up, tiled_server, sim_devices
         api.item_add(BPlan("operando_xrd", "xrd", "cycler", calibration=_calibration(shape),
                            rate_mA_g=200.0, frame_interval_s=0.2, max_frames=4, beam="beam",
                            md={"sample": "queued operando"}))
+        # the adaptive charge: its budget as plain parameters, the profile's live results bound
+        api.item_add(BPlan("adaptive_operando_xrd", "xrd", "cycler", calibration=_calibration(shape),
+                           frames=4, min_interval_s=0.3, watch_s=0.3, expected_capacity_mAh_g=220.0,
+                           beam="beam", md={"sample": "queued adaptive"}))
         # a plan the observer group may not run, and a device the profile does not have
         api.user_group = "observer"
         with pytest.raises(Exception, match="not in the list of allowed plans"):
@@ -101,7 +106,7 @@ def test_queue_runs_profile_plans_into_tiled(queue_up, tiled_server, sim_devices
         api.user_group = "beamline"
         with pytest.raises(Exception, match="no_such_detector"):
             api.item_add(BPlan("find_bragg", "no_such_detector", "es"))
-        assert api.status()["items_in_queue"] == 2
+        assert api.status()["items_in_queue"] == 3
 
         api.queue_start()
         api.wait_for_idle(timeout=180)
@@ -113,11 +118,21 @@ def test_queue_runs_profile_plans_into_tiled(queue_up, tiled_server, sim_devices
         cyc.stop_cmd.put(1, wait=True)
         cyc.reset_cell().wait(10)
 
-    assert [h["name"] for h in history] == ["count", "operando_xrd"]
-    assert [h["result"]["exit_status"] for h in history] == ["completed", "completed"], history
+    assert [h["name"] for h in history] == ["count", "operando_xrd", "adaptive_operando_xrd"]
+    assert [h["result"]["exit_status"] for h in history] == ["completed"] * 3, history
     root = tiled_server.client()
     (count_uid,) = history[0]["result"]["run_uids"]
     (operando_uid,) = history[1]["result"]["run_uids"]
+    (adaptive_uid,) = history[2]["result"]["run_uids"]
+    run = root[adaptive_uid]
+    start = run.metadata["start"]
+    assert start["plan_name"] == "adaptive_operando_xrd" and start["experiment"] == "operando_xrd"
+    assert start["adaptive_sampling"]["budget"]["frames"] == 4 and start["sample"] == "queued adaptive"
+    frames = len(set(run["primary"]["seq_num"].read().tolist()))
+    decisions = run["optimization"].read()
+    assert 1 <= frames <= 4 and int(decisions["frame"].values.sum()) == frames
+    assert all(isinstance(r, str) and r for r in decisions["reason"].values)
+    assert run.metadata["stop"]["exit_status"] == "success"
 
     run = root[count_uid]
     start = run.metadata["start"]
