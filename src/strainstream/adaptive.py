@@ -341,7 +341,8 @@ class OperandoSamplingAgent:
                 st.hold = tr.hold_frames
             if lagging and not trigger:
                 mode, interval, exposure = "fixed", fixed, b.exposure_s
-                why = f"analysis lags {lag:.0f} frames: fixed interval"
+                why = (f"analysis lags {lag:.0f} frames: fixed interval" if math.isfinite(lag)
+                       else "no live analysis: fixed interval")
             elif st.last_row is not None and st.last_row["an_failed"] != 0 and not trigger:
                 mode, interval, exposure = "fixed", fixed, b.exposure_s
                 why = f"analysis failed on frame {int(st.last_row['an_seq_num'])}: fixed interval"
