@@ -31,7 +31,7 @@ import numpy as np
 
 from ._errors import SXDMError
 from ._geometry import SXDMGeometry, q_to_d_and_tilts, rocking_matrix
-from ._registration import estimate_drift, shift_maps
+from ._registration import estimate_drift, particle_points, shift_maps
 
 FLAG_LOW_INTENSITY = 1
 FLAG_THETA_TRUNCATED = 2
@@ -43,6 +43,9 @@ _N_CH = 11  # m0, m1 (3), m2 (6: xx xy xz yy yz zz), border
 _SYM = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 _CHUNK = 16  # frames per work chunk (a 256×256 float32 chunk stays in the L2/L3 cache)
 _BATCH = 512  # frames inspected together (bad-pixel checks) and reduced in parallel
+#: fewest raster points a particle must cover (at half its peak intensity) for the drift
+#: registration (see :func:`strainstream.sxdm.estimate_drift`); smaller: no drift correction
+MIN_REGISTRATION_POINTS = 9
 
 
 @dataclass
@@ -232,7 +235,9 @@ class StrainMapper:
         peak) in samples of the first 2000 frames and add them to the bad-pixel mask (frames
         accumulated before a pixel is found keep its contribution).
     register : bool
-        Correct sample drift between rocking angles before combining.
+        Correct sample drift between rocking angles before combining (only when the particle
+        covers at least ``MIN_REGISTRATION_POINTS`` = 9 raster points at half its peak
+        intensity; a smaller one is mapped without drift correction, with a message).
     registration_reference : int, optional
         Index (in ascending θ order) of the angle whose raster positions the maps use; default
         the angle with the most intensity.
@@ -681,24 +686,33 @@ class StrainMapper:
     def drift_shifts(self) -> np.ndarray:
         """Drift (dy, dx) per rocking angle (ascending θ), raster steps, shape (n_theta, 2)."""
         theta, counts, mean = self._per_angle()
-        return self._shifts(mean, counts, theta)
+        return self._shifts(mean, counts, theta)[0]
 
-    def _shifts(self, mean: np.ndarray, counts: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    def _shifts(self, mean: np.ndarray, counts: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, str]:
+        """Drift shifts (n_theta, 2) and a message ("" unless registration had to be skipped)."""
         m0 = mean[..., 0]
         n_t = m0.shape[0]
         totals = np.clip(m0, 0, None).sum((1, 2))
         if not self.register or n_t < 2 or totals.max() <= 0:
-            return np.zeros((n_t, 2))
+            return np.zeros((n_t, 2)), ""
         measured = counts.sum((1, 2)) > 0.5 * counts[0].size
         use = measured & (totals >= 0.1 * totals.max())
+        if use.sum() < 2:
+            return np.zeros((n_t, 2)), ""
+        n_points = particle_points(m0[use])
+        if n_points < MIN_REGISTRATION_POINTS:
+            return np.zeros((n_t, 2)), (
+                f"drift not corrected: the particle covers {n_points} raster points (at half its "
+                f"peak intensity), registration needs {MIN_REGISTRATION_POINTS} (a 3 × 3 patch); "
+                "map with a finer or larger raster, or give shifts_px")
         # texture: Σ I·ΔQ_z per angle (rocking is about z, so Q_z does not change with θ)
-        shifts = estimate_drift(m0, theta, use, texture_maps=mean[..., 3]) if use.sum() >= 2 else np.zeros((n_t, 2))
+        shifts = estimate_drift(m0, theta, use, texture_maps=mean[..., 3], min_points=MIN_REGISTRATION_POINTS)
         r = self.registration_reference
         if r is None:
             r = int(np.argmax(totals))
         if not 0 <= r < n_t:
             raise SXDMError(f"registration_reference {r} outside 0..{n_t - 1}")
-        return shifts - shifts[r]
+        return shifts - shifts[r], ""
 
     def maps(self, shifts_px: np.ndarray | None = None) -> SXDMMaps:
         """Current maps (progressive: valid after any number of frames).
@@ -724,8 +738,9 @@ class StrainMapper:
             raise SXDMError("no frames added yet: call add_frames() first")
         ny, nx = self.raster_shape
         theta, counts, mean = self._per_angle()
+        note = ""
         if shifts_px is None:
-            shifts = self._shifts(mean, counts, theta)
+            shifts, note = self._shifts(mean, counts, theta)
         else:
             shifts = np.asarray(shifts_px, dtype=np.float64)
             if shifts.shape != (len(theta), 2) or not np.all(np.isfinite(shifts)):
@@ -756,7 +771,7 @@ class StrainMapper:
 
         # ---- flags and mask
         flags = np.zeros((ny, nx), dtype=np.uint8)
-        messages: list[str] = []
+        messages: list[str] = [note] if note else []
         pos = s0 > 0
         ref_level = np.percentile(s0[pos], 99) if pos.any() else 0.0
         low = ~pos | (s0 < self.min_counts) | (s0 < self.mask_fraction * ref_level)
