@@ -449,7 +449,8 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
         (frames whose soc lies in it); ``two_phase_frames`` (refined with two phases);
         ``c_curve_rms_A``: RMS difference over ``soc_range`` between the c of the majority
         phase (the strongest (003): what the curve of c against capacity shows) linearly
-        interpolated between the frames and the truth's; ``max_delta_c_A`` recovered and
+        interpolated between the frames and the truth's; ``c_mean_curve_rms_A``: the same for
+        the phase-fraction weighted c (the (003) centroid's); ``max_delta_c_A`` recovered and
         ``max_delta_c_true_A``.
     """
     import numpy as np
@@ -464,6 +465,16 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
     def true_major_c(soc):
         return max(simcell.lattice_at_soc(preset_name, soc), key=lambda p: p.fraction).c_A
 
+    def mean_c(f):
+        pairs = [(_num(f.get("c_A")), _num(f.get("fraction"))), (_num(f.get("c_A_2")), _num(f.get("fraction_2")))]
+        pairs = [(c, w if math.isfinite(w) else 1.0) for c, w in pairs if math.isfinite(c)]
+        total = sum(w for _, w in pairs)
+        return sum(c * w for c, w in pairs) / total if pairs and total > 0 else math.nan
+
+    def true_mean_c(soc):
+        phases = simcell.lattice_at_soc(preset_name, soc)
+        return sum(p.c_A * p.fraction for p in phases) / sum(p.fraction for p in phases)
+
     truth = simcell.contraction_metrics(preset_name)
     window = truth["two_phase_soc"]
     socs = np.array([_num(f.get("soc")) for f in frames])
@@ -472,11 +483,16 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
     order = np.argsort(socs[ok])
     s_ok, c_ok = socs[ok][order], cs[ok][order]
     lo, hi = soc_range if soc_range is not None else ((s_ok[0], s_ok[-1]) if s_ok.size else (math.nan, math.nan))
-    rms = math.nan
+    rms = rms_mean = math.nan
     if s_ok.size >= 2 and hi > lo:
         grid = np.linspace(lo, hi, 2001)
         true = np.array([true_major_c(x) for x in grid])
         rms = float(np.sqrt(np.mean((np.interp(grid, s_ok, c_ok) - true) ** 2)))
+        cm = np.array([mean_c(f) for f in frames])
+        okm = np.isfinite(socs) & np.isfinite(cm)
+        om = np.argsort(socs[okm])
+        true_m = np.array([true_mean_c(x) for x in grid])
+        rms_mean = float(np.sqrt(np.mean((np.interp(grid, socs[okm][om], cm[okm][om]) - true_m) ** 2)))
     dcs = [_num(f.get("delta_c_A")) for f in frames]
     dcs = [d for d in dcs if math.isfinite(d)]
     return {
@@ -485,6 +501,7 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
         "frames_in_window": int(np.sum((socs >= window[0]) & (socs <= window[1]))) if window else 0,
         "two_phase_frames": sum(_num(f.get("n_phases")) == 2 for f in frames),
         "c_curve_rms_A": rms,
+        "c_mean_curve_rms_A": rms_mean,
         "soc_range": [float(lo), float(hi)],
         "max_delta_c_A": max(dcs) if dcs else math.nan,
         "max_delta_c_true_A": truth["max_delta_c_A"],

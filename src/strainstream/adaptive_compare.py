@@ -109,12 +109,13 @@ def compare_sampling(session, devices: dict[str, Any], root, *, calibration: dic
 
 def format_table(result: dict[str, Any]) -> str:
     """The comparison as a text table."""
-    lines = [f"{'':10} {'frames':>6} {'in window':>9} {'2-phase':>7} {'c(Q) RMS Å':>10} "
+    lines = [f"{'':10} {'frames':>6} {'in window':>9} {'2-phase':>7} {'c_major RMS':>11} {'c_mean RMS':>10} "
              f"{'max Δc Å':>8} {'true':>5} {'dose s':>6} {'replay':>6}"]
     for mode in ("adaptive", "fixed"):
         r = result[mode]
         lines.append(f"{mode:10} {r['frames']:6d} {r['frames_in_window']:9d} {r['two_phase_frames']:7d} "
-                     f"{r['c_curve_rms_A']:10.4f} {r['max_delta_c_A']:8.3f} {r['max_delta_c_true_A']:5.2f} "
+                     f"{r['c_curve_rms_A']:11.4f} {r['c_mean_curve_rms_A']:10.4f} "
+                     f"{r['max_delta_c_A']:8.3f} {r['max_delta_c_true_A']:5.2f} "
                      f"{r['dose_s']:6.2f} {'same' if r['replay_identical'] else 'DIFFERS':>6}")
     lines.append(f"frames in the two-phase window: adaptive / fixed = {result['ratio_frames_in_window']:.2f}")
     return "\n".join(lines)
