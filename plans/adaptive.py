@@ -23,7 +23,13 @@ import bluesky.preprocessors as bpp
 from bluesky.protocols import Readable
 from bluesky.utils import Msg, MsgGenerator
 
-from strainstream.adaptive import OBSERVATION_FIELDS, OperandoSamplingAgent, SamplingBudget
+from strainstream.adaptive import (
+    OBSERVATION_FIELDS,
+    OperandoSamplingAgent,
+    SamplingBudget,
+    mean_c_A,
+    phase_pairs,
+)
 
 from ._common import cell_run
 from .xrd import charge_setup, start_charge
@@ -50,15 +56,11 @@ def newest_refined(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
     def num(key: str) -> float:
         try:
-            v = float(row.get(key))
+            return float(row.get(key))
         except (TypeError, ValueError):
             return math.nan
-        return v
 
-    pairs = [(num(f"c_A{s}"), num(f"fraction{s}")) for s in ("", "_2")]
-    pairs = [(c, f if math.isfinite(f) else 1.0) for c, f in pairs if math.isfinite(c)]
-    weight = sum(f for _, f in pairs)
-    c_bar = sum(c * f for c, f in pairs) / weight if pairs and weight > 0 else math.nan
+    c_bar = mean_c_A(phase_pairs(row))
     failed = not math.isfinite(c_bar) or bool(row.get("flag"))
     out.update(an_seq_num=float(row["seq_num"]), an_capacity_mAh_g=num("capacity_mAh_g"), an_c_A=c_bar,
                an_n_phases=num("n_phases"), an_microstrain=num("microstrain"), an_failed=float(failed))

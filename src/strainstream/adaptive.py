@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["OBSERVATION_FIELDS", "SUGGESTION_FIELDS", "OperandoSamplingAgent", "SamplingBudget",
-           "Triggers", "same_decisions", "replay_decisions", "sampling_metrics"]
+           "Triggers", "mean_c_A", "phase_pairs", "same_decisions", "replay_decisions", "sampling_metrics"]
 
 #: what each outcome holds (floats; NaN when not known): the plan's observation at a decision point
 OBSERVATION_FIELDS = (
@@ -415,6 +415,19 @@ def replay_decisions(config: Mapping[str, Any], records: Sequence[Mapping[str, A
     return out
 
 
+def phase_pairs(row: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """``[(c, fraction), ...]`` of the refined layered phases of a result row (``c_A``,
+    ``fraction``, ``c_A_2``, ``fraction_2``); a phase without a fraction counts as 1."""
+    pairs = [(_num(row.get(f"c_A{s}")), _num(row.get(f"fraction{s}"))) for s in ("", "_2")]
+    return [(c, w if math.isfinite(w) else 1.0) for c, w in pairs if math.isfinite(c)]
+
+
+def mean_c_A(pairs: Sequence[tuple[float, float]]) -> float:
+    """The phase-fraction weighted c of :func:`phase_pairs` (NaN without phases)."""
+    total = sum(w for _, w in pairs)
+    return sum(c * w for c, w in pairs) / total if pairs and total > 0 else math.nan
+
+
 def same_decisions(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:
     """Whether two decision lists are identical field by field (NaN equals NaN: a float that
     went through the catalog must come back bit for bit)."""
@@ -458,18 +471,14 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
     from strainstream.sim import cell as simcell
 
     def major_c(f):
-        pairs = [(_num(f.get("c_A")), _num(f.get("fraction"))), (_num(f.get("c_A_2")), _num(f.get("fraction_2")))]
-        pairs = [(c, w if math.isfinite(w) else 1.0) for c, w in pairs if math.isfinite(c)]
+        pairs = phase_pairs(f)
         return max(pairs, key=lambda p: p[1])[0] if pairs else math.nan
 
     def true_major_c(soc):
         return max(simcell.lattice_at_soc(preset_name, soc), key=lambda p: p.fraction).c_A
 
     def mean_c(f):
-        pairs = [(_num(f.get("c_A")), _num(f.get("fraction"))), (_num(f.get("c_A_2")), _num(f.get("fraction_2")))]
-        pairs = [(c, w if math.isfinite(w) else 1.0) for c, w in pairs if math.isfinite(c)]
-        total = sum(w for _, w in pairs)
-        return sum(c * w for c, w in pairs) / total if pairs and total > 0 else math.nan
+        return mean_c_A(phase_pairs(f))
 
     def true_mean_c(soc):
         phases = simcell.lattice_at_soc(preset_name, soc)
