@@ -762,6 +762,12 @@ class Page(ProtocolViews):
         new["ra"], new["rc"] = (new["a"] / a0) ** 2, new["c"] / c0
         new["ra2"], new["rc2"] = (new["a2"] / a0) ** 2, new["c2"] / c0
         self.xrd_src.stream({k: np.asarray(v) for k, v in new.items()})
+        seq = np.asarray(self.xrd_src.data["seq_num"])
+        if seq.size > n and np.any(np.diff(seq[-n - 1:]) < 0):
+            # a row came after a later one (the safety-net read and a re-made subscription after
+            # a tiled restart): the points back in seq_num order, or lines zigzag
+            order = np.argsort(seq, kind="stable")
+            self.xrd_src.data = {k: np.asarray(v)[order] for k, v in self.xrd_src.data.items()}
         xs = np.asarray(self.xrd_src.data["x"], dtype=float)
         if np.isfinite(xs).any():
             # the colour scale grows in steps of a tenth of its span (not at every row: see _apply_poll)
