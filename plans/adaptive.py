@@ -27,6 +27,7 @@ from strainstream.adaptive import (
     OBSERVATION_FIELDS,
     OperandoSamplingAgent,
     SamplingBudget,
+    _num,
     mean_c_A,
     phase_pairs,
 )
@@ -54,16 +55,11 @@ def newest_refined(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return out
     row = max(rows, key=lambda r: int(r["seq_num"]))
 
-    def num(key: str) -> float:
-        try:
-            return float(row.get(key))
-        except (TypeError, ValueError):
-            return math.nan
-
     c_bar = mean_c_A(phase_pairs(row))
     failed = not math.isfinite(c_bar) or bool(row.get("flag"))
-    out.update(an_seq_num=float(row["seq_num"]), an_capacity_mAh_g=num("capacity_mAh_g"), an_c_A=c_bar,
-               an_n_phases=num("n_phases"), an_microstrain=num("microstrain"), an_failed=float(failed))
+    out.update(an_seq_num=float(row["seq_num"]), an_capacity_mAh_g=_num(row.get("capacity_mAh_g")), an_c_A=c_bar,
+               an_n_phases=_num(row.get("n_phases")), an_microstrain=_num(row.get("microstrain")),
+               an_failed=float(failed))
     return out
 
 

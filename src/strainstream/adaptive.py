@@ -177,13 +177,6 @@ class _State:
     charge_ended: bool = False
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 class OperandoSamplingAgent:
     """Decides when the next operando XRD frame is taken and with what exposure (see the
     module's description); a :mod:`bluesky_adaptive` ``Optimizer``.
@@ -394,6 +387,14 @@ class OperandoSamplingAgent:
                 "interval_s": float(interval_s), "mode": str(mode), "reason": str(reason)}
 
 
+def _num(value: Any) -> float:
+    """``value`` as a float, NaN when it is none (None, text, a missing key)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _clip(x: float, lo: float, hi: float) -> float:
     if math.isnan(x):
         return hi
@@ -470,38 +471,26 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
 
     from strainstream.sim import cell as simcell
 
-    def major_c(f):
-        pairs = phase_pairs(f)
+    def major_c(pairs):
         return max(pairs, key=lambda p: p[1])[0] if pairs else math.nan
-
-    def true_major_c(soc):
-        return max(simcell.lattice_at_soc(preset_name, soc), key=lambda p: p.fraction).c_A
-
-    def mean_c(f):
-        return mean_c_A(phase_pairs(f))
-
-    def true_mean_c(soc):
-        phases = simcell.lattice_at_soc(preset_name, soc)
-        return sum(p.c_A * p.fraction for p in phases) / sum(p.fraction for p in phases)
 
     truth = simcell.contraction_metrics(preset_name)
     window = truth["two_phase_soc"]
     socs = np.array([_num(f.get("soc")) for f in frames])
-    cs = np.array([major_c(f) for f in frames])
-    ok = np.isfinite(socs) & np.isfinite(cs)
-    order = np.argsort(socs[ok])
-    s_ok, c_ok = socs[ok][order], cs[ok][order]
+    pairs = [phase_pairs(f) for f in frames]
+    refined = np.isfinite(socs) & np.array([bool(p) for p in pairs], dtype=bool)
+    s_ok = np.sort(socs[refined])
     lo, hi = soc_range if soc_range is not None else ((s_ok[0], s_ok[-1]) if s_ok.size else (math.nan, math.nan))
-    rms = rms_mean = math.nan
+    rms = {major_c: math.nan, mean_c_A: math.nan}
     if s_ok.size >= 2 and hi > lo:
         grid = np.linspace(lo, hi, 2001)
-        true = np.array([true_major_c(x) for x in grid])
-        rms = float(np.sqrt(np.mean((np.interp(grid, s_ok, c_ok) - true) ** 2)))
-        cm = np.array([mean_c(f) for f in frames])
-        okm = np.isfinite(socs) & np.isfinite(cm)
-        om = np.argsort(socs[okm])
-        true_m = np.array([true_mean_c(x) for x in grid])
-        rms_mean = float(np.sqrt(np.mean((np.interp(grid, socs[okm][om], cm[okm][om]) - true_m) ** 2)))
+        true_pairs = [[(p.c_A, p.fraction) for p in simcell.lattice_at_soc(preset_name, x)] for x in grid]
+        for reduce in rms:  # the same c of the frames and of the truth, interpolated between frames
+            cs = np.array([reduce(p) for p in pairs])
+            ok = np.isfinite(socs) & np.isfinite(cs)
+            order = np.argsort(socs[ok])
+            true = np.array([reduce(p) for p in true_pairs])
+            rms[reduce] = float(np.sqrt(np.mean((np.interp(grid, socs[ok][order], cs[ok][order]) - true) ** 2)))
     dcs = [_num(f.get("delta_c_A")) for f in frames]
     dcs = [d for d in dcs if math.isfinite(d)]
     return {
@@ -509,8 +498,8 @@ def sampling_metrics(preset_name: str, frames: Sequence[Mapping[str, Any]],
         "window_soc": list(window) if window else None,
         "frames_in_window": int(np.sum((socs >= window[0]) & (socs <= window[1]))) if window else 0,
         "two_phase_frames": sum(_num(f.get("n_phases")) == 2 for f in frames),
-        "c_curve_rms_A": rms,
-        "c_mean_curve_rms_A": rms_mean,
+        "c_curve_rms_A": rms[major_c],
+        "c_mean_curve_rms_A": rms[mean_c_A],
         "soc_range": [float(lo), float(hi)],
         "max_delta_c_A": max(dcs) if dcs else math.nan,
         "max_delta_c_true_A": truth["max_delta_c_A"],

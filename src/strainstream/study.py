@@ -25,6 +25,8 @@ import logging
 import math
 from typing import Any
 
+from strainstream.adaptive import _num  # a value as float, NaN when none
+
 __all__ = ["MATERIALS", "SXDM_MATERIALS", "XRD_REFERENCE", "comparisons", "format_comparisons",
            "json_safe", "run_study", "write_study_report"]
 
@@ -45,13 +47,6 @@ XRD_REFERENCE: dict[str, tuple[float, float, str]] = {
 SXDM_STRAIN_RATIO_REFERENCE = 3.0
 #: the study: H2 and H3 coexist in SC-NM91 with Δc up to 0.68 Å
 MAX_DELTA_C_REFERENCE_A = 0.68
-
-
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _int(value: Any) -> int:

@@ -706,7 +706,7 @@ class StrainMapper:
                 f"peak intensity), registration needs {MIN_REGISTRATION_POINTS} (a 3 × 3 patch); "
                 "map with a finer or larger raster, or give shifts_px")
         # texture: Σ I·ΔQ_z per angle (rocking is about z, so Q_z does not change with θ)
-        shifts = estimate_drift(m0, theta, use, texture_maps=mean[..., 3], min_points=MIN_REGISTRATION_POINTS)
+        shifts = estimate_drift(m0, theta, use, texture_maps=mean[..., 3], min_points=0)  # size checked above
         r = self.registration_reference
         if r is None:
             r = int(np.argmax(totals))
