@@ -12,7 +12,8 @@ are measured against the simulator's truth over the same state-of-charge range
 
 ``--json`` prints one JSON object: ``adaptive`` and ``fixed`` (``frames``, ``frames_in_window``,
 ``two_phase_frames``, ``c_curve_rms_A``, ``max_delta_c_A``, ``max_delta_c_true_A``, ``dose_s``,
-``decisions``, ``replay_identical``, ``uid``, ``window_soc``, ``soc_range``) and
+``decisions``, ``replay_identical``, ``uid``, ``window_soc``, ``soc_range``, ``c_mean_curve_rms_A``,
+``frames_soc_c``: each refined frame as [soc, phase-fraction weighted c, phases]) and
 ``ratio_frames_in_window``, ``preset``, ``frames_budget``, ``duration_s``, ``frame_shape``.
 """
 

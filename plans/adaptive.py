@@ -75,7 +75,8 @@ def adaptive_operando_xrd(
     min_interval_s: float = 0.5,
     watch_s: float = 0.5,
     expected_capacity_mAh_g: float = 220.0,
-    dense_share: float = 0.6,
+    dense_share: float = 0.7,
+    dense_span_share: float = 0.2,
     adaptive: bool = True,
     agent: OperandoSamplingAgent | None = None,
     results: ResultsSource | None = None,
@@ -101,7 +102,7 @@ def adaptive_operando_xrd(
     detector, cycler, calibration, rate_mA_g, v_max_V, v_min_V, material, mass_mg, beam,
     open_shutter, min_ring_current_mA, md
         As :func:`strainstream.plans.xrd.operando_xrd`.
-    frames, dose_s, exposure_s, quiet_exposure_s, min_interval_s, watch_s, expected_capacity_mAh_g, dense_share
+    frames, dose_s, exposure_s, quiet_exposure_s, min_interval_s, watch_s, expected_capacity_mAh_g, dense_share, dense_span_share
         The budget and the sampling (:class:`strainstream.adaptive.SamplingBudget`): at most
         ``frames`` frames and ``dose_s`` s of exposure (default frames × exposure_s).
     adaptive : bool
@@ -125,7 +126,7 @@ def adaptive_operando_xrd(
         agent = OperandoSamplingAgent(SamplingBudget(
             frames=frames, dose_s=dose_s, exposure_s=exposure_s, quiet_exposure_s=quiet_exposure_s,
             min_interval_s=min_interval_s, watch_s=watch_s, expected_capacity_mAh_g=expected_capacity_mAh_g,
-            dense_share=dense_share), adaptive=adaptive)
+            dense_share=dense_share, dense_span_share=dense_span_share), adaptive=adaptive)
     budget = agent.budget
     _md, follow_only = yield from charge_setup(
         detector, cycler, calibration=calibration, rate_mA_g=rate_mA_g, v_max_V=v_max_V, v_min_V=v_min_V,

@@ -9,7 +9,9 @@ spends a frame and dose budget where the data move:
 - **dQ/dV peak** (from the cycler's voltage and capacity, read at every decision point): a
   two-phase plateau is the sharpest dQ/dV peak of the charge; above
   :attr:`Triggers.dqdv_factor` × the charge's median dQ/dV so far the frames come densely —
-  this is the early warning, it needs no frame;
+  this is the early warning, it needs no frame; so is its **onset**, dQ/dV at least
+  :attr:`Triggers.dqdv_onset` × the step before (the frames then start where the second phase
+  appears — the kink of c̄(Q) — not a quiet interval after it);
 - **a second phase** in the newest refined frame (``n_phases`` ≥ 2);
 - **c moving fast**: |dc̄/dQ| between the two newest refined frames (c̄ the phase-fraction
   weighted c) above :attr:`Triggers.dcdq_factor` × its median so far;
@@ -17,7 +19,9 @@ spends a frame and dose budget where the data move:
   newest refined frames.
 
 While one of them holds (and :attr:`Triggers.hold_frames` frames after), frames are
-:attr:`SamplingBudget.min_interval_s` apart with the full exposure; otherwise the frames left
+:attr:`SamplingBudget.dense_step` of the capacity apart (at least
+:attr:`SamplingBudget.min_interval_s`) with the full exposure — past the
+:attr:`SamplingBudget.dense_share` of the budget while a quiet frame can be borrowed —; otherwise the frames left
 outside the share held back for dense stretches are spread over the time the charge is
 expected to last, with the shorter quiet exposure. When the analysis lags (more than
 :attr:`Triggers.max_lag_frames` frames not refined yet) or its newest frame failed, its
@@ -92,10 +96,16 @@ class SamplingBudget:
         Capacity at which the charge is expected to end (the frames are spread up to it).
     dense_share : float
         Share of the frame budget held back for dense stretches (0–1).
-    dense_step_share : float
+    dense_span_share : float
+        Share of the expected capacity the dense stretches are expected to span (the two-phase
+        plateau of a Ni-rich layered oxide, ~14 %, and the stretch before it where the cell's
+        voltage already plateaus: under current the particles' surface runs ahead of their
+        bulk, so the dQ/dV onset comes a few % of the capacity before the bulk's second phase).
+    dense_step_share : float, optional
         Frames in a dense stretch are this share of the expected capacity apart (converted to
         time with the present charge rate; at least ``min_interval_s``): the density follows
-        the capacity, so a slow charge is sampled like a fast one.
+        the capacity, so a slow charge is sampled like a fast one. Default: the dense frames
+        spread over ``dense_span_share`` (``dense_span_share / (dense_share × frames)``).
     """
 
     frames: int
@@ -106,8 +116,9 @@ class SamplingBudget:
     max_interval_s: float = 3600.0
     watch_s: float = 0.5
     expected_capacity_mAh_g: float = 220.0
-    dense_share: float = 0.6
-    dense_step_share: float = 0.01
+    dense_share: float = 0.7
+    dense_span_share: float = 0.2
+    dense_step_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.frames < 2:
@@ -128,8 +139,17 @@ class SamplingBudget:
             raise ValueError(f"expected_capacity_mAh_g must be > 0, got {self.expected_capacity_mAh_g}")
         if not 0 <= self.dense_share < 1:
             raise ValueError(f"dense_share must be in [0, 1), got {self.dense_share}")
-        if not 0 < self.dense_step_share < 1:
+        if not 0 < self.dense_span_share <= 1:
+            raise ValueError(f"dense_span_share must be in (0, 1], got {self.dense_span_share}")
+        if self.dense_step_share is not None and not 0 < self.dense_step_share < 1:
             raise ValueError(f"dense_step_share must be in (0, 1), got {self.dense_step_share}")
+
+    @property
+    def dense_step(self) -> float:
+        """Share of the expected capacity between frames of a dense stretch."""
+        if self.dense_step_share is not None:
+            return float(self.dense_step_share)
+        return min(self.dense_span_share / max(self.dense_share * self.frames, 1.0), 1.0)
 
     @property
     def total_dose_s(self) -> float:
@@ -141,6 +161,10 @@ class Triggers:
     """What makes a stretch dense (see the module's description)."""
 
     dqdv_factor: float = 2.5
+    #: the onset of a plateau: dQ/dV at least this many times the step before (and at least
+    #: ``dqdv_onset_floor`` × its median): caught one step before it is a peak
+    dqdv_onset: float = 2.0
+    dqdv_onset_floor: float = 0.5
     dcdq_factor: float = 4.0
     strain_rise: float = 0.5
     #: dense frames kept after the last trigger
@@ -298,6 +322,9 @@ class OperandoSamplingAgent:
             med = statistics.median(st.dqdv[:-1])
             if med > 0 and st.dqdv[-1] > tr.dqdv_factor * med:
                 return f"dQ/dV {st.dqdv[-1]:.3g} mAh/g/V = {st.dqdv[-1] / med:.1f}x the median (plateau)"
+            if med > 0 and st.dqdv[-1] >= tr.dqdv_onset_floor * med and st.dqdv[-1] >= tr.dqdv_onset * st.dqdv[-2]:
+                return (f"dQ/dV {st.dqdv[-1]:.3g} mAh/g/V = {st.dqdv[-1] / st.dqdv[-2]:.1f}x the step before "
+                        f"(a plateau's onset)")
         row = st.last_row
         if analysis and row is not None and row["an_failed"] == 0:
             if row["an_n_phases"] >= 2:
@@ -339,11 +366,13 @@ class OperandoSamplingAgent:
             elif st.last_row is not None and st.last_row["an_failed"] != 0 and not trigger:
                 mode, interval, exposure = "fixed", fixed, b.exposure_s
                 why = f"analysis failed on frame {int(st.last_row['an_seq_num'])}: fixed interval"
-            elif (trigger or st.hold > 0) and dense_left > 0:
+            elif (trigger or st.hold > 0) and (dense_left > 0 or self._can_borrow(frames_left)):
                 rate = self._rate()
-                step_s = b.dense_step_share * b.expected_capacity_mAh_g / rate if rate > 0 else 0.0
+                step_s = b.dense_step * b.expected_capacity_mAh_g / rate if rate > 0 else 0.0
                 mode, interval, exposure = "dense", _clip(step_s, b.min_interval_s, b.max_interval_s), b.exposure_s
                 why = trigger or f"holding dense ({st.hold} more frames)"
+                if dense_left == 0:
+                    why += " (dense share spent: a quiet frame borrowed)"
             else:
                 quiet_frames = max(frames_left - dense_left, 1)
                 mode = "quiet"
@@ -360,6 +389,17 @@ class OperandoSamplingAgent:
         if wait <= b.watch_s:
             return self._decision(wait, True, exposure, interval, mode, why)
         return self._decision(b.watch_s, False, exposure, interval, mode, why)
+
+    def _can_borrow(self, frames_left: int) -> bool:
+        """Whether a dense stretch that outlasts the dense share may take a frame from the quiet
+        ones: only while more frames are left than the quiet share of the capacity still to
+        come needs (the rest of the charge keeps its quiet sampling)."""
+        st, b = self._state, self.budget
+        if not st.seen:
+            return False
+        left = max(b.expected_capacity_mAh_g - st.seen[-1]["capacity_mAh_g"], 0.0) / b.expected_capacity_mAh_g
+        reserve = max(1, math.floor((1.0 - b.dense_share) * b.frames * left))
+        return frames_left > reserve
 
     def _remaining_s(self) -> float:
         """Seconds the charge is expected to last from now (capacity rate over the last ~10

@@ -78,6 +78,9 @@ def compare_sampling(session, devices: dict[str, Any], root, *, calibration: dic
     from strainstream.adaptive import (
         SUGGESTION_FIELDS,
         OperandoSamplingAgent,
+        _num,
+        mean_c_A,
+        phase_pairs,
         replay_decisions,
         same_decisions,
         sampling_metrics,
@@ -100,11 +103,19 @@ def compare_sampling(session, devices: dict[str, Any], root, *, calibration: dic
     socs = [[r["soc"] for r in run["rows"]] for run in runs.values()]
     common = (max(min(s) for s in socs), min(max(s) for s in socs))
     for run in runs.values():
-        run.update(sampling_metrics(preset, run.pop("rows"), soc_range=common))
+        rows = run.pop("rows")
+        run.update(sampling_metrics(preset, rows, soc_range=common))
+        # each refined frame as the curves saw it: (soc, phase-fraction weighted c, phases)
+        run["frames_soc_c"] = [[_round(r["soc"]), _round(mean_c_A(phase_pairs(r))), int(_num(r.get("n_phases")) or 0)]
+                               for r in sorted(rows, key=lambda r: r["soc"])]
     fixed_in = runs["fixed"]["frames_in_window"]
     runs["ratio_frames_in_window"] = runs["adaptive"]["frames_in_window"] / fixed_in if fixed_in else math.inf
     runs["preset"] = preset
     return runs
+
+
+def _round(x: float) -> float | None:
+    return round(float(x), 5) if math.isfinite(x) else None
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -28,9 +28,11 @@ def window() -> tuple[float, float]:
 
 
 def virtual_charge(agent: OperandoSamplingAgent, *, duration_s: float = 60.0, readout_s: float = 0.05,
-                   latency_s: float = 0.4, analysis: str = "ok", max_steps: int = 100000):
-    """Run ``agent`` over the virtual charge; returns the frames as (t, soc, exposure) and the
-    observations it was given."""
+                   latency_s: float = 0.4, analysis: str = "ok", max_steps: int = 100000,
+                   soc0: float = 0.0):
+    """Run ``agent`` over the virtual charge (starting at state of charge ``soc0``: where the
+    frames fall against the two-phase window); returns the frames as (t, soc, exposure) and
+    the observations it was given."""
     q_end = simcell.preset(PRESET).practical_capacity_mAh_g
     t = 0.0
     frames: list[tuple[float, float, float]] = []
@@ -39,7 +41,7 @@ def virtual_charge(agent: OperandoSamplingAgent, *, duration_s: float = 60.0, re
     for _ in range(max_steps):
         (s,) = agent.suggest(1)
         t += s["wait_s"]
-        soc = min(t / duration_s, 1.0)
+        soc = min(soc0 + t / duration_s, 1.0)
         frame_t = math.nan
         if s["frame"]:
             frame_t = t
@@ -51,7 +53,7 @@ def virtual_charge(agent: OperandoSamplingAgent, *, duration_s: float = 60.0, re
                    "an_failed": float(analysis == "fail")}
             if analysis != "none":
                 rows.append((t + latency_s, row))
-        soc = min(t / duration_s, 1.0)
+        soc = min(soc0 + t / duration_s, 1.0)
         ready = [r for when, r in rows if when <= t]
         newest = ready[-1] if ready else {k: math.nan for k in OBSERVATION_FIELDS if k.startswith("an_")}
         obs = {"t_s": t, "capacity_mAh_g": soc * q_end, "voltage_V": float(simcell.ocv_V(PRESET, soc)),
@@ -72,3 +74,17 @@ def c_curve_error(socs, q_end=None) -> float:
     meas = np.interp(grid, socs, [truth(s)[0] for s in socs])
     true = np.array([truth(s)[0] for s in grid])
     return float(np.sqrt(np.mean((meas - true) ** 2)))
+
+
+def mean_c(soc: float) -> float:
+    """The phase-fraction weighted c (the (003) centroid's) of the preset at ``soc``."""
+    phases = simcell.lattice_at_soc(PRESET, soc)
+    return sum(p.c_A * p.fraction for p in phases) / sum(p.fraction for p in phases)
+
+
+def c_mean_error(socs) -> float:
+    """:func:`c_curve_error` for the phase-fraction weighted c."""
+    socs = np.sort(np.asarray(socs))
+    grid = np.linspace(socs[0], socs[-1], 2001)
+    meas = np.interp(grid, socs, [mean_c(s) for s in socs])
+    return float(np.sqrt(np.mean((meas - np.array([mean_c(s) for s in grid])) ** 2)))

@@ -1,7 +1,7 @@
 """Adaptive vs fixed operando sampling on the simulated beamline (issue 19): the same SC-NM91
 charge twice at equal frame budget, the worker refining every frame live and feeding the
 agent; the adaptive run must put at least 3x the frames into the H2/H3 two-phase window and
-reconstruct c(capacity) better, and both runs' decision streams must replay identically."""
+reconstruct the (phase-fraction weighted) c(capacity) curve better, and both runs' decision streams must replay identically."""
 
 from __future__ import annotations
 
@@ -53,12 +53,15 @@ def test_adaptive_beats_fixed_at_equal_budget(sim_beamline, sim_devices, tiled_s
     # the issue's goal: >= 3x the frames inside the two-phase window
     assert ad["frames_in_window"] >= 3 * fx["frames_in_window"] > 0, format_table(result)
     assert ad["two_phase_frames"] >= 2 * fx["two_phase_frames"]
-    # its other goal, a lower c(capacity) error, is not asserted: measured on the refined
-    # frames it is not reliably lower (a frame near 50/50 H2/H3 can have its majority phase
-    # swapped by the refinement, and the dense frames may end before the window does) —
-    # both errors are printed and reported, see issue 19's notes
+    # its other goal, a lower c(capacity) error: the phase-fraction weighted c (the (003)
+    # centroid's curve) interpolated between the refined frames is closer to the truth — the
+    # dense frames start at the plateau's onset and run to the end of the window, so the
+    # curve's kinks where H3 appears and H2 goes are caught. The majority phase's c is
+    # printed, not asserted: near 50/50 H2/H3 the refined fractions decide which c a frame
+    # shows, and the dense frames sample that coin toss more often (issue 19's notes)
     for r in (ad, fx):
         assert math.isfinite(r["c_curve_rms_A"]) and math.isfinite(r["c_mean_curve_rms_A"])
+    assert ad["c_mean_curve_rms_A"] < fx["c_mean_curve_rms_A"], format_table(result)
     # the largest H2/H3 Δc found is closer to the truth (0.68 Å) with the adaptive frames
     assert math.isfinite(ad["max_delta_c_A"])
     assert abs(ad["max_delta_c_A"] - ad["max_delta_c_true_A"]) <= abs(

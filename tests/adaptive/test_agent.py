@@ -18,7 +18,7 @@ from strainstream.adaptive import (
     sampling_metrics,
 )
 
-from ._virtual import c_curve_error, truth, virtual_charge, window
+from ._virtual import c_curve_error, c_mean_error, truth, virtual_charge, window
 
 
 def _charge(adaptive=True, frames=30, duration_s=60.0, **kw):
@@ -27,21 +27,35 @@ def _charge(adaptive=True, frames=30, duration_s=60.0, **kw):
     return agent, fr, obs
 
 
-@pytest.mark.parametrize("duration_s", [60.0, 600.0, 3600.0])
-def test_adaptive_puts_3x_the_frames_in_the_two_phase_window_at_any_charge_rate(duration_s):
+@pytest.mark.parametrize(("duration_s", "soc0"), [(60.0, 0.0), (90.0, 0.012), (600.0, 0.0), (600.0, 0.025),
+                                                   (3600.0, 0.0)])
+def test_adaptive_puts_3x_the_frames_in_the_two_phase_window_at_any_charge_rate(duration_s, soc0):
     lo, hi = window()
     results = {}
     for adaptive in (True, False):
-        agent, fr, _ = _charge(adaptive, duration_s=duration_s)
+        agent, fr, _ = _charge(adaptive, duration_s=duration_s, soc0=soc0)
         socs = [s for _, s, _ in fr]
-        results[adaptive] = (len(fr), sum(lo <= s <= hi for s in socs), c_curve_error(socs))
-    (n_a, in_a, err_a), (n_f, in_f, err_f) = results[True], results[False]
+        # the same soc range for both (the fixed run ends a frame's step earlier)
+        results[adaptive] = (len(fr), sum(lo <= s <= hi for s in socs), socs, agent)
+    (n_a, in_a, socs_a, agent), (n_f, in_f, socs_f, _) = results[True], results[False]
     assert n_a <= 30 and n_f == 30
     assert in_f in (4, 5)  # 30 frames evenly over the charge: the window (14 % of it) gets ~4
     assert in_a >= 3 * in_f
-    # with an exact analysis (the truth as its rows) the majority-phase c(soc) error is lower:
-    # the H2 -> H3 jump is bracketed by frames 1 % apart, not 3.3 %
-    assert err_a < err_f
+    # the dense frames start at the plateau's onset (dQ/dV tripling in one step), within one
+    # dense step (1 % of the capacity) of the window's start, not a quiet interval after it
+    first_dense = min(d["capacity_mAh_g"] for d in agent.decisions if d["frame"] and d["mode"] == "dense")
+    assert lo - 0.03 <= first_dense / 228.0 <= lo + (0.01 if duration_s >= 90 else 0.02), first_dense / 228.0
+    # with an exact analysis (the truth as its rows) both c(soc) curves come out better: the
+    # majority phase's (the H2 -> H3 jump bracketed by frames 1 % apart, not 3.3 %) and the
+    # phase-fraction weighted one (its kinks at the window's ends caught) — measured up to the
+    # fixed run's last frame, as the system test compares them. Not for the 60 s charge: its
+    # cycler is read every 0.8 % of the capacity, so a dQ/dV step spans 1.7 % and the onset is
+    # seen up to a dense step late (the window's start kink then falls in a quiet gap)
+    top = max(socs_f)
+    a = [s for s in socs_a if s <= top]
+    assert c_curve_error(a) < c_curve_error(socs_f)
+    if duration_s >= 90:
+        assert c_mean_error(a) < 0.6 * c_mean_error(socs_f)
 
 
 def test_budget_and_dose_are_respected():
@@ -75,7 +89,7 @@ def test_analysis_lagging_or_failing_falls_back_to_the_fixed_interval():
         assert not any("two phases" in d["reason"] for d in agent.decisions)
     # a dead analysis (lag) with no dQ/dV signal (factor out of reach): fixed spacing only
     agent = OperandoSamplingAgent(SamplingBudget(frames=30, expected_capacity_mAh_g=228.0),
-                                  Triggers(dqdv_factor=1e9))
+                                  Triggers(dqdv_factor=1e9, dqdv_onset=1e9))
     fr, _ = virtual_charge(agent, analysis="none")
     lo, hi = window()
     assert sum(lo <= s <= hi for _, s, _ in fr) <= 5
