@@ -449,8 +449,9 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
                         self._target, self._target_user = end, None
                     arrived = new == self._target
                     await self._set_dial(new, self._target_user if arrived else None)
-                    if not arrived:
-                        await asyncio.sleep(TICK_S)
+                    if not arrived:  # the next tick, or the arrival if it comes sooner
+                        left_s = abs(end - new) / speed if speed > 0 else TICK_S
+                        await asyncio.sleep(min(TICK_S, max(left_s, 1e-4)))
             finally:
                 if motion is not None:  # at rest from now on (stopped, arrived, at a switch)
                     motion.add(time.monotonic(), self.position, 0.0, self.position)

@@ -81,7 +81,7 @@ from ._common import AreaDetectorGroup, BeamGateMixin, add_common_args, serve
 from ._motor import motor_group
 
 __all__ = ["EndstationIOC", "MOTORS", "SXDMDetector", "TXMCamera", "build", "main",
-           "pixel_q_components", "point_q", "sxdm_point_expected", "theta_bragg_deg",
+           "pixel_q_components", "point_q", "sxdm_point_counts", "sxdm_point_expected", "theta_bragg_deg",
            "zp_focus_mm"]
 
 HC_EV_A = 12398.419843
@@ -157,6 +157,56 @@ def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float, *,
     acc *= sim.peak_max_counts * w
     acc += sim.background_counts
     return acc.reshape(sim.shape)
+
+
+#: pixel stride of the coarse pass that finds where a frame's Bragg peak lies, and the
+#: expected counts (above the background) below which a pixel is left to the background
+_PEAK_STRIDE = 4
+_PEAK_FLOOR_COUNTS = 1e-6
+
+
+def sxdm_point_counts(sim, y_px: float, x_px: float, theta_deg: float, rng: np.random.Generator, *,
+                      q: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                      point: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+    """A Poisson draw (uint32, rows × cols) of :func:`sxdm_point_expected`, at detector rates.
+
+    The same statistics as ``rng.poisson(sxdm_point_expected(...))``, drawn as two independent
+    Poisson fields whose sum it is: the flat background (its total count drawn once and spread
+    over uniformly random pixels — the Poisson–multinomial identity, so every pixel is
+    Poisson(background), independent) plus the Bragg peak's counts drawn only where the peak
+    lies (a box found on a coarse pixel grid; outside it the peak expects fewer than
+    ``_PEAK_FLOOR_COUNTS`` per pixel). About 0.2 ms for a 256² frame instead of 1.5 ms: the
+    peak covers ~2 % of the detector. Not the same random numbers as the slow draw.
+    """
+    qx, qy, qz = q if q is not None else pixel_q_components(sim, theta_deg)
+    mu, w = point if point is not None else point_q(sim, y_px, x_px)
+    rows, cols = sim.shape
+    npix = rows * cols
+    total = rng.poisson(sim.background_counts * npix)
+    counts = np.bincount(rng.integers(0, npix, total), minlength=npix).astype(np.uint32).reshape(rows, cols)
+    amp = sim.peak_max_counts * w
+    if not amp > _PEAK_FLOOR_COUNTS:
+        return counts
+    prec = np.array([sim.sigma_par_A_inv, sim.sigma_perp_A_inv, sim.sigma_perp_A_inv]) ** -2.0
+    comps = [c.reshape(rows, cols) for c in (qx, qy, qz)]
+
+    def exponent(sl):
+        acc = np.zeros(comps[0][sl].shape)
+        for comp, m, p in zip(comps, mu, prec, strict=True):
+            d = comp[sl] - m
+            acc += p * d * d
+        return -0.5 * acc
+
+    k = _PEAK_STRIDE
+    coarse = exponent((slice(None, None, k), slice(None, None, k)))
+    hit = np.nonzero(coarse > math.log(_PEAK_FLOOR_COUNTS / amp))
+    if hit[0].size == 0:
+        return counts
+    r0, r1 = max(int(hit[0].min()) * k - 2 * k, 0), min(int(hit[0].max()) * k + 2 * k + 1, rows)
+    c0, c1 = max(int(hit[1].min()) * k - 2 * k, 0), min(int(hit[1].max()) * k + 2 * k + 1, cols)
+    box = (slice(r0, r1), slice(c0, c1))
+    counts[box] += rng.poisson(amp * np.exp(exponent(box))).astype(np.uint32)
+    return counts
 
 
 def pixel_q_components(sim, theta_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -260,10 +310,9 @@ class SXDMDetector(BeamGateMixin, AreaDetectorGroup):
                              lambda: pixel_q_components(sim, th))
             point = self._cached(self._point_cache, (ekey, y_px, x_px), 65536,
                                  lambda: point_q(sim, y_px, x_px))
-            lam = sxdm_point_expected(sim, y_px, x_px, th, q=q, point=point)
-            if noise:
-                return np.random.default_rng(seed).poisson(lam).astype(np.uint32)
-            return np.rint(lam).astype(np.uint32)
+            if noise:  # the same statistics as rng.poisson(expected), ~7x faster
+                return sxdm_point_counts(sim, y_px, x_px, th, np.random.default_rng(seed), q=q, point=point)
+            return np.rint(sxdm_point_expected(sim, y_px, x_px, th, q=q, point=point)).astype(np.uint32)
 
         return compute, scalars
 

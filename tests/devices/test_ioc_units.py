@@ -179,6 +179,43 @@ def test_sxdm_single_point_model_equals_the_raster_model():
             np.testing.assert_allclose(got, full[iy, ix], rtol=1e-9, atol=1e-9)
 
 
+def test_sxdm_fast_draw_has_the_poisson_statistics_of_the_expected_frame():
+    """The detector-rate draw (background spread by the Poisson–multinomial identity, the
+    peak drawn in its box only) against its definition, rng.poisson(expected): per-pixel
+    mean and variance over many frames, the total, and determinism per seed."""
+    from strainstream.devices.ioc.endstation import (
+        pixel_q_components,
+        point_q,
+        sxdm_point_counts,
+        sxdm_point_expected,
+    )
+    from strainstream.sim.sxdm_frames import particle_preset, simulate_sxdm
+
+    sim = simulate_sxdm(particle_preset(ny=12, nx=12), shape=(64, 64), n_theta=3,
+                        theta_range_deg=0.4, drift_step_nm=0.0, noise=False)
+    th = float(sim.theta_deg[1])
+    q, point = pixel_q_components(sim, th), point_q(sim, 6, 6)
+    lam = sxdm_point_expected(sim, 6, 6, th, q=q, point=point)
+    assert lam.max() > 20 * sim.background_counts  # a real peak on a flat background
+    rng = np.random.default_rng(7)
+    n = 3000
+    frames = np.stack([sxdm_point_counts(sim, 6, 6, th, rng, q=q, point=point) for _ in range(n)]).astype(float)
+    assert frames.dtype == float and frames.shape == (n, 64, 64)
+    mean, var = frames.mean(axis=0), frames.var(axis=0)
+    z = np.abs(mean - lam) / np.sqrt(lam / n)
+    assert z.max() < 5.5  # 4096 pixels: |z| of a correct mean stays below ~4.5
+    assert abs(frames.sum(axis=(1, 2)).mean() - lam.sum()) < 4 * np.sqrt(lam.sum() / n)
+    bg, peak = lam < 1.01 * sim.background_counts, lam > 10
+    assert abs(var[bg].mean() / mean[bg].mean() - 1) < 0.02  # Poisson: variance = mean
+    assert abs(var[peak].mean() / mean[peak].mean() - 1) < 0.05
+    a = sxdm_point_counts(sim, 6, 6, th, np.random.default_rng([3, 9]), q=q, point=point)
+    b = sxdm_point_counts(sim, 6, 6, th, np.random.default_rng([3, 9]))
+    np.testing.assert_array_equal(a, b)
+    # a point off the particle: background only
+    off = sxdm_point_counts(sim, 0, 0, th, np.random.default_rng(1))
+    assert off.dtype == np.uint32 and off.shape == (64, 64) and off.max() < 10
+
+
 def test_beamline_arguments_without_starting(tmp_path, monkeypatch, capsys):
     from strainstream.beamline import Beamline
     from strainstream.beamline import parse_ports as _parse_ports
