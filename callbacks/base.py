@@ -52,6 +52,9 @@ BATCH_WINDOW_S = 0.1
 #: largest detector frame read (bytes in memory): a file declaring bigger frames is refused
 #: before anything is allocated (a 4k x 4k float64 frame is 128 MiB)
 MAX_FRAME_BYTES = 1 << 30
+#: HDF5 frames are read in blocks of up to this many frames and this many bytes
+READ_AHEAD_FRAMES = 64
+READ_AHEAD_BYTES = 64 << 20
 _FRAME_KINDS = "biuf"  # bool, signed/unsigned integer, float frames; never complex/strings/records
 
 
@@ -105,6 +108,9 @@ class FrameResolver:
         self._resources: dict[str, dict] = {}
         self._ranges: dict[str, list[tuple[int, int, int, str]]] = {}
         self._files: dict[str, Any] = {}
+        self._datasets: dict[tuple[str, str], Any] = {}
+        #: (path, dataset) -> (first index, frames): the last block read of each dataset
+        self._blocks: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
         self.fallback = fallback
 
     def stream_resource(self, doc: Mapping[str, Any]) -> None:
@@ -210,25 +216,38 @@ class FrameResolver:
         return frame
 
     def _read_h5(self, path: Path, dataset: str, index: int) -> np.ndarray:
+        """Frame ``index`` of ``path:dataset``. Frames are read in blocks (up to
+        :data:`READ_AHEAD_FRAMES`, as many as the file holds): a fly line's frames arrive
+        together and come out of one HDF5 read, not one per frame."""
         import h5py
 
-        key = str(path)
-        f = self._files.get(key)
-        if f is None:
-            if not path.is_file():
-                raise FrameUnavailable(f"detector file {path} is not a file")
-            f = self._files[key] = h5py.File(path, "r", swmr=True, locking=False)
-        ds = f.get(dataset)
-        if not isinstance(ds, h5py.Dataset):
-            raise FrameUnavailable(f"detector file {path} has no dataset {dataset}")
-        if ds.ndim < 1:
-            raise FrameError("wrong_shape", f"{path}:{dataset} is a scalar, not a stack of frames")
-        check_frame_header(ds.shape[1:], ds.dtype, f"{path}:{dataset}")
+        key = (str(path), dataset)
+        block = self._blocks.get(key)
+        if block is not None and block[0] <= index < block[0] + len(block[1]):
+            return np.array(block[1][index - block[0]])  # a copy: the block is shared
+        ds = self._datasets.get(key)
+        if ds is None:
+            f = self._files.get(key[0])
+            if f is None:
+                if not path.is_file():
+                    raise FrameUnavailable(f"detector file {path} is not a file")
+                f = self._files[key[0]] = h5py.File(path, "r", swmr=True, locking=False)
+            ds = f.get(dataset)
+            if not isinstance(ds, h5py.Dataset):
+                raise FrameUnavailable(f"detector file {path} has no dataset {dataset}")
+            if ds.ndim < 1:
+                raise FrameError("wrong_shape", f"{path}:{dataset} is a scalar, not a stack of frames")
+            check_frame_header(ds.shape[1:], ds.dtype, f"{path}:{dataset}")
+            self._datasets[key] = ds
         if index >= ds.shape[0]:
             ds.refresh()
         if index >= ds.shape[0]:
             raise FrameUnavailable(f"frame {index} not (yet) in {path} ({ds.shape[0]} frames)")
-        return ds[index]
+        per_frame = max(int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize, 1)
+        stop = min(ds.shape[0], index + max(1, min(READ_AHEAD_FRAMES, READ_AHEAD_BYTES // per_frame)))
+        frames = ds[index:stop]
+        self._blocks[key] = (index, frames)
+        return np.array(frames[0])
 
     def close(self) -> None:
         for f in self._files.values():
@@ -238,6 +257,8 @@ class FrameResolver:
             except Exception:  # closing a broken file handle must not mask the real error
                 logger.debug("closing %s failed", f, exc_info=True)
         self._files.clear()
+        self._datasets.clear()
+        self._blocks.clear()
 
 
 def _tiff(path: str) -> np.ndarray:
