@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -27,6 +28,7 @@ from strainstream.adaptive import (
     OBSERVATION_FIELDS,
     OperandoSamplingAgent,
     SamplingBudget,
+    Triggers,
     _num,
     mean_c_A,
     phase_pairs,
@@ -35,7 +37,7 @@ from strainstream.adaptive import (
 from ._common import cell_run
 from .xrd import charge_setup, start_charge
 
-__all__ = ["OPTIMIZATION_STREAM", "adaptive_operando_xrd", "newest_refined"]
+__all__ = ["OPTIMIZATION_STREAM", "adaptive_operando_xrd", "newest_refined", "triggers_from"]
 
 #: the stream bluesky-adaptive's in-run loop records the decisions in
 OPTIMIZATION_STREAM = "optimization"
@@ -44,6 +46,16 @@ MAX_DECISIONS = 10_000_000
 
 #: rows of the live ``operando_xrd`` analysis of a run so far, by its uid
 ResultsSource = Callable[[str], Sequence[Mapping[str, Any]]]
+
+
+def triggers_from(settings: Mapping[str, float] | None) -> Triggers:
+    """:class:`Triggers` from plain data (a queued plan's ``triggers``): the defaults for the
+    fields not given; ValueError naming an unknown field."""
+    known = {f.name for f in fields(Triggers)}
+    unknown = sorted(set(settings or {}) - known)
+    if unknown:
+        raise ValueError(f"adaptive_operando_xrd: unknown trigger setting(s) {unknown}; known: {sorted(known)}")
+    return Triggers(**dict(settings or {}))
 
 
 def newest_refined(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -77,6 +89,7 @@ def adaptive_operando_xrd(
     expected_capacity_mAh_g: float = 220.0,
     dense_share: float = 0.7,
     dense_span_share: float = 0.2,
+    triggers: dict[str, float] | None = None,
     adaptive: bool = True,
     agent: OperandoSamplingAgent | None = None,
     results: ResultsSource | None = None,
@@ -105,6 +118,10 @@ def adaptive_operando_xrd(
     frames, dose_s, exposure_s, quiet_exposure_s, min_interval_s, watch_s, expected_capacity_mAh_g, dense_share, dense_span_share
         The budget and the sampling (:class:`strainstream.adaptive.SamplingBudget`): at most
         ``frames`` frames and ``dose_s`` s of exposure (default frames × exposure_s).
+    triggers : dict, optional
+        What makes a stretch dense, by :class:`strainstream.adaptive.Triggers` field (e.g.
+        ``{"dqdv_factor": 3.0, "dqdv_onset": 2.5}``; plain data, so a queued plan can set it);
+        the defaults for fields not given. An unknown field is refused before the run.
     adaptive : bool
         False: the fixed interval with the same machinery (the reference).
     agent : OperandoSamplingAgent, optional
@@ -126,7 +143,8 @@ def adaptive_operando_xrd(
         agent = OperandoSamplingAgent(SamplingBudget(
             frames=frames, dose_s=dose_s, exposure_s=exposure_s, quiet_exposure_s=quiet_exposure_s,
             min_interval_s=min_interval_s, watch_s=watch_s, expected_capacity_mAh_g=expected_capacity_mAh_g,
-            dense_share=dense_share, dense_span_share=dense_span_share), adaptive=adaptive)
+            dense_share=dense_share, dense_span_share=dense_span_share),
+            triggers_from(triggers), adaptive=adaptive)
     budget = agent.budget
     _md, follow_only = yield from charge_setup(
         detector, cycler, calibration=calibration, rate_mA_g=rate_mA_g, v_max_V=v_max_V, v_min_V=v_min_V,

@@ -169,3 +169,16 @@ def test_newest_refined_reads_the_live_rows():
     assert got["an_seq_num"] == 3 and got["an_n_phases"] == 2 and got["an_failed"] == 0
     assert got["an_c_A"] == pytest.approx(14.4 * 0.75 + 13.8 * 0.25)
     assert newest_refined(rows[2:])["an_failed"] == 1
+
+
+def test_queued_trigger_settings_become_the_agents():
+    from strainstream.plans.adaptive import adaptive_operando_xrd, triggers_from
+
+    assert triggers_from(None) == Triggers()
+    t = triggers_from({"dqdv_onset": 3.0, "hold_frames": 2})
+    assert (t.dqdv_onset, t.hold_frames, t.dqdv_factor) == (3.0, 2, Triggers().dqdv_factor)
+    with pytest.raises(ValueError, match=r"unknown trigger setting\(s\) \['dqdv_onsett'\]"):
+        triggers_from({"dqdv_onsett": 3.0})
+    # refused before any device is touched
+    with pytest.raises(ValueError, match="dqdv_onsett"):
+        next(adaptive_operando_xrd(None, None, calibration={}, triggers={"dqdv_onsett": 3.0}))

@@ -103,6 +103,8 @@ def test_queue_validates_plan_parameters_against_the_profile():
     assert _validate(adaptive, "beamline") == (True, "")
     ok, msg = _validate(dict(adaptive, kwargs={**adaptive["kwargs"], "frames": "many"}), "beamline")
     assert not ok and "frames" in msg
+    assert _validate(dict(adaptive, kwargs={**adaptive["kwargs"], "triggers": {"dqdv_factor": 3.0}}),
+                     "beamline") == (True, "")
     ok, msg = _validate(dict(adaptive, kwargs={**adaptive["kwargs"], "agent": "mine"}), "beamline")
     assert not ok and "agent" in msg
     assert not _validate({"name": "grid_scan", "args": [["xrd"]]}, "beamline")[0]

@@ -98,7 +98,7 @@ def test_queue_runs_profile_plans_into_tiled(queue_up, tiled_server, sim_devices
         # the adaptive charge: its budget as plain parameters, the profile's live results bound
         api.item_add(BPlan("adaptive_operando_xrd", "xrd", "cycler", calibration=_calibration(shape),
                            frames=4, min_interval_s=0.3, watch_s=0.3, expected_capacity_mAh_g=220.0,
-                           beam="beam", md={"sample": "queued adaptive"}))
+                           triggers={"dqdv_onset": 3.0}, beam="beam", md={"sample": "queued adaptive"}))
         # a plan the observer group may not run, and a device the profile does not have
         api.user_group = "observer"
         with pytest.raises(Exception, match="not in the list of allowed plans"):
@@ -128,6 +128,7 @@ def test_queue_runs_profile_plans_into_tiled(queue_up, tiled_server, sim_devices
     start = run.metadata["start"]
     assert start["plan_name"] == "adaptive_operando_xrd" and start["experiment"] == "operando_xrd"
     assert start["adaptive_sampling"]["budget"]["frames"] == 4 and start["sample"] == "queued adaptive"
+    assert start["adaptive_sampling"]["triggers"]["dqdv_onset"] == 3.0  # the queued trigger setting
     frames = len(set(run["primary"]["seq_num"].read().tolist()))
     decisions = run["optimization"].read()
     assert 1 <= frames <= 4 and int(decisions["frame"].values.sum()) == frames
