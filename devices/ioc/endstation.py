@@ -141,22 +141,28 @@ def sxdm_point_expected(sim, y_px: float, x_px: float, theta_deg: float, *,
     """
     qx, qy, qz = q if q is not None else pixel_q_components(sim, theta_deg)
     mu, w = point if point is not None else point_q(sim, y_px, x_px)
-    prec = np.array([sim.sigma_par_A_inv, sim.sigma_perp_A_inv, sim.sigma_perp_A_inv]) ** -2.0
-    # the forward model's Gaussian, term by term on contiguous arrays (same numbers)
-    acc = np.subtract(qx, mu[0])
-    np.multiply(acc, acc, out=acc)
-    acc *= prec[0]
-    tmp = np.empty_like(acc)
-    for comp, m, p in ((qy, mu[1], prec[1]), (qz, mu[2], prec[2])):
-        np.subtract(comp, m, out=tmp)
-        np.multiply(tmp, tmp, out=tmp)
-        tmp *= p
-        acc += tmp
-    acc *= -0.5
+    acc = _peak_exponent(sim, (qx, qy, qz), mu, slice(None))
     np.exp(acc, out=acc)
     acc *= sim.peak_max_counts * w
     acc += sim.background_counts
     return acc.reshape(sim.shape)
+
+
+def _peak_exponent(sim, comps, mu, sl) -> np.ndarray:
+    """The forward model's Gaussian exponent −½ Σ_j (q_j − μ_j)² / σ_j² on ``comps[j][sl]``
+    (the pixels' sample-frame Q components), term by term in place (a new array)."""
+    prec = np.array([sim.sigma_par_A_inv, sim.sigma_perp_A_inv, sim.sigma_perp_A_inv]) ** -2.0
+    acc = np.subtract(comps[0][sl], mu[0])
+    np.multiply(acc, acc, out=acc)
+    acc *= prec[0]
+    tmp = np.empty_like(acc)
+    for comp, m, p in ((comps[1], mu[1], prec[1]), (comps[2], mu[2], prec[2])):
+        np.subtract(comp[sl], m, out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        tmp *= p
+        acc += tmp
+    acc *= -0.5
+    return acc
 
 
 #: pixel stride of the coarse pass that finds where a frame's Bragg peak lies, and the
@@ -187,25 +193,16 @@ def sxdm_point_counts(sim, y_px: float, x_px: float, theta_deg: float, rng: np.r
     amp = sim.peak_max_counts * w
     if not amp > _PEAK_FLOOR_COUNTS:
         return counts
-    prec = np.array([sim.sigma_par_A_inv, sim.sigma_perp_A_inv, sim.sigma_perp_A_inv]) ** -2.0
-    comps = [c.reshape(rows, cols) for c in (qx, qy, qz)]
-
-    def exponent(sl):
-        acc = np.zeros(comps[0][sl].shape)
-        for comp, m, p in zip(comps, mu, prec, strict=True):
-            d = comp[sl] - m
-            acc += p * d * d
-        return -0.5 * acc
-
+    comps = tuple(c.reshape(rows, cols) for c in (qx, qy, qz))
     k = _PEAK_STRIDE
-    coarse = exponent((slice(None, None, k), slice(None, None, k)))
+    coarse = _peak_exponent(sim, comps, mu, (slice(None, None, k), slice(None, None, k)))
     hit = np.nonzero(coarse > math.log(_PEAK_FLOOR_COUNTS / amp))
     if hit[0].size == 0:
         return counts
     r0, r1 = max(int(hit[0].min()) * k - 2 * k, 0), min(int(hit[0].max()) * k + 2 * k + 1, rows)
     c0, c1 = max(int(hit[1].min()) * k - 2 * k, 0), min(int(hit[1].max()) * k + 2 * k + 1, cols)
     box = (slice(r0, r1), slice(c0, c1))
-    counts[box] += rng.poisson(amp * np.exp(exponent(box))).astype(np.uint32)
+    counts[box] += rng.poisson(amp * np.exp(_peak_exponent(sim, comps, mu, box))).astype(np.uint32)
     return counts
 
 

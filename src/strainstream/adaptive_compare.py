@@ -105,8 +105,9 @@ def compare_sampling(session, devices: dict[str, Any], root, *, calibration: dic
     for run in runs.values():
         rows = run.pop("rows")
         run.update(sampling_metrics(preset, rows, soc_range=common))
-        # each refined frame as the curves saw it: (soc, phase-fraction weighted c, phases)
-        run["frames_soc_c"] = [[_round(r["soc"]), _round(mean_c_A(phase_pairs(r))), int(_num(r.get("n_phases")) or 0)]
+        # each frame as the curves saw it: (soc, phase-fraction weighted c, phases); None where
+        # a flagged frame has no value
+        run["frames_soc_c"] = [[_round(r["soc"]), _round(mean_c_A(phase_pairs(r))), _round(_num(r.get("n_phases")))]
                                for r in sorted(rows, key=lambda r: r["soc"])]
     fixed_in = runs["fixed"]["frames_in_window"]
     runs["ratio_frames_in_window"] = runs["adaptive"]["frames_in_window"] / fixed_in if fixed_in else math.inf

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from strainstream.adaptive import OBSERVATION_FIELDS, OperandoSamplingAgent
+from strainstream.adaptive import OBSERVATION_FIELDS, OperandoSamplingAgent, mean_c_A
 from strainstream.sim import cell as simcell
 
 PRESET = "SC-NM91"
@@ -66,25 +66,25 @@ def virtual_charge(agent: OperandoSamplingAgent, *, duration_s: float = 60.0, re
     return frames, observations
 
 
-def c_curve_error(socs, q_end=None) -> float:
-    """RMS error (Å) of c̄(soc) linearly interpolated between the frames, against the truth,
-    over the soc range the frames span."""
-    socs = np.sort(np.asarray(socs))
-    grid = np.linspace(socs[0], socs[-1], 2001)
-    meas = np.interp(grid, socs, [truth(s)[0] for s in socs])
-    true = np.array([truth(s)[0] for s in grid])
-    return float(np.sqrt(np.mean((meas - true) ** 2)))
+def majority_c(soc: float) -> float:
+    """The c of the majority phase (the strongest (003)) of the preset at ``soc``."""
+    return truth(soc)[0]
 
 
 def mean_c(soc: float) -> float:
     """The phase-fraction weighted c (the (003) centroid's) of the preset at ``soc``."""
-    phases = simcell.lattice_at_soc(PRESET, soc)
-    return sum(p.c_A * p.fraction for p in phases) / sum(p.fraction for p in phases)
+    return mean_c_A([(p.c_A, p.fraction) for p in simcell.lattice_at_soc(PRESET, soc)])
+
+
+def c_curve_error(socs, c_of=majority_c) -> float:
+    """RMS error (Å) of the curve ``c_of(soc)`` (default the majority phase's c) linearly
+    interpolated between the frames, against the truth, over the soc range the frames span."""
+    socs = np.sort(np.asarray(socs))
+    grid = np.linspace(socs[0], socs[-1], 2001)
+    meas = np.interp(grid, socs, [c_of(s) for s in socs])
+    return float(np.sqrt(np.mean((meas - np.array([c_of(s) for s in grid])) ** 2)))
 
 
 def c_mean_error(socs) -> float:
     """:func:`c_curve_error` for the phase-fraction weighted c."""
-    socs = np.sort(np.asarray(socs))
-    grid = np.linspace(socs[0], socs[-1], 2001)
-    meas = np.interp(grid, socs, [mean_c(s) for s in socs])
-    return float(np.sqrt(np.mean((meas - np.array([mean_c(s) for s in grid])) ** 2)))
+    return c_curve_error(socs, mean_c)

@@ -100,18 +100,24 @@ def test_no_drift_no_registration_is_near_exact():
     np.testing.assert_allclose(maps.strain_ref[maps.mask], maps.d_spacing_A[maps.mask] / 4.6 - 1, rtol=1e-12)
 
 
+def _small_raster(material, n):
+    """The endstation IOC's particle on an n x n raster at 8.35 keV, 13 rocking angles 0.1 deg
+    apart, no drift, mapped: (preset, simulation, maps)."""
+    pt = particle_preset(material, "charged", ny=n, nx=n)
+    sim = simulate_sxdm(pt, energy_keV=8.35, shape=(64, 64), n_theta=13, theta_range_deg=1.2,
+                        drift_step_nm=0.0, seed=1)
+    mp = StrainMapper(sim.metadata, (n, n), theta_deg=sim.theta_deg)
+    _feed(mp, sim)
+    return pt, sim, mp.maps()
+
+
 @pytest.mark.parametrize("material", ["SC-NC91", "SC-NM91"])
 def test_particle_too_small_to_register_is_mapped_unregistered(material):
     # the endstation IOC's particle on the demo's smallest raster (4 x 4, a 2 x 2 core) at
     # 8.35 keV, 13 rocking angles 0.1 deg apart, no drift: registering gave spurious shifts of
     # 0.5-1.3 raster steps that blended the core into the rim (6-10 points in the mask,
     # Δd/d std 5.0e-4 for a true 6.0e-4, per-point Δd/d errors up to 1.4e-3)
-    pt = particle_preset(material, "charged", ny=4, nx=4)
-    sim = simulate_sxdm(pt, energy_keV=8.35, shape=(64, 64), n_theta=13, theta_range_deg=1.2,
-                        drift_step_nm=0.0, seed=1)
-    mp = StrainMapper(sim.metadata, (4, 4), theta_deg=sim.theta_deg)
-    _feed(mp, sim)
-    maps = mp.maps()
+    pt, sim, maps = _small_raster(material, 4)
     truth = sim.truth()
     assert np.all(maps.shifts_px == 0.0)
     assert any("drift not corrected" in m and "4 raster points" in m for m in maps.messages)
@@ -122,12 +128,7 @@ def test_particle_too_small_to_register_is_mapped_unregistered(material):
     st = compute_statistics(maps)
     assert st.strain_std == pytest.approx(pt.strain_std, rel=0.02)  # the core is where it is normalised
     # a 5 x 5 raster (a 3 x 3 core) is registered: shifts within 0.1 raster steps of none
-    pt5 = particle_preset(material, "charged", ny=5, nx=5)
-    sim5 = simulate_sxdm(pt5, energy_keV=8.35, shape=(64, 64), n_theta=13, theta_range_deg=1.2,
-                         drift_step_nm=0.0, seed=1)
-    mp5 = StrainMapper(sim5.metadata, (5, 5), theta_deg=sim5.theta_deg)
-    _feed(mp5, sim5)
-    maps5 = mp5.maps()
+    _, _, maps5 = _small_raster(material, 5)
     assert not any("drift not corrected" in m for m in maps5.messages)
     assert 0 < np.abs(maps5.shifts_px).max() < 0.1  # seen: 0.04
 
