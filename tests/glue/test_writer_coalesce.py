@@ -69,10 +69,11 @@ def test_a_gap_in_the_frame_indices_or_another_stream_starts_a_new_page():
 
 
 def test_queued_events_are_written_as_pages_and_a_refused_page_fails_each_of_its_documents(tmp_path):
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     written: list[tuple[str, object]] = []
 
     def writer(name, doc):
+        entered.set()
         gate.wait(10)
         if name == "event_page" and 13 in doc["seq_num"]:
             raise ValueError("refused")
@@ -80,7 +81,9 @@ def test_queued_events_are_written_as_pages_and_a_refused_page_fails_each_of_its
 
     said: list[str] = []
     w = BufferedWriter(writer, spool_dir=tmp_path, drain_timeout_s=0.2, max_lag=100, say=said.append)
-    w("start", {"uid": "r1", "time": 0})  # the writer thread takes it and waits at the gate
+    w("start", {"uid": "r1", "time": 0})
+    assert entered.wait(10)  # the writer thread took the start alone and waits at the gate:
+    # what follows is queued together (else its first batch could end mid-stream)
     w("descriptor", {"uid": "d1", "run_start": "r1", "name": "primary"})
     for i in range(1, 6):
         w("event", _ev(i))
