@@ -216,11 +216,15 @@ class ExternalFrames:
     seq_nums : callable, optional
         ``() -> sorted seq_nums of the stream's events``, used only for data sources that do
         not record their StreamDatums (default: the events are numbered 1, 2, ...).
+    fetched : bool
+        ``node`` was just fetched with its data sources (no request to read them again).
     """
 
-    def __init__(self, node, data_key: str, seq_nums: Callable[[], Sequence[int]] | None = None) -> None:
-        fresh = not getattr(node, "_include_data_sources", False)
-        self.node = node.include_data_sources() if fresh else node  # one request: item + data source
+    def __init__(self, node, data_key: str, seq_nums: Callable[[], Sequence[int]] | None = None,
+                 fetched: bool = False) -> None:
+        has_sources = getattr(node, "_include_data_sources", False)
+        self.node = node if has_sources else node.include_data_sources()  # one request: item + data source
+        fresh = fetched or not has_sources  # else a node fetched earlier: read its source again
         self.data_key = data_key
         self._seq_nums = seq_nums
         self.mimetype = ""
@@ -483,15 +487,67 @@ def _install_page_writes() -> None:
     writer._strainstream_pages = True
 
 
+def _run_writer_stream_datum(self, doc) -> None:
+    """_RunWriter.stream_datum at batch_size 1: the first StreamDatum of a new external node
+    registers the node with its frames in one request, where bluesky-tiled-plugins (2.0.12)
+    registers it empty and then sends the data source again with the datum's frames (two
+    sequential requests, 80-170 ms, on the way to every run's first event). Later datums,
+    another StreamResource of the same key and batched writers take the original path."""
+    from bluesky_tiled_plugins.writing import tiled_writer as tw
+
+    sres_uid, desc_uid = doc["stream_resource"], doc["descriptor"]
+    if (self._batch_size <= 1 and sres_uid not in self._sres_nodes
+            and sres_uid in self._stream_resource_cache and desc_uid in self._desc_nodes):
+        sres_doc = self._stream_resource_cache[sres_uid]
+        desc_node = self._desc_nodes[desc_uid]
+        full_key = f"{desc_node.item['id']}_{sres_doc['data_key']}"  # as get_sres_node names it
+        if full_key not in self._sres_nodes:
+            consolidator = tw.consolidator_factory(sres_doc, desc_node.metadata)
+            consolidator.consume_stream_datum(doc)
+            source = consolidator.get_data_source()
+            node = desc_node.new(key=consolidator.data_key, structure_family=source.structure_family,
+                                 data_sources=[source], metadata={}, specs=[], access_tags=self.access_tags)
+            # kept only once tiled has the node: a failed request leaves no half-counted datum
+            self._consolidators[sres_uid] = self._consolidators[full_key] = consolidator
+            self._sres_nodes[sres_uid] = self._sres_nodes[full_key] = node
+            return
+    _ORIGINAL["stream_datum"](self, doc)
+
+
+#: _RunWriter methods replaced here, by name
+_ORIGINAL: dict[str, Any] = {}
+
+
+def _install_first_datum_registration() -> None:
+    """Register a new external node with its first StreamDatum's frames (one request, not
+    two): :func:`_run_writer_stream_datum`. Skipped if ``_RunWriter`` is not the one known."""
+    from bluesky_tiled_plugins.writing import tiled_writer as tw
+
+    writer = tw._RunWriter
+    if getattr(writer, "_strainstream_first_datum", False):
+        return
+    needed = ("_sres_nodes", "_stream_resource_cache", "_consolidators", "_desc_nodes")
+    if not (all(n in writer.__init__.__code__.co_names for n in needed)
+            and hasattr(tw, "consolidator_factory") and hasattr(writer, "get_sres_node")):
+        logger.warning("bluesky_tiled_plugins' _RunWriter is not the one strainstream knows: a new "
+                       "external node is registered empty, then sent its first frames")
+        return
+    _ORIGINAL["stream_datum"] = writer.stream_datum
+    writer.stream_datum = _run_writer_stream_datum
+    writer._strainstream_first_datum = True
+
+
 def install_consolidators() -> None:
     """Make TiledWriter record each HDF5 StreamDatum in its node's data source (idempotent),
-    and write an event page in one request (:func:`_install_page_writes`).
+    write an event page in one request (:func:`_install_page_writes`) and register a new
+    external node with its first frames (:func:`_install_first_datum_registration`).
 
     Adds the record to the data-source update the writer sends anyway (no extra request);
     readers of runs written before keep working (:class:`ExternalFrames`, case 2)."""
     from bluesky_tiled_plugins.writing.consolidators import CONSOLIDATOR_REGISTRY, HDF5Consolidator
 
     _install_page_writes()
+    _install_first_datum_registration()
 
     current = CONSOLIDATOR_REGISTRY["application/x-hdf5"]
     if current in _RECORDING.values():

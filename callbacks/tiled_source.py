@@ -62,6 +62,9 @@ class _Stream:
         self.last_sequence = 0  # streaming-cache sequence of the last table update seen
         self.described = False  # its descriptor was emitted
         self.table = None  # its event table node, subscribed and not back-filled yet
+        #: the table was looked up since its container was subscribed: a table created
+        #: after that comes as the subscription's child_created, no need to ask again
+        self.table_looked_up = False
 
     @property
     def external_keys(self) -> list[str]:
@@ -81,12 +84,19 @@ class RunFollower:
         ``make_callbacks(start_doc, frame_fallback) -> list[AnalysisCallback]``.
     on_done : callable, optional
         Called with the uid when the run is finished and analysed.
+    run_node : tiled container client, optional
+        The run's container, built from the update that announced its creation: the run is
+        new, so it is not fetched, its streams are not listed and their tables not looked up;
+        they come as child_created updates of the subscriptions, which start at each node's
+        first update (a stream or row the streaming cache no longer holds is read from the
+        catalog at the stop at the latest).
     """
 
     def __init__(self, root, uid: str, make_callbacks: Callable[..., list[AnalysisCallback]],
-                 on_done: Callable[[str], None] | None = None) -> None:
+                 on_done: Callable[[str], None] | None = None, run_node=None) -> None:
         self.root = root
         self.uid = uid
+        self._new_run = run_node
         self._make_callbacks = make_callbacks
         self.on_done = on_done
         self.lock = threading.RLock()
@@ -106,7 +116,8 @@ class RunFollower:
     # -- public -------------------------------------------------------------------------
     def start(self) -> bool:
         """Emit the start document, attach to the streams; return False if nothing to do."""
-        run = self.root[self.uid]
+        new, self._new_run = self._new_run, None
+        run = self.root[self.uid] if new is None else new
         self.run_node = getattr(run, "base", run)
         md = self.run_node.metadata
         start_doc = dict(md["start"])
@@ -130,7 +141,7 @@ class RunFollower:
                     sub.child_created.add_callback(self._on_stream_created)
                     self._subs.append(sub)
                     self._start(sub)
-                    names = list(self.run_node)
+                    names = [] if new is not None else list(self.run_node)
                     for name in names:  # subscribed, not yet described to the analyses
                         self._attach_stream(name, emit=False)
                 except Exception as exc:
@@ -196,6 +207,7 @@ class RunFollower:
             for stream in self.streams.values():
                 stream.table_sub = None
                 stream.node_sub = None
+                stream.table_looked_up = False
                 stream.last_sequence = 0  # a new subscription numbers from its own start
         _disconnect_all(old)  # outside the lock: their callbacks may be waiting for it
         with self.lock:
@@ -252,10 +264,11 @@ class RunFollower:
         """The frame references of ``key`` in ``stream`` (None while tiled has no node for it)."""
         frames = stream.frames.get(key)
         if frames is None:
-            node = _child(stream.node, key)  # one request, not `in` then `[]`
+            # one request for the node and its data source (not `in`, `[]`, then the source)
+            node = _child(stream.node.new_variation(include_data_sources=True), key)
             if node is None:
                 return None
-            frames = stream.frames[key] = ExternalFrames(node, key)
+            frames = stream.frames[key] = ExternalFrames(node, key, fetched=True)
         return frames
 
     def _start(self, sub) -> None:
@@ -270,17 +283,22 @@ class RunFollower:
         try:
             with self.lock:
                 if not self.finished:
-                    self._attach_stream(update.key)
+                    # its table comes as the child_created of its subscription (from its start)
+                    self._attach_stream(update.key, node=created_child(update), new=True)
         except Exception:
             logger.exception("run %s: attaching stream %s failed", self.uid, update.key)
 
-    def _attach_stream(self, name: str, subscribe: bool = True, emit: bool = True) -> None:
+    def _attach_stream(self, name: str, subscribe: bool = True, emit: bool = True, node=None,
+                       new: bool = False) -> None:
         """Know stream ``name``, subscribe to it and its event table (``subscribe``), and
-        (``emit``) describe it to the analyses and feed them what its table holds."""
+        (``emit``) describe it to the analyses and feed them what its table holds.
+        ``node``: the stream's container when the caller has it (saves a request); ``new``:
+        the stream was just created (its table is not looked up: it comes as a child_created
+        of the stream's subscription, which starts at the stream's first update)."""
         if name in self.streams:
             stream = self.streams[name]
         else:
-            node = self.run_node[name]
+            node = self.run_node[name] if node is None else node
             node = getattr(node, "base", node)
             md = dict(node.metadata)
             desc = {k: v for k, v in md.items() if not k.startswith("_")}
@@ -295,8 +313,12 @@ class RunFollower:
             stream.node_sub = sub
             self._subs.append(sub)
             self._start(sub)
-        if subscribe and stream.table_sub is None and not self.finished:
+            stream.table_looked_up = new
+        if subscribe and stream.table_sub is None and not stream.table_looked_up and not self.finished:
+            # once per subscription of the container (made above, so a table created after
+            # this look-up arrives as its child_created)
             table = _child(stream.node, INTERNAL)  # one request, not `in` then `[]`
+            stream.table_looked_up = stream.node_sub is not None
             if table is not None:
                 self._subscribe_table(stream, table, backfill=emit)
         if emit and stream.table is not None:  # subscribed before the analyses were ready
@@ -304,25 +326,47 @@ class RunFollower:
             self._backfill(stream, table=table)
 
     def _on_stream_child(self, update) -> None:
-        if update.key != INTERNAL:
-            return
         try:
             with self.lock:
                 stream_name = update.subscription.segments[-1]
                 stream = self.streams.get(stream_name)
-                if stream is not None and stream.table_sub is None and not self.finished:
-                    self._subscribe_table(stream)
+                if stream is None or self.finished:
+                    return
+                if update.key == INTERNAL and stream.table_sub is None:
+                    self._subscribe_table(stream, created=True)
+                elif update.key in stream.external_keys and update.key not in stream.frames:
+                    # the update carries the node's data source: its frame references
+                    # without a request on the way to the first event's frame
+                    node = created_child(update, include_data_sources=True)
+                    if node is not None:
+                        stream.frames[update.key] = ExternalFrames(node, update.key, fetched=True)
         except Exception:
             logger.exception("run %s: subscribing to %s failed", self.uid, update.key)
 
-    def _subscribe_table(self, stream: _Stream, table=None, backfill: bool = True) -> None:
-        table = stream.node[INTERNAL] if table is None else table
-        sub = table.subscribe()
+    def _subscribe_table(self, stream: _Stream, table=None, backfill: bool = True,
+                         created: bool = False) -> None:
+        """Subscribe to the stream's event table (``table``: its node, when the caller has it)
+        and feed (``backfill``) or keep for later what it holds.
+
+        ``created``: the table was just created (its container's child_created). It is then
+        subscribed by path, with no request, and not read: the subscription starts at the
+        table's first update, so its rows come through the websocket (a row the streaming
+        cache no longer holds is a gap, back-filled when the next row comes or at the stop).
+        On the way to a run's first result that saves two requests (the node, its rows)."""
+        if created:
+            from tiled.client.stream import TableSubscription
+
+            sub = TableSubscription(stream.node.context, [*stream.node.path_parts, INTERNAL])
+        else:
+            table = stream.node[INTERNAL] if table is None else table
+            sub = table.subscribe()
         handler = _TableHandler(self, stream)
         sub.new_data.add_callback(handler)
         stream.table_sub = (sub, handler)  # keeps the handler alive (tiled holds weak refs)
         self._subs.append(sub)
         self._start(sub)
+        if created:
+            return
         if backfill:
             self._backfill(stream, table=table)
         else:
@@ -479,6 +523,31 @@ def start_subscription(sub, start: int | None = 0, timeout_s: float = CONNECT_TI
     if t.is_alive():
         raise SubscriptionNotConnected(f"tiled subscription {getattr(sub, '_uri', sub)} not connected "
                                        f"after {timeout_s:g} s")
+
+
+def created_child(update, include_data_sources: bool = False):
+    """The client of the node a ``child_created`` update announces, built from the update (its
+    metadata, structure and data sources) without a request; None if it cannot be built (the
+    caller then asks the server)."""
+    try:
+        from types import SimpleNamespace
+
+        from tiled.client.utils import client_for_item
+
+        sub = update.subscription
+        # the root's subscription has the segments ["/"]: the child's ancestors are []
+        segments = [seg for seg in sub.segments if seg.strip("/")]
+        view = SimpleNamespace(
+            key=update.key, metadata=update.metadata, structure_family=update.structure_family,
+            specs=update.specs, data_sources=update.data_sources, access_tags=update.access_tags,
+            subscription=SimpleNamespace(segments=segments, context=sub.context))
+        item = type(update)._item(view)
+        item["attributes"]["data_sources"] = [
+            ds.model_dump(mode="json") if hasattr(ds, "model_dump") else ds for ds in update.data_sources or []]
+        return client_for_item(sub.context, sub.structure_clients, item, include_data_sources=include_data_sources)
+    except Exception:  # another tiled's update: fall back to a request
+        logger.debug("client of %s not built from its update", getattr(update, "key", "?"), exc_info=True)
+        return None
 
 
 def _child(node, key: str):

@@ -95,7 +95,8 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Worker:
         self._warm_up()
-        threading.Thread(target=self._warm_up_client, name="worker-warm-up", daemon=True).start()
+        threading.Thread(target=self._warm_up_client, args=(self.root,), name="worker-warm-up",
+                         daemon=True).start()
         self._subscribe_root()
         self.catch_up()
         if self.ping_s > 0:
@@ -205,7 +206,7 @@ class Worker:
                 importlib.import_module(spec.partition(":")[0])
 
     @staticmethod
-    def _warm_up_client() -> None:
+    def _warm_up_client(root=None) -> None:
         """Import what reading a run's tables imports, in the background while the worker waits
         for runs: tiled's table client imports dask.dataframe (with xarray, pandas, sparse and
         numba: 1.25 s, ≈ 1,400 modules, measured) and dask's compute looks for distributed
@@ -219,6 +220,13 @@ class Worker:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - an optional speed-up; the run imports on demand
                 logger.debug("warm-up: importing %s failed", name, exc_info=True)
+        if root is not None:  # the results' container, looked up once (not by the first run)
+            from strainstream.callbacks.sinks import _derived_node
+
+            try:
+                _derived_node(root)
+            except Exception:  # noqa: BLE001 - the first run looks it up (and says why)
+                logger.debug("warm-up: the derived container", exc_info=True)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -266,7 +274,13 @@ class Worker:
             return False
 
     # -- following -----------------------------------------------------------------------
-    def follow(self, uid: str) -> None:
+    def follow(self, uid: str, run_node=None) -> None:
+        """Follow run ``uid`` (in this worker's shard) until it is analysed.
+
+        ``run_node``: the run's container built from the update announcing its creation: the
+        run is new, so its streams and tables come as its subscriptions' child_created updates
+        (the follower neither fetches the run nor lists its streams: fewer requests on the
+        way to its first result)."""
         from strainstream.callbacks.router import make_callbacks
         from strainstream.callbacks.sinks import TiledSink
         from strainstream.callbacks.tiled_source import RunFollower, SubscriptionNotConnected
@@ -280,7 +294,7 @@ class Worker:
             def factory(start_doc, fallback):
                 return make_callbacks(start_doc, lambda name: TiledSink(self.root, uid, name), fallback)
 
-            follower = RunFollower(self.root, uid, factory, on_done=self._on_done)
+            follower = RunFollower(self.root, uid, factory, on_done=self._on_done, run_node=run_node)
             self.followers[uid] = follower
         try:
             if follower.start():
@@ -314,8 +328,10 @@ class Worker:
         specs = [getattr(s, "name", s) for s in (update.specs or [])]
         if "BlueskyRun" not in specs:
             return
+        from strainstream.callbacks.tiled_source import created_child
+
         try:
-            self.follow(update.key)
+            self.follow(update.key, run_node=created_child(update))
         except Exception:
             logger.exception("run %s: follow failed", update.key)
 

@@ -80,7 +80,7 @@ def test_a_run_whose_first_subscription_fails_is_followed_after_the_reattach(mon
     def fails(self):
         raise SubscriptionNotConnected("ws://x/run not connected after 20 s")
 
-    monkeypatch.setattr(ts.RunFollower, "__init__", lambda self, root, uid, factory, on_done: None)
+    monkeypatch.setattr(ts.RunFollower, "__init__", lambda self, root, uid, factory, on_done, run_node=None: None)
     monkeypatch.setattr(ts.RunFollower, "start", fails)
     worker = Worker(root=object(), ping_s=0)
     worker.follow("run-a")
