@@ -48,3 +48,36 @@ def test_bad_frames_raise_named_errors(frame, reason):
 def test_declared_shape_mismatch():
     with pytest.raises(FrameError, match="differs from the declared"):
         check_frame(np.ones((4, 4)), expected_shape=(5, 4))
+
+
+@pytest.mark.parametrize("shape", [(2048, 2048), (7, 300_001), (300_001, 3)])
+def test_blockwise_statistics_equal_the_whole_frame_formulas(shape):
+    """frame_statistics works in blocks of rows; its numbers are those of the whole-frame
+    formulas (to float64 rounding) on a frame with NaN, inf, negative and saturated pixels,
+    including blocks of one row longer than the block size and frames of few columns."""
+    rng = np.random.default_rng(3)
+    frame = rng.poisson(100, size=shape).astype(np.float32) - 5
+    flat = frame.reshape(-1)
+    flat[rng.choice(flat.size, 50, replace=False)] = np.nan
+    flat[rng.choice(flat.size, 20, replace=False)] = np.inf
+    flat[rng.choice(flat.size, 10, replace=False)] = -40.0
+    s = frame_statistics(frame, saturation=125)
+    a = frame.astype(np.float64)
+    fin = np.isfinite(a)
+    v = a[fin]
+    w = np.where(fin, np.clip(a, 0, None), 0.0)
+    assert s["n_nonfinite"] == int((~fin).sum()) > 0
+    assert s["n_saturated"] == int((v >= 125).sum()) > 0
+    assert s["max"] == v.max()
+    assert s["total"] == pytest.approx(v.sum(), rel=1e-12)
+    assert s["mean"] == pytest.approx(v.mean(), rel=1e-12)
+    assert s["std"] == pytest.approx(v.std(), rel=1e-10)
+    assert s["centroid_row"] == pytest.approx(w.sum(axis=1) @ np.arange(shape[0]) / w.sum(), rel=1e-12)
+    assert s["centroid_col"] == pytest.approx(w.sum(axis=0) @ np.arange(shape[1]) / w.sum(), rel=1e-12)
+
+
+def test_counts_that_overflow_float64_are_named():
+    frame = np.full((4, 4), 1e308)
+    with pytest.raises(FrameError) as info:
+        frame_statistics(frame)
+    assert info.value.reason == "overflow" and "1e+308" in str(info.value)
