@@ -368,6 +368,11 @@ class AnalysisCallback(DocumentRouter):
     columns: dict[str, str] = {}
     #: the external (frame) data key(s) this analysis needs; found in the descriptor
     frame_keys: tuple[str, ...] = ()
+    #: an event's result depends on that event alone (not on earlier rows or accumulated
+    #: state): the live follower may then take a newer event first under load (skip-ahead).
+    #: False for seeded (XRD, XANES) and accumulating (SXDM) analyses: the same order as a
+    #: replay keeps their results bit-identical.
+    order_free: bool = False
 
     def __init__(self, sink: ResultSink, parameters: dict[str, Any] | None = None,
                  frame_fallback: Callable[[str, int], np.ndarray] | None = None) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -106,6 +107,10 @@ class RunFollower:
         self._subs: list[Any] = []
         self.run_node = None
         self._queue: queue.Queue = queue.Queue()
+        #: stream name -> (stream, rows) skipped ahead of, analysed in order in slices
+        self._backlog: dict[str, tuple[_Stream, list[dict[str, Any]]]] = {}
+        #: times the newest row was analysed ahead of older ones (skip-ahead)
+        self.skipped_ahead = 0
         self._drainer = threading.Thread(target=self._drain, name=f"follow-{uid[:8]}", daemon=True)
         #: times the subscriptions were re-attached (server restarts) and cache resets seen
         self.reattached = 0
@@ -180,6 +185,7 @@ class RunFollower:
                 return
             for name in list(self.run_node):
                 self._attach_stream(name, subscribe=False)
+            self._work_backlog()  # skipped events, in order, before the stop
             for stream in self.streams.values():
                 self._backfill(stream, holes=True)
                 self._retry_unresolved(stream)
@@ -378,13 +384,16 @@ class RunFollower:
 
     def _drain(self) -> None:
         """Process queued updates; everything waiting is handled (and committed) as one batch,
-        so a worker that fell behind catches up with few large appends instead of many small."""
+        so a worker that fell behind catches up with few large appends instead of many small.
+        Between batches, a slice of the skip-ahead backlog (:meth:`_work_backlog`)."""
         while not self.finished:
             try:
-                item = self._queue.get(timeout=0.5)
+                item = self._queue.get(timeout=0.5) if not self._backlog else self._queue.get_nowait()
             except queue.Empty:
-                continue
-            items = [item]
+                item = None
+                if not self._backlog:
+                    continue
+            items = [item] if item is not None else []
             with contextlib.suppress(queue.Empty):
                 while True:
                     items.append(self._queue.get_nowait())
@@ -396,9 +405,21 @@ class RunFollower:
                     self.on_rows(stream, rows)
                 except Exception:
                     logger.exception("run %s: processing table updates failed", self.uid)
+            if self._backlog:
+                try:
+                    self._work_backlog(BACKFILL_SLICE_S)
+                except Exception:
+                    logger.exception("run %s: back-filling skipped events failed", self.uid)
 
     def on_rows(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
-        """Process rows from live table updates (may repeat or skip seq_nums)."""
+        """Process rows from live table updates (may repeat or skip seq_nums).
+
+        Skip-ahead: when every analysis of the run takes events in any order
+        (``order_free``) and the oldest new row waited more than :data:`SKIP_AHEAD_LAG_S`,
+        the newest row is analysed (and its result committed) first, for the live view; the
+        older ones wait in a backlog that is analysed in seq_num order, in slices between
+        newer rows (each event is still analysed once; the lag of the live view stays about
+        one slice, where it grew without bound)."""
         with self.lock:
             if self.finished:
                 return
@@ -408,7 +429,33 @@ class RunFollower:
                 return
             if int(new[0]["seq_num"]) > stream.fed + 1:
                 self._backfill(stream, upto=int(new[0]["seq_num"]) - 1)
-            self._feed(stream, [r for r in new if int(r["seq_num"]) > stream.fed])
+            new = [r for r in new if int(r["seq_num"]) > stream.fed]
+            if len(new) > 1 and self.skip_ahead and _lag_s(new[0]) > SKIP_AHEAD_LAG_S:
+                self.skipped_ahead += 1
+                self._feed(stream, new[-1:])  # committed at once: the live view is current
+                self._backlog.setdefault(stream.name, (stream, []))[1].extend(new[:-1])
+                return
+            self._feed(stream, new)
+
+    @property
+    def skip_ahead(self) -> bool:
+        """May newer events be analysed before older ones? (every analysis is order-free)"""
+        return bool(self.callbacks) and all(getattr(cb, "order_free", False) for cb in self.callbacks)
+
+    def _work_backlog(self, budget_s: float | None = None) -> None:
+        """Analyse skipped events in seq_num order, for at most ``budget_s`` (None: all)."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        with self.lock:
+            for name, (stream, rows) in list(self._backlog.items()):
+                rows = sorted((r for r in rows if int(r["seq_num"]) not in stream.seen),
+                              key=lambda r: int(r["seq_num"]))
+                rows = self._feed(stream, rows, deadline=deadline)
+                if rows:
+                    self._backlog[name] = (stream, rows)
+                else:
+                    del self._backlog[name]
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
 
     def _backfill(self, stream: _Stream, upto: int | None = None, holes: bool = False, table=None) -> None:
         """Feed stored rows after ``stream.fed`` (up to ``upto``); with ``holes`` also every
@@ -424,7 +471,10 @@ class RunFollower:
             logger.info("run %s/%s: back-filling %d events from the catalog", self.uid, stream.name, len(rows))
             self._feed(stream, sorted(rows, key=lambda r: int(r["seq_num"])))
 
-    def _feed(self, stream: _Stream, rows: list[dict[str, Any]]) -> None:
+    def _feed(self, stream: _Stream, rows: list[dict[str, Any]],
+              deadline: float | None = None) -> list[dict[str, Any]]:
+        """Analyse ``rows`` in their order (committed at the end); past ``deadline``
+        (``time.monotonic()``) the rest is returned unanalysed."""
         seen: set[int] = set()
         unique = []
         for r in rows:
@@ -441,13 +491,16 @@ class RunFollower:
                 frames = self._frames(stream, key) if events else None
                 if frames is not None and frames.ref(events[-1]["seq_num"]) is None:
                     frames.refresh()
-            for event in events:
+            for i, event in enumerate(events):
+                if deadline is not None and i and time.monotonic() >= deadline:
+                    return unique[i:]
                 seq = event["seq_num"]
                 for key in stream.external_keys:
                     self._emit_stream_datum(stream, key, seq, refresh=False)
                 self._emit("event", event)
                 stream.fed = max(stream.fed, seq)
                 stream.seen.add(seq)
+        return []
 
     def _emit_stream_datum(self, stream: _Stream, key: str, seq: int, refresh: bool = True) -> None:
         """Emit the StreamResource (once) and the StreamDatum of event ``seq``'s frame, with
@@ -492,6 +545,20 @@ class _TableHandler:
             self.follower.enqueue(self.stream, rows_of(update.data()))
         except Exception:
             logger.exception("run %s: decoding a table update failed", self.follower.uid)
+
+
+#: the oldest waiting event is this old (s, event time to now): analyse the newest first
+SKIP_AHEAD_LAG_S = 1.0
+#: skipped events are analysed in slices of at most this long (s) between newer rows
+BACKFILL_SLICE_S = 0.5
+
+
+def _lag_s(row: dict[str, Any]) -> float:
+    """Seconds since the event of ``row`` (its ``time``; 0 if it has none)."""
+    try:
+        return time.time() - float(row["time"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
 
 
 #: wait for a websocket subscription to connect, s (normally milliseconds)

@@ -129,7 +129,9 @@ def _block_statistics(arr: np.ndarray, saturation: float | None) -> dict[str, fl
     for r0, r1 in blocks:
         chunk, finite = _block(arr, r0, r1)
         dev = (chunk if finite is None else chunk[finite]) - mean
-        squares += float(np.dot(dev.ravel(), dev.ravel()))
+        # numpy's own (pairwise) sum, not BLAS's dot: the same bits with any number of BLAS
+        # threads (the worker analyses with one, a test or a replay may use several)
+        squares += float(np.square(dev, out=dev).sum())
     std = math.sqrt(squares / count) if math.isfinite(squares) else math.inf
     if not math.isfinite(total) or not math.isfinite(std):
         big = max(abs(vmax), abs(float(np.nanmin(np.where(np.isfinite(arr), arr, np.nan)))))
