@@ -42,6 +42,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,6 +235,8 @@ class ExternalFrames:
         self.recorded = False
         self._ranges: list[tuple[int, int, int, int, int, int]] = []  # seq0, seq1, idx0, idx1, asset, row0
         self._files: dict[str, Any] = {}
+        self._offer_lock = threading.Lock()
+        self._offered = None  # a newer data source, not applied yet (see offer)
         self._load(fetch=not fresh)
 
     # -- the data source -------------------------------------------------------------------
@@ -241,10 +244,26 @@ class ExternalFrames:
         """Read the node's data source again (it grows while the run is written)."""
         self._load(fetch=True)
 
+    def offer(self, source) -> None:
+        """A newer data source of the node, e.g. from a websocket ``array-ref`` update (thread
+        safe; applied by the next :meth:`ref`, so a reader needs no request for new frames)."""
+        with self._offer_lock:
+            self._offered = source
+
+    def _take_offered(self) -> None:
+        with self._offer_lock:
+            source, self._offered = self._offered, None
+        if source is not None:
+            self._apply(source)
+
     def _load(self, fetch: bool) -> None:
         if fetch:
             self.node.refresh()  # one request; also updates the shape used by HTTP reads
         (source,) = self.node.data_sources()[:1]
+        self._apply(source)
+
+    def _apply(self, source) -> None:
+        """Take the frame references of data source ``source`` (a tiled DataSource)."""
         self.mimetype = source.mimetype
         self.parameters = dict(source.parameters or {})
         assets = sorted(source.assets or [], key=lambda a: a.num or 0)
@@ -283,6 +302,8 @@ class ExternalFrames:
 
     def ref(self, seq_num: int) -> FrameRef | None:
         """Where the frame of event ``seq_num`` is; None if the data source has no frame for it."""
+        if self._offered is not None:
+            self._take_offered()
         i = bisect.bisect_right(self._ranges, (seq_num, float("inf"))) - 1
         if i < 0:
             return None
@@ -343,6 +364,9 @@ class ExternalFrames:
         ref = self.resolve(seq_num)
         if ref is None:
             raise KeyError(f"{self.data_key}: no frame registered for seq_num {seq_num}")
+        shape = getattr(self.node, "shape", None)
+        if shape and ref.node_index >= shape[0]:
+            self.node.refresh()  # frame references offered by an update: the node's shape is older
         return np.asarray(self.node[ref.node_index])
 
     def _read_h5(self, path, dataset: str, index: int) -> np.ndarray:

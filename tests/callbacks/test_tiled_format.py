@@ -8,6 +8,7 @@ names the dataset with ``slice: "4:"``) and only every other event carries a fra
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -226,3 +227,45 @@ def test_an_event_page_is_one_table_write_with_the_rows_of_its_events(catalog, m
     by_page = write(paged=True)
     assert appends == [per_line] * n_lines
     assert by_page == by_row
+
+
+def test_a_new_node_is_registered_with_its_first_frame_and_offered_sources_resolve(catalog, monkeypatch):
+    """The installed writer registers a detector node with its first StreamDatum's frame in
+    one request (no empty node then a data-source update), and frame references take a later
+    data source as a websocket ``array-ref`` update carries it (tiled's stream-message model)
+    without asking the server."""
+    from tiled.stream_messages import DataSource as MessageDataSource
+
+    client, det = catalog
+    monkeypatch.setitem(CONSOLIDATOR_REGISTRY, "application/x-hdf5", HDF5Consolidator)
+    install_consolidators()
+    requests: list[str] = []
+    original = type(client.context.http_client).send
+
+    def send(self, request, *args, **kwargs):
+        requests.append(f"{request.method} {request.url.path}")
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(type(client.context.http_client), "send", send)
+    uid = _write_run(client, det / "first.h5", n_events=4, framed=lambda s: True,
+                     frame_of=lambda s: FIRST + s - 1)
+    registered = [r for r in requests if "/register/" in r]
+    updates = [r for r in requests if r.startswith("PUT") and "/data_source/" in r]
+    assert len(registered) == 1 and len(updates) == 3, "events 2-4 update it; event 1 registers it"
+    monkeypatch.undo()
+    truth = _frames(FIRST + 4)
+    node = stream_container(client[uid].base, "primary")["det_image"]
+    source = node.data_sources()[0]
+    assert source.properties[DATUM_RANGES] == [[1, 5, FIRST, FIRST + 4, 0, 0]]  # node rows from 0
+
+    frames = ExternalFrames(node, "det_image")
+    frames._ranges = []  # as if made before the run's frames were written
+    assert frames.ref(3) is None
+    frames.offer(MessageDataSource.model_validate(source.model_dump() if hasattr(source, "model_dump")
+                                                  else dataclasses.asdict(source)))
+    monkeypatch.setattr(frames.node, "refresh", lambda: pytest.fail("asked the server"))
+    for seq in range(1, 5):
+        ref = frames.ref(seq)
+        assert (ref.index, ref.node_index) == (FIRST + seq - 1, seq - 1)
+        np.testing.assert_array_equal(frames.read(seq), truth[FIRST + seq - 1])
+    frames.close()
