@@ -18,7 +18,9 @@ beside the cases: latency under load.
 ``--json`` prints one JSON object ``{"cases": [...]}``; each case has ``frames`` (e.g.
 "512x512"), ``target_hz``, ``achieved_hz``, ``n``, ``p50_ms``, ``p95_ms``, ``first_ms``
 (the first event's latency), and ``p95_after5_ms``, ``max_ms``, ``first5_ms``,
-``beside_demo``, ``profile``.
+``beside_demo``, ``profile``, ``server`` ("warm": the measured run follows one unmeasured
+1-event run on the same fresh server, as on a beamline's server that has seen runs; "cold"
+with ``--cold``: the measured run is the first on its server and database).
 
 ``--profile scaleout`` runs the same cases on the facility profile (PostgreSQL catalog and
 tables, Redis streaming cache; ``postgres`` and ``redis-server`` must be installed), ``both``
@@ -62,29 +64,38 @@ from strainstream.workerproc import WorkerProcess
 
 class VisibleTimes:
     """Subscribe to derived/<uid>/<analysis> result tables and note when each seq_num
-    arrives (``analysis`` None: every table, as frame_stats is the only one here)."""
+    arrives (``analysis`` None: every table, as frame_stats is the only one here), per run:
+    ``times[run uid][seq_num]``."""
 
     def __init__(self, root, analysis: str | None = None):
         self.root = root
         self.analysis = analysis
-        self.times: dict[int, float] = {}
+        self.times: dict[str, dict[int, float]] = {}
         self.subs = []
         self.lock = threading.Lock()
 
-    def _table(self, update):
-        now = time.time()
-        df = update.data()
-        with self.lock:
-            for s in df["seq_num"].tolist():
-                self.times.setdefault(int(s), now)
+    class _Table:
+        """A result table's callback (a strong object: tiled holds callbacks weakly)."""
+
+        def __init__(self, owner, run_uid: str):
+            self.owner, self.run_uid = owner, run_uid
+
+        def __call__(self, update):
+            now = time.time()
+            df = update.data()
+            with self.owner.lock:
+                times = self.owner.times.setdefault(self.run_uid, {})
+                for s in df["seq_num"].tolist():
+                    times.setdefault(int(s), now)
 
     def _run_child(self, update):
         if self.analysis is not None and update.key != self.analysis:
             return
         node = update.child()
         sub = node.subscribe()
-        sub.new_data.add_callback(self._table)
-        self.subs.append(sub)
+        handler = self._Table(self, [seg for seg in update.subscription.segments if seg.strip("/")][-1])
+        sub.new_data.add_callback(handler)
+        self.subs.append((sub, handler))
         sub.start_in_thread(0)
 
     def _derived_child(self, update):
@@ -105,7 +116,7 @@ class VisibleTimes:
 
     def close(self):
         for s in self.subs:
-            s.disconnect(wait=False)
+            (s[0] if isinstance(s, tuple) else s).disconnect(wait=False)
 
 
 MAX_RATE_STEPS_HZ = (2, 5, 8, 10, 12, 15, 20, 25, 30, 40)
@@ -147,6 +158,10 @@ def profile_servers(profile: str):
 MAX_COALESCE = 64
 
 
+#: run one unmeasured 1-event run on each fresh server first (``--cold``: False)
+WARM_UP = True
+
+
 def run_case(shape, rate_hz, n, data_dir, server_kwargs=None):
     rng = np.random.default_rng(0)
     frames = [rng.poisson(100, size=shape).astype(np.float32) for _ in range(4)]
@@ -165,13 +180,22 @@ def run_case(shape, rate_hz, n, data_dir, server_kwargs=None):
                              if name == "event" else None)
         det = sim_frame_detector("det", detector_dir(data_dir), frame_source=lambda i: frames[i % 4],
                                  frame_shape=shape)
+        if WARM_UP:
+            # a beamline's server has seen runs before: the first run on a fresh database pays
+            # one-time costs (tiled creates its SQL tables, sequence and index; on PostgreSQL two
+            # first creations at once can collide and the client retries after ~0.35 s)
+            (warm,) = session.RE(frame_series([det], num=1, delay_s=0.0))
+            wait_for_results(root, warm, 1, timeout_s=120)
+            time.sleep(1.0)  # its follower's closing requests (subscriptions) are over
+            event_times.clear()
         t0 = time.time()
         (uid,) = session.RE(frame_series([det], num=n, delay_s=1.0 / rate_hz))
         elapsed = time.time() - t0
         wait_for_results(root, uid, n, timeout_s=120)
         time.sleep(0.5)
         visible.close()
-    lat = np.array([visible.times[s] - event_times[s] for s in sorted(event_times) if s in visible.times]) * 1e3
+    seen = visible.times.get(uid, {})
+    lat = np.array([seen[s] - event_times[s] for s in sorted(event_times) if s in seen]) * 1e3
     steady = lat[5:]  # after the run's first events (follower start-up: subscriptions, tables)
     return {
         "frames": f"{shape[0]}x{shape[1]}",
@@ -187,6 +211,7 @@ def run_case(shape, rate_hz, n, data_dir, server_kwargs=None):
         "p95_after5_ms": float(np.percentile(steady, 95)) if steady.size else None,
         "max_ms": float(lat.max()),
         "first5_ms": [round(float(v), 1) for v in lat[:5]],
+        "server": "warm" if WARM_UP else "cold",
     }
 
 
@@ -250,11 +275,15 @@ def main():
                         help="deployment profile of the tiled server (default: embedded)")
     parser.add_argument("--max-rate", action="store_true",
                         help="step the 512² rate up: the highest rate with p95 <= 250 ms, per profile")
+    parser.add_argument("--cold", action="store_true",
+                        help="measure each case's run as the first run on its fresh server (default: "
+                             "after one unmeasured 1-event run)")
     parser.add_argument("--no-coalesce", action="store_true",
                         help="the RunEngine's writer sends one request per document (the reference)")
     args = parser.parse_args()
-    global MAX_COALESCE
+    global MAX_COALESCE, WARM_UP
     MAX_COALESCE = 1 if args.no_coalesce else MAX_COALESCE
+    WARM_UP = not args.cold
     n_small, n_big = (20, 8) if args.quick else (100, 30)
     profiles = ("embedded", "scaleout") if args.profile == "both" else (args.profile,)
     rows, limits = [], []

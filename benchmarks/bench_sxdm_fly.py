@@ -81,9 +81,10 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
                                          md={"sample": "SC-NM91 charged particle (simulated)"}))
         t_scan = time.time() - t_run
         deadline = time.time() + max(600.0, 10 * t_scan)
-        while len(rows.times) < n_frames and time.time() < deadline:
+        while len(rows.times.get(uid, ())) < n_frames and time.time() < deadline:
             time.sleep(0.2)
-        t_end = max(rows.times.values()) if rows.times else float("nan")
+        seen = rows.times.get(uid, {})  # seq_num -> when its result row became visible
+        t_end = max(seen.values()) if seen else float("nan")
         rows.close()
         entry = root[DERIVED][uid]["sxdm"]
         events = len(entry.read())
@@ -97,9 +98,9 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
     lags_lines, lags_s = [], []
     for k, t_written in enumerate(line_times):
         seqs = range(k * raster + 1, (k + 1) * raster + 1)
-        if not all(s in rows.times for s in seqs):
+        if not all(s in seen for s in seqs):
             continue
-        t_vis = max(rows.times[s] for s in seqs)
+        t_vis = max(seen[s] for s in seqs)
         lags_s.append(t_vis - t_written)
         lags_lines.append(sum(1 for t in line_times[k + 1:] if t < t_vis))
     return {
