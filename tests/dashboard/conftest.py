@@ -27,12 +27,18 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def _require_browser() -> None:
+def browser_missing() -> list[str]:
+    """What a browser test needs and this machine lacks (empty: chromium can be driven)."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.exists(p) or shutil.which(Path(p).name))]
     try:
         import selenium  # noqa: F401
     except ImportError:
         missing.append("selenium (pip install -e '.[test]')")
+    return missing
+
+
+def _require_browser() -> None:
+    missing = browser_missing()
     if missing:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"browser test needs {', '.join(missing)} (CI installs them)", pytrace=False)
@@ -43,6 +49,13 @@ def _require_browser() -> None:
 def browser(tmp_path):
     """A headless chromium driven by Selenium (window 1700×1100)."""
     _require_browser()
+    driver = make_browser(tmp_path)
+    yield driver
+    driver.quit()
+
+
+def make_browser(tmp_path: Path):
+    """A headless chromium driven by Selenium (window 1700×1100); the caller quits it."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -54,8 +67,7 @@ def browser(tmp_path):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER if os.path.exists(CHROMEDRIVER)
                                               else shutil.which("chromedriver")), options=opts)
     driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    return driver
 
 
 @pytest.fixture

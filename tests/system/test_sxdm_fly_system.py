@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,10 @@ def test_a_10k_frame_fly_map_live_matches_the_particle_and_replays(fly_beamline,
     assert len(rc["counts"]) == N_THETA == len(expected)
     assert rc["theta_deg"] == [t for t, _ in expected] and rc["counts"] == [c for _, c in expected]
 
+    # the same in a browser: the dashboard's SXDM tab draws the fly run's maps and a click on
+    # the pixel gives the same rocking curve
+    _dashboard_pixel_click(server, tmp_path, iy, ix, expected)
+
     # the figures of a fly run, as of a step run
     r = subprocess.run([sys.executable, "-m", "strainstream.cli", "plot", uid, "--uri", server.uri,
                         "--api-key", server.api_key, "--out", str(tmp_path) + "/"],
@@ -109,6 +114,54 @@ def test_a_10k_frame_fly_map_live_matches_the_particle_and_replays(fly_beamline,
     assert r.returncode == 0, r.stderr
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def _dashboard_module(name: str):
+    """``tests/dashboard/NAME.py`` (the browser set-up and page helpers), imported by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "dashboard" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_dashboard_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dashboard_pixel_click(server, tmp_path, iy: int, ix: int, expected: list[tuple[float, float]]) -> None:
+    """``strainstream dashboard`` in headless chromium on the fly run: the SXDM tab's strain
+    map drawn, a click on raster point (iy, ix) gives its rocking curve ``expected``
+    ((theta, counts) per angle). Without chromium this part is skipped (the rest of the test
+    stands), under CI=true it fails."""
+    import os
+
+    from strainstream.keys import KeyAdmin
+
+    setup, page = _dashboard_module("conftest"), _dashboard_module("_page")
+    missing = setup.browser_missing()
+    if missing:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"the fly run's dashboard check needs {', '.join(missing)} (CI installs them)")
+        return
+    key = KeyAdmin(server.uri, server.admin_key).create(read_only=True, note="fly dashboard")["secret"]
+    dash = setup.DashboardProcess(server.uri, key, server.data_dir, tmp_path / "dashboard.log")
+    driver = setup.make_browser(tmp_path)
+    try:
+        driver.get(dash.url)
+        page.wait_for(driver, "return (window.__m('status') || {}).text && "
+                      "window.__m('status').text.startsWith('following');", 30, "logged in")
+        page.set_active_tab(driver, 2)
+        page.wait_for(driver, "return (window.__col('sxdm_strain_image', 'image') || []).length == 1;",
+                      30, "the fly run's maps")
+        step_um = STEP_NM / 1000
+        page.click_data_point(driver, "sxdm_strain", (ix + 0.5) * step_um, (RASTER - 1 - iy + 0.5) * step_um)
+        counts = page.wait_for(driver, "const c = window.__col('sxdm_rocking_curve', 'counts'); "
+                               "return c && c.length ? c : null;", 30, "the pixel's rocking curve")
+        assert counts == pytest.approx([c for _, c in expected], rel=1e-9)
+        assert page.column(driver, "sxdm_rocking_curve", "theta_deg") == pytest.approx([t for t, _ in expected])
+        driver.save_screenshot(str(tmp_path / "fly_dashboard.png"))
+    finally:
+        driver.quit()
+        dash.stop()
 
 
 def test_a_worker_killed_during_a_fly_map_gives_the_maps_of_an_uninterrupted_pass(fly_beamline, tiled_server):
