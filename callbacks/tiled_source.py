@@ -277,23 +277,17 @@ class RunFollower:
             node = _child(stream.node.new_variation(include_data_sources=True), key)
             if node is None:
                 return None
-            frames = self._watch_frames(stream, key, ExternalFrames(node, key, fetched=True))
-        return frames
-
-    def _watch_frames(self, stream: _Stream, key: str, frames: ExternalFrames) -> ExternalFrames:
-        """Keep ``frames`` as the frame references of ``key`` and subscribe to its node: each
-        data-source update the writer sends (``array-ref``, with the whole data source) is
-        offered to it, so new events' frames need no request (a frame whose update has not
-        arrived yet is looked up as before)."""
-        stream.frames[key] = frames
+            frames = stream.frames[key] = ExternalFrames(node, key, fetched=True)
         return frames
 
     def _subscribe_frames(self, stream: _Stream) -> None:
-        """Subscribe to the external nodes of ``stream`` not subscribed yet (see
-        :meth:`_watch_frames`); called after a batch is committed, once the stream's first
-        :data:`SUBSCRIBE_FRAMES_AFTER` events are analysed, so that a run's first results do
-        not wait for these subscriptions (5-event 512² runs, first result: 290-380 ms without
-        the subscription, 360-500 ms with it made on the node's creation)."""
+        """Subscribe to the external nodes of ``stream`` not subscribed yet: each data-source
+        update the writer sends (``array-ref``, with the whole data source) is offered to the
+        node's frame references, so new events' frames need no request (a frame whose update
+        has not arrived yet is looked up as before). Called after a batch is committed, once
+        the stream's first :data:`SUBSCRIBE_FRAMES_AFTER` events are analysed, so that a run's
+        first results do not wait for these subscriptions (5-event 512² runs, first result:
+        290-380 ms without the subscription, 360-500 ms with it made on the node's creation)."""
         for key, frames in list(stream.frames.items()):
             if key in stream.frame_subs or self.finished:
                 continue
@@ -382,7 +376,7 @@ class RunFollower:
                     # without a request on the way to the first event's frame
                     node = created_child(update, include_data_sources=True)
                     if node is not None:
-                        self._watch_frames(stream, update.key, ExternalFrames(node, update.key, fetched=True))
+                        stream.frames[update.key] = ExternalFrames(node, update.key, fetched=True)
         except Exception:
             logger.exception("run %s: subscribing to %s failed", self.uid, update.key)
 
