@@ -156,8 +156,10 @@ def test_three_workers_share_runs_each_analysed_once(tiled_server, tmp_path, new
             except Exception as exc:
                 errors.append(exc)
 
-        # three rounds of two concurrent runs, more until every shard has a run
-        for round_ in range(8):
+        # three rounds of two concurrent runs, more until every shard has a run (the uids are
+        # random: 16 runs once missed shard 2, p = (2/3)^16 = 0.15 %; with up to 60 runs a miss
+        # has p = 3e-11, and the loop stops as soon as every shard has one)
+        for round_ in range(30):
             t = threading.Thread(target=take, args=(1, 4 + round_ % 3))
             t.start()
             take(0, 3 + round_ % 2)
