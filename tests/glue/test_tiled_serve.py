@@ -162,3 +162,31 @@ def test_api_key_lookups_are_kept_for_the_ttl_never_past_expiry_nor_for_unknown_
         assert calls.count(b"good") == 3
     finally:
         monkeypatch.undo()
+
+
+def test_node_path_lookups_reuse_aliases_and_make_the_same_sql():
+    """reuse_node_aliases: the path look-up compiles to exactly the SQL tiled's own
+    node_from_segments makes (SQLite and PostgreSQL, paths of 0-4 segments, quoting included),
+    and the second look-up of a depth reuses the first one's aliases."""
+    import tiled.catalog.adapter as ca
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from strainstream.tiled_serve import reuse_node_aliases
+
+    original = ca.node_from_segments
+    try:
+        assert reuse_node_aliases() and reuse_node_aliases()  # idempotent
+        patched = ca.node_from_segments
+        assert patched is not original
+        for segments in ([], ["a"], ["derived", "5f0e-uid"], ["r", "primary", "internal"],
+                         ["x", "y's", "z", "w"]):
+            for root_id in (0, 7):
+                for dialect in (sqlite.dialect(), postgresql.dialect()):
+                    made = [str(fn(segments, root_id=root_id).compile(
+                        dialect=dialect, compile_kwargs={"literal_binds": True})) for fn in (patched, original)]
+                    assert made[0] == made[1], (segments, root_id, dialect.name)
+        first, again = patched(["a", "b"]).froms[0], patched(["c", "d"]).froms[0]
+        assert first.left.left is again.left.left and first.left.right is again.left.right
+        assert first.left.left is not first.left.right  # one statement: two aliases
+    finally:
+        ca.node_from_segments = original
