@@ -28,7 +28,7 @@ import sys
 from typing import Any
 
 __all__ = ["API_KEY_CACHE_S", "TESTED_TILED", "cache_api_key_lookups", "init_catalogs", "main",
-           "memoize_fastapi_dependants", "pool_duckdb_connections", "reuse_node_aliases"]
+           "join_node_loads", "memoize_fastapi_dependants", "pool_duckdb_connections", "reuse_node_aliases"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,68 @@ def reuse_node_aliases() -> bool:
     return True
 
 
+#: sha256 of the source of tiled 0.2.20's ``CatalogNodeAdapter.lookup_adapter``, which
+#: :func:`join_node_loads` repeats with joined loads
+_LOOKUP_ADAPTER_SHA256 = "49f72db48ef45fd5ebbb7c9c71368aee7c5f9dc7f7681472517404292ab093bf"
+
+
+def join_node_loads() -> bool:
+    """Load a looked-up node with its data sources, their structures and its access tags in
+    one SQL statement instead of four.
+
+    tiled 0.2.20's ``CatalogNodeAdapter.lookup_adapter`` selects the node, then loads its
+    data sources, their structures and the node's access tags with one more ``SELECT ... IN``
+    each (SQLAlchemy ``selectin`` loading); with access control on, a path is looked up in two
+    steps (the first segment, then the rest), so a request on ``/uid/primary/internal`` issues
+    seven statements before its own work. Each costs SQLAlchemy ~0.7 ms of Python. This looks
+    the node up with the same statement and conditions but ``joinedload`` options (LEFT OUTER
+    JOINs: the same rows, de-duplicated by ``unique()``); a path not found (possibly inside a
+    file) goes to tiled's own method, unchanged. Returns True when applied; False (with a
+    warning) when tiled's method is not the one this was written against.
+    """
+    import hashlib
+    import inspect
+
+    import tiled
+    import tiled.catalog.adapter as ca
+    from sqlalchemy.orm import joinedload
+
+    cls = ca.CatalogNodeAdapter
+    current = cls.__dict__.get("lookup_adapter")
+    if getattr(current, "_strainstream", False):
+        return True
+    digest = hashlib.sha256(inspect.getsource(current).encode()).hexdigest() if current else None
+    if tiled.__version__ != TESTED_TILED or digest != _LOOKUP_ADAPTER_SHA256:
+        logger.warning("tiled %s: node look-ups load data sources and access tags with separate "
+                       "statements (written for tiled %s)", tiled.__version__, TESTED_TILED)
+        return False
+    orm = ca.orm
+
+    @functools.wraps(current)
+    async def lookup_adapter(self, segments):
+        if not segments:
+            return self
+        if (self.conditions or self.access_filters) and len(segments) > 1:
+            first_level = await self.lookup_adapter(segments[:1])
+            if first_level.conditions:  # (tiled asserts there are none)
+                return await current(first_level, segments[1:])
+            return await first_level.lookup_adapter(segments[1:])
+        statement = ca.node_from_segments(segments, root_id=self.node.id)
+        statement = self.apply_conditions(statement)
+        statement = statement.options(
+            joinedload(orm.Node.data_sources).joinedload(orm.DataSource.structure),
+            joinedload(orm.Node.access_tags))
+        async with self.context.session() as db:
+            node = (await db.execute(statement)).unique().scalar()
+        if node is None:  # not in the catalog; maybe inside a file: tiled's own way
+            return await current(self, segments)
+        return ca.STRUCTURES[node.structure_family](self.context, node)
+
+    lookup_adapter._strainstream = True
+    cls.lookup_adapter = lookup_adapter
+    return True
+
+
 def init_catalogs(config_path: str) -> list[str]:
     """Initialise the catalog database of every ``catalog`` tree of a strainstream ``tiled.yml``.
 
@@ -308,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     memoize_fastapi_dependants()
     cache_api_key_lookups()
     reuse_node_aliases()
+    join_node_loads()
     from tiled.commandline.main import main as tiled_main
 
     sys.argv = ["tiled", *args]

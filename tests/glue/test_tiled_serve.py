@@ -190,3 +190,52 @@ def test_node_path_lookups_reuse_aliases_and_make_the_same_sql():
         assert first.left.left is not first.left.right  # one statement: two aliases
     finally:
         ca.node_from_segments = original
+
+
+@__import__("pytest").mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_joined_node_loads_find_the_same_nodes_data_sources_and_structures(tmp_path):
+    """join_node_loads: every node of a catalog (containers, an array, a table, nested paths)
+    comes back with the same metadata, structure and data sources (assets included) as with
+    tiled's own look-up; a missing path is missing both ways."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+    import tiled.catalog.adapter as ca
+    from tiled.catalog import in_memory
+    from tiled.client import Context, from_context
+    from tiled.server.app import build_app
+
+    from strainstream.tiled_serve import join_node_loads
+
+    cls = ca.CatalogNodeAdapter
+    original = cls.__dict__["lookup_adapter"]
+    try:
+        assert join_node_loads() and join_node_loads()  # idempotent
+        joined = cls.__dict__["lookup_adapter"]
+        assert joined is not original
+        catalog = in_memory(writable_storage=[str(tmp_path / "data"), f"duckdb:///{tmp_path / 't.db'}"])
+        with Context.from_app(build_app(catalog)) as context:
+            client = from_context(context)
+            a = client.create_container("a", metadata={"k": 1})
+            a.write_array(np.arange(6.0).reshape(2, 3), key="x", metadata={"units": "mm"})
+            a.write_dataframe(pd.DataFrame({"q": [1.0, 2.0]}), key="t")
+            a.create_container("b").create_container("c").write_array(np.ones(4), key="y")
+            paths = ["a", "a/x", "a/t", "a/b", "a/b/c", "a/b/c/y"]
+
+            def seen(lookup):
+                cls.lookup_adapter = lookup
+                found = {}
+                with_sources = client.new_variation(include_data_sources=True)
+                for path in paths:
+                    item = with_sources[path].item
+                    found[path] = (item["attributes"]["metadata"], item["attributes"]["structure"],
+                                   item["attributes"]["data_sources"])
+                with pytest.raises(KeyError):
+                    client["a/b/nothing"]
+                return found
+
+            mine, theirs = seen(joined), seen(original)
+            assert mine == theirs
+            assert mine["a/x"][2][0]["assets"] and mine["a/x"][1]["shape"] == [2, 3]
+    finally:
+        cls.lookup_adapter = original
