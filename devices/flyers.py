@@ -44,6 +44,8 @@ __all__ = ["FlyLine", "FlyLineError"]
 
 #: time the detector has to report armed after the Acquire put (s)
 ARM_TIMEOUT_S = 10.0
+#: longest wait for a turnaround move given to :meth:`FlyLine.prepare` (s)
+TURNAROUND_TIMEOUT_S = 60.0
 
 
 class FlyLineError(StrainstreamError, RuntimeError):
@@ -82,10 +84,13 @@ class FlyLine:
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, *, stop: float, n: int, rows: Mapping[str, Sequence[Any]],
-                period_s: float = 0.0) -> None:
+                period_s: float = 0.0, start_after: Sequence[Any] = ()) -> None:
         """Define the next line: the motor moves to ``stop`` while the detector takes ``n``
         frames ``period_s`` apart; ``rows`` are the ``n`` event rows (``{key: n values}``, keys
-        of ``row_keys``)."""
+        of ``row_keys``). ``start_after``: statuses of moves still under way (the turnaround of
+        another axis, e.g. the raster's next row) that must end before the line's motion
+        starts; the detector is armed meanwhile. A failed one fails the line before its motion
+        (nothing is recorded for it)."""
         if n < 1:
             raise ValueError(f"{self.name}: a line needs at least one frame, got {n}")
         missing = set(self.row_keys) - set(rows)
@@ -95,7 +100,7 @@ class FlyLine:
         if bad:
             raise ValueError(f"{self.name}: every row key needs {n} values, got {bad}")
         self._line = {"stop": float(stop), "n": int(n), "period_s": float(period_s),
-                      "rows": {k: list(rows[k]) for k in self.row_keys}}
+                      "rows": {k: list(rows[k]) for k in self.row_keys}, "after": tuple(start_after)}
 
     # ------------------------------------------------------------------ flyer
     def kickoff(self) -> Status:
@@ -190,6 +195,16 @@ class FlyLine:
                                            f"{det.cam.acquire.pvname} = 1 (DetectorState_RBV "
                                            f"{det.cam.detector_state.get(as_string=True)!r})")
                     time.sleep(0.002)
+            for status in line["after"]:  # the turnaround (armed meanwhile)
+                try:
+                    status.wait(TURNAROUND_TIMEOUT_S)
+                except Exception as exc:
+                    try:  # disarmed: no later motion of the line's motor may trigger it
+                        det.cam.acquire.put(0)
+                    except Exception:  # (its IOC may be what failed)
+                        pass
+                    raise FlyLineError(f"{self.name}: the move before the line failed, the line was "
+                                       f"not started ({status!r}): {exc!r}") from exc
             self.motor.set(line["stop"]).add_callback(moved)
             timer.start()
             kicked.set_finished()

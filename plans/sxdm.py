@@ -323,7 +323,9 @@ def sxdm_fly_map(
     triggers it). The move starts half a step before the first raster point, so frame ``i`` is
     exposed over raster point ``i`` (± half a step). Each line is recorded as one StreamDatum
     range and one event page (:class:`strainstream.devices.flyers.FlyLine`): two documents
-    per line instead of one event and one datum per frame.
+    per line instead of one event and one datum per frame. Between two lines of a snake only
+    ``sample_y`` moves; meanwhile the detector arms and the last line's documents go out, and
+    the next line's motion starts when ``sample_y`` has arrived.
 
     Parameters
     ----------
@@ -380,20 +382,30 @@ def sxdm_fly_map(
         yield from bps.open_run(md=_md)
         yield from bps.declare_stream(flyer, name="primary", collect=True)
         x_at = None  # where the last line left sample_x (snake: the next line's start)
+        pending = False  # the last line ended and its documents are still to be collected
         for it, th in enumerate(thetas):
+            if pending:
+                yield from bps.collect(flyer, name="primary")
+                pending = False
             yield from bps.checkpoint()
             yield from bps.mv(es.theta, float(th))
             theta_rbv = float((yield from bps.rd(es.theta.readback if hasattr(es.theta, "readback") else es.theta)))
             for iy in range(ny):
-                yield from bps.checkpoint()
                 order = np.arange(nx - 1, -1, -1) if snake and iy % 2 else np.arange(nx)
                 direction = -1.0 if order[0] > order[-1] else 1.0
                 start, stop = xs[order[0]] - direction * half, xs[order[-1]] + direction * half
-                if x_at is not None and abs(x_at - start) <= 1e-9:  # already there
-                    yield from bps.mv(es.sample_y, float(ys[iy]))
-                else:
+                turn: tuple = ()
+                if x_at is not None and abs(x_at - start) <= 1e-9:  # already there: only y moves
+                    # the turnaround: while sample_y steps, the last line's documents go out and
+                    # the detector arms (sample_x, which triggers it, does not move meanwhile)
+                    turn = ((yield from bps.abs_set(es.sample_y, float(ys[iy]))),)
+                if pending:
+                    yield from bps.collect(flyer, name="primary")
+                    pending = False
+                yield from bps.checkpoint()
+                if not turn:
                     yield from bps.mv(es.sample_x, float(start), es.sample_y, float(ys[iy]))
-                flyer.prepare(stop=float(stop), n=int(nx), period_s=float(period_s), rows={
+                flyer.prepare(stop=float(stop), n=int(nx), period_s=float(period_s), start_after=turn, rows={
                     keys["theta"]: [theta_rbv] * nx, keys["x"]: [float(xs[i]) for i in order],
                     keys["y"]: [float(ys[iy])] * nx, keys["itheta"]: [it] * nx,
                     keys["iy"]: [iy] * nx, keys["ix"]: [int(i) for i in order]})
@@ -403,8 +415,10 @@ def sxdm_fly_map(
                 except Exception:  # a failed line's frames that reached the file are recorded too
                     yield from bps.collect(flyer, name="primary")
                     raise
-                yield from bps.collect(flyer, name="primary")
+                pending = True
                 x_at = float(stop)
+        if pending:
+            yield from bps.collect(flyer, name="primary")
         yield from bps.close_run()
 
     def restore():

@@ -101,6 +101,9 @@ class Config(BaseModel):
         "Simulated IOCs set TCP_NODELAY on client sockets (off only for the benchmark)."))
     ioc_monitor_flush_s: float = Field(0.02, ge=0.0, le=1.0, description=(
         "Simulated IOCs: pause before a put completes so the last monitor update arrives first."))
+    ioc_monitor_batch_s: float = Field(0.001, gt=0.0, le=0.1, description=(
+        "Simulated IOCs: how long caproto holds a monitor update for more to batch with it "
+        "(caproto's default is 10 ms, doubled while updates keep coming; EPICS rsrv sends at once)."))
 
     @field_validator("iocs", mode="before")
     @classmethod
