@@ -318,16 +318,19 @@ class BufferedWriter:
 
 
 def coalesce(items: list[tuple[str, dict[str, Any], str, int]]) -> list[tuple[str, dict[str, Any], str, list[int]]]:
-    """Merge runs of queued events into event pages and their StreamDatums into ranges.
+    """Merge runs of queued events and event pages into one event page, and their
+    StreamDatums into ranges.
 
     ``items`` are ``(name, doc, run uid, spool index)`` in the order the RunEngine emitted
     them; the result is ``(name, doc, run uid, spool indices)`` in an order tiled accepts:
-    within a run of events of one descriptor (with the StreamDatums between them), each
-    resource's StreamDatums become one StreamDatum whose ``seq_nums`` and ``indices`` span
-    theirs (only while they are contiguous) and the events one ``event_page``, written after
-    the StreamDatums (every StreamDatum still reaches tiled before the event that uses it).
-    Anything else (start, descriptors, resources, stop) ends a run and is passed on alone.
-    A run of one event is passed on unchanged.
+    within a run of events or event pages of one descriptor (with the StreamDatums between
+    them), each resource's StreamDatums become one StreamDatum whose ``seq_nums`` and
+    ``indices`` span theirs (only while they are contiguous) and the events one
+    ``event_page``, written after the StreamDatums (every StreamDatum still reaches tiled
+    before the event that uses it). A fly scan's lines (one StreamDatum and one event page
+    each) queued behind a slow server are so written as one line. Anything else (start,
+    descriptors, resources, stop) ends a run and is passed on alone. A run of one document
+    (an event, or one event page) is passed on unchanged.
     """
     import event_model
 
@@ -340,15 +343,17 @@ def coalesce(items: list[tuple[str, dict[str, Any], str, int]]) -> list[tuple[st
             return
         for sd, idx in group["datums"].values():
             out.append(("stream_datum", sd, group["uid"], idx))
-        events, idx = group["events"], group["event_indices"]
-        if len(events) == 1:
-            out.append(("event", events[0], group["uid"], idx))
-        elif events:
+        kept, idx = group["kept"], group["event_indices"]
+        if len(kept) == 1:  # one event or one page: as it came
+            out.append((*kept[0], group["uid"], idx))
+        elif kept:
+            events = [e for name, doc in kept
+                      for e in ([doc] if name == "event" else event_model.unpack_event_page(doc))]
             out.append(("event_page", event_model.pack_event_page(*events), group["uid"], idx))
         group = None
 
     for name, doc, uid, index in items:
-        if name not in ("event", "stream_datum"):
+        if name not in ("event", "event_page", "stream_datum"):
             close()
             out.append((name, doc, uid, [index]))
             continue
@@ -361,9 +366,9 @@ def coalesce(items: list[tuple[str, dict[str, Any], str, int]]) -> list[tuple[st
                                          and prev[0]["indices"]["stop"] == doc["indices"]["start"]):
                 close()  # not contiguous: a new run
         if group is None:
-            group = {"uid": uid, "descriptor": descriptor, "datums": {}, "events": [], "event_indices": []}
-        if name == "event":
-            group["events"].append(doc)
+            group = {"uid": uid, "descriptor": descriptor, "datums": {}, "kept": [], "event_indices": []}
+        if name != "stream_datum":
+            group["kept"].append((name, doc))
             group["event_indices"].append(index)
             continue
         res = doc["stream_resource"]

@@ -158,6 +158,43 @@ def test_coalesced_pages_reach_tiled_like_single_events(tiled_server, tmp_path):
     assert run.metadata["stop"]["num_events"]["primary"] == n
 
 
+def _line(k: int, n: int = 3) -> list[tuple[str, dict]]:
+    """Fly line ``k`` (0-based) of ``n`` frames as FlyLine.collect emits it."""
+    import event_model
+
+    first = k * n + 1
+    datum = {"uid": f"sr1/{k}", "stream_resource": "sr1", "descriptor": "d1",
+             "seq_nums": {"start": first, "stop": first + n}, "indices": {"start": k * n, "stop": (k + 1) * n}}
+    return [("stream_datum", datum),
+            ("event_page", event_model.pack_event_page(*[_ev(first + i) for i in range(n)]))]
+
+
+def test_queued_fly_lines_become_one_stream_datum_range_and_one_page():
+    """A fly scan's lines (a StreamDatum and an event page each) queued together are written
+    as one line: the ranges joined, the pages' rows in order; one queued line (or page)
+    goes as it came; a page and single events of one stream merge too."""
+    docs = _line(0) + _line(1) + _line(2)
+    before = copy.deepcopy(docs)
+    out = coalesce(_items(docs))
+    assert docs == before
+    assert [(o[0], o[3]) for o in out] == [("stream_datum", [0, 2, 4]), ("event_page", [1, 3, 5])]
+    sd, page = out[0][1], out[1][1]
+    assert sd["seq_nums"] == {"start": 1, "stop": 10} and sd["indices"] == {"start": 0, "stop": 9}
+    assert page["seq_num"] == list(range(1, 10)) and page["data"]["x"] == [float(i) for i in range(1, 10)]
+    assert page["time"] == [100.0 + i for i in range(1, 10)] and page["descriptor"] == "d1"
+
+    one = _line(4)
+    assert coalesce(_items(one)) == [(name, doc, "r1", [k]) for k, (name, doc) in enumerate(one)]
+
+    mixed = coalesce(_items([_line(0)[1], ("event", _ev(4)), ("event", _ev(5))]))
+    assert [(o[0], o[3]) for o in mixed] == [("event_page", [0, 1, 2])]
+    assert mixed[0][1]["seq_num"] == [1, 2, 3, 4, 5]
+
+    gap = _line(0) + _line(2)  # frames 3..5 missing from the file: two lines, two ranges
+    assert [(o[0], o[3]) for o in coalesce(_items(gap))] == [
+        ("stream_datum", [0]), ("event_page", [1]), ("stream_datum", [2]), ("event_page", [3])]
+
+
 @pytest.mark.parametrize("bad", ["seq_nums", "indices"])
 def test_stream_datums_are_merged_only_when_contiguous(bad):
     second = _sd(2)
