@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 from ophyd.status import Status
+from ophyd.utils import WaitTimeoutError
 
 from strainstream.devices.flyers import FlyLine, FlyLineError
 
@@ -161,3 +162,48 @@ def test_prepare_refuses_rows_that_do_not_match_the_line():
         fly.prepare(stop=1.0, n=3, rows={"ix": [0, 1, 2]})
     with pytest.raises(ValueError, match="needs 3 values"):
         fly.prepare(stop=1.0, n=3, rows={"ix": [0, 1, 2], "x": [0.0]})
+
+
+class _RecordingMotor(_Motor):
+    def __init__(self):
+        super().__init__()
+        self.moves: list[float] = []
+
+    def set(self, value):
+        self.moves.append(value)
+        return super().set(value)
+
+
+def test_the_line_starts_only_after_the_turnaround_move_ended():
+    """prepare(start_after=[status]): kickoff arms the detector but starts the line's motion
+    only when the other axis' move (still under way) has ended."""
+    det, motor = _Det(frames_per_put=3), _RecordingMotor()
+    fly = FlyLine(det, motor, {"ix": "integer", "x": "number"})
+    turn = Status()
+    fly.prepare(stop=1.0, n=3, rows={"ix": [0, 1, 2], "x": [0.0, 0.05, 0.1]}, start_after=[turn])
+    kicked = fly.kickoff()
+    with pytest.raises(WaitTimeoutError):
+        kicked.wait(0.3)
+    assert det.cam.detector_state.value == "Acquire" and motor.moves == []  # armed, not moving
+    turn.set_finished()
+    kicked.wait(5)
+    fly.complete().wait(5)
+    assert motor.moves == [1.0]
+    assert [d[1]["indices"] for d in fly.collect_asset_docs() if d[0] == "stream_datum"] == [{"start": 0, "stop": 3}]
+
+
+def test_a_failed_turnaround_fails_the_line_before_its_motion_and_disarms_the_detector():
+    det, motor = _Det(frames_per_put=3), _RecordingMotor()
+    puts = []
+    acquire_put = det.cam.acquire.put
+    det.cam.acquire.put = lambda value, **kw: (puts.append(value), acquire_put(value, **kw) if value else None)
+    fly = FlyLine(det, motor, {"ix": "integer", "x": "number"})
+    turn = Status()
+    fly.prepare(stop=1.0, n=3, rows={"ix": [0, 1, 2], "x": [0.0, 0.05, 0.1]}, start_after=[turn])
+    kicked = fly.kickoff()
+    turn.set_exception(RuntimeError("sample_y stalled"))
+    with pytest.raises(FlyLineError, match="move before the line failed.*sample_y stalled"):
+        kicked.wait(5)
+    with pytest.raises(FlyLineError):
+        fly.complete().wait(5)
+    assert motor.moves == [] and puts == [1, 0]
