@@ -28,7 +28,7 @@ import sys
 from typing import Any
 
 __all__ = ["API_KEY_CACHE_S", "TESTED_TILED", "cache_api_key_lookups", "init_catalogs", "main",
-           "join_node_loads", "memoize_fastapi_dependants", "pool_duckdb_connections", "reuse_node_aliases"]
+           "join_asset_loads", "join_node_loads", "memoize_fastapi_dependants", "pool_duckdb_connections", "reuse_node_aliases"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,65 @@ def join_node_loads() -> bool:
     return True
 
 
+#: sha256 of the source of tiled 0.2.20's ``CatalogNodeAdapter.data_sources``
+_DATA_SOURCES_SHA256 = "9ea9e208baffb51c0197430dca107a0346b1bf6035fcff3871eead940a51fad0"
+
+
+def join_asset_loads() -> bool:
+    """Load a node's data sources with their assets in two SQL statements instead of four.
+
+    tiled 0.2.20's ``CatalogNodeAdapter.data_sources(include_assets=True)`` (every table
+    append, data-source update, node creation and ``include_data_sources`` read goes through
+    it) selects the data sources, then their structures, their asset associations and the
+    assets with one more ``SELECT ... IN`` each. This selects the data sources joined to their
+    asset associations and assets (LEFT OUTER JOINs, in the relationship's order: parameter,
+    num) and the structures as before (once per data source, not once per asset: a file
+    series of many assets does not repeat its structure). ``include_assets=False`` is
+    tiled's own code. Returns True when applied; False (with a warning) when tiled's method
+    is not the one this was written against.
+    """
+    import hashlib
+    import inspect
+
+    import tiled
+    import tiled.catalog.adapter as ca
+    from sqlalchemy import select
+    from sqlalchemy.orm import joinedload, selectinload
+    from tiled.server.schemas import DataSource
+
+    cls = ca.CatalogNodeAdapter
+    current = cls.__dict__.get("data_sources")
+    if getattr(current, "_strainstream", False):
+        return True
+    digest = hashlib.sha256(inspect.getsource(current).encode()).hexdigest() if current else None
+    if tiled.__version__ != TESTED_TILED or digest != _DATA_SOURCES_SHA256:
+        logger.warning("tiled %s: data sources and their assets are loaded with separate statements "
+                       "(written for tiled %s)", tiled.__version__, TESTED_TILED)
+        return False
+    orm = ca.orm
+
+    @functools.wraps(current)
+    async def data_sources(self, include_assets: bool = False):
+        if not include_assets:
+            return await current(self, include_assets=False)
+        statement = (
+            select(orm.DataSource)
+            .where(orm.DataSource.node_id == self.node.id)
+            .order_by(orm.DataSource.id)
+            .options(
+                selectinload(orm.DataSource.structure),
+                joinedload(orm.DataSource.asset_associations).joinedload(orm.DataSourceAssetAssociation.asset),
+            )
+        )
+        async with self.context.session() as db:
+            ds_orms = (await db.execute(statement)).unique().scalars().all()
+        return [DataSource.from_orm(ds, include_assets=True) for ds in ds_orms]
+
+    data_sources._strainstream = True
+    cls.data_sources = data_sources
+    return True
+
+
 def init_catalogs(config_path: str) -> list[str]:
     """Initialise the catalog database of every ``catalog`` tree of a strainstream ``tiled.yml``.
 
@@ -371,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_api_key_lookups()
     reuse_node_aliases()
     join_node_loads()
+    join_asset_loads()
     from tiled.commandline.main import main as tiled_main
 
     sys.argv = ["tiled", *args]

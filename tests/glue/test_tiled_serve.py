@@ -194,7 +194,7 @@ def test_node_path_lookups_reuse_aliases_and_make_the_same_sql():
 
 @__import__("pytest").mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_joined_node_loads_find_the_same_nodes_data_sources_and_structures(tmp_path):
-    """join_node_loads: every node of a catalog (containers, an array, a table, nested paths)
+    """join_node_loads and join_asset_loads: every node of a catalog (containers, an array, a table, nested paths)
     comes back with the same metadata, structure and data sources (assets included) as with
     tiled's own look-up; a missing path is missing both ways."""
     import numpy as np
@@ -204,26 +204,39 @@ def test_joined_node_loads_find_the_same_nodes_data_sources_and_structures(tmp_p
     from tiled.catalog import in_memory
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
+    from tiled.structures.array import ArrayStructure
+    from tiled.structures.core import StructureFamily
+    from tiled.structures.data_source import Asset, DataSource, Management
 
-    from strainstream.tiled_serve import join_node_loads
+    from strainstream.tiled_serve import join_asset_loads, join_node_loads
 
     cls = ca.CatalogNodeAdapter
-    original = cls.__dict__["lookup_adapter"]
+    original, original_sources = cls.__dict__["lookup_adapter"], cls.__dict__["data_sources"]
     try:
         assert join_node_loads() and join_node_loads()  # idempotent
-        joined = cls.__dict__["lookup_adapter"]
-        assert joined is not original
-        catalog = in_memory(writable_storage=[str(tmp_path / "data"), f"duckdb:///{tmp_path / 't.db'}"])
+        assert join_asset_loads() and join_asset_loads()
+        joined, joined_sources = cls.__dict__["lookup_adapter"], cls.__dict__["data_sources"]
+        assert joined is not original and joined_sources is not original_sources
+        catalog = in_memory(writable_storage=[str(tmp_path / "data"), f"duckdb:///{tmp_path / 't.db'}"],
+                            readable_storage=[str(tmp_path / "det")])
         with Context.from_app(build_app(catalog)) as context:
             client = from_context(context)
             a = client.create_container("a", metadata={"k": 1})
             a.write_array(np.arange(6.0).reshape(2, 3), key="x", metadata={"units": "mm"})
             a.write_dataframe(pd.DataFrame({"q": [1.0, 2.0]}), key="t")
             a.create_container("b").create_container("c").write_array(np.ones(4), key="y")
-            paths = ["a", "a/x", "a/t", "a/b", "a/b/c", "a/b/c/y"]
+            # an external series of three files, registered out of order
+            files = [f"file://localhost{tmp_path}/det/f{i}.tif" for i in range(3)]
+            a.new(StructureFamily.array, [DataSource(
+                mimetype="multipart/related;type=image/tiff", structure_family=StructureFamily.array,
+                structure=ArrayStructure.from_array(np.zeros((3, 4, 5), "u2")), parameters={},
+                management=Management.external,
+                assets=[Asset(data_uri=files[i], is_directory=False, parameter="data_uris", num=i)
+                        for i in (2, 0, 1)])], key="series")
+            paths = ["a", "a/x", "a/t", "a/b", "a/b/c", "a/b/c/y", "a/series"]
 
-            def seen(lookup):
-                cls.lookup_adapter = lookup
+            def seen(lookup, sources):
+                cls.lookup_adapter, cls.data_sources = lookup, sources
                 found = {}
                 with_sources = client.new_variation(include_data_sources=True)
                 for path in paths:
@@ -234,8 +247,9 @@ def test_joined_node_loads_find_the_same_nodes_data_sources_and_structures(tmp_p
                     client["a/b/nothing"]
                 return found
 
-            mine, theirs = seen(joined), seen(original)
+            mine, theirs = seen(joined, joined_sources), seen(original, original_sources)
             assert mine == theirs
             assert mine["a/x"][2][0]["assets"] and mine["a/x"][1]["shape"] == [2, 3]
+            assert [x["data_uri"] for x in mine["a/series"][2][0]["assets"]] == files  # by num
     finally:
-        cls.lookup_adapter = original
+        cls.lookup_adapter, cls.data_sources = original, original_sources
