@@ -175,6 +175,26 @@ def reuse_node_aliases() -> bool:
     return True
 
 
+def _method_to_patch(name: str, sha256: str, what: str):
+    """tiled's ``CatalogNodeAdapter.<name>`` when it is the one a patch here was written
+    against (tiled 0.2.20, its source's ``sha256``); True when already patched; None, with a
+    warning saying ``what`` then happens, when it is another."""
+    import hashlib
+    import inspect
+
+    import tiled
+    import tiled.catalog.adapter as ca
+
+    current = ca.CatalogNodeAdapter.__dict__.get(name)
+    if getattr(current, "_strainstream", False):
+        return True
+    digest = hashlib.sha256(inspect.getsource(current).encode()).hexdigest() if current else None
+    if tiled.__version__ != TESTED_TILED or digest != sha256:
+        logger.warning("tiled %s: %s (written for tiled %s)", tiled.__version__, what, TESTED_TILED)
+        return None
+    return current
+
+
 #: sha256 of the source of tiled 0.2.20's ``CatalogNodeAdapter.lookup_adapter``, which
 #: :func:`join_node_loads` repeats with joined loads
 _LOOKUP_ADAPTER_SHA256 = "49f72db48ef45fd5ebbb7c9c71368aee7c5f9dc7f7681472517404292ab093bf"
@@ -194,23 +214,14 @@ def join_node_loads() -> bool:
     file) goes to tiled's own method, unchanged. Returns True when applied; False (with a
     warning) when tiled's method is not the one this was written against.
     """
-    import hashlib
-    import inspect
-
-    import tiled
     import tiled.catalog.adapter as ca
     from sqlalchemy.orm import joinedload
 
-    cls = ca.CatalogNodeAdapter
-    current = cls.__dict__.get("lookup_adapter")
-    if getattr(current, "_strainstream", False):
-        return True
-    digest = hashlib.sha256(inspect.getsource(current).encode()).hexdigest() if current else None
-    if tiled.__version__ != TESTED_TILED or digest != _LOOKUP_ADAPTER_SHA256:
-        logger.warning("tiled %s: node look-ups load data sources and access tags with separate "
-                       "statements (written for tiled %s)", tiled.__version__, TESTED_TILED)
-        return False
-    orm = ca.orm
+    current = _method_to_patch("lookup_adapter", _LOOKUP_ADAPTER_SHA256,
+                               "node look-ups load data sources and access tags with separate statements")
+    if current is None or current is True:
+        return bool(current)
+    cls, orm = ca.CatalogNodeAdapter, ca.orm
 
     @functools.wraps(current)
     async def lookup_adapter(self, segments):
@@ -254,25 +265,16 @@ def join_asset_loads() -> bool:
     tiled's own code. Returns True when applied; False (with a warning) when tiled's method
     is not the one this was written against.
     """
-    import hashlib
-    import inspect
-
-    import tiled
     import tiled.catalog.adapter as ca
     from sqlalchemy import select
     from sqlalchemy.orm import joinedload, selectinload
     from tiled.server.schemas import DataSource
 
-    cls = ca.CatalogNodeAdapter
-    current = cls.__dict__.get("data_sources")
-    if getattr(current, "_strainstream", False):
-        return True
-    digest = hashlib.sha256(inspect.getsource(current).encode()).hexdigest() if current else None
-    if tiled.__version__ != TESTED_TILED or digest != _DATA_SOURCES_SHA256:
-        logger.warning("tiled %s: data sources and their assets are loaded with separate statements "
-                       "(written for tiled %s)", tiled.__version__, TESTED_TILED)
-        return False
-    orm = ca.orm
+    current = _method_to_patch("data_sources", _DATA_SOURCES_SHA256,
+                               "data sources and their assets are loaded with separate statements")
+    if current is None or current is True:
+        return bool(current)
+    cls, orm = ca.CatalogNodeAdapter, ca.orm
 
     @functools.wraps(current)
     async def data_sources(self, include_assets: bool = False):
