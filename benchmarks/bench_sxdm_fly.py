@@ -16,7 +16,10 @@ time from the first frame written to the last map row visible in tiled), ``max_l
 row became visible in tiled), ``events_analysed`` (result rows, i.e. frames analysed),
 ``map_shape`` ([ny, nx] of the published maps); and ``scan_frames_per_s`` (frames / scan
 time, RunEngine side), ``lag_s_p50``/``lag_s_max`` (line written -> its rows visible),
-``period_ms``, ``frame_shape``, ``noise``, ``beside_demo``.
+``period_ms``, ``frame_shape``, ``noise``, ``beside_demo``; and the lag split in its two legs
+(p50/max, s): ``raw_lag_s_p50``/``raw_lag_s_max`` (line written -> its event rows visible in
+tiled: the RunEngine's writer and the server) and ``analysis_lag_s_p50``/``analysis_lag_s_max``
+(event rows visible -> result rows visible: the worker and the server).
 
 The first frame's time is the first line's trigger (its motion start), taken as the time
 the first line's StreamDatum was emitted minus the line's frames × period.
@@ -48,6 +51,54 @@ from strainstream.worker import websockets_use_api_key  # noqa: E402
 from strainstream.workerproc import WorkerProcess  # noqa: E402
 
 
+class RawRows:
+    """When each event row of the runs' ``primary`` streams became visible in tiled (a
+    subscriber, as the worker is one): ``times[seq_num]``."""
+
+    def __init__(self, root):
+        self.root, self.times, self.subs = root, {}, []
+
+    def _subscribe(self, node, path: list[str]) -> None:
+        """Follow ``node`` down ``path`` (child keys, as they are created) to its rows."""
+        sub = node.subscribe()
+        handler = self._Step(self, path)
+        (sub.child_created if path else sub.new_data).add_callback(handler)
+        self.subs.append((sub, handler))  # (tiled holds callbacks weakly)
+        sub.start_in_thread(0)
+
+    class _Step:
+        def __init__(self, owner, path):
+            self.owner, self.path = owner, path
+
+        def __call__(self, update):
+            if not self.path:  # rows
+                now = time.time()
+                for seq in update.data()["seq_num"].tolist():
+                    self.owner.times.setdefault(int(seq), now)
+            elif update.key == self.path[0]:
+                self.owner._subscribe(update.child(), self.path[1:])
+
+    def start(self):
+        sub = self.root.subscribe()
+        handler = self._Runs(self)
+        sub.child_created.add_callback(handler)
+        self.subs.append((sub, handler))
+        sub.start_in_thread()
+        return self
+
+    class _Runs:
+        def __init__(self, owner):
+            self.owner = owner
+
+        def __call__(self, update):
+            if update.key != DERIVED:
+                self.owner._subscribe(update.child(), ["primary", "internal"])
+
+    def close(self):
+        for sub, _ in self.subs:
+            sub.disconnect(wait=False)
+
+
 def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, noise: bool = True) -> dict:
     from strainstream.devices.ioc.endstation import theta_bragg_deg
     from strainstream.plans.sxdm import sxdm_fly_map
@@ -66,6 +117,7 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
         root = server.client()
         websockets_use_api_key(root)
         rows = VisibleTimes(root, "sxdm").start()
+        raw = RawRows(root).start()
         session = make_session(server.uri, server.api_key, progress=False, spool_dir=f"{data_dir}/spool")
         line_times: list[float] = []
         session.RE.subscribe(lambda name, doc: line_times.append(time.time()) if name == "stream_datum" else None)
@@ -86,6 +138,7 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
         seen = rows.times.get(uid, {})  # seq_num -> when its result row became visible
         t_end = max(seen.values()) if seen else float("nan")
         rows.close()
+        raw.close()
         entry = root[DERIVED][uid]["sxdm"]
         events = len(entry.read())
         maps = root[DERIVED][uid]["sxdm_arrays"] if "sxdm_arrays" in root[DERIVED][uid] else None
@@ -95,7 +148,7 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
             map_shape = list(maps[key].shape) if key else None
     t_first = line_times[0] - raster * period_ms / 1000.0
     # lag in lines: when line k's last row became visible, how many later lines were written
-    lags_lines, lags_s = [], []
+    lags_lines, lags_s, raw_s, analysis_s = [], [], [], []
     for k, t_written in enumerate(line_times):
         seqs = range(k * raster + 1, (k + 1) * raster + 1)
         if not all(s in seen for s in seqs):
@@ -103,6 +156,10 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
         t_vis = max(seen[s] for s in seqs)
         lags_s.append(t_vis - t_written)
         lags_lines.append(sum(1 for t in line_times[k + 1:] if t < t_vis))
+        if all(s in raw.times for s in seqs):
+            t_raw = max(raw.times[s] for s in seqs)
+            raw_s.append(t_raw - t_written)
+            analysis_s.append(t_vis - t_raw)
     return {
         "frames": n_frames,
         "frames_per_s": n_frames / (t_end - t_first),
@@ -112,6 +169,10 @@ def run(shape: int, raster: int, angles: int, period_ms: float, data_dir: str, n
         "scan_frames_per_s": n_frames / t_scan,
         "lag_s_p50": float(np.percentile(lags_s, 50)) if lags_s else None,
         "lag_s_max": float(max(lags_s)) if lags_s else None,
+        "raw_lag_s_p50": float(np.percentile(raw_s, 50)) if raw_s else None,
+        "raw_lag_s_max": float(max(raw_s)) if raw_s else None,
+        "analysis_lag_s_p50": float(np.percentile(analysis_s, 50)) if analysis_s else None,
+        "analysis_lag_s_max": float(max(analysis_s)) if analysis_s else None,
         "period_ms": period_ms,
         "frame_shape": [shape, shape],
         "noise": bool(noise),
