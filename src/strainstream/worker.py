@@ -213,11 +213,14 @@ class Worker:
         for runs: tiled's table client imports dask.dataframe (with xarray, pandas, sparse and
         numba: 1.25 s, ≈ 1,400 modules, measured) and dask's compute looks for distributed
         (0.12 s). Before, the first run of a worker paid them between its first event and its
-        first result. A run that arrives meanwhile waits only for the rest of an import."""
+        first result. A run that arrives meanwhile waits only for the rest of an import.
+        The analyses' own lazy imports too: ``scipy.stats`` (the SXDM mapper's hot-pixel
+        threshold, 0.57 s: the first fly lines of a worker's first SXDM map waited 1–1.3 s for
+        their results) and pyFAI's integrator (the XRD integration, 0.39 s)."""
         import importlib
 
         for name in ("tiled.client.dataframe", "tiled.client.array", "tiled.client.stream",
-                     "distributed"):
+                     "distributed", "scipy.stats", "pyFAI.integrator.azimuthal"):
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - an optional speed-up; the run imports on demand

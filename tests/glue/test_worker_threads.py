@@ -57,3 +57,20 @@ def test_the_watchdog_pings_through_one_http_client(monkeypatch):
     results = [Worker._ping(worker) for _ in range(4)]
     assert results == [True, True, False, True]
     assert len(made) == 1 and asked == ["http://127.0.0.1:8000/healthz"] * 4
+
+
+def test_the_warm_up_imports_what_the_analyses_import_lazily():
+    """A fresh interpreter: after the worker's warm-up, the analyses' lazy imports (the SXDM
+    mapper's scipy.stats, the XRD integration's pyFAI) are in, so the first run of a worker
+    does not wait for them (0.57 s and 0.39 s measured)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from strainstream.worker import Worker\n"
+            "lazy = ('scipy.stats', 'pyFAI.integrator.azimuthal')\n"
+            "before = [m in sys.modules for m in lazy]\n"
+            "Worker._warm_up(); Worker._warm_up_client()\n"
+            "print(before, [m in sys.modules for m in lazy])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[-2] == "[False, False] [True, True]", out.stdout + out.stderr
