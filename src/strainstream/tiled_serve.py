@@ -27,8 +27,9 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["API_KEY_CACHE_S", "TESTED_TILED", "cache_api_key_lookups", "init_catalogs", "main",
-           "join_asset_loads", "join_node_loads", "memoize_fastapi_dependants", "pool_duckdb_connections", "reuse_node_aliases"]
+__all__ = ["API_KEY_CACHE_S", "TESTED_TILED", "cache_api_key_lookups", "init_catalogs", "join_asset_loads",
+           "join_node_loads", "main", "memoize_fastapi_dependants", "pool_duckdb_connections",
+           "reuse_node_aliases"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,24 +176,29 @@ def reuse_node_aliases() -> bool:
     return True
 
 
-def _method_to_patch(name: str, sha256: str, what: str):
-    """tiled's ``CatalogNodeAdapter.<name>`` when it is the one a patch here was written
-    against (tiled 0.2.20, its source's ``sha256``); True when already patched; None, with a
-    warning saying ``what`` then happens, when it is another."""
+def _patch_method(name: str, sha256: str, what: str, make) -> bool:
+    """Replace tiled's ``CatalogNodeAdapter.<name>`` by ``make(current)`` (a function given
+    tiled's own method), only when it is the one the patch was written against (tiled 0.2.20,
+    its source's ``sha256``). Returns True when applied (now or before); False, with a warning
+    saying ``what`` then happens, when tiled's method is another."""
     import hashlib
     import inspect
 
     import tiled
     import tiled.catalog.adapter as ca
 
-    current = ca.CatalogNodeAdapter.__dict__.get(name)
+    cls = ca.CatalogNodeAdapter
+    current = cls.__dict__.get(name)
     if getattr(current, "_strainstream", False):
         return True
     digest = hashlib.sha256(inspect.getsource(current).encode()).hexdigest() if current else None
     if tiled.__version__ != TESTED_TILED or digest != sha256:
         logger.warning("tiled %s: %s (written for tiled %s)", tiled.__version__, what, TESTED_TILED)
-        return None
-    return current
+        return False
+    patched = functools.wraps(current)(make(current))
+    patched._strainstream = True
+    setattr(cls, name, patched)
+    return True
 
 
 #: sha256 of the source of tiled 0.2.20's ``CatalogNodeAdapter.lookup_adapter``, which
@@ -217,35 +223,31 @@ def join_node_loads() -> bool:
     import tiled.catalog.adapter as ca
     from sqlalchemy.orm import joinedload
 
-    current = _method_to_patch("lookup_adapter", _LOOKUP_ADAPTER_SHA256,
-                               "node look-ups load data sources and access tags with separate statements")
-    if current is None or current is True:
-        return bool(current)
-    cls, orm = ca.CatalogNodeAdapter, ca.orm
+    orm = ca.orm
 
-    @functools.wraps(current)
-    async def lookup_adapter(self, segments):
-        if not segments:
-            return self
-        if (self.conditions or self.access_filters) and len(segments) > 1:
-            first_level = await self.lookup_adapter(segments[:1])
-            if first_level.conditions:  # (tiled asserts there are none)
-                return await current(first_level, segments[1:])
-            return await first_level.lookup_adapter(segments[1:])
-        statement = ca.node_from_segments(segments, root_id=self.node.id)
-        statement = self.apply_conditions(statement)
-        statement = statement.options(
-            joinedload(orm.Node.data_sources).joinedload(orm.DataSource.structure),
-            joinedload(orm.Node.access_tags))
-        async with self.context.session() as db:
-            node = (await db.execute(statement)).unique().scalar()
-        if node is None:  # not in the catalog; maybe inside a file: tiled's own way
-            return await current(self, segments)
-        return ca.STRUCTURES[node.structure_family](self.context, node)
+    def make(current):
+        async def lookup_adapter(self, segments):
+            if not segments:
+                return self
+            if (self.conditions or self.access_filters) and len(segments) > 1:
+                first_level = await self.lookup_adapter(segments[:1])
+                assert not first_level.conditions  # (as tiled's)
+                return await first_level.lookup_adapter(segments[1:])
+            statement = ca.node_from_segments(segments, root_id=self.node.id)
+            statement = self.apply_conditions(statement)
+            statement = statement.options(
+                joinedload(orm.Node.data_sources).joinedload(orm.DataSource.structure),
+                joinedload(orm.Node.access_tags))
+            async with self.context.session() as db:
+                node = (await db.execute(statement)).unique().scalar()
+            if node is None:  # not in the catalog; maybe inside a file: tiled's own way
+                return await current(self, segments)
+            return ca.STRUCTURES[node.structure_family](self.context, node)
 
-    lookup_adapter._strainstream = True
-    cls.lookup_adapter = lookup_adapter
-    return True
+        return lookup_adapter
+
+    return _patch_method("lookup_adapter", _LOOKUP_ADAPTER_SHA256,
+                         "node look-ups load data sources and access tags with separate statements", make)
 
 
 #: sha256 of the source of tiled 0.2.20's ``CatalogNodeAdapter.data_sources``
@@ -270,32 +272,29 @@ def join_asset_loads() -> bool:
     from sqlalchemy.orm import joinedload, selectinload
     from tiled.server.schemas import DataSource
 
-    current = _method_to_patch("data_sources", _DATA_SOURCES_SHA256,
-                               "data sources and their assets are loaded with separate statements")
-    if current is None or current is True:
-        return bool(current)
-    cls, orm = ca.CatalogNodeAdapter, ca.orm
+    orm = ca.orm
 
-    @functools.wraps(current)
-    async def data_sources(self, include_assets: bool = False):
-        if not include_assets:
-            return await current(self, include_assets=False)
-        statement = (
-            select(orm.DataSource)
-            .where(orm.DataSource.node_id == self.node.id)
-            .order_by(orm.DataSource.id)
-            .options(
-                selectinload(orm.DataSource.structure),
-                joinedload(orm.DataSource.asset_associations).joinedload(orm.DataSourceAssetAssociation.asset),
+    def make(current):
+        async def data_sources(self, include_assets: bool = False):
+            if not include_assets:
+                return await current(self, include_assets=False)
+            statement = (
+                select(orm.DataSource)
+                .where(orm.DataSource.node_id == self.node.id)
+                .order_by(orm.DataSource.id)
+                .options(
+                    selectinload(orm.DataSource.structure),
+                    joinedload(orm.DataSource.asset_associations).joinedload(orm.DataSourceAssetAssociation.asset),
+                )
             )
-        )
-        async with self.context.session() as db:
-            ds_orms = (await db.execute(statement)).unique().scalars().all()
-        return [DataSource.from_orm(ds, include_assets=True) for ds in ds_orms]
+            async with self.context.session() as db:
+                ds_orms = (await db.execute(statement)).unique().scalars().all()
+            return [DataSource.from_orm(ds, include_assets=True) for ds in ds_orms]
 
-    data_sources._strainstream = True
-    cls.data_sources = data_sources
-    return True
+        return data_sources
+
+    return _patch_method("data_sources", _DATA_SOURCES_SHA256,
+                         "data sources and their assets are loaded with separate statements", make)
 
 
 def init_catalogs(config_path: str) -> list[str]:
