@@ -383,10 +383,15 @@ def sxdm_fly_map(
         yield from bps.declare_stream(flyer, name="primary", collect=True)
         x_at = None  # where the last line left sample_x (snake: the next line's start)
         pending = False  # the last line ended and its documents are still to be collected
-        for it, th in enumerate(thetas):
+
+        def collect_pending():
+            nonlocal pending
             if pending:
                 yield from bps.collect(flyer, name="primary")
                 pending = False
+
+        for it, th in enumerate(thetas):
+            yield from collect_pending()
             yield from bps.checkpoint()
             yield from bps.mv(es.theta, float(th))
             theta_rbv = float((yield from bps.rd(es.theta.readback if hasattr(es.theta, "readback") else es.theta)))
@@ -399,9 +404,7 @@ def sxdm_fly_map(
                     # the turnaround: while sample_y steps, the last line's documents go out and
                     # the detector arms (sample_x, which triggers it, does not move meanwhile)
                     turn = ((yield from bps.abs_set(es.sample_y, float(ys[iy]))),)
-                if pending:
-                    yield from bps.collect(flyer, name="primary")
-                    pending = False
+                yield from collect_pending()
                 yield from bps.checkpoint()
                 if not turn:
                     yield from bps.mv(es.sample_x, float(start), es.sample_y, float(ys[iy]))
@@ -417,8 +420,7 @@ def sxdm_fly_map(
                     raise
                 pending = True
                 x_at = float(stop)
-        if pending:
-            yield from bps.collect(flyer, name="primary")
+        yield from collect_pending()
         yield from bps.close_run()
 
     def restore():
