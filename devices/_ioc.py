@@ -181,6 +181,23 @@ def name_ioc_errors(device: Device, methods: Iterable[str], *, ioc_name: str,
     return device
 
 
+def set_connection_timeout(seconds: float) -> None:
+    """Give every ophyd EPICS signal created from now on ``seconds`` to connect its channel.
+
+    ophyd resolves its class-wide default (1 s) when a signal is made, and areaDetector
+    signals are made lazily, at their first use in a plan: under load 1 s was seen to be too
+    short (``NumImages_RBV could not connect within 1.0-second timeout`` with the IOC up). The
+    read/write timeouts and ``auto_monitor`` are kept as they are.
+    """
+    from ophyd.signal import EpicsSignalBase
+
+    EpicsSignalBase.set_defaults(
+        connection_timeout=float(seconds),
+        timeout=EpicsSignalBase._EpicsSignalBase__default_timeout,
+        write_timeout=EpicsSignalBase._EpicsSignalBase__default_write_timeout,
+        auto_monitor=EpicsSignalBase._EpicsSignalBase__default_auto_monitor)
+
+
 def check_connected(device: IOCDevice, timeout: float = 2.0) -> IOCDevice:
     """Wait for all of ``device``'s PVs; raise :class:`IOCNotAnswering` naming the first missing one."""
     device.wait_for_connection(timeout=timeout)

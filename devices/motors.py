@@ -15,22 +15,27 @@ with :func:`named_errors`, without changing its class:
   keeps equal to HLM/LLM; the IOC refuses such puts too (LVIO);
 - a timeout or disconnection in ``read``, ``describe``, ``set``/``move``, ``stop``, ``home``,
   ``set_current_position``, ``check_value`` or ``wait_for_connection`` raises
-  :class:`~strainstream.devices._ioc.IOCNotAnswering` naming the IOC, its address and the PV.
+  :class:`~strainstream.devices._ioc.IOCNotAnswering` naming the IOC, its address and the PV;
+- a move issued the moment the previous one ended always completes
+  (:func:`serialize_move_completion`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from typing import Any
 
 from ophyd import Component as Cpt
 from ophyd import EpicsMotor
+from ophyd.status import wait as status_wait
 from ophyd.utils.errors import LimitError
 
 from ._ioc import IOCDevice, mock_device, name_ioc_errors
 
-__all__ = ["Endstation", "MOTOR_NAMES", "check_limits", "endstation", "motor", "named_errors"]
+__all__ = ["Endstation", "MOTOR_NAMES", "check_limits", "endstation", "motor", "named_errors",
+           "serialize_move_completion"]
 
 MOTOR_NAMES = ("sample_x", "sample_y", "sample_z", "theta", "zp_z", "det_z", "sample_inout",
                "energy")
@@ -59,6 +64,51 @@ def check_limits(motor: EpicsMotor, target: float) -> None:
             f"({motor.prefix}.HLM/.LLM); move refused")
 
 
+def serialize_move_completion(motor: EpicsMotor) -> EpicsMotor:
+    """Make the end of one move and the start of the next exclusive on this instance.
+
+    ophyd's ``EpicsMotor`` (1.11) ends a move on its CA monitor thread in
+    ``_done_moving``: it finishes the move's status, *then* clears the done-subscriptions.
+    Finishing the status wakes the plan, and the plan's next ``set`` on the same motor
+    subscribes its new status in ``PositionerBase.move``. When the monitor thread is
+    pre-empted between the two steps (a loaded machine; seen in CI with ``sample_inout``),
+    the late clear drops the new status's subscription: that move never completes and the
+    plan hangs with the motor at its target. ophyd logs "Subscription _req_done callback
+    exception ... has already been called on MoveStatus" when the window is hit.
+
+    Here ``_done_moving`` and the subscribing part of ``move``/``home`` hold one re-entrant
+    lock per motor; a move with ``wait=True`` waits outside the lock (the move's own end
+    needs it). The class is unchanged; only this instance's methods are wrapped. Returns
+    ``motor``.
+    """
+    lock = threading.RLock()
+    done_moving = motor._done_moving
+
+    @functools.wraps(done_moving)
+    def locked_done_moving(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return done_moving(*args, **kwargs)
+
+    def locked_start(start):
+        @functools.wraps(start)
+        def call(target: Any, wait: bool = True, **kwargs: Any) -> Any:
+            with lock:
+                status = start(target, wait=False, **kwargs)
+            if wait:
+                try:
+                    status_wait(status)
+                except KeyboardInterrupt:
+                    motor.stop()
+                    raise
+            return status
+        return call
+
+    motor._done_moving = locked_done_moving
+    motor.move = locked_start(motor.move)
+    motor.home = locked_start(motor.home)
+    return motor
+
+
 def named_errors(motor: EpicsMotor, *, ioc_name: str = "endstation", ioc_address: str | None = None,
                  ioc_prefix: str | None = None) -> EpicsMotor:
     """Give a stock ``EpicsMotor`` instance the named errors of this package (class unchanged).
@@ -66,7 +116,8 @@ def named_errors(motor: EpicsMotor, *, ioc_name: str = "endstation", ioc_address
     ``check_value`` (called by every move) becomes :func:`check_limits`; IOC timeouts and
     disconnections in the methods listed in the module docstring become
     :class:`IOCNotAnswering` ("endstation IOC at 127.0.0.1:5065 (prefix SS:) not answering:
-    PV SS:ES:theta.RBV timed out"). Returns ``motor``.
+    PV SS:ES:theta.RBV timed out"); :func:`serialize_move_completion` closes ophyd's
+    end-of-move race. Returns ``motor``.
 
     Parameters
     ----------
@@ -76,6 +127,7 @@ def named_errors(motor: EpicsMotor, *, ioc_name: str = "endstation", ioc_address
         The prefix named in messages (default the motor's own prefix).
     """
     motor.check_value = functools.partial(check_limits, motor)
+    serialize_move_completion(motor)
     name_ioc_errors(motor, (*_GUARDED, "check_value"), ioc_name=ioc_name,
                     ioc_address=ioc_address, prefix=ioc_prefix)
     motor.ioc_name, motor.ioc_address = ioc_name, ioc_address

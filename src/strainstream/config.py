@@ -96,6 +96,10 @@ class Config(BaseModel):
         "I/N: a worker follows only shard I of N of the runs (0 <= I < N)."))
     dask_scheduler: str | None = Field(None, description=(
         "Address of a Dask scheduler for `strainstream reprocess` (default: a LocalCluster)."))
+    ca_connection_timeout_s: float = Field(5.0, gt=0.0, le=300.0, description=(
+        "How long an ophyd EPICS signal waits for its channel to connect before the IOC is "
+        "named as not answering (ophyd's default is 1 s: areaDetector signals connect lazily, "
+        "at their first use in a plan, and a loaded machine can take longer)."))
     # -- the simulated IOCs
     ioc_nodelay: bool = Field(True, description=(
         "Simulated IOCs set TCP_NODELAY on client sockets (off only for the benchmark)."))

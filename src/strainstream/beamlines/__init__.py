@@ -94,7 +94,8 @@ def make_devices(profile: str | ModuleType = "sim", *, iocs: Iterable[str] | Non
                  only: Iterable[str] | None = None) -> dict[str, Any]:
     """The devices of ``profile`` (not connected), by name.
 
-    ``iocs`` restricts to the devices of those IOCs, ``only`` to those names.
+    ``iocs`` restricts to the devices of those IOCs, ``only`` to those names. Real (not mock)
+    devices' signals get the configuration's ``ca_connection_timeout_s`` to connect.
     """
     prof = load(profile) if isinstance(profile, str) else profile
     ctx = Context(prefix=prof.PREFIX if prefix is None else prefix, write_dir=write_dir,
@@ -110,8 +111,11 @@ def make_devices(profile: str | ModuleType = "sim", *, iocs: Iterable[str] | Non
     factories: Mapping[str, Callable[[Context], Any]] = prof.DEVICES
     if not mock:  # before the first CA client context: no "caRepeater couldn't be located"
         from strainstream.carepeater import ensure_repeater
+        from strainstream.config import load_config
+        from strainstream.devices._ioc import set_connection_timeout
 
         ensure_repeater()
+        set_connection_timeout(load_config().ca_connection_timeout_s)
     return {name: factories[name](ctx) for name in wanted}
 
 
