@@ -80,3 +80,29 @@ def test_move_with_wait_waits_outside_the_lock():
     timer.join()
     assert st.done and st.success and m.user_setpoint.get() == 3.0
     assert type(m) is not EpicsMotor and isinstance(m, EpicsMotor)  # a fake EpicsMotor subclass
+
+
+
+@pytest.mark.parametrize("signals_exist", [False, True])
+def test_connection_timeout_applies_to_signals_made_later(monkeypatch, signals_exist):
+    """``set_connection_timeout`` sets the default ophyd reads when a signal is made (the
+    lazy areaDetector ones), also once signals exist (where ophyd's ``set_defaults`` refuses).
+    No real signal is made here: that would open a CA context before the tests' EPICS setup."""
+    from ophyd.signal import EpicsSignalBase
+
+    from strainstream.devices._ioc import set_connection_timeout
+
+    attr = "_EpicsSignalBase__default_connection_timeout"
+    monkeypatch.setattr(EpicsSignalBase, attr, getattr(EpicsSignalBase, attr))  # restored after
+    kept = {k: getattr(EpicsSignalBase, f"_EpicsSignalBase__default_{k}")
+            for k in ("timeout", "write_timeout", "auto_monitor")}
+    if signals_exist:
+        def refuse(*args, **kwargs):
+            raise RuntimeError("The method EpicsSignalBase.set_defaults may only be called before "
+                               "the first instance of EpicsSignalBase is created.")
+        monkeypatch.setattr(EpicsSignalBase, "set_defaults", refuse)
+    set_connection_timeout(7.5)
+    assert getattr(EpicsSignalBase, attr) == 7.5
+    assert kept == {k: getattr(EpicsSignalBase, f"_EpicsSignalBase__default_{k}") for k in kept}
+    set_connection_timeout(7.5)  # unchanged: nothing to do
+    assert getattr(EpicsSignalBase, attr) == 7.5
