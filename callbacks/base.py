@@ -17,6 +17,12 @@ earlier pass committed are never analysed again; an analysis that accumulates st
 events (maps, image stacks) overrides :meth:`AnalysisCallback.restore`, which the base calls
 once per committed event, held like a new event until its frames are resolvable, so that
 state is rebuilt exactly as the uninterrupted pass built it.
+
+Commits: rows are appended to the sink in batches (:meth:`AnalysisCallback.batch`), each
+exactly once (a failed append is reconciled with what the sink holds). A sink that allows it
+(``background_commits``, e.g. tiled) is appended to by one committer thread per callback,
+in order, while the next events are analysed; :meth:`AnalysisCallback.flush` and the stop
+wait for it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +60,8 @@ BATCH_WINDOW_S = 0.1
 #: largest detector frame read (bytes in memory): a file declaring bigger frames is refused
 #: before anything is allocated (a 4k x 4k float64 frame is 128 MiB)
 MAX_FRAME_BYTES = 1 << 30
+#: a committer thread with nothing to commit for this long ends (a new one when needed)
+COMMITTER_IDLE_S = 30.0
 #: HDF5 frames are read in blocks of up to this many frames and this many bytes
 READ_AHEAD_FRAMES = 64
 READ_AHEAD_BYTES = 64 << 20
@@ -74,6 +84,11 @@ class RunDocumentError(StrainstreamError, ValueError):
 
 class ResultSink:
     """Where result rows go. Subclasses store them (tiled) or keep them (memory)."""
+
+    #: :meth:`append` and :meth:`committed_seq_nums` may be called from a committer thread
+    #: (never two calls at once) while the documents are processed on another: the callback
+    #: then analyses the next events while a batch's append is in flight
+    background_commits: bool = False
 
     def begin(self, metadata: dict[str, Any], columns: dict[str, str]) -> list[dict[str, Any]]:
         """Open the results of one analysis of one run; return the rows already committed."""
@@ -398,6 +413,16 @@ class AnalysisCallback(DocumentRouter):
         self._pending: list[dict[str, Any]] = []
         self._pending_since = 0.0  # time.monotonic() when the oldest pending row was made
         self._batching = False
+        # background commits (sink.background_commits): batches handed to the committer
+        # thread, in order; their rows stay in _in_flight (seq_num -> row) until stored
+        self._background = bool(getattr(sink, "background_commits", False))
+        self._commit_cond = threading.Condition()
+        self._commit_queue: deque[list[dict[str, Any]]] = deque()
+        self._in_flight: dict[int, dict[str, Any]] = {}
+        self._returned: list[dict[str, Any]] = []  # rows of a failed commit: pending again
+        self._commit_error: BaseException | None = None
+        self._committing = False
+        self._committer: threading.Thread | None = None
         self._stream = self.parameters.get("stream", "primary")
         if not isinstance(self._stream, str):
             raise RunDocumentError(f"analysis_parameters.{self.name}.stream must be a stream name, "
@@ -463,11 +488,14 @@ class AnalysisCallback(DocumentRouter):
         seq = self._event_seq(doc)
         if seq is None or seq in self._held or seq in self._restored:
             return
-        if seq in self.done:  # its row is committed: never analysed again
-            if not (self._restores and seq in self.committed):
-                return  # nothing to rebuild (per-event analysis, or analysed in this pass)
-        elif any(r["seq_num"] == seq for r in self._pending):
-            return
+        with self._commit_cond:  # (the committer moves rows from _in_flight to done)
+            if seq in self._in_flight:
+                return
+            if seq in self.done:  # its row is committed: never analysed again
+                if not (self._restores and seq in self.committed):
+                    return  # nothing to rebuild (per-event analysis, or analysed in this pass)
+            elif any(r["seq_num"] == seq for r in self._pending):
+                return
         if self._frames_ready(seq):
             self._handle(doc)
         else:
@@ -544,10 +572,17 @@ class AnalysisCallback(DocumentRouter):
     def _frames_ready(self, seq: int) -> bool:
         return all(self.frames.available(k, seq) for k in self._frame_keys())
 
+    def known_rows(self) -> tuple[list[dict[str, Any]], ...]:
+        """Every row there is so far: ``(committed, in flight, pending)``, each a list in
+        the order the rows were made (committed: earlier passes' first, in seq_num order)."""
+        with self._commit_cond:
+            return list(self.rows), list(self._in_flight.values()), list(self._pending)
+
     def previous_row(self, seq: int) -> dict[str, Any] | None:
-        """The latest row (committed or pending) of an event before ``seq``; None if none."""
+        """The latest row (committed, in flight or pending) of an event before ``seq``; None
+        if none."""
         best = None
-        for rows in (self._pending, self.rows):  # each in increasing seq_num order
+        for rows in self.known_rows():  # each in increasing seq_num order
             for row in reversed(rows):
                 if row["seq_num"] < seq:
                     if best is None or row["seq_num"] > best["seq_num"]:
@@ -598,7 +633,7 @@ class AnalysisCallback(DocumentRouter):
             self.flush()
         elif time.monotonic() - self._pending_since >= BATCH_WINDOW_S:
             try:
-                self.flush()
+                self._commit()
             except Exception as exc:  # the rows stay pending: the batch's end commits them
                 logger.warning("%s: committing within a batch failed (%s); retried at its end", self.name, exc)
 
@@ -626,19 +661,95 @@ class AnalysisCallback(DocumentRouter):
     def batch(self):
         """Commit the rows of the events processed inside the block together: in one append
         at its end, or, in a long block, whenever the oldest uncommitted row has waited
-        :data:`BATCH_WINDOW_S`."""
+        :data:`BATCH_WINDOW_S`. With background commits the block's end hands its rows to
+        the committer thread and returns (:meth:`flush` waits for them)."""
         self._batching = True
         try:
             yield self
         finally:
             self._batching = False
-            self.flush()
+            self._commit()
 
     def flush(self) -> None:
-        """Commit pending rows to the sink (one atomic append)."""
-        if not self._pending:
+        """Commit pending rows to the sink (one atomic append) and wait until every row
+        handed to the committer is stored; raise what a failed commit raised (its rows are
+        pending again: the next flush, or a restart, commits them)."""
+        if not self._background:
+            self._commit()
             return
-        rows = self._pending
+        try:
+            self._commit()
+        except Exception as exc:  # an earlier batch failed: its rows are pending again
+            logger.warning("%s: an earlier commit failed (%s); sending its rows again", self.name, exc)
+            self._commit()
+        with self._commit_cond:
+            while self._commit_queue or self._committing:
+                self._commit_cond.wait()
+        self._commit()  # raises the failure of what was just waited for (its rows pending)
+
+    def _commit(self) -> None:
+        """Commit the pending rows: at once, or handed to the committer thread."""
+        if not self._background:
+            try:
+                self._append(self._pending)
+            finally:  # what was stored is done; the rest stays pending
+                self._pending = [r for r in self._pending if r["seq_num"] not in self.done]
+            return
+        with self._commit_cond:
+            error, self._commit_error = self._commit_error, None
+            if self._returned:  # a failed commit's rows go first, as if never handed over
+                for row in self._returned:
+                    self._in_flight.pop(row["seq_num"], None)
+                self._pending = self._returned + self._pending
+                self._returned = []
+            if error is not None:
+                raise error
+            if not self._pending:
+                return
+            rows, self._pending = self._pending, []
+            for row in rows:
+                self._in_flight[row["seq_num"]] = row
+            self._commit_queue.append(rows)
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                                   name=f"commit-{self.name}")
+                self._committer.start()
+            self._commit_cond.notify_all()
+
+    def _commit_loop(self) -> None:
+        """The committer thread: appends the queued batches in order; after a failure the
+        failed batch and all later ones are returned to the document thread unsent."""
+        while True:
+            with self._commit_cond:
+                if not self._commit_queue:
+                    self._commit_cond.wait(COMMITTER_IDLE_S)
+                if not self._commit_queue:
+                    self._committer = None
+                    return
+                rows = self._commit_queue.popleft()
+                self._committing = True
+            try:
+                self._append(rows)
+            except BaseException as exc:  # kept for the document thread; never lost here
+                with self._commit_cond:
+                    stored = [r for r in rows if r["seq_num"] in self.done]
+                    for row in stored:
+                        self._in_flight.pop(row["seq_num"], None)
+                    later = [r for batch in self._commit_queue for r in batch]
+                    self._commit_queue.clear()
+                    self._returned.extend([r for r in rows if r["seq_num"] not in self.done] + later)
+                    self._commit_error = exc
+            finally:
+                with self._commit_cond:
+                    self._committing = False
+                    self._commit_cond.notify_all()
+
+    def _append(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` to the sink, each exactly once: a failed append is reconciled with
+        what the sink holds and the rest re-sent. Raises when the rows stay unstored; those
+        stored are marked done either way. ``self._pending`` is left alone (callers)."""
+        if not rows:
+            return
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 self.sink.append(rows)
@@ -655,18 +766,18 @@ class AnalysisCallback(DocumentRouter):
                 if stored is not None:
                     self._mark_done([r for r in rows if r["seq_num"] in stored])
                     rows = [r for r in rows if r["seq_num"] not in stored]
-                    self._pending = rows
                     if not rows:
                         return
                 if attempt == _COMMIT_ATTEMPTS - 1:
-                    raise  # the rows stay pending: the next flush (or a restart) commits them
+                    raise
         self._mark_done(rows)
-        self._pending = []
 
     def _mark_done(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self.done.add(row["seq_num"])
-        self.rows.extend(rows)
+        with self._commit_cond:
+            for row in rows:
+                self.done.add(row["seq_num"])
+                self._in_flight.pop(row["seq_num"], None)
+            self.rows.extend(rows)
 
     # -- to override ---------------------------------------------------------------------
     def on_start(self, doc) -> None:

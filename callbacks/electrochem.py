@@ -62,7 +62,7 @@ class CyclingCallback(AnalysisCallback):
 
     def _first_discharge(self, seq: int) -> float | None:
         """Discharge capacity of the earliest good cycle row before ``seq`` (cycle 1)."""
-        rows = sorted((r for r in (*self.rows, *self._pending) if r["seq_num"] < seq),
+        rows = sorted((r for rows in self.known_rows() for r in rows if r["seq_num"] < seq),
                       key=lambda r: r["seq_num"])
         for r in rows:
             if not r["flag"] and math.isfinite(r["discharge_capacity_mAh_g"]):

@@ -149,6 +149,9 @@ class TiledSink(ResultSink):
         reprocessing replaced).
     """
 
+    #: appends go out from the callback's committer thread (the tiled client is thread-safe)
+    background_commits = True
+
     def __init__(self, root, raw_uid: str, analysis: str, extra_metadata: dict[str, Any] | None = None) -> None:
         self.root = root
         self.raw_uid = raw_uid
