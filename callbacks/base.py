@@ -691,7 +691,7 @@ class AnalysisCallback(DocumentRouter):
         """Commit the pending rows: at once, or handed to the committer thread."""
         if not self._background:
             try:
-                self._append(self._pending)
+                self._append_rows(self._pending)
             finally:  # what was stored is done; the rest stays pending
                 self._pending = [r for r in self._pending if r["seq_num"] not in self.done]
             return
@@ -729,7 +729,7 @@ class AnalysisCallback(DocumentRouter):
                 rows = self._commit_queue.popleft()
                 self._committing = True
             try:
-                self._append(rows)
+                self._append_rows(rows)
             except BaseException as exc:  # kept for the document thread; never lost here
                 with self._commit_cond:
                     stored = [r for r in rows if r["seq_num"] in self.done]
@@ -744,7 +744,7 @@ class AnalysisCallback(DocumentRouter):
                     self._committing = False
                     self._commit_cond.notify_all()
 
-    def _append(self, rows: list[dict[str, Any]]) -> None:
+    def _append_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append ``rows`` to the sink, each exactly once: a failed append is reconciled with
         what the sink holds and the rest re-sent. Raises when the rows stay unstored; those
         stored are marked done either way. ``self._pending`` is left alone (callers)."""

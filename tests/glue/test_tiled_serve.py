@@ -253,3 +253,117 @@ def test_joined_node_loads_find_the_same_nodes_data_sources_and_structures(tmp_p
             assert [x["data_uri"] for x in mine["a/series"][2][0]["assets"]] == files  # by num
     finally:
         cls.lookup_adapter, cls.data_sources = original, original_sources
+
+
+def _http_app(merge: bool):
+    """A FastAPI app with four ``@app.middleware("http")`` layers around two routes, the
+    layers logging their order, changing headers/cookies, answering early or seeing errors."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    from strainstream.tiled_serve import merged_middleware
+
+    app, log = FastAPI(), []
+
+    async def ok(request):
+        return PlainTextResponse(f"state={getattr(request.state, 'mark', None)}")
+
+    app.add_route("/ok", ok)  # a plain Starlette route: the request itself, no FastAPI typing
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("boom")
+
+    @app.middleware("http")
+    async def innermost(request, call_next):
+        log.append("in:innermost")
+        if request.headers.get("x-refuse"):
+            return JSONResponse({"detail": "refused"}, status_code=403)
+        response = await call_next(request)
+        response.headers["x-inner"] = "1"
+        return response
+
+    @app.middleware("http")
+    async def marks_state(request, call_next):
+        log.append("in:marks_state")
+        request.state.mark = "set by an outer layer"
+        response = await call_next(request)
+        response.set_cookie("c", "v")
+        return response
+
+    @app.middleware("http")
+    async def sees_errors(request, call_next):
+        log.append("in:sees_errors")
+        try:
+            response = await call_next(request)
+        except RuntimeError as exc:
+            log.append(f"error:{exc}")
+            raise
+        log.append(f"out:sees_errors:{response.headers.get('x-inner')}")
+        return response
+
+    @app.middleware("http")
+    async def outermost(request, call_next):
+        log.append("in:outermost")
+        response = await call_next(request)
+        response.headers["x-outer"] = response.headers.get("x-inner", "none")
+        return response
+
+    if merge:
+        app.user_middleware[:] = merged_middleware(app.user_middleware)
+    return app, log
+
+
+def test_merged_http_middlewares_behave_as_the_stacked_layers():
+    """Same order, answers, headers, cookies, request state and error path, in one layer."""
+    import asyncio
+
+    import httpx
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    async def requests(app, log):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        out = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for path, headers in (("/ok", {}), ("/ok", {"x-refuse": "1"}), ("/boom", {})):
+                log.clear()
+                r = await client.get(path, headers=headers)
+                out.append((r.status_code, r.text, r.headers.get("x-inner"), r.headers.get("x-outer"),
+                            r.headers.get("set-cookie"), list(log)))
+        return out
+
+    seen = {}
+    for merge in (False, True):
+        app, log = _http_app(merge)
+        layers = [m for m in app.user_middleware if m.cls is BaseHTTPMiddleware]
+        assert len(layers) == (1 if merge else 4)
+        seen[merge] = asyncio.run(requests(app, log))
+    assert seen[True] == seen[False]
+    ok, refused, boom = seen[True]
+    assert ok[:5] == (200, "state=set by an outer layer", "1", "1", "c=v; Path=/; SameSite=lax")
+    assert ok[5] == ["in:outermost", "in:sees_errors", "in:marks_state", "in:innermost", "out:sees_errors:1"]
+    assert refused[0] == 403 and refused[3] == "none"
+    assert boom[0] == 500 and "error:boom" in boom[5]
+
+
+def test_tiled_app_runs_its_six_http_middlewares_in_one_layer_in_their_order():
+    import tiled.server.app as tapp
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from strainstream.tiled_serve import merge_http_middlewares
+
+    cfg = {"trees": [{"path": "/", "tree": "tiled.examples.generated_minimal:tree"}]}
+    before = tapp.build_app
+    stock = tapp.build_app_from_config(dict(cfg))
+    try:
+        assert merge_http_middlewares()
+        merged = tapp.build_app_from_config(dict(cfg))
+    finally:
+        tapp.build_app = before
+    stock_fns = [m.kwargs["dispatch"] for m in stock.user_middleware if m.cls is BaseHTTPMiddleware]
+    layers = [m for m in merged.user_middleware if m.cls is BaseHTTPMiddleware]
+    assert len(stock_fns) == 6 and len(layers) == 1
+    assert [f.__name__ for f in layers[0].kwargs["dispatch"]._strainstream_chain] == [f.__name__ for f in stock_fns]
+    # every other layer (correlation id, compression, CORS) kept, in its place
+    assert [m.cls for m in merged.user_middleware if m.cls is not BaseHTTPMiddleware] == \
+        [m.cls for m in stock.user_middleware if m.cls is not BaseHTTPMiddleware]
