@@ -45,6 +45,19 @@ def _committer_idle(cb):
             assert cb._commit_cond.wait(10)
 
 
+def _started(sink, head):
+    cb = FrameStatsCallback(sink)
+    for name, doc in head:
+        cb(name, doc)
+    return cb
+
+
+def _batch(cb, events):
+    with cb.batch():
+        for ev in events:
+            cb("event", ev)
+
+
 def _head_events_stop(docs):
     head = [(n, d) for n, d in docs if n not in ("event", "stop")]
     events = [d for n, d in docs if n == "event"]
@@ -57,13 +70,9 @@ def test_background_commits_give_the_same_rows_in_order_from_one_other_thread(tm
     _, clean = _feed(docs)
     head, events, stop = _head_events_stop(docs)
     sink = _BackgroundSink()
-    cb = FrameStatsCallback(sink)
-    for name, doc in head:
-        cb(name, doc)
+    cb = _started(sink, head)
     for i in range(0, 8, 2):  # batches of two events, as a live worker's line by line
-        with cb.batch():
-            for ev in events[i:i + 2]:
-                cb("event", ev)
+        _batch(cb, events[i:i + 2])
     cb("stop", stop)
     assert sink.rows == clean.rows and sink.summary == clean.summary
     assert [s for c in sink.commits for s in c] == list(range(1, 9))  # in order, each once
@@ -75,15 +84,9 @@ def test_the_next_batch_is_analysed_while_an_append_is_in_flight(tmp_path):
     head, events, stop = _head_events_stop(docs)
     gate = threading.Event()
     sink = _BackgroundSink(gate=gate)
-    cb = FrameStatsCallback(sink)
-    for name, doc in head:
-        cb(name, doc)
-    with cb.batch():
-        for ev in events[:3]:
-            cb("event", ev)
-    with cb.batch():  # the first batch's append is held at the gate: this does not wait
-        for ev in events[3:]:
-            cb("event", ev)
+    cb = _started(sink, head)
+    _batch(cb, events[:3])
+    _batch(cb, events[3:])  # the first batch's append is held at the gate: this does not wait
     assert sink.rows == [] and sorted(cb._in_flight) == [1, 2, 3, 4, 5, 6]
     # events delivered again while their rows are in flight are not analysed twice
     for ev in events:
@@ -123,13 +126,9 @@ def test_an_outage_longer_than_the_retries_loses_nothing_and_keeps_the_order(tmp
     gate = threading.Event()
     sink = _BackgroundSink(gate=gate, fail=2 * base._COMMIT_ATTEMPTS)
     sink.committed_seq_nums = lambda: (_ for _ in ()).throw(ConnectionError("server unreachable"))
-    cb = FrameStatsCallback(sink)
-    for name, doc in head:
-        cb(name, doc)
+    cb = _started(sink, head)
     for i in (0, 2, 4):
-        with cb.batch():  # three batches queued behind the first one's failing append
-            for ev in events[i:i + 2]:
-                cb("event", ev)
+        _batch(cb, events[i:i + 2])  # three batches queued behind the first one's failing append
     gate.set()
     _committer_idle(cb)  # it gave up on the first batch; the later ones came back unsent
     assert [r["seq_num"] for r in cb._returned] == [1, 2, 3, 4, 5, 6]
@@ -155,12 +154,8 @@ def test_a_failure_inside_a_batch_is_raised_at_a_later_commit_not_lost(tmp_path,
     _, clean = _feed(docs)
     head, events, stop = _head_events_stop(docs)
     sink = _BackgroundSink(fail=base._COMMIT_ATTEMPTS)
-    cb = FrameStatsCallback(sink)
-    for name, doc in head:
-        cb(name, doc)
-    with cb.batch():
-        for ev in events[:2]:
-            cb("event", ev)
+    cb = _started(sink, head)
+    _batch(cb, events[:2])
     _committer_idle(cb)  # the committer gave up on the first batch
     with pytest.raises(ConnectionError), cb.batch():
         for ev in events[2:]:
