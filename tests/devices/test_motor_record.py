@@ -15,6 +15,7 @@ import pytest
 from ophyd import EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.utils.errors import LimitError
 
+from strainstream.devices.motors import serialize_move_completion
 from strainstream.devices.testing import wait_for
 
 pytestmark = pytest.mark.system
@@ -32,14 +33,6 @@ def beamline(sim_beamline):
     """The session's simulated beamline (tests/conftest.py)."""
     return sim_beamline
 
-
-
-def _after_failed_move():
-    """Let ophyd finish handling a failed move before the next one: EpicsMotor (1.11) wakes the
-    waiter of a failed status before it clears that move's done-subscriptions, so a move
-    issued at once can lose its own and never complete (client-side race; the record's
-    DMOV 0 -> 1 is sent either way)."""
-    time.sleep(0.05)
 
 
 def _field(motor, field, *, string=False):
@@ -70,8 +63,11 @@ class _Recorder:
 
 @pytest.fixture
 def sample_z(beamline):
-    """Stock EpicsMotor on the sample_z record, at 0; restored afterwards."""
-    m = EpicsMotor(f"{beamline.prefix}ES:sample_z", name="sample_z")
+    """Stock EpicsMotor on the sample_z record, at 0; restored afterwards. Its end-of-move
+    race is closed as the product's motors have it (``serialize_move_completion``): ophyd
+    wakes a move's waiter before clearing its done-subscriptions, so a move issued at once
+    could lose its own and never complete (client-side; the record's DMOV is sent either way)."""
+    m = serialize_move_completion(EpicsMotor(f"{beamline.prefix}ES:sample_z", name="sample_z"))
     m.wait_for_connection(timeout=10)
     spmg, setm = _field(m, "SPMG", string=True), _field(m, "SET", string=True)
     yield m
@@ -240,7 +236,6 @@ def test_limit_switches_at_the_hard_limits(sample_z):
     with pytest.raises(Exception):  # noqa: B017 - ophyd: the move ended on the limit switch
         st.wait(timeout=5)
     assert not st.success
-    _after_failed_move()
     assert m.position == 110.0
     assert m.high_limit_switch.get(use_monitor=False) == 1
     assert m.low_limit_switch.get(use_monitor=False) == 0
@@ -251,7 +246,6 @@ def test_limit_switches_at_the_hard_limits(sample_z):
     with pytest.raises(Exception):  # noqa: B017
         m.set(120.0).wait(timeout=5)
     assert m.position == 110.0
-    _after_failed_move()
     m.set(0.0).wait(timeout=5)
     assert m.high_limit_switch.get(use_monitor=False) == 0 and not int(msta.get()) & MSTA_PLUS_LS
     st = m.set(-150.0)
@@ -261,7 +255,6 @@ def test_limit_switches_at_the_hard_limits(sample_z):
     assert m.low_limit_switch.get(use_monitor=False) == 1 and m.high_limit_switch.get(use_monitor=False) == 0
     assert int(msta.get()) & MSTA_MINUS_LS
     assert m.direction_of_travel.get(use_monitor=False) == 0
-    _after_failed_move()
 
 
 def test_set_current_position_changes_the_offset_without_moving(sample_z):
