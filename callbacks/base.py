@@ -731,10 +731,7 @@ class AnalysisCallback(DocumentRouter):
             try:
                 self._append_rows(rows)
             except BaseException as exc:  # kept for the document thread; never lost here
-                with self._commit_cond:
-                    stored = [r for r in rows if r["seq_num"] in self.done]
-                    for row in stored:
-                        self._in_flight.pop(row["seq_num"], None)
+                with self._commit_cond:  # (rows it did store left _in_flight in _mark_done)
                     later = [r for batch in self._commit_queue for r in batch]
                     self._commit_queue.clear()
                     self._returned.extend([r for r in rows if r["seq_num"] not in self.done] + later)
