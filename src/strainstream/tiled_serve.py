@@ -23,6 +23,7 @@ share a DuckDB file at all.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import sys
 from typing import Any
@@ -328,18 +329,14 @@ def merged_middleware(stack: list) -> list:
     def plain(m) -> bool:
         return m.cls is BaseHTTPMiddleware and not m.args and set(m.kwargs) == {"dispatch"}
 
-    out, run = [], []
-    for m in [*stack, None]:
-        if m is not None and plain(m):
-            run.append(m.kwargs["dispatch"])
-            continue
-        if len(run) == 1:
-            out.append(Middleware(BaseHTTPMiddleware, dispatch=run[0]))
-        elif run:
-            out.append(Middleware(BaseHTTPMiddleware, dispatch=chain_dispatches(run)))
-        run = []
-        if m is not None:
-            out.append(m)
+    out = []
+    for mergeable, group in itertools.groupby(stack, key=plain):
+        group = list(group)
+        if mergeable and len(group) > 1:
+            out.append(Middleware(BaseHTTPMiddleware,
+                                  dispatch=chain_dispatches([m.kwargs["dispatch"] for m in group])))
+        else:
+            out.extend(group)
     return out
 
 
@@ -350,9 +347,10 @@ def merge_http_middlewares() -> bool:
     tiled 0.2.20 registers six (CSRF check, client version check, cookies, Server-Timing,
     Prometheus metrics, principal logging), one after the other. Each Starlette
     ``BaseHTTPMiddleware`` layer runs the rest of the request in a new task and passes the
-    response through its own memory stream: measured, dropping three of them took 15-20 %
-    off the server's CPU per table append. Merged (:func:`merged_middleware`), the same
-    functions run in the same order on every request, with one task and one stream. Returns
+    response through its own memory stream. Merged (:func:`merged_middleware`), the same
+    functions run in the same order on every request, with one task and one stream:
+    measured in-process on ``GET /healthz``, 1.18 -> 0.57 ms per request (of the 15-20 ms a
+    table append costs the server). Returns
     True when applied; False (with a warning) on another tiled.
     """
     import tiled
