@@ -187,24 +187,13 @@ def set_connection_timeout(seconds: float) -> None:
     ophyd resolves its class-wide default (1 s) when a signal is made, and areaDetector
     signals are made lazily, at their first use in a plan: under load 1 s was seen to be too
     short (``NumImages_RBV could not connect within 1.0-second timeout`` with the IOC up). The
-    read/write timeouts and ``auto_monitor`` are kept as they are. ophyd's ``set_defaults``
-    refuses once a signal exists (the same process may have made devices before); the
-    default is then set directly: it is only read when a signal is made.
+    read/write timeouts and ``auto_monitor`` are kept as they are. The class default is set
+    directly: ophyd's ``set_defaults`` refuses once any signal exists (the same process may
+    have made devices before), and the default is only read when a signal is made.
     """
     from ophyd.signal import EpicsSignalBase
 
-    seconds = float(seconds)
-    attr = "_EpicsSignalBase__default_connection_timeout"
-    if getattr(EpicsSignalBase, attr) == seconds:
-        return
-    try:
-        EpicsSignalBase.set_defaults(
-            connection_timeout=seconds,
-            timeout=EpicsSignalBase._EpicsSignalBase__default_timeout,
-            write_timeout=EpicsSignalBase._EpicsSignalBase__default_write_timeout,
-            auto_monitor=EpicsSignalBase._EpicsSignalBase__default_auto_monitor)
-    except RuntimeError:  # "may only be called before the first instance ... is created"
-        setattr(EpicsSignalBase, attr, seconds)
+    EpicsSignalBase._EpicsSignalBase__default_connection_timeout = float(seconds)
 
 
 def check_connected(device: IOCDevice, timeout: float = 2.0) -> IOCDevice:
