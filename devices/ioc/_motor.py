@@ -457,8 +457,16 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
                     motion.add(time.monotonic(), self.position, 0.0, self.position)
 
         async def _stop(self):
-            """Stop at the current position: the motion (if any) ends at its next tick."""
+            """Stop where the stage is now (not where the last tick left the readback: a
+            detector exposing meanwhile saw it move on); the motion (if any) ends at its next
+            tick."""
             f = self.fields
+            motion = self._motion if self._task is not None else None
+            if motion is not None:
+                now = time.monotonic()
+                here = motion.position(now)
+                motion.add(now, here, 0.0, here)  # at rest from the stop on
+                await self._set_dial(here - self._phys_minus_dial)
             self._target, self._target_user, self._homing = self._dial, None, False
             await self.rec.write(float(f.user_readback_value.value), verify_value=False)
             await f.dial_desired_value.write(self._dial, verify_value=False)

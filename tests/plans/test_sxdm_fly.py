@@ -194,3 +194,62 @@ def test_a_detector_ioc_killed_mid_line_loses_no_frame_of_the_file(sim_beamline,
     assert len(sink.rows) == in_file
     assert sink.arrays_metadata["incomplete_lines"] == [[0, 2, in_file - 2 * nx]]
     assert sink.summary["lines_incomplete"] == 1
+
+
+def test_a_motion_stopped_mid_line_is_where_the_frames_after_it_were_taken(sim_devices):
+    """The simulated detector computes a batch of frames while it is exposed, from where the
+    stage's motion will be; a motion stopped mid-line (the motor record's STOP) changes that,
+    and the frames after the stop must say where the stage really was: no frame is recorded
+    beyond the stop, and every frame after it is at the stopped position, its counts too (no
+    noise: frames taken at one position are identical)."""
+    import threading
+    import time
+
+    from strainstream.devices.ioc.endstation import theta_bragg_deg
+
+    det, es = sim_devices["sxdm"], sim_devices["es"]
+    sim_devices["beam"].shutter.open().wait(10)  # (photons: frames with counts)
+    energy = float(es.energy.position)
+    nx, period, step_um = 100, 0.004, 0.01  # 0.4 s per line on the particle, 2 frames per batch
+    noise = sim_devices["sxdm_sim"].noise
+    noise_was = int(noise.get())
+    noise.put(0, wait=True)
+    docs = []
+    RE = RunEngine({})
+    RE.subscribe(DatumToStream(lambda n, d: docs.append((n, copy.deepcopy(d)))))
+    done = threading.Event()
+
+    def stop_mid_line():  # 0.15 s after the line's motion started (detector armed, stage moving)
+        while not done.is_set():
+            if (det.cam.detector_state.get(as_string=True) == "Acquire"
+                    and int(es.sample_x.motor_done_move.get()) == 0):
+                time.sleep(0.15)
+                es.sample_x.motor_stop.put(1)
+                return
+            time.sleep(0.002)
+
+    stopper = threading.Thread(target=stop_mid_line)
+    stopper.start()
+    x_start = X_CENTER_UM - (nx - 1) / 2 * step_um
+    try:
+        RE(sxdm_fly_map(det, es, theta_center_deg=round(theta_bragg_deg(energy), 4),
+                        theta_half_range_deg=0.4, n_theta=1, x_center_um=X_CENTER_UM,
+                        y_center_um=Y_CENTER_UM, nx=nx, ny=1, step_nm=step_um * 1000, period_s=period))
+    finally:
+        done.set()
+        stopper.join()
+        noise.put(noise_was, wait=True)
+    x_stop = float(es.sample_x.position)
+    res = next(d for n, d in docs if n == "stream_resource")
+    with h5py.File(res["uri"][len("file://localhost"):], "r", swmr=True, locking=False) as f:
+        x = f["/entry/instrument/NDAttributes/sample_x_um"][()]
+        frames = f["/entry/data/data"][()]
+    assert len(x) == nx
+    assert x_start < x_stop < x_start + (nx - 1) * step_um, "the motion was stopped mid-line"
+    assert x.max() <= x_stop + 1e-9, "no frame is recorded beyond where the stage stopped"
+    after = x[x >= x_stop - 1e-9]
+    assert len(after) >= 10 and np.all(after == x_stop)
+    still = frames[x >= x_stop - 1e-9]
+    assert still.any() and all(np.array_equal(fr, still[-1]) for fr in still), \
+        "a frame after the stop was computed for where the stage would have been"
+    assert np.all(np.diff(x) >= 0)  # the trajectory, then the stop

@@ -25,9 +25,10 @@ PERIOD_S = 0.002
 
 
 @pytest.fixture(scope="module")
-def fly_beamline(sim_beamline):
+def fly_beamline(sim_beamline, sim_devices):
     """The session's beamline with a 64² SXDM crop (the whole particle's peaks on the detector);
-    put back to the session's shape afterwards."""
+    put back to the session's shape afterwards, and the session's devices reconnected (the
+    next test file in this process uses them at once)."""
     ioc = sim_beamline.iocs["endstation"]
     before = ioc.args[ioc.args.index("--sxdm-shape") + 1]
     sim_beamline.restart("endstation", {"--sxdm-shape": "64"})
@@ -35,6 +36,8 @@ def fly_beamline(sim_beamline):
         yield sim_beamline
     finally:
         sim_beamline.restart("endstation", {"--sxdm-shape": before})
+        for dev in sim_devices.values():
+            dev.wait_for_connection(timeout=30)
 
 
 def test_a_10k_frame_fly_map_live_matches_the_particle_and_replays(fly_beamline, tiled_server,
