@@ -54,6 +54,10 @@ MONITOR_FLUSH_S = load_config().ioc_monitor_flush_s
 TRIGGER_POLL_S = 0.005
 #: frames computed and written together in External trigger mode (at most)
 MAX_BATCH_FRAMES = 32
+#: External trigger mode: frames are computed and written in batches of about this much
+#: acquisition time (the series' last frame at once): one write, one flush and one set of
+#: counter updates per batch, as a detector's HDF5 plugin flushing every N frames
+FRAME_BATCH_S = 0.01
 #: longest a ``SIM:BeamGate`` = 1 put waits for the first ring-current and shutter values
 BEAM_LINK_TIMEOUT_S = 5.0
 
@@ -431,24 +435,60 @@ class AreaDetectorGroup(PVGroup):
         if period <= 0:
             raise ValueError("External trigger needs AcquirePeriod (or AcquireTime) > 0")
         exposure = exposure if exposure > 0 else period
+        batch = max(1, min(MAX_BATCH_FRAMES, int(round(FRAME_BATCH_S / period))))
+
+        def mid(i: int) -> float:  # frame i's mid-exposure (monotonic clock)
+            return t0 + i * period + exposure / 2.0
+
+        def jobs_for(first: int, count: int, counter: int) -> list:
+            return [self.make_frame(counter + k, mid(first + k)) for k in range(count)]
+
+        def compute(jobs: list) -> asyncio.Future:
+            return loop.run_in_executor(None, lambda: [job() for job, _ in jobs])
+
+        # the next batch is computed while it is exposed (where the stage will be is known from
+        # its motion), then checked when its exposures have ended: if what it was computed
+        # from changed meanwhile (motion re-aimed or stopped, beam lost, counter reset), it is
+        # computed again; so the series' last frame is in the file a write after its exposure
+        ahead: tuple[int, int, list, asyncio.Future] | None = None  # (first, counter, jobs, frames)
         taken = 0
-        while (n is None or taken < n) and not self._stop_requested:
-            now = time.monotonic()
-            ended = int(math.floor((now - t0 - exposure) / period)) + 1  # exposures ended by now
-            if n is not None:
-                ended = min(ended, n)
-            if ended <= taken:
-                await asyncio.sleep(min(t0 + taken * period + exposure - now, TRIGGER_POLL_S))
-                continue
-            counter = int(self.cam_ArrayCounter_RBV.value)
-            jobs = [self.make_frame(counter + k, t0 + (taken + k) * period + exposure / 2.0)
-                    for k in range(min(ended - taken, MAX_BATCH_FRAMES))]
-            frames = await loop.run_in_executor(None, lambda jobs=jobs: [job() for job, _ in jobs])
-            await self.cam_ArrayCounter_RBV.write(counter + len(jobs))
-            await self.cam_ArrayCounter.write(counter + len(jobs), verify_value=False)
-            await self._plugin_receive_many(frames, [sc for _, sc in jobs])
-            taken += len(jobs)
-            await self.cam_NumImagesCounter_RBV.write(taken)
+        try:
+            while (n is None or taken < n) and not self._stop_requested:
+                now = time.monotonic()
+                ended = int(math.floor((now - t0 - exposure) / period)) + 1  # exposures ended by now
+                due = taken + batch if n is None else min(taken + batch, n)  # the next batch's frames
+                if n is not None:
+                    ended = min(ended, n)
+                counter = int(self.cam_ArrayCounter_RBV.value)
+                if ended < due:  # its last exposure has not ended yet
+                    if ahead is None:
+                        jobs = jobs_for(taken, due - taken, counter)
+                        ahead = (taken, counter, jobs, compute(jobs))
+                    await asyncio.sleep(min(max(t0 + (due - 1) * period + exposure - now, 0.0), TRIGGER_POLL_S))
+                    continue
+                count = min(ended - taken, MAX_BATCH_FRAMES)
+                if ahead is not None and ahead[:2] == (taken, counter):
+                    count = len(ahead[2])  # the batch computed ahead (the rest follows)
+                jobs = jobs_for(taken, count, counter)
+                if ahead is not None and ahead[:2] == (taken, counter) \
+                        and [sc for _, sc in ahead[2]] == [sc for _, sc in jobs]:
+                    frames = await ahead[3]
+                else:
+                    frames = await compute(jobs)
+                ahead = None
+                nxt = taken + count  # the batch after: computed while this one is written
+                end = nxt + batch if n is None else min(nxt + batch, n)
+                if end > nxt and not self._stop_requested:
+                    later = jobs_for(nxt, end - nxt, counter + count)
+                    ahead = (nxt, counter + count, later, compute(later))
+                await self.cam_ArrayCounter_RBV.write(counter + len(jobs))
+                await self.cam_ArrayCounter.write(counter + len(jobs), verify_value=False)
+                await self._plugin_receive_many(frames, [sc for _, sc in jobs])
+                taken += len(jobs)
+                await self.cam_NumImagesCounter_RBV.write(taken)
+        finally:
+            if ahead is not None:  # (a stop: the frames computed ahead are not written)
+                ahead[3].cancel()
         return taken
 
     async def _plugin_receive_many(self, frames: list[np.ndarray], scalars: list[dict[str, float]]) -> None:
