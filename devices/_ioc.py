@@ -21,7 +21,7 @@ from ophyd.utils.errors import DisconnectedError
 from strainstream.config import environment_value
 from strainstream.errors import StrainstreamError
 
-__all__ = ["IOCDevice", "IOCNotAnswering", "check_connected", "ioc_guard", "mock_device",
+__all__ = ["IOCDevice", "IOCNotAnswering", "OperationTimeout", "check_connected", "ioc_guard", "mock_device",
            "existing_signals", "name_ioc_errors", "read_text"]
 
 _PV_RE = re.compile(r"[A-Za-z0-9_:\-]+[:.][A-Za-z0-9_:\-.]+")
@@ -63,7 +63,35 @@ class IOCNotAnswering(StrainstreamError, TimeoutError):
         super().__init__(msg)
 
 
+class OperationTimeout(StrainstreamError, TimeoutError):
+    """An operation of a device (a move, a home) that did not end within its timeout while
+    the device's IOC still answers: the device is slow or stuck, the IOC is not dead."""
+
+
 _IOC_ERRORS = (TimeoutError, DisconnectedError, ChannelAccessException)
+
+
+def _operation_timeout(exc: BaseException, device: Device, what: str) -> OperationTimeout | None:
+    """An :class:`OperationTimeout` for ``exc`` when it is an ophyd status that timed out
+    (``StatusTimeoutError``/``WaitTimeoutError``) on a device whose PVs are all connected;
+    None otherwise (a dead IOC: the caller names it)."""
+    from ophyd.utils.errors import StatusTimeoutError, WaitTimeoutError
+
+    if not isinstance(exc, StatusTimeoutError | WaitTimeoutError):
+        return None
+    signals = existing_signals(device)
+    if not signals or not all(getattr(sig, "connected", False) for sig in signals):
+        return None
+    where = ""
+    readback = getattr(device, "user_readback", None)  # a motor: where it is now
+    if readback is not None:
+        try:
+            egu = str(getattr(device, "egu", "") or "")
+            where = f" (readback {float(readback.get()):g}{' ' + egu if egu else ''})"
+        except Exception:  # (the message goes without it)
+            where = ""
+    return OperationTimeout(f"{device.name}: {what} did not end within its timeout{where}; its "
+                            f"IOC answers (the device is slow or stuck): {exc}")
 
 
 def existing_signals(device: Any) -> list:
@@ -169,9 +197,12 @@ def name_ioc_errors(device: Device, methods: Iterable[str], *, ioc_name: str,
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return method(*args, **kwargs)
-            except IOCNotAnswering:
+            except (IOCNotAnswering, OperationTimeout):
                 raise
             except _IOC_ERRORS as exc:
+                slow = _operation_timeout(exc, device, method.__name__)
+                if slow is not None:
+                    raise slow from exc
                 raise IOCNotAnswering(ioc_name, ioc_address, where, _pv_from(exc, device),
                                       type(exc).__name__) from exc
         return call

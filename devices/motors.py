@@ -16,6 +16,9 @@ with :func:`named_errors`, without changing its class:
 - a timeout or disconnection in ``read``, ``describe``, ``set``/``move``, ``stop``, ``home``,
   ``set_current_position``, ``check_value`` or ``wait_for_connection`` raises
   :class:`~strainstream.devices._ioc.IOCNotAnswering` naming the IOC, its address and the PV;
+  a move that outlasts its own timeout (``move(..., timeout=)``) while every PV of the motor is
+  connected raises :class:`~strainstream.devices._ioc.OperationTimeout` naming the motor and
+  its readback instead (a slow or stuck stage, not a dead IOC);
 - a move issued the moment the previous one ended always completes
   (:func:`serialize_move_completion`).
 """

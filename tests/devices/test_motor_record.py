@@ -152,6 +152,28 @@ def test_move_outside_the_soft_limits_is_refused(sample_z, beamline):
     assert m.position == 103.0 and lvio.get() == 0
 
 
+def test_a_move_slower_than_its_timeout_is_named_slow_not_a_dead_ioc(sample_z, beamline):
+    """``move(wait=True, timeout=...)`` that runs out of time while the IOC answers raises
+    OperationTimeout naming the motor and where it is, not IOCNotAnswering (the IOC is up)."""
+    from strainstream.devices._ioc import IOCNotAnswering, OperationTimeout
+    from strainstream.devices.motors import motor
+
+    named = motor(beamline.prefix, "sample_z", ioc_address=beamline.addresses["endstation"])
+    named.wait_for_connection(timeout=10)
+    velo = float(named.velocity.get())
+    try:
+        named.velocity.put(5.0, wait=True)  # 50 um: 10 s
+        with pytest.raises(OperationTimeout, match=r"^sample_z: move did not end within its timeout "
+                                                   r"\(readback [-0-9.e]+ um\); its IOC answers") as err:
+            named.move(50.0, wait=True, timeout=0.3)
+        assert not isinstance(err.value, IOCNotAnswering)
+    finally:
+        named.stop()
+        assert _wait_for(lambda: named.motor_done_move.get(use_monitor=False) == 1, 10)
+        named.velocity.put(velo, wait=True)
+        named.destroy()
+
+
 def test_zero_length_and_back_to_back_moves_complete(sample_z):
     m = sample_z
     m.set(1.0).wait(timeout=10)
