@@ -168,7 +168,10 @@ class AreaDetectorGroup(PVGroup):
     - ``cam1:TriggerMode`` External: ``Acquire`` = 1 arms the detector; the series starts at
       the pulse on its trigger input (:meth:`arm_trigger`, wired by the subclass) and
       runs on the detector's clock (``AcquirePeriod``, ``AcquireTime``); frames are written in
-      batches of up to ``MAX_BATCH_FRAMES``.
+      batches of ``FRAME_BATCH_S`` of acquisition (at most ``MAX_BATCH_FRAMES``), each batch
+      written once its last exposure has ended (the series' last batch at once). A batch is
+      computed while it is exposed and checked against what it was computed from (the
+      stage's motion, the beam, the counter) when it is written: recomputed if that changed.
     - ``HDF1:Capture`` = 1 (``FileWriteMode`` Stream) opens ``FileTemplate % (FilePath,
       FileName, FileNumber)`` (``FileNumber`` then increments with ``AutoIncrement``); each
       frame is appended to ``/entry/data/data`` (SWMR) with its NDAttributes (the simulated
