@@ -89,7 +89,7 @@ def _operation_timeout(exc: BaseException, device: Device, what: str) -> Operati
             egu = str(getattr(device, "egu", "") or "")
             where = f" (readback {float(readback.get()):g}{' ' + egu if egu else ''})"
         except Exception:  # (the message goes without it)
-            where = ""
+            pass
     return OperationTimeout(f"{device.name}: {what} did not end within its timeout{where}; its "
                             f"IOC answers (the device is slow or stuck): {exc}")
 

@@ -449,6 +449,9 @@ class AreaDetectorGroup(PVGroup):
         def compute(jobs: list) -> asyncio.Future:
             return loop.run_in_executor(None, lambda: [job() for job, _ in jobs])
 
+        def batch_end(first: int) -> int:  # one past the last frame of the batch from ``first``
+            return first + batch if n is None else min(first + batch, n)
+
         # the next batch is computed while it is exposed (where the stage will be is known from
         # its motion), then checked when its exposures have ended: if what it was computed
         # from changed meanwhile (motion re-aimed or stopped, beam lost, counter reset), it is
@@ -459,7 +462,7 @@ class AreaDetectorGroup(PVGroup):
             while (n is None or taken < n) and not self._stop_requested:
                 now = time.monotonic()
                 ended = int(math.floor((now - t0 - exposure) / period)) + 1  # exposures ended by now
-                due = taken + batch if n is None else min(taken + batch, n)  # the next batch's frames
+                due = batch_end(taken)  # the next batch's frames
                 if n is not None:
                     ended = min(ended, n)
                 counter = int(self.cam_ArrayCounter_RBV.value)
@@ -469,18 +472,17 @@ class AreaDetectorGroup(PVGroup):
                         ahead = (taken, counter, jobs, compute(jobs))
                     await asyncio.sleep(min(max(t0 + (due - 1) * period + exposure - now, 0.0), TRIGGER_POLL_S))
                     continue
-                count = min(ended - taken, MAX_BATCH_FRAMES)
-                if ahead is not None and ahead[:2] == (taken, counter):
-                    count = len(ahead[2])  # the batch computed ahead (the rest follows)
+                mine = ahead is not None and ahead[:2] == (taken, counter)  # computed for these frames
+                # the batch computed ahead (the rest follows), or all that ended (catching up)
+                count = len(ahead[2]) if mine else min(ended - taken, MAX_BATCH_FRAMES)
                 jobs = jobs_for(taken, count, counter)
-                if ahead is not None and ahead[:2] == (taken, counter) \
-                        and [sc for _, sc in ahead[2]] == [sc for _, sc in jobs]:
+                if mine and [sc for _, sc in ahead[2]] == [sc for _, sc in jobs]:
                     frames = await ahead[3]
                 else:
                     frames = await compute(jobs)
                 ahead = None
                 nxt = taken + count  # the batch after: computed while this one is written
-                end = nxt + batch if n is None else min(nxt + batch, n)
+                end = batch_end(nxt)
                 if end > nxt and not self._stop_requested:
                     later = jobs_for(nxt, end - nxt, counter + count)
                     ahead = (nxt, counter + count, later, compute(later))

@@ -247,9 +247,10 @@ def test_a_motion_stopped_mid_line_is_where_the_frames_after_it_were_taken(sim_d
     assert len(x) == nx
     assert x_start < x_stop < x_start + (nx - 1) * step_um, "the motion was stopped mid-line"
     assert x.max() <= x_stop + 1e-9, "no frame is recorded beyond where the stage stopped"
-    after = x[x >= x_stop - 1e-9]
+    at_stop = x >= x_stop - 1e-9
+    after = x[at_stop]
     assert len(after) >= 10 and np.all(after == x_stop)
-    still = frames[x >= x_stop - 1e-9]
+    still = frames[at_stop]
     assert still.any() and all(np.array_equal(fr, still[-1]) for fr in still), \
         "a frame after the stop was computed for where the stage would have been"
     assert np.all(np.diff(x) >= 0)  # the trajectory, then the stop
