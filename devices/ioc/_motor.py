@@ -279,10 +279,18 @@ def motor_group(name: str, egu: str, value: float, llm: float, hlm: float, velo:
 
         async def _publish_limits(self):
             """HLM/LLM from DHLM/DLLM, OFF, DIR; VAL's control limits first (EpicsMotor
-            re-reads them when it sees HLM/LLM change)."""
+            re-reads them when it sees HLM/LLM change).
+
+            VAL's new limits are not published: caproto does not filter monitors by their
+            mask, so the DBE_PROPERTY event would reach pyepics' DBE_VALUE|DBE_ALARM
+            subscription (which a real IOC never sends it) as a value update carrying
+            pyepics' cached old limits; ophyd's monitor thread could handle it after
+            EpicsMotor's re-read and put the old limits back (seen in CI: ``limits`` stayed
+            at the old HLM)."""
             lo, hi = self._user_limits()
             await self.rec.write_metadata(upper_ctrl_limit=hi, lower_ctrl_limit=lo,
-                                          upper_disp_limit=hi, lower_disp_limit=lo)
+                                          upper_disp_limit=hi, lower_disp_limit=lo,
+                                          publish=False)
             await self.fields.user_high_limit.write(hi, verify_value=False)
             await self.fields.user_low_limit.write(lo, verify_value=False)
 

@@ -114,6 +114,30 @@ def test_motor_soft_limits_refuse_moves(devs, beamline):
         assert wait_for(lambda: m.limits == (300.0, 2000.0), 5)
 
 
+def test_motor_limits_follow_every_hlm_change(devs):
+    """EpicsMotor re-reads VAL's control limits when HLM changes; a stale VAL monitor event
+    handled after that re-read put the old limits back (CI: 1 in ~20 changes; caproto sent
+    VAL's DBE_PROPERTY event to value subscribers, which a real IOC does not)."""
+    m = devs["es"].det_z
+    before = m.position
+    m.velocity.put(20000.0, wait=True)
+    try:
+        for _ in range(30):
+            for hlm in (2060.0, 2000.0):
+                m.high_limit_travel.put(hlm, wait=True)
+                # ophyd may re-read on its monitor thread, after the put has returned
+                assert wait_for(lambda h=hlm: m.limits == (300.0, h), 2), (hlm, m.limits)
+                time.sleep(0.05)  # a stale event was handled within a few ms
+                assert m.limits == (300.0, hlm)
+                if hlm > 2050:
+                    m.set(2050).wait(timeout=10)
+                    m.set(before).wait(timeout=10)
+    finally:
+        m.high_limit_travel.put(2000.0, wait=True)
+        m.velocity.put(100.0, wait=True)
+    assert m.position == pytest.approx(before)
+
+
 def test_motor_stop_ends_the_move_early(devs):
     m = devs["es"].sample_z
     m.set(0.0).wait(timeout=10)
