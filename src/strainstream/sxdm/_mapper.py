@@ -378,7 +378,8 @@ class StrainMapper:
             w[..., 4 + j] = dq[..., a] * dq[..., c]
         w[..., 10] = border
         self._q0_lab = q0
-        self._weights = np.ascontiguousarray(w.reshape(rows * cols, _N_CH), dtype=self.compute_dtype)
+        # (channels, pixels): one matrix-vector product per frame (see _reduce)
+        self._weights = np.ascontiguousarray(w.reshape(rows * cols, _N_CH).T, dtype=self.compute_dtype)
         self._border_idx = np.flatnonzero(border.ravel())
         if isinstance(self.background, np.ndarray) or np.ndim(self.background) == 2:
             bg = np.asarray(self.background, dtype=np.float64)
@@ -621,11 +622,7 @@ class StrainMapper:
         else:
             bmean = np.full(n, float(self.background))  # type: ignore[arg-type]
             b = self.compute_dtype.type(self.background)
-        # always _CHUNK rows (zero padded): BLAS then reduces each frame the same way whatever
-        # the batch, so live and replay passes with different batching agree bit for bit
-        buf = _work_buffer((max(n, _CHUNK), rows * cols), self.compute_dtype)
-        buf[n:] = 0.0
-        x = buf[:n]
+        x = _work_buffer((max(n, _CHUNK), rows * cols), self.compute_dtype)[:n]
         np.subtract(raw, b, out=x, casting="unsafe")  # convert and subtract in one pass
         if invalid is not None:
             x[invalid.reshape(n, -1)] = 0.0
@@ -637,7 +634,14 @@ class StrainMapper:
             proj = np.concatenate([xr.sum(2, dtype=np.float32), xr.sum(1, dtype=np.float32)], 1)
         t = self._thresholds(bmean).astype(self.compute_dtype)[:, None]
         np.multiply(x, x > t, out=x)
-        m = (buf @ self._weights)[:n].astype(np.float64)
+        # one matrix-vector product per frame, never a matrix-matrix product over the batch:
+        # BLAS gemm kernels round a row differently by its place in the block (OpenBLAS on AVX2:
+        # the last 4 rows of 16), so a frame's sums would depend on its batch and live and
+        # replay passes with different batching would not agree bit for bit
+        m = np.empty((n, _N_CH), dtype=self.compute_dtype)
+        for i in range(n):
+            np.matmul(self._weights, x[i], out=m[i])
+        m = m.astype(np.float64)
         if nbad is not None and not nbad.any():
             nbad = None
         return m, nbad, proj
