@@ -997,8 +997,52 @@ def _series_label(series: str, members: list[dict[str, Any]]) -> str:
             f"{', '.join(f'{x:g}' for x in rates) or '?'} mA/g")
 
 
+#: Three costs of BokehJS 3.9's paint, taken off the page (bokeh/bokeh#15286, open). Measured in
+#: headless chromium over 40 streamed rows of the operando XRD tab (seven plots on one source):
+#: - every read of a visual (a colour, a font, a width) asks the CSS cascade for a ``--bk-*``
+#:   variable first (``getComputedStyle``). No ``--bk-*`` variable is defined anywhere on this
+#:   page (BokehJS' own style sheets define none, the dashboard sets none: see
+#:   ``tests/dashboard/test_page_js.py``), so every read answers "" and the model's value is used:
+#:   answer "" at once.
+#: - each renderer rewrites its position style sheet at every paint, with the same text or with
+#:   positions that differ by 1e-12 px, and every rewrite makes the browser recompute styles at
+#:   the next CSS read (~80 per row, 3,264 over the 40 rows): a style sheet whose text does not
+#:   change (numbers to 0.001) is left alone.
+#: - each plot reads its element's font size (``getComputedStyle``) at every paint, which then pays
+#:   for the style recalculations the other changes of the page made: read once per plot (its
+#:   font size is fixed by the page's style sheets in px).
+PAINT_FIXES_JS = """
+try {
+const proto = Bokeh.require("core/dom").InlineStyleSheet.prototype;
+if (!proto.__strainstream) {
+  proto.__strainstream = true;
+  const update = proto._update;
+  // the same text up to rounding (positions are recomputed with 1e-12 px of jitter at each paint)
+  const same = (css) => css.replace(/(\\.\\d{3})\\d+/g, "$1");
+  proto._update = function(css) {
+    const key = same(css);
+    if (this.__css_key !== key) { this.__css_key = key; update.call(this, css); }
+  };
+  Bokeh.require("core/visuals/visual").VisualProperties.prototype._get_css_value = function(name) { return ""; };
+  const plot = Bokeh.require("models/plots/plot_canvas").PlotView.prototype;
+  const font = Object.getOwnPropertyDescriptor(plot, "base_font_size").get;
+  Object.defineProperty(plot, "base_font_size", {configurable: true, get() {
+    if (this.__base_font_size == null) this.__base_font_size = font.call(this);
+    return this.__base_font_size;
+  }});
+}
+} catch (err) {  // another BokehJS: the page works without these, only slower
+  console.warn("strainstream: BokehJS paint fixes not applied:", err);
+}
+"""
+
+
 def make_document(doc, uri: str, api_key: str | None) -> None:
     """Fill the Bokeh document ``doc`` of one browser session (the application's handler)."""
+    from bokeh.events import DocumentReady
+    from bokeh.models import CustomJS
+
+    doc.js_on_event(DocumentReady, CustomJS(code=PAINT_FIXES_JS))
     page = Page(doc, uri, api_key)
     doc.on_session_destroyed(lambda context: page.close())
     page.start()
