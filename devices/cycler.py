@@ -49,6 +49,8 @@ class Cycler(IOCDevice):
     capacity_mAh_g = Cpt(EpicsSignalRO, "CYC:capacity_mAh_g", kind="hinted", auto_monitor=True)
     charge_capacity_mAh_g = Cpt(EpicsSignalRO, "CYC:charge_capacity_mAh_g", kind="normal",
                                 auto_monitor=True)
+    #: net energy put into the cell, ∫V dQ (mWh/g; charge +, discharge −), counted by the cycler
+    energy_mWh_g = Cpt(EpicsSignalRO, "CYC:energy_mWh_g", kind="normal", auto_monitor=True)
     soc = Cpt(EpicsSignalRO, "CYC:soc", kind="hinted", auto_monitor=True)
     cycle = Cpt(EpicsSignalRO, "CYC:cycle", kind="normal", auto_monitor=True)
     time_s = Cpt(EpicsSignalRO, "CYC:time_s", kind="normal", auto_monitor=True)

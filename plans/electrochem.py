@@ -171,13 +171,18 @@ def operando_cycling(
         state["frames"] += 1
         state["last_frame_t"] = yield from bps.rd(cycler.time_s)
 
+    counts_energy = hasattr(cycler, "energy_mWh_g")
+
     def half_cycle(direction: int):
-        """One CC (± CV) step; returns the polled (capacity, voltage) samples."""
+        """One CC (± CV) step; returns the polled (capacity, voltage) samples and its mean
+        voltage: the cycler's energy over its capacity when it counts energy (exact however
+        rarely it was polled), else ∫V dQ over the polls."""
         yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, direction * rate_mA_g,
                           cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
                           cycler.then_cv, int(bool(cv_hold and direction > 0)),
                           cycler.step_time_s, 0.0)
         q0 = yield from bps.rd(cycler.capacity_mAh_g)  # at rest: the step starts here
+        e0 = (yield from bps.rd(cycler.energy_mWh_g)) if counts_energy else math.nan
         hits0 = yield from bps.rd(cycler.limit_hits)
         stopped = False
         yield from bps.mv(cycler.start_cmd, 1)
@@ -221,7 +226,14 @@ def operando_cycling(
         caps.append(q_end), volts.append(v_max_V if direction > 0 else v_min_V)
         if math.isnan(volts[0]):  # ended before the first poll
             volts[0] = volts[-1]
-        return caps, volts
+        v_mean = math.nan
+        if counts_energy and q_end != q0:
+            e_end = yield from bps.rd(cycler.energy_mWh_g)
+            if e_end != e0:  # a counter that did not move (a stand-in device) says nothing
+                v_mean = (e_end - e0) / (q_end - q0)
+        if not math.isfinite(v_mean):
+            v_mean = mean_voltage_V(caps, volts)
+        return caps, volts, v_mean
 
     def body():
         yield from bps.open_run(md=_md)
@@ -229,8 +241,8 @@ def operando_cycling(
         yield from frame()  # the state before cycling
         chg, dis = [], []
         for _ in range(n_cycles):
-            q_c, v_c = yield from half_cycle(+1)
-            q_d, v_d = yield from half_cycle(-1)
+            q_c, _, v_mean_c = yield from half_cycle(+1)
+            q_d, _, v_mean_d = yield from half_cycle(-1)
             chg.append(q_c[-1] - q_c[0])
             dis.append(q_c[-1] - q_d[-1])
             m = cycling_metrics(chg, dis)
@@ -239,8 +251,8 @@ def operando_cycling(
                               summary.discharge_capacity_mAh_g, dis[-1],
                               summary.coulombic_efficiency, float(m["coulombic_efficiency"][-1]),
                               summary.retention, float(m["retention"][-1]),
-                              summary.mean_charge_voltage_V, mean_voltage_V(q_c, v_c),
-                              summary.mean_discharge_voltage_V, mean_voltage_V(q_d, v_d))
+                              summary.mean_charge_voltage_V, v_mean_c,
+                              summary.mean_discharge_voltage_V, v_mean_d)
             yield from bps.trigger_and_read([cycler, summary], name="cycle_summary")
             yield from bps.checkpoint()
         yield from bps.close_run()

@@ -16,7 +16,8 @@ PVs (``<prefix>CYC:``):
 ``accel``               float  simulated seconds per wall second (default 600: a 2.7→4.5 V
                                charge at 20 mA/g in about 70 s)
 ``voltage_V`` ...       float  readbacks: voltage_V, current_mA, current_mA_g, capacity_mAh_g,
-                               charge_capacity_mAh_g, soc, time_s; cycle, limit_hits (int);
+                               charge_capacity_mAh_g, energy_mWh_g (net ∫V dQ, the cycler's own
+                               energy counter), soc, time_s; cycle, limit_hits (int);
                                mode_RBV, preset (str); running (0/1). The readbacks of one
                                update carry one EPICS timestamp.
 ======================  =====  ==================================================================
@@ -156,6 +157,7 @@ class CyclerGroup(PVGroup):
     current_mA_g = pvproperty(value=0.0, read_only=True, precision=4)
     capacity_mAh_g = pvproperty(value=0.0, read_only=True, precision=4)
     charge_capacity_mAh_g = pvproperty(value=0.0, read_only=True, precision=4)
+    energy_mWh_g = pvproperty(value=0.0, read_only=True, precision=5)
     soc = pvproperty(value=0.0, read_only=True, precision=5)
     cycle = pvproperty(value=1, read_only=True)
     limit_hits = pvproperty(value=0, read_only=True)
@@ -184,6 +186,7 @@ class CyclerGroup(PVGroup):
         for key in ("voltage_V", "current_mA", "current_mA_g", "capacity_mAh_g", "soc", "time_s"):
             await getattr(self, key).write(float(rb[key]), timestamp=stamp)
         await self.charge_capacity_mAh_g.write(float(self.cell.charge_capacity_mAh_g), timestamp=stamp)
+        await self.energy_mWh_g.write(float(self.cell.energy_mWh_g), timestamp=stamp)
         await self.cycle.write(int(rb["cycle"]), timestamp=stamp)
         await self.limit_hits.write(int(self.cell.limit_hits), timestamp=stamp)
         if self.mode_RBV.value != rb["mode"]:

@@ -165,6 +165,58 @@ def test_relaxation_after_a_pulse_decays_to_ocv():
     assert cell.ocv_V > v_rest0  # charge was passed
 
 
+def _polled_energy(cell, dt_s: float, until) -> tuple[float, float]:
+    """Step ``cell`` by ``dt_s`` until ``until(cell)``; (∫V dQ by the trapezoid over the
+    dt_s samples, the charge passed), mWh/g and mAh/g."""
+    i = cell.current_mA_g
+    q, v = [cell.capacity_mAh_g], [cell._advance(0.0, i, commit=False)]  # the voltage under current
+    while not until(cell):
+        cell.step(dt_s)
+        q.append(cell.capacity_mAh_g)
+        v.append(cell.voltage_V)
+    q, v = np.array(q), np.array(v)
+    return float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(q))), float(q[-1] - q[0])
+
+
+def test_energy_counter_is_the_integral_of_voltage_over_charge():
+    """The cycler's energy counter against ∫V dQ polled every simulated second (known answer up
+    to the polls' own trapezoid error), a CV hold (V constant: ΔE = V·ΔQ), a rest (no charge,
+    no energy) and the counter's independence of the caller's step."""
+    cell = C.CoinCell("SC-NM91", 10.0)
+    cell.set_mode("CC", current_mA_g=100.0, v_limit_V=4.5, then="cv")
+    e0 = cell.energy_mWh_g
+    e_polled, dq = _polled_energy(cell, 1.0, lambda c: c.mode == "CV")
+    assert dq > 200.0
+    v_charge = (cell.energy_mWh_g - e0) / dq
+    assert v_charge == pytest.approx(e_polled / dq, abs=2e-5)
+    assert 3.7 < v_charge < 4.2
+    # the CV hold at 4.5 V down to 5 mA/g
+    e1, q1 = cell.energy_mWh_g, cell.capacity_mAh_g
+    while cell.current_mA_g > 5.0:
+        cell.step(10.0)
+    assert cell.capacity_mAh_g - q1 > 1.0
+    # (the model holds 4.5 V at the end of each sub-step, its current constant within it: 0.1 mV)
+    assert cell.energy_mWh_g - e1 == pytest.approx(4.5 * (cell.capacity_mAh_g - q1), rel=5e-5)
+    cell.set_mode("REST")
+    e2 = cell.energy_mWh_g
+    cell.step(3600.0)
+    assert cell.energy_mWh_g == e2
+    # discharge: negative charge, negative energy, a lower mean voltage; the caller's step
+    # (1 s or 300 s, the IOC's at accel 3000) does not change the count
+    twins = [C.CoinCell("SC-NM91", 10.0, soc=cell.soc) for _ in range(2)]
+    means = []
+    for k, (c, dt) in enumerate(zip(twins, (1.0, 300.0), strict=True)):
+        c.set_mode("CC", current_mA_g=-100.0, v_limit_V=2.7)
+        e_start, q_start = c.energy_mWh_g, c.capacity_mAh_g
+        e_polled, dq = _polled_energy(c, dt, lambda c: c.mode == "REST")
+        means.append((c.energy_mWh_g - e_start) / (c.capacity_mAh_g - q_start))
+        if k == 0:
+            assert dq < -150.0 and c.energy_mWh_g - e_start < 0
+            assert means[0] == pytest.approx(e_polled / dq, abs=2e-5)
+    assert means[1] == pytest.approx(means[0], abs=1e-6)
+    assert 3.6 < means[0] < v_charge
+
+
 def test_cv_hold_current_decays():
     cell = C.CoinCell("PC-NC91", 10.0, soc=0.5)
     v_hold = C.ocv_V("PC-NC91", 0.5) + 0.05
