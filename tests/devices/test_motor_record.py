@@ -79,6 +79,11 @@ def sample_z(beamline):
     m.low_limit_travel.put(-100.0, wait=True)
     m.velocity.put(50.0, wait=True)
     assert _wait_for(lambda: m.limits == (-100.0, 100.0), 5)
+    # this instance's own view of the last move's end first: a test that stopped the motor
+    # through another instance (or a move it abandoned) leaves DMOV's 0 -> 1 in this one's
+    # monitor queue on a loaded machine, and ophyd ends the next move at the first DMOV = 1 it
+    # sees while it believes the motor moving (seen in a full run: "restored" at 1.511 um)
+    assert _wait_for(lambda: not m.moving and m.motor_done_move.get() == 1, 10)
     m.set(0.0).wait(timeout=20)
     assert m.position == 0.0
     m.destroy()
