@@ -174,9 +174,9 @@ def operando_cycling(
     counts_energy = hasattr(cycler, "energy_mWh_g")
 
     def half_cycle(direction: int):
-        """One CC (± CV) step; returns the polled (capacity, voltage) samples and its mean
-        voltage: the cycler's energy over its capacity when it counts energy (exact however
-        rarely it was polled), else ∫V dQ over the polls."""
+        """One CC (± CV) step; returns the polled capacities and its mean voltage: the cycler's
+        energy over its capacity when it counts energy (exact however rarely it was polled),
+        else ∫V dQ over the polled (capacity, voltage) samples."""
         yield from bps.mv(cycler.mode, "CC", cycler.current_sp_mA_g, direction * rate_mA_g,
                           cycler.v_max_V, v_max_V, cycler.v_min_V, v_min_V,
                           cycler.then_cv, int(bool(cv_hold and direction > 0)),
@@ -233,7 +233,7 @@ def operando_cycling(
                 v_mean = (e_end - e0) / (q_end - q0)
         if not math.isfinite(v_mean):
             v_mean = mean_voltage_V(caps, volts)
-        return caps, volts, v_mean
+        return caps, v_mean
 
     def body():
         yield from bps.open_run(md=_md)
@@ -241,8 +241,8 @@ def operando_cycling(
         yield from frame()  # the state before cycling
         chg, dis = [], []
         for _ in range(n_cycles):
-            q_c, _, v_mean_c = yield from half_cycle(+1)
-            q_d, _, v_mean_d = yield from half_cycle(-1)
+            q_c, v_mean_c = yield from half_cycle(+1)
+            q_d, v_mean_d = yield from half_cycle(-1)
             chg.append(q_c[-1] - q_c[0])
             dis.append(q_c[-1] - q_d[-1])
             m = cycling_metrics(chg, dis)

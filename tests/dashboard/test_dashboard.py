@@ -131,15 +131,12 @@ def test_run_appears_and_new_points_are_drawn_within_a_second(tiled_server, work
         time.sleep(0.29 + 0.13 * (k % 3))  # not in step with the page's poll
     wait_for(browser, "return (window.__col('xrd_points', 'x') || []).length >= 70;", 10, "all 70 points")
     drawn = js(browser, "return window.__drawn;")
-    # row k is drawn when the page first shows k points or more (rows may arrive together)
-    seen = sorted((int(n), t / 1000.0) for n, t in drawn.items())
-    latency = np.array([min(t for n, t in seen if n >= k) - landed_at for k, landed_at in landed.items()])
-    print(f"{sum(1 for n, _ in seen if n > 30)} updates drew {len(landed)} rows")
+    latency = _after_landing(drawn, landed)  # row k: drawn when the page first shows ≥ k points
+    print(f"{sum(1 for n in drawn if int(n) > 30)} updates drew {len(landed)} rows")
     p50, p95 = np.percentile(latency, [50, 95])
     print(f"row in tiled -> point in the browser: n={latency.size}, p50 {1000 * p50:.0f} ms, "
           f"p95 {1000 * p95:.0f} ms, max {1000 * latency.max():.0f} ms")
-    arrived = sorted((int(n), t / 1000.0) for n, t in js(browser, "return window.__arrived;").items())
-    to_source = np.array([min(t for n, t in arrived if n >= k) - landed_at for k, landed_at in landed.items()])
+    to_source = _after_landing(js(browser, "return window.__arrived;"), landed)
     print(f"  of which row in tiled -> in the page's data: p50 {1000 * np.median(to_source):.0f} ms, "
           f"p95 {1000 * np.percentile(to_source, 95):.0f} ms")
     served = {int(k): t for k, t in zip(column(browser, "xrd_points", "seq_num"),
@@ -164,6 +161,14 @@ def test_run_appears_and_new_points_are_drawn_within_a_second(tiled_server, work
     time.sleep(3.0)
     _shot(browser, tmp_path, "compare")
     session.close() if hasattr(session, "close") else None
+
+
+def _after_landing(marks: dict[str, float], landed: dict[int, float]) -> np.ndarray:
+    """Seconds from each row's landing in tiled (``landed``: row k -> time.time()) to the first
+    browser mark (``marks``: number of points -> Date.now() ms) showing k points or more (rows
+    may arrive together)."""
+    seen = sorted((int(n), t / 1000.0) for n, t in marks.items())
+    return np.array([min(t for n, t in seen if n >= k) - t0 for k, t0 in landed.items()])
 
 
 def _tiled_restarted_mid_run(tiled_server, browser, uid: str, rows: list[dict], columns: dict[str, str],
@@ -202,8 +207,7 @@ def _tiled_restarted_mid_run(tiled_server, browser, uid: str, rows: list[dict], 
         time.sleep(0.25 + 0.1 * (k % 3))
     wait_for(browser, n_drawn.replace(";", f" >= {len(rows)};"), 10, f"all {len(rows)} points")
     sink.finish({})
-    seen = sorted((int(n), t / 1000.0) for n, t in js(browser, "return window.__drawn;").items())
-    latency = np.array([min(t for n, t in seen if n >= k) - t0 for k, t0 in landed.items()])
+    latency = _after_landing(js(browser, "return window.__drawn;"), landed)
     served = dict(zip(column(browser, "xrd_points", "seq_num"), column(browser, "xrd_points", "served_at"),
                       strict=True))
     to_page = np.array([served[k] - t0 for k, t0 in landed.items()])

@@ -568,7 +568,8 @@ class CoinCell:
         """Voltage at the end of a sub-step of h s at constant current i (mA/g); ``commit``:
         the state moves on and the energy ∫V dQ of the sub-step is counted (Simpson's rule on
         the voltage at its start, middle and end)."""
-        if commit and i != 0.0 and h > 0.0:
+        counts_energy = commit and i != 0.0 and h > 0.0
+        if counts_energy:
             v0 = self._advance(0.0, i, commit=False)
             v_mid = self._advance(0.5 * h, i, commit=False)
         u = i / (3600.0 * self._cap)
@@ -583,7 +584,7 @@ class CoinCell:
             self._z, self._s, self._eta_ct, self._i = z, s, eta, i
             dq = i * h / 3600.0
             self._q_net += dq
-            if dq != 0.0:
+            if counts_energy:
                 self._e_net += dq * (v0 + 4.0 * v_mid + v) / 6.0
             self._q_step += abs(dq)
             if dq > 0:
